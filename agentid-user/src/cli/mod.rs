@@ -1,0 +1,2 @@
+//! Command implementations behind `agentid`'s subcommands.
+pub mod trace;

@@ -1,0 +1,129 @@
+//! Typed events: what the sensor hands to the rest of the pipeline.
+use std::{net::IpAddr, time::SystemTime};
+
+use serde::{Serialize, Serializer};
+
+/// What happened. Serialised lowercase: the `kind` field of `agentid trace --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Exec,
+    Fork,
+    Exit,
+    Connect,
+    Send,
+}
+
+impl EventKind {
+    pub const ALL: [Self; 5] = [Self::Exec, Self::Fork, Self::Exit, Self::Connect, Self::Send];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Fork => "fork",
+            Self::Exit => "exit",
+            Self::Connect => "connect",
+            Self::Send => "send",
+        }
+    }
+
+    /// The ABI's kind number (index into the kernel drop counters).
+    pub fn abi(self) -> u32 {
+        use agentid_ebpf::kind;
+        match self {
+            Self::Exec => kind::EXEC,
+            Self::Fork => kind::FORK,
+            Self::Exit => kind::EXIT,
+            Self::Connect => kind::CONNECT,
+            Self::Send => kind::SEND,
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Transport protocol of a connect/send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    /// Any other IP protocol number (e.g. ICMP datagram sockets).
+    #[serde(untagged)]
+    Other(u16),
+}
+
+impl Protocol {
+    pub fn from_ip_proto(proto: u16) -> Self {
+        match proto {
+            6 => Self::Tcp,
+            17 => Self::Udp,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp => f.write_str("tcp"),
+            Self::Udp => f.write_str("udp"),
+            Self::Other(p) => write!(f, "ip-proto-{p}"),
+        }
+    }
+}
+
+/// Kind-specific fields, flattened into the event's JSON object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Detail {
+    Exec {
+        filename: String,
+        argv: Vec<String>,
+        /// More than 16 arguments or 1 KiB of them; `argv` holds the first ones.
+        argv_truncated: bool,
+        /// No argv was captured (the exec began before the probes attached).
+        argv_missing: bool,
+    },
+    /// `pid` is the new child, `ppid` the forking process.
+    Fork {},
+    Exit {
+        /// Exit code when the process exited normally.
+        exit_code: Option<i32>,
+        /// Terminating signal when it was killed.
+        signal: Option<u32>,
+    },
+    /// A `connect` (kind connect) or an unconnected `sendto`/`sendmsg` (kind send).
+    Sock { dst_ip: IpAddr, dst_port: u16, protocol: Protocol },
+}
+
+/// One decoded kernel event. Field names are the stable `--json` schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub kind: EventKind,
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    /// Kernel boot-time stamp in ns: monotonic, for ordering events.
+    #[serde(skip)]
+    pub ktime_ns: u64,
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    /// cgroup v2 path relative to the hierarchy root, filled in by the consumer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    pub comm: String,
+    #[serde(flatten)]
+    pub detail: Detail,
+}
+
+fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_nanos(*t))
+}

@@ -1,0 +1,361 @@
+//! Ring-buffer bytes → typed [`Event`]s. Input is untrusted in the sense that a short or
+//! garbled record must yield an error, never a panic or an out-of-bounds read.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use agentid_ebpf::{
+    ARGV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, Header, SockRecord, exec_flags,
+    kind,
+};
+
+use crate::event::{Detail, Event, EventKind, Protocol};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its {need}-byte {what}")]
+    Short { what: &'static str, len: usize, need: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("{field} length {len} exceeds its {max}-byte buffer")]
+    BadLength { field: &'static str, len: usize, max: usize },
+    #[error("unknown address family {0}")]
+    BadFamily(u16),
+}
+
+/// Records that may be read from any bytes: `repr(C)`, integers and byte arrays only.
+trait Record: Copy {
+    const NAME: &'static str;
+}
+impl Record for Header {
+    const NAME: &'static str = "header";
+}
+impl Record for ExecRecord {
+    const NAME: &'static str = "exec record";
+}
+impl Record for ForkRecord {
+    const NAME: &'static str = "fork record";
+}
+impl Record for ExitRecord {
+    const NAME: &'static str = "exit record";
+}
+impl Record for SockRecord {
+    const NAME: &'static str = "socket record";
+}
+
+fn read<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short { what: T::NAME, len: bytes.len(), need });
+    }
+    // SAFETY: length checked above; `Record` types are valid for any bit pattern and
+    // read_unaligned copes with the ring buffer's 8-byte alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Maps kernel boot-time stamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Wall-clock time at boot (realtime − boottime), in ns since the epoch.
+    boot_epoch_ns: u128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Self { boot_epoch_ns: real.saturating_sub(boot) }
+    }
+
+    /// Wall-clock time of a `bpf_ktime_get_boot_ns` stamp.
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        let ns = self.boot_epoch_ns + u128::from(ktime_ns);
+        let secs = u64::try_from(ns / 1_000_000_000).unwrap_or(u64::MAX);
+        #[expect(clippy::cast_possible_truncation, reason = "remainder < 1e9 fits u32")]
+        let nanos = (ns % 1_000_000_000) as u32;
+        SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid clock id and out-pointer.
+    unsafe { libc::clock_gettime(clock, &raw mut ts) };
+    u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u128::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
+    let header: Header = read(bytes)?;
+    let (kind, ppid, pid, detail) = match header.kind {
+        kind::EXEC => {
+            let r: ExecRecord = read(bytes)?;
+            (EventKind::Exec, Some(r.ppid), header.tgid, exec_detail(&r)?)
+        }
+        kind::FORK => {
+            let r: ForkRecord = read(bytes)?;
+            (EventKind::Fork, Some(r.parent_tgid), r.child_tgid, Detail::Fork {})
+        }
+        kind::EXIT => {
+            let r: ExitRecord = read(bytes)?;
+            (EventKind::Exit, None, header.tgid, exit_detail(r.status))
+        }
+        k @ (kind::CONNECT | kind::SEND) => {
+            let r: SockRecord = read(bytes)?;
+            let kind = if k == kind::CONNECT { EventKind::Connect } else { EventKind::Send };
+            (kind, None, header.tgid, sock_detail(&r)?)
+        }
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    Ok(Event {
+        kind,
+        time: clock.wall(header.ktime_ns),
+        ktime_ns: header.ktime_ns,
+        pid,
+        ppid,
+        tid: header.tid,
+        uid: header.uid,
+        gid: header.gid,
+        cgroup_id: header.cgroup_id,
+        cgroup: None,
+        comm: c_string(&header.comm),
+        detail,
+    })
+}
+
+/// Text up to the first NUL, invalid UTF-8 replaced (never dropped).
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
+    let filename_len = r.filename_len as usize;
+    if filename_len > FILENAME_LEN {
+        return Err(DecodeError::BadLength { field: "filename", len: filename_len, max: FILENAME_LEN });
+    }
+    let argv_len = r.argv_len as usize;
+    if argv_len > ARGV_LEN {
+        return Err(DecodeError::BadLength { field: "argv", len: argv_len, max: ARGV_LEN });
+    }
+    let argv_bytes = &r.argv[..argv_len];
+    let mut argv: Vec<String> = argv_bytes
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    // NUL-terminated strings leave one empty piece after the last terminator.
+    if argv_bytes.last() == Some(&0) {
+        argv.pop();
+    }
+    Ok(Detail::Exec {
+        filename: c_string(&r.filename[..filename_len]),
+        argv,
+        argv_truncated: r.flags & exec_flags::ARGV_TRUNCATED != 0,
+        argv_missing: r.flags & exec_flags::ARGV_MISSING != 0,
+    })
+}
+
+/// Splits a wait status: low 7 bits = terminating signal, bits 8..16 = exit code.
+fn exit_detail(status: u32) -> Detail {
+    let signal = status & 0x7f;
+    if signal == 0 {
+        Detail::Exit { exit_code: Some(((status >> 8) & 0xff).cast_signed()), signal: None }
+    } else {
+        Detail::Exit { exit_code: None, signal: Some(signal) }
+    }
+}
+
+fn sock_detail(r: &SockRecord) -> Result<Detail, DecodeError> {
+    let dst_ip = match r.family {
+        2 => IpAddr::V4(Ipv4Addr::new(r.addr[0], r.addr[1], r.addr[2], r.addr[3])),
+        10 => IpAddr::V6(Ipv6Addr::from(r.addr)),
+        other => return Err(DecodeError::BadFamily(other)),
+    };
+    Ok(Detail::Sock { dst_ip, dst_port: r.port, protocol: Protocol::from_ip_proto(r.protocol) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: u32) -> Header {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        Header {
+            kind,
+            _reserved: 0,
+            ktime_ns: 5_000_000_000,
+            tgid: 42,
+            tid: 43,
+            uid: 1000,
+            gid: 1001,
+            cgroup_id: 777,
+            comm,
+        }
+    }
+
+    fn bytes_of<T: Record>(v: &T) -> Vec<u8> {
+        // SAFETY: Record types have no padding; reading their bytes is defined.
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn clock() -> Clock {
+        Clock { boot_epoch_ns: 1_700_000_000_000_000_000 }
+    }
+
+    fn exec_record(args: &[&[u8]], flags: u32) -> ExecRecord {
+        let mut r = ExecRecord {
+            header: header(kind::EXEC),
+            ppid: 7,
+            argc: u32::try_from(args.len()).unwrap_or(0),
+            argv_len: 0,
+            filename_len: 9,
+            flags,
+            _reserved: 0,
+            filename: [0; FILENAME_LEN],
+            argv: [0; ARGV_LEN],
+        };
+        r.filename[..9].copy_from_slice(b"/bin/echo");
+        let mut off = 0;
+        for a in args {
+            r.argv[off..off + a.len()].copy_from_slice(a);
+            off += a.len() + 1;
+        }
+        r.argv_len = u32::try_from(off).unwrap_or(0);
+        r
+    }
+
+    #[test]
+    fn exec_decodes_every_field() {
+        let r = exec_record(&[b"echo", b"hello world", b""], 0);
+        let e = decode(&bytes_of(&r), &clock()).unwrap();
+        assert_eq!(e.kind, EventKind::Exec);
+        assert_eq!((e.pid, e.tid, e.ppid, e.uid, e.gid, e.cgroup_id), (42, 43, Some(7), 1000, 1001, 777));
+        assert_eq!(e.comm, "curl");
+        assert_eq!(
+            e.detail,
+            Detail::Exec {
+                filename: "/bin/echo".into(),
+                argv: vec!["echo".into(), "hello world".into(), String::new()],
+                argv_truncated: false,
+                argv_missing: false,
+            }
+        );
+        assert_eq!(e.time, SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_005));
+    }
+
+    #[test]
+    fn exec_flags_and_non_utf8() {
+        let r = exec_record(&[b"a\xffb"], exec_flags::ARGV_TRUNCATED);
+        let e = decode(&bytes_of(&r), &clock()).unwrap();
+        let Detail::Exec { argv, argv_truncated, .. } = e.detail else { panic!("not exec") };
+        assert_eq!(argv, vec!["a\u{fffd}b".to_owned()]);
+        assert!(argv_truncated);
+    }
+
+    #[test]
+    fn truncated_argv_without_final_nul_keeps_partial_arg() {
+        let mut r = exec_record(&[], exec_flags::ARGV_TRUNCATED);
+        r.argv.fill(b'x');
+        r.argv_len = u32::try_from(ARGV_LEN).unwrap_or(0);
+        let e = decode(&bytes_of(&r), &clock()).unwrap();
+        let Detail::Exec { argv, .. } = e.detail else { panic!("not exec") };
+        assert_eq!(argv.len(), 1);
+        assert_eq!(argv[0].len(), ARGV_LEN);
+    }
+
+    #[test]
+    fn bad_lengths_are_errors() {
+        let mut r = exec_record(&[b"x"], 0);
+        r.argv_len = 5000;
+        assert_eq!(
+            decode(&bytes_of(&r), &clock()),
+            Err(DecodeError::BadLength { field: "argv", len: 5000, max: ARGV_LEN })
+        );
+        let mut r = exec_record(&[b"x"], 0);
+        r.filename_len = 300;
+        assert!(matches!(decode(&bytes_of(&r), &clock()), Err(DecodeError::BadLength { .. })));
+    }
+
+    #[test]
+    fn short_and_garbage_records_are_errors_not_panics() {
+        let full = bytes_of(&exec_record(&[b"x"], 0));
+        for len in [0, 1, 7, 55, 56, 100, full.len() - 1] {
+            assert!(decode(&full[..len], &clock()).is_err(), "len {len}");
+        }
+        assert_eq!(decode(&bytes_of(&header(99)), &clock()), Err(DecodeError::UnknownKind(99)));
+        // Every kind over pseudo-random bytes: errors or events, never a panic.
+        let mut seed = 0x9e37_79b9_u32;
+        for k in 0..=6 {
+            for len in [56, 64, 80, 1400] {
+                let mut buf: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 17;
+                        seed ^= seed << 5;
+                        seed.to_le_bytes()[0]
+                    })
+                    .collect();
+                buf[..4].copy_from_slice(&u32::to_ne_bytes(k));
+                let _ = decode(&buf, &clock());
+            }
+        }
+    }
+
+    #[test]
+    fn fork_exit_and_sockets() {
+        let f = ForkRecord { header: header(kind::FORK), parent_tgid: 42, child_tgid: 99 };
+        let e = decode(&bytes_of(&f), &clock()).unwrap();
+        assert_eq!((e.kind, e.pid, e.ppid), (EventKind::Fork, 99, Some(42)));
+
+        let x = ExitRecord { header: header(kind::EXIT), status: 3 << 8, _reserved: 0 };
+        let e = decode(&bytes_of(&x), &clock()).unwrap();
+        assert_eq!(e.detail, Detail::Exit { exit_code: Some(3), signal: None });
+        let x = ExitRecord { header: header(kind::EXIT), status: 9, _reserved: 0 };
+        let e = decode(&bytes_of(&x), &clock()).unwrap();
+        assert_eq!(e.detail, Detail::Exit { exit_code: None, signal: Some(9) });
+
+        let mut s = SockRecord {
+            header: header(kind::CONNECT),
+            family: 2,
+            protocol: 6,
+            port: 8080,
+            _reserved: 0,
+            addr: [0; 16],
+        };
+        s.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let e = decode(&bytes_of(&s), &clock()).unwrap();
+        assert_eq!(
+            e.detail,
+            Detail::Sock { dst_ip: "127.0.0.1".parse().unwrap(), dst_port: 8080, protocol: Protocol::Tcp }
+        );
+        s.header.kind = kind::SEND;
+        s.family = 10;
+        s.protocol = 17;
+        s.addr = Ipv6Addr::LOCALHOST.octets();
+        let e = decode(&bytes_of(&s), &clock()).unwrap();
+        assert_eq!(e.kind, EventKind::Send);
+        assert_eq!(
+            e.detail,
+            Detail::Sock { dst_ip: "::1".parse().unwrap(), dst_port: 8080, protocol: Protocol::Udp }
+        );
+        s.family = 1;
+        assert_eq!(decode(&bytes_of(&s), &clock()), Err(DecodeError::BadFamily(1)));
+    }
+
+    #[test]
+    fn json_field_names_are_stable() {
+        let r = exec_record(&[b"echo", b"hi"], 0);
+        let mut e = decode(&bytes_of(&r), &clock()).unwrap();
+        e.cgroup = Some("/agents/x".into());
+        let v = serde_json::to_value(&e).unwrap();
+        for key in ["kind", "time", "pid", "ppid", "tid", "uid", "gid", "cgroup_id", "cgroup", "comm", "filename", "argv"] {
+            assert!(v.get(key).is_some(), "missing {key} in {v}");
+        }
+        assert_eq!(v["kind"], "exec");
+        assert_eq!(v["argv"], serde_json::json!(["echo", "hi"]));
+        assert_eq!(v["time"], "2023-11-14T22:13:25.000000000Z");
+    }
+}

@@ -1,0 +1,98 @@
+//! Facts about the running kernel that the programs need at load time.
+//!
+//! Rust eBPF has no CO-RE, so offsets into kernel structs are read from the kernel's own
+//! BTF (`/sys/kernel/btf/vmlinux`) here and handed to the programs as a global.
+use std::path::{Path, PathBuf};
+
+use agentid_ebpf::Config;
+use btfparse::{Offset, Readable, TypeInformation};
+
+use super::SensorError;
+
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+struct Bytes(Vec<u8>);
+
+impl Readable for Bytes {
+    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = start
+            .checked_add(buffer.len())
+            .and_then(|end| self.0.get(start..end))
+            .ok_or_else(|| {
+                btfparse::Error::new(btfparse::ErrorKind::IOError, "read past end of BTF")
+            })?;
+        buffer.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+/// Builds the programs' [`Config`] for this kernel.
+pub fn probe_config(self_tgid: u32) -> Result<Config, SensorError> {
+    let raw = std::fs::read(VMLINUX_BTF)
+        .map_err(|e| SensorError::Btf(format!("{VMLINUX_BTF}: {e} (kernel built without BTF?)")))?;
+    let btf = TypeInformation::new(&Bytes(raw))
+        .map_err(|e| SensorError::Btf(format!("parsing {VMLINUX_BTF}: {e:?}")))?;
+    let offset = |ty: &str, member: &str| -> Result<u32, SensorError> {
+        let id = btf
+            .id_of(ty)
+            .ok_or_else(|| SensorError::Btf(format!("no `{ty}` in kernel BTF")))?;
+        match btf.offset_of(id, member) {
+            Ok((_, Offset::ByteOffset(off))) => Ok(off),
+            Ok((_, Offset::BitOffsetAndSize(..))) => {
+                Err(SensorError::Btf(format!("`{ty}.{member}` is a bitfield")))
+            }
+            Err(e) => Err(SensorError::Btf(format!("`{ty}.{member}`: {e:?}"))),
+        }
+    };
+    Ok(Config {
+        self_tgid,
+        exit_has_group_dead: u32::from(exit_has_group_dead()?),
+        task_pid_off: offset("task_struct", "pid")?,
+        task_tgid_off: offset("task_struct", "tgid")?,
+        task_real_parent_off: offset("task_struct", "real_parent")?,
+        task_exit_code_off: offset("task_struct", "exit_code")?,
+        binprm_filename_off: offset("linux_binprm", "filename")?,
+        _reserved: 0,
+    })
+}
+
+/// Whether `sched_process_exit` carries `group_dead` (added in 6.x): its tracepoint
+/// format lists the field. Older kernels fall back to the leader's exit.
+fn exit_has_group_dead() -> Result<bool, SensorError> {
+    let format = tracefs()?.join("events/sched/sched_process_exit/format");
+    let text = std::fs::read_to_string(&format)
+        .map_err(|e| SensorError::Tracefs(format!("{}: {e}", format.display())))?;
+    Ok(text.contains(" group_dead;"))
+}
+
+/// The tracefs mount, mounting it at `/sys/kernel/tracing` when absent (classic
+/// tracepoints are attached by id, read from there).
+pub fn tracefs() -> Result<PathBuf, SensorError> {
+    let path = Path::new(TRACEFS);
+    if path.join("events").is_dir() {
+        return Ok(path.to_owned());
+    }
+    let legacy = Path::new("/sys/kernel/debug/tracing");
+    if legacy.join("events").is_dir() {
+        return Ok(legacy.to_owned());
+    }
+    mount("tracefs", TRACEFS, "tracefs")?;
+    Ok(path.to_owned())
+}
+
+fn mount(source: &str, target: &str, fstype: &str) -> Result<(), SensorError> {
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|e| SensorError::Tracefs(e.to_string()));
+    let (src, tgt, fs) = (c(source)?, c(target)?, c(fstype)?);
+    // SAFETY: valid NUL-terminated strings, no data argument.
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(SensorError::Tracefs(format!(
+            "mounting {fstype} on {target}: {}",
+            std::io::Error::last_os_error()
+        )))
+    }
+}

@@ -1,0 +1,230 @@
+//! The sensor: loads and attaches the kernel programs, and turns ring-buffer records into
+//! typed [`Event`]s. Programs stay attached exactly as long as the [`Sensor`] lives.
+pub mod decode;
+mod kernel;
+
+use std::{fs::File, os::fd::AsRawFd};
+
+use agentid_ebpf::{CONFIG_GLOBAL, DROPS_MAP, EVENTS_MAP, kind};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+};
+use tokio::io::unix::AsyncFd;
+
+pub use decode::{Clock, DecodeError, decode};
+
+use crate::{cgroup, event::Event};
+
+/// The compiled kernel programs (empty when built without bpf-linker).
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agentid-probes"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("loading eBPF programs needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN); run as root")]
+    NotRoot,
+    #[error(
+        "this agentid binary was built without its eBPF programs (bpf-linker was missing); \
+         run `scripts/setup.sh` (or `cargo xtask setup`) and rebuild"
+    )]
+    NotBuilt,
+    #[error("kernel BTF: {0}")]
+    Btf(String),
+    #[error("tracefs: {0}")]
+    Tracefs(String),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error("loading eBPF programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("eBPF map {name}: {detail}")]
+    Map { name: &'static str, detail: String },
+    #[error("reading the ring buffer: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Per-kind counters, indexed by the ABI kind number.
+pub type KindCounts = [u64; kind::COUNT as usize];
+
+#[derive(Debug, Clone, Default)]
+pub struct SensorOptions {
+    /// The process whose own activity the kernel drops (default: this process).
+    pub self_tgid: Option<u32>,
+}
+
+/// Attached kernel programs and the ring buffer they write to.
+pub struct Sensor {
+    // Field order matters for drop: the ring buffer before the Ebpf that owns the programs.
+    ring: AsyncFd<RingBuf<MapData>>,
+    drops: PerCpuArray<MapData, u64>,
+    _ebpf: Ebpf,
+    clock: Clock,
+    received: KindCounts,
+    decode_errors: u64,
+}
+
+impl std::fmt::Debug for Sensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sensor")
+            .field("received", &self.received)
+            .field("decode_errors", &self.decode_errors)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tracepoints attached by category/name (fixed syscall layouts).
+const TRACEPOINTS: [(&str, &str); 4] = [
+    ("syscalls", "sys_enter_execve"),
+    ("syscalls", "sys_enter_execveat"),
+    ("syscalls", "sys_exit_execve"),
+    ("syscalls", "sys_exit_execveat"),
+];
+/// Raw tracepoints (kernel pointers read with BTF offsets).
+const RAW_TRACEPOINTS: [&str; 3] = ["sched_process_exec", "sched_process_fork", "sched_process_exit"];
+/// cgroup socket-address hooks, attached at the cgroup v2 root.
+const SOCK_HOOKS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+impl Sensor {
+    /// Loads and attaches every program. Must run inside a tokio runtime.
+    pub fn load(opts: &SensorOptions) -> Result<Self, SensorError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(SensorError::NotRoot);
+        }
+        if PROGRAMS.is_empty() {
+            return Err(SensorError::NotBuilt);
+        }
+        let self_tgid = opts.self_tgid.unwrap_or_else(std::process::id);
+        let config = kernel::probe_config(self_tgid)?;
+        kernel::tracefs()?;
+        let mut ebpf = EbpfLoader::new().override_global(CONFIG_GLOBAL, &config, true).load(PROGRAMS)?;
+
+        for (category, name) in TRACEPOINTS {
+            let prog: &mut TracePoint = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| SensorError::Program { name, source })?;
+            prog.attach(category, name).map_err(|source| SensorError::Program { name, source })?;
+        }
+        for name in RAW_TRACEPOINTS {
+            let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| SensorError::Program { name, source })?;
+            prog.attach(name).map_err(|source| SensorError::Program { name, source })?;
+        }
+        let root = cgroup::v2_root()?;
+        let root_fd = File::open(&root)
+            .map_err(|source| cgroup::CgroupError::Io { path: root.clone(), source })?;
+        for name in SOCK_HOOKS {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| SensorError::Program { name, source })?;
+            // AllowMultiple so other tools' hooks keep working. aya turns it into the
+            // BPF_F_ALLOW_MULTI flag on bpf_link_create, which newer kernels reject with
+            // EINVAL for cgroup links; such links are always multi-attach, so retry without.
+            if prog.attach(&root_fd, CgroupAttachMode::AllowMultiple).is_err() {
+                prog.attach(&root_fd, CgroupAttachMode::Single)
+                    .map_err(|source| SensorError::Program { name, source })?;
+            }
+        }
+
+        let ring = ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(SensorError::Map { name: EVENTS_MAP, detail: "missing".into() })?;
+        let ring = RingBuf::try_from(ring)
+            .map_err(|e| SensorError::Map { name: EVENTS_MAP, detail: e.to_string() })?;
+        let drops = ebpf
+            .take_map(DROPS_MAP)
+            .ok_or(SensorError::Map { name: DROPS_MAP, detail: "missing".into() })?;
+        let drops = PerCpuArray::try_from(drops)
+            .map_err(|e| SensorError::Map { name: DROPS_MAP, detail: e.to_string() })?;
+        tracing::debug!(fd = ring.as_raw_fd(), ?config, "sensor attached");
+        // SAFETY: the RingBuf owns its map fd, which stays open (and is never replaced)
+        // for as long as the AsyncFd holds it.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+        Ok(Self {
+            ring,
+            drops,
+            _ebpf: ebpf,
+            clock: Clock::now(),
+            received: KindCounts::default(),
+            decode_errors: 0,
+        })
+    }
+
+    /// Waits until records are available, then appends every available one to `out`.
+    pub async fn next_events(&mut self, out: &mut Vec<Event>) -> Result<(), SensorError> {
+        let start = out.len();
+        let Self { ring, clock, received, decode_errors, .. } = self;
+        loop {
+            let mut guard = ring.readable_mut().await?;
+            Self::drain_ring(guard.get_inner_mut(), clock, received, decode_errors, out);
+            // Only clears if no new readiness arrived since the guard was taken.
+            guard.clear_ready();
+            if out.len() > start {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Appends every record available right now, without waiting.
+    pub fn drain(&mut self, out: &mut Vec<Event>) {
+        let Self { ring, clock, received, decode_errors, .. } = self;
+        Self::drain_ring(ring.get_mut(), clock, received, decode_errors, out);
+    }
+
+    fn drain_ring(
+        ring: &mut RingBuf<MapData>,
+        clock: &Clock,
+        received: &mut KindCounts,
+        decode_errors: &mut u64,
+        out: &mut Vec<Event>,
+    ) {
+        while let Some(item) = ring.next() {
+            match decode(&item, clock) {
+                Ok(event) => {
+                    if let Some(n) = received.get_mut(event.kind.abi() as usize) {
+                        *n += 1;
+                    }
+                    out.push(event);
+                }
+                Err(e) => {
+                    *decode_errors += 1;
+                    tracing::warn!(error = %e, "undecodable kernel record");
+                }
+            }
+        }
+    }
+
+    /// Records received and decoded, per kind.
+    pub fn received(&self) -> KindCounts {
+        self.received
+    }
+
+    /// Records that could not be decoded (should stay 0: a non-zero value is an ABI bug).
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// Records the kernel could not put in the ring buffer, per kind, summed over CPUs.
+    pub fn drops(&self) -> Result<KindCounts, SensorError> {
+        let mut counts = KindCounts::default();
+        for (k, slot) in counts.iter_mut().enumerate().skip(1) {
+            let index = u32::try_from(k).unwrap_or(0);
+            let per_cpu = self
+                .drops
+                .get(&index, 0)
+                .map_err(|e| SensorError::Map { name: DROPS_MAP, detail: e.to_string() })?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(counts)
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, SensorError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(SensorError::Map { name, detail: "program missing from the object".into() })?;
+    prog.try_into().map_err(|source| SensorError::Program { name, source })
+}

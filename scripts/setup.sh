@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Idempotent prerequisites for building and testing agentid on a Debian host.
+# Every step checks first and does nothing when the thing is already there, so a
+# second run is a fast no-op. Run as root (apt, mounts).
+set -euo pipefail
+
+LLVM_VER=22
+BPF_LINKER_VER=0.13
+LLVM_PREFIX=/usr/lib/llvm-${LLVM_VER}
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        log "must run as root (installs packages, mounts bpffs/tracefs)"
+        exit 1
+    fi
+}
+
+# 1. rust-src: build-std for the bpfel target needs the core sources.
+if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+    log "installing rustup component rust-src"
+    rustup component add rust-src
+fi
+
+# 2. Debian packages: LLVM for bpf-linker, plus tools the test suite drives.
+pkgs=(llvm-${LLVM_VER}-dev libpolly-${LLVM_VER}-dev libzstd-dev zlib1g-dev iproute2)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    need_root
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 3. bpf-linker built against Debian's LLVM (the prebuilt one wants a nightly-only LLVM).
+if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null | grep -q "bpf-linker ${BPF_LINKER_VER}"; then
+    log "installing bpf-linker ${BPF_LINKER_VER} (llvm-${LLVM_VER}); about 2 minutes"
+    PATH="${LLVM_PREFIX}/bin:$PATH" LLVM_SYS_221_PREFIX="${LLVM_PREFIX}" \
+        cargo install --locked bpf-linker --version "~${BPF_LINKER_VER}" \
+        --no-default-features --features llvm-${LLVM_VER} >/dev/null
+fi
+
+# 4. Kernel filesystems the probes and tests use.
+if [ "$(id -u)" = 0 ]; then
+    if ! mountpoint -q /sys/fs/bpf; then
+        log "mounting bpffs on /sys/fs/bpf"
+        mount -t bpf bpf /sys/fs/bpf
+    fi
+    if [ ! -e /sys/kernel/tracing/events ] && ! mountpoint -q /sys/kernel/tracing; then
+        log "mounting tracefs on /sys/kernel/tracing"
+        mount -t tracefs tracefs /sys/kernel/tracing
+    fi
+fi
+log "ok"
