@@ -8,11 +8,15 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
-    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow::anyhow!("no OUT_DIR"))?);
+    let out_dir =
+        PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow::anyhow!("no OUT_DIR"))?);
     let object = out_dir.join("agentid-probes");
     println!("cargo::rustc-check-cfg=cfg(agentid_no_ebpf)");
     println!("cargo:rerun-if-env-changed=PATH");
     println!("cargo:rerun-if-env-changed=AGENTID_SKIP_EBPF");
+    // clippy runs this script with a wrapper and gets an empty object: make the switch
+    // between clippy and a real build re-run it.
+    println!("cargo:rerun-if-env-changed=RUSTC_WORKSPACE_WRAPPER");
 
     let skip = env::var_os("AGENTID_SKIP_EBPF").is_some_and(|v| v == "1");
     let clippy = env::var_os("RUSTC_WORKSPACE_WRAPPER")
@@ -37,15 +41,20 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow::anyhow!("no workspace root"))?
         .join("agentid-ebpf");
-    let root = root.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "agentid-ebpf", root_dir: root, ..Default::default() }],
+        [aya_build::Package {
+            name: "agentid-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom(&toolchain),
     )
 }
 
 fn on_path(program: &str) -> bool {
-    env::var_os("PATH").is_some_and(|paths| {
-        env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-    })
+    env::var_os("PATH")
+        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }

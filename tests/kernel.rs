@@ -1,1 +1,493 @@
+//! Kernel integration tests: the real programs on the running kernel, real processes in a
+//! fresh cgroup per test, assertions on values. Run as root (`cargo xtask test`).
+#![expect(
+    clippy::expect_used,
+    reason = "test harness: a failed step is a failed test"
+)]
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket},
+    process::Stdio,
+    time::Duration,
+};
 
+use agentid::event::{Detail, Event, EventKind, Protocol};
+use agentid_tests::{TestCgroup, agentid_bin, collect_until, sensor_or_skip};
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_agentid-workload");
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn count(events: &[Event], kind: EventKind) -> usize {
+    events.iter().filter(|e| e.kind == kind).count()
+}
+
+fn exec_of<'a>(events: &'a [Event], filename: &str) -> Option<&'a Event> {
+    events
+        .iter()
+        .find(|e| matches!(&e.detail, Detail::Exec { filename: f, .. } if f == filename))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_reports_filename_argv_ppid_uid_and_exit_code() {
+    let Some(mut sensor) = sensor_or_skip("exec") else {
+        return;
+    };
+    let cg = TestCgroup::new("exec");
+    let status = cg
+        .command("/bin/sh")
+        .args(["-c", "exit 7", "arg with spaces", "ünïcode"])
+        .status()
+        .expect("spawn sh");
+    assert_eq!(status.code(), Some(7));
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Exit) >= 1
+    })
+    .await;
+
+    let exec = exec_of(&events, "/bin/sh").expect("exec event");
+    assert_eq!(
+        exec.ppid,
+        Some(std::process::id()),
+        "ppid is the spawning test process"
+    );
+    assert_eq!((exec.uid, exec.gid), (0, 0));
+    assert_eq!(exec.cgroup_id, cg.id);
+    let Detail::Exec {
+        argv,
+        argv_truncated,
+        argv_missing,
+        ..
+    } = &exec.detail
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        argv,
+        &["/bin/sh", "-c", "exit 7", "arg with spaces", "ünïcode"]
+    );
+    assert!(!argv_truncated && !argv_missing);
+
+    let exit = events
+        .iter()
+        .find(|e| e.kind == EventKind::Exit)
+        .expect("exit event");
+    assert_eq!(exit.pid, exec.pid);
+    assert_eq!(
+        exit.detail,
+        Detail::Exit {
+            exit_code: Some(7),
+            signal: None
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_argv_is_bounded_and_flagged() {
+    let Some(mut sensor) = sensor_or_skip("argv") else {
+        return;
+    };
+    let cg = TestCgroup::new("argv");
+    let many: Vec<String> = (0..40).map(|i| format!("a{i}")).collect();
+    let status = cg
+        .command("/bin/true")
+        .args(&many)
+        .status()
+        .expect("spawn true");
+    assert!(status.success());
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Exit) >= 1
+    })
+    .await;
+    let exec = exec_of(&events, "/bin/true").expect("exec event");
+    let Detail::Exec {
+        argv,
+        argv_truncated,
+        ..
+    } = &exec.detail
+    else {
+        unreachable!()
+    };
+    assert!(argv_truncated);
+    assert_eq!(argv.len(), agentid_ebpf::MAX_ARGS);
+    assert_eq!(argv[1], "a0");
+    assert_eq!(argv[15], "a14");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_reports_processes_not_threads_and_exit_codes() {
+    let Some(mut sensor) = sensor_or_skip("fork") else {
+        return;
+    };
+    let cg = TestCgroup::new("fork");
+    let out = cg
+        .command(WORKLOAD)
+        .args(["fork-exit", "42"])
+        .output()
+        .expect("spawn workload");
+    assert!(out.status.success(), "{out:?}");
+    let child: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("child pid");
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Exit) >= 2
+    })
+    .await;
+
+    let exec = exec_of(&events, WORKLOAD).expect("workload exec");
+    let forks: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Fork)
+        .collect();
+    assert_eq!(
+        forks.len(),
+        1,
+        "one process fork, the thread is not a fork: {forks:#?}"
+    );
+    assert_eq!((forks[0].pid, forks[0].ppid), (child, Some(exec.pid)));
+    let child_exit = events
+        .iter()
+        .find(|e| e.kind == EventKind::Exit && e.pid == child)
+        .expect("child exit");
+    assert_eq!(
+        child_exit.detail,
+        Detail::Exit {
+            exit_code: Some(42),
+            signal: None
+        }
+    );
+    let parent_exit = events
+        .iter()
+        .find(|e| e.kind == EventKind::Exit && e.pid == exec.pid)
+        .expect("exit");
+    assert_eq!(
+        parent_exit.detail,
+        Detail::Exit {
+            exit_code: Some(0),
+            signal: None
+        }
+    );
+    assert_eq!(
+        count(&events, EventKind::Exit),
+        2,
+        "one exit per process, none per thread"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_process_reports_signal() {
+    let Some(mut sensor) = sensor_or_skip("signal") else {
+        return;
+    };
+    let cg = TestCgroup::new("signal");
+    let status = cg
+        .command("/bin/sh")
+        .args(["-c", "kill -9 $$"])
+        .status()
+        .expect("spawn");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Exit) >= 1
+    })
+    .await;
+    let exit = events
+        .iter()
+        .find(|e| e.kind == EventKind::Exit)
+        .expect("exit");
+    assert_eq!(
+        exit.detail,
+        Detail::Exit {
+            exit_code: None,
+            signal: Some(9)
+        }
+    );
+}
+
+async fn connect_case(name: &str, bind: &str) {
+    let Some(mut sensor) = sensor_or_skip(name) else {
+        return;
+    };
+    let cg = TestCgroup::new(name);
+    let listener = TcpListener::bind(bind).expect("listener");
+    let addr = listener.local_addr().expect("addr");
+    let status = cg
+        .command(WORKLOAD)
+        .args(["connect", &addr.to_string(), "3"])
+        .status()
+        .expect("spawn");
+    assert!(status.success());
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Connect) >= 3
+    })
+    .await;
+    let exec = exec_of(&events, WORKLOAD).expect("workload exec");
+    for c in events.iter().filter(|e| e.kind == EventKind::Connect) {
+        assert_eq!(c.pid, exec.pid);
+        assert_eq!(
+            c.detail,
+            Detail::Sock {
+                dst_ip: addr.ip(),
+                dst_port: addr.port(),
+                protocol: Protocol::Tcp
+            }
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connect_ipv4() {
+    connect_case("tcp4", "127.0.0.1:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connect_ipv6() {
+    connect_case("tcp6", "[::1]:0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sendto_ipv4_and_ipv6() {
+    let Some(mut sensor) = sensor_or_skip("udp") else {
+        return;
+    };
+    let cg = TestCgroup::new("udp");
+    let v4 = UdpSocket::bind("127.0.0.1:0").expect("bind v4");
+    let v6 = UdpSocket::bind("[::1]:0").expect("bind v6");
+    for sock in [&v4, &v6] {
+        let addr = sock.local_addr().expect("addr").to_string();
+        let status = cg
+            .command(WORKLOAD)
+            .args(["sendto", &addr])
+            .status()
+            .expect("spawn");
+        assert!(status.success());
+    }
+    let mut buf = [0u8; 16];
+    assert_eq!(v4.recv(&mut buf).expect("datagram arrived"), 7);
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Send) >= 2
+    })
+    .await;
+    let sends: Vec<&Detail> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Send)
+        .map(|e| &e.detail)
+        .collect();
+    let p4 = v4.local_addr().expect("addr").port();
+    let p6 = v6.local_addr().expect("addr").port();
+    assert_eq!(
+        sends,
+        vec![
+            &Detail::Sock {
+                dst_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                dst_port: p4,
+                protocol: Protocol::Udp
+            },
+            &Detail::Sock {
+                dst_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                dst_port: p6,
+                protocol: Protocol::Udp
+            },
+        ]
+    );
+}
+
+/// 10,000 TCP connects and 1,000 execs in one cgroup: every one captured, zero drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completeness_10k_connects_1k_execs() {
+    const CONNECTS: usize = 10_000;
+    const EXECS: usize = 1_000;
+    let Some(mut sensor) = sensor_or_skip("complete") else {
+        return;
+    };
+    let cg = TestCgroup::new("complete");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let addr = listener.local_addr().expect("addr");
+    // Accept (and drop) so the backlog never fills.
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let mut connects = cg
+        .command(WORKLOAD)
+        .args(["connect", &addr.to_string(), &CONNECTS.to_string()])
+        .spawn()
+        .expect("spawn connects");
+    let mut execs = cg
+        .command(WORKLOAD)
+        .args(["exec", &EXECS.to_string(), "/bin/true"])
+        .spawn()
+        .expect("spawn execs");
+    // Consume while the workloads run, so the test measures the reader keeping up.
+    let events = collect_until(&mut sensor, cg.id, Duration::from_mins(4), |ev| {
+        count(ev, EventKind::Connect) >= CONNECTS
+            && ev.iter().filter(|e| matches!(&e.detail, Detail::Exec { filename, .. } if filename == "/bin/true")).count() >= EXECS
+    })
+    .await;
+    assert!(connects.wait().expect("wait").success());
+    assert!(execs.wait().expect("wait").success());
+    let true_execs = events
+        .iter()
+        .filter(|e| matches!(&e.detail, Detail::Exec { filename, argv_missing: false, .. } if filename == "/bin/true"))
+        .count();
+    assert_eq!(count(&events, EventKind::Connect), CONNECTS);
+    assert_eq!(true_execs, EXECS);
+    let drops = sensor.drops().expect("drop counters");
+    assert_eq!(drops, [0; 6], "ring-buffer drops per kind");
+    assert_eq!(sensor.decode_errors(), 0);
+    eprintln!(
+        "completeness: {} connects, {} execs captured; drops {:?}",
+        count(&events, EventKind::Connect),
+        true_execs,
+        drops
+    );
+}
+
+/// `agentid trace --json --cgroup X` end to end: the binary, its JSON, its filter.
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom"
+)]
+fn trace_cli_json_for_one_cgroup() {
+    if sensor_or_skip_sync("trace-cli") {
+        return;
+    }
+    let cg = TestCgroup::new("cli");
+    let mut trace = std::process::Command::new(agentid_bin())
+        .args(["trace", "--json", "--cgroup", &cg.rel])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agentid trace");
+    let mut stderr = BufReader::new(trace.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("read stderr");
+    assert!(line.contains("probes attached"), "unexpected: {line}");
+
+    let tcp4 = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let tcp6 = TcpListener::bind("[::1]:0").expect("listener");
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let (a4, a6, au) = (
+        tcp4.local_addr().expect("a").to_string(),
+        tcp6.local_addr().expect("a").to_string(),
+        udp.local_addr().expect("a").to_string(),
+    );
+    for args in [
+        vec!["connect", &a4, "1"],
+        vec!["connect", &a6, "1"],
+        vec!["sendto", &au],
+        vec!["fork-exit", "5"],
+    ] {
+        assert!(
+            cg.command(WORKLOAD)
+                .args(&args)
+                .status()
+                .expect("workload")
+                .success()
+        );
+    }
+    // A process outside the cgroup: must not appear.
+    assert!(
+        std::process::Command::new("/bin/true")
+            .status()
+            .expect("true")
+            .success()
+    );
+
+    // The last workload's exit tells us everything before it was emitted; wait for it
+    // in the output rather than sleeping.
+    let mut stdout = BufReader::new(trace.stdout.take().expect("stdout"));
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    loop {
+        let mut l = String::new();
+        assert!(
+            stdout.read_line(&mut l).expect("read stdout") > 0,
+            "trace ended early"
+        );
+        let v: serde_json::Value = serde_json::from_str(&l).expect("JSON line");
+        let done = v["kind"] == "exit"
+            && v["exit_code"] == 0
+            && events.iter().any(|e| e["kind"] == "fork");
+        events.push(v);
+        if done && events.iter().filter(|e| e["kind"] == "exit").count() >= 5 {
+            break;
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(i32::try_from(trace.id()).expect("pid"), libc::SIGINT) };
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("rest");
+    let status = trace.wait().expect("wait");
+    assert!(status.success(), "trace exit status {status}");
+    let mut summary = String::new();
+    stderr.read_to_string(&mut summary).expect("summary");
+    assert!(
+        summary.contains("connect=") && summary.contains("drops 0"),
+        "summary: {summary}"
+    );
+
+    for e in &events {
+        assert_eq!(
+            e["cgroup"],
+            cg.rel.as_str(),
+            "event outside the cgroup: {e}"
+        );
+        assert_eq!(e["cgroup_id"], cg.id);
+        for key in ["kind", "time", "pid", "tid", "uid", "gid", "comm"] {
+            assert!(e.get(key).is_some(), "{key} missing in {e}");
+        }
+    }
+    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| events.iter().find(|e| pred(e)).cloned();
+    let c4 = find(&|e| e["kind"] == "connect" && e["dst_ip"] == "127.0.0.1").expect("connect v4");
+    assert_eq!(
+        c4["dst_port"].to_string(),
+        a4.rsplit(':').next().expect("port")
+    );
+    assert_eq!(c4["protocol"], "tcp");
+    let c6 = find(&|e| e["kind"] == "connect" && e["dst_ip"] == "::1").expect("connect v6");
+    assert_eq!(c6["protocol"], "tcp");
+    let s = find(&|e| e["kind"] == "send").expect("udp send");
+    assert_eq!(
+        (s["dst_ip"].as_str(), s["protocol"].as_str()),
+        (Some("127.0.0.1"), Some("udp"))
+    );
+    let x = find(&|e| e["kind"] == "exec").expect("exec");
+    assert_eq!(x["filename"], WORKLOAD);
+    assert_eq!(x["argv"][0], WORKLOAD);
+    let f = find(&|e| e["kind"] == "fork").expect("fork");
+    let code5 = find(&|e| e["kind"] == "exit" && e["exit_code"] == 5).expect("exit 5");
+    assert_eq!(
+        f["pid"], code5["pid"],
+        "forked child is the one exiting with 5"
+    );
+}
+
+/// Not root → one clear error line, non-zero exit, no backtrace.
+#[test]
+fn trace_without_root_fails_with_one_line() {
+    let out = std::process::Command::new(agentid_bin())
+        .arg("trace")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("spawn as nobody");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("needs root"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+fn sensor_or_skip_sync(name: &str) -> bool {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async { sensor_or_skip(name).is_none() })
+}
+
+use std::os::unix::process::CommandExt as _;

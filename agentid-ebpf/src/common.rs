@@ -53,7 +53,7 @@ pub unsafe fn fill_header(header: *mut Header, kind: u32, tgid: u32, tid: u32) {
     // SAFETY: caller guarantees `header` is valid for writes.
     unsafe {
         (*header).kind = kind;
-        (*header)._reserved = 0;
+        (*header).reserved = 0;
         (*header).ktime_ns = bpf_ktime_get_boot_ns();
         (*header).tgid = tgid;
         (*header).tid = tid;

@@ -54,7 +54,7 @@ pub mod exec_flags {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     pub kind: u32,
-    pub _reserved: u32,
+    pub reserved: u32,
     /// `bpf_ktime_get_boot_ns`: nanoseconds since boot, suspend included.
     pub ktime_ns: u64,
     pub tgid: u32,
@@ -80,7 +80,7 @@ pub struct ExecRecord {
     /// Valid bytes in `filename`, without the NUL.
     pub filename_len: u32,
     pub flags: u32,
-    pub _reserved: u32,
+    pub reserved: u32,
     pub filename: [u8; FILENAME_LEN],
     pub argv: [u8; ARGV_LEN],
 }
@@ -101,7 +101,7 @@ pub struct ExitRecord {
     pub header: Header,
     /// The raw wait status (`task_struct::exit_code`): exit code `<< 8`, or the signal.
     pub status: u32,
-    pub _reserved: u32,
+    pub reserved: u32,
 }
 
 /// An outbound `connect` (kind CONNECT) or an unconnected `sendmsg`/`sendto` (kind SEND).
@@ -115,7 +115,7 @@ pub struct SockRecord {
     pub protocol: u16,
     /// Destination port, host byte order.
     pub port: u16,
-    pub _reserved: u16,
+    pub reserved: u16,
     /// Destination address in network byte order; IPv4 uses the first 4 bytes.
     pub addr: [u8; 16],
 }
@@ -137,7 +137,7 @@ pub struct Config {
     pub task_real_parent_off: u32,
     pub task_exit_code_off: u32,
     pub binprm_filename_off: u32,
-    pub _reserved: u32,
+    pub reserved: u32,
 }
 
 impl Config {
@@ -149,7 +149,7 @@ impl Config {
         task_real_parent_off: 0,
         task_exit_code_off: 0,
         binprm_filename_off: 0,
-        _reserved: 0,
+        reserved: 0,
     };
 }
 
@@ -161,8 +161,8 @@ const _: () = {
     assert!(size_of::<ExitRecord>() == size_of::<Header>() + 8);
     assert!(size_of::<SockRecord>() == size_of::<Header>() + 8 + 16);
     assert!(size_of::<Config>() == 8 * 4);
-    assert!(size_of::<Header>() % 8 == 0 && size_of::<ExecRecord>() % 8 == 0);
-    assert!(size_of::<SockRecord>() % 8 == 0 && size_of::<ForkRecord>() % 8 == 0);
+    assert!(size_of::<Header>().is_multiple_of(8) && size_of::<ExecRecord>().is_multiple_of(8));
+    assert!(size_of::<SockRecord>().is_multiple_of(8) && size_of::<ForkRecord>().is_multiple_of(8));
 };
 
 #[cfg(feature = "user")]

@@ -54,7 +54,7 @@ fn emit(ctx: &SockAddrContext, kind: u32, family: u16) {
         (*rec).protocol = (*sa).protocol as u16;
         // user_port holds the port in network byte order in its low 16 bits.
         (*rec).port = u16::from_be((*sa).user_port as u16);
-        (*rec)._reserved = 0;
+        (*rec).reserved = 0;
         (*rec).addr = [0; 16];
         if family == AF_INET {
             let ip = (*sa).user_ip4.to_ne_bytes();

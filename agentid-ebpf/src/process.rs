@@ -28,7 +28,7 @@ pub struct PendingArgv {
     argc: u32,
     len: u32,
     flags: u32,
-    _reserved: u32,
+    reserved: u32,
     buf: [u8; 2 * ARGV_LEN],
 }
 
@@ -166,7 +166,7 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     unsafe {
         fill_header(&raw mut (*rec).header, kind::EXEC, tgid, tid);
         (*rec).ppid = parent_tgid(cfg.task_real_parent_off, cfg.task_tgid_off);
-        (*rec)._reserved = 0;
+        (*rec).reserved = 0;
         let mut flags = 0;
 
         let filename: u64 =
@@ -291,7 +291,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     unsafe {
         fill_header(&raw mut (*rec).header, kind::EXIT, tgid, tid);
         (*rec).status = status;
-        (*rec)._reserved = 0;
+        (*rec).reserved = 0;
     }
     entry.submit(0);
     0

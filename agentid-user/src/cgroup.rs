@@ -17,8 +17,11 @@ pub enum CgroupError {
     #[error("reading /proc/self/mountinfo: {0}")]
     MountInfo(#[from] procfs::ProcError),
     #[error("cgroup {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{0} is not inside the cgroup v2 hierarchy at {1}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}: no such cgroup in the v2 hierarchy at {1}")]
     Outside(PathBuf, PathBuf),
 }
 
@@ -37,7 +40,10 @@ pub fn v2_root() -> Result<PathBuf, CgroupError> {
 pub fn id_of(dir: &Path) -> Result<u64, CgroupError> {
     std::fs::metadata(dir)
         .map(|m| m.ino())
-        .map_err(|source| CgroupError::Io { path: dir.to_owned(), source })
+        .map_err(|source| CgroupError::Io {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 /// Resolves cgroup ids to paths relative to the hierarchy root (`/` is the root).
@@ -54,7 +60,11 @@ const MIN_REWALK: Duration = Duration::from_millis(100);
 
 impl Resolver {
     pub fn new(root: PathBuf) -> Self {
-        Self { root, paths: HashMap::new(), last_walk: None }
+        Self {
+            root,
+            paths: HashMap::new(),
+            last_walk: None,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -77,8 +87,7 @@ impl Resolver {
 
     /// Path of a cgroup id, walking the hierarchy again if the id is new.
     pub fn path(&mut self, id: u64) -> Option<&str> {
-        if !self.paths.contains_key(&id)
-            && self.last_walk.is_none_or(|t| t.elapsed() >= MIN_REWALK)
+        if !self.paths.contains_key(&id) && self.last_walk.is_none_or(|t| t.elapsed() >= MIN_REWALK)
         {
             self.walk();
         }
@@ -90,9 +99,13 @@ impl Resolver {
         self.paths.clear();
         let mut stack = vec![(self.root.clone(), String::from("/"))];
         while let Some((dir, rel)) = stack.pop() {
-            let Ok(meta) = std::fs::metadata(&dir) else { continue };
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
             self.paths.insert(meta.ino(), rel.clone());
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
                     let name = entry.file_name();
@@ -112,7 +125,9 @@ impl Resolver {
 pub fn is_within(path: &str, prefix: &str) -> bool {
     prefix == "/"
         || path == prefix
-        || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 #[cfg(test)]

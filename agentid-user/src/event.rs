@@ -15,7 +15,13 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [Self; 5] = [Self::Exec, Self::Fork, Self::Exit, Self::Connect, Self::Send];
+    pub const ALL: [Self; 5] = [
+        Self::Exec,
+        Self::Fork,
+        Self::Exit,
+        Self::Connect,
+        Self::Send,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -98,7 +104,11 @@ pub enum Detail {
         signal: Option<u32>,
     },
     /// A `connect` (kind connect) or an unconnected `sendto`/`sendmsg` (kind send).
-    Sock { dst_ip: IpAddr, dst_port: u16, protocol: Protocol },
+    Sock {
+        dst_ip: IpAddr,
+        dst_port: u16,
+        protocol: Protocol,
+    },
 }
 
 /// One decoded kernel event. Field names are the stable `--json` schema.

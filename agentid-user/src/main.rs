@@ -4,7 +4,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "agentid", version, about = "Runtime identity tracer for AI agents")]
+#[command(
+    name = "agentid",
+    version,
+    about = "Runtime identity tracer for AI agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +29,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("agentid: error: starting the async runtime: {e}");

@@ -1,1 +1,138 @@
+//! Harness for agentid's end-to-end tests: real probes, real processes, one fresh cgroup
+//! per test so concurrent tests never see each other's events.
+#![expect(
+    clippy::expect_used,
+    clippy::missing_panics_doc,
+    clippy::match_wild_err_arm,
+    reason = "test harness: a failed step is a failed test"
+)]
+use std::{
+    fs,
+    io::Write,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
 
+use agentid::{
+    cgroup,
+    event::Event,
+    sensor::{Sensor, SensorOptions},
+};
+
+/// Whether kernel tests must fail (CI) instead of skipping when BPF is unavailable.
+pub fn bpf_required() -> bool {
+    std::env::var_os("AGENTID_REQUIRE_BPF").is_some_and(|v| v == "1")
+}
+
+/// Loads the real sensor. `None` (test skipped, with a note) only when BPF is unavailable
+/// and `AGENTID_REQUIRE_BPF` is not set; with it set, unavailability fails the test.
+pub fn sensor_or_skip(test: &str) -> Option<Sensor> {
+    match Sensor::load(&SensorOptions::default()) {
+        Ok(sensor) => Some(sensor),
+        Err(e) if bpf_required() => panic!("{test}: BPF required but unavailable: {e}"),
+        Err(e) => {
+            eprintln!(
+                "SKIPPED {test}: BPF unavailable ({e}); set AGENTID_REQUIRE_BPF=1 to fail instead"
+            );
+            None
+        }
+    }
+}
+
+/// A child cgroup v2 created for one test and removed when dropped.
+#[derive(Debug)]
+pub struct TestCgroup {
+    pub dir: PathBuf,
+    /// Path relative to the hierarchy root, as `agentid trace --cgroup` takes it.
+    pub rel: String,
+    pub id: u64,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let root = cgroup::v2_root().expect("cgroup v2 hierarchy");
+        let leaf = format!("agentid-test-{name}-{}", std::process::id());
+        let dir = root.join(&leaf);
+        if dir.exists() {
+            let _ = fs::remove_dir(&dir);
+        }
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        let id = cgroup::id_of(&dir).expect("cgroup id");
+        Self {
+            dir,
+            rel: format!("/{leaf}"),
+            id,
+        }
+    }
+
+    /// A command whose process joins this cgroup before it execs.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        let procs = self.dir.join("cgroup.procs");
+        // SAFETY: the closure only opens/writes a file, async-signal-safe enough for a
+        // freshly forked single-threaded child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut f = fs::OpenOptions::new().write(true).open(&procs)?;
+                f.write_all(b"0")
+            });
+        }
+        cmd
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Exited processes may take a moment to leave the cgroup.
+        for _ in 0..100 {
+            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove {}", self.dir.display());
+    }
+}
+
+/// Collects this cgroup's events until `done` holds over them, failing after `timeout`
+/// (the timeout is a failure guard, not a synchronisation sleep).
+pub async fn collect_until(
+    sensor: &mut Sensor,
+    cgroup_id: u64,
+    timeout: Duration,
+    mut done: impl FnMut(&[Event]) -> bool,
+) -> Vec<Event> {
+    let deadline = Instant::now() + timeout;
+    let mut mine = Vec::new();
+    let mut batch = Vec::new();
+    while !done(&mine) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sensor.next_events(&mut batch)).await {
+            Ok(r) => r.expect("reading the ring buffer"),
+            Err(_elapsed) => panic!(
+                "timed out after {timeout:?}; got {} events from the test cgroup: {:#?}",
+                mine.len(),
+                mine.iter().rev().take(10).collect::<Vec<_>>()
+            ),
+        }
+        mine.extend(batch.drain(..).filter(|e| e.cgroup_id == cgroup_id));
+    }
+    mine
+}
+
+/// The `agentid` binary built next to this test binary (`cargo build --bins` first;
+/// `cargo xtask test` does).
+pub fn agentid_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/agentid
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("agentid");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --bins` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}

@@ -1,5 +1,6 @@
 //! `agentid trace`: attach the probes and print every event live.
 use std::{
+    fmt::Write as _,
     io::{self, Write},
     path::PathBuf,
 };
@@ -34,13 +35,24 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         .transpose()
         .context("--cgroup")?;
     let mut sensor = Sensor::load(&SensorOptions::default())?;
+    // Tests and wrappers wait for this line: from here on no event is missed.
+    eprintln!(
+        "agentid trace: probes attached; tracing {}; Ctrl-C to stop",
+        filter
+            .as_deref()
+            .map_or_else(|| "all cgroups".to_owned(), |c| format!("cgroup {c}"))
+    );
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
 
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     if !args.json {
-        writeln!(out, "{:<30} {:<7} {:>7} {:>7} {:>5} {:<24} {:<16} DETAIL", "TIME", "KIND", "PID", "PPID", "UID", "CGROUP", "COMM")?;
+        writeln!(
+            out,
+            "{:<30} {:<7} {:>7} {:>7} {:>5} {:<24} {:<16} DETAIL",
+            "TIME", "KIND", "PID", "PPID", "UID", "CGROUP", "COMM"
+        )?;
         out.flush()?;
     }
     let mut shown = [0u64; 6];
@@ -53,15 +65,31 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         }
-        if let Err(e) = print_batch(&mut out, &mut batch, &mut resolver, filter.as_deref(), args.json, &mut shown) {
+        if let Err(e) = print_batch(
+            &mut out,
+            &mut batch,
+            &mut resolver,
+            filter.as_deref(),
+            args.json,
+            &mut shown,
+        ) {
             // A closed stdout (`| head`) ends the trace quietly.
-            if e.kind() == io::ErrorKind::BrokenPipe { break Ok(()); }
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                break Ok(());
+            }
             break Err(e.into());
         }
     };
     // Whatever arrived before the signal is still printed.
     sensor.drain(&mut batch);
-    let _ = print_batch(&mut out, &mut batch, &mut resolver, filter.as_deref(), args.json, &mut shown);
+    let _ = print_batch(
+        &mut out,
+        &mut batch,
+        &mut resolver,
+        filter.as_deref(),
+        args.json,
+        &mut shown,
+    );
     let _ = out.flush();
     drop(out);
     let drops = sensor.drops()?;
@@ -69,9 +97,16 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut summary = String::from("agentid trace:");
     for kind in EventKind::ALL {
         let k = kind.abi() as usize;
-        summary.push_str(&format!(" {kind}={}/{} (drops {})", shown[k], received[k], drops[k]));
+        let _ = write!(
+            summary,
+            " {kind}={}/{} (drops {})",
+            shown[k], received[k], drops[k]
+        );
     }
-    eprintln!("{summary}  [shown/received]; undecodable records: {}", sensor.decode_errors());
+    eprintln!(
+        "{summary}  [shown/received]; undecodable records: {}",
+        sensor.decode_errors()
+    );
     result
 }
 
@@ -86,7 +121,9 @@ fn print_batch(
     for mut event in batch.drain(..) {
         let path = resolver.path(event.cgroup_id).map(str::to_owned);
         if let Some(prefix) = filter
-            && !path.as_deref().is_some_and(|p| cgroup::is_within(p, prefix))
+            && !path
+                .as_deref()
+                .is_some_and(|p| cgroup::is_within(p, prefix))
         {
             continue;
         }
@@ -105,14 +142,33 @@ fn print_batch(
 fn write_row(out: &mut impl Write, e: &Event) -> io::Result<()> {
     let ppid = e.ppid.map_or_else(|| "-".to_owned(), |p| p.to_string());
     let detail = match &e.detail {
-        Detail::Exec { filename, argv, argv_truncated, .. } => {
-            format!("{filename} {:?}{}", argv, if *argv_truncated { " (truncated)" } else { "" })
+        Detail::Exec {
+            filename,
+            argv,
+            argv_truncated,
+            ..
+        } => {
+            let args: Vec<String> = argv.iter().map(|a| quote(a)).collect();
+            let more = if *argv_truncated {
+                " …(truncated)"
+            } else {
+                ""
+            };
+            format!("{} [{}]{more}", printable(filename), args.join(" "))
         }
         Detail::Fork {} => format!("child {}", e.pid),
-        Detail::Exit { exit_code: Some(c), .. } => format!("code {c}"),
-        Detail::Exit { signal: Some(s), .. } => format!("signal {s}"),
+        Detail::Exit {
+            exit_code: Some(c), ..
+        } => format!("code {c}"),
+        Detail::Exit {
+            signal: Some(s), ..
+        } => format!("signal {s}"),
         Detail::Exit { .. } => String::new(),
-        Detail::Sock { dst_ip, dst_port, protocol } => match dst_ip {
+        Detail::Sock {
+            dst_ip,
+            dst_port,
+            protocol,
+        } => match dst_ip {
             std::net::IpAddr::V6(ip) => format!("{protocol} [{ip}]:{dst_port}"),
             std::net::IpAddr::V4(ip) => format!("{protocol} {ip}:{dst_port}"),
         },
@@ -126,7 +182,35 @@ fn write_row(out: &mut impl Write, e: &Event) -> io::Result<()> {
         ppid,
         e.uid,
         e.cgroup.as_deref().unwrap_or("?"),
-        e.comm.escape_debug().to_string(),
-        detail.escape_debug()
+        printable(&e.comm),
+        detail
     )
+}
+
+/// Control characters escaped so one event stays one line whatever a workload puts in
+/// its names and arguments.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// An argument as a shell would need it: quoted when empty or holding blanks/quotes.
+fn quote(arg: &str) -> String {
+    let p = printable(arg);
+    if !p.is_empty()
+        && !p
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '"')
+    {
+        p
+    } else {
+        format!("'{}'", p.replace('\'', r"'\''"))
+    }
 }

@@ -15,11 +15,19 @@ use crate::event::{Detail, Event, EventKind, Protocol};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {len} bytes is shorter than its {need}-byte {what}")]
-    Short { what: &'static str, len: usize, need: usize },
+    Short {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
     #[error("{field} length {len} exceeds its {max}-byte buffer")]
-    BadLength { field: &'static str, len: usize, max: usize },
+    BadLength {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("unknown address family {0}")]
     BadFamily(u16),
 }
@@ -47,7 +55,11 @@ impl Record for SockRecord {
 fn read<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { what: T::NAME, len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            what: T::NAME,
+            len: bytes.len(),
+            need,
+        });
     }
     // SAFETY: length checked above; `Record` types are valid for any bit pattern and
     // read_unaligned copes with the ring buffer's 8-byte alignment.
@@ -65,21 +77,25 @@ impl Clock {
     pub fn now() -> Self {
         let boot = clock_ns(libc::CLOCK_BOOTTIME);
         let real = clock_ns(libc::CLOCK_REALTIME);
-        Self { boot_epoch_ns: real.saturating_sub(boot) }
+        Self {
+            boot_epoch_ns: real.saturating_sub(boot),
+        }
     }
 
     /// Wall-clock time of a `bpf_ktime_get_boot_ns` stamp.
     pub fn wall(&self, ktime_ns: u64) -> SystemTime {
         let ns = self.boot_epoch_ns + u128::from(ktime_ns);
         let secs = u64::try_from(ns / 1_000_000_000).unwrap_or(u64::MAX);
-        #[expect(clippy::cast_possible_truncation, reason = "remainder < 1e9 fits u32")]
-        let nanos = (ns % 1_000_000_000) as u32;
+        let nanos = u32::try_from(ns % 1_000_000_000).unwrap_or(0);
         SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)
     }
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid clock id and out-pointer.
     unsafe { libc::clock_gettime(clock, &raw mut ts) };
     u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u128::try_from(ts.tv_nsec).unwrap_or(0)
@@ -88,14 +104,19 @@ fn clock_ns(clock: libc::clockid_t) -> u128 {
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
     let header: Header = read(bytes)?;
-    let (kind, ppid, pid, detail) = match header.kind {
+    let (kind, parent, pid, detail) = match header.kind {
         kind::EXEC => {
             let r: ExecRecord = read(bytes)?;
             (EventKind::Exec, Some(r.ppid), header.tgid, exec_detail(&r)?)
         }
         kind::FORK => {
             let r: ForkRecord = read(bytes)?;
-            (EventKind::Fork, Some(r.parent_tgid), r.child_tgid, Detail::Fork {})
+            (
+                EventKind::Fork,
+                Some(r.parent_tgid),
+                r.child_tgid,
+                Detail::Fork {},
+            )
         }
         kind::EXIT => {
             let r: ExitRecord = read(bytes)?;
@@ -103,7 +124,11 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
         }
         k @ (kind::CONNECT | kind::SEND) => {
             let r: SockRecord = read(bytes)?;
-            let kind = if k == kind::CONNECT { EventKind::Connect } else { EventKind::Send };
+            let kind = if k == kind::CONNECT {
+                EventKind::Connect
+            } else {
+                EventKind::Send
+            };
             (kind, None, header.tgid, sock_detail(&r)?)
         }
         other => return Err(DecodeError::UnknownKind(other)),
@@ -113,7 +138,7 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
         time: clock.wall(header.ktime_ns),
         ktime_ns: header.ktime_ns,
         pid,
-        ppid,
+        ppid: parent,
         tid: header.tid,
         uid: header.uid,
         gid: header.gid,
@@ -133,11 +158,19 @@ fn c_string(bytes: &[u8]) -> String {
 fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
     let filename_len = r.filename_len as usize;
     if filename_len > FILENAME_LEN {
-        return Err(DecodeError::BadLength { field: "filename", len: filename_len, max: FILENAME_LEN });
+        return Err(DecodeError::BadLength {
+            field: "filename",
+            len: filename_len,
+            max: FILENAME_LEN,
+        });
     }
     let argv_len = r.argv_len as usize;
     if argv_len > ARGV_LEN {
-        return Err(DecodeError::BadLength { field: "argv", len: argv_len, max: ARGV_LEN });
+        return Err(DecodeError::BadLength {
+            field: "argv",
+            len: argv_len,
+            max: ARGV_LEN,
+        });
     }
     let argv_bytes = &r.argv[..argv_len];
     let mut argv: Vec<String> = argv_bytes
@@ -160,9 +193,15 @@ fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
 fn exit_detail(status: u32) -> Detail {
     let signal = status & 0x7f;
     if signal == 0 {
-        Detail::Exit { exit_code: Some(((status >> 8) & 0xff).cast_signed()), signal: None }
+        Detail::Exit {
+            exit_code: Some(((status >> 8) & 0xff).cast_signed()),
+            signal: None,
+        }
     } else {
-        Detail::Exit { exit_code: None, signal: Some(signal) }
+        Detail::Exit {
+            exit_code: None,
+            signal: Some(signal),
+        }
     }
 }
 
@@ -172,7 +211,11 @@ fn sock_detail(r: &SockRecord) -> Result<Detail, DecodeError> {
         10 => IpAddr::V6(Ipv6Addr::from(r.addr)),
         other => return Err(DecodeError::BadFamily(other)),
     };
-    Ok(Detail::Sock { dst_ip, dst_port: r.port, protocol: Protocol::from_ip_proto(r.protocol) })
+    Ok(Detail::Sock {
+        dst_ip,
+        dst_port: r.port,
+        protocol: Protocol::from_ip_proto(r.protocol),
+    })
 }
 
 #[cfg(test)]
@@ -184,7 +227,7 @@ mod tests {
         comm[..4].copy_from_slice(b"curl");
         Header {
             kind,
-            _reserved: 0,
+            reserved: 0,
             ktime_ns: 5_000_000_000,
             tgid: 42,
             tid: 43,
@@ -202,7 +245,9 @@ mod tests {
     }
 
     fn clock() -> Clock {
-        Clock { boot_epoch_ns: 1_700_000_000_000_000_000 }
+        Clock {
+            boot_epoch_ns: 1_700_000_000_000_000_000,
+        }
     }
 
     fn exec_record(args: &[&[u8]], flags: u32) -> ExecRecord {
@@ -213,7 +258,7 @@ mod tests {
             argv_len: 0,
             filename_len: 9,
             flags,
-            _reserved: 0,
+            reserved: 0,
             filename: [0; FILENAME_LEN],
             argv: [0; ARGV_LEN],
         };
@@ -232,7 +277,10 @@ mod tests {
         let r = exec_record(&[b"echo", b"hello world", b""], 0);
         let e = decode(&bytes_of(&r), &clock()).unwrap();
         assert_eq!(e.kind, EventKind::Exec);
-        assert_eq!((e.pid, e.tid, e.ppid, e.uid, e.gid, e.cgroup_id), (42, 43, Some(7), 1000, 1001, 777));
+        assert_eq!(
+            (e.pid, e.tid, e.ppid, e.uid, e.gid, e.cgroup_id),
+            (42, 43, Some(7), 1000, 1001, 777)
+        );
         assert_eq!(e.comm, "curl");
         assert_eq!(
             e.detail,
@@ -243,14 +291,24 @@ mod tests {
                 argv_missing: false,
             }
         );
-        assert_eq!(e.time, SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_005));
+        assert_eq!(
+            e.time,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_005)
+        );
     }
 
     #[test]
     fn exec_flags_and_non_utf8() {
         let r = exec_record(&[b"a\xffb"], exec_flags::ARGV_TRUNCATED);
         let e = decode(&bytes_of(&r), &clock()).unwrap();
-        let Detail::Exec { argv, argv_truncated, .. } = e.detail else { panic!("not exec") };
+        let Detail::Exec {
+            argv,
+            argv_truncated,
+            ..
+        } = e.detail
+        else {
+            panic!("not exec")
+        };
         assert_eq!(argv, vec!["a\u{fffd}b".to_owned()]);
         assert!(argv_truncated);
     }
@@ -261,7 +319,9 @@ mod tests {
         r.argv.fill(b'x');
         r.argv_len = u32::try_from(ARGV_LEN).unwrap_or(0);
         let e = decode(&bytes_of(&r), &clock()).unwrap();
-        let Detail::Exec { argv, .. } = e.detail else { panic!("not exec") };
+        let Detail::Exec { argv, .. } = e.detail else {
+            panic!("not exec")
+        };
         assert_eq!(argv.len(), 1);
         assert_eq!(argv[0].len(), ARGV_LEN);
     }
@@ -272,11 +332,18 @@ mod tests {
         r.argv_len = 5000;
         assert_eq!(
             decode(&bytes_of(&r), &clock()),
-            Err(DecodeError::BadLength { field: "argv", len: 5000, max: ARGV_LEN })
+            Err(DecodeError::BadLength {
+                field: "argv",
+                len: 5000,
+                max: ARGV_LEN
+            })
         );
         let mut r = exec_record(&[b"x"], 0);
         r.filename_len = 300;
-        assert!(matches!(decode(&bytes_of(&r), &clock()), Err(DecodeError::BadLength { .. })));
+        assert!(matches!(
+            decode(&bytes_of(&r), &clock()),
+            Err(DecodeError::BadLength { .. })
+        ));
     }
 
     #[test]
@@ -285,7 +352,10 @@ mod tests {
         for len in [0, 1, 7, 55, 56, 100, full.len() - 1] {
             assert!(decode(&full[..len], &clock()).is_err(), "len {len}");
         }
-        assert_eq!(decode(&bytes_of(&header(99)), &clock()), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            decode(&bytes_of(&header(99)), &clock()),
+            Err(DecodeError::UnknownKind(99))
+        );
         // Every kind over pseudo-random bytes: errors or events, never a panic.
         let mut seed = 0x9e37_79b9_u32;
         for k in 0..=6 {
@@ -306,30 +376,58 @@ mod tests {
 
     #[test]
     fn fork_exit_and_sockets() {
-        let f = ForkRecord { header: header(kind::FORK), parent_tgid: 42, child_tgid: 99 };
+        let f = ForkRecord {
+            header: header(kind::FORK),
+            parent_tgid: 42,
+            child_tgid: 99,
+        };
         let e = decode(&bytes_of(&f), &clock()).unwrap();
         assert_eq!((e.kind, e.pid, e.ppid), (EventKind::Fork, 99, Some(42)));
 
-        let x = ExitRecord { header: header(kind::EXIT), status: 3 << 8, _reserved: 0 };
+        let x = ExitRecord {
+            header: header(kind::EXIT),
+            status: 3 << 8,
+            reserved: 0,
+        };
         let e = decode(&bytes_of(&x), &clock()).unwrap();
-        assert_eq!(e.detail, Detail::Exit { exit_code: Some(3), signal: None });
-        let x = ExitRecord { header: header(kind::EXIT), status: 9, _reserved: 0 };
+        assert_eq!(
+            e.detail,
+            Detail::Exit {
+                exit_code: Some(3),
+                signal: None
+            }
+        );
+        let x = ExitRecord {
+            header: header(kind::EXIT),
+            status: 9,
+            reserved: 0,
+        };
         let e = decode(&bytes_of(&x), &clock()).unwrap();
-        assert_eq!(e.detail, Detail::Exit { exit_code: None, signal: Some(9) });
+        assert_eq!(
+            e.detail,
+            Detail::Exit {
+                exit_code: None,
+                signal: Some(9)
+            }
+        );
 
         let mut s = SockRecord {
             header: header(kind::CONNECT),
             family: 2,
             protocol: 6,
             port: 8080,
-            _reserved: 0,
+            reserved: 0,
             addr: [0; 16],
         };
         s.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         let e = decode(&bytes_of(&s), &clock()).unwrap();
         assert_eq!(
             e.detail,
-            Detail::Sock { dst_ip: "127.0.0.1".parse().unwrap(), dst_port: 8080, protocol: Protocol::Tcp }
+            Detail::Sock {
+                dst_ip: "127.0.0.1".parse().unwrap(),
+                dst_port: 8080,
+                protocol: Protocol::Tcp
+            }
         );
         s.header.kind = kind::SEND;
         s.family = 10;
@@ -339,10 +437,17 @@ mod tests {
         assert_eq!(e.kind, EventKind::Send);
         assert_eq!(
             e.detail,
-            Detail::Sock { dst_ip: "::1".parse().unwrap(), dst_port: 8080, protocol: Protocol::Udp }
+            Detail::Sock {
+                dst_ip: "::1".parse().unwrap(),
+                dst_port: 8080,
+                protocol: Protocol::Udp
+            }
         );
         s.family = 1;
-        assert_eq!(decode(&bytes_of(&s), &clock()), Err(DecodeError::BadFamily(1)));
+        assert_eq!(
+            decode(&bytes_of(&s), &clock()),
+            Err(DecodeError::BadFamily(1))
+        );
     }
 
     #[test]
@@ -351,7 +456,20 @@ mod tests {
         let mut e = decode(&bytes_of(&r), &clock()).unwrap();
         e.cgroup = Some("/agents/x".into());
         let v = serde_json::to_value(&e).unwrap();
-        for key in ["kind", "time", "pid", "ppid", "tid", "uid", "gid", "cgroup_id", "cgroup", "comm", "filename", "argv"] {
+        for key in [
+            "kind",
+            "time",
+            "pid",
+            "ppid",
+            "tid",
+            "uid",
+            "gid",
+            "cgroup_id",
+            "cgroup",
+            "comm",
+            "filename",
+            "argv",
+        ] {
             assert!(v.get(key).is_some(), "missing {key} in {v}");
         }
         assert_eq!(v["kind"], "exec");

@@ -54,7 +54,7 @@ pub fn probe_config(self_tgid: u32) -> Result<Config, SensorError> {
         task_real_parent_off: offset("task_struct", "real_parent")?,
         task_exit_code_off: offset("task_struct", "exit_code")?,
         binprm_filename_off: offset("linux_binprm", "filename")?,
-        _reserved: 0,
+        reserved: 0,
     })
 }
 

@@ -38,7 +38,10 @@ pub enum SensorError {
     #[error("loading eBPF programs: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("eBPF map {name}: {detail}")]
     Map { name: &'static str, detail: String },
     #[error("reading the ring buffer: {0}")]
@@ -82,7 +85,11 @@ const TRACEPOINTS: [(&str, &str); 4] = [
     ("syscalls", "sys_exit_execveat"),
 ];
 /// Raw tracepoints (kernel pointers read with BTF offsets).
-const RAW_TRACEPOINTS: [&str; 3] = ["sched_process_exec", "sched_process_fork", "sched_process_exit"];
+const RAW_TRACEPOINTS: [&str; 3] = [
+    "sched_process_exec",
+    "sched_process_fork",
+    "sched_process_exit",
+];
 /// cgroup socket-address hooks, attached at the cgroup v2 root.
 const SOCK_HOOKS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
@@ -99,43 +106,61 @@ impl Sensor {
         let self_tgid = opts.self_tgid.unwrap_or_else(std::process::id);
         let config = kernel::probe_config(self_tgid)?;
         kernel::tracefs()?;
-        let mut ebpf = EbpfLoader::new().override_global(CONFIG_GLOBAL, &config, true).load(PROGRAMS)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(CONFIG_GLOBAL, &config, true)
+            .load(PROGRAMS)?;
 
         for (category, name) in TRACEPOINTS {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| SensorError::Program { name, source })?;
-            prog.attach(category, name).map_err(|source| SensorError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| SensorError::Program { name, source })?;
+            prog.attach(category, name)
+                .map_err(|source| SensorError::Program { name, source })?;
         }
         for name in RAW_TRACEPOINTS {
             let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| SensorError::Program { name, source })?;
-            prog.attach(name).map_err(|source| SensorError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| SensorError::Program { name, source })?;
+            prog.attach(name)
+                .map_err(|source| SensorError::Program { name, source })?;
         }
         let root = cgroup::v2_root()?;
-        let root_fd = File::open(&root)
-            .map_err(|source| cgroup::CgroupError::Io { path: root.clone(), source })?;
+        let root_fd = File::open(&root).map_err(|source| cgroup::CgroupError::Io {
+            path: root.clone(),
+            source,
+        })?;
         for name in SOCK_HOOKS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| SensorError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| SensorError::Program { name, source })?;
             // AllowMultiple so other tools' hooks keep working. aya turns it into the
             // BPF_F_ALLOW_MULTI flag on bpf_link_create, which newer kernels reject with
             // EINVAL for cgroup links; such links are always multi-attach, so retry without.
-            if prog.attach(&root_fd, CgroupAttachMode::AllowMultiple).is_err() {
+            if prog
+                .attach(&root_fd, CgroupAttachMode::AllowMultiple)
+                .is_err()
+            {
                 prog.attach(&root_fd, CgroupAttachMode::Single)
                     .map_err(|source| SensorError::Program { name, source })?;
             }
         }
 
-        let ring = ebpf
-            .take_map(EVENTS_MAP)
-            .ok_or(SensorError::Map { name: EVENTS_MAP, detail: "missing".into() })?;
-        let ring = RingBuf::try_from(ring)
-            .map_err(|e| SensorError::Map { name: EVENTS_MAP, detail: e.to_string() })?;
-        let drops = ebpf
-            .take_map(DROPS_MAP)
-            .ok_or(SensorError::Map { name: DROPS_MAP, detail: "missing".into() })?;
-        let drops = PerCpuArray::try_from(drops)
-            .map_err(|e| SensorError::Map { name: DROPS_MAP, detail: e.to_string() })?;
+        let ring = ebpf.take_map(EVENTS_MAP).ok_or(SensorError::Map {
+            name: EVENTS_MAP,
+            detail: "missing".into(),
+        })?;
+        let ring = RingBuf::try_from(ring).map_err(|e| SensorError::Map {
+            name: EVENTS_MAP,
+            detail: e.to_string(),
+        })?;
+        let drops = ebpf.take_map(DROPS_MAP).ok_or(SensorError::Map {
+            name: DROPS_MAP,
+            detail: "missing".into(),
+        })?;
+        let drops = PerCpuArray::try_from(drops).map_err(|e| SensorError::Map {
+            name: DROPS_MAP,
+            detail: e.to_string(),
+        })?;
         tracing::debug!(fd = ring.as_raw_fd(), ?config, "sensor attached");
         // SAFETY: the RingBuf owns its map fd, which stays open (and is never replaced)
         // for as long as the AsyncFd holds it.
@@ -153,7 +178,13 @@ impl Sensor {
     /// Waits until records are available, then appends every available one to `out`.
     pub async fn next_events(&mut self, out: &mut Vec<Event>) -> Result<(), SensorError> {
         let start = out.len();
-        let Self { ring, clock, received, decode_errors, .. } = self;
+        let Self {
+            ring,
+            clock,
+            received,
+            decode_errors,
+            ..
+        } = self;
         loop {
             let mut guard = ring.readable_mut().await?;
             Self::drain_ring(guard.get_inner_mut(), clock, received, decode_errors, out);
@@ -167,7 +198,13 @@ impl Sensor {
 
     /// Appends every record available right now, without waiting.
     pub fn drain(&mut self, out: &mut Vec<Event>) {
-        let Self { ring, clock, received, decode_errors, .. } = self;
+        let Self {
+            ring,
+            clock,
+            received,
+            decode_errors,
+            ..
+        } = self;
         Self::drain_ring(ring.get_mut(), clock, received, decode_errors, out);
     }
 
@@ -209,10 +246,10 @@ impl Sensor {
         let mut counts = KindCounts::default();
         for (k, slot) in counts.iter_mut().enumerate().skip(1) {
             let index = u32::try_from(k).unwrap_or(0);
-            let per_cpu = self
-                .drops
-                .get(&index, 0)
-                .map_err(|e| SensorError::Map { name: DROPS_MAP, detail: e.to_string() })?;
+            let per_cpu = self.drops.get(&index, 0).map_err(|e| SensorError::Map {
+                name: DROPS_MAP,
+                detail: e.to_string(),
+            })?;
             *slot = per_cpu.iter().sum();
         }
         Ok(counts)
@@ -223,8 +260,10 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, S
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or(SensorError::Map { name, detail: "program missing from the object".into() })?;
-    prog.try_into().map_err(|source| SensorError::Program { name, source })
+    let prog = ebpf.program_mut(name).ok_or(SensorError::Map {
+        name,
+        detail: "program missing from the object".into(),
+    })?;
+    prog.try_into()
+        .map_err(|source| SensorError::Program { name, source })
 }
