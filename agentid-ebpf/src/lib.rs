@@ -80,7 +80,11 @@ pub struct ExecRecord {
     /// Valid bytes in `filename`, without the NUL.
     pub filename_len: u32,
     pub flags: u32,
-    pub reserved: u32,
+    /// Audit login uid (the human login session behind the task); `u32::MAX` when unset.
+    pub loginuid: u32,
+    /// Process start time (`task_struct::start_boottime`, ns since boot): with the pid it
+    /// names the process uniquely across pid reuse, and matches `/proc/PID/stat` starttime.
+    pub start_ns: u64,
     pub filename: [u8; FILENAME_LEN],
     pub argv: [u8; ARGV_LEN],
 }
@@ -92,6 +96,8 @@ pub struct ForkRecord {
     pub header: Header,
     pub parent_tgid: u32,
     pub child_tgid: u32,
+    /// The child's `start_boottime` (ns since boot).
+    pub child_start_ns: u64,
 }
 
 /// A whole process exited (its last thread).
@@ -102,6 +108,8 @@ pub struct ExitRecord {
     /// The raw wait status (`task_struct::exit_code`): exit code `<< 8`, or the signal.
     pub status: u32,
     pub reserved: u32,
+    /// The exiting process's `start_boottime` (ns since boot).
+    pub start_ns: u64,
 }
 
 /// An outbound `connect` (kind CONNECT) or an unconnected `sendmsg`/`sendto` (kind SEND).
@@ -137,6 +145,9 @@ pub struct Config {
     pub task_real_parent_off: u32,
     pub task_exit_code_off: u32,
     pub binprm_filename_off: u32,
+    pub task_start_boottime_off: u32,
+    /// 0 when the kernel has no `task_struct::loginuid` (built without audit).
+    pub task_loginuid_off: u32,
     pub reserved: u32,
 }
 
@@ -149,6 +160,8 @@ impl Config {
         task_real_parent_off: 0,
         task_exit_code_off: 0,
         binprm_filename_off: 0,
+        task_start_boottime_off: 0,
+        task_loginuid_off: 0,
         reserved: 0,
     };
 }
@@ -156,11 +169,11 @@ impl Config {
 // No implicit padding: each size is the plain sum of its fields.
 const _: () = {
     assert!(size_of::<Header>() == 4 + 4 + 8 + 4 * 4 + 8 + COMM_LEN);
-    assert!(size_of::<ExecRecord>() == size_of::<Header>() + 6 * 4 + FILENAME_LEN + ARGV_LEN);
-    assert!(size_of::<ForkRecord>() == size_of::<Header>() + 8);
-    assert!(size_of::<ExitRecord>() == size_of::<Header>() + 8);
+    assert!(size_of::<ExecRecord>() == size_of::<Header>() + 6 * 4 + 8 + FILENAME_LEN + ARGV_LEN);
+    assert!(size_of::<ForkRecord>() == size_of::<Header>() + 16);
+    assert!(size_of::<ExitRecord>() == size_of::<Header>() + 16);
     assert!(size_of::<SockRecord>() == size_of::<Header>() + 8 + 16);
-    assert!(size_of::<Config>() == 8 * 4);
+    assert!(size_of::<Config>() == 10 * 4);
     assert!(size_of::<Header>().is_multiple_of(8) && size_of::<ExecRecord>().is_multiple_of(8));
     assert!(size_of::<SockRecord>().is_multiple_of(8) && size_of::<ForkRecord>().is_multiple_of(8));
 };

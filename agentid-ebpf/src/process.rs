@@ -166,7 +166,14 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     unsafe {
         fill_header(&raw mut (*rec).header, kind::EXEC, tgid, tid);
         (*rec).ppid = parent_tgid(cfg.task_real_parent_off, cfg.task_tgid_off);
-        (*rec).reserved = 0;
+        let task = bpf_get_current_task() as usize;
+        (*rec).start_ns = read_u64(task, cfg.task_start_boottime_off);
+        (*rec).loginuid = if cfg.task_loginuid_off == 0 {
+            u32::MAX
+        } else {
+            bpf_probe_read_kernel((task + cfg.task_loginuid_off as usize) as *const u32)
+                .unwrap_or(u32::MAX)
+        };
         let mut flags = 0;
 
         let filename: u64 =
@@ -201,6 +208,13 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     }
     entry.submit(0);
     0
+}
+
+/// A u64 field of a kernel struct, 0 when unreadable.
+#[inline(always)]
+fn read_u64(base: usize, off: u32) -> u64 {
+    // SAFETY: kernel memory read through the checked helper.
+    unsafe { bpf_probe_read_kernel((base + off as usize) as *const u64) }.unwrap_or(0)
 }
 
 /// tgid of the current task's real parent, 0 when unreadable.
@@ -253,6 +267,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         fill_header(&raw mut (*rec).header, kind::FORK, tgid, tid);
         (*rec).parent_tgid = tgid;
         (*rec).child_tgid = child_tgid;
+        (*rec).child_start_ns = read_u64(child as usize, cfg.task_start_boottime_off);
     }
     entry.submit(0);
     0
@@ -292,6 +307,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         fill_header(&raw mut (*rec).header, kind::EXIT, tgid, tid);
         (*rec).status = status;
         (*rec).reserved = 0;
+        (*rec).start_ns = read_u64(task as usize, cfg.task_start_boottime_off);
     }
     entry.submit(0);
     0

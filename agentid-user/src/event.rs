@@ -94,6 +94,8 @@ pub enum Detail {
         argv_truncated: bool,
         /// No argv was captured (the exec began before the probes attached).
         argv_missing: bool,
+        /// Audit login uid: the human login session behind the process, when set.
+        loginuid: Option<u32>,
     },
     /// `pid` is the new child, `ppid` the forking process.
     Fork {},
@@ -120,6 +122,10 @@ pub struct Event {
     /// Kernel boot-time stamp in ns: monotonic, for ordering events.
     #[serde(skip)]
     pub ktime_ns: u64,
+    /// Start time (ns since boot) of the process the event is about, when the kernel
+    /// reported it (exec, fork: the child, exit). Names the process across pid reuse.
+    #[serde(skip)]
+    pub proc_start_ns: Option<u64>,
     pub pid: u32,
     pub ppid: Option<u32>,
     pub tid: u32,

@@ -104,23 +104,39 @@ fn clock_ns(clock: libc::clockid_t) -> u128 {
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
     let header: Header = read(bytes)?;
-    let (kind, parent, pid, detail) = match header.kind {
+    let (kind, parent, pid, start, detail) = match header.kind {
         kind::EXEC => {
             let r: ExecRecord = read(bytes)?;
-            (EventKind::Exec, Some(r.ppid), header.tgid, exec_detail(&r)?)
+            let start = Some(r.start_ns);
+            (
+                EventKind::Exec,
+                Some(r.ppid),
+                header.tgid,
+                start,
+                exec_detail(&r)?,
+            )
         }
         kind::FORK => {
             let r: ForkRecord = read(bytes)?;
+            let start = Some(r.child_start_ns);
             (
                 EventKind::Fork,
                 Some(r.parent_tgid),
                 r.child_tgid,
+                start,
                 Detail::Fork {},
             )
         }
         kind::EXIT => {
             let r: ExitRecord = read(bytes)?;
-            (EventKind::Exit, None, header.tgid, exit_detail(r.status))
+            let start = Some(r.start_ns);
+            (
+                EventKind::Exit,
+                None,
+                header.tgid,
+                start,
+                exit_detail(r.status),
+            )
         }
         k @ (kind::CONNECT | kind::SEND) => {
             let r: SockRecord = read(bytes)?;
@@ -129,7 +145,7 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
             } else {
                 EventKind::Send
             };
-            (kind, None, header.tgid, sock_detail(&r)?)
+            (kind, None, header.tgid, None, sock_detail(&r)?)
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };
@@ -137,6 +153,7 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
         kind,
         time: clock.wall(header.ktime_ns),
         ktime_ns: header.ktime_ns,
+        proc_start_ns: start,
         pid,
         ppid: parent,
         tid: header.tid,
@@ -186,6 +203,7 @@ fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
         argv,
         argv_truncated: r.flags & exec_flags::ARGV_TRUNCATED != 0,
         argv_missing: r.flags & exec_flags::ARGV_MISSING != 0,
+        loginuid: (r.loginuid != u32::MAX).then_some(r.loginuid),
     })
 }
 
@@ -258,7 +276,8 @@ mod tests {
             argv_len: 0,
             filename_len: 9,
             flags,
-            reserved: 0,
+            loginuid: u32::MAX,
+            start_ns: 123,
             filename: [0; FILENAME_LEN],
             argv: [0; ARGV_LEN],
         };
@@ -289,8 +308,10 @@ mod tests {
                 argv: vec!["echo".into(), "hello world".into(), String::new()],
                 argv_truncated: false,
                 argv_missing: false,
+                loginuid: None,
             }
         );
+        assert_eq!(e.proc_start_ns, Some(123));
         assert_eq!(
             e.time,
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_005)
@@ -380,6 +401,7 @@ mod tests {
             header: header(kind::FORK),
             parent_tgid: 42,
             child_tgid: 99,
+            child_start_ns: 5,
         };
         let e = decode(&bytes_of(&f), &clock()).unwrap();
         assert_eq!((e.kind, e.pid, e.ppid), (EventKind::Fork, 99, Some(42)));
@@ -388,6 +410,7 @@ mod tests {
             header: header(kind::EXIT),
             status: 3 << 8,
             reserved: 0,
+            start_ns: 1,
         };
         let e = decode(&bytes_of(&x), &clock()).unwrap();
         assert_eq!(
@@ -401,6 +424,7 @@ mod tests {
             header: header(kind::EXIT),
             status: 9,
             reserved: 0,
+            start_ns: 1,
         };
         let e = decode(&bytes_of(&x), &clock()).unwrap();
         assert_eq!(

@@ -54,6 +54,9 @@ pub fn probe_config(self_tgid: u32) -> Result<Config, SensorError> {
         task_real_parent_off: offset("task_struct", "real_parent")?,
         task_exit_code_off: offset("task_struct", "exit_code")?,
         binprm_filename_off: offset("linux_binprm", "filename")?,
+        task_start_boottime_off: offset("task_struct", "start_boottime")?,
+        // Absent without CONFIG_AUDIT: then no login uid is reported.
+        task_loginuid_off: offset("task_struct", "loginuid").unwrap_or(0),
         reserved: 0,
     })
 }

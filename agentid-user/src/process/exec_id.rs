@@ -1,0 +1,93 @@
+//! Process identities that survive pid reuse.
+use std::fmt;
+
+use serde::Serialize;
+
+/// Names one process for its whole life and never another: `host:boot:start:pid`, where
+/// `boot` is the first 8 hex digits of the kernel boot id and `start` the process start
+/// time in clock ticks since boot — the same value `/proc/PID/stat` reports, so a process
+/// seen first through `/proc` and later through kernel events gets the same id, also after
+/// a daemon restart. An exec keeps the id (same process, new image).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ExecId(String);
+
+/// Kernel `USER_HZ`: the unit of `/proc/PID/stat` start times on every Linux ABI.
+const USER_HZ: u64 = 100;
+
+/// Converts `start_boottime` ns to `/proc` clock ticks, as the kernel does (floor).
+pub fn ns_to_ticks(ns: u64) -> u64 {
+    ns / (1_000_000_000 / USER_HZ)
+}
+
+/// The host part of every exec id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostIds {
+    pub host: String,
+    pub boot: String,
+}
+
+impl HostIds {
+    /// Reads the hostname and `/proc/sys/kernel/random/boot_id`.
+    pub fn current() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned());
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|b| {
+                b.trim()
+                    .chars()
+                    .filter(char::is_ascii_hexdigit)
+                    .take(8)
+                    .collect()
+            })
+            .unwrap_or_else(|_| "00000000".to_owned());
+        Self { host, boot }
+    }
+
+    pub fn exec_id(&self, start_ticks: u64, pid: u32) -> ExecId {
+        ExecId(format!("{}:{}:{start_ticks}:{pid}", self.host, self.boot))
+    }
+}
+
+impl ExecId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ExecId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> HostIds {
+        HostIds {
+            host: "node1".into(),
+            boot: "0123abcd".into(),
+        }
+    }
+
+    #[test]
+    fn pid_reuse_gives_a_different_id() {
+        let first = ids().exec_id(ns_to_ticks(5_000_000_000), 4242);
+        let reused = ids().exec_id(ns_to_ticks(9_000_000_000), 4242);
+        assert_ne!(first, reused);
+        assert_eq!(first.as_str(), "node1:0123abcd:500:4242");
+    }
+
+    #[test]
+    fn same_process_is_stable_between_kernel_and_proc_views() {
+        // start_boottime 12.345678901 s → 1234 ticks, exactly what /proc shows.
+        assert_eq!(ns_to_ticks(12_345_678_901), 1234);
+        assert_eq!(
+            ids().exec_id(ns_to_ticks(12_345_678_901), 7),
+            ids().exec_id(1234, 7)
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! The process table: every live process with its identity across pid reuse, lineage,
+//! executable, arguments, credentials and cgroup.
+//!
+//! Seeded from `/proc` at start so processes that predate agentid are known, then kept
+//! exact from fork/exec/exit events. A process the table has never heard of (an event lost
+//! before it, or a race at start) is read from `/proc` on first sight.
+mod exec_id;
+mod seed;
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+pub use exec_id::{ExecId, HostIds, ns_to_ticks};
+
+use crate::{
+    cgroup::Resolver,
+    event::{Detail, Event, EventKind},
+};
+
+/// What the table knows about one process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    pub exec_id: ExecId,
+    pub ppid: u32,
+    pub parent_exec_id: Option<ExecId>,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start_ticks: u64,
+    /// Executable path as exec'd (`/proc/PID/exe` for seeded processes).
+    pub exe: String,
+    pub argv: Vec<String>,
+    pub comm: String,
+    /// Real uid/gid.
+    pub uid: u32,
+    pub gid: u32,
+    /// Audit login uid: the human login session behind the process, when set.
+    pub loginuid: Option<u32>,
+    pub cgroup_id: u64,
+    /// cgroup v2 path under the hierarchy root (`/` when unknown).
+    pub cgroup: String,
+    /// Boot-clock ns of the exit, once exited.
+    #[serde(skip)]
+    pub exited_ns: Option<u64>,
+}
+
+/// How an event changed the process it is about: tells the identity stage when to decide
+/// the process's identity again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// First sight: forked, or found by a late `/proc` read.
+    New,
+    /// New image (exe, argv, maybe uid) in the same process.
+    Exec,
+    /// The process is now in another cgroup than before.
+    Moved,
+    /// The process exited (it stays readable for a grace period).
+    Exited,
+    Unchanged,
+}
+
+/// How long exited processes stay in the table (boot-clock ns), so events processed a
+/// little later (other CPUs' records) still resolve, and how many at most.
+const EXITED_GRACE_NS: u64 = 10_000_000_000;
+const EXITED_MAX: usize = 16_384;
+
+#[derive(Debug)]
+pub struct ProcessTable {
+    host: HostIds,
+    resolver: Resolver,
+    live: HashMap<u32, Process>,
+    /// Exited processes by pid, with their exit order for eviction.
+    exited: HashMap<u32, Process>,
+    exit_order: VecDeque<(u64, u32, u64)>,
+}
+
+impl ProcessTable {
+    pub fn new(host: HostIds, resolver: Resolver) -> Self {
+        Self {
+            host,
+            resolver,
+            live: HashMap::new(),
+            exited: HashMap::new(),
+            exit_order: VecDeque::new(),
+        }
+    }
+
+    /// Loads every process from `/proc`. Returns how many were read.
+    pub fn seed_from_proc(&mut self) -> usize {
+        let seeded = seed::all(&self.host, &mut self.resolver);
+        let n = seeded.len();
+        for p in seeded {
+            self.live.insert(p.pid, p);
+        }
+        // Parents' exec ids, now that every process is known.
+        let parents: HashMap<u32, ExecId> = self
+            .live
+            .iter()
+            .map(|(pid, p)| (*pid, p.exec_id.clone()))
+            .collect();
+        for p in self.live.values_mut() {
+            p.parent_exec_id = parents.get(&p.ppid).cloned();
+        }
+        n
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.live.get(&pid).or_else(|| self.exited.get(&pid))
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = &Process> {
+        self.live.values()
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn exited_count(&self) -> usize {
+        self.exited.len()
+    }
+
+    pub fn resolver(&mut self) -> &mut Resolver {
+        &mut self.resolver
+    }
+
+    /// Applies one event; returns the process it is about and how it changed, or `None`
+    /// when the process cannot be known (gone before anyone could read `/proc`).
+    pub fn apply(&mut self, event: &Event) -> Option<(&Process, Change)> {
+        self.evict(event.ktime_ns);
+        let path = self
+            .resolver
+            .path(event.cgroup_id)
+            .unwrap_or("/")
+            .to_owned();
+        let change = match (&event.kind, &event.detail) {
+            (EventKind::Fork, _) => {
+                self.fork(event, path);
+                Change::New
+            }
+            (
+                EventKind::Exec,
+                Detail::Exec {
+                    filename,
+                    argv,
+                    loginuid,
+                    ..
+                },
+            ) => self.exec(event, filename, argv, *loginuid, path),
+            (EventKind::Exit, _) => {
+                return self.exit(event).map(|p| (p, Change::Exited));
+            }
+            _ => self.touch(event, path)?,
+        };
+        self.live.get(&event.pid).map(|p| (p, change))
+    }
+
+    fn fork(&mut self, event: &Event, cgroup: String) {
+        let ppid = event.ppid.unwrap_or(0);
+        let start_ticks = event.proc_start_ns.map_or(0, ns_to_ticks);
+        let parent = self.known_or_read(ppid).cloned();
+        let child = Process {
+            pid: event.pid,
+            exec_id: self.host.exec_id(start_ticks, event.pid),
+            ppid,
+            parent_exec_id: parent.as_ref().map(|p| p.exec_id.clone()),
+            start_ticks,
+            exe: parent.as_ref().map(|p| p.exe.clone()).unwrap_or_default(),
+            argv: parent.as_ref().map(|p| p.argv.clone()).unwrap_or_default(),
+            comm: event.comm.clone(),
+            uid: event.uid,
+            gid: event.gid,
+            loginuid: parent.as_ref().and_then(|p| p.loginuid),
+            cgroup_id: event.cgroup_id,
+            cgroup,
+            exited_ns: None,
+        };
+        // A live entry under this pid is a process whose exit we missed: replaced.
+        self.live.insert(event.pid, child);
+    }
+
+    fn exec(
+        &mut self,
+        event: &Event,
+        filename: &str,
+        argv: &[String],
+        loginuid: Option<u32>,
+        cgroup: String,
+    ) -> Change {
+        let start_ticks = event.proc_start_ns.map_or(0, ns_to_ticks);
+        let same = self
+            .live
+            .get(&event.pid)
+            .is_some_and(|p| p.start_ticks == start_ticks);
+        if !same {
+            // Fork never seen (lost, or before start): build the entry from the exec.
+            let ppid = event.ppid.unwrap_or(0);
+            let parent_exec_id = self.known_or_read(ppid).map(|p| p.exec_id.clone());
+            let p = Process {
+                pid: event.pid,
+                exec_id: self.host.exec_id(start_ticks, event.pid),
+                ppid,
+                parent_exec_id,
+                start_ticks,
+                exe: String::new(),
+                argv: Vec::new(),
+                comm: String::new(),
+                uid: event.uid,
+                gid: event.gid,
+                loginuid,
+                cgroup_id: event.cgroup_id,
+                cgroup: cgroup.clone(),
+                exited_ns: None,
+            };
+            self.live.insert(event.pid, p);
+        }
+        let Some(p) = self.live.get_mut(&event.pid) else {
+            return Change::Unchanged;
+        };
+        filename.clone_into(&mut p.exe);
+        p.argv = argv.to_vec();
+        p.comm.clone_from(&event.comm);
+        p.uid = event.uid;
+        p.gid = event.gid;
+        p.loginuid = loginuid;
+        p.cgroup_id = event.cgroup_id;
+        p.cgroup = cgroup;
+        if let Some(ppid) = event.ppid
+            && ppid != p.ppid
+        {
+            // Reparented (parent exited): keep the original parent's exec id.
+            p.ppid = ppid;
+        }
+        if same { Change::Exec } else { Change::New }
+    }
+
+    fn exit(&mut self, event: &Event) -> Option<&Process> {
+        let mut p = self.live.remove(&event.pid)?;
+        p.exited_ns = Some(event.ktime_ns);
+        self.exit_order
+            .push_back((event.ktime_ns, p.pid, p.start_ticks));
+        self.exited.insert(p.pid, p);
+        self.exited.get(&event.pid)
+    }
+
+    fn touch(&mut self, event: &Event, cgroup: String) -> Option<Change> {
+        if !self.live.contains_key(&event.pid) {
+            let p = seed::one(&self.host, &mut self.resolver, event.pid)?;
+            self.live.insert(event.pid, p);
+            return Some(Change::New);
+        }
+        let p = self.live.get_mut(&event.pid)?;
+        if p.cgroup_id == event.cgroup_id {
+            return Some(Change::Unchanged);
+        }
+        p.cgroup_id = event.cgroup_id;
+        p.cgroup = cgroup;
+        Some(Change::Moved)
+    }
+
+    /// A process by pid, reading `/proc` for one the table has not seen yet.
+    fn known_or_read(&mut self, pid: u32) -> Option<&Process> {
+        if pid == 0 {
+            return None;
+        }
+        if !self.live.contains_key(&pid) && !self.exited.contains_key(&pid) {
+            let p = seed::one(&self.host, &mut self.resolver, pid)?;
+            self.live.insert(pid, p);
+        }
+        self.get(pid)
+    }
+
+    fn evict(&mut self, now_ns: u64) {
+        while let Some(&(at, pid, start)) = self.exit_order.front() {
+            if now_ns.saturating_sub(at) < EXITED_GRACE_NS && self.exit_order.len() <= EXITED_MAX {
+                break;
+            }
+            self.exit_order.pop_front();
+            // Only if the slot still holds that same process (not a later one with this pid).
+            if self
+                .exited
+                .get(&pid)
+                .is_some_and(|p| p.start_ticks == start)
+            {
+                self.exited.remove(&pid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
