@@ -8,3 +8,4 @@ pub mod cli;
 pub mod event;
 pub mod process;
 pub mod sensor;
+pub mod store;

@@ -1,0 +1,173 @@
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::*;
+
+fn temp_store() -> (tempdir::Dir, Store) {
+    let dir = tempdir::Dir::new();
+    let store = Store::open(&dir.0.join("agentid.db")).unwrap();
+    (dir, store)
+}
+
+mod tempdir {
+    /// A unique directory removed on drop (std only; tests need nothing more).
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("agentid-store-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn event(ts: u64, agent: Option<&str>, kind: &'static str) -> StoreOp {
+    StoreOp::Event {
+        ts_ns: ts,
+        kind,
+        pid: 42,
+        exec_id: Some("h:b:1:42".into()),
+        agent: agent.map(Into::into),
+        session: agent.map(|a| format!("{a}/42-1")),
+        root_exec_id: Some("h:b:1:42".into()),
+        body: serde_json::json!({"kind": kind, "ts": ts}).to_string(),
+    }
+}
+
+const RETAIN: Retention = Retention {
+    max_age: Duration::from_secs(u64::MAX / 4_000_000_000),
+    max_bytes: u64::MAX,
+};
+
+#[test]
+fn events_round_trip_with_filters() {
+    let (_d, store) = temp_store();
+    let w = store.writer(RETAIN).unwrap();
+    w.send(event(1, Some("spiffe://x/a"), "exec"));
+    w.send(event(2, Some("spiffe://x/b"), "connect"));
+    w.send(event(3, None, "exec"));
+    w.flush().unwrap();
+    let all = store.events(&Query::default()).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].body["ts"], 1);
+    let a = store
+        .events(&Query {
+            agent: Some("spiffe://x/a".into()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(a.len(), 1);
+    let exec = store
+        .events(&Query {
+            kind: Some("exec".into()),
+            since_ns: Some(2),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(exec.len(), 1);
+    assert_eq!(exec[0].body["ts"], 3);
+    let after = store
+        .events(&Query {
+            after_id: Some(all[1].id),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(after.len(), 1);
+    let sessions = store.sessions(None).unwrap();
+    assert_eq!(sessions.len(), 2);
+    let seen = store.agents_seen().unwrap();
+    assert_eq!(
+        seen.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+        ["spiffe://x/a", "spiffe://x/b", "unregistered"]
+    );
+    assert_eq!(
+        w.stats.written.load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+}
+
+#[test]
+fn alerts_upsert_by_uid_and_credentials_accumulate_sources() {
+    let (_d, store) = temp_store();
+    let w = store.writer(RETAIN).unwrap();
+    for count in 1..=3u64 {
+        w.send(StoreOp::Alert {
+            uid: "A1".into(),
+            rule: "credential-reuse".into(),
+            severity: "high".into(),
+            first_ns: 10,
+            last_ns: 10 + count,
+            count,
+            agents: "spiffe://x/a spiffe://x/b".into(),
+            body: serde_json::json!({"count": count}).to_string(),
+        });
+    }
+    for src in ["env:OPENAI_API_KEY", "env:OPENAI_API_KEY", "file:/etc/t"] {
+        w.send(StoreOp::Credential {
+            fingerprint: "openai:abc".into(),
+            agent: "spiffe://x/a".into(),
+            kind: "openai".into(),
+            ts_ns: 5,
+            source: src.into(),
+        });
+    }
+    w.flush().unwrap();
+    let alerts = store.alerts(&Query::default()).unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].body["count"], 3);
+    let by_agent = store
+        .alerts(&Query {
+            agent: Some("spiffe://x/b".into()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(by_agent.len(), 1);
+    let creds = store.credentials(None).unwrap();
+    assert_eq!(creds.len(), 1);
+    assert_eq!(creds[0]["count"], 3);
+    assert_eq!(
+        creds[0]["sources"],
+        serde_json::json!(["env:OPENAI_API_KEY", "file:/etc/t"])
+    );
+}
+
+#[test]
+fn reopening_keeps_data_and_schema_version() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("agentid.db");
+    {
+        let store = Store::open(&path).unwrap();
+        let w = store.writer(RETAIN).unwrap();
+        w.send(event(1, None, "exec"));
+        w.flush().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.events(&Query::default()).unwrap().len(), 1);
+    let v: i64 = store
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, schema::version());
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("agentid.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+    }
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::TooNew { found: 99, .. })
+    ));
+}

@@ -1,0 +1,265 @@
+//! The batching writer thread.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use rusqlite::{Connection, params};
+
+use super::{Retention, StoreError};
+
+/// One write. Bodies are JSON already serialised by the caller.
+#[derive(Debug)]
+pub enum StoreOp {
+    Event {
+        ts_ns: u64,
+        kind: &'static str,
+        pid: u32,
+        exec_id: Option<String>,
+        agent: Option<String>,
+        session: Option<String>,
+        root_exec_id: Option<String>,
+        body: String,
+    },
+    /// Insert or update (same uid = same incident).
+    Alert {
+        uid: String,
+        rule: String,
+        severity: String,
+        first_ns: u64,
+        last_ns: u64,
+        count: u64,
+        agents: String,
+        body: String,
+    },
+    Credential {
+        fingerprint: String,
+        agent: String,
+        kind: String,
+        ts_ns: u64,
+        source: String,
+    },
+    /// Answered once everything sent before it is committed.
+    Flush(mpsc::Sender<()>),
+}
+
+/// Counters shown by `agentid status`.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub written: AtomicU64,
+    pub batches: AtomicU64,
+    /// Records refused because the writer fell too far behind (queue full).
+    pub dropped: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Handle to the writer thread. Dropping every clone stops the thread after a last commit.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: mpsc::SyncSender<StoreOp>,
+    pub stats: Arc<WriterStats>,
+}
+
+/// Queue depth: about a second of a heavy event storm.
+const QUEUE: usize = 65_536;
+const BATCH_MAX: usize = 4096;
+const BATCH_WAIT: Duration = Duration::from_millis(50);
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+impl Writer {
+    pub(super) fn start(conn: Connection, retention: Retention) -> Self {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let stats = Arc::new(WriterStats::default());
+        let thread_stats = Arc::clone(&stats);
+        thread::Builder::new()
+            .name("agentid-store".into())
+            .spawn(move || run(conn, &rx, &thread_stats, retention))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the store writer"));
+        Self { tx, stats }
+    }
+
+    /// Queues a write without blocking; a full queue counts a drop.
+    pub fn send(&self, op: StoreOp) {
+        if self.tx.try_send(op).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until everything queued so far is committed.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(StoreOp::Flush(tx))
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.recv().map_err(|_| StoreError::WriterGone)
+    }
+}
+
+fn run(
+    mut conn: Connection,
+    rx: &mpsc::Receiver<StoreOp>,
+    stats: &WriterStats,
+    retention: Retention,
+) {
+    let mut last_retention = Instant::now();
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        let deadline = Instant::now() + BATCH_WAIT;
+        while batch.len() < BATCH_MAX {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut waiters = Vec::new();
+        match commit(&mut conn, &mut batch, &mut waiters) {
+            Ok(n) => {
+                stats.written.fetch_add(n, Ordering::Relaxed);
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "store write failed; batch lost");
+            }
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+        if last_retention.elapsed() >= RETENTION_EVERY {
+            last_retention = Instant::now();
+            if let Err(e) = enforce_retention(&conn, retention) {
+                tracing::warn!(error = %e, "store retention failed");
+            }
+        }
+    }
+}
+
+fn commit(
+    conn: &mut Connection,
+    batch: &mut Vec<StoreOp>,
+    waiters: &mut Vec<mpsc::Sender<()>>,
+) -> Result<u64, rusqlite::Error> {
+    let tx = conn.transaction()?;
+    let mut n = 0;
+    {
+        let mut ev = tx.prepare_cached(
+            "INSERT INTO events (ts_ns, kind, pid, exec_id, agent, session, body) VALUES (?,?,?,?,?,?,?)",
+        )?;
+        let mut seen = tx.prepare_cached(
+            "INSERT INTO agents_seen (agent, first_ns, last_ns, events) VALUES (?1, ?2, ?2, 1)
+             ON CONFLICT(agent) DO UPDATE SET last_ns = max(last_ns, ?2), events = events + 1",
+        )?;
+        let mut sess = tx.prepare_cached(
+            "INSERT INTO sessions (session, agent, root_exec_id, first_ns, last_ns, events)
+             VALUES (?1, ?2, ?3, ?4, ?4, 1)
+             ON CONFLICT(session) DO UPDATE SET last_ns = max(last_ns, ?4), events = events + 1",
+        )?;
+        let mut alert = tx.prepare_cached(
+            "INSERT INTO alerts (uid, rule, severity, first_ns, last_ns, count, agents, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT(uid) DO UPDATE SET last_ns = ?5, count = ?6, agents = ?7, body = ?8, severity = ?3",
+        )?;
+        let mut cred = tx.prepare_cached(
+            "INSERT INTO credentials (fingerprint, agent, kind, first_ns, last_ns, count, sources)
+             VALUES (?1, ?2, ?3, ?4, ?4, 1, json_array(?5))
+             ON CONFLICT(fingerprint, agent) DO UPDATE SET last_ns = max(last_ns, ?4), count = count + 1,
+               sources = CASE WHEN EXISTS (SELECT 1 FROM json_each(sources) WHERE value = ?5)
+                              OR json_array_length(sources) >= 16
+                         THEN sources ELSE json_insert(sources, '$[#]', ?5) END",
+        )?;
+        for op in batch.drain(..) {
+            match op {
+                StoreOp::Event {
+                    ts_ns,
+                    kind,
+                    pid,
+                    exec_id,
+                    agent,
+                    session,
+                    root_exec_id,
+                    body,
+                } => {
+                    let ts = i64::try_from(ts_ns).unwrap_or(i64::MAX);
+                    ev.execute(params![ts, kind, pid, exec_id, agent, session, body])?;
+                    let agent_key = agent.as_deref().unwrap_or("unregistered");
+                    seen.execute(params![agent_key, ts])?;
+                    if let (Some(s), Some(a)) = (&session, &agent) {
+                        sess.execute(params![s, a, root_exec_id.as_deref().unwrap_or(""), ts])?;
+                    }
+                }
+                StoreOp::Alert {
+                    uid,
+                    rule,
+                    severity,
+                    first_ns,
+                    last_ns,
+                    count,
+                    agents,
+                    body,
+                } => {
+                    alert.execute(params![
+                        uid,
+                        rule,
+                        severity,
+                        i64::try_from(first_ns).unwrap_or(i64::MAX),
+                        i64::try_from(last_ns).unwrap_or(i64::MAX),
+                        i64::try_from(count).unwrap_or(i64::MAX),
+                        agents,
+                        body
+                    ])?;
+                }
+                StoreOp::Credential {
+                    fingerprint,
+                    agent,
+                    kind,
+                    ts_ns,
+                    source,
+                } => {
+                    let ts = i64::try_from(ts_ns).unwrap_or(i64::MAX);
+                    cred.execute(params![fingerprint, agent, kind, ts, source])?;
+                }
+                StoreOp::Flush(w) => {
+                    waiters.push(w);
+                    continue;
+                }
+            }
+            n += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(n)
+}
+
+fn enforce_retention(conn: &Connection, retention: Retention) -> Result<(), rusqlite::Error> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let cutoff = now.saturating_sub(retention.max_age.as_nanos());
+    let cutoff = i64::try_from(cutoff).unwrap_or(i64::MAX);
+    conn.execute("DELETE FROM events WHERE ts_ns < ?", [cutoff])?;
+    let size = |c: &Connection| -> Result<u64, rusqlite::Error> {
+        let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok(u64::try_from((pages - free) * page).unwrap_or(0))
+    };
+    // Over budget: drop the oldest tenth of the events until under it (bounded passes).
+    for _ in 0..10 {
+        if size(conn)? <= retention.max_bytes {
+            break;
+        }
+        conn.execute(
+            "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id LIMIT 1 OFFSET \
+             (SELECT count(*) / 10 FROM events))",
+            [],
+        )?;
+    }
+    Ok(())
+}
