@@ -6,4 +6,5 @@
 pub mod cgroup;
 pub mod cli;
 pub mod event;
+pub mod identity;
 pub mod sensor;
