@@ -357,8 +357,21 @@ fn trace_cli_json_for_one_cgroup() {
         return;
     }
     let cg = TestCgroup::new("cli");
+    let agents_dir =
+        std::env::temp_dir().join(format!("agentid-cli-agents-{}", std::process::id()));
+    std::fs::create_dir_all(&agents_dir).expect("agents dir");
+    std::fs::write(
+        agents_dir.join("bot.toml"),
+        format!(
+            "[[agent]]\nid = \"spiffe://test.example/agent/cli-bot\"\nname = \"cli-bot\"\n\
+             [[agent.selectors]]\ncgroup = \"{}\"\n",
+            cg.rel
+        ),
+    )
+    .expect("registration");
     let mut trace = std::process::Command::new(agentid_bin())
-        .args(["trace", "--json", "--cgroup", &cg.rel])
+        .args(["trace", "--json", "--cgroup", &cg.rel, "--agents-dir"])
+        .arg(&agents_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -437,9 +450,33 @@ fn trace_cli_json_for_one_cgroup() {
             "event outside the cgroup: {e}"
         );
         assert_eq!(e["cgroup_id"], cg.id);
-        for key in ["kind", "time", "pid", "tid", "uid", "gid", "comm"] {
+        for key in [
+            "kind",
+            "time",
+            "pid",
+            "tid",
+            "uid",
+            "gid",
+            "comm",
+            "exec_id",
+            "parent_exec_id",
+            "session",
+            "acting_for",
+            "lineage",
+        ] {
             assert!(e.get(key).is_some(), "{key} missing in {e}");
         }
+        assert_eq!(
+            e["agent"]["id"], "spiffe://test.example/agent/cli-bot",
+            "{e}"
+        );
+        assert_eq!(e["agent"]["name"], "cli-bot");
+        assert!(
+            e["exec_id"]
+                .as_str()
+                .is_some_and(|id| id.ends_with(&format!(":{}", e["pid"]))),
+            "{e}"
+        );
     }
     let find = |pred: &dyn Fn(&serde_json::Value) -> bool| events.iter().find(|e| pred(e)).cloned();
     let c4 = find(&|e| e["kind"] == "connect" && e["dst_ip"] == "127.0.0.1").expect("connect v4");

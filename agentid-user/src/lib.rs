@@ -1,11 +1,16 @@
 //! agentid: which AI agent did what, with whose credential, acting for whom.
 //!
-//! Data flows one way: [`sensor`] (kernel programs → typed [`event::Event`]s) → process
-//! table → identity → credentials → detect → outputs. Everything after the sensor is
-//! plain Rust driven by events, testable without a kernel.
+//! Data flows one way, one module per stage:
+//! [`sensor`] (kernel programs → typed [`event::Event`]s) → [`process`] table →
+//! [`identity`] (registry and selectors) → [`attribution`] (agent, session, lineage,
+//! acting-for chain) → credentials → detect → outputs ([`store`]), with the API beside.
+//! Everything after the sensor is plain Rust driven by events, testable without a kernel.
+pub mod attribution;
 pub mod cgroup;
 pub mod cli;
 pub mod event;
+pub mod identity;
+pub mod pipeline;
 pub mod process;
 pub mod sensor;
 pub mod store;

@@ -122,6 +122,38 @@ pub async fn collect_until(
     mine
 }
 
+/// Feeds every sensor event through `pipeline` (the process table must see them all) and
+/// keeps the attributed events of `cgroup_ids`, until `done` holds or `timeout` fails.
+pub async fn attributed_until(
+    sensor: &mut Sensor,
+    pipeline: &mut agentid::pipeline::Pipeline,
+    cgroup_ids: &[u64],
+    timeout: Duration,
+    mut done: impl FnMut(&[agentid::attribution::AttributedEvent]) -> bool,
+) -> Vec<agentid::attribution::AttributedEvent> {
+    let deadline = Instant::now() + timeout;
+    let mut mine = Vec::new();
+    let mut batch = Vec::new();
+    while !done(&mine) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sensor.next_events(&mut batch)).await {
+            Ok(r) => r.expect("reading the ring buffer"),
+            Err(_) => panic!(
+                "timed out after {timeout:?}; got {} events: {:#?}",
+                mine.len(),
+                mine.iter().rev().take(10).collect::<Vec<_>>()
+            ),
+        }
+        for e in batch.drain(..) {
+            let a = pipeline.process(e);
+            if cgroup_ids.contains(&a.event.cgroup_id) {
+                mine.push(a);
+            }
+        }
+    }
+    mine
+}
+
 /// The `agentid` binary built next to this test binary (`cargo build --bins` first;
 /// `cargo xtask test` does).
 pub fn agentid_bin() -> PathBuf {

@@ -8,9 +8,14 @@ use std::{
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
+use std::sync::Arc;
+
 use crate::{
+    attribution::AttributedEvent,
     cgroup::{self, Resolver},
     event::{Detail, Event, EventKind},
+    identity::{DEFAULT_AGENTS_DIR, Registry},
+    pipeline::{Pipeline, load_registry},
     sensor::{Sensor, SensorOptions},
 };
 
@@ -23,21 +28,32 @@ pub struct TraceArgs {
     /// (e.g. `/agents/bot`) or the full filesystem path.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// Agent registrations (`*.toml`) used to attribute events.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_AGENTS_DIR)]
+    pub agents_dir: PathBuf,
 }
 
 /// Runs until SIGINT/SIGTERM, then prints per-kind counts on stderr.
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
-    let mut resolver = Resolver::new(cgroup::v2_root().context("finding the cgroup v2 hierarchy")?);
+    let root = cgroup::v2_root().context("finding the cgroup v2 hierarchy")?;
     let filter = args
         .cgroup
         .as_deref()
-        .map(|p| resolver.relative(p))
+        .map(|p| Resolver::new(root.clone()).relative(p))
         .transpose()
         .context("--cgroup")?;
+    let registry = if args.agents_dir.is_dir() {
+        load_registry(&args.agents_dir)
+    } else {
+        Registry::default()
+    };
+    let agents = registry.agents().len();
+    let mut pipeline = Pipeline::new(Arc::new(registry), root);
     let mut sensor = Sensor::load(&SensorOptions::default())?;
+    pipeline.seed();
     // Tests and wrappers wait for this line: from here on no event is missed.
     eprintln!(
-        "agentid trace: probes attached; tracing {}; Ctrl-C to stop",
+        "agentid trace: probes attached; {agents} agents registered; tracing {}; Ctrl-C to stop",
         filter
             .as_deref()
             .map_or_else(|| "all cgroups".to_owned(), |c| format!("cgroup {c}"))
@@ -50,12 +66,16 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     if !args.json {
         writeln!(
             out,
-            "{:<30} {:<7} {:>7} {:>7} {:>5} {:<24} {:<16} DETAIL",
-            "TIME", "KIND", "PID", "PPID", "UID", "CGROUP", "COMM"
+            "{:<27} {:<7} {:>7} {:>7} {:>5} {:<16} {:<20} {:<15} DETAIL",
+            "TIME", "KIND", "PID", "PPID", "UID", "AGENT", "CGROUP", "COMM"
         )?;
         out.flush()?;
     }
-    let mut shown = [0u64; 6];
+    let mut printer = Printer {
+        filter,
+        json: args.json,
+        shown: [0; 6],
+    };
     let mut batch = Vec::new();
     let result = loop {
         tokio::select! {
@@ -65,14 +85,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         }
-        if let Err(e) = print_batch(
-            &mut out,
-            &mut batch,
-            &mut resolver,
-            filter.as_deref(),
-            args.json,
-            &mut shown,
-        ) {
+        if let Err(e) = printer.print(&mut out, &mut batch, &mut pipeline) {
             // A closed stdout (`| head`) ends the trace quietly.
             if e.kind() == io::ErrorKind::BrokenPipe {
                 break Ok(());
@@ -82,14 +95,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
     // Whatever arrived before the signal is still printed.
     sensor.drain(&mut batch);
-    let _ = print_batch(
-        &mut out,
-        &mut batch,
-        &mut resolver,
-        filter.as_deref(),
-        args.json,
-        &mut shown,
-    );
+    let _ = printer.print(&mut out, &mut batch, &mut pipeline);
     let _ = out.flush();
     drop(out);
     let drops = sensor.drops()?;
@@ -100,7 +106,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         let _ = write!(
             summary,
             " {kind}={}/{} (drops {})",
-            shown[k], received[k], drops[k]
+            printer.shown[k], received[k], drops[k]
         );
     }
     eprintln!(
@@ -110,36 +116,50 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     result
 }
 
-fn print_batch(
-    out: &mut impl Write,
-    batch: &mut Vec<Event>,
-    resolver: &mut Resolver,
-    filter: Option<&str>,
+struct Printer {
+    filter: Option<String>,
     json: bool,
-    shown: &mut [u64; 6],
-) -> io::Result<()> {
-    for mut event in batch.drain(..) {
-        let path = resolver.path(event.cgroup_id).map(str::to_owned);
-        if let Some(prefix) = filter
-            && !path
-                .as_deref()
-                .is_some_and(|p| cgroup::is_within(p, prefix))
-        {
-            continue;
-        }
-        event.cgroup = path;
-        shown[event.kind.abi() as usize] += 1;
-        if json {
-            serde_json::to_writer(&mut *out, &event)?;
-            out.write_all(b"\n")?;
-        } else {
-            write_row(out, &event)?;
-        }
-    }
-    out.flush()
+    shown: [u64; 6],
 }
 
-fn write_row(out: &mut impl Write, e: &Event) -> io::Result<()> {
+impl Printer {
+    fn print(
+        &mut self,
+        out: &mut impl Write,
+        batch: &mut Vec<Event>,
+        pipeline: &mut Pipeline,
+    ) -> io::Result<()> {
+        for event in batch.drain(..) {
+            // Every event goes through the pipeline (the process table must see it all);
+            // the filter only decides what is printed.
+            let attributed = pipeline.process(event);
+            if let Some(prefix) = &self.filter
+                && !attributed
+                    .event
+                    .cgroup
+                    .as_deref()
+                    .is_some_and(|p| cgroup::is_within(p, prefix))
+            {
+                continue;
+            }
+            self.shown[attributed.event.kind.abi() as usize] += 1;
+            if self.json {
+                serde_json::to_writer(&mut *out, &attributed)?;
+                out.write_all(b"\n")?;
+            } else {
+                write_row(out, &attributed)?;
+            }
+        }
+        out.flush()
+    }
+}
+
+fn write_row(out: &mut impl Write, a: &AttributedEvent) -> io::Result<()> {
+    let e = &a.event;
+    let agent = a
+        .agent
+        .as_ref()
+        .map_or("-", |ag| ag.name.as_deref().unwrap_or(ag.id.as_str()));
     let ppid = e.ppid.map_or_else(|| "-".to_owned(), |p| p.to_string());
     let detail = match &e.detail {
         Detail::Exec {
@@ -175,12 +195,13 @@ fn write_row(out: &mut impl Write, e: &Event) -> io::Result<()> {
     };
     writeln!(
         out,
-        "{:<30} {:<7} {:>7} {:>7} {:>5} {:<24} {:<16} {}",
+        "{:<27} {:<7} {:>7} {:>7} {:>5} {:<16} {:<20} {:<15} {}",
         humantime::format_rfc3339_micros(e.time).to_string(),
         e.kind.as_str(),
         e.pid,
         ppid,
         e.uid,
+        printable(agent),
         e.cgroup.as_deref().unwrap_or("?"),
         printable(&e.comm),
         detail

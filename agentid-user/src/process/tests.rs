@@ -101,7 +101,9 @@ fn connect(pid: u32, cgroup_id: u64) -> Event {
 #[test]
 fn fork_exec_exit_lifecycle() {
     let mut t = table();
-    let (p, change) = t.apply(&exec(PARENT, GRANDPARENT, 1, "/usr/bin/agent")).unwrap();
+    let (p, change) = t
+        .apply(&exec(PARENT, GRANDPARENT, 1, "/usr/bin/agent"))
+        .unwrap();
     assert_eq!(change, Change::New);
     assert_eq!(p.exec_id.as_str(), "h:b:100:9000001");
     let parent_id = p.exec_id.clone();

@@ -5,6 +5,10 @@
 //! - `exec N PROG [ARGS..]` N fork+exec+wait of PROG
 //! - `fork-exit CODE`       fork a child that exits with CODE; also start and join a thread
 //! - `exit CODE`            exit with CODE
+//! - `move-connect PROCS ADDR`   connect to ADDR, move itself into the cgroup whose
+//!   `cgroup.procs` is PROCS, connect again
+//! - `spawn-into PROCS PROG [ARGS..]`  fork a child that joins PROCS' cgroup and execs PROG
+//! - `wait-connect ADDR`    read one line from stdin, then connect to ADDR
 use std::{
     net::{SocketAddr, TcpStream, UdpSocket},
     process::{Command, ExitCode},
@@ -76,6 +80,32 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             }
         }
         "exit" => Ok(arg(1)?.parse()?),
+        "move-connect" => {
+            let addr: SocketAddr = arg(2)?.parse()?;
+            drop(TcpStream::connect(addr)?);
+            std::fs::write(arg(1)?, std::process::id().to_string())?;
+            drop(TcpStream::connect(addr)?);
+            Ok(0)
+        }
+        "spawn-into" => {
+            use std::os::unix::process::CommandExt;
+            let procs = arg(1)?.clone();
+            let mut cmd = Command::new(arg(2)?);
+            cmd.args(&args[3..]);
+            // SAFETY: the pre-exec hook only writes a file.
+            unsafe {
+                cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+            }
+            let status = cmd.status()?;
+            Ok(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
+        }
+        "wait-connect" => {
+            let addr: SocketAddr = arg(1)?.parse()?;
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            drop(TcpStream::connect(addr)?);
+            Ok(0)
+        }
         other => Err(format!("unknown mode {other}").into()),
     }
 }

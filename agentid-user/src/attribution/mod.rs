@@ -1,0 +1,319 @@
+//! Attribution: turns a process-table event into "which agent, which session, launched by
+//! whom, acting for whom".
+//!
+//! Identity is decided by the registry's selectors over facts the kernel and `/proc`
+//! report (cgroup, uids, executable), never by anything the workload says about itself.
+//! It is decided again whenever those facts change: on fork, exec, and when a process
+//! shows up in another cgroup.
+//!
+//! When a process whose identity differs from the one it came from (its parent at fork, or
+//! itself before an exec or a cgroup move) is attributed to agent B, and the previous
+//! identity was agent A, B's session records `acting_for = [.., A]`: the original actor
+//! stays on every later event of that session, across any number of hand-offs.
+mod workload;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::{
+    event::Event,
+    identity::{Agent, Match, Registry, SpiffeId},
+    process::{Change, ExecId, Process, ProcessTable},
+};
+
+pub use workload::WorkloadFacts;
+
+/// Longest lineage kept per process: enough for any real tree, bounded for hostile ones.
+const MAX_LINEAGE: usize = 64;
+
+/// The summary of an agent carried on every event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentRef {
+    pub id: String,
+    pub name: Option<String>,
+    pub owner: Option<String>,
+    pub environment: Option<String>,
+}
+
+impl AgentRef {
+    fn of(agent: &Agent) -> Self {
+        Self {
+            id: agent.id.as_str().to_owned(),
+            name: agent.name.clone(),
+            owner: agent.owner.clone(),
+            environment: agent.environment.clone(),
+        }
+    }
+}
+
+/// The identity of one process, shared by reference between processes of one session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcIdentity {
+    /// `None`: unregistered (or ambiguous).
+    pub agent: Option<AgentRef>,
+    /// Every agent whose selectors matched when more than one did: reported, not resolved.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ambiguous: Vec<String>,
+    /// One running instance of the agent: `name/pid-starttime` of its root process.
+    pub session: Option<String>,
+    /// The root process of the session.
+    #[serde(skip)]
+    pub session_root: Option<ExecId>,
+    /// Agents this work was handed from, oldest first.
+    pub acting_for: Vec<String>,
+    /// Ancestor exec ids up to the session root, nearest first.
+    pub lineage: Vec<ExecId>,
+    /// When the last hand-off (the latest `acting_for` entry) was declared by the receiving
+    /// agent's `accepts_delegation_from`.
+    #[serde(skip)]
+    pub delegation_declared: bool,
+}
+
+impl ProcIdentity {
+    fn unregistered() -> Self {
+        Self {
+            agent: None,
+            ambiguous: Vec::new(),
+            session: None,
+            session_root: None,
+            acting_for: Vec::new(),
+            lineage: Vec::new(),
+            delegation_declared: true,
+        }
+    }
+
+    pub fn agent_id(&self) -> Option<&str> {
+        self.agent.as_ref().map(|a| a.id.as_str())
+    }
+}
+
+/// An event with its attribution: the unit every later stage consumes.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttributedEvent {
+    #[serde(flatten)]
+    pub event: Event,
+    pub exec_id: Option<ExecId>,
+    pub parent_exec_id: Option<ExecId>,
+    /// The agent, or the string `"unregistered"`.
+    #[serde(serialize_with = "agent_or_unregistered")]
+    pub agent: Option<AgentRef>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ambiguous: Vec<String>,
+    pub session: Option<String>,
+    pub acting_for: Vec<String>,
+    pub lineage: Vec<ExecId>,
+    /// The process's executable (for events other than exec, which carry `filename`).
+    #[serde(skip)]
+    pub exe: Option<String>,
+    #[serde(skip)]
+    pub loginuid: Option<u32>,
+    #[serde(skip)]
+    pub delegation_declared: bool,
+}
+
+fn agent_or_unregistered<S: serde::Serializer>(
+    a: &Option<AgentRef>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match a {
+        Some(a) => a.serialize(s),
+        None => s.serialize_str("unregistered"),
+    }
+}
+
+/// Identity per live process (by pid, checked against the exec id).
+#[derive(Debug, Default)]
+pub struct Attributor {
+    identities: std::collections::HashMap<u32, (ExecId, Arc<ProcIdentity>)>,
+    facts: WorkloadFacts,
+}
+
+impl Attributor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Attributes every process already in the table (after `/proc` seeding), parents
+    /// before children so sessions and chains form as they would have live.
+    pub fn seed(&mut self, table: &ProcessTable, registry: &Registry) {
+        let mut procs: Vec<&Process> = table.live().collect();
+        procs.sort_by_key(|p| (p.start_ticks, p.pid));
+        for p in procs {
+            let prev = table
+                .get(p.ppid)
+                .and_then(|parent| self.identity_of(parent));
+            let id = self.decide(p, prev.as_deref(), true, registry);
+            self.identities.insert(p.pid, (p.exec_id.clone(), id));
+        }
+    }
+
+    /// The current identity of a process, if decided.
+    pub fn identity_of(&self, p: &Process) -> Option<Arc<ProcIdentity>> {
+        self.identities
+            .get(&p.pid)
+            .filter(|(exec_id, _)| *exec_id == p.exec_id)
+            .map(|(_, id)| Arc::clone(id))
+    }
+
+    /// Applies an event to the table and attributes it.
+    pub fn attribute(
+        &mut self,
+        table: &mut ProcessTable,
+        registry: &Registry,
+        event: Event,
+    ) -> AttributedEvent {
+        let Some((process, change)) = table.apply(&event) else {
+            return AttributedEvent::orphan(event);
+        };
+        let process = process.clone();
+        let mut event = event;
+        event.cgroup = Some(process.cgroup.clone());
+        let current = self.identity_of(&process);
+        let identity = match (change, current) {
+            (Change::Unchanged | Change::Exited, Some(id)) => id,
+            (Change::New, _) | (_, None) => {
+                let parent = table
+                    .get(process.ppid)
+                    .filter(|parent| process.parent_exec_id.as_ref() == Some(&parent.exec_id));
+                let prev = parent.and_then(|parent| self.identity_of(parent));
+                let id = self.decide(&process, prev.as_deref(), true, registry);
+                self.identities
+                    .insert(process.pid, (process.exec_id.clone(), Arc::clone(&id)));
+                id
+            }
+            (Change::Exec | Change::Moved, Some(prev)) => {
+                let id = self.decide(&process, Some(&prev), false, registry);
+                self.identities
+                    .insert(process.pid, (process.exec_id.clone(), Arc::clone(&id)));
+                id
+            }
+        };
+        if change == Change::Exited {
+            self.identities.remove(&process.pid);
+        }
+        let ProcIdentity {
+            agent,
+            ambiguous,
+            session,
+            acting_for,
+            lineage,
+            delegation_declared,
+            ..
+        } = (*identity).clone();
+        AttributedEvent {
+            exe: Some(process.exe.clone()),
+            loginuid: process.loginuid,
+            exec_id: Some(process.exec_id),
+            parent_exec_id: process.parent_exec_id,
+            event,
+            agent,
+            ambiguous,
+            session,
+            acting_for,
+            lineage,
+            delegation_declared,
+        }
+    }
+
+    /// Decides a process's identity from the registry, given the identity it comes from:
+    /// its parent's (`from_parent`, a new process) or its own before an exec/move.
+    fn decide(
+        &mut self,
+        p: &Process,
+        prev: Option<&ProcIdentity>,
+        from_parent: bool,
+        registry: &Registry,
+    ) -> Arc<ProcIdentity> {
+        let matched = self
+            .facts
+            .with_workload(p, registry, |w| registry.match_workload(w));
+        let (agent, ambiguous): (Option<Arc<Agent>>, Vec<String>) = match matched {
+            Match::Unregistered => (None, Vec::new()),
+            Match::Agent(a) => (Some(a), Vec::new()),
+            Match::Ambiguous(all) => (None, all.iter().map(|a| a.id.as_str().to_owned()).collect()),
+        };
+        let prev_agent = prev.and_then(|i| i.agent.as_ref());
+        let same_agent = match (&agent, prev_agent) {
+            (Some(a), Some(b)) => a.id.as_str() == b.id,
+            (None, None) => true,
+            _ => false,
+        };
+        let parent_exec = if from_parent {
+            p.parent_exec_id.clone()
+        } else {
+            None
+        };
+        if same_agent && let Some(prev) = prev {
+            let mut id = prev.clone();
+            id.ambiguous = ambiguous;
+            if let Some(parent) = parent_exec {
+                id.lineage.insert(0, parent);
+                id.lineage.truncate(MAX_LINEAGE);
+            }
+            return Arc::new(id);
+        }
+        // A hand-off (or a first sight): the previous agent joins the chain.
+        let mut acting_for = prev.map(|i| i.acting_for.clone()).unwrap_or_default();
+        let mut delegation_declared = true;
+        if let Some(from) = prev_agent {
+            acting_for.push(from.id.clone());
+            delegation_declared = agent.as_ref().is_some_and(|to| {
+                SpiffeId::parse(&from.id).is_ok_and(|from| to.policy.accepts_delegation(&from))
+            });
+        }
+        let Some(agent) = agent else {
+            let mut id = ProcIdentity::unregistered();
+            id.ambiguous = ambiguous;
+            id.acting_for = acting_for;
+            id.delegation_declared = delegation_declared;
+            if let Some(parent) = parent_exec {
+                id.lineage = prev.map(|i| i.lineage.clone()).unwrap_or_default();
+                id.lineage.insert(0, parent);
+                id.lineage.truncate(MAX_LINEAGE);
+            }
+            return Arc::new(id);
+        };
+        Arc::new(ProcIdentity {
+            session: Some(format!(
+                "{}/{}-{}",
+                short_name(&agent),
+                p.pid,
+                p.start_ticks
+            )),
+            session_root: Some(p.exec_id.clone()),
+            agent: Some(AgentRef::of(&agent)),
+            ambiguous,
+            acting_for,
+            lineage: Vec::new(),
+            delegation_declared,
+        })
+    }
+}
+
+/// The agent's name, or the last segment of its SPIFFE ID.
+fn short_name(agent: &Agent) -> &str {
+    agent
+        .name
+        .as_deref()
+        .unwrap_or_else(|| agent.id.as_str().rsplit('/').next().unwrap_or(""))
+}
+
+impl AttributedEvent {
+    /// An event whose process could not be known (gone before `/proc` could be read).
+    fn orphan(event: Event) -> Self {
+        Self {
+            event,
+            exec_id: None,
+            parent_exec_id: None,
+            agent: None,
+            ambiguous: Vec::new(),
+            session: None,
+            acting_for: Vec::new(),
+            lineage: Vec::new(),
+            exe: None,
+            loginuid: None,
+            delegation_declared: true,
+        }
+    }
+}

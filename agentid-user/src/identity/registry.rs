@@ -1,0 +1,723 @@
+//! The agent registry: registrations loaded from `agents.d/*.toml`, and matching a
+//! workload against them.
+//!
+//! Loading is per file and all-or-nothing: a file with any error contributes no agent
+//! (half an agent, or one agent of a file whose other half is broken, is more
+//! surprising than none), and its errors are kept in [`Registry::errors`]. Other files
+//! load regardless, so one bad file never un-registers the agents of the good ones.
+//!
+//! Ids are unique across files. Files load in sorted name order and the first file
+//! to register an id keeps it; a later file registering it again is in error (and,
+//! all-or-nothing, contributes nothing), with a message naming both places.
+use std::{
+    collections::HashMap,
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::{
+    container,
+    policy::{EgressRule, GlobList, Policy},
+    selector::{Glob, SelectorSet, Workload},
+    spiffe::SpiffeId,
+};
+
+/// Where registrations live unless configured otherwise.
+pub const DEFAULT_AGENTS_DIR: &str = "/etc/agentid/agents.d";
+
+/// One invalid thing in a registration file, located precisely enough to fix it
+/// without searching: `agents.d/bot.toml:7: agent.id: "…": trust domain must be lowercase`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {field}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based.
+    pub line: usize,
+    /// Dotted key path without array indices, e.g. `agent.selectors.cgroup`.
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The directory itself could not be listed: nothing can be loaded, so a reload
+    /// should keep the registry it has.
+    #[error("agents directory {}: {source}", dir.display())]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// Where an agent was registered: `file:line` of its `[[agent]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// Credential files of an agent, and the agents allowed to use them too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credentials {
+    pub files: GlobList,
+    pub shared_with: Vec<SpiffeId>,
+}
+
+impl Credentials {
+    pub fn owns_file(&self, path: &str) -> bool {
+        self.files.is_match(path)
+    }
+
+    pub fn is_shared_with(&self, agent: &SpiffeId) -> bool {
+        self.shared_with.contains(agent)
+    }
+}
+
+/// A registered agent. Serialises to its summary (id, name, owner, environment): what
+/// events and reports carry, not the matching machinery.
+#[derive(Debug, Clone, Serialize)]
+pub struct Agent {
+    pub id: SpiffeId,
+    pub name: Option<String>,
+    /// The accountable human or team.
+    pub owner: Option<String>,
+    pub environment: Option<String>,
+    /// Never empty, and no set in it is empty.
+    #[serde(skip)]
+    pub selectors: Vec<SelectorSet>,
+    #[serde(skip)]
+    pub policy: Policy,
+    #[serde(skip)]
+    pub credentials: Credentials,
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// The result of matching a workload.
+#[derive(Debug, Clone)]
+pub enum Match {
+    Unregistered,
+    Agent(Arc<Agent>),
+    /// More than one agent matched, sorted by id. Never resolved by picking one: that
+    /// would make attribution depend on file order.
+    Ambiguous(Vec<Arc<Agent>>),
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    agents: Vec<Arc<Agent>>,
+    by_id: HashMap<SpiffeId, usize>,
+    errors: Vec<RegistryError>,
+    needs_exe_sha256: bool,
+}
+
+impl Registry {
+    /// Loads every `*.toml` in `dir` (not recursive, dot files skipped, sorted by name).
+    /// Never fails: a directory that cannot be listed gives an empty registry with that
+    /// error in [`Self::errors`]. Use [`Self::reload`] to keep the old registry then.
+    pub fn load_dir(dir: &Path) -> Self {
+        Self::try_load_dir(dir).unwrap_or_else(|e| Self {
+            errors: vec![e],
+            ..Self::default()
+        })
+    }
+
+    /// Loads `dir` afresh for an atomic swap: `Err` only when the directory itself
+    /// cannot be listed, in which case the caller keeps `self`. Per-file problems are
+    /// in the new registry's [`Self::errors`], as with [`Self::load_dir`].
+    pub fn reload(&self, dir: &Path) -> Result<Self, RegistryError> {
+        Self::try_load_dir(dir)
+    }
+
+    fn try_load_dir(dir: &Path) -> Result<Self, RegistryError> {
+        let dir_err = |source| RegistryError::Dir {
+            dir: dir.to_owned(),
+            source,
+        };
+        let mut paths = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(dir_err)? {
+            let path = entry.map_err(dir_err)?.path();
+            let is_toml = path.extension().is_some_and(|e| e == "toml");
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if is_toml && !hidden && path.is_file() {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        let mut registry = Self::default();
+        for path in paths {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => registry.add_file(&text, &path.display().to_string()),
+                Err(source) => registry
+                    .errors
+                    .push(RegistryError::Read { file: path, source }),
+            }
+        }
+        Ok(registry)
+    }
+
+    /// Parses one file's text; `origin` names it in errors. For tests and for callers
+    /// with registrations from elsewhere.
+    pub fn parse_str(text: &str, origin: &str) -> Self {
+        let mut registry = Self::default();
+        registry.add_file(text, origin);
+        registry
+    }
+
+    /// Adds one file's agents, all or nothing.
+    fn add_file(&mut self, text: &str, origin: &str) {
+        let agents = match parse_file(text, origin) {
+            Ok(agents) => agents,
+            Err(errors) => {
+                self.errors
+                    .extend(errors.into_iter().map(RegistryError::Invalid));
+                return;
+            }
+        };
+        let mut dup = false;
+        for agent in &agents {
+            if let Some(&i) = self.by_id.get(&agent.id) {
+                dup = true;
+                self.errors.push(RegistryError::Invalid(ConfigError {
+                    file: agent.origin.file.clone(),
+                    line: agent.origin.line,
+                    field: "agent.id".into(),
+                    message: format!(
+                        "{:?} is already registered at {}",
+                        agent.id.as_str(),
+                        self.agents[i].origin
+                    ),
+                }));
+            }
+        }
+        if dup {
+            return;
+        }
+        for agent in agents {
+            self.needs_exe_sha256 |= agent.selectors.iter().any(|s| s.exe_sha256.is_some());
+            self.by_id.insert(agent.id.clone(), self.agents.len());
+            self.agents.push(Arc::new(agent));
+        }
+    }
+
+    pub fn agents(&self) -> &[Arc<Agent>] {
+        &self.agents
+    }
+
+    pub fn get(&self, id: &SpiffeId) -> Option<&Arc<Agent>> {
+        self.by_id.get(id).map(|&i| &self.agents[i])
+    }
+
+    /// Problems found while loading, in file order.
+    pub fn errors(&self) -> &[RegistryError] {
+        &self.errors
+    }
+
+    /// Whether any selector uses `exe_sha256`: hashing every executed file is
+    /// expensive, so callers only do it when something will look at the hash.
+    pub fn needs_exe_sha256(&self) -> bool {
+        self.needs_exe_sha256
+    }
+
+    /// The agent a workload belongs to. Runs per exec: a linear scan over
+    /// precompiled selector sets, no allocation unless more than one agent matches.
+    pub fn match_workload(&self, w: &Workload<'_>) -> Match {
+        let mut matching = self
+            .agents
+            .iter()
+            .filter(|a| a.selectors.iter().any(|s| s.matches(w)));
+        let Some(first) = matching.next() else {
+            return Match::Unregistered;
+        };
+        let Some(second) = matching.next() else {
+            return Match::Agent(Arc::clone(first));
+        };
+        let mut all: Vec<Arc<Agent>> = [first, second]
+            .into_iter()
+            .chain(matching)
+            .map(Arc::clone)
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Match::Ambiguous(all)
+    }
+}
+
+// ---- file format ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    agent: Vec<Spanned<RawAgent>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    id: Spanned<String>,
+    name: Option<String>,
+    owner: Option<String>,
+    environment: Option<String>,
+    selectors: Option<Spanned<Vec<Spanned<RawSelectorSet>>>>,
+    policy: Option<RawPolicy>,
+    credentials: Option<RawCredentials>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelectorSet {
+    cgroup: Option<Spanned<String>>,
+    systemd_unit: Option<Spanned<String>>,
+    container_id: Option<Spanned<String>>,
+    k8s_pod_uid: Option<Spanned<String>>,
+    k8s_namespace: Option<Spanned<String>>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    user: Option<Spanned<String>>,
+    exe: Option<Spanned<String>>,
+    exe_sha256: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    egress: Option<Vec<Spanned<String>>>,
+    tools: Option<Vec<Spanned<String>>>,
+    credential_max_age: Option<Spanned<String>>,
+    #[serde(default)]
+    accepts_delegation_from: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    #[serde(default)]
+    files: Vec<Spanned<String>>,
+    #[serde(default)]
+    shared_with: Vec<Spanned<String>>,
+}
+
+/// Collects a file's errors, each located by the span of the offending value.
+struct Checker<'a> {
+    text: &'a str,
+    origin: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn error(&mut self, span: &Range<usize>, field: &str, message: impl fmt::Display) {
+        self.errors.push(ConfigError {
+            file: self.origin.to_owned(),
+            line: self.line(span.start),
+            field: field.to_owned(),
+            message: message.to_string(),
+        });
+    }
+
+    /// Runs `parse` on a spanned string, recording `"value": error` on failure.
+    fn value<T, E: fmt::Display>(
+        &mut self,
+        v: &Spanned<String>,
+        field: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Option<T> {
+        match parse(v.get_ref()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.error(&v.span(), field, format_args!("{:?}: {e}", v.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn spiffe_ids(&mut self, ids: &[Spanned<String>], field: &str) -> Vec<SpiffeId> {
+        ids.iter()
+            .filter_map(|id| self.value(id, field, SpiffeId::parse))
+            .collect()
+    }
+
+    fn globs(&mut self, patterns: &[Spanned<String>], field: &str) -> Option<GlobList> {
+        let mut ok = true;
+        for p in patterns {
+            ok &= self.value(p, field, Glob::new).is_some();
+        }
+        // Each pattern compiled on its own above, so the set only fails on resource
+        // limits; report that at the first pattern.
+        let list = GlobList::new(&patterns.iter().map(Spanned::get_ref).collect::<Vec<_>>());
+        match (ok, list) {
+            (true, Ok(list)) => Some(list),
+            (true, Err(e)) => {
+                let span = patterns.first().map_or(0..0, Spanned::span);
+                self.error(&span, field, e);
+                None
+            }
+            (false, _) => None,
+        }
+    }
+}
+
+fn parse_file(text: &str, origin: &str) -> Result<Vec<Agent>, Vec<ConfigError>> {
+    let mut ck = Checker {
+        text,
+        origin,
+        errors: Vec::new(),
+    };
+    let raw: RawFile = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let field = field_at(text, &span, e.message());
+            ck.error(&span, &field, e.message().trim_end());
+            return Err(ck.errors);
+        }
+    };
+    let mut agents = Vec::new();
+    let mut seen: HashMap<SpiffeId, usize> = HashMap::new();
+    for raw_agent in &raw.agent {
+        let line = ck.line(raw_agent.span().start);
+        if let Some(agent) = check_agent(&mut ck, raw_agent.get_ref(), line) {
+            if let Some(first) = seen.insert(agent.id.clone(), line) {
+                ck.error(
+                    &raw_agent.get_ref().id.span(),
+                    "agent.id",
+                    format_args!(
+                        "{:?} is already registered at {origin}:{first}",
+                        agent.id.as_str()
+                    ),
+                );
+            }
+            agents.push(agent);
+        }
+    }
+    if ck.errors.is_empty() {
+        Ok(agents)
+    } else {
+        Err(ck.errors)
+    }
+}
+
+fn check_agent(ck: &mut Checker<'_>, raw: &RawAgent, line: usize) -> Option<Agent> {
+    let RawAgent {
+        id,
+        name,
+        owner,
+        environment,
+        selectors,
+        policy,
+        credentials,
+    } = raw;
+    let errors_before = ck.errors.len();
+    let id = ck.value(id, "agent.id", SpiffeId::parse);
+
+    let mut sets = Vec::new();
+    match selectors {
+        None => {
+            let span = ck_line_span(ck, line);
+            ck.error(
+                &span,
+                "agent.selectors",
+                "an agent needs at least one selector set ([[agent.selectors]])",
+            );
+        }
+        Some(list) if list.get_ref().is_empty() => ck.error(
+            &list.span(),
+            "agent.selectors",
+            "an agent needs at least one selector set",
+        ),
+        Some(list) => {
+            for set in list.get_ref() {
+                if let Some(set) = check_selector_set(ck, set) {
+                    sets.push(set);
+                }
+            }
+        }
+    }
+
+    let policy = policy
+        .as_ref()
+        .map(|p| check_policy(ck, p))
+        .unwrap_or_default();
+    let credentials = match credentials {
+        Some(RawCredentials { files, shared_with }) => Credentials {
+            files: ck
+                .globs(files, "agent.credentials.files")
+                .unwrap_or_default(),
+            shared_with: ck.spiffe_ids(shared_with, "agent.credentials.shared_with"),
+        },
+        None => Credentials {
+            files: GlobList::default(),
+            shared_with: Vec::new(),
+        },
+    };
+    if ck.errors.len() > errors_before {
+        return None;
+    }
+    Some(Agent {
+        id: id?,
+        name: name.clone(),
+        owner: owner.clone(),
+        environment: environment.clone(),
+        selectors: sets,
+        policy,
+        credentials,
+        origin: Origin {
+            file: ck.origin.to_owned(),
+            line,
+        },
+    })
+}
+
+/// The span of the start of a 1-based line (for errors about something missing).
+fn ck_line_span(ck: &Checker<'_>, line: usize) -> Range<usize> {
+    let start = ck
+        .text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    start..start
+}
+
+fn check_selector_set(ck: &mut Checker<'_>, set: &Spanned<RawSelectorSet>) -> Option<SelectorSet> {
+    const F: &str = "agent.selectors";
+    let RawSelectorSet {
+        cgroup,
+        systemd_unit,
+        container_id,
+        k8s_pod_uid,
+        k8s_namespace,
+        uid,
+        gid,
+        user,
+        exe,
+        exe_sha256,
+    } = set.get_ref();
+    let errors_before = ck.errors.len();
+    let out = SelectorSet {
+        cgroup: cgroup
+            .as_ref()
+            .and_then(|v| ck.value(v, "agent.selectors.cgroup", cgroup_glob)),
+        systemd_unit: systemd_unit
+            .as_ref()
+            .and_then(|v| ck.value(v, "agent.selectors.systemd_unit", unit)),
+        container_id: container_id.as_ref().and_then(|v| {
+            ck.value(v, "agent.selectors.container_id", |s| {
+                hex64(s, "a container id").map(|()| s.to_owned())
+            })
+        }),
+        k8s_pod_uid: k8s_pod_uid
+            .as_ref()
+            .and_then(|v| ck.value(v, "agent.selectors.k8s_pod_uid", pod_uid)),
+        k8s_namespace: k8s_namespace
+            .as_ref()
+            .and_then(|v| ck.value(v, "agent.selectors.k8s_namespace", non_empty)),
+        uid: *uid,
+        gid: *gid,
+        user: user
+            .as_ref()
+            .and_then(|v| ck.value(v, "agent.selectors.user", non_empty)),
+        exe: exe
+            .as_ref()
+            .and_then(|v| ck.value(v, "agent.selectors.exe", exe_glob)),
+        exe_sha256: exe_sha256.as_ref().and_then(|v| {
+            ck.value(v, "agent.selectors.exe_sha256", |s| {
+                let s = s.to_ascii_lowercase();
+                hex64(&s, "a sha256").map(|()| s)
+            })
+        }),
+    };
+    if ck.errors.len() > errors_before {
+        return None;
+    }
+    if out.is_empty() {
+        ck.error(
+            &set.span(),
+            F,
+            "an empty selector set would match every process",
+        );
+        return None;
+    }
+    Some(out)
+}
+
+fn check_policy(ck: &mut Checker<'_>, raw: &RawPolicy) -> Policy {
+    let RawPolicy {
+        egress,
+        tools,
+        credential_max_age,
+        accepts_delegation_from,
+    } = raw;
+    Policy {
+        egress: egress.as_ref().map(|rules| {
+            rules
+                .iter()
+                .filter_map(|r| ck.value(r, "agent.policy.egress", EgressRule::parse))
+                .collect()
+        }),
+        tools: tools
+            .as_ref()
+            .and_then(|t| ck.globs(t, "agent.policy.tools")),
+        credential_max_age: credential_max_age.as_ref().and_then(|v| {
+            ck.value(v, "agent.policy.credential_max_age", |s| {
+                humantime::parse_duration(s).and_then(|d| {
+                    if d == Duration::ZERO {
+                        Err(humantime::DurationError::Empty)
+                    } else {
+                        Ok(d)
+                    }
+                })
+            })
+        }),
+        accepts_delegation_from: ck.spiffe_ids(
+            accepts_delegation_from,
+            "agent.policy.accepts_delegation_from",
+        ),
+    }
+}
+
+fn cgroup_glob(s: &str) -> Result<Glob, String> {
+    if s.starts_with("/sys/fs/cgroup/") {
+        return Err(
+            "cgroup paths are relative to the hierarchy root: drop the /sys/fs/cgroup prefix"
+                .into(),
+        );
+    }
+    absolute_glob(s)
+}
+
+fn exe_glob(s: &str) -> Result<Glob, String> {
+    absolute_glob(s)
+}
+
+fn absolute_glob(s: &str) -> Result<Glob, String> {
+    if !(s.starts_with('/') || s.starts_with('*')) {
+        return Err("must start with '/' (or a '*' pattern)".into());
+    }
+    Glob::new(s).map_err(|e| e.kind().to_string())
+}
+
+fn unit(s: &str) -> Result<String, &'static str> {
+    if (s.ends_with(".service") || s.ends_with(".scope")) && !s.contains('/') {
+        Ok(s.to_owned())
+    } else {
+        Err("must be a unit name ending in .service or .scope")
+    }
+}
+
+fn hex64(s: &str, what: &str) -> Result<(), String> {
+    if container::is_container_id(s) {
+        Ok(())
+    } else {
+        Err(format!("{what} is 64 lowercase hex digits"))
+    }
+}
+
+fn pod_uid(s: &str) -> Result<String, &'static str> {
+    if container::is_uuid(s) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err("a pod uid is a dashed UUID (8-4-4-4-12 hex digits)")
+    }
+}
+
+fn non_empty(s: &str) -> Result<String, &'static str> {
+    if s.is_empty() {
+        Err("must not be empty")
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// The dotted key path (array indices omitted) of the entry that most tightly
+/// encloses `span`, for errors that serde reports with a span but no key path.
+/// A "missing field `x`" error points at the enclosing table, so `x` is appended.
+fn field_at(text: &str, span: &Range<usize>, message: &str) -> String {
+    let (root, _) = toml::de::DeTable::parse_recoverable(text);
+    let mut best: Option<(usize, String)> = None;
+    visit(root.get_ref(), "", span.start, &mut best);
+    let mut path = best.map(|(_, p)| p).unwrap_or_default();
+    if let Some(missing) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(missing);
+    }
+    if path.is_empty() {
+        path.push_str("(file)");
+    }
+    path
+}
+
+fn visit(
+    table: &toml::de::DeTable<'_>,
+    prefix: &str,
+    pos: usize,
+    best: &mut Option<(usize, String)>,
+) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        let (k, v) = (key.span(), value.span());
+        let whole = k.start.min(v.start)..k.end.max(v.end);
+        if whole.contains(&pos) || whole.start == pos {
+            let len = whole.len();
+            if best.as_ref().is_none_or(|(l, _)| len <= *l) {
+                *best = Some((len, path.clone()));
+            }
+        }
+        visit_value(value.get_ref(), &path, pos, best);
+    }
+}
+
+fn visit_value(
+    value: &toml::de::DeValue<'_>,
+    path: &str,
+    pos: usize,
+    best: &mut Option<(usize, String)>,
+) {
+    match value {
+        toml::de::DeValue::Table(t) => visit(t, path, pos, best),
+        toml::de::DeValue::Array(items) => {
+            for item in items {
+                visit_value(item.get_ref(), path, pos, best);
+            }
+        }
+        _ => {}
+    }
+}
