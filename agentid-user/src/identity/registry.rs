@@ -328,9 +328,11 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn line(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
+        // Spans are on char boundaries; the fallback only guards a toml bug.
+        self.text
+            .get(..end)
+            .unwrap_or(self.text)
+            .matches('\n')
             .count()
             + 1
     }
@@ -627,7 +629,7 @@ fn absolute_glob(s: &str) -> Result<Glob, String> {
 }
 
 fn unit(s: &str) -> Result<String, &'static str> {
-    if (s.ends_with(".service") || s.ends_with(".scope")) && !s.contains('/') {
+    if container::is_unit_name(s) {
         Ok(s.to_owned())
     } else {
         Err("must be a unit name ending in .service or .scope")
@@ -719,5 +721,347 @@ fn visit_value(
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, path::Path, time::Duration};
+
+    use super::{ConfigError, Match, Registry, RegistryError};
+    use crate::identity::{ContainerInfo, SpiffeId, Workload, parse_cgroup_path};
+
+    const GOOD: &str = r#"
+[[agent]]
+id = "spiffe://example.org/agent/research-bot"
+name = "research-bot"
+owner = "ml-platform@example.org"
+environment = "prod"
+[[agent.selectors]]
+cgroup = "/agents/research-bot/**"
+uid = 1001
+[[agent.selectors]]
+systemd_unit = "research-bot.service"
+[agent.policy]
+egress = ["10.0.0.0/8:443", "127.0.0.1:8080", "[::1]:*"]
+tools = ["/usr/bin/git", "/usr/bin/python3*"]
+credential_max_age = "1h"
+accepts_delegation_from = ["spiffe://example.org/agent/supervisor"]
+[agent.credentials]
+files = ["/etc/research-bot/token"]
+shared_with = ["spiffe://example.org/agent/other"]
+"#;
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    /// The only error of a registry parsed from one bad text.
+    fn only_error(text: &str) -> ConfigError {
+        let reg = Registry::parse_str(text, "agents.d/bot.toml");
+        assert!(reg.agents().is_empty(), "a bad file contributes no agents");
+        match reg.errors() {
+            [RegistryError::Invalid(e)] => e.clone(),
+            other => panic!("expected one error, got {other:?}"),
+        }
+    }
+
+    fn workload<'a>(cgroup_path: &'a str, uid: u32, c: &'a ContainerInfo) -> Workload<'a> {
+        Workload {
+            cgroup_path,
+            uid,
+            gid: uid,
+            user: None,
+            exe: Some("/usr/bin/python3"),
+            exe_sha256: None,
+            container: c,
+        }
+    }
+
+    #[test]
+    fn loads_the_documented_example() {
+        let reg = Registry::parse_str(GOOD, "bot.toml");
+        assert!(reg.errors().is_empty(), "{:?}", reg.errors());
+        let [agent] = reg.agents() else {
+            panic!("one agent expected")
+        };
+        assert_eq!(agent.id.as_str(), "spiffe://example.org/agent/research-bot");
+        assert_eq!(agent.name.as_deref(), Some("research-bot"));
+        assert_eq!(agent.owner.as_deref(), Some("ml-platform@example.org"));
+        assert_eq!(agent.environment.as_deref(), Some("prod"));
+        assert_eq!(agent.selectors.len(), 2);
+        assert_eq!(agent.selectors[0].uid, Some(1001));
+        assert_eq!(
+            agent.selectors[1].systemd_unit.as_deref(),
+            Some("research-bot.service")
+        );
+        assert_eq!(agent.origin.to_string(), "bot.toml:2");
+        let p = &agent.policy;
+        assert_eq!(p.egress.as_ref().map(Vec::len), Some(3));
+        assert!(p.allows_egress("10.1.2.3".parse::<IpAddr>().unwrap(), 443));
+        assert!(!p.allows_egress("10.1.2.3".parse::<IpAddr>().unwrap(), 80));
+        assert!(p.allows_tool("/usr/bin/python3.11"));
+        assert!(!p.allows_tool("/bin/sh"));
+        assert_eq!(p.credential_max_age, Some(Duration::from_hours(1)));
+        assert!(p.accepts_delegation(&id("spiffe://example.org/agent/supervisor")));
+        assert!(!p.accepts_delegation(&id("spiffe://example.org/agent/other")));
+        assert!(agent.credentials.owns_file("/etc/research-bot/token"));
+        assert!(!agent.credentials.owns_file("/etc/other/token"));
+        assert!(
+            agent
+                .credentials
+                .is_shared_with(&id("spiffe://example.org/agent/other"))
+        );
+        assert!(!reg.needs_exe_sha256());
+        assert_eq!(
+            serde_json::to_value(&**agent).unwrap(),
+            serde_json::json!({
+                "id": "spiffe://example.org/agent/research-bot",
+                "name": "research-bot",
+                "owner": "ml-platform@example.org",
+                "environment": "prod",
+            })
+        );
+        assert!(reg.get(&agent.id).is_some());
+    }
+
+    #[test]
+    fn matches_with_the_subset_rule() {
+        let reg = Registry::parse_str(GOOD, "bot.toml");
+        let none = ContainerInfo::default();
+        // first set: both cgroup and uid
+        let m = reg.match_workload(&workload("/agents/research-bot/w1", 1001, &none));
+        assert!(matches!(m, Match::Agent(a) if a.name.as_deref() == Some("research-bot")));
+        assert!(matches!(
+            reg.match_workload(&workload("/agents/research-bot/w1", 0, &none)),
+            Match::Unregistered
+        ));
+        // second set: the unit alone, any uid
+        let path = "/system.slice/research-bot.service";
+        let unit = parse_cgroup_path(path);
+        assert!(matches!(
+            reg.match_workload(&workload(path, 0, &unit)),
+            Match::Agent(_)
+        ));
+        assert!(matches!(
+            reg.match_workload(&workload("/system.slice/other.service", 1001, &none)),
+            Match::Unregistered
+        ));
+    }
+
+    #[test]
+    fn two_matching_agents_are_ambiguous() {
+        let text = r#"
+[[agent]]
+id = "spiffe://example.org/b"
+[[agent.selectors]]
+uid = 1001
+[[agent]]
+id = "spiffe://example.org/a"
+[[agent.selectors]]
+cgroup = "/agents/*"
+"#;
+        let reg = Registry::parse_str(text, "x.toml");
+        assert!(reg.errors().is_empty(), "{:?}", reg.errors());
+        let none = ContainerInfo::default();
+        let Match::Ambiguous(agents) = reg.match_workload(&workload("/agents/x", 1001, &none))
+        else {
+            panic!("expected ambiguous")
+        };
+        let ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["spiffe://example.org/a", "spiffe://example.org/b"]);
+        // `*` does not cross '/', so only b matches here
+        let Match::Agent(a) = reg.match_workload(&workload("/agents/x/y", 1001, &none)) else {
+            panic!("expected one agent")
+        };
+        assert_eq!(a.id.as_str(), "spiffe://example.org/b");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = only_error(
+            "# bot\n\n[[agent]]\nname = \"bot\"\n\n\nid = \"spiffe://Example.org/x\"\n[[agent.selectors]]\nuid = 1\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "agents.d/bot.toml:7: agent.id: \"spiffe://Example.org/x\": trust domain must be lowercase"
+        );
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\nhostname = \"h\"\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (5, "agent.selectors.hostname"));
+        assert!(e.message.starts_with("unknown field `hostname`"), "{e}");
+
+        let e = only_error("[[agent]]\nname = \"bot\"\n[[agent.selectors]]\nuid = 1\n");
+        assert_eq!(e.field, "agent.id");
+        assert_eq!(e.message, "missing field `id`");
+
+        let e = only_error("[[agent]]\nid = \"spiffe://example.org/x\"\nowner = \"t\"\n");
+        assert_eq!((e.line, e.field.as_str()), (1, "agent.selectors"));
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[[agent.selectors]]\n[agent.policy]\ntools = []\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (5, "agent.selectors"));
+        assert_eq!(e.message, "an empty selector set would match every process");
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = \"root\"\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (4, "agent.selectors.uid"));
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\negress = [\n  \"10.0.0.0/8:443\",\n  \"::1:443\",\n]\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "agents.d/bot.toml:8: agent.policy.egress: \"::1:443\": an IPv6 address needs brackets: [::1]:PORT"
+        );
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\ncgroup = \"/sys/fs/cgroup/agents/x\"\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (4, "agent.selectors.cgroup"));
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\ncredential_max_age = \"soon\"\n",
+        );
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (6, "agent.policy.credential_max_age")
+        );
+
+        let e = only_error("[[agent]\nid = 1\n");
+        assert_eq!(e.line, 1);
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nsystemd_unit = \"research-bot\"\n",
+        );
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (4, "agent.selectors.systemd_unit")
+        );
+    }
+
+    #[test]
+    fn every_validation_error_of_a_file_is_reported() {
+        let reg = Registry::parse_str(
+            "[[agent]]\nid = \"spiffe://example.org/ok\"\n[[agent.selectors]]\nuid = 1\n\
+             [[agent]]\nid = \"spiffe://example.org/a/\"\n[[agent.selectors]]\nexe_sha256 = \"xyz\"\n",
+            "f.toml",
+        );
+        let lines: Vec<String> = reg.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "f.toml:6: agent.id: \"spiffe://example.org/a/\": path must not end with '/'",
+                "f.toml:8: agent.selectors.exe_sha256: \"xyz\": a sha256 is 64 lowercase hex digits",
+            ]
+        );
+        assert!(reg.agents().is_empty(), "all or nothing per file");
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("agentid-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_bad_file_does_not_affect_a_good_one() {
+        let dir = temp_dir("bad-file");
+        write(&dir, "10-good.toml", GOOD);
+        write(
+            &dir,
+            "20-bad.toml",
+            "[[agent]]\nid = \"nope\"\n[[agent.selectors]]\nuid = 5\n",
+        );
+        write(
+            &dir,
+            "30-also-good.toml",
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nexe_sha256 = \"ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB\"\n",
+        );
+        write(&dir, "notes.txt", "not toml");
+        write(&dir, ".hidden.toml", "garbage");
+        let reg = Registry::load_dir(&dir);
+        let ids: Vec<&str> = reg.agents().iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "spiffe://example.org/agent/research-bot",
+                "spiffe://example.org/x"
+            ]
+        );
+        assert!(reg.needs_exe_sha256());
+        assert_eq!(
+            reg.agents()[1].selectors[0].exe_sha256.as_deref(),
+            Some("abababababababababababababababababababababababababababababababab")
+        );
+        let errors: Vec<String> = reg.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [format!(
+                "{}:2: agent.id: \"nope\": must start with \"spiffe://\"",
+                dir.join("20-bad.toml").display()
+            )]
+        );
+
+        // reload: per-file problems are in the new registry; a missing dir is Err
+        let again = reg.reload(&dir).unwrap();
+        assert_eq!(again.agents().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(reg.reload(&dir), Err(RegistryError::Dir { .. })));
+        let empty = Registry::load_dir(&dir);
+        assert!(empty.agents().is_empty());
+        assert!(matches!(empty.errors(), [RegistryError::Dir { .. }]));
+    }
+
+    #[test]
+    fn duplicate_ids_across_files_name_both_places() {
+        let dir = temp_dir("dup");
+        write(&dir, "a.toml", GOOD);
+        write(
+            &dir,
+            "b.toml",
+            "[[agent]]\nid = \"spiffe://example.org/y\"\n[[agent.selectors]]\nuid = 7\n\n\
+             [[agent]]\nid = \"spiffe://example.org/agent/research-bot\"\n[[agent.selectors]]\nuid = 2\n",
+        );
+        let reg = Registry::load_dir(&dir);
+        let a = dir.join("a.toml");
+        let b = dir.join("b.toml");
+        let errors: Vec<String> = reg.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [format!(
+                "{}:6: agent.id: \"spiffe://example.org/agent/research-bot\" is already registered at {}:2",
+                b.display(),
+                a.display()
+            )]
+        );
+        // the first file keeps the id; the second contributes nothing, not even `y`
+        let ids: Vec<&str> = reg.agents().iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["spiffe://example.org/agent/research-bot"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // within one file too
+        let reg = Registry::parse_str(
+            "[[agent]]\nid = \"spiffe://example.org/y\"\n[[agent.selectors]]\nuid = 7\n\
+             [[agent]]\nid = \"spiffe://example.org/y\"\n[[agent.selectors]]\nuid = 8\n",
+            "one.toml",
+        );
+        let errors: Vec<String> = reg.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                "one.toml:6: agent.id: \"spiffe://example.org/y\" is already registered at one.toml:1"
+            ]
+        );
+        assert!(reg.agents().is_empty());
     }
 }
