@@ -394,11 +394,21 @@ fn parse_file(text: &str, origin: &str) -> Result<Vec<Agent>, Vec<ConfigError>> 
         origin,
         errors: Vec::new(),
     };
+    // Syntax first: a syntax error has no meaningful field, and the parsed tree
+    // locates the field of a schema error (which serde reports by span only).
+    let tree = match toml::de::DeTable::parse(text) {
+        Ok(tree) => tree,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            ck.error(&span, "(toml syntax)", e.message().trim_end());
+            return Err(ck.errors);
+        }
+    };
     let raw: RawFile = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            let field = field_at(text, &span, e.message());
+            let field = field_at(tree.get_ref(), &span, e.message());
             ck.error(&span, &field, e.message().trim_end());
             return Err(ck.errors);
         }
@@ -444,7 +454,7 @@ fn check_agent(ck: &mut Checker<'_>, raw: &RawAgent, line: usize) -> Option<Agen
     let mut sets = Vec::new();
     match selectors {
         None => {
-            let span = ck_line_span(ck, line);
+            let span = line_start(ck, line);
             ck.error(
                 &span,
                 "agent.selectors",
@@ -500,7 +510,7 @@ fn check_agent(ck: &mut Checker<'_>, raw: &RawAgent, line: usize) -> Option<Agen
 }
 
 /// The span of the start of a 1-based line (for errors about something missing).
-fn ck_line_span(ck: &Checker<'_>, line: usize) -> Range<usize> {
+fn line_start(ck: &Checker<'_>, line: usize) -> Range<usize> {
     let start = ck
         .text
         .split_inclusive('\n')
@@ -663,10 +673,9 @@ fn non_empty(s: &str) -> Result<String, &'static str> {
 /// The dotted key path (array indices omitted) of the entry that most tightly
 /// encloses `span`, for errors that serde reports with a span but no key path.
 /// A "missing field `x`" error points at the enclosing table, so `x` is appended.
-fn field_at(text: &str, span: &Range<usize>, message: &str) -> String {
-    let (root, _) = toml::de::DeTable::parse_recoverable(text);
+fn field_at(root: &toml::de::DeTable<'_>, span: &Range<usize>, message: &str) -> String {
     let mut best: Option<(usize, String)> = None;
-    visit(root.get_ref(), "", span.start, &mut best);
+    visit(root, "", span.start, &mut best);
     let mut path = best.map(|(_, p)| p).unwrap_or_default();
     if let Some(missing) = message
         .strip_prefix("missing field `")
@@ -894,7 +903,7 @@ cgroup = "/agents/*"
         assert!(e.message.starts_with("unknown field `hostname`"), "{e}");
 
         let e = only_error("[[agent]]\nname = \"bot\"\n[[agent.selectors]]\nuid = 1\n");
-        assert_eq!(e.field, "agent.id");
+        assert_eq!((e.line, e.field.as_str()), (1, "agent.id"));
         assert_eq!(e.message, "missing field `id`");
 
         let e = only_error("[[agent]]\nid = \"spiffe://example.org/x\"\nowner = \"t\"\n");
@@ -932,8 +941,17 @@ cgroup = "/agents/*"
             (6, "agent.policy.credential_max_age")
         );
 
-        let e = only_error("[[agent]\nid = 1\n");
-        assert_eq!(e.line, 1);
+        let e =
+            only_error("[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]\nuid = 1\n");
+        assert_eq!((e.line, e.field.as_str()), (3, "(toml syntax)"));
+
+        let e = only_error("[[agents]]\nid = 1\n");
+        assert_eq!((e.line, e.field.as_str()), (1, "agents"));
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\negress = \"10.0.0.0/8:443\"\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (6, "agent.policy.egress"));
 
         let e = only_error(
             "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nsystemd_unit = \"research-bot\"\n",
