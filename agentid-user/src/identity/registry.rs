@@ -371,7 +371,9 @@ impl Checker<'_> {
     fn globs(&mut self, patterns: &[Spanned<String>], field: &str) -> Option<GlobList> {
         let mut ok = true;
         for p in patterns {
-            ok &= self.value(p, field, Glob::new).is_some();
+            ok &= self
+                .value(p, field, |s| Glob::new(s).map_err(|e| e.kind().to_string()))
+                .is_some();
         }
         // Each pattern compiled on its own above, so the set only fails on resource
         // limits; report that at the first pattern.
@@ -521,7 +523,6 @@ fn line_start(ck: &Checker<'_>, line: usize) -> Range<usize> {
 }
 
 fn check_selector_set(ck: &mut Checker<'_>, set: &Spanned<RawSelectorSet>) -> Option<SelectorSet> {
-    const F: &str = "agent.selectors";
     let RawSelectorSet {
         cgroup,
         systemd_unit,
@@ -574,7 +575,7 @@ fn check_selector_set(ck: &mut Checker<'_>, set: &Spanned<RawSelectorSet>) -> Op
     if out.is_empty() {
         ck.error(
             &set.span(),
-            F,
+            "agent.selectors",
             "an empty selector set would match every process",
         );
         return None;
@@ -856,6 +857,11 @@ shared_with = ["spiffe://example.org/agent/other"]
             reg.match_workload(&workload("/system.slice/other.service", 1001, &none)),
             Match::Unregistered
         ));
+        // both sets of one agent match: still that one agent, not ambiguous
+        assert!(matches!(
+            reg.match_workload(&workload("/agents/research-bot/w1", 1001, &unit)),
+            Match::Agent(_)
+        ));
     }
 
     #[test]
@@ -944,6 +950,14 @@ cgroup = "/agents/*"
         let e =
             only_error("[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]\nuid = 1\n");
         assert_eq!((e.line, e.field.as_str()), (3, "(toml syntax)"));
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\ntools = [\"/usr/bin/git\", \"/usr/bin/[a\"]\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "agents.d/bot.toml:6: agent.policy.tools: \"/usr/bin/[a\": unclosed character class; missing ']'"
+        );
 
         let e = only_error("[[agents]]\nid = 1\n");
         assert_eq!((e.line, e.field.as_str()), (1, "agents"));
