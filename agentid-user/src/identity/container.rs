@@ -61,7 +61,7 @@ pub fn parse_cgroup_path(path: &str) -> ContainerInfo {
         if let Some(uid) = pod_uid(comp, in_kubepods) {
             info.pod_uid = Some(uid);
         }
-        if comp.ends_with(".service") || comp.ends_with(".scope") {
+        if is_unit_name(comp) {
             info.systemd_unit = Some(comp.to_owned());
         }
         if let Some((runtime, id)) = container(comp, parent, in_kubepods) {
@@ -146,6 +146,15 @@ fn pod_uid(comp: &str, in_kubepods: bool) -> Option<String> {
     is_uuid(&uid).then_some(uid)
 }
 
+/// A systemd unit of the kinds a process can be in.
+#[expect(
+    clippy::case_sensitive_file_extension_comparisons,
+    reason = "systemd unit names are case-sensitive: `x.SERVICE` is not a service"
+)]
+pub(super) fn is_unit_name(s: &str) -> bool {
+    !s.contains('/') && (s.ends_with(".service") || s.ends_with(".scope"))
+}
+
 /// 8-4-4-4-12 hex digits.
 pub(super) fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
@@ -186,6 +195,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::too_many_lines, reason = "one table of every path shape")]
     fn parses_every_runtime_shape() {
         use Runtime::{Containerd, CriO, Docker, Podman};
         let cases: Vec<(String, ContainerInfo)> = vec![

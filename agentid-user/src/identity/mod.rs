@@ -1,11 +1,12 @@
 //! Identity: which registered agent a process belongs to.
 //!
-//! Agents are registered in TOML files ([`registry`]); a process is matched by its
-//! workload facts (cgroup path, uid/gid, executable, and what the cgroup path says
+//! Agents are registered in TOML files ([`registry`]; the format and its checks are in
+//! `format.rs`); a process is matched by its workload facts (cgroup path, uid/gid, executable, and what the cgroup path says
 //! about containers and systemd units, see [`container`]) against each agent's
 //! selector sets ([`selector`]), SPIRE style. Each agent carries a [`policy`].
 //! Everything here is pure Rust over strings: no kernel, no runtime sockets.
 pub mod container;
+mod format;
 pub mod policy;
 pub mod registry;
 pub mod selector;

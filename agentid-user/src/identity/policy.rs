@@ -89,7 +89,9 @@ impl fmt::Display for EgressRule {
 }
 
 /// A list of path globs compiled into one matcher: `*` stays within a path component,
-/// `**` crosses `/`.
+/// `**` crosses `/`. A trailing `/**` also matches the path before it: `/agents/bot/**`
+/// is meant to cover the `/agents/bot` cgroup and everything below it, and a process
+/// may well sit in `/agents/bot` itself.
 #[derive(Debug, Clone)]
 pub struct GlobList {
     patterns: Vec<String>,
@@ -100,7 +102,11 @@ impl GlobList {
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, globset::Error> {
         let mut builder = GlobSetBuilder::new();
         for p in patterns {
-            builder.add(glob(p.as_ref())?);
+            let p = p.as_ref();
+            builder.add(glob(p)?);
+            if let Some(base) = p.strip_suffix("/**").filter(|b| !b.is_empty()) {
+                builder.add(glob(base)?);
+            }
         }
         Ok(Self {
             patterns: patterns.iter().map(|p| p.as_ref().to_owned()).collect(),
@@ -134,7 +140,7 @@ impl PartialEq for GlobList {
 }
 
 /// The project's one glob dialect, shared by selectors, tools and credential files.
-pub(super) fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
     GlobBuilder::new(pattern).literal_separator(true).build()
 }
 
@@ -257,5 +263,9 @@ mod tests {
         assert!(!g.is_match("/agents/bot/x/bin"));
         assert!(g.is_match("/opt/tool"));
         assert!(g.is_match("/opt/a/b/c/tool"));
+        let deep = GlobList::new(&["/etc/bot/**"]).unwrap();
+        assert!(deep.is_match("/etc/bot"));
+        assert!(deep.is_match("/etc/bot/a/token"));
+        assert!(!deep.is_match("/etc/botnet/token"));
     }
 }

@@ -12,19 +12,16 @@
 use std::{
     collections::HashMap,
     fmt,
-    ops::Range,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-use toml::Spanned;
+use serde::Serialize;
 
 use super::{
-    container,
-    policy::{EgressRule, GlobList, Policy},
-    selector::{Glob, SelectorSet, Workload},
+    format::parse_file,
+    policy::{GlobList, Policy},
+    selector::{SelectorSet, Workload},
     spiffe::SpiffeId,
 };
 
@@ -263,461 +260,366 @@ impl Registry {
     }
 }
 
-// ---- file format ------------------------------------------------------------------
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, path::Path, time::Duration};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    agent: Vec<Spanned<RawAgent>>,
-}
+    use super::{ConfigError, Match, Registry, RegistryError};
+    use crate::identity::{ContainerInfo, SpiffeId, Workload, parse_cgroup_path};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAgent {
-    id: Spanned<String>,
-    name: Option<String>,
-    owner: Option<String>,
-    environment: Option<String>,
-    selectors: Option<Spanned<Vec<Spanned<RawSelectorSet>>>>,
-    policy: Option<RawPolicy>,
-    credentials: Option<RawCredentials>,
-}
+    const GOOD: &str = r#"
+[[agent]]
+id = "spiffe://example.org/agent/research-bot"
+name = "research-bot"
+owner = "ml-platform@example.org"
+environment = "prod"
+[[agent.selectors]]
+cgroup = "/agents/research-bot/**"
+uid = 1001
+[[agent.selectors]]
+systemd_unit = "research-bot.service"
+[agent.policy]
+egress = ["10.0.0.0/8:443", "127.0.0.1:8080", "[::1]:*"]
+tools = ["/usr/bin/git", "/usr/bin/python3*"]
+credential_max_age = "1h"
+accepts_delegation_from = ["spiffe://example.org/agent/supervisor"]
+[agent.credentials]
+files = ["/etc/research-bot/token"]
+shared_with = ["spiffe://example.org/agent/other"]
+"#;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSelectorSet {
-    cgroup: Option<Spanned<String>>,
-    systemd_unit: Option<Spanned<String>>,
-    container_id: Option<Spanned<String>>,
-    k8s_pod_uid: Option<Spanned<String>>,
-    k8s_namespace: Option<Spanned<String>>,
-    uid: Option<u32>,
-    gid: Option<u32>,
-    user: Option<Spanned<String>>,
-    exe: Option<Spanned<String>>,
-    exe_sha256: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    egress: Option<Vec<Spanned<String>>>,
-    tools: Option<Vec<Spanned<String>>>,
-    credential_max_age: Option<Spanned<String>>,
-    #[serde(default)]
-    accepts_delegation_from: Vec<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCredentials {
-    #[serde(default)]
-    files: Vec<Spanned<String>>,
-    #[serde(default)]
-    shared_with: Vec<Spanned<String>>,
-}
-
-/// Collects a file's errors, each located by the span of the offending value.
-struct Checker<'a> {
-    text: &'a str,
-    origin: &'a str,
-    errors: Vec<ConfigError>,
-}
-
-impl Checker<'_> {
-    fn line(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
     }
 
-    fn error(&mut self, span: &Range<usize>, field: &str, message: impl fmt::Display) {
-        self.errors.push(ConfigError {
-            file: self.origin.to_owned(),
-            line: self.line(span.start),
-            field: field.to_owned(),
-            message: message.to_string(),
-        });
-    }
-
-    /// Runs `parse` on a spanned string, recording `"value": error` on failure.
-    fn value<T, E: fmt::Display>(
-        &mut self,
-        v: &Spanned<String>,
-        field: &str,
-        parse: impl FnOnce(&str) -> Result<T, E>,
-    ) -> Option<T> {
-        match parse(v.get_ref()) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.error(&v.span(), field, format_args!("{:?}: {e}", v.get_ref()));
-                None
-            }
+    /// The only error of a registry parsed from one bad text.
+    fn only_error(text: &str) -> ConfigError {
+        let reg = Registry::parse_str(text, "agents.d/bot.toml");
+        assert!(reg.agents().is_empty(), "a bad file contributes no agents");
+        match reg.errors() {
+            [RegistryError::Invalid(e)] => e.clone(),
+            other => panic!("expected one error, got {other:?}"),
         }
     }
 
-    fn spiffe_ids(&mut self, ids: &[Spanned<String>], field: &str) -> Vec<SpiffeId> {
-        ids.iter()
-            .filter_map(|id| self.value(id, field, SpiffeId::parse))
-            .collect()
-    }
-
-    fn globs(&mut self, patterns: &[Spanned<String>], field: &str) -> Option<GlobList> {
-        let mut ok = true;
-        for p in patterns {
-            ok &= self.value(p, field, Glob::new).is_some();
-        }
-        // Each pattern compiled on its own above, so the set only fails on resource
-        // limits; report that at the first pattern.
-        let list = GlobList::new(&patterns.iter().map(Spanned::get_ref).collect::<Vec<_>>());
-        match (ok, list) {
-            (true, Ok(list)) => Some(list),
-            (true, Err(e)) => {
-                let span = patterns.first().map_or(0..0, Spanned::span);
-                self.error(&span, field, e);
-                None
-            }
-            (false, _) => None,
-        }
-    }
-}
-
-fn parse_file(text: &str, origin: &str) -> Result<Vec<Agent>, Vec<ConfigError>> {
-    let mut ck = Checker {
-        text,
-        origin,
-        errors: Vec::new(),
-    };
-    let raw: RawFile = match toml::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            let field = field_at(text, &span, e.message());
-            ck.error(&span, &field, e.message().trim_end());
-            return Err(ck.errors);
-        }
-    };
-    let mut agents = Vec::new();
-    let mut seen: HashMap<SpiffeId, usize> = HashMap::new();
-    for raw_agent in &raw.agent {
-        let line = ck.line(raw_agent.span().start);
-        if let Some(agent) = check_agent(&mut ck, raw_agent.get_ref(), line) {
-            if let Some(first) = seen.insert(agent.id.clone(), line) {
-                ck.error(
-                    &raw_agent.get_ref().id.span(),
-                    "agent.id",
-                    format_args!(
-                        "{:?} is already registered at {origin}:{first}",
-                        agent.id.as_str()
-                    ),
-                );
-            }
-            agents.push(agent);
-        }
-    }
-    if ck.errors.is_empty() {
-        Ok(agents)
-    } else {
-        Err(ck.errors)
-    }
-}
-
-fn check_agent(ck: &mut Checker<'_>, raw: &RawAgent, line: usize) -> Option<Agent> {
-    let RawAgent {
-        id,
-        name,
-        owner,
-        environment,
-        selectors,
-        policy,
-        credentials,
-    } = raw;
-    let errors_before = ck.errors.len();
-    let id = ck.value(id, "agent.id", SpiffeId::parse);
-
-    let mut sets = Vec::new();
-    match selectors {
-        None => {
-            let span = ck_line_span(ck, line);
-            ck.error(
-                &span,
-                "agent.selectors",
-                "an agent needs at least one selector set ([[agent.selectors]])",
-            );
-        }
-        Some(list) if list.get_ref().is_empty() => ck.error(
-            &list.span(),
-            "agent.selectors",
-            "an agent needs at least one selector set",
-        ),
-        Some(list) => {
-            for set in list.get_ref() {
-                if let Some(set) = check_selector_set(ck, set) {
-                    sets.push(set);
-                }
-            }
+    fn workload<'a>(cgroup_path: &'a str, uid: u32, c: &'a ContainerInfo) -> Workload<'a> {
+        Workload {
+            cgroup_path,
+            uid,
+            gid: uid,
+            user: None,
+            exe: Some("/usr/bin/python3"),
+            exe_sha256: None,
+            container: c,
         }
     }
 
-    let policy = policy
-        .as_ref()
-        .map(|p| check_policy(ck, p))
-        .unwrap_or_default();
-    let credentials = match credentials {
-        Some(RawCredentials { files, shared_with }) => Credentials {
-            files: ck
-                .globs(files, "agent.credentials.files")
-                .unwrap_or_default(),
-            shared_with: ck.spiffe_ids(shared_with, "agent.credentials.shared_with"),
-        },
-        None => Credentials {
-            files: GlobList::default(),
-            shared_with: Vec::new(),
-        },
-    };
-    if ck.errors.len() > errors_before {
-        return None;
-    }
-    Some(Agent {
-        id: id?,
-        name: name.clone(),
-        owner: owner.clone(),
-        environment: environment.clone(),
-        selectors: sets,
-        policy,
-        credentials,
-        origin: Origin {
-            file: ck.origin.to_owned(),
-            line,
-        },
-    })
-}
-
-/// The span of the start of a 1-based line (for errors about something missing).
-fn ck_line_span(ck: &Checker<'_>, line: usize) -> Range<usize> {
-    let start = ck
-        .text
-        .split_inclusive('\n')
-        .take(line.saturating_sub(1))
-        .map(str::len)
-        .sum();
-    start..start
-}
-
-fn check_selector_set(ck: &mut Checker<'_>, set: &Spanned<RawSelectorSet>) -> Option<SelectorSet> {
-    const F: &str = "agent.selectors";
-    let RawSelectorSet {
-        cgroup,
-        systemd_unit,
-        container_id,
-        k8s_pod_uid,
-        k8s_namespace,
-        uid,
-        gid,
-        user,
-        exe,
-        exe_sha256,
-    } = set.get_ref();
-    let errors_before = ck.errors.len();
-    let out = SelectorSet {
-        cgroup: cgroup
-            .as_ref()
-            .and_then(|v| ck.value(v, "agent.selectors.cgroup", cgroup_glob)),
-        systemd_unit: systemd_unit
-            .as_ref()
-            .and_then(|v| ck.value(v, "agent.selectors.systemd_unit", unit)),
-        container_id: container_id.as_ref().and_then(|v| {
-            ck.value(v, "agent.selectors.container_id", |s| {
-                hex64(s, "a container id").map(|()| s.to_owned())
-            })
-        }),
-        k8s_pod_uid: k8s_pod_uid
-            .as_ref()
-            .and_then(|v| ck.value(v, "agent.selectors.k8s_pod_uid", pod_uid)),
-        k8s_namespace: k8s_namespace
-            .as_ref()
-            .and_then(|v| ck.value(v, "agent.selectors.k8s_namespace", non_empty)),
-        uid: *uid,
-        gid: *gid,
-        user: user
-            .as_ref()
-            .and_then(|v| ck.value(v, "agent.selectors.user", non_empty)),
-        exe: exe
-            .as_ref()
-            .and_then(|v| ck.value(v, "agent.selectors.exe", exe_glob)),
-        exe_sha256: exe_sha256.as_ref().and_then(|v| {
-            ck.value(v, "agent.selectors.exe_sha256", |s| {
-                let s = s.to_ascii_lowercase();
-                hex64(&s, "a sha256").map(|()| s)
-            })
-        }),
-    };
-    if ck.errors.len() > errors_before {
-        return None;
-    }
-    if out.is_empty() {
-        ck.error(
-            &set.span(),
-            F,
-            "an empty selector set would match every process",
-        );
-        return None;
-    }
-    Some(out)
-}
-
-fn check_policy(ck: &mut Checker<'_>, raw: &RawPolicy) -> Policy {
-    let RawPolicy {
-        egress,
-        tools,
-        credential_max_age,
-        accepts_delegation_from,
-    } = raw;
-    Policy {
-        egress: egress.as_ref().map(|rules| {
-            rules
-                .iter()
-                .filter_map(|r| ck.value(r, "agent.policy.egress", EgressRule::parse))
-                .collect()
-        }),
-        tools: tools
-            .as_ref()
-            .and_then(|t| ck.globs(t, "agent.policy.tools")),
-        credential_max_age: credential_max_age.as_ref().and_then(|v| {
-            ck.value(v, "agent.policy.credential_max_age", |s| {
-                humantime::parse_duration(s).and_then(|d| {
-                    if d == Duration::ZERO {
-                        Err(humantime::DurationError::Empty)
-                    } else {
-                        Ok(d)
-                    }
-                })
-            })
-        }),
-        accepts_delegation_from: ck.spiffe_ids(
-            accepts_delegation_from,
-            "agent.policy.accepts_delegation_from",
-        ),
-    }
-}
-
-fn cgroup_glob(s: &str) -> Result<Glob, String> {
-    if s.starts_with("/sys/fs/cgroup/") {
-        return Err(
-            "cgroup paths are relative to the hierarchy root: drop the /sys/fs/cgroup prefix"
-                .into(),
-        );
-    }
-    absolute_glob(s)
-}
-
-fn exe_glob(s: &str) -> Result<Glob, String> {
-    absolute_glob(s)
-}
-
-fn absolute_glob(s: &str) -> Result<Glob, String> {
-    if !(s.starts_with('/') || s.starts_with('*')) {
-        return Err("must start with '/' (or a '*' pattern)".into());
-    }
-    Glob::new(s).map_err(|e| e.kind().to_string())
-}
-
-fn unit(s: &str) -> Result<String, &'static str> {
-    if (s.ends_with(".service") || s.ends_with(".scope")) && !s.contains('/') {
-        Ok(s.to_owned())
-    } else {
-        Err("must be a unit name ending in .service or .scope")
-    }
-}
-
-fn hex64(s: &str, what: &str) -> Result<(), String> {
-    if container::is_container_id(s) {
-        Ok(())
-    } else {
-        Err(format!("{what} is 64 lowercase hex digits"))
-    }
-}
-
-fn pod_uid(s: &str) -> Result<String, &'static str> {
-    if container::is_uuid(s) {
-        Ok(s.to_ascii_lowercase())
-    } else {
-        Err("a pod uid is a dashed UUID (8-4-4-4-12 hex digits)")
-    }
-}
-
-fn non_empty(s: &str) -> Result<String, &'static str> {
-    if s.is_empty() {
-        Err("must not be empty")
-    } else {
-        Ok(s.to_owned())
-    }
-}
-
-/// The dotted key path (array indices omitted) of the entry that most tightly
-/// encloses `span`, for errors that serde reports with a span but no key path.
-/// A "missing field `x`" error points at the enclosing table, so `x` is appended.
-fn field_at(text: &str, span: &Range<usize>, message: &str) -> String {
-    let (root, _) = toml::de::DeTable::parse_recoverable(text);
-    let mut best: Option<(usize, String)> = None;
-    visit(root.get_ref(), "", span.start, &mut best);
-    let mut path = best.map(|(_, p)| p).unwrap_or_default();
-    if let Some(missing) = message
-        .strip_prefix("missing field `")
-        .and_then(|m| m.split('`').next())
-    {
-        if !path.is_empty() {
-            path.push('.');
-        }
-        path.push_str(missing);
-    }
-    if path.is_empty() {
-        path.push_str("(file)");
-    }
-    path
-}
-
-fn visit(
-    table: &toml::de::DeTable<'_>,
-    prefix: &str,
-    pos: usize,
-    best: &mut Option<(usize, String)>,
-) {
-    for (key, value) in table {
-        let path = if prefix.is_empty() {
-            key.get_ref().to_string()
-        } else {
-            format!("{prefix}.{}", key.get_ref())
+    #[test]
+    fn loads_the_documented_example() {
+        let reg = Registry::parse_str(GOOD, "bot.toml");
+        assert!(reg.errors().is_empty(), "{:?}", reg.errors());
+        let [agent] = reg.agents() else {
+            panic!("one agent expected")
         };
-        let (k, v) = (key.span(), value.span());
-        let whole = k.start.min(v.start)..k.end.max(v.end);
-        if whole.contains(&pos) || whole.start == pos {
-            let len = whole.len();
-            if best.as_ref().is_none_or(|(l, _)| len <= *l) {
-                *best = Some((len, path.clone()));
-            }
-        }
-        visit_value(value.get_ref(), &path, pos, best);
+        assert_eq!(agent.id.as_str(), "spiffe://example.org/agent/research-bot");
+        assert_eq!(agent.name.as_deref(), Some("research-bot"));
+        assert_eq!(agent.owner.as_deref(), Some("ml-platform@example.org"));
+        assert_eq!(agent.environment.as_deref(), Some("prod"));
+        assert_eq!(agent.selectors.len(), 2);
+        assert_eq!(agent.selectors[0].uid, Some(1001));
+        assert_eq!(
+            agent.selectors[1].systemd_unit.as_deref(),
+            Some("research-bot.service")
+        );
+        assert_eq!(agent.origin.to_string(), "bot.toml:2");
+        let p = &agent.policy;
+        assert_eq!(p.egress.as_ref().map(Vec::len), Some(3));
+        assert!(p.allows_egress("10.1.2.3".parse::<IpAddr>().unwrap(), 443));
+        assert!(!p.allows_egress("10.1.2.3".parse::<IpAddr>().unwrap(), 80));
+        assert!(p.allows_tool("/usr/bin/python3.11"));
+        assert!(!p.allows_tool("/bin/sh"));
+        assert_eq!(p.credential_max_age, Some(Duration::from_hours(1)));
+        assert!(p.accepts_delegation(&id("spiffe://example.org/agent/supervisor")));
+        assert!(!p.accepts_delegation(&id("spiffe://example.org/agent/other")));
+        assert!(agent.credentials.owns_file("/etc/research-bot/token"));
+        assert!(!agent.credentials.owns_file("/etc/other/token"));
+        assert!(
+            agent
+                .credentials
+                .is_shared_with(&id("spiffe://example.org/agent/other"))
+        );
+        assert!(!reg.needs_exe_sha256());
+        assert_eq!(
+            serde_json::to_value(&**agent).unwrap(),
+            serde_json::json!({
+                "id": "spiffe://example.org/agent/research-bot",
+                "name": "research-bot",
+                "owner": "ml-platform@example.org",
+                "environment": "prod",
+            })
+        );
+        assert!(reg.get(&agent.id).is_some());
     }
-}
 
-fn visit_value(
-    value: &toml::de::DeValue<'_>,
-    path: &str,
-    pos: usize,
-    best: &mut Option<(usize, String)>,
-) {
-    match value {
-        toml::de::DeValue::Table(t) => visit(t, path, pos, best),
-        toml::de::DeValue::Array(items) => {
-            for item in items {
-                visit_value(item.get_ref(), path, pos, best);
-            }
-        }
-        _ => {}
+    #[test]
+    fn matches_with_the_subset_rule() {
+        let reg = Registry::parse_str(GOOD, "bot.toml");
+        let none = ContainerInfo::default();
+        // first set: both cgroup and uid
+        let m = reg.match_workload(&workload("/agents/research-bot/w1", 1001, &none));
+        assert!(matches!(m, Match::Agent(a) if a.name.as_deref() == Some("research-bot")));
+        assert!(matches!(
+            reg.match_workload(&workload("/agents/research-bot/w1", 0, &none)),
+            Match::Unregistered
+        ));
+        // second set: the unit alone, any uid
+        let path = "/system.slice/research-bot.service";
+        let unit = parse_cgroup_path(path);
+        assert!(matches!(
+            reg.match_workload(&workload(path, 0, &unit)),
+            Match::Agent(_)
+        ));
+        assert!(matches!(
+            reg.match_workload(&workload("/system.slice/other.service", 1001, &none)),
+            Match::Unregistered
+        ));
+        // both sets of one agent match: still that one agent, not ambiguous
+        assert!(matches!(
+            reg.match_workload(&workload("/agents/research-bot/w1", 1001, &unit)),
+            Match::Agent(_)
+        ));
+    }
+
+    #[test]
+    fn two_matching_agents_are_ambiguous() {
+        let text = r#"
+[[agent]]
+id = "spiffe://example.org/b"
+[[agent.selectors]]
+uid = 1001
+[[agent]]
+id = "spiffe://example.org/a"
+[[agent.selectors]]
+cgroup = "/agents/*"
+"#;
+        let reg = Registry::parse_str(text, "x.toml");
+        assert!(reg.errors().is_empty(), "{:?}", reg.errors());
+        let none = ContainerInfo::default();
+        let Match::Ambiguous(agents) = reg.match_workload(&workload("/agents/x", 1001, &none))
+        else {
+            panic!("expected ambiguous")
+        };
+        let ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["spiffe://example.org/a", "spiffe://example.org/b"]);
+        // `*` does not cross '/', so only b matches here
+        let Match::Agent(a) = reg.match_workload(&workload("/agents/x/y", 1001, &none)) else {
+            panic!("expected one agent")
+        };
+        assert_eq!(a.id.as_str(), "spiffe://example.org/b");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = only_error(
+            "# bot\n\n[[agent]]\nname = \"bot\"\n\n\nid = \"spiffe://Example.org/x\"\n[[agent.selectors]]\nuid = 1\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "agents.d/bot.toml:7: agent.id: \"spiffe://Example.org/x\": trust domain must be lowercase"
+        );
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\nhostname = \"h\"\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (5, "agent.selectors.hostname"));
+        assert!(e.message.starts_with("unknown field `hostname`"), "{e}");
+
+        let e = only_error("[[agent]]\nname = \"bot\"\n[[agent.selectors]]\nuid = 1\n");
+        assert_eq!((e.line, e.field.as_str()), (1, "agent.id"));
+        assert_eq!(e.message, "missing field `id`");
+
+        let e = only_error("[[agent]]\nid = \"spiffe://example.org/x\"\nowner = \"t\"\n");
+        assert_eq!((e.line, e.field.as_str()), (1, "agent.selectors"));
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[[agent.selectors]]\n[agent.policy]\ntools = []\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (5, "agent.selectors"));
+        assert_eq!(e.message, "an empty selector set would match every process");
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = \"root\"\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (4, "agent.selectors.uid"));
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\negress = [\n  \"10.0.0.0/8:443\",\n  \"::1:443\",\n]\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "agents.d/bot.toml:8: agent.policy.egress: \"::1:443\": an IPv6 address needs brackets: [::1]:PORT"
+        );
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\ncgroup = \"/sys/fs/cgroup/agents/x\"\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (4, "agent.selectors.cgroup"));
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\ncredential_max_age = \"soon\"\n",
+        );
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (6, "agent.policy.credential_max_age")
+        );
+
+        let e =
+            only_error("[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]\nuid = 1\n");
+        assert_eq!((e.line, e.field.as_str()), (3, "(toml syntax)"));
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\ntools = [\"/usr/bin/git\", \"/usr/bin/[a\"]\n",
+        );
+        assert_eq!(
+            e.to_string(),
+            "agents.d/bot.toml:6: agent.policy.tools: \"/usr/bin/[a\": unclosed character class; missing ']'"
+        );
+
+        let e = only_error("[[agents]]\nid = 1\n");
+        assert_eq!((e.line, e.field.as_str()), (1, "agents"));
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\negress = \"10.0.0.0/8:443\"\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (6, "agent.policy.egress"));
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nsystemd_unit = \"research-bot\"\n",
+        );
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (4, "agent.selectors.systemd_unit")
+        );
+    }
+
+    #[test]
+    fn every_validation_error_of_a_file_is_reported() {
+        let reg = Registry::parse_str(
+            "[[agent]]\nid = \"spiffe://example.org/ok\"\n[[agent.selectors]]\nuid = 1\n\
+             [[agent]]\nid = \"spiffe://example.org/a/\"\n[[agent.selectors]]\nexe_sha256 = \"xyz\"\n",
+            "f.toml",
+        );
+        let lines: Vec<String> = reg.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "f.toml:6: agent.id: \"spiffe://example.org/a/\": path must not end with '/'",
+                "f.toml:8: agent.selectors.exe_sha256: \"xyz\": a sha256 is 64 lowercase hex digits",
+            ]
+        );
+        assert!(reg.agents().is_empty(), "all or nothing per file");
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("agentid-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_bad_file_does_not_affect_a_good_one() {
+        let dir = temp_dir("bad-file");
+        write(&dir, "10-good.toml", GOOD);
+        write(
+            &dir,
+            "20-bad.toml",
+            "[[agent]]\nid = \"nope\"\n[[agent.selectors]]\nuid = 5\n",
+        );
+        write(
+            &dir,
+            "30-also-good.toml",
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nexe_sha256 = \"ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB\"\n",
+        );
+        write(&dir, "notes.txt", "not toml");
+        write(&dir, ".hidden.toml", "garbage");
+        let reg = Registry::load_dir(&dir);
+        let ids: Vec<&str> = reg.agents().iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "spiffe://example.org/agent/research-bot",
+                "spiffe://example.org/x"
+            ]
+        );
+        assert!(reg.needs_exe_sha256());
+        assert_eq!(
+            reg.agents()[1].selectors[0].exe_sha256.as_deref(),
+            Some("abababababababababababababababababababababababababababababababab")
+        );
+        let errors: Vec<String> = reg.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [format!(
+                "{}:2: agent.id: \"nope\": must start with \"spiffe://\"",
+                dir.join("20-bad.toml").display()
+            )]
+        );
+
+        // reload: per-file problems are in the new registry; a missing dir is Err
+        let again = reg.reload(&dir).unwrap();
+        assert_eq!(again.agents().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(reg.reload(&dir), Err(RegistryError::Dir { .. })));
+        let empty = Registry::load_dir(&dir);
+        assert!(empty.agents().is_empty());
+        assert!(matches!(empty.errors(), [RegistryError::Dir { .. }]));
+    }
+
+    #[test]
+    fn duplicate_ids_across_files_name_both_places() {
+        let dir = temp_dir("dup");
+        write(&dir, "a.toml", GOOD);
+        write(
+            &dir,
+            "b.toml",
+            "[[agent]]\nid = \"spiffe://example.org/y\"\n[[agent.selectors]]\nuid = 7\n\n\
+             [[agent]]\nid = \"spiffe://example.org/agent/research-bot\"\n[[agent.selectors]]\nuid = 2\n",
+        );
+        let reg = Registry::load_dir(&dir);
+        let a = dir.join("a.toml");
+        let b = dir.join("b.toml");
+        let errors: Vec<String> = reg.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [format!(
+                "{}:6: agent.id: \"spiffe://example.org/agent/research-bot\" is already registered at {}:2",
+                b.display(),
+                a.display()
+            )]
+        );
+        // the first file keeps the id; the second contributes nothing, not even `y`
+        let ids: Vec<&str> = reg.agents().iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["spiffe://example.org/agent/research-bot"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // within one file too
+        let reg = Registry::parse_str(
+            "[[agent]]\nid = \"spiffe://example.org/y\"\n[[agent.selectors]]\nuid = 7\n\
+             [[agent]]\nid = \"spiffe://example.org/y\"\n[[agent.selectors]]\nuid = 8\n",
+            "one.toml",
+        );
+        let errors: Vec<String> = reg.errors().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                "one.toml:6: agent.id: \"spiffe://example.org/y\" is already registered at one.toml:1"
+            ]
+        );
+        assert!(reg.agents().is_empty());
     }
 }

@@ -4,9 +4,7 @@
 //! matches when *any* of its sets does. A key that is absent from a set does not
 //! constrain; a key whose fact is unknown for a workload (no exe path, no container)
 //! does not match.
-use globset::GlobMatcher;
-
-use super::container::ContainerInfo;
+use super::{container::ContainerInfo, policy::GlobList};
 
 /// What is known about a process when it is matched (typically at exec).
 #[derive(Debug, Clone, Copy)]
@@ -22,33 +20,21 @@ pub struct Workload<'a> {
     pub container: &'a ContainerInfo,
 }
 
-/// A glob with the pattern it was compiled from (for display and equality).
-#[derive(Debug, Clone)]
-pub struct Glob {
-    pattern: String,
-    matcher: GlobMatcher,
-}
+/// One glob (see [`GlobList`] for the dialect), with the pattern it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Glob(GlobList);
 
 impl Glob {
     pub fn new(pattern: &str) -> Result<Self, globset::Error> {
-        Ok(Self {
-            pattern: pattern.to_owned(),
-            matcher: super::policy::glob(pattern)?.compile_matcher(),
-        })
+        GlobList::new(&[pattern]).map(Self)
     }
 
     pub fn pattern(&self) -> &str {
-        &self.pattern
+        self.0.patterns().first().map_or("", String::as_str)
     }
 
     pub fn is_match(&self, s: &str) -> bool {
-        self.matcher.is_match(s)
-    }
-}
-
-impl PartialEq for Glob {
-    fn eq(&self, other: &Self) -> bool {
-        self.pattern == other.pattern
+        self.0.is_match(s)
     }
 }
 
@@ -213,6 +199,11 @@ mod tests {
         assert!(one.matches(&workload("/agents/bot", &c)));
         assert!(!one.matches(&workload("/agents/bot/child", &c)));
         assert!(deep.matches(&workload("/agents/bot", &c)));
+        assert!(
+            deep.matches(&workload("/agents", &c)),
+            "a trailing /** includes the cgroup itself"
+        );
+        assert!(!deep.matches(&workload("/agentsx", &c)));
         assert!(deep.matches(&workload("/agents/bot/child/grandchild", &c)));
         assert!(!deep.matches(&workload("/other/agents/bot", &c)));
         assert!(SelectorSet::default().is_empty());
