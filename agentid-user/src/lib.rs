@@ -5,5 +5,6 @@
 //! plain Rust driven by events, testable without a kernel.
 pub mod cgroup;
 pub mod cli;
+pub mod credentials;
 pub mod event;
 pub mod sensor;
