@@ -9,7 +9,7 @@ use std::{
 use zeroize::Zeroizing;
 
 use super::{
-    CredError, CredKind, Fingerprint, FingerprintKey,
+    CredError, CredKind, Fingerprint, FingerprintKey, SecretBytes,
     detect::{self, Found},
     key::open_nofollow,
 };
@@ -82,8 +82,8 @@ fn normalize(path: &str) -> Vec<&str> {
 
 /// Reads a credential file without following a symbolic link (`O_NOFOLLOW`), without
 /// blocking on a FIFO, only when it is a regular file of at most [`MAX_CREDENTIAL_FILE`]
-/// bytes. The buffer is wiped on drop.
-pub fn read_credential_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CredError> {
+/// bytes. The content is wiped on drop and never formatted.
+pub fn read_credential_file(path: &Path) -> Result<SecretBytes, CredError> {
     let io = |source| CredError::Io {
         path: path.to_owned(),
         source,
@@ -120,7 +120,7 @@ pub fn read_credential_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CredError
         }
     }
     buf.truncate(len);
-    Ok(buf)
+    Ok(SecretBytes::new(buf))
 }
 
 fn unquote(v: &[u8]) -> &[u8] {

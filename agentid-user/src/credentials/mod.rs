@@ -15,9 +15,10 @@ mod files;
 mod fingerprint;
 mod key;
 
-use std::path::PathBuf;
+use std::{fmt, path::PathBuf};
 
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 pub use detect::CredKind;
 pub use files::{MAX_CREDENTIAL_FILE, is_well_known_credential_path, read_credential_file};
@@ -53,6 +54,30 @@ pub enum CredError {
     FleetKeyTooShort { len: usize, min: usize },
     #[error("{path} is larger than {max} bytes; not read as a credential file")]
     TooLarge { path: PathBuf, max: usize },
+}
+
+/// Secret bytes (a credential file's content): wiped on drop, never formatted, not
+/// `Clone`, so that no unwiped copy is made by accident. Read through `Deref<[u8]>`.
+pub struct SecretBytes(Zeroizing<Vec<u8>>);
+
+impl SecretBytes {
+    pub(crate) fn new(bytes: Zeroizing<Vec<u8>>) -> Self {
+        Self(bytes)
+    }
+}
+
+impl std::ops::Deref for SecretBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<redacted, {} bytes>)", self.0.len())
+    }
 }
 
 /// Where a credential was seen. Holds names and positions, never the value.

@@ -273,6 +273,7 @@ fn env_ignores_benign_variables() {
         "HOME=/home/u",
         "LANG=en_US.UTF-8",
         "AWS_ACCESS_KEY_ID_NOTE=nothing-here-at-all",
+        "GOOGLE_APPLICATION_CREDENTIALS=/home/u/.config/gcloud/sa-key.json",
         "NOEQUALSIGN",
         "DOCKER_PASSWORD_STDIN=1",
     ]);
@@ -786,7 +787,14 @@ fn canary_never_leaves() {
         openai_canary.as_bytes(),
     ];
     obs.extend(s.scan_argv(&args));
-    obs.extend(s.scan_file_content(Path::new("/t/token"), canary.as_bytes()));
+    let dir = TempDir::new();
+    let file = dir.write("token", canary.as_bytes());
+    let content = read_credential_file(&file).unwrap();
+    assert_eq!(
+        format!("{content:?}"),
+        format!("Secret(<redacted, {} bytes>)", canary.len())
+    );
+    obs.extend(s.scan_file_content(&file, &content));
     obs.extend(s.scan_file_content(
         Path::new("/t/.env"),
         format!("API_KEY={canary}\n").as_bytes(),
