@@ -6,6 +6,7 @@ use std::{
     io::{ErrorKind, Read, Write},
     os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -25,6 +26,8 @@ const BLOCK: usize = 64;
 /// Prefixed to every fingerprinted value so that this key's HMACs can never be confused
 /// with HMACs computed for another purpose, and so the scheme can be versioned.
 const DOMAIN: &[u8] = b"agentid/credential/v1\0";
+/// Numbers temp files of concurrent key creations in one process.
+static ATTEMPT: AtomicU64 = AtomicU64::new(0);
 
 /// HMAC key for credential fingerprints. Wiped on drop; never formatted.
 pub struct FingerprintKey {
@@ -73,6 +76,17 @@ impl FingerprintKey {
         if !meta.file_type().is_file() {
             return Err(CredError::NotRegular {
                 path: path.to_owned(),
+            });
+        }
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        // Another user who owns the file can read the key, and with it brute-force short
+        // secrets (passwords) from their fingerprints.
+        if meta.uid() != euid {
+            return Err(CredError::ForeignOwner {
+                path: path.to_owned(),
+                owner: meta.uid(),
+                euid,
             });
         }
         let mode = meta.mode() & 0o7777;
@@ -129,7 +143,12 @@ impl FingerprintKey {
         let name = path
             .file_name()
             .map_or_else(|| "key".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = dir.join(format!(".{name}.tmp.{}.{nanos}", std::process::id()));
+        // Unique per process, thread and attempt: create_new must not trip over a sibling.
+        let attempt = ATTEMPT.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            ".{name}.tmp.{}.{nanos}.{attempt}",
+            std::process::id()
+        ));
         let written = (|| {
             let mut f = OpenOptions::new()
                 .write(true)

@@ -41,6 +41,12 @@ pub enum CredError {
          it must be 0600 (chmod 600 {path})"
     )]
     InsecureMode { path: PathBuf, mode: u32 },
+    #[error("key file {path} is owned by uid {owner}, not by this process's uid {euid}")]
+    ForeignOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
     #[error("key file {path} holds {len} bytes; expected exactly {expected}")]
     KeyFileLength {
         path: PathBuf,

@@ -1,6 +1,6 @@
 //! Every token here is a fake built in the test (repeated fragments), never a real secret.
 use std::{
-    os::unix::fs::{PermissionsExt, symlink},
+    os::unix::fs::{MetadataExt, PermissionsExt, symlink},
     path::{Path, PathBuf},
     sync::atomic::{AtomicUsize, Ordering},
 };
@@ -531,6 +531,16 @@ fn key_file_group_readable_refused() {
         FingerprintKey::load_or_create(&path),
         Err(CredError::InsecureMode { .. })
     ));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(FingerprintKey::load_or_create(&path).is_ok());
+    // Only root can hand a file to another user; elsewhere this part cannot be set up.
+    if std::fs::metadata("/proc/self").unwrap().uid() == 0 {
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        assert!(matches!(
+            FingerprintKey::load_or_create(&path),
+            Err(CredError::ForeignOwner { owner: 65534, .. })
+        ));
+    }
 }
 
 #[test]
@@ -826,4 +836,26 @@ fn canary_never_leaves() {
             assert!(!r.contains(f), "canary fragment {f:?} leaked in {r}");
         }
     }
+}
+
+#[test]
+fn concurrent_key_creation_agrees() {
+    let dir = TempDir::new();
+    let path = dir.join("race.key");
+    let hmacs: Vec<[u8; 32]> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    FingerprintKey::load_or_create(&path)
+                        .unwrap()
+                        .fingerprint(CredKind::Generic, b"x")
+                        .hmac
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // The link-based create never replaces a key another starter already uses.
+    assert!(hmacs.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
 }
