@@ -8,6 +8,7 @@
 pub mod attribution;
 pub mod cgroup;
 pub mod cli;
+pub mod credentials;
 pub mod event;
 pub mod identity;
 pub mod pipeline;

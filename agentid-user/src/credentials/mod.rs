@@ -1,0 +1,176 @@
+//! Credentials: secret observations → keyed fingerprints.
+//!
+//! Agents carry credentials in environment variables, command-line arguments and files.
+//! This stage recognises them and turns each secret value into a [`Fingerprint`]
+//! (HMAC-SHA-256 under a host or fleet [`FingerprintKey`]) *at the point of detection*:
+//! an [`Observation`] holds the kind, the fingerprint and where it was seen, never the
+//! value. The value is never stored, logged, formatted or returned by anything here.
+//!
+//! A fingerprint's identity is the value alone (the kind is a label), so the same token
+//! seen as an environment variable, an argument and a file content is one credential.
+//! Because the HMAC is keyed, a low-entropy secret (a password) cannot be brute-forced from
+//! a fingerprint without the key: protect the key file like the secrets themselves.
+mod detect;
+mod files;
+mod fingerprint;
+mod key;
+
+use std::{fmt, path::PathBuf};
+
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+pub use detect::CredKind;
+pub use files::{MAX_CREDENTIAL_FILE, is_well_known_credential_path, read_credential_file};
+pub use fingerprint::{Fingerprint, FingerprintPrefix, ParseFingerprintError};
+pub use key::FingerprintKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is a symbolic link; refusing to follow it")]
+    Symlink { path: PathBuf },
+    #[error("{path} is not a regular file")]
+    NotRegular { path: PathBuf },
+    #[error(
+        "key file {path} has mode {mode:04o}, readable or writable by group or others; \
+         it must be 0600 (chmod 600 {path})"
+    )]
+    InsecureMode { path: PathBuf, mode: u32 },
+    #[error("key file {path} is owned by uid {owner}, not by this process's uid {euid}")]
+    ForeignOwner {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+    #[error("key file {path} holds {len} bytes; expected exactly {expected}")]
+    KeyFileLength {
+        path: PathBuf,
+        len: usize,
+        expected: usize,
+    },
+    // The configured value is never echoed: it is the fleet key.
+    #[error("fleet key is neither hex nor base64")]
+    FleetKeyEncoding,
+    #[error("fleet key has {len} bytes; at least {min} are required")]
+    FleetKeyTooShort { len: usize, min: usize },
+    #[error("{path} is larger than {max} bytes; not read as a credential file")]
+    TooLarge { path: PathBuf, max: usize },
+}
+
+/// Secret bytes (a credential file's content): wiped on drop, never formatted, not
+/// `Clone`, so that no unwiped copy is made by accident. Read through `Deref<[u8]>`.
+pub struct SecretBytes(Zeroizing<Vec<u8>>);
+
+impl SecretBytes {
+    pub(crate) fn new(bytes: Zeroizing<Vec<u8>>) -> Self {
+        Self(bytes)
+    }
+}
+
+impl std::ops::Deref for SecretBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<redacted, {} bytes>)", self.0.len())
+    }
+}
+
+/// Where a credential was seen. Holds names and positions, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Source {
+    /// An environment variable; `name` is the variable's NAME only.
+    Env { name: String },
+    /// A command-line argument at `index` (0 is the program), introduced by `flag` when
+    /// the value followed a flag such as `--token`.
+    Arg { index: usize, flag: Option<String> },
+    /// A file whose content held the credential.
+    File { path: PathBuf },
+}
+
+/// One credential seen at one place.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Observation {
+    pub kind: CredKind,
+    pub fingerprint: Fingerprint,
+    pub source: Source,
+}
+
+/// Finds credentials and fingerprints them under one key.
+#[derive(Debug)]
+pub struct Scanner {
+    key: FingerprintKey,
+}
+
+impl Scanner {
+    pub fn new(key: FingerprintKey) -> Self {
+        Self { key }
+    }
+
+    pub fn key(&self) -> &FingerprintKey {
+        &self.key
+    }
+
+    /// Scans an environment: each entry is the raw `NAME=value` bytes of one variable
+    /// (non-UTF-8 tolerated; entries without `=` are skipped).
+    pub fn scan_env<'a>(&self, entries: impl Iterator<Item = &'a [u8]>) -> Vec<Observation> {
+        let mut out = Vec::new();
+        for entry in entries {
+            let Some(eq) = entry.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            let (name, value) = (&entry[..eq], &entry[eq + 1..]);
+            let source = Source::Env {
+                name: String::from_utf8_lossy(name).into_owned(),
+            };
+            for (kind, fingerprint) in detect::assignment(&self.key, name, value).into_vec() {
+                out.push(Observation {
+                    kind,
+                    fingerprint,
+                    source: source.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Scans a command line (`args[0]` is the program).
+    pub fn scan_argv(&self, args: &[&[u8]]) -> Vec<Observation> {
+        detect::argv(&self.key, args)
+            .into_iter()
+            .map(|(index, flag, kind, fingerprint)| Observation {
+                kind,
+                fingerprint,
+                source: Source::Arg { index, flag },
+            })
+            .collect()
+    }
+
+    /// Scans the content of a credential file (see [`read_credential_file`]).
+    pub fn scan_file_content(&self, path: &std::path::Path, content: &[u8]) -> Vec<Observation> {
+        files::scan_content(&self.key, content)
+            .into_iter()
+            .map(|(kind, fingerprint)| Observation {
+                kind,
+                fingerprint,
+                source: Source::File {
+                    path: path.to_owned(),
+                },
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
