@@ -1,7 +1,13 @@
 //! Identity on the real kernel: registrations by cgroup, attribution of real processes,
 //! cgroup moves, hand-offs between agents (`acting_for`), `/proc` seeding, unregistered.
-#![expect(clippy::expect_used, reason = "a failed step is a failed test")]
-use std::{io::Write, net::TcpListener, process::Stdio, sync::Arc, time::Duration};
+#![expect(
+    clippy::expect_used,
+    clippy::many_single_char_names,
+    reason = "a failed step is a failed test; one-letter names for the agents' cgroups"
+)]
+use std::{
+    fmt::Write as _, io::Write, net::TcpListener, process::Stdio, sync::Arc, time::Duration,
+};
 
 use agentid::{
     attribution::AttributedEvent,
@@ -18,12 +24,13 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 fn registry(agents: &[(&str, &TestCgroup)]) -> Arc<Registry> {
     let mut text = String::new();
     for (name, cg) in agents {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "[[agent]]\nid = \"spiffe://test.example/agent/{name}\"\nname = \"{name}\"\n\
              owner = \"team-{name}@example.org\"\nenvironment = \"test\"\n\
              [[agent.selectors]]\ncgroup = \"{}/**\"\n[[agent.selectors]]\ncgroup = \"{}\"\n\n",
             cg.rel, cg.rel
-        ));
+        );
     }
     let r = Registry::parse_str(&text, "test.toml");
     assert!(r.errors().is_empty(), "{:?}", r.errors());
@@ -220,9 +227,6 @@ async fn a_hand_off_keeps_the_original_actor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_started_before_agentid_is_attributed_from_proc() {
-    let Some(mut sensor) = sensor_or_skip("id-seed") else {
-        return;
-    };
     let a = TestCgroup::new("seed-a");
     let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
     let addr = listener.local_addr().expect("addr").to_string();
@@ -243,6 +247,8 @@ async fn a_process_started_before_agentid_is_attributed_from_proc() {
     // Probes, registry and pipeline only now: the process predates all of them, so only
     // the `/proc` seeding can know who it is.
     let Some(mut sensor) = sensor_or_skip("id-seed") else {
+        let _ = child.kill();
+        let _ = child.wait();
         return;
     };
     let mut p = pipeline(registry(&[("alpha", &a)]));

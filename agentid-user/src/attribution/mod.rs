@@ -112,6 +112,10 @@ pub struct AttributedEvent {
     pub delegation_declared: bool,
 }
 
+#[expect(
+    clippy::ref_option,
+    reason = "serde's serialize_with passes &Option<T>"
+)]
 fn agent_or_unregistered<S: serde::Serializer>(
     a: &Option<AgentRef>,
     s: S,

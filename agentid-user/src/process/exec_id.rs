@@ -31,17 +31,17 @@ impl HostIds {
     /// Reads the hostname and `/proc/sys/kernel/random/boot_id`.
     pub fn current() -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".to_owned());
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|b| {
+            .map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned());
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map_or_else(
+            |_| "00000000".to_owned(),
+            |b| {
                 b.trim()
                     .chars()
                     .filter(char::is_ascii_hexdigit)
                     .take(8)
                     .collect()
-            })
-            .unwrap_or_else(|_| "00000000".to_owned());
+            },
+        );
         Self { host, boot }
     }
 

@@ -1,3 +1,4 @@
+#![expect(clippy::similar_names, reason = "pid/ppid are the domain's names")]
 use std::{net::IpAddr, time::SystemTime};
 
 use super::*;

@@ -1,4 +1,4 @@
-//! The embedded store: SQLite (bundled, WAL) holding attributed events, alerts, agents
+//! The embedded store: `SQLite` (bundled, WAL) holding attributed events, alerts, agents
 //! seen, sessions and credential fingerprints.
 //!
 //! Writes never happen on the event path: [`Store::writer`] hands records to a dedicated
@@ -8,6 +8,7 @@ mod schema;
 mod writer;
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -209,7 +210,7 @@ fn push_filters(sql: &mut String, args: &mut Vec<Value>, q: &Query, ts: &str) {
         args.push(Value::Text(agent.clone()));
     }
     if let Some(since) = q.since_ns {
-        sql.push_str(&format!(" AND {ts} >= ?"));
+        let _ = write!(sql, " AND {ts} >= ?");
         args.push(Value::Integer(i64::try_from(since).unwrap_or(i64::MAX)));
     }
     if let Some(after) = q.after_id {

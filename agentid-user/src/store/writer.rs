@@ -69,7 +69,7 @@ pub struct Writer {
 const QUEUE: usize = 65_536;
 const BATCH_MAX: usize = 4096;
 const BATCH_WAIT: Duration = Duration::from_millis(50);
-const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const RETENTION_EVERY: Duration = Duration::from_mins(1);
 
 impl Writer {
     pub(super) fn start(conn: Connection, retention: Retention) -> Self {
@@ -79,8 +79,10 @@ impl Writer {
         thread::Builder::new()
             .name("agentid-store".into())
             .spawn(move || run(conn, &rx, &thread_stats, retention))
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the store writer"));
+            .map_or_else(
+                |e| tracing::error!(error = %e, "cannot start the store writer"),
+                |_| (),
+            );
         Self { tx, stats }
     }
 
