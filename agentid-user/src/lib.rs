@@ -9,6 +9,7 @@ pub mod attribution;
 pub mod cgroup;
 pub mod cli;
 pub mod credentials;
+pub mod detect;
 pub mod event;
 pub mod identity;
 pub mod pipeline;

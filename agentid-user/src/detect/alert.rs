@@ -1,0 +1,178 @@
+//! The alert: what detection hands to the store, the audit log and every SIEM sink.
+//!
+//! An alert is an *incident*, not a single sighting: the same condition seen again updates
+//! `count`/`last_seen` of the alert with the same `uid` instead of raising a new one.
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+
+/// Severity, ordered. Maps to OCSF `severity_id` 1..5 and syslog severities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// Threat-framework references (see `shared/design/REFERENCES.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Tags {
+    /// OWASP Top 10 for Agentic Applications, e.g. `ASI03`.
+    pub owasp: Vec<&'static str>,
+    /// OWASP Agentic AI Threats & Mitigations, e.g. `T9`.
+    pub threats: Vec<&'static str>,
+    /// CSA MAESTRO layers, e.g. `L7`.
+    pub maestro: Vec<&'static str>,
+    /// NIST AI RMF subcategories, e.g. `MEASURE 2.7`.
+    pub nist: Vec<&'static str>,
+}
+
+/// An agent involved in the incident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertAgent {
+    /// SPIFFE ID, or `unregistered`.
+    pub id: String,
+    pub name: Option<String>,
+    pub owner: Option<String>,
+    pub environment: Option<String>,
+    pub session: Option<String>,
+}
+
+/// A process as evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessEvidence {
+    pub exec_id: Option<String>,
+    pub pid: u32,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    pub uid: u32,
+    pub cgroup: Option<String>,
+    pub acting_for: Vec<String>,
+}
+
+/// A connection as evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionEvidence {
+    pub dst_ip: std::net::IpAddr,
+    pub dst_port: u16,
+    pub protocol: String,
+}
+
+/// A credential as evidence: never the value, only its keyed fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialEvidence {
+    /// `kind:first-12-hex`.
+    pub fingerprint: String,
+    pub kind: String,
+    /// Where it was seen: `env:NAME`, `arg:INDEX`, `file:PATH`.
+    pub seen_as: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Evidence {
+    pub processes: Vec<ProcessEvidence>,
+    pub connections: Vec<ConnectionEvidence>,
+    pub credential: Option<CredentialEvidence>,
+}
+
+/// One incident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Alert {
+    /// Stable: the same incident always has the same uid (a hash of rule + subject).
+    pub uid: String,
+    /// Rule id, e.g. `credential-reuse`.
+    pub rule: &'static str,
+    pub title: String,
+    pub description: String,
+    pub severity: Severity,
+    #[serde(serialize_with = "rfc3339")]
+    pub first_seen: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub last_seen: SystemTime,
+    /// Sightings folded into this incident.
+    pub count: u64,
+    pub agents: Vec<AlertAgent>,
+    pub evidence: Evidence,
+    pub tags: Tags,
+}
+
+fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_nanos(*t))
+}
+
+impl Alert {
+    /// Whether this is the first sighting (OCSF activity Create) or an update.
+    pub fn is_new(&self) -> bool {
+        self.count == 1
+    }
+
+    /// A sample alert for encoder and sink tests.
+    #[doc(hidden)]
+    pub fn sample() -> Self {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_335_000_123);
+        Self {
+            uid: "a1b2c3d4e5f60718".into(),
+            rule: "credential-reuse",
+            title: "Credential used by 2 agents".into(),
+            description: "openai:3f9a0c1d2e4b was used by research-bot and billing-bot".into(),
+            severity: Severity::High,
+            first_seen: t,
+            last_seen: t,
+            count: 1,
+            agents: vec![
+                AlertAgent {
+                    id: "spiffe://example.org/agent/research-bot".into(),
+                    name: Some("research-bot".into()),
+                    owner: Some("ml-platform@example.org".into()),
+                    environment: Some("prod".into()),
+                    session: Some("research-bot/4242-1234".into()),
+                },
+                AlertAgent {
+                    id: "spiffe://example.org/agent/billing-bot".into(),
+                    name: Some("billing-bot".into()),
+                    owner: Some("finance@example.org".into()),
+                    environment: Some("prod".into()),
+                    session: Some("billing-bot/4343-1300".into()),
+                },
+            ],
+            evidence: Evidence {
+                processes: vec![ProcessEvidence {
+                    exec_id: Some("node1:0123abcd:1234:4242".into()),
+                    pid: 4242,
+                    exe: Some("/usr/bin/python3".into()),
+                    argv: vec!["python3".into(), "agent.py".into()],
+                    uid: 1001,
+                    cgroup: Some("/agents/research-bot".into()),
+                    acting_for: vec![],
+                }],
+                connections: vec![],
+                credential: Some(CredentialEvidence {
+                    fingerprint: "openai:3f9a0c1d2e4b".into(),
+                    kind: "openai".into(),
+                    seen_as: vec!["env:OPENAI_API_KEY".into()],
+                }),
+            },
+            tags: Tags {
+                owasp: vec!["ASI03"],
+                threats: vec!["T3", "T9"],
+                maestro: vec!["L4", "L7"],
+                nist: vec!["MEASURE 2.7", "MANAGE 4.1"],
+            },
+        }
+    }
+}
