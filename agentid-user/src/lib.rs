@@ -5,10 +5,13 @@
 //! [`identity`] (registry and selectors) → [`attribution`] (agent, session, lineage,
 //! acting-for chain) → credentials → detect → outputs ([`store`]), with the API beside.
 //! Everything after the sensor is plain Rust driven by events, testable without a kernel.
+pub mod api;
 pub mod attribution;
 pub mod cgroup;
 pub mod cli;
+pub mod config;
 pub mod credentials;
+pub mod daemon;
 pub mod detect;
 pub mod event;
 pub mod identity;

@@ -1,7 +1,7 @@
-//! `agentid`: thin entry point; commands live in `agentid::cli`.
-use std::process::ExitCode;
+//! `agentid`: thin entry point; commands live in `agentid::cli` and `agentid::daemon`.
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -10,25 +10,74 @@ use clap::{Parser, Subcommand};
     about = "Runtime identity tracer for AI agents"
 )]
 struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "AGENTID_SOCKET", default_value = agentid::config::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Attach the kernel probes and print exec/fork/exit/connect/send events live (root).
+    /// Run the host daemon (root): probes, attribution, store, API.
+    Daemon {
+        /// Configuration file (default /etc/agentid/agentid.toml; absent = built-in defaults).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Attach the kernel probes and print events live, without the daemon (root).
     Trace(agentid::cli::trace::TraceArgs),
+    #[command(flatten)]
+    Query(agentid::cli::query::QueryCommand),
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTID_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Daemon { config } => {
+            let cfg = agentid::config::Config::load(config.as_deref())?;
+            init_logging(cfg.log_format == agentid::config::LogFormat::Json);
+            agentid::daemon::run(cfg, config).await
+        }
+        Command::Trace(args) => {
+            init_logging(false);
+            agentid::cli::trace::run(args).await
+        }
+        Command::Query(q) => {
+            let client = agentid::cli::client::Client::new(&cli.socket);
+            agentid::cli::query::run(&client, q, cli.json).await
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "agentid",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AGENTID_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -40,12 +89,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Trace(args) => agentid::cli::trace::run(args).await,
-        }
-    });
-    match result {
+    match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, the whole context chain, no backtrace.

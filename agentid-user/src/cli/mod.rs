@@ -1,2 +1,4 @@
 //! Command implementations behind `agentid`'s subcommands.
+pub mod client;
+pub mod query;
 pub mod trace;

@@ -231,6 +231,16 @@ impl Sensor {
         }
     }
 
+    /// Every program the sensor attaches, by name.
+    pub fn program_names() -> Vec<&'static str> {
+        TRACEPOINTS
+            .iter()
+            .map(|(_, n)| *n)
+            .chain(RAW_TRACEPOINTS)
+            .chain(SOCK_HOOKS)
+            .collect()
+    }
+
     /// Records received and decoded, per kind.
     pub fn received(&self) -> KindCounts {
         self.received

@@ -1,0 +1,221 @@
+//! The daemon's configuration (`/etc/agentid/agentid.toml`).
+//!
+//! Every field has a default, so no file at all is a valid configuration. Unknown keys are
+//! errors: a misspelt option silently ignored is worse than a refusal to start.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/agentid/agentid.toml";
+pub const DEFAULT_SOCKET: &str = "/run/agentid/agentid.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Events older than this are deleted from the store.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_age: Duration,
+    /// The store is kept under this size (oldest events go first).
+    pub max_size_mb: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_hours(7 * 24),
+            max_size_mb: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Store, keys, spools and the lock file.
+    pub state_dir: PathBuf,
+    /// The API socket.
+    pub socket: PathBuf,
+    /// Group allowed to use the API besides root. Default: `agentid` when that group
+    /// exists, else root only.
+    pub socket_group: Option<String>,
+    /// Agent registrations (`*.toml`).
+    pub agents_dir: PathBuf,
+    /// Alerts as JSON lines, always written (the sink of last resort).
+    pub alerts_file: PathBuf,
+    pub log_format: LogFormat,
+    pub retention: Retention,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/agentid"),
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_group: None,
+            agents_dir: PathBuf::from(crate::identity::DEFAULT_AGENTS_DIR),
+            alerts_file: PathBuf::from("/var/log/agentid/alerts.jsonl"),
+            log_format: LogFormat::Human,
+            retention: Retention::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default location means "all defaults", a
+    /// missing file named explicitly is an error.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_owned(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            message: locate(text, &e),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (name, p) in [
+            ("state_dir", &self.state_dir),
+            ("socket", &self.socket),
+            ("agents_dir", &self.agents_dir),
+            ("alerts_file", &self.alerts_file),
+        ] {
+            if !p.is_absolute() {
+                return Err(format!("{name}: {} must be an absolute path", p.display()));
+            }
+        }
+        if self.retention.max_size_mb == 0 {
+            return Err("retention.max_size_mb: must be at least 1".into());
+        }
+        if self.retention.max_age.is_zero() {
+            return Err("retention.max_age: must be longer than 0s".into());
+        }
+        Ok(())
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.state_dir.join("agentid.db")
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.state_dir.join("agentid.lock")
+    }
+}
+
+/// `line N: message` from a toml error.
+fn locate(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_owned();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+/// Durations written as `"90s"`, `"7d"`, `"1h 30m"`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/agentid/agentid.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(c.retention.max_age, Duration::from_hours(168));
+        assert_eq!(c.store_path(), Path::new("/var/lib/agentid/agentid.db"));
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = parse(
+            "state_dir = \"/tmp/x\"\nlog_format = \"json\"\n[retention]\nmax_age = \"2h\"\nmax_size_mb = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, Path::new("/tmp/x"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.retention.max_age, Duration::from_hours(2));
+        assert_eq!(c.retention.max_size_mb, 5);
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_problem() {
+        let e = parse("state_dir = \"/x\"\nsokcet = \"/y\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/agentid/agentid.toml: line 2:"), "{e}");
+        assert!(e.contains("sokcet"), "{e}");
+        let e = parse("[retention]\nmax_age = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("soon"), "{e}");
+        let e = parse("socket = \"relative.sock\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("socket: relative.sock must be an absolute path"),
+            "{e}"
+        );
+        let e = parse("[retention]\nmax_size_mb = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_size_mb"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error() {
+        assert!(Config::load(Some(Path::new("/nonexistent/agentid.toml"))).is_err());
+    }
+}

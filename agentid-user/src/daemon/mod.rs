@@ -1,0 +1,235 @@
+//! `agentid daemon`: the privileged host daemon.
+//!
+//! One task owns the event path (sensor → pipeline → store/followers); the API serves
+//! from shared state; signals: SIGTERM/SIGINT stop (detach, flush, exit 0), SIGHUP
+//! reloads the configuration's registry. The agents directory is also polled for changes.
+mod lock;
+pub mod state;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::broadcast,
+};
+
+use self::state::{Counters, Live, Rates, Shared};
+use crate::{
+    attribution::AttributedEvent,
+    cgroup,
+    config::Config,
+    pipeline::{Pipeline, load_registry},
+    sensor::{Sensor, SensorOptions},
+    store::{Retention, Store, StoreOp, Writer},
+};
+
+/// How often the agents directory is checked for changes.
+const REGISTRY_POLL: Duration = Duration::from_secs(2);
+
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    create_dir(&config.state_dir, 0o700)?;
+    let _lock = lock::StateLock::acquire(&config.lock_path())?;
+    let store = Store::open(&config.store_path()).context("opening the store")?;
+    let retention = Retention {
+        max_age: config.retention.max_age,
+        max_bytes: config.retention.max_size_mb.saturating_mul(1 << 20),
+    };
+    let writer = store.writer(retention)?;
+    let registry = Arc::new(load_registry(&config.agents_dir));
+    let root = cgroup::v2_root().context("finding the cgroup v2 hierarchy")?;
+    let mut pipeline = Pipeline::new(Arc::clone(&registry), root);
+    let mut sensor = Sensor::load(&SensorOptions::default())?;
+    let seeded = pipeline.seed();
+    tracing::info!(
+        processes = seeded,
+        agents = registry.agents().len(),
+        registry_errors = registry.errors().len(),
+        "probes attached; process table seeded from /proc"
+    );
+
+    let (events, _) = broadcast::channel(4096);
+    let (alerts, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        config: RwLock::new(config.clone()),
+        started: Instant::now(),
+        pipeline: Mutex::new(pipeline),
+        store: Mutex::new(store),
+        writer_stats: Arc::clone(&writer.stats),
+        counters: Counters::default(),
+        rates: Rates::default(),
+        events,
+        alerts,
+        probes: Sensor::program_names(),
+    });
+    let api = crate::api::serve(Arc::clone(&shared))?;
+    tracing::info!(socket = %config.socket.display(), "API listening");
+
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut registry_stamp = dir_stamp(&config.agents_dir);
+    let mut last_poll = Instant::now();
+    let mut batch = Vec::new();
+    let result: anyhow::Result<()> = loop {
+        tokio::select! {
+            r = sensor.next_events(&mut batch) => {
+                if let Err(e) = r { break Err(e.into()); }
+                handle_batch(&shared, &writer, &mut batch);
+            }
+            _ = ticker.tick() => {
+                let drops = sensor.drops().unwrap_or_default();
+                shared.counters.set(&sensor.received(), &drops, sensor.decode_errors());
+                shared.rates.sample(shared.counters.received());
+                if last_poll.elapsed() >= REGISTRY_POLL {
+                    last_poll = Instant::now();
+                    let dir = read_config(&shared).agents_dir;
+                    let stamp = dir_stamp(&dir);
+                    if stamp != registry_stamp {
+                        registry_stamp = stamp;
+                        reload_registry(&shared, &dir);
+                    }
+                }
+            }
+            _ = sighup.recv() => {
+                reload_config(&shared, config_path.as_deref());
+                let dir = read_config(&shared).agents_dir;
+                registry_stamp = dir_stamp(&dir);
+                reload_registry(&shared, &dir);
+            }
+            _ = sigterm.recv() => break Ok(()),
+            _ = sigint.recv() => break Ok(()),
+        }
+    };
+    // Detach first (no new events), then flush what was already read.
+    sensor.drain(&mut batch);
+    handle_batch(&shared, &writer, &mut batch);
+    drop(sensor);
+    api.abort();
+    let _ = std::fs::remove_file(&config.socket);
+    writer.flush().context("flushing the store")?;
+    tracing::info!("stopped");
+    result
+}
+
+fn read_config(shared: &Shared) -> Config {
+    shared.config.read().map(|c| c.clone()).unwrap_or_default()
+}
+
+fn handle_batch(shared: &Shared, writer: &Writer, batch: &mut Vec<crate::event::Event>) {
+    if batch.is_empty() {
+        return;
+    }
+    let Ok(mut pipeline) = shared.pipeline.lock() else {
+        return;
+    };
+    for event in batch.drain(..) {
+        let attributed = pipeline.process(event);
+        record(shared, writer, &attributed);
+    }
+}
+
+fn record(shared: &Shared, writer: &Writer, a: &AttributedEvent) {
+    let json = match serde_json::to_string(a) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::warn!(error = %e, "unserialisable event");
+            return;
+        }
+    };
+    let agent = a.agent.as_ref().map(|ag| ag.id.clone());
+    let ts_ns = a
+        .event
+        .time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let root = a
+        .session
+        .as_ref()
+        .and(a.lineage.last().or(a.exec_id.as_ref()))
+        .map(|id| id.as_str().to_owned());
+    writer.send(StoreOp::Event {
+        ts_ns,
+        kind: a.event.kind.as_str(),
+        pid: a.event.pid,
+        exec_id: a.exec_id.as_ref().map(|id| id.as_str().to_owned()),
+        agent: agent.clone(),
+        session: a.session.clone(),
+        root_exec_id: root,
+        body: json.clone(),
+    });
+    // No follower is fine: send only fails when nobody listens.
+    let _ = shared.events.send(Live {
+        agent,
+        kind: a.event.kind.as_str().to_owned(),
+        json: json.into(),
+    });
+}
+
+fn reload_registry(shared: &Shared, dir: &Path) {
+    let Ok(mut pipeline) = shared.pipeline.lock() else {
+        return;
+    };
+    match pipeline.registry().reload(dir) {
+        Ok(new) => {
+            for e in new.errors() {
+                tracing::warn!("agent registry: {e}");
+            }
+            tracing::info!(
+                agents = new.agents().len(),
+                errors = new.errors().len(),
+                "registry reloaded"
+            );
+            pipeline.set_registry(Arc::new(new));
+        }
+        Err(e) => tracing::error!("agent registry reload failed, keeping the previous one: {e}"),
+    }
+}
+
+fn reload_config(shared: &Shared, path: Option<&Path>) {
+    match Config::load(path) {
+        Ok(new) => {
+            if let Ok(mut current) = shared.config.write() {
+                if new.socket != current.socket || new.state_dir != current.state_dir {
+                    tracing::warn!("socket/state_dir changes take effect on restart");
+                }
+                *current = new;
+                tracing::info!("configuration reloaded");
+            }
+        }
+        Err(e) => tracing::error!("configuration reload failed, keeping the previous one: {e}"),
+    }
+}
+
+/// A cheap fingerprint of a directory's `*.toml` files: names, sizes, mtimes.
+fn dir_stamp(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.path(), m.len(), m.modified().ok()?))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn create_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting permissions on {}", dir.display()))
+}

@@ -1,0 +1,99 @@
+//! State shared between the event pipeline and the API.
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use tokio::sync::broadcast;
+
+use crate::{
+    config::Config,
+    pipeline::Pipeline,
+    sensor::KindCounts,
+    store::{Store, WriterStats},
+};
+
+/// One live item (event or alert) for followers, pre-serialised once.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub agent: Option<String>,
+    /// Event kind, or alert rule.
+    pub kind: String,
+    pub json: Arc<str>,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received: [AtomicU64; 6],
+    pub drops: [AtomicU64; 6],
+    pub undecodable: AtomicU64,
+    pub alerts: AtomicU64,
+}
+
+impl Counters {
+    pub fn set(&self, received: &KindCounts, drops: &KindCounts, undecodable: u64) {
+        for (slot, v) in self.received.iter().zip(received) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+        for (slot, v) in self.drops.iter().zip(drops) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+        self.undecodable.store(undecodable, Ordering::Relaxed);
+    }
+
+    pub fn received(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.received[i].load(Ordering::Relaxed))
+    }
+}
+
+/// Per-second samples of the received counters, for events/s over the last 10 s.
+#[derive(Debug, Default)]
+pub struct Rates {
+    samples: Mutex<VecDeque<(Instant, [u64; 6])>>,
+}
+
+impl Rates {
+    pub fn sample(&self, counts: [u64; 6]) {
+        if let Ok(mut s) = self.samples.lock() {
+            s.push_back((Instant::now(), counts));
+            while s.len() > 11 {
+                s.pop_front();
+            }
+        }
+    }
+
+    /// Events/s per kind over the sampled window.
+    pub fn per_second(&self) -> [f64; 6] {
+        let Ok(s) = self.samples.lock() else {
+            return [0.0; 6];
+        };
+        let (Some((t0, c0)), Some((t1, c1))) = (s.front(), s.back()) else {
+            return [0.0; 6];
+        };
+        let dt = t1.duration_since(*t0).as_secs_f64();
+        if dt <= 0.0 {
+            return [0.0; 6];
+        }
+        #[expect(clippy::cast_precision_loss, reason = "rates are approximate")]
+        std::array::from_fn(|i| c1[i].saturating_sub(c0[i]) as f64 / dt)
+    }
+}
+
+#[derive(Debug)]
+pub struct Shared {
+    pub config: RwLock<Config>,
+    pub started: Instant,
+    pub pipeline: Mutex<Pipeline>,
+    /// Read connection for API queries (the writer has its own).
+    pub store: Mutex<Store>,
+    pub writer_stats: Arc<WriterStats>,
+    pub counters: Counters,
+    pub rates: Rates,
+    pub events: broadcast::Sender<Live>,
+    pub alerts: broadcast::Sender<Live>,
+    pub probes: Vec<&'static str>,
+}
