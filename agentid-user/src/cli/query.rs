@@ -117,7 +117,10 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[expect(clippy::too_many_lines, reason = "one arm per command, each a few lines")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one arm per command, each a few lines"
+)]
 pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
         QueryCommand::Status => {
