@@ -15,6 +15,11 @@ pub const FILENAME_LEN: usize = 256;
 pub const ARGV_LEN: usize = 1024;
 /// Arguments read per exec; more are flagged truncated.
 pub const MAX_ARGS: usize = 16;
+/// Bytes of NUL-separated `NAME=value` environment entries kept per exec. The environment
+/// is where agents carry their credentials; userspace fingerprints it and drops it.
+pub const ENV_LEN: usize = 4096;
+/// Environment entries read per exec; more are flagged truncated.
+pub const MAX_ENV: usize = 64;
 
 /// Name of the ring buffer map carrying every record.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -47,6 +52,8 @@ pub mod exec_flags {
     /// No argv was captured at `execve` entry (exec started before the probes attached,
     /// or the argv memory could not be read).
     pub const ARGV_MISSING: u32 = 4;
+    /// More than [`super::MAX_ENV`] entries or [`super::ENV_LEN`] bytes of environment.
+    pub const ENV_TRUNCATED: u32 = 8;
 }
 
 /// Common header of every record.
@@ -85,8 +92,14 @@ pub struct ExecRecord {
     /// Process start time (`task_struct::start_boottime`, ns since boot): with the pid it
     /// names the process uniquely across pid reuse, and matches `/proc/PID/stat` starttime.
     pub start_ns: u64,
+    /// Environment entries counted, and valid bytes in `env`.
+    pub envc: u32,
+    pub env_len: u32,
     pub filename: [u8; FILENAME_LEN],
     pub argv: [u8; ARGV_LEN],
+    /// NUL-terminated `NAME=value` strings back to back. Secret material: userspace
+    /// fingerprints it, then zeroes it; it is never stored or printed.
+    pub env: [u8; ENV_LEN],
 }
 
 /// A new process (not a thread) was forked.
@@ -169,7 +182,10 @@ impl Config {
 // No implicit padding: each size is the plain sum of its fields.
 const _: () = {
     assert!(size_of::<Header>() == 4 + 4 + 8 + 4 * 4 + 8 + COMM_LEN);
-    assert!(size_of::<ExecRecord>() == size_of::<Header>() + 6 * 4 + 8 + FILENAME_LEN + ARGV_LEN);
+    assert!(
+        size_of::<ExecRecord>()
+            == size_of::<Header>() + 8 * 4 + 8 + FILENAME_LEN + ARGV_LEN + ENV_LEN
+    );
     assert!(size_of::<ForkRecord>() == size_of::<Header>() + 16);
     assert!(size_of::<ExitRecord>() == size_of::<Header>() + 16);
     assert!(size_of::<SockRecord>() == size_of::<Header>() + 8 + 16);

@@ -5,7 +5,8 @@
 //! `sched_process_exec` reports the exec succeeded. A failed exec clears its slot at
 //! `sys_exit_execve(at)`.
 use agentid_ebpf::{
-    ARGV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, MAX_ARGS, exec_flags, kind,
+    ARGV_LEN, ENV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, MAX_ARGS, MAX_ENV,
+    exec_flags, kind,
 };
 use aya_ebpf::{
     helpers::{
@@ -28,14 +29,17 @@ pub struct PendingArgv {
     argc: u32,
     len: u32,
     flags: u32,
+    envc: u32,
+    env_len: u32,
     reserved: u32,
     buf: [u8; 2 * ARGV_LEN],
+    env: [u8; 2 * ENV_LEN],
 }
 
 /// In-flight execs by thread id. LRU so that an exec whose exit we never see (probes
 /// attached mid-exec) cannot fill the map.
 #[map(name = "PENDING_ARGV")]
-static PENDING_ARGV: LruHashMap<u32, PendingArgv> = LruHashMap::with_max_entries(2048, 0);
+static PENDING_ARGV: LruHashMap<u32, PendingArgv> = LruHashMap::with_max_entries(1024, 0);
 
 /// Per-CPU scratch to build a `PendingArgv` (too large for the 512-byte BPF stack).
 #[map(name = "ARGV_SCRATCH")]
@@ -50,14 +54,14 @@ const SYSCALL_RET: usize = 16;
 #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
     // execve(filename, argv, envp)
-    stash_argv(&ctx, SYSCALL_ARG0 + SYSCALL_ARG_SIZE);
+    stash_argv(&ctx, SYSCALL_ARG0 + SYSCALL_ARG_SIZE, SYSCALL_ARG0 + 2 * SYSCALL_ARG_SIZE);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
 pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
     // execveat(dirfd, filename, argv, envp, flags)
-    stash_argv(&ctx, SYSCALL_ARG0 + 2 * SYSCALL_ARG_SIZE);
+    stash_argv(&ctx, SYSCALL_ARG0 + 2 * SYSCALL_ARG_SIZE, SYSCALL_ARG0 + 3 * SYSCALL_ARG_SIZE);
     0
 }
 
@@ -84,7 +88,7 @@ fn clear_failed_exec(ctx: &TracePointContext) {
 }
 
 #[inline(always)]
-fn stash_argv(ctx: &TracePointContext, argv_field: usize) {
+fn stash_argv(ctx: &TracePointContext, argv_field: usize, envp_field: usize) {
     let (tgid, tid) = current_ids();
     if tgid == config().self_tgid {
         return;
@@ -142,7 +146,51 @@ fn stash_argv(ctx: &TracePointContext, argv_field: usize) {
         off = ARGV_LEN;
     }
     scratch.len = off as u32;
+    // SAFETY: fixed offset inside the syscall tracepoint record.
+    let envp = unsafe { ctx.read_at::<u64>(envp_field) }.unwrap_or(0);
+    stash_env(scratch, envp);
     let _ = PENDING_ARGV.insert(&tid, scratch, 0);
+}
+
+/// Copies up to `MAX_ENV` environment strings, the same bounded way as argv.
+#[inline(always)]
+fn stash_env(scratch: &mut PendingArgv, envp: u64) {
+    scratch.envc = 0;
+    scratch.env_len = 0;
+    if envp == 0 {
+        return;
+    }
+    let mut off: usize = 0;
+    let mut i = 0;
+    while i < MAX_ENV {
+        let slot = (envp as usize + i * 8) as *const u64;
+        // SAFETY: user pointer read through the checked helper.
+        let Ok(var) = (unsafe { bpf_probe_read_user(slot) }) else { break };
+        if var == 0 {
+            break;
+        }
+        scratch.envc += 1;
+        if off >= ENV_LEN {
+            scratch.flags |= exec_flags::ENV_TRUNCATED;
+            break;
+        }
+        let dst = scratch.env.as_mut_ptr().wrapping_add(off & (ENV_LEN - 1));
+        // SAFETY: dst + ENV_LEN stays inside the 2*ENV_LEN buffer.
+        let n = unsafe { bpf_probe_read_user_str(dst.cast(), ENV_LEN as u32, var as *const _) };
+        if n <= 0 {
+            break;
+        }
+        off += n as usize;
+        i += 1;
+    }
+    if i == MAX_ENV {
+        scratch.flags |= exec_flags::ENV_TRUNCATED;
+    }
+    if off > ENV_LEN {
+        scratch.flags |= exec_flags::ENV_TRUNCATED;
+        off = ENV_LEN;
+    }
+    scratch.env_len = off as u32;
 }
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
@@ -196,11 +244,16 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
                 (*rec).argv_len = pending.len;
                 flags |= pending.flags;
                 let _ = bpf_probe_read_kernel_buf(pending.buf.as_ptr(), &mut (*rec).argv);
+                (*rec).envc = pending.envc;
+                (*rec).env_len = pending.env_len;
+                let _ = bpf_probe_read_kernel_buf(pending.env.as_ptr(), &mut (*rec).env);
                 let _ = PENDING_ARGV.remove(&old_pid);
             }
             None => {
                 (*rec).argc = 0;
                 (*rec).argv_len = 0;
+                (*rec).envc = 0;
+                (*rec).env_len = 0;
                 flags |= exec_flags::ARGV_MISSING;
             }
         }

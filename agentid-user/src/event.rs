@@ -83,6 +83,40 @@ impl std::fmt::Display for Protocol {
     }
 }
 
+/// The environment of an exec, captured in the kernel (`NAME=value` entries).
+///
+/// Secret material: it exists only so the credential stage can fingerprint it. It is never
+/// serialised (`#[serde(skip)]` where it is held), its `Debug` shows only its size, and
+/// its buffer is zeroed when dropped.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretEnv(zeroize::Zeroizing<Vec<u8>>);
+
+impl SecretEnv {
+    pub fn new(bytes: &[u8]) -> Self {
+        Self(zeroize::Zeroizing::new(bytes.to_vec()))
+    }
+
+    /// The `NAME=value` entries.
+    pub fn entries(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.split(|&b| b == 0).filter(|e| !e.is_empty())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Zeroes and drops the content once it has been fingerprinted.
+    pub fn clear(&mut self) {
+        self.0 = zeroize::Zeroizing::new(Vec::new());
+    }
+}
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretEnv(<{} bytes redacted>)", self.0.len())
+    }
+}
+
 /// Kind-specific fields, flattened into the event's JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -96,6 +130,9 @@ pub enum Detail {
         argv_missing: bool,
         /// Audit login uid: the human login session behind the process, when set.
         loginuid: Option<u32>,
+        /// The environment (never serialised; emptied after fingerprinting).
+        #[serde(skip)]
+        env: SecretEnv,
     },
     /// `pid` is the new child, `ppid` the forking process.
     Fork {},

@@ -56,6 +56,7 @@ fn exec(pid: u32, ppid: u32, start_s: u64, file: &str) -> Event {
             argv_truncated: false,
             argv_missing: false,
             loginuid: Some(1000),
+            env: crate::event::SecretEnv::default(),
         },
     )
 }

@@ -6,11 +6,11 @@ use std::{
 };
 
 use agentid_ebpf::{
-    ARGV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, Header, SockRecord, exec_flags,
+    ARGV_LEN, ENV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, Header, SockRecord, exec_flags,
     kind,
 };
 
-use crate::event::{Detail, Event, EventKind, Protocol};
+use crate::event::{Detail, Event, EventKind, Protocol, SecretEnv};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -106,15 +106,13 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
     let header: Header = read(bytes)?;
     let (kind, parent, pid, start, detail) = match header.kind {
         kind::EXEC => {
-            let r: ExecRecord = read(bytes)?;
+            let mut r: ExecRecord = read(bytes)?;
             let start = Some(r.start_ns);
-            (
-                EventKind::Exec,
-                Some(r.ppid),
-                header.tgid,
-                start,
-                exec_detail(&r)?,
-            )
+            let detail = exec_detail(&r);
+            // The stack copy held the environment: wipe it (the ring-buffer slot is the
+            // kernel's, reused for the next records).
+            zeroize::Zeroize::zeroize(&mut r.env);
+            (EventKind::Exec, Some(r.ppid), header.tgid, start, detail?)
         }
         kind::FORK => {
             let r: ForkRecord = read(bytes)?;
@@ -189,6 +187,10 @@ fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
             max: ARGV_LEN,
         });
     }
+    let env_len = r.env_len as usize;
+    if env_len > ENV_LEN {
+        return Err(DecodeError::BadLength { field: "env", len: env_len, max: ENV_LEN });
+    }
     let argv_bytes = &r.argv[..argv_len];
     let mut argv: Vec<String> = argv_bytes
         .split(|&b| b == 0)
@@ -204,6 +206,7 @@ fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
         argv_truncated: r.flags & exec_flags::ARGV_TRUNCATED != 0,
         argv_missing: r.flags & exec_flags::ARGV_MISSING != 0,
         loginuid: (r.loginuid != u32::MAX).then_some(r.loginuid),
+        env: SecretEnv::new(&r.env[..env_len]),
     })
 }
 
@@ -278,9 +281,15 @@ mod tests {
             flags,
             loginuid: u32::MAX,
             start_ns: 123,
+            envc: 2,
+            env_len: 0,
             filename: [0; FILENAME_LEN],
             argv: [0; ARGV_LEN],
+            env: [0; agentid_ebpf::ENV_LEN],
         };
+        let env = b"HOME=/root\0OPENAI_API_KEY=canary\0";
+        r.env[..env.len()].copy_from_slice(env);
+        r.env_len = u32::try_from(env.len()).unwrap_or(0);
         r.filename[..9].copy_from_slice(b"/bin/echo");
         let mut off = 0;
         for a in args {
@@ -309,8 +318,13 @@ mod tests {
                 argv_truncated: false,
                 argv_missing: false,
                 loginuid: None,
+                env: SecretEnv::new(b"HOME=/root\0OPENAI_API_KEY=canary\0"),
             }
         );
+        let Detail::Exec { env, .. } = &e.detail else { unreachable!() };
+        assert_eq!(env.entries().collect::<Vec<_>>(), [&b"HOME=/root"[..], b"OPENAI_API_KEY=canary"]);
+        let shown = format!("{e:?} {}", serde_json::to_string(&e).unwrap());
+        assert!(!shown.contains("canary"), "the environment never shows: {shown}");
         assert_eq!(e.proc_start_ns, Some(123));
         assert_eq!(
             e.time,
