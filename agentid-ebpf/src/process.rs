@@ -54,14 +54,22 @@ const SYSCALL_RET: usize = 16;
 #[tracepoint(category = "syscalls", name = "sys_enter_execve")]
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
     // execve(filename, argv, envp)
-    stash_argv(&ctx, SYSCALL_ARG0 + SYSCALL_ARG_SIZE, SYSCALL_ARG0 + 2 * SYSCALL_ARG_SIZE);
+    stash_argv(
+        &ctx,
+        SYSCALL_ARG0 + SYSCALL_ARG_SIZE,
+        SYSCALL_ARG0 + 2 * SYSCALL_ARG_SIZE,
+    );
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
 pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
     // execveat(dirfd, filename, argv, envp, flags)
-    stash_argv(&ctx, SYSCALL_ARG0 + 2 * SYSCALL_ARG_SIZE, SYSCALL_ARG0 + 3 * SYSCALL_ARG_SIZE);
+    stash_argv(
+        &ctx,
+        SYSCALL_ARG0 + 2 * SYSCALL_ARG_SIZE,
+        SYSCALL_ARG0 + 3 * SYSCALL_ARG_SIZE,
+    );
     0
 }
 
@@ -165,7 +173,9 @@ fn stash_env(scratch: &mut PendingArgv, envp: u64) {
     while i < MAX_ENV {
         let slot = (envp as usize + i * 8) as *const u64;
         // SAFETY: user pointer read through the checked helper.
-        let Ok(var) = (unsafe { bpf_probe_read_user(slot) }) else { break };
+        let Ok(var) = (unsafe { bpf_probe_read_user(slot) }) else {
+            break;
+        };
         if var == 0 {
             break;
         }

@@ -66,6 +66,12 @@ pub struct Config {
     pub alerts_file: PathBuf,
     pub log_format: LogFormat,
     pub retention: Retention,
+    /// cgroup globs (e.g. `/agents/**`) where any unregistered workload that execs or
+    /// connects raises `shadow-agent`. Empty: the scope rule is off.
+    pub watch_cgroups: Vec<String>,
+    /// A fleet-wide fingerprint key (hex or base64, ≥ 32 bytes) so that hosts agree on
+    /// fingerprints. Default: a host key generated at first start in the state dir.
+    pub fleet_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -78,6 +84,8 @@ impl Default for Config {
             alerts_file: PathBuf::from("/var/log/agentid/alerts.jsonl"),
             log_format: LogFormat::Human,
             retention: Retention::default(),
+            watch_cgroups: Vec::new(),
+            fleet_key_file: None,
         }
     }
 }
@@ -119,6 +127,9 @@ impl Config {
             if !p.is_absolute() {
                 return Err(format!("{name}: {} must be an absolute path", p.display()));
             }
+        }
+        if let Err(e) = crate::identity::GlobList::new(&self.watch_cgroups) {
+            return Err(format!("watch_cgroups: {e}"));
         }
         if self.retention.max_size_mb == 0 {
             return Err("retention.max_size_mb: must be at least 1".into());

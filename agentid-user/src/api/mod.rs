@@ -11,6 +11,7 @@
 //! - `/v1/events?agent=&kind=&since=&limit=&follow=true` (NDJSON when following)
 //! - `/v1/alerts?agent=&rule=&since=&limit=&follow=true` (NDJSON when following)
 //! - `/v1/credentials?agent=`
+//! - `POST /v1/credentials/revoke?fingerprint=KIND:HEX` (a 12+ hex prefix is enough)
 //!
 //! `since` is nanoseconds since the epoch (the CLI turns `10m`/RFC 3339 into it).
 //! Errors: `{"error": "..."}` with 400 (bad request), 403, 404 or 500.

@@ -33,6 +33,7 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/v1/events", get(events))
         .route("/v1/alerts", get(alerts))
         .route("/v1/credentials", get(credentials))
+        .route("/v1/credentials/revoke", axum::routing::post(revoke))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
 }
 
@@ -268,6 +269,21 @@ async fn credentials(
     Ok(Json(json!(
         with_store(&s, move |st| st.credentials(p.agent.as_deref())).await?
     )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeParams {
+    fingerprint: String,
+}
+
+async fn revoke(
+    State(s): Shr,
+    q: Result<Query<RevokeParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = q.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    crate::daemon::revoke(&s, &p.fingerprint).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    Ok(Json(json!({ "revoked": p.fingerprint })))
 }
 
 fn store_query(p: &Params) -> store::Query {

@@ -46,8 +46,18 @@ impl Client {
     }
 
     async fn request(&self, path: &str) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        self.request_with(hyper::Method::GET, path).await
+    }
+
+    async fn request_with(
+        &self,
+        method: hyper::Method,
+        path: &str,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let mut sender = self.connect().await?;
-        let req = Request::get(path)
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", "agentid")
             .body(Empty::<Bytes>::new())
             .context("building the request")?;
@@ -70,6 +80,17 @@ impl Client {
             .and_then(|v| v["error"].as_str().map(str::to_owned))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
         bail!("daemon answered {}: {msg}", status.as_u16())
+    }
+
+    pub async fn post(&self, path: &str) -> anyhow::Result<Value> {
+        let resp = self.request_with(hyper::Method::POST, path).await?;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading the answer")?
+            .to_bytes();
+        serde_json::from_slice(&body).context("the daemon's answer is not JSON")
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {

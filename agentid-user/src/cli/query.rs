@@ -65,7 +65,16 @@ pub enum QueryCommand {
     Credentials {
         #[arg(long)]
         agent: Option<String>,
+        #[command(subcommand)]
+        action: Option<CredentialsAction>,
     },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CredentialsAction {
+    /// Revoke a credential: any later use raises `credential-stale`. FP is
+    /// `kind:hex` as shown by `agentid credentials` (12 hex digits or more).
+    Revoke { fingerprint: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -217,7 +226,27 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             ]);
             stream_or_list(client, &format!("/v1/alerts{q}"), follow, json, alert_line).await
         }
-        QueryCommand::Credentials { agent } => {
+        QueryCommand::Credentials {
+            action: Some(CredentialsAction::Revoke { fingerprint }),
+            ..
+        } => {
+            let v = client
+                .post(&format!(
+                    "/v1/credentials/revoke{}",
+                    query(&[("fingerprint", Some(fingerprint))])
+                ))
+                .await?;
+            if json {
+                print_json(&v)
+            } else {
+                println!("revoked {}", s(&v["revoked"]));
+                Ok(())
+            }
+        }
+        QueryCommand::Credentials {
+            agent,
+            action: None,
+        } => {
             let v = client
                 .get(&format!("/v1/credentials{}", query(&[("agent", agent)])))
                 .await?;
@@ -604,7 +633,10 @@ mod tests {
     #[test]
     fn since_accepts_durations_and_rfc3339() {
         let ten_min = u128::from(parse_since("10m").unwrap());
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         assert!(now - ten_min >= 600_000_000_000 && now - ten_min < 660_000_000_000);
         assert_eq!(
             parse_since("2026-01-01T00:00:00Z").unwrap(),

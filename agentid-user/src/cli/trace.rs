@@ -13,6 +13,8 @@ use std::sync::Arc;
 use crate::{
     attribution::AttributedEvent,
     cgroup::{self, Resolver},
+    credentials::FingerprintKey,
+    detect::Detector,
     event::{Detail, Event, EventKind},
     identity::{DEFAULT_AGENTS_DIR, Registry},
     pipeline::{Pipeline, load_registry},
@@ -71,6 +73,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
+    // trace keeps no fingerprints, but still never prints a secret: arguments holding one
+    // are redacted with a throw-away key.
+    let redactor = Detector::new(FingerprintKey::ephemeral()?, None);
     let mut printer = Printer {
         filter,
         json: args.json,
@@ -85,7 +90,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         }
-        if let Err(e) = printer.print(&mut out, &mut batch, &mut pipeline) {
+        if let Err(e) = printer.print(&mut out, &mut batch, &mut pipeline, &redactor) {
             // A closed stdout (`| head`) ends the trace quietly.
             if e.kind() == io::ErrorKind::BrokenPipe {
                 break Ok(());
@@ -95,7 +100,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
     // Whatever arrived before the signal is still printed.
     sensor.drain(&mut batch);
-    let _ = printer.print(&mut out, &mut batch, &mut pipeline);
+    let _ = printer.print(&mut out, &mut batch, &mut pipeline, &redactor);
     let _ = out.flush();
     drop(out);
     let drops = sensor.drops()?;
@@ -128,8 +133,10 @@ impl Printer {
         out: &mut impl Write,
         batch: &mut Vec<Event>,
         pipeline: &mut Pipeline,
+        redactor: &Detector,
     ) -> io::Result<()> {
-        for event in batch.drain(..) {
+        for mut event in batch.drain(..) {
+            redactor.scan(&mut event);
             // Every event goes through the pipeline (the process table must see it all);
             // the filter only decides what is printed.
             let attributed = pipeline.process(event);

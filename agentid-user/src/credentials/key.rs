@@ -180,6 +180,16 @@ impl FingerprintKey {
         }
     }
 
+    /// A random key that lives only in memory (for `agentid trace`, which redacts secrets
+    /// but keeps no fingerprints).
+    pub fn ephemeral() -> Result<Self, CredError> {
+        let mut key = Zeroizing::new([0u8; HOST_KEY_LEN]);
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut key[..]))
+            .map_err(|source| CredError::Io { path: PathBuf::from("/dev/urandom"), source })?;
+        Ok(Self::from_bytes(&key[..]))
+    }
+
     /// A configured fleet key, hex or base64 (standard or URL-safe, padded or not), of at
     /// least 32 bytes. Hosts sharing it agree on every fingerprint.
     pub fn from_fleet_key(encoded: &str) -> Result<Self, CredError> {

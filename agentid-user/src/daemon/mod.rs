@@ -3,8 +3,11 @@
 //! One task owns the event path (sensor → pipeline → store/followers); the API serves
 //! from shared state; signals: SIGTERM/SIGINT stop (detach, flush, exit 0), SIGHUP
 //! reloads the configuration's registry. The agents directory is also polled for changes.
+mod alerts;
 mod lock;
 pub mod state;
+
+pub use alerts::revoke;
 
 use std::{
     path::{Path, PathBuf},
@@ -23,6 +26,9 @@ use crate::{
     attribution::AttributedEvent,
     cgroup,
     config::Config,
+    credentials::FingerprintKey,
+    detect::Detector,
+    identity::GlobList,
     pipeline::{Pipeline, load_registry},
     sensor::{Sensor, SensorOptions},
     store::{Retention, Store, StoreOp, Writer},
@@ -52,12 +58,38 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         "probes attached; process table seeded from /proc"
     );
 
+    let key = match &config.fleet_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("fleet_key_file {}", path.display()))?;
+            FingerprintKey::from_fleet_key(text.trim())
+                .with_context(|| format!("fleet_key_file {}", path.display()))?
+        }
+        None => FingerprintKey::load_or_create(&config.state_dir.join("fingerprint.key"))
+            .context("the host fingerprint key")?,
+    };
+    let watch = if config.watch_cgroups.is_empty() {
+        None
+    } else {
+        Some(GlobList::new(&config.watch_cgroups).context("watch_cgroups")?)
+    };
+    let mut detector = Detector::new(key, watch);
+    detector.set_registry(&registry);
+    for prefix in alerts::load_revoked(&config.state_dir) {
+        detector.revoke(prefix);
+    }
+    let alerts_file = alerts::open_alerts_file(&config.alerts_file)?;
+    // Processes read from /proc: their command lines may hold secrets too.
+    pipeline.table.redact_argv(|argv| detector.redact(argv));
+
     let (events, _) = broadcast::channel(4096);
     let (alerts, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
         config: RwLock::new(config.clone()),
         started: Instant::now(),
         pipeline: Mutex::new(pipeline),
+        detector: Mutex::new(detector),
+        alerts_file: Mutex::new(Some(alerts_file)),
         store: Mutex::new(store),
         writer_stats: Arc::clone(&writer.stats),
         counters: Counters::default(),
@@ -85,6 +117,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             _ = ticker.tick() => {
                 let drops = sensor.drops().unwrap_or_default();
                 shared.counters.set(&sensor.received(), &drops, sensor.decode_errors());
+                alerts::check_drops(&shared, &writer, &drops);
                 shared.rates.sample(shared.counters.received());
                 if last_poll.elapsed() >= REGISTRY_POLL {
                     last_poll = Instant::now();
@@ -128,9 +161,16 @@ fn handle_batch(shared: &Shared, writer: &Writer, batch: &mut Vec<crate::event::
     let Ok(mut pipeline) = shared.pipeline.lock() else {
         return;
     };
-    for event in batch.drain(..) {
+    let Ok(mut detector) = shared.detector.lock() else {
+        return;
+    };
+    for mut event in batch.drain(..) {
+        // Secrets out first: env cleared, arguments redacted, before anything keeps them.
+        let observations = detector.scan(&mut event);
         let attributed = pipeline.process(event);
+        let out = detector.observe(&attributed, observations, pipeline.registry());
         record(shared, writer, &attributed);
+        alerts::record_detection(shared, writer, out);
     }
 }
 
@@ -185,6 +225,9 @@ fn reload_registry(shared: &Shared, dir: &Path) {
                 errors = new.errors().len(),
                 "registry reloaded"
             );
+            if let Ok(mut d) = shared.detector.lock() {
+                d.set_registry(&new);
+            }
             pipeline.set_registry(Arc::new(new));
         }
         Err(e) => tracing::error!("agent registry reload failed, keeping the previous one: {e}"),

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     config::Config,
+    detect::Detector,
     pipeline::Pipeline,
     sensor::KindCounts,
     store::{Store, WriterStats},
@@ -88,6 +89,9 @@ pub struct Shared {
     pub config: RwLock<Config>,
     pub started: Instant,
     pub pipeline: Mutex<Pipeline>,
+    pub detector: Mutex<Detector>,
+    /// Alerts as JSON lines: always written, the sink of last resort.
+    pub alerts_file: Mutex<Option<std::fs::File>>,
     /// Read connection for API queries (the writer has its own).
     pub store: Mutex<Store>,
     pub writer_stats: Arc<WriterStats>,

@@ -112,6 +112,13 @@ impl ProcessTable {
         self.live.values()
     }
 
+    /// Rewrites every live process's arguments (secret redaction after `/proc` seeding).
+    pub fn redact_argv(&mut self, mut f: impl FnMut(&mut [String])) {
+        for p in self.live.values_mut() {
+            f(&mut p.argv);
+        }
+    }
+
     pub fn live_count(&self) -> usize {
         self.live.len()
     }

@@ -6,8 +6,8 @@ use std::{
 };
 
 use agentid_ebpf::{
-    ARGV_LEN, ENV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, Header, SockRecord, exec_flags,
-    kind,
+    ARGV_LEN, ENV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, Header, SockRecord,
+    exec_flags, kind,
 };
 
 use crate::event::{Detail, Event, EventKind, Protocol, SecretEnv};
@@ -189,7 +189,11 @@ fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
     }
     let env_len = r.env_len as usize;
     if env_len > ENV_LEN {
-        return Err(DecodeError::BadLength { field: "env", len: env_len, max: ENV_LEN });
+        return Err(DecodeError::BadLength {
+            field: "env",
+            len: env_len,
+            max: ENV_LEN,
+        });
     }
     let argv_bytes = &r.argv[..argv_len];
     let mut argv: Vec<String> = argv_bytes
@@ -321,10 +325,18 @@ mod tests {
                 env: SecretEnv::new(b"HOME=/root\0OPENAI_API_KEY=canary\0"),
             }
         );
-        let Detail::Exec { env, .. } = &e.detail else { unreachable!() };
-        assert_eq!(env.entries().collect::<Vec<_>>(), [&b"HOME=/root"[..], b"OPENAI_API_KEY=canary"]);
+        let Detail::Exec { env, .. } = &e.detail else {
+            unreachable!()
+        };
+        assert_eq!(
+            env.entries().collect::<Vec<_>>(),
+            [&b"HOME=/root"[..], b"OPENAI_API_KEY=canary"]
+        );
         let shown = format!("{e:?} {}", serde_json::to_string(&e).unwrap());
-        assert!(!shown.contains("canary"), "the environment never shows: {shown}");
+        assert!(
+            !shown.contains("canary"),
+            "the environment never shows: {shown}"
+        );
         assert_eq!(e.proc_start_ns, Some(123));
         assert_eq!(
             e.time,
