@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod detect;
 pub mod event;
 pub mod identity;
+pub mod outputs;
 pub mod pipeline;
 pub mod process;
 pub mod sensor;
