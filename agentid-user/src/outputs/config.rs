@@ -388,7 +388,11 @@ mod tests {
                 .lines()
                 .skip(1)
                 .take_while(|l| !l.trim_start().starts_with("/// ```"))
-                .map(|l| l.trim_start().trim_start_matches("///").trim_start_matches(' '))
+                .map(|l| {
+                    l.trim_start()
+                        .trim_start_matches("///")
+                        .trim_start_matches(' ')
+                })
                 .collect::<Vec<_>>()
                 .join("\n");
             let d: Daemon = toml::from_str(&body).unwrap_or_else(|e| panic!("{body}\n{e}"));
@@ -401,7 +405,10 @@ mod tests {
         )
         .unwrap();
         let c = d.sinks[0].common();
-        assert_eq!((c.min_severity, c.rules.clone()), (Severity::High, Some(vec!["a".into()])));
+        assert_eq!(
+            (c.min_severity, c.rules.clone()),
+            (Severity::High, Some(vec!["a".into()]))
+        );
         assert_eq!(c.spool_max_bytes, 64 << 20);
         assert!(toml::from_str::<Daemon>("[[sinks]]\ntype = \"kafka\"\n").is_err());
     }

@@ -99,7 +99,10 @@ struct Counters {
 
 impl Counters {
     fn set_error(&self, e: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = e;
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = e;
     }
 }
 
@@ -151,7 +154,12 @@ impl Encoder {
         let payload = match self {
             Self::Json(format, ctx) => json_of(*format, item, ctx)?.to_string(),
             Self::Ecs => json_of(JsonFormat::Ecs, item, &EncodeContext::default())?.to_string(),
-            Self::Hec { index, source, sourcetype, ctx } => {
+            Self::Hec {
+                index,
+                source,
+                sourcetype,
+                ctx,
+            } => {
                 let time = match item {
                     Item::Alert(a) => a.last_seen,
                     Item::Activity(e) => e.event.time,
@@ -168,7 +176,14 @@ impl Encoder {
                 }
                 env.to_string()
             }
-            Self::Syslog { format, facility, app_name, hostname, procid, ctx } => {
+            Self::Syslog {
+                format,
+                facility,
+                app_name,
+                hostname,
+                procid,
+                ctx,
+            } => {
                 let body = match format {
                     SyslogFormat::Ocsf => json_of(JsonFormat::Ocsf, item, ctx)?.to_string(),
                     SyslogFormat::Cef => match item {
@@ -181,9 +196,18 @@ impl Encoder {
                         syslog::severity(a.severity),
                         a.last_seen,
                         a.rule,
-                        vec![("rule", a.rule), ("uid", a.uid.as_str()), ("severity", a.severity.as_str())],
+                        vec![
+                            ("rule", a.rule),
+                            ("uid", a.uid.as_str()),
+                            ("severity", a.severity.as_str()),
+                        ],
                     ),
-                    Item::Activity(e) => (6, e.event.time, e.event.kind.as_str(), vec![("kind", e.event.kind.as_str())]),
+                    Item::Activity(e) => (
+                        6,
+                        e.event.time,
+                        e.event.kind.as_str(),
+                        vec![("kind", e.event.kind.as_str())],
+                    ),
                 };
                 let h = syslog::Header {
                     facility: *facility,
@@ -209,7 +233,10 @@ impl SinkCommon {
         match input {
             Input::Alert(a) => {
                 a.severity >= self.min_severity
-                    && self.rules.as_ref().is_none_or(|r| r.iter().any(|x| x == a.rule))
+                    && self
+                        .rules
+                        .as_ref()
+                        .is_none_or(|r| r.iter().any(|x| x == a.rule))
             }
             Input::Activity(_) => self.include_activity,
         }
@@ -261,16 +288,28 @@ impl SinkManager {
         let (ntx, nrx) = mpsc::channel(NOTICES);
         let mut sinks = Vec::with_capacity(configs.len());
         for (i, c) in configs.iter().enumerate() {
-            let name = c.common().name.clone().unwrap_or_else(|| format!("{}-{i}", c.kind()));
+            let name = c
+                .common()
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}-{i}", c.kind()));
             if name.is_empty() || name.contains(['/', '\0']) || name.starts_with('.') {
-                return Err(OutputError::Config(format!("sink name {name:?} is not a directory name")));
+                return Err(OutputError::Config(format!(
+                    "sink name {name:?} is not a directory name"
+                )));
             }
             if sinks.iter().any(|s: &SinkHandle| s.name == name) {
                 return Err(OutputError::Config(format!("two sinks named {name:?}")));
             }
             sinks.push(Self::start_one(c, name, ctx, &ntx)?);
         }
-        Ok((Self { sinks, notices: ntx }, nrx))
+        Ok((
+            Self {
+                sinks,
+                notices: ntx,
+            },
+            nrx,
+        ))
     }
 
     fn start_one(
@@ -284,7 +323,10 @@ impl SinkManager {
             hostname: ctx.hostname.clone(),
             ocsf_ai_agent: ai,
         };
-        let spool = Arc::new(Spool::open(&ctx.spool_root.join(&name), common.spool_max_bytes)?);
+        let spool = Arc::new(Spool::open(
+            &ctx.spool_root.join(&name),
+            common.spool_max_bytes,
+        )?);
         let counters = Arc::new(Counters::default());
         let closing = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
@@ -299,13 +341,20 @@ impl SinkManager {
         let (encoder, delivery) = match c {
             SinkConfig::File(f) => (
                 Encoder::Json(f.format, enc(f.ocsf_ai_agent)),
-                tokio::spawn(d.run(sink::file::FileSink::new(f.path.clone(), f.max_bytes, f.keep))),
+                tokio::spawn(d.run(sink::file::FileSink::new(
+                    f.path.clone(),
+                    f.max_bytes,
+                    f.keep,
+                ))),
             ),
             SinkConfig::Stdout(f) => (
                 Encoder::Json(f.format, enc(f.ocsf_ai_agent)),
                 tokio::spawn(d.run(sink::file::StdoutSink)),
             ),
-            SinkConfig::Syslog(s) => (syslog_encoder(s, ctx), tokio::spawn(d.run(sink::syslog::SyslogSink::new(s)?))),
+            SinkConfig::Syslog(s) => (
+                syslog_encoder(s, ctx),
+                tokio::spawn(d.run(sink::syslog::SyslogSink::new(s)?)),
+            ),
             SinkConfig::SplunkHec(h) => (
                 Encoder::Hec {
                     index: h.index.clone(),
@@ -315,7 +364,10 @@ impl SinkManager {
                 },
                 tokio::spawn(d.run(sink::http::HecSink::new(h)?)),
             ),
-            SinkConfig::Elasticsearch(e) => (Encoder::Ecs, tokio::spawn(d.run(sink::http::EsSink::new(e)?))),
+            SinkConfig::Elasticsearch(e) => (
+                Encoder::Ecs,
+                tokio::spawn(d.run(sink::http::EsSink::new(e)?)),
+            ),
             SinkConfig::Webhook(w) => (
                 Encoder::Json(w.format, enc(w.ocsf_ai_agent)),
                 tokio::spawn(d.run(sink::http::WebhookSink::new(w)?)),
@@ -365,7 +417,13 @@ impl SinkManager {
             }
             let Some(tx) = &s.tx else { continue };
             if tx.try_send(input.clone()).is_err() {
-                report_drop(&s.name, &s.counters, &self.notices, uid, DropReason::QueueFull);
+                report_drop(
+                    &s.name,
+                    &s.counters,
+                    &self.notices,
+                    uid,
+                    DropReason::QueueFull,
+                );
             }
         }
     }
@@ -441,7 +499,13 @@ fn syslog_encoder(s: &SyslogConfig, ctx: &OutputContext) -> Encoder {
     }
 }
 
-fn report_drop(name: &str, counters: &Counters, notices: &mpsc::Sender<DropNotice>, uid: &str, reason: DropReason) {
+fn report_drop(
+    name: &str,
+    counters: &Counters,
+    notices: &mpsc::Sender<DropNotice>,
+    uid: &str,
+    reason: DropReason,
+) {
     let total = counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
     tracing::error!(sink = %name, uid, ?reason, dropped_total = total, "output record dropped");
     // A full notice channel coalesces: the next notice carries the running total.
@@ -485,7 +549,13 @@ impl Spooler {
                         if ok {
                             self.counters.spooled.fetch_add(1, Ordering::Relaxed);
                         } else {
-                            report_drop(&self.name, &self.counters, &self.notices, &r.uid, DropReason::SpoolFull);
+                            report_drop(
+                                &self.name,
+                                &self.counters,
+                                &self.notices,
+                                &r.uid,
+                                DropReason::SpoolFull,
+                            );
                         }
                     }
                 }
@@ -493,7 +563,13 @@ impl Spooler {
                     tracing::error!(sink = %self.name, error = %e, "spool append failed");
                     self.counters.set_error(Some(e.to_string()));
                     for r in &records {
-                        report_drop(&self.name, &self.counters, &self.notices, &r.uid, DropReason::SpoolError);
+                        report_drop(
+                            &self.name,
+                            &self.counters,
+                            &self.notices,
+                            &r.uid,
+                            DropReason::SpoolError,
+                        );
                     }
                 }
             }
@@ -516,8 +592,11 @@ struct DeliveryLoop {
 fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let base = initial.saturating_mul(1u32 << attempt.min(16)).min(max);
-    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    let jitter = 0.75 + 0.5 * (f64::from(u32::try_from(r >> 32).unwrap_or(0)) / f64::from(u32::MAX));
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let jitter =
+        0.75 + 0.5 * (f64::from(u32::try_from(r >> 32).unwrap_or(0)) / f64::from(u32::MAX));
     base.mul_f64(jitter)
 }
 
@@ -572,7 +651,9 @@ impl DeliveryLoop {
                             ItemOutcome::Delivered => {
                                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                             }
-                            ItemOutcome::Reject(reason) => self.dead_letter(&r.uid, &r.payload, &reason),
+                            ItemOutcome::Reject(reason) => {
+                                self.dead_letter(&r.uid, &r.payload, &reason)
+                            }
                             ItemOutcome::Retry(reason) => {
                                 self.counters.set_error(Some(reason));
                                 retry.push(r);
@@ -595,10 +676,14 @@ impl DeliveryLoop {
                                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                             }
                             Ok(o) => match o.into_iter().next() {
-                                Some(ItemOutcome::Reject(reason)) => self.dead_letter(&r.uid, &r.payload, &reason),
+                                Some(ItemOutcome::Reject(reason)) => {
+                                    self.dead_letter(&r.uid, &r.payload, &reason)
+                                }
                                 _ => retry.push(r),
                             },
-                            Err(DeliveryError::Rejected(reason)) => self.dead_letter(&r.uid, &r.payload, &reason),
+                            Err(DeliveryError::Rejected(reason)) => {
+                                self.dead_letter(&r.uid, &r.payload, &reason)
+                            }
                             Err(DeliveryError::Transient(_)) => retry.push(r),
                         }
                     }
@@ -618,8 +703,15 @@ impl DeliveryLoop {
                     self.counters.set_error(Some(reason));
                 }
             }
-            self.counters.retried.fetch_add(pending.len() as u64, Ordering::Relaxed);
-            tokio::time::sleep(backoff(attempt, self.common.retry_initial(), self.common.retry_max())).await;
+            self.counters
+                .retried
+                .fetch_add(pending.len() as u64, Ordering::Relaxed);
+            tokio::time::sleep(backoff(
+                attempt,
+                self.common.retry_initial(),
+                self.common.retry_max(),
+            ))
+            .await;
             attempt = attempt.saturating_add(1);
         }
     }

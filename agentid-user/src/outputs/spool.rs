@@ -200,7 +200,9 @@ impl Spool {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves the files consistent (every write is
         // line-atomic from the reader's view: readers stop at the recorded length).
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn dir(&self) -> &Path {
@@ -213,7 +215,11 @@ impl Spool {
     }
 
     fn pending(inner: &Inner) -> u64 {
-        inner.total - inner.head.offset.min(inner.segments.front().map_or(0, |s| s.1))
+        inner.total
+            - inner
+                .head
+                .offset
+                .min(inner.segments.front().map_or(0, |s| s.1))
     }
 
     /// Appends records and fsyncs once; returns, per record, whether it was accepted
@@ -349,7 +355,13 @@ impl Spool {
 
     /// Appends a rejected record, with why, to `dead-letter.jsonl` (rotated once to
     /// `dead-letter.jsonl.1` past the spool's size bound so it cannot fill the disk).
-    pub fn dead_letter(&self, sink: &str, uid: &str, payload: &str, reason: &str) -> Result<(), SpoolError> {
+    pub fn dead_letter(
+        &self,
+        sink: &str,
+        uid: &str,
+        payload: &str,
+        reason: &str,
+    ) -> Result<(), SpoolError> {
         let path = self.dir.join(DEAD_LETTER);
         if fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > self.max_bytes {
             let old = self.dir.join(format!("{DEAD_LETTER}.1"));
@@ -365,7 +377,9 @@ impl Spool {
         .unwrap_or_default();
         line.push(b'\n');
         let mut f = open_append(&path)?;
-        f.write_all(&line).and_then(|()| f.sync_data()).map_err(io_err(&path))
+        f.write_all(&line)
+            .and_then(|()| f.sync_data())
+            .map_err(io_err(&path))
     }
 }
 
@@ -425,7 +439,13 @@ mod tests {
         let segs = || {
             fs::read_dir(&dir)
                 .unwrap()
-                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("seg-"))
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("seg-")
+                })
                 .count()
         };
         assert!(segs() > 1, "rotated");
@@ -437,7 +457,12 @@ mod tests {
             .filter(|p| p.to_string_lossy().contains("seg-"))
             .max()
             .unwrap();
-        OpenOptions::new().append(true).open(&last).unwrap().write_all(b"{\"uid\":\"x").unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&last)
+            .unwrap()
+            .write_all(b"{\"uid\":\"x")
+            .unwrap();
         let s = Spool::open(&dir, 64 * 1024).unwrap();
         let mut got = Vec::new();
         loop {
@@ -456,7 +481,10 @@ mod tests {
     fn full_spool_refuses_then_accepts_after_commit() {
         let dir = tempdir("full");
         let s = Spool::open(&dir, 4096).unwrap();
-        let big = Record { uid: "u".into(), payload: "x".repeat(1500) };
+        let big = Record {
+            uid: "u".into(),
+            payload: "x".repeat(1500),
+        };
         let acc = s.append(&[big.clone(), big.clone(), big.clone()]).unwrap();
         assert_eq!(acc, vec![true, true, false]);
         let b = s.read_batch(1, usize::MAX).unwrap();

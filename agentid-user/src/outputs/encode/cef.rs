@@ -106,7 +106,14 @@ pub fn alert(alert: &Alert) -> String {
     let t = &alert.tags;
     ext.kv(
         "cat",
-        &join(t.owasp.iter().chain(&t.threats).chain(&t.maestro).chain(&t.nist).copied()),
+        &join(
+            t.owasp
+                .iter()
+                .chain(&t.threats)
+                .chain(&t.maestro)
+                .chain(&t.nist)
+                .copied(),
+        ),
     );
     if let Some(p) = alert.evidence.processes.first() {
         ext.kv("spid", &p.pid.to_string());
@@ -169,7 +176,11 @@ pub fn activity(ev: &AttributedEvent) -> Option<String> {
             ext.kv("sproc", filename);
             ext.kv("msg", &argv.join(" "));
         }
-        Detail::Sock { dst_ip, dst_port, protocol } => {
+        Detail::Sock {
+            dst_ip,
+            dst_port,
+            protocol,
+        } => {
             if dst_ip.is_ipv4() {
                 ext.kv("dst", &dst_ip.to_string());
             } else {

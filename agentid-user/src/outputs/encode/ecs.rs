@@ -156,7 +156,12 @@ pub fn activity(ev: &AttributedEvent) -> Option<Value> {
     if let Some(a) = &ev.agent {
         v["gen_ai"] = json!({"agent": {"id": a.id, "name": a.name}});
     }
-    if let Detail::Sock { dst_ip, dst_port, protocol } = &e.detail {
+    if let Detail::Sock {
+        dst_ip,
+        dst_port,
+        protocol,
+    } = &e.detail
+    {
         v["destination"] = json!({"ip": dst_ip.to_string(), "port": dst_port});
         v["network"] = json!({"transport": protocol.to_string(), "direction": "egress"});
     }

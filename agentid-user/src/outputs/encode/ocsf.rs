@@ -184,7 +184,14 @@ fn unmapped_identity(ev: &AttributedEvent) -> Value {
     }})
 }
 
-fn base(class: u32, category: u32, activity_id: u32, activity: &str, ev: &AttributedEvent, ctx: &EncodeContext) -> Value {
+fn base(
+    class: u32,
+    category: u32,
+    activity_id: u32,
+    activity: &str,
+    ev: &AttributedEvent,
+    ctx: &EncodeContext,
+) -> Value {
     let class_name = match class {
         CLASS_PROCESS_ACTIVITY => "Process Activity",
         _ => "Network Activity",
@@ -244,13 +251,19 @@ pub fn network_activity(ev: &AttributedEvent, ctx: &EncodeContext) -> Option<Val
         EventKind::Send => (6, "Traffic"),
         _ => return None,
     };
-    let Detail::Sock { dst_ip, dst_port, protocol } = ev.event.detail else {
+    let Detail::Sock {
+        dst_ip,
+        dst_port,
+        protocol,
+    } = ev.event.detail
+    else {
         return None;
     };
     let mut v = base(CLASS_NETWORK_ACTIVITY, 4, activity_id, activity, ev, ctx);
     v["actor"] = json!({"process": event_process(ev)});
     v["dst_endpoint"] = json!({"ip": dst_ip.to_string(), "port": dst_port});
-    v["connection_info"] = json!({"protocol_name": protocol.to_string(), "direction_id": 2, "direction": "Outbound"});
+    v["connection_info"] =
+        json!({"protocol_name": protocol.to_string(), "direction_id": 2, "direction": "Outbound"});
     Some(v)
 }
 

@@ -38,7 +38,12 @@ fn ocsf_detection_finding_fields() {
     assert_eq!(v["finding_info"]["analytic"]["type_id"], 1);
     assert_eq!(v["finding_info"]["analytic"]["name"], "credential-reuse");
     assert_eq!(v["finding_info"]["types"][0], "credential-reuse");
-    assert!(v["finding_info"]["types"].as_array().unwrap().contains(&Value::from("ASI03")));
+    assert!(
+        v["finding_info"]["types"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("ASI03"))
+    );
     assert_eq!(v["is_alert"], true);
     assert_eq!(v["status_id"], 1);
     assert_eq!(v["session"]["credential_uid"], "openai:3f9a0c1d2e4b");
@@ -54,7 +59,13 @@ fn ocsf_detection_finding_fields() {
         dst_port: 443,
         protocol: "tcp".into(),
     });
-    let v = ocsf::detection_finding(&a, &EncodeContext { ocsf_ai_agent: false, ..ctx() });
+    let v = ocsf::detection_finding(
+        &a,
+        &EncodeContext {
+            ocsf_ai_agent: false,
+            ..ctx()
+        },
+    );
     assert_eq!(v["activity_id"], 2);
     assert_eq!(v["type_uid"], 200_402);
     assert_eq!(v["count"], 3);
@@ -71,7 +82,10 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
             argv_missing: false,
             loginuid: None,
         },
-        EventKind::Exit => Detail::Exit { exit_code: Some(3), signal: None },
+        EventKind::Exit => Detail::Exit {
+            exit_code: Some(3),
+            signal: None,
+        },
         EventKind::Fork => Detail::Fork {},
         EventKind::Connect | EventKind::Send => Detail::Sock {
             dst_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
@@ -116,7 +130,10 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
 #[test]
 fn ocsf_activity_classes() {
     let v = ocsf::activity(&event(EventKind::Exec), &ctx()).unwrap();
-    assert_eq!((v["class_uid"].clone(), v["type_uid"].clone()), (1007.into(), 100_701.into()));
+    assert_eq!(
+        (v["class_uid"].clone(), v["type_uid"].clone()),
+        (1007.into(), 100_701.into())
+    );
     assert_eq!(v["actor"]["process"]["pid"], 4200);
     assert_eq!(v["process"]["file"]["path"], "/usr/bin/curl");
     assert_eq!(v["device"]["hostname"], "node1");
@@ -124,12 +141,18 @@ fn ocsf_activity_classes() {
     assert_eq!(v["type_uid"], 100_702);
     assert_eq!(v["exit_code"], 3);
     let v = ocsf::activity(&event(EventKind::Connect), &ctx()).unwrap();
-    assert_eq!((v["class_uid"].clone(), v["activity_id"].clone()), (4001.into(), 1.into()));
+    assert_eq!(
+        (v["class_uid"].clone(), v["activity_id"].clone()),
+        (4001.into(), 1.into())
+    );
     assert_eq!(v["dst_endpoint"]["port"], 8443);
     assert_eq!(v["actor"]["process"]["pid"], 4242);
     let v = ocsf::activity(&event(EventKind::Send), &ctx()).unwrap();
     assert_eq!(v["type_uid"], 400_106);
-    assert_eq!(v["unmapped"]["agentid"]["acting_for"][0], "spiffe://example.org/agent/planner");
+    assert_eq!(
+        v["unmapped"]["agentid"]["acting_for"][0],
+        "spiffe://example.org/agent/planner"
+    );
     assert!(ocsf::activity(&event(EventKind::Fork), &ctx()).is_none());
 }
 
@@ -140,7 +163,12 @@ fn ecs_fields() {
     assert_eq!(v["event"]["kind"], "alert");
     assert_eq!(v["@timestamp"], "2025-11-28T13:03:20.123000Z");
     assert_eq!(v["rule"]["id"], "credential-reuse");
-    assert!(v["rule"]["reference"].as_str().unwrap().ends_with("#credential-reuse"));
+    assert!(
+        v["rule"]["reference"]
+            .as_str()
+            .unwrap()
+            .ends_with("#credential-reuse")
+    );
     assert_eq!(v["gen_ai"]["agent"]["name"][1], "billing-bot");
     assert_eq!(v["process"]["pid"], 4242);
     assert_eq!(v["tags"][0], "ASI03");
@@ -149,7 +177,10 @@ fn ecs_fields() {
     assert_eq!(v["event"]["category"][0], "network");
     assert_eq!(v["destination"]["port"], 8443);
     assert_eq!(v["network"]["transport"], "tcp");
-    assert_eq!(v["gen_ai"]["agent"]["id"], "spiffe://example.org/agent/research-bot");
+    assert_eq!(
+        v["gen_ai"]["agent"]["id"],
+        "spiffe://example.org/agent/research-bot"
+    );
     let v = ecs::activity(&event(EventKind::Exec)).unwrap();
     assert_eq!(v["process"]["executable"], "/usr/bin/curl");
 }
@@ -185,7 +216,9 @@ fn syslog_header_rules() {
     let app = "x".repeat(48);
     assert_eq!(
         m,
-        format!("<131>1 2025-11-28T13:03:20.123456Z - {app} 1234 crdit [agentid@32473 rule=\"a\\\"b\\]c\\\\d\"] hello")
+        format!(
+            "<131>1 2025-11-28T13:03:20.123456Z - {app} 1234 crdit [agentid@32473 rule=\"a\\\"b\\]c\\\\d\"] hello"
+        )
     );
     assert_eq!(syslog::octet_counted(b"abc"), b"3 abc");
     let m = syslog::message(&h, &[], "");
@@ -317,7 +350,11 @@ pub(crate) fn parse_5424(m: &str) -> Option<Parsed> {
         }
     }
     let msg = rest.strip_prefix(' ').unwrap_or(rest).to_owned();
-    Some(Parsed { header, params, msg })
+    Some(Parsed {
+        header,
+        params,
+        msg,
+    })
 }
 
 fn hostile() -> impl Strategy<Value = String> {

@@ -55,7 +55,10 @@ impl FileSink {
         for r in batch {
             let len = r.payload.len() as u64 + 1;
             if self.file.is_none() {
-                let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?;
                 let size = f.metadata()?.len();
                 self.file = Some((f, size));
             }
@@ -64,7 +67,10 @@ impl FileSink {
                 && size + len > self.max_bytes
             {
                 self.rotate()?;
-                let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?;
                 self.file = Some((f, 0));
             }
             if let Some((f, size)) = &mut self.file {
@@ -89,7 +95,10 @@ impl Deliver for FileSink {
             Err(e) => {
                 // Reopen next time: the file may have been moved or the disk freed.
                 self.file = None;
-                Err(DeliveryError::Transient(format!("{}: {e}", self.path.display())))
+                Err(DeliveryError::Transient(format!(
+                    "{}: {e}",
+                    self.path.display()
+                )))
             }
         }
     }
@@ -125,9 +134,15 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let path = dir.join("a.jsonl");
         let mut s = FileSink::new(path.clone(), 100, 2);
-        let rec = |i: u32| Record { uid: i.to_string(), payload: format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(30)) };
+        let rec = |i: u32| Record {
+            uid: i.to_string(),
+            payload: format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(30)),
+        };
         for i in 0..8 {
-            assert_eq!(s.deliver(&[rec(i)]).await.unwrap(), vec![ItemOutcome::Delivered]);
+            assert_eq!(
+                s.deliver(&[rec(i)]).await.unwrap(),
+                vec![ItemOutcome::Delivered]
+            );
         }
         // 44-byte lines, 2 per file: 8 records → a.jsonl (6,7), .1 (4,5), .2 (2,3); 0,1 gone.
         let read = |p: PathBuf| fs::read_to_string(p).unwrap();

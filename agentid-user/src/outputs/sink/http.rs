@@ -25,7 +25,8 @@ pub fn client(ca_file: Option<&Path>, timeout_secs: u64) -> Result<reqwest::Clie
         .timeout(Duration::from_secs(timeout_secs.max(1)))
         .user_agent(concat!("agentid/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = ca_file {
-        let pem = std::fs::read(ca).map_err(|e| OutputError::Tls(format!("{}: {e}", ca.display())))?;
+        let pem =
+            std::fs::read(ca).map_err(|e| OutputError::Tls(format!("{}: {e}", ca.display())))?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| OutputError::Tls(format!("{}: {e}", ca.display())))?
         {
@@ -70,11 +71,22 @@ fn guid() -> String {
     let mut bytes = [0u8; 16];
     for chunk in bytes.chunks_mut(8) {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
         chunk.copy_from_slice(&h.finish().to_le_bytes());
     }
     let h = hex::encode(bytes);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 impl HecSink {
@@ -115,7 +127,10 @@ impl HecSink {
             }
             if tokio::time::Instant::now() + wait > deadline {
                 // Not indexed (yet): resend; HEC may then hold duplicates.
-                return Err(DeliveryError::Transient(format!("ack {ack_id} not confirmed within {:?}", self.ack_timeout)));
+                return Err(DeliveryError::Transient(format!(
+                    "ack {ack_id} not confirmed within {:?}",
+                    self.ack_timeout
+                )));
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(2));
@@ -126,8 +141,17 @@ impl HecSink {
 impl Deliver for HecSink {
     async fn deliver(&mut self, batch: &[Record]) -> Result<Vec<ItemOutcome>, DeliveryError> {
         // Envelopes back to back, newline separated (HEC accepts any whitespace).
-        let body: String = batch.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>().join("\n");
-        let resp = send(self.post(&self.event_url).header("Content-Type", "application/json").body(body)).await?;
+        let body: String = batch
+            .iter()
+            .map(|r| r.payload.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let resp = send(
+            self.post(&self.event_url)
+                .header("Content-Type", "application/json")
+                .body(body),
+        )
+        .await?;
         if self.channel.is_some() {
             let v: Value = serde_json::from_str(&resp).unwrap_or(Value::Null);
             let ack_id = v["ackId"]
@@ -172,7 +196,10 @@ impl EsSink {
 
 /// The outcome of one `_bulk` item.
 fn bulk_item(item: &Value) -> ItemOutcome {
-    let op = item.as_object().and_then(|o| o.values().next()).unwrap_or(&Value::Null);
+    let op = item
+        .as_object()
+        .and_then(|o| o.values().next())
+        .unwrap_or(&Value::Null);
     let status = op["status"].as_u64().unwrap_or(0);
     let reason = || {
         let e = &op["error"];
@@ -194,7 +221,8 @@ impl Deliver for EsSink {
     async fn deliver(&mut self, batch: &[Record]) -> Result<Vec<ItemOutcome>, DeliveryError> {
         let mut body = String::new();
         for r in batch {
-            let action = serde_json::json!({"create": {"_index": self.index, "_id": Self::doc_id(r)}});
+            let action =
+                serde_json::json!({"create": {"_index": self.index, "_id": Self::doc_id(r)}});
             body.push_str(&action.to_string());
             body.push('\n');
             body.push_str(&r.payload);
@@ -211,9 +239,12 @@ impl Deliver for EsSink {
         let resp = send(req).await?;
         let v: Value = serde_json::from_str(&resp)
             .map_err(|e| DeliveryError::Transient(format!("bulk response: {e}")))?;
-        let items = v["items"].as_array().filter(|i| i.len() == batch.len()).ok_or_else(|| {
-            DeliveryError::Transient(format!("bulk response without {} items", batch.len()))
-        })?;
+        let items = v["items"]
+            .as_array()
+            .filter(|i| i.len() == batch.len())
+            .ok_or_else(|| {
+                DeliveryError::Transient(format!("bulk response without {} items", batch.len()))
+            })?;
         Ok(items.iter().map(bulk_item).collect())
     }
 }
@@ -229,7 +260,8 @@ pub struct WebhookSink {
 /// `sha256=<hex>` of HMAC-SHA256(secret, body).
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     // HMAC takes keys of any length; the error case cannot happen.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -254,7 +286,10 @@ impl Deliver for WebhookSink {
             body.push_str(&r.payload);
         }
         body.push(']');
-        let mut req = self.client.post(&self.url).header("Content-Type", "application/json");
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("Content-Type", "application/json");
         if let Some(secret) = &self.secret {
             req = req.header("X-Agentid-Signature", signature(secret, body.as_bytes()));
         }

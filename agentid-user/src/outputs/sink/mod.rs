@@ -41,7 +41,12 @@ pub trait Deliver: Send + 'static {
 
 /// Maps an HTTP status of a whole request to the delivery contract.
 pub fn classify_status(status: u16, body: &str) -> Result<(), DeliveryError> {
-    let reason = || format!("HTTP {status}: {}", body.chars().take(500).collect::<String>());
+    let reason = || {
+        format!(
+            "HTTP {status}: {}",
+            body.chars().take(500).collect::<String>()
+        )
+    };
     match status {
         200..=299 => Ok(()),
         408 | 429 | 500..=599 => Err(DeliveryError::Transient(reason())),

@@ -82,17 +82,20 @@ pub fn tls_config(
     client_cert: Option<&Path>,
     client_key: Option<&Path>,
 ) -> Result<ClientConfig, OutputError> {
-    let bad = |what: &Path, e: &dyn std::fmt::Display| OutputError::Tls(format!("{}: {e}", what.display()));
+    let bad = |what: &Path, e: &dyn std::fmt::Display| {
+        OutputError::Tls(format!("{}: {e}", what.display()))
+    };
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(ca_file, &e))? {
         roots
             .add(cert.map_err(|e| bad(ca_file, &e))?)
             .map_err(|e| bad(ca_file, &e))?;
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| OutputError::Tls(e.to_string()))?
-        .with_root_certificates(roots);
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| OutputError::Tls(e.to_string()))?
+            .with_root_certificates(roots);
     match (client_cert, client_key) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
@@ -141,7 +144,9 @@ impl SyslogSink {
                     .await
                     .map_err(err)?
                     .next()
-                    .ok_or_else(|| DeliveryError::Transient(format!("{}: no address", self.address)))?;
+                    .ok_or_else(|| {
+                        DeliveryError::Transient(format!("{}: no address", self.address))
+                    })?;
                 let bind: SocketAddr = if addr.is_ipv4() {
                     ([0, 0, 0, 0], 0).into()
                 } else {
@@ -172,7 +177,9 @@ impl SyslogSink {
 /// `host` of `host:port` / `[v6]:port`.
 fn host_of(address: &str) -> String {
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']').to_owned()
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
 }
 
 impl Deliver for SyslogSink {
@@ -217,7 +224,10 @@ async fn send_datagrams(s: &UdpSocket, batch: &[Record]) -> std::io::Result<Vec<
     Ok(outcomes)
 }
 
-async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, batch: &[Record]) -> std::io::Result<()> {
+async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    batch: &[Record],
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     for r in batch {
         buf.extend_from_slice(&octet_counted(r.payload.as_bytes()));
