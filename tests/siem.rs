@@ -1,6 +1,10 @@
 //! SIEM sinks against real receivers on loopback: rsyslog (TCP, TLS), and local HTTP
 //! servers playing Splunk HEC, Elasticsearch `_bulk` and a webhook; plus delivery faults.
 //! Nothing here sends traffic anywhere but 127.0.0.1.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers and receivers: a failed step is a failed test"
+)]
 use std::{
     collections::VecDeque,
     net::SocketAddr,
@@ -207,9 +211,9 @@ async fn splunk_hec_with_ack_and_503_burst() {
     wait_for(&m, "hec delivery", |s| s[0].delivered == 30).await;
     let st = &m.stats()[0];
     assert!(st.retried >= 3, "{st:?}");
-    let reqs = srv.requests.lock().unwrap();
+    let reqs = srv.requests.lock().unwrap().clone();
     let mut uids = Vec::new();
-    for (h, body) in reqs.iter() {
+    for (h, body) in &reqs {
         assert!(h.get("x-splunk-request-channel").is_some());
         // Envelopes stacked back to back.
         for env in serde_json::Deserializer::from_str(body).into_iter::<Value>() {
@@ -229,7 +233,6 @@ async fn splunk_hec_with_ack_and_503_burst() {
     uids.sort();
     uids.dedup();
     assert_eq!(uids.len(), 30);
-    drop(reqs);
     m.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -260,7 +263,7 @@ async fn elasticsearch_retries_429_items_and_dead_letters_400() {
     .await;
     let st = &m.stats()[0];
     assert!(st.retried >= 1);
-    let docs = srv.requests.lock().unwrap();
+    let docs = srv.requests.lock().unwrap().clone();
     assert_eq!(docs.len(), 4);
     assert_eq!(docs[0].0.get("authorization").unwrap(), "ApiKey aWQ6a2V5");
     let ids: Vec<String> = docs
@@ -282,7 +285,6 @@ async fn elasticsearch_retries_429_items_and_dead_letters_400() {
     let line: Value = serde_json::from_str(dl.trim()).unwrap();
     assert_eq!(line["uid"], "u-2");
     assert!(line["reason"].as_str().unwrap().contains("400"));
-    drop(docs);
     m.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -320,9 +322,9 @@ async fn webhook_hmac_filters_and_receiver_down_then_up() {
         s[0].delivered == 9
     })
     .await;
-    let reqs = srv.requests.lock().unwrap();
+    let reqs = srv.requests.lock().unwrap().clone();
     let mut n = 0;
-    for (h, body) in reqs.iter() {
+    for (h, body) in &reqs {
         let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(b"s3cret").unwrap();
         mac.update(body.as_bytes());
         let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
@@ -335,7 +337,6 @@ async fn webhook_hmac_filters_and_receiver_down_then_up() {
         assert!(arr.iter().all(|v| v["finding_info"]["uid"] != "u-0"));
     }
     assert_eq!(n, 9);
-    drop(reqs);
     m.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -652,7 +652,7 @@ impl DeliveryLoop {
                                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                             }
                             ItemOutcome::Reject(reason) => {
-                                self.dead_letter(&r.uid, &r.payload, &reason)
+                                self.dead_letter(&r.uid, &r.payload, &reason);
                             }
                             ItemOutcome::Retry(reason) => {
                                 self.counters.set_error(Some(reason));
@@ -677,12 +677,12 @@ impl DeliveryLoop {
                             }
                             Ok(o) => match o.into_iter().next() {
                                 Some(ItemOutcome::Reject(reason)) => {
-                                    self.dead_letter(&r.uid, &r.payload, &reason)
+                                    self.dead_letter(&r.uid, &r.payload, &reason);
                                 }
                                 _ => retry.push(r),
                             },
                             Err(DeliveryError::Rejected(reason)) => {
-                                self.dead_letter(&r.uid, &r.payload, &reason)
+                                self.dead_letter(&r.uid, &r.payload, &reason);
                             }
                             Err(DeliveryError::Transient(_)) => retry.push(r),
                         }

@@ -328,7 +328,6 @@ impl Spool {
         fs::rename(&tmp, self.dir.join(COMMITTED)).map_err(io_err(&self.dir))?;
         inner.head = end;
         // Delete fully read segments, never the one being written.
-        let mut removed = false;
         while inner.segments.len() > 1 {
             let (n, len) = inner.segments[0];
             if n < end.segment || (n == end.segment && end.offset >= len) {
@@ -336,7 +335,6 @@ impl Spool {
                 fs::remove_file(&p).map_err(io_err(&p))?;
                 inner.segments.pop_front();
                 inner.total -= len;
-                removed = true;
                 if inner.head.segment == n {
                     inner.head = Position {
                         segment: inner.segments[0].0,
@@ -349,7 +347,6 @@ impl Spool {
         }
         drop(inner);
         sync_dir(&self.dir)?;
-        let _ = removed;
         Ok(())
     }
 
@@ -363,7 +360,7 @@ impl Spool {
         reason: &str,
     ) -> Result<(), SpoolError> {
         let path = self.dir.join(DEAD_LETTER);
-        if fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > self.max_bytes {
+        if fs::metadata(&path).map_or(0, |m| m.len()) > self.max_bytes {
             let old = self.dir.join(format!("{DEAD_LETTER}.1"));
             fs::rename(&path, &old).map_err(io_err(&path))?;
         }

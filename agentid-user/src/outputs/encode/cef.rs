@@ -1,4 +1,4 @@
-//! ArcSight CEF: `CEF:0|Vendor|Product|Version|SignatureID|Name|Severity|Extension`.
+//! `ArcSight` CEF: `CEF:0|Vendor|Product|Version|SignatureID|Name|Severity|Extension`.
 //!
 //! Escaping follows the CEF specification: in header fields `\` and `|`; in extension
 //! values `\` and `=`, with CR and LF written as the two-character sequences `\r` and `\n`.

@@ -3,7 +3,7 @@
 //! - [`ocsf`]: OCSF 1.8 JSON (Detection Finding 2004, Process Activity 1007, Network
 //!   Activity 4001), the canonical schema.
 //! - [`ecs`]: Elastic Common Schema documents for Elasticsearch.
-//! - [`cef`]: ArcSight CEF lines (Sentinel, QRadar).
+//! - [`cef`]: `ArcSight` CEF lines (Sentinel, `QRadar`).
 //! - [`syslog`]: RFC 5424 messages carrying OCSF JSON or CEF, and RFC 6587/5425 framing.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -28,11 +28,7 @@ pub fn severity(s: Severity) -> u8 {
 
 /// A header field: printable US-ASCII only (33..=126), cut to `max`, `-` when empty.
 pub fn header_field(s: &str, max: usize) -> String {
-    let out: String = s
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(max)
-        .collect();
+    let out: String = s.chars().filter(char::is_ascii_graphic).take(max).collect();
     if out.is_empty() { "-".to_owned() } else { out }
 }
 
