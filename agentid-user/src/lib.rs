@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod detect;
 pub mod event;
 pub mod identity;
+pub mod outputs;
 pub mod pipeline;
 pub mod process;
 pub mod sensor;

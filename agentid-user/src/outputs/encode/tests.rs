@@ -1,0 +1,427 @@
+//! Encoder tests: fixed samples, then arbitrary hostile strings in every text field.
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, SystemTime},
+};
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::{EncodeContext, cef, ecs, ocsf, syslog};
+use crate::{
+    attribution::{AgentRef, AttributedEvent},
+    detect::{Alert, ConnectionEvidence},
+    event::{Detail, Event, EventKind, Protocol},
+};
+
+fn ctx() -> EncodeContext {
+    EncodeContext {
+        hostname: "node1".into(),
+        ocsf_ai_agent: true,
+    }
+}
+
+#[test]
+fn ocsf_detection_finding_fields() {
+    let mut a = Alert::sample();
+    let v = ocsf::detection_finding(&a, &ctx());
+    assert_eq!(v["class_uid"], 2004);
+    assert_eq!(v["category_uid"], 2);
+    assert_eq!(v["activity_id"], 1);
+    assert_eq!(v["type_uid"], 200_401);
+    assert_eq!(v["severity_id"], 4);
+    assert_eq!(v["time"], 1_764_335_000_123_u64);
+    assert_eq!(v["metadata"]["version"], "1.8.0");
+    assert_eq!(v["metadata"]["product"]["name"], "agentid");
+    assert_eq!(v["metadata"]["product"]["vendor_name"], "agentid");
+    assert_eq!(v["finding_info"]["uid"], a.uid);
+    assert_eq!(v["finding_info"]["analytic"]["type_id"], 1);
+    assert_eq!(v["finding_info"]["analytic"]["name"], "credential-reuse");
+    assert_eq!(v["finding_info"]["types"][0], "credential-reuse");
+    assert!(
+        v["finding_info"]["types"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("ASI03"))
+    );
+    assert_eq!(v["is_alert"], true);
+    assert_eq!(v["status_id"], 1);
+    assert_eq!(v["session"]["credential_uid"], "openai:3f9a0c1d2e4b");
+    assert_eq!(v["evidences"][0]["process"]["pid"], 4242);
+    assert_eq!(
+        v["unmapped"]["agentid"]["agents"][1]["id"],
+        "spiffe://example.org/agent/billing-bot"
+    );
+    assert_eq!(v["ai_agent"]["name"], "research-bot");
+    a.count = 3;
+    a.evidence.connections.push(ConnectionEvidence {
+        dst_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        dst_port: 443,
+        protocol: "tcp".into(),
+    });
+    let v = ocsf::detection_finding(
+        &a,
+        &EncodeContext {
+            ocsf_ai_agent: false,
+            ..ctx()
+        },
+    );
+    assert_eq!(v["activity_id"], 2);
+    assert_eq!(v["type_uid"], 200_402);
+    assert_eq!(v["count"], 3);
+    assert_eq!(v["evidences"][1]["dst_endpoint"]["port"], 443);
+    assert!(v.get("ai_agent").is_none());
+}
+
+pub(crate) fn event(kind: EventKind) -> AttributedEvent {
+    let detail = match kind {
+        EventKind::Exec => Detail::Exec {
+            filename: "/usr/bin/curl".into(),
+            argv: vec!["curl".into(), "https://x".into()],
+            argv_truncated: false,
+            argv_missing: false,
+            loginuid: None,
+        },
+        EventKind::Exit => Detail::Exit {
+            exit_code: Some(3),
+            signal: None,
+        },
+        EventKind::Fork => Detail::Fork {},
+        EventKind::Connect | EventKind::Send => Detail::Sock {
+            dst_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+            dst_port: 8443,
+            protocol: Protocol::Tcp,
+        },
+    };
+    AttributedEvent {
+        event: Event {
+            kind,
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_335_000_500),
+            ktime_ns: 99,
+            proc_start_ns: None,
+            pid: 4242,
+            ppid: Some(4200),
+            tid: 4242,
+            uid: 1001,
+            gid: 1001,
+            cgroup_id: 7,
+            cgroup: Some("/agents/research-bot".into()),
+            comm: "curl".into(),
+            detail,
+        },
+        exec_id: None,
+        parent_exec_id: None,
+        agent: Some(AgentRef {
+            id: "spiffe://example.org/agent/research-bot".into(),
+            name: Some("research-bot".into()),
+            owner: None,
+            environment: None,
+        }),
+        ambiguous: vec![],
+        session: Some("research-bot/4242-1234".into()),
+        acting_for: vec!["spiffe://example.org/agent/planner".into()],
+        lineage: vec![],
+        exe: Some("/usr/bin/curl".into()),
+        loginuid: None,
+        delegation_declared: true,
+    }
+}
+
+#[test]
+fn ocsf_activity_classes() {
+    let v = ocsf::activity(&event(EventKind::Exec), &ctx()).unwrap();
+    assert_eq!(
+        (v["class_uid"].clone(), v["type_uid"].clone()),
+        (1007.into(), 100_701.into())
+    );
+    assert_eq!(v["actor"]["process"]["pid"], 4200);
+    assert_eq!(v["process"]["file"]["path"], "/usr/bin/curl");
+    assert_eq!(v["device"]["hostname"], "node1");
+    let v = ocsf::activity(&event(EventKind::Exit), &ctx()).unwrap();
+    assert_eq!(v["type_uid"], 100_702);
+    assert_eq!(v["exit_code"], 3);
+    let v = ocsf::activity(&event(EventKind::Connect), &ctx()).unwrap();
+    assert_eq!(
+        (v["class_uid"].clone(), v["activity_id"].clone()),
+        (4001.into(), 1.into())
+    );
+    assert_eq!(v["dst_endpoint"]["port"], 8443);
+    assert_eq!(v["actor"]["process"]["pid"], 4242);
+    let v = ocsf::activity(&event(EventKind::Send), &ctx()).unwrap();
+    assert_eq!(v["type_uid"], 400_106);
+    assert_eq!(
+        v["unmapped"]["agentid"]["acting_for"][0],
+        "spiffe://example.org/agent/planner"
+    );
+    assert!(ocsf::activity(&event(EventKind::Fork), &ctx()).is_none());
+}
+
+#[test]
+fn ecs_fields() {
+    let v = ecs::alert(&Alert::sample());
+    assert_eq!(v["ecs"]["version"], "8.11.0");
+    assert_eq!(v["event"]["kind"], "alert");
+    assert_eq!(v["@timestamp"], "2025-11-28T13:03:20.123000Z");
+    assert_eq!(v["rule"]["id"], "credential-reuse");
+    assert!(
+        v["rule"]["reference"]
+            .as_str()
+            .unwrap()
+            .ends_with("#credential-reuse")
+    );
+    assert_eq!(v["gen_ai"]["agent"]["name"][1], "billing-bot");
+    assert_eq!(v["process"]["pid"], 4242);
+    assert_eq!(v["tags"][0], "ASI03");
+    let v = ecs::activity(&event(EventKind::Connect)).unwrap();
+    assert_eq!(v["event"]["kind"], "event");
+    assert_eq!(v["event"]["category"][0], "network");
+    assert_eq!(v["destination"]["port"], 8443);
+    assert_eq!(v["network"]["transport"], "tcp");
+    assert_eq!(
+        v["gen_ai"]["agent"]["id"],
+        "spiffe://example.org/agent/research-bot"
+    );
+    let v = ecs::activity(&event(EventKind::Exec)).unwrap();
+    assert_eq!(v["process"]["executable"], "/usr/bin/curl");
+}
+
+#[test]
+fn cef_sample_and_escaping() {
+    let line = cef::alert(&Alert::sample());
+    assert!(line.starts_with(&format!(
+        "CEF:0|agentid|agentid|{}|credential-reuse|Credential used by 2 agents|8|",
+        super::PRODUCT_VERSION
+    )));
+    assert!(line.contains("cs1Label=agentId cs1=spiffe://example.org/agent/research-bot,"));
+    assert!(line.contains("credentialFingerprint cs4=openai:3f9a0c1d2e4b"));
+    assert_eq!(cef::escape_header("a|b\\c\nd"), "a\\|b\\\\c d");
+    assert_eq!(cef::escape_ext("a=b\\c\nd\re|f"), "a\\=b\\\\c\\nd\\re|f");
+    let ev = cef::activity(&event(EventKind::Connect)).unwrap();
+    assert!(ev.contains("|network-open|Connection opened|1|"));
+    assert!(ev.contains("dst=192.0.2.7 dpt=8443 proto=tcp"));
+}
+
+#[test]
+fn syslog_header_rules() {
+    let h = syslog::Header {
+        facility: 16,
+        severity: 3,
+        time: SystemTime::UNIX_EPOCH + Duration::from_nanos(1_764_335_000_123_456_789),
+        hostname: "",
+        app_name: &"x".repeat(100),
+        procid: "12 34",
+        msgid: "crédit",
+    };
+    let m = syslog::message(&h, &[("rule", "a\"b]c\\d")], "hello");
+    let app = "x".repeat(48);
+    assert_eq!(
+        m,
+        format!(
+            "<131>1 2025-11-28T13:03:20.123456Z - {app} 1234 crdit [agentid@32473 rule=\"a\\\"b\\]c\\\\d\"] hello"
+        )
+    );
+    assert_eq!(syslog::octet_counted(b"abc"), b"3 abc");
+    let m = syslog::message(&h, &[], "");
+    assert!(m.ends_with(" crdit -"));
+}
+
+// ---- parsers used by the property tests ----
+
+/// Splits a CEF line into its 7 header fields and extension, honouring `\` escapes.
+pub(crate) fn cef_split(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if fields.len() == 7 {
+            cur.push(c);
+            continue;
+        }
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            '|' => fields.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    fields
+}
+
+/// Parses a CEF extension into (key, unescaped value) pairs.
+pub(crate) fn cef_ext(ext: &str) -> Vec<(String, String)> {
+    // Every unescaped `=` ends a key; the key is the word before it.
+    let chars: Vec<char> = ext.chars().collect();
+    let mut eqs = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => i += 2,
+            '=' => {
+                eqs.push(i);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    let mut out = Vec::new();
+    let mut key_start = 0;
+    for (n, &eq) in eqs.iter().enumerate() {
+        let key: String = chars[key_start..eq].iter().collect();
+        let end = match eqs.get(n + 1) {
+            Some(&next_eq) => {
+                let sp = (eq..next_eq).rev().find(|&j| chars[j] == ' ').unwrap();
+                key_start = sp + 1;
+                sp
+            }
+            None => chars.len(),
+        };
+        let raw: String = chars[eq + 1..end].iter().collect();
+        out.push((key, unescape_ext(&raw)));
+    }
+    out
+}
+
+fn unescape_ext(s: &str) -> String {
+    let mut out = String::new();
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\\' {
+            match it.next() {
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some(o) => out.push(o),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A parsed RFC 5424 message: header fields, SD params of our element, and MSG.
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    pub header: Vec<String>,
+    pub params: Vec<(String, String)>,
+    pub msg: String,
+}
+
+pub(crate) fn parse_5424(m: &str) -> Option<Parsed> {
+    let mut rest = m;
+    let mut header = Vec::new();
+    for _ in 0..6 {
+        let (f, r) = rest.split_once(' ')?;
+        header.push(f.to_owned());
+        rest = r;
+    }
+    let mut params = Vec::new();
+    if let Some(r) = rest.strip_prefix('-') {
+        rest = r;
+    } else {
+        let r = rest.strip_prefix('[')?;
+        let (id, mut r) = r.split_once(' ')?;
+        if id != syslog::SD_ID {
+            return None;
+        }
+        loop {
+            let (name, after) = r.split_once("=\"")?;
+            let mut val = String::new();
+            let mut it = after.char_indices();
+            let end = loop {
+                let (i, c) = it.next()?;
+                match c {
+                    '\\' => val.push(it.next()?.1),
+                    '"' => break i,
+                    c => val.push(c),
+                }
+            };
+            params.push((name.to_owned(), val));
+            r = &after[end + 1..];
+            if let Some(x) = r.strip_prefix(']') {
+                rest = x;
+                break;
+            }
+            r = r.strip_prefix(' ')?;
+        }
+    }
+    let msg = rest.strip_prefix(' ').unwrap_or(rest).to_owned();
+    Some(Parsed {
+        header,
+        params,
+        msg,
+    })
+}
+
+fn hostile() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ".*",
+        "[|=\\]\"\\\\\n\r a-zé日]{0,40}",
+        "[|=\\\\\n]{4096,4200}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_encoding_parses_back(
+        title in hostile(), desc in hostile(), id in hostile(), session in hostile(),
+        arg in hostile(), fp in hostile(), rule in "[a-z|=\\\\ ]{1,20}",
+    ) {
+        let mut a = Alert::sample();
+        a.rule = Box::leak(rule.clone().into_boxed_str());
+        a.uid = id.clone();
+        a.title = title.clone();
+        a.description = desc.clone();
+        a.agents[0].id = id.clone();
+        a.agents[0].session = Some(session.clone());
+        a.evidence.processes[0].argv.push(arg.clone());
+        a.evidence.credential.as_mut().unwrap().fingerprint = fp.clone();
+
+        // JSON encodings parse and keep the strings.
+        let o: Value = serde_json::from_str(&ocsf::detection_finding(&a, &ctx()).to_string()).unwrap();
+        prop_assert_eq!(o["finding_info"]["title"].as_str(), Some(title.as_str()));
+        prop_assert_eq!(o["session"]["credential_uid"].as_str(), Some(fp.as_str()));
+        let e: Value = serde_json::from_str(&ecs::alert(&a).to_string()).unwrap();
+        prop_assert_eq!(e["message"].as_str(), Some(desc.as_str()));
+
+        // CEF: exactly 8 fields, the extension's keys intact and values round-trip.
+        let line = cef::alert(&a);
+        prop_assert!(!line.contains('\n') && !line.contains('\r'));
+        let f = cef_split(&line);
+        prop_assert_eq!(f.len(), 8);
+        prop_assert_eq!(&f[4], &rule.replace(['\n', '\r'], " "));
+        prop_assert_eq!(&f[5], &title.replace(['\n', '\r'], " "));
+        let ext = cef_ext(&f[7]);
+        let keys: Vec<&str> = ext.iter().map(|(k, _)| k.as_str()).collect();
+        prop_assert_eq!(&keys[..6], &["rt", "start", "end", "cnt", "externalId", "msg"][..]);
+        let get = |k: &str| ext.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+        prop_assert_eq!(get("msg"), Some(desc.clone()));
+        prop_assert_eq!(get("externalId"), Some(id.clone()));
+        prop_assert_eq!(get("cs4"), Some(fp.clone()));
+        prop_assert_eq!(get("cs1").unwrap().split(',').next().map(str::to_owned).is_some(), true);
+
+        // Syslog: the frame length is the message's byte length; the SD parses back.
+        for payload in [o.to_string(), line.clone()] {
+            let h = syslog::Header {
+                facility: 16, severity: 3, time: a.last_seen,
+                hostname: &session, app_name: "agentid", procid: "1", msgid: &rule,
+            };
+            let m = syslog::message(&h, &[("rule", a.rule), ("uid", &a.uid)], &payload);
+            let framed = syslog::octet_counted(m.as_bytes());
+            let (len, body) = framed.split_at(framed.iter().position(|&b| b == b' ').unwrap());
+            let len: usize = std::str::from_utf8(len).unwrap().parse().unwrap();
+            prop_assert_eq!(len, body.len() - 1);
+            prop_assert_eq!(len, m.len());
+            let p = parse_5424(&m).expect("parses");
+            prop_assert!(p.header.iter().all(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_graphic())));
+            prop_assert_eq!(&p.params, &vec![("rule".to_owned(), rule.clone()), ("uid".to_owned(), id.clone())]);
+            prop_assert_eq!(&p.msg, &payload);
+        }
+    }
+}
