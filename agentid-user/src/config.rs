@@ -72,6 +72,8 @@ pub struct Config {
     /// A fleet-wide fingerprint key (hex or base64, ≥ 32 bytes) so that hosts agree on
     /// fingerprints. Default: a host key generated at first start in the state dir.
     pub fleet_key_file: Option<PathBuf>,
+    /// SIEM sinks (`[[sinks]]`), each with its own spool under `STATE/spool/NAME`.
+    pub sinks: Vec<crate::outputs::SinkConfig>,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             retention: Retention::default(),
             watch_cgroups: Vec::new(),
             fleet_key_file: None,
+            sinks: Vec::new(),
         }
     }
 }

@@ -140,7 +140,8 @@ async fn status(State(s): Shr) -> Result<Json<Value>, ApiError> {
             "dropped": s.writer_stats.dropped.load(Relaxed),
             "errors": s.writer_stats.errors.load(Relaxed),
         },
-        "sinks": [{"type": "file", "path": config.alerts_file}],
+        "alerts_file": config.alerts_file,
+        "sinks": s.sinks.lock().ok().and_then(|g| g.as_ref().map(crate::outputs::SinkManager::stats)).unwrap_or_default(),
     })))
 }
 

@@ -186,7 +186,10 @@ impl FingerprintKey {
         let mut key = Zeroizing::new([0u8; HOST_KEY_LEN]);
         File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut key[..]))
-            .map_err(|source| CredError::Io { path: PathBuf::from("/dev/urandom"), source })?;
+            .map_err(|source| CredError::Io {
+                path: PathBuf::from("/dev/urandom"),
+                source,
+            })?;
         Ok(Self::from_bytes(&key[..]))
     }
 

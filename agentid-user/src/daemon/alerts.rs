@@ -87,6 +87,11 @@ pub fn emit_alert(shared: &Shared, writer: &Writer, alert: &Alert) {
         agents: agents.join(" "),
         body: json.clone(),
     });
+    if let Ok(sinks) = shared.sinks.lock()
+        && let Some(s) = sinks.as_ref()
+    {
+        s.submit_alert(alert);
+    }
     // One live item per involved agent, so `alerts -f --agent X` sees it.
     let json: std::sync::Arc<str> = json.into();
     if alert.agents.is_empty() {

@@ -29,6 +29,7 @@ use crate::{
     credentials::FingerprintKey,
     detect::Detector,
     identity::GlobList,
+    outputs::{OutputContext, SinkManager},
     pipeline::{Pipeline, load_registry},
     sensor::{Sensor, SensorOptions},
     store::{Retention, Store, StoreOp, Writer},
@@ -82,6 +83,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     // Processes read from /proc: their command lines may hold secrets too.
     pipeline.table.redact_argv(|argv| detector.redact(argv));
 
+    let ctx = OutputContext {
+        spool_root: config.state_dir.join("spool"),
+        hostname: crate::process::HostIds::current().host,
+    };
+    let (sinks, mut sink_drops) =
+        SinkManager::start(&config.sinks, &ctx).context("starting the sinks")?;
+    let mut last_loss_alert: std::collections::HashMap<String, Instant> =
+        std::collections::HashMap::new();
+
     let (events, _) = broadcast::channel(4096);
     let (alerts, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
@@ -90,6 +100,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         pipeline: Mutex::new(pipeline),
         detector: Mutex::new(detector),
         alerts_file: Mutex::new(Some(alerts_file)),
+        sinks: Mutex::new(Some(sinks)),
         store: Mutex::new(store),
         writer_stats: Arc::clone(&writer.stats),
         counters: Counters::default(),
@@ -135,6 +146,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 registry_stamp = dir_stamp(&dir);
                 reload_registry(&shared, &dir);
             }
+            Some(notice) = sink_drops.recv() => {
+                // Loss is never silent: counted by the sink, and an alert — at most one
+                // update per sink every 10 s, since the alert itself may meet the full spool.
+                let due = last_loss_alert.get(&notice.sink).is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+                if due {
+                    last_loss_alert.insert(notice.sink.clone(), Instant::now());
+                    let alert = shared.detector.lock().ok().map(|mut d| {
+                        d.delivery_loss(&notice.sink, notice.dropped_total, &format!("{:?}", notice.reason), SystemTime::now())
+                    });
+                    if let Some(alert) = alert {
+                        alerts::emit_alert(&shared, &writer, &alert);
+                    }
+                }
+            }
             _ = sigterm.recv() => break Ok(()),
             _ = sigint.recv() => break Ok(()),
         }
@@ -144,6 +169,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     handle_batch(&shared, &writer, &mut batch);
     drop(sensor);
     api.abort();
+    let sinks = shared.sinks.lock().ok().and_then(|mut s| s.take());
+    if let Some(sinks) = sinks {
+        sinks.shutdown(Duration::from_secs(5)).await;
+    }
     let _ = std::fs::remove_file(&config.socket);
     writer.flush().context("flushing the store")?;
     tracing::info!("stopped");

@@ -92,6 +92,8 @@ pub struct Shared {
     pub detector: Mutex<Detector>,
     /// Alerts as JSON lines: always written, the sink of last resort.
     pub alerts_file: Mutex<Option<std::fs::File>>,
+    /// SIEM sinks; taken out for the graceful shutdown.
+    pub sinks: Mutex<Option<crate::outputs::SinkManager>>,
     /// Read connection for API queries (the writer has its own).
     pub store: Mutex<Store>,
     pub writer_stats: Arc<WriterStats>,

@@ -233,6 +233,28 @@ impl Detector {
         ))
     }
 
+    /// Raises (or updates) `delivery-loss` for a sink that dropped records.
+    pub fn delivery_loss(
+        &mut self,
+        sink: &str,
+        dropped_total: u64,
+        reason: &str,
+        now: SystemTime,
+    ) -> Alert {
+        self.raise(
+            uid(Rule::DeliveryLoss, &[sink]),
+            Rule::DeliveryLoss,
+            Severity::High,
+            format!("Sink {sink} dropped records"),
+            format!(
+                "{dropped_total} records lost by sink {sink} ({reason}); they remain in the store"
+            ),
+            now,
+            vec![],
+            Evidence::default(),
+        )
+    }
+
     fn credential(
         &mut self,
         ev: &AttributedEvent,

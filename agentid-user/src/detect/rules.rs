@@ -12,10 +12,11 @@ pub enum Rule {
     EgressViolation,
     ToolViolation,
     TelemetryGap,
+    DeliveryLoss,
 }
 
 impl Rule {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::CredentialReuse,
         Self::CredentialStale,
         Self::ShadowAgent,
@@ -24,6 +25,7 @@ impl Rule {
         Self::EgressViolation,
         Self::ToolViolation,
         Self::TelemetryGap,
+        Self::DeliveryLoss,
     ];
 
     pub fn id(self) -> &'static str {
@@ -36,6 +38,7 @@ impl Rule {
             Self::EgressViolation => "egress-violation",
             Self::ToolViolation => "tool-violation",
             Self::TelemetryGap => "telemetry-gap",
+            Self::DeliveryLoss => "delivery-loss",
         }
     }
 
@@ -61,13 +64,19 @@ impl Rule {
             Self::TelemetryGap => {
                 "The kernel dropped events (ring buffer full): the evidence has a hole."
             }
+            Self::DeliveryLoss => {
+                "A SIEM sink dropped records (spool full): the SIEM's copy has a hole."
+            }
         }
     }
 
     /// Default severity (a rule may raise it for the stronger variant).
     pub fn severity(self) -> Severity {
         match self {
-            Self::CredentialReuse | Self::CredentialStale | Self::TelemetryGap => Severity::High,
+            Self::CredentialReuse
+            | Self::CredentialStale
+            | Self::TelemetryGap
+            | Self::DeliveryLoss => Severity::High,
             Self::ShadowAgent
             | Self::HumanPrivilege
             | Self::UndeclaredDelegation
@@ -112,7 +121,7 @@ impl Rule {
             }
             // Not in the reference table: a hole in the evidence is a repudiation and
             // observability problem.
-            Self::TelemetryGap => t(&[], &["T8"], &["L5"], &["MEASURE 2.4"]),
+            Self::TelemetryGap | Self::DeliveryLoss => t(&[], &["T8"], &["L5"], &["MEASURE 2.4"]),
         }
     }
 }
