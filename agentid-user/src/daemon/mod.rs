@@ -38,6 +38,10 @@ use crate::{
 /// How often the agents directory is checked for changes.
 const REGISTRY_POLL: Duration = Duration::from_secs(2);
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the daemon's life in order: setup, loop, shutdown"
+)]
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     create_dir(&config.state_dir, 0o700)?;
     let _lock = lock::StateLock::acquire(&config.lock_path())?;
@@ -59,26 +63,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         "probes attached; process table seeded from /proc"
     );
 
-    let key = match &config.fleet_key_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("fleet_key_file {}", path.display()))?;
-            FingerprintKey::from_fleet_key(text.trim())
-                .with_context(|| format!("fleet_key_file {}", path.display()))?
-        }
-        None => FingerprintKey::load_or_create(&config.state_dir.join("fingerprint.key"))
-            .context("the host fingerprint key")?,
-    };
-    let watch = if config.watch_cgroups.is_empty() {
-        None
-    } else {
-        Some(GlobList::new(&config.watch_cgroups).context("watch_cgroups")?)
-    };
-    let mut detector = Detector::new(key, watch);
-    detector.set_registry(&registry);
-    for prefix in alerts::load_revoked(&config.state_dir) {
-        detector.revoke(prefix);
-    }
+    let detector = build_detector(&config, &registry)?;
     let alerts_file = alerts::open_alerts_file(&config.alerts_file)?;
     // Processes read from /proc: their command lines may hold secrets too.
     pipeline.table.redact_argv(|argv| detector.redact(argv));
@@ -177,6 +162,35 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     writer.flush().context("flushing the store")?;
     tracing::info!("stopped");
     result
+}
+
+/// The detector with its fingerprint key (fleet key, or the host key created at first
+/// start), watched scopes, registry exemptions and persisted revocations.
+fn build_detector(
+    config: &Config,
+    registry: &crate::identity::Registry,
+) -> anyhow::Result<Detector> {
+    let key = match &config.fleet_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("fleet_key_file {}", path.display()))?;
+            FingerprintKey::from_fleet_key(text.trim())
+                .with_context(|| format!("fleet_key_file {}", path.display()))?
+        }
+        None => FingerprintKey::load_or_create(&config.state_dir.join("fingerprint.key"))
+            .context("the host fingerprint key")?,
+    };
+    let watch = if config.watch_cgroups.is_empty() {
+        None
+    } else {
+        Some(GlobList::new(&config.watch_cgroups).context("watch_cgroups")?)
+    };
+    let mut detector = Detector::new(key, watch);
+    detector.set_registry(registry);
+    for prefix in alerts::load_revoked(&config.state_dir) {
+        detector.revoke(prefix);
+    }
+    Ok(detector)
 }
 
 fn read_config(shared: &Shared) -> Config {

@@ -159,8 +159,8 @@ impl Detector {
         };
         let mut observations = self.scanner.scan_env(env.entries());
         env.clear();
-        let args: Vec<&[u8]> = argv.iter().map(String::as_bytes).collect();
-        let from_args = self.scanner.scan_argv(&args);
+        let arg_bytes: Vec<&[u8]> = argv.iter().map(String::as_bytes).collect();
+        let from_args = self.scanner.scan_argv(&arg_bytes);
         redact_args(argv, &from_args);
         observations.extend(from_args);
         observations
@@ -168,9 +168,9 @@ impl Detector {
 
     /// Redacts secrets in arguments of a process read from `/proc` (seeded at start).
     pub fn redact(&self, argv: &mut [String]) {
-        let args: Vec<&[u8]> = argv.iter().map(String::as_bytes).collect();
-        let found = self.scanner.scan_argv(&args);
-        redact_args(argv, &found);
+        let arg_bytes: Vec<&[u8]> = argv.iter().map(String::as_bytes).collect();
+        let observations = self.scanner.scan_argv(&arg_bytes);
+        redact_args(argv, &observations);
     }
 
     /// Runs every rule on one attributed event and the credentials [`Self::scan`] found in it.
@@ -255,6 +255,10 @@ impl Detector {
         )
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "three rules over one sighting, kept together"
+    )]
     fn credential(
         &mut self,
         ev: &AttributedEvent,

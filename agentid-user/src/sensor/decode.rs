@@ -289,7 +289,7 @@ mod tests {
             env_len: 0,
             filename: [0; FILENAME_LEN],
             argv: [0; ARGV_LEN],
-            env: [0; agentid_ebpf::ENV_LEN],
+            env: [0; ENV_LEN],
         };
         let env = b"HOME=/root\0OPENAI_API_KEY=canary\0";
         r.env[..env.len()].copy_from_slice(env);

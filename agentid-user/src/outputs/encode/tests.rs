@@ -81,6 +81,7 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
             argv_truncated: false,
             argv_missing: false,
             loginuid: None,
+            env: crate::event::SecretEnv::default(),
         },
         EventKind::Exit => Detail::Exit {
             exit_code: Some(3),
