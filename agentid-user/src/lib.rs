@@ -6,6 +6,7 @@
 //! acting-for chain) → credentials → detect → outputs ([`store`]), with the API beside.
 //! Everything after the sensor is plain Rust driven by events, testable without a kernel.
 pub mod attribution;
+pub mod audit;
 pub mod cgroup;
 pub mod cli;
 pub mod credentials;
