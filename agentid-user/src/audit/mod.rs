@@ -309,3 +309,61 @@ fn file_name(path: &Path) -> String {
         |n| n.to_string_lossy().into_owned(),
     )
 }
+
+/// A typical attributed event (an exec of an agent's tool, with a lineage of three) for
+/// tests and the cost measurement.
+#[doc(hidden)]
+pub fn sample_event(agent: &str, i: u32) -> crate::attribution::AttributedEvent {
+    use crate::{
+        attribution::{AgentRef, AttributedEvent},
+        event::{Detail, Event, EventKind},
+        process::HostIds,
+    };
+    let host = HostIds {
+        host: "node1".into(),
+        boot: "0123abcd".into(),
+    };
+    let pid = 4000 + i;
+    AttributedEvent {
+        event: Event {
+            kind: EventKind::Exec,
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_335_000_123 + u64::from(i)),
+            ktime_ns: 0,
+            proc_start_ns: None,
+            pid,
+            ppid: Some(4000),
+            tid: pid,
+            uid: 1001,
+            gid: 1001,
+            cgroup_id: 7421,
+            cgroup: Some(format!("/agents/{agent}")),
+            comm: "python3".into(),
+            detail: Detail::Exec {
+                filename: "/usr/bin/python3".into(),
+                argv: vec!["python3".into(), "tool.py".into(), "--query".into(), format!("{i}")],
+                argv_truncated: false,
+                argv_missing: false,
+                loginuid: Some(1001),
+            },
+        },
+        exec_id: Some(host.exec_id(120_000 + u64::from(i), pid)),
+        parent_exec_id: Some(host.exec_id(100_000, 4000)),
+        agent: Some(AgentRef {
+            id: format!("spiffe://example.org/agent/{agent}"),
+            name: Some(agent.to_owned()),
+            owner: Some("ml-platform@example.org".into()),
+            environment: Some("prod".into()),
+        }),
+        ambiguous: Vec::new(),
+        session: Some(format!("{agent}/4000-100000")),
+        acting_for: Vec::new(),
+        lineage: vec![
+            host.exec_id(100_000, 4000),
+            host.exec_id(90_000, 3000),
+            host.exec_id(1, 1),
+        ],
+        exe: None,
+        loginuid: None,
+        delegation_declared: true,
+    }
+}
