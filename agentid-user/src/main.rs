@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Attach the kernel probes and print exec/fork/exit/connect/send events live (root).
     Trace(agentid::cli::trace::TraceArgs),
+    /// Verify the tamper-evident audit log, print its public key, export evidence (offline).
+    Audit(agentid::cli::audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => agentid::cli::trace::run(args).await,
+            Command::Audit(args) => agentid::cli::audit::run(args),
         }
     });
     match result {

@@ -319,8 +319,9 @@ pub(super) fn check_chain(
             break;
         }
         let Some(seq) = item.seq else { break };
-        if let Some(p) = prev_item {
-            // A file must end with its rotate record, and nothing may follow one.
+        if let Some(p) = prev_item.filter(|_| from_genesis) {
+            // A file must end with its rotate record, and nothing may follow one. (A
+            // segment in a bundle has no files.)
             if p.file != item.file && p.ty != "rotate" {
                 report.damage = Some(damage(
                     DamageKind::Truncated,

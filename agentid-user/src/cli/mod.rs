@@ -1,2 +1,3 @@
 //! Command implementations behind `agentid`'s subcommands.
+pub mod audit;
 pub mod trace;
