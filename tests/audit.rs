@@ -50,7 +50,7 @@ fn setup(name: &str) -> (PathBuf, PathBuf, String) {
     let opts = AuditOptions {
         fsync: Fsync::EveryRecord,
         rotate_bytes: 8 * 1024,
-        checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_interval: Duration::from_hours(1),
     };
     let mut log = AuditLog::open(&dir, key, opts).expect("open");
     for i in 0..30 {
@@ -92,7 +92,11 @@ fn pubkey_and_verify_clean_log() {
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     // 30 events, 2 alerts, 3 checkpoints, and a rotate record per rotation.
-    assert!(out.starts_with("ok 38 records, 3 checkpoints"), "{}", text(&o));
+    assert!(
+        out.starts_with("ok 38 records, 3 checkpoints"),
+        "{}",
+        text(&o)
+    );
     assert!(out.contains("closed cleanly"), "{}", text(&o));
     assert!(fs::read_dir(&dir).expect("dir").count() > 1, "rotated");
     fs::remove_dir_all(root).expect("cleanup");

@@ -5,12 +5,7 @@
 //! checkpoint's head commits to every record before it). It cannot prove that the exporter
 //! left none of the agent's records out *before* the segment, and the registration it
 //! carries is the exporter's statement, not part of the chain.
-use std::{
-    collections::BTreeSet,
-    fmt, fs,
-    path::Path,
-    time::SystemTime,
-};
+use std::{collections::BTreeSet, fmt, fs, path::Path, time::SystemTime};
 
 use ed25519_dalek::VerifyingKey;
 use serde_json::{Value, json};
@@ -149,7 +144,7 @@ pub fn export_bundle(
     let items: Vec<Item> = segment
         .iter()
         .zip(&locations[first..=end])
-        .map(|(v, loc)| Item::from_value(v.clone(), 0, loc.clone()))
+        .map(|(v, loc)| Item::from_value(v, 0, loc.clone()))
         .collect();
     let chain = check_chain(&items, None, false, false);
     if let Some(d) = chain.damage {
@@ -169,13 +164,14 @@ pub fn export_bundle(
         "since": since.map(now_rfc3339),
         "until": until.map(now_rfc3339),
         "exported_at": now_rfc3339(SystemTime::now()),
-        "registration": registration,
         "sessions": facts.sessions,
         "exec_ids": facts.exec_ids,
         "acting_for": facts.acting_for,
         "relevant": relevant_seqs,
         "records": segment,
     });
+    let mut bundle = bundle;
+    bundle["registration"] = registration.unwrap_or(Value::Null);
     let text = serde_json::to_string_pretty(&bundle)?;
     fs::write(out, text + "\n").map_err(AuditError::io(out))?;
     Ok(ExportSummary {
@@ -223,7 +219,7 @@ pub fn verify_bundle(
     let items: Vec<Item> = records
         .iter()
         .enumerate()
-        .map(|(i, v)| Item::from_value(v.clone(), 0, format!("record {}", i + 1)))
+        .map(|(i, v)| Item::from_value(v, 0, format!("record {}", i + 1)))
         .collect();
     let chain = check_chain(&items, pubkey, false, false);
 

@@ -34,9 +34,9 @@
 mod bundle;
 mod key;
 mod log;
-mod verify;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 use std::{
     fmt::Write as _,
@@ -109,7 +109,7 @@ impl AuditError {
 /// Every record is handed to the kernel with one `write` as soon as it is appended, so a
 /// crash of the daemon (even SIGKILL) loses nothing already appended; fsync only matters
 /// for a crash of the host. `EveryRecord` costs one `fdatasync` per record (on the order of
-/// hundreds of records per second on rotating or cloud disks, a few thousand on NVMe);
+/// hundreds of records per second on rotating or cloud disks, a few thousand on fast SSDs);
 /// `Interval(d)` syncs at most every `d` plus at each checkpoint, rotation and close, and
 /// costs almost nothing (the write itself): a host crash may lose the last `d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +133,7 @@ impl Default for AuditOptions {
         Self {
             fsync: Fsync::Interval(Duration::from_secs(1)),
             rotate_bytes: 64 * 1024 * 1024,
-            checkpoint_interval: Duration::from_secs(60),
+            checkpoint_interval: Duration::from_mins(1),
         }
     }
 }
@@ -196,12 +196,13 @@ fn encode_record(seq: u64, ts: &str, ty: &str, body: &Value, prev: &str) -> (Str
     write_canonical(body, &mut body_text);
     let mut ts_text = String::new();
     write_json_string(ts, &mut ts_text);
-    let mut ty_text = String::new();
-    write_json_string(ty, &mut ty_text);
+    let mut kind_text = String::new();
+    write_json_string(ty, &mut kind_text);
     // Keys in sorted order: body, (hash), prev, seq, ts, type — the same text
     // `canonical()` gives for the record as a `Value`, assembled without a second pass
     // over the body (a unit test holds the two equal).
-    let tail = format!(",\"prev\":\"{prev}\",\"seq\":{seq},\"ts\":{ts_text},\"type\":{ty_text}}}");
+    let tail =
+        format!(",\"prev\":\"{prev}\",\"seq\":{seq},\"ts\":{ts_text},\"type\":{kind_text}}}");
     let unhashed = format!("{{\"body\":{body_text}{tail}");
     let hash = sha256_hex(unhashed.as_bytes());
     let line = format!("{{\"body\":{body_text},\"hash\":\"{hash}\"{tail}");
@@ -340,7 +341,12 @@ pub fn sample_event(agent: &str, i: u32) -> crate::attribution::AttributedEvent 
             comm: "python3".into(),
             detail: Detail::Exec {
                 filename: "/usr/bin/python3".into(),
-                argv: vec!["python3".into(), "tool.py".into(), "--query".into(), format!("{i}")],
+                argv: vec![
+                    "python3".into(),
+                    "tool.py".into(),
+                    "--query".into(),
+                    format!("{i}"),
+                ],
                 argv_truncated: false,
                 argv_missing: false,
                 loginuid: Some(1001),

@@ -1,4 +1,3 @@
-#![expect(clippy::cast_precision_loss, reason = "printing rates")]
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
@@ -27,9 +26,9 @@ fn key(n: u8) -> SigningKey {
 
 fn opts() -> AuditOptions {
     AuditOptions {
-        fsync: Fsync::Interval(Duration::from_secs(3600)),
+        fsync: Fsync::Interval(Duration::from_hours(1)),
         rotate_bytes: u64::MAX,
-        checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_interval: Duration::from_hours(1),
     }
 }
 
@@ -64,8 +63,8 @@ fn write_lines(dir: &Path, lines: &[String]) {
     fs::write(dir.join(CURRENT_FILE), lines.join("\n") + "\n").unwrap();
 }
 
-fn pk(n: u8) -> Option<VerifyingKey> {
-    Some(key(n).verifying_key())
+fn pk(n: u8) -> VerifyingKey {
+    key(n).verifying_key()
 }
 
 fn damage(dir: &Path, pubkey: Option<VerifyingKey>) -> Damage {
@@ -100,10 +99,10 @@ fn write_all(dir: &Path, records: &[Value]) {
 
 #[test]
 fn canonical_is_sorted_and_matches_serde_json_default() {
-    let a: Value = serde_json::from_str(r#"{"b":1,"a":{"z":[1,{"y":2,"x":"é\n"}],"c":null}}"#)
-        .unwrap();
-    let b: Value = serde_json::from_str(r#"{"a":{"c":null,"z":[1,{"x":"é\n","y":2}]},"b":1}"#)
-        .unwrap();
+    let a: Value =
+        serde_json::from_str(r#"{"b":1,"a":{"z":[1,{"y":2,"x":"é\n"}],"c":null}}"#).unwrap();
+    let b: Value =
+        serde_json::from_str(r#"{"a":{"c":null,"z":[1,{"x":"é\n","y":2}]},"b":1}"#).unwrap();
     let text = canonical(&a);
     assert_eq!(text, r#"{"a":{"c":null,"z":[1,{"x":"é\n","y":2}]},"b":1}"#);
     assert_eq!(text, canonical(&b));
@@ -129,7 +128,7 @@ fn clean_log_verifies() {
     let r = verify_with(
         &dir,
         &VerifyOptions {
-            pubkey: pk(1),
+            pubkey: Some(pk(1)),
             expect_closed: true,
         },
     )
@@ -138,7 +137,10 @@ fn clean_log_verifies() {
     assert_eq!((r.records, r.checkpoints, r.unsigned_tail), (26, 3, 0));
     assert!(r.closed);
     assert_eq!(r.key, KeySource::Given);
-    assert!(r.to_string().starts_with("ok 26 records, 3 checkpoints"), "{r}");
+    assert!(
+        r.to_string().starts_with("ok 26 records, 3 checkpoints"),
+        "{r}"
+    );
     // Without a key: the embedded one, and the report says so.
     let r = verify(&dir, None).unwrap();
     assert!(r.is_ok());
@@ -153,7 +155,7 @@ fn restart_continues_the_chain() {
     assert_eq!(log.next_seq(), 27);
     log.append_event(&sample_event("research-bot", 1)).unwrap();
     log.close().unwrap();
-    let r = verify(&dir, pk(1)).unwrap();
+    let r = verify(&dir, Some(pk(1))).unwrap();
     assert!(r.is_ok(), "{r}");
     assert_eq!((r.records, r.last_seq), (28, Some(28)));
     // A closed, reopened and closed-again log with nothing new adds nothing.
@@ -161,7 +163,7 @@ fn restart_continues_the_chain() {
         .unwrap()
         .close()
         .unwrap();
-    assert_eq!(verify(&dir, pk(1)).unwrap().records, 28);
+    assert_eq!(verify(&dir, Some(pk(1))).unwrap().records, 28);
 }
 
 #[test]
@@ -179,13 +181,13 @@ fn torn_last_line_is_cut_and_recorded() {
     // SIGKILL mid-write: half a record, no newline.
     data.extend_from_slice(br#"{"body":{"kind":"exec","pid":12"#);
     fs::write(dir.join(CURRENT_FILE), &data).unwrap();
-    let r = verify(&dir, pk(1)).unwrap();
+    let r = verify(&dir, Some(pk(1))).unwrap();
     assert!(r.is_ok(), "{r}");
     assert!(r.notes.iter().any(|n| n.contains("torn last line")), "{r}");
 
     let log = AuditLog::open(&dir, key(1), opts()).unwrap();
     log.close().unwrap();
-    let r = verify(&dir, pk(1)).unwrap();
+    let r = verify(&dir, Some(pk(1))).unwrap();
     assert!(r.is_ok(), "{r}");
     let recs = parse_all(&dir);
     let tear = &recs[26];
@@ -206,7 +208,7 @@ fn unparsable_last_line_is_a_tear_too() {
         .unwrap()
         .close()
         .unwrap();
-    let r = verify(&dir, pk(1)).unwrap();
+    let r = verify(&dir, Some(pk(1))).unwrap();
     assert!(r.is_ok(), "{r}");
     assert_eq!(parse_all(&dir)[26]["body"]["bytes"], json!(5));
 }
@@ -230,7 +232,7 @@ fn rotation_keeps_the_chain() {
     let r = verify_with(
         &dir,
         &VerifyOptions {
-            pubkey: pk(1),
+            pubkey: Some(pk(1)),
             expect_closed: true,
         },
     )
@@ -241,19 +243,19 @@ fn rotation_keeps_the_chain() {
     let mut log = AuditLog::open(&dir, key(1), o).unwrap();
     log.append_event(&sample_event("x", 1)).unwrap();
     log.close().unwrap();
-    assert!(verify(&dir, pk(1)).unwrap().is_ok());
+    assert!(verify(&dir, Some(pk(1))).unwrap().is_ok());
 
     // Cutting the end of an archived file is a truncation of that file.
     let first = &files[0];
     let text = fs::read_to_string(first).unwrap();
     let keep: Vec<&str> = text.lines().collect();
     fs::write(first, keep[..keep.len() - 2].join("\n") + "\n").unwrap();
-    let d = damage(&dir, pk(1));
+    let d = damage(&dir, Some(pk(1)));
     assert_eq!(d.kind, DamageKind::Truncated, "{d}");
     // Removing a whole archive leaves a seq gap.
     fs::remove_file(&files[1]).unwrap();
     fs::write(first, text).unwrap();
-    let d = damage(&dir, pk(1));
+    let d = damage(&dir, Some(pk(1)));
     assert_eq!(d.kind, DamageKind::Deleted, "{d}");
 }
 
@@ -266,7 +268,7 @@ fn flipped_byte_is_modified_at_its_record() {
     bytes[at] ^= 0x01;
     l[4] = String::from_utf8(bytes).unwrap();
     write_lines(&dir, &l);
-    let d = damage(&dir, pk(1));
+    let d = damage(&dir, Some(pk(1)));
     assert_eq!((d.kind, d.seq), (DamageKind::Modified, Some(5)), "{d}");
     assert_eq!(d.location, "audit.log:5");
 }
@@ -277,7 +279,7 @@ fn deleted_line_is_deleted_at_its_seq() {
     let mut l = lines(&dir);
     l.remove(4);
     write_lines(&dir, &l);
-    let d = damage(&dir, pk(1));
+    let d = damage(&dir, Some(pk(1)));
     assert_eq!((d.kind, d.seq), (DamageKind::Deleted, Some(5)), "{d}");
 }
 
@@ -287,7 +289,7 @@ fn swapped_lines_are_reordered() {
     let mut l = lines(&dir);
     l.swap(4, 5);
     write_lines(&dir, &l);
-    let d = damage(&dir, pk(1));
+    let d = damage(&dir, Some(pk(1)));
     assert_eq!((d.kind, d.seq), (DamageKind::Reordered, Some(6)), "{d}");
     assert_eq!(d.location, "audit.log:5");
 }
@@ -302,7 +304,7 @@ fn inserted_line_with_rehashed_chain_is_caught_by_the_checkpoint() {
     recs.insert(14, forged);
     rechain(&mut recs, 14);
     write_all(&dir, &recs);
-    let d = damage(&dir, pk(1));
+    let d = damage(&dir, Some(pk(1)));
     assert_eq!(d.kind, DamageKind::Inserted, "{d}");
     // Narrowed to the records after the last checkpoint that still holds (seq 11 signed
     // seq 1..=10) up to the one that catches it.
@@ -315,15 +317,19 @@ fn inserted_line_with_rehashed_chain_is_caught_by_the_checkpoint() {
     recs[14]["body"]["comm"] = json!("innocent");
     rechain(&mut recs, 14);
     write_all(&dir, &recs);
-    let d = damage(&dir, pk(1));
-    assert_eq!((d.kind, d.seq, d.until), (DamageKind::Modified, Some(11), Some(21)), "{d}");
+    let d = damage(&dir, Some(pk(1)));
+    assert_eq!(
+        (d.kind, d.seq, d.until),
+        (DamageKind::Modified, Some(11), Some(21)),
+        "{d}"
+    );
     // Deleted and re-hashed: Deleted.
     let dir = standard_log("delete-rehash");
     let mut recs = parse_all(&dir);
     recs.remove(14);
     rechain(&mut recs, 14);
     write_all(&dir, &recs);
-    let d = damage(&dir, pk(1));
+    let d = damage(&dir, Some(pk(1)));
     assert_eq!(d.kind, DamageKind::Deleted, "{d}");
 }
 
@@ -333,14 +339,14 @@ fn truncated_log_is_caught_when_it_should_be_closed() {
     let l = lines(&dir);
     write_lines(&dir, &l[..22]);
     // A cut at a checkpoint is a valid shorter log by itself...
-    let r = verify(&dir, pk(1)).unwrap();
+    let r = verify(&dir, Some(pk(1))).unwrap();
     assert!(r.is_ok(), "{r}");
     assert!(!r.closed);
     // ...but not for a daemon that stopped cleanly.
     let r = verify_with(
         &dir,
         &VerifyOptions {
-            pubkey: pk(1),
+            pubkey: Some(pk(1)),
             expect_closed: true,
         },
     )
@@ -349,7 +355,7 @@ fn truncated_log_is_caught_when_it_should_be_closed() {
     assert_eq!((d.kind, d.seq), (DamageKind::Truncated, Some(23)), "{d}");
     // A cut after the last checkpoint shows as an unsigned tail.
     write_lines(&dir, &l[..24]);
-    let r = verify(&dir, pk(1)).unwrap();
+    let r = verify(&dir, Some(pk(1))).unwrap();
     assert_eq!(r.unsigned_tail, 2, "{r}");
 }
 
@@ -374,7 +380,7 @@ fn replaced_key_fails_with_the_original_pubkey() {
         recs[i]["hash"] = json!(record_hash(&recs[i]).unwrap());
     }
     write_all(&dir, &recs);
-    let d = damage(&dir, pk(1));
+    let d = damage(&dir, Some(pk(1)));
     assert_eq!((d.kind, d.seq), (DamageKind::BadSignature, Some(11)), "{d}");
     assert!(d.detail.contains("re-signed"), "{d}");
     // Without --pubkey it "verifies" — with the forger's key, which the report shows.
@@ -395,7 +401,7 @@ fn checkpoints_follow_the_interval() {
     // Nothing new since the last checkpoint: none written.
     assert_eq!(log.maybe_checkpoint(Instant::now()).unwrap(), None);
     log.close().unwrap();
-    let r = verify(&dir, pk(1)).unwrap();
+    let r = verify(&dir, Some(pk(1))).unwrap();
     // event, checkpoint, event, checkpoint, event, checkpoint, final checkpoint.
     assert_eq!((r.records, r.checkpoints), (7, 4), "{r}");
     let recs = parse_all(&dir);
@@ -437,24 +443,28 @@ fn bundle_verifies_alone_and_fails_when_altered() {
     // The agent's 20 events and 2 alerts; the segment runs to the final checkpoint.
     assert_eq!((s.relevant, s.first_seq, s.last_seq), (22, 1, 26), "{s:?}");
     assert!(s.covered);
-    let r = verify_bundle(&out, pk(1)).unwrap();
+    let r = verify_bundle(&out, Some(pk(1))).unwrap();
     assert!(r.is_ok(), "{r}");
     assert_eq!(r.sessions, vec!["research-bot/4000-100000".to_owned()]);
     assert_eq!(r.exec_ids.len(), 23);
-    assert!(!verify_bundle(&out, pk(2)).unwrap().is_ok());
+    assert!(!verify_bundle(&out, Some(pk(2))).unwrap().is_ok());
 
     // Only billing-bot's one event: a short segment up to the final checkpoint.
     let billing = "spiffe://example.org/agent/billing-bot";
     let s = export_bundle(&dir, billing, None, None, None, &dir.join("b.json")).unwrap();
     assert_eq!((s.relevant, s.first_seq, s.last_seq), (3, 23, 26), "{s:?}");
-    assert!(verify_bundle(&dir.join("b.json"), pk(1)).unwrap().is_ok());
+    assert!(
+        verify_bundle(&dir.join("b.json"), Some(pk(1)))
+            .unwrap()
+            .is_ok()
+    );
 
     let original: Value = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
     let alter = |f: &dyn Fn(&mut Value)| {
         let mut b = original.clone();
         f(&mut b);
         fs::write(&out, serde_json::to_string(&b).unwrap()).unwrap();
-        verify_bundle(&out, pk(1)).unwrap()
+        verify_bundle(&out, Some(pk(1))).unwrap()
     };
     let r = alter(&|b| b["records"][3]["body"]["pid"] = json!(1));
     assert_eq!(r.chain.damage.unwrap().kind, DamageKind::Modified);
@@ -478,11 +488,17 @@ fn bundle_verifies_alone_and_fails_when_altered() {
 fn cost() {
     for (name, fsync, n) in [
         ("every-record", Fsync::EveryRecord, 2_000u32),
-        ("interval-1s", Fsync::Interval(Duration::from_secs(1)), 50_000),
+        (
+            "interval-1s",
+            Fsync::Interval(Duration::from_secs(1)),
+            50_000,
+        ),
     ] {
         let dir = tmpdir(&format!("cost-{name}"));
-        let mut o = AuditOptions::default();
-        o.fsync = fsync;
+        let o = AuditOptions {
+            fsync,
+            ..AuditOptions::default()
+        };
         let events: Vec<_> = (0..n).map(|i| sample_event("research-bot", i)).collect();
         let mut log = AuditLog::open(&dir, key(1), o).unwrap();
         let start = Instant::now();
@@ -498,7 +514,7 @@ fn cost() {
             bytes / u64::from(n)
         );
         let start = Instant::now();
-        let r = verify(&dir, pk(1)).unwrap();
+        let r = verify(&dir, Some(pk(1))).unwrap();
         assert!(r.is_ok());
         println!(
             "audit verify: {:.0} records/s",

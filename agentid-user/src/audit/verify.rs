@@ -185,12 +185,7 @@ pub fn verify_with(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Aud
                     rest.len()
                 ));
             } else {
-                items.push(Item::from_line(
-                    rest,
-                    fi,
-                    &name,
-                    lines.len() as u64 + 1,
-                ));
+                items.push(Item::from_line(rest, fi, &name, lines.len() as u64 + 1));
             }
         }
     }
@@ -223,7 +218,7 @@ impl Item {
                 // Canonical form is part of the format: whitespace or key-order edits do
                 // not change the hash but are still edits.
                 let canonical = is_canonical(line, &v);
-                let mut item = Self::from_value(v, file, location);
+                let mut item = Self::from_value(&v, file, location);
                 if item.problem.is_none() && !canonical {
                     item.problem = Some("not in canonical form (the line was edited)".into());
                 }
@@ -242,8 +237,13 @@ impl Item {
         }
     }
 
-    pub(super) fn from_value(v: Value, file: usize, location: String) -> Self {
-        let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    pub(super) fn from_value(v: &Value, file: usize, location: String) -> Self {
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
         let mut item = Self {
             seq: v.get("seq").and_then(Value::as_u64),
             hash: field("hash"),
@@ -257,7 +257,7 @@ impl Item {
         if item.seq.is_none() || item.hash.is_empty() || item.prev.is_empty() || item.ty.is_empty()
         {
             item.problem = Some("missing seq, hash, prev or type".into());
-        } else if record_hash(&v).as_deref() != Some(item.hash.as_str()) {
+        } else if record_hash(v).as_deref() != Some(item.hash.as_str()) {
             item.problem = Some("content does not match its hash".into());
         }
         if matches!(item.ty.as_str(), "checkpoint" | "tear" | "rotate") {
@@ -269,6 +269,10 @@ impl Item {
 
 /// The chain checks shared by log and bundle verification. `from_genesis`: the items are a
 /// whole log (files, genesis, rotate records apply), not a segment.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pass in record order; every check reads the state the earlier ones left"
+)]
 pub(super) fn check_chain(
     items: &[Item],
     given: Option<VerifyingKey>,
@@ -498,7 +502,11 @@ pub(super) fn check_chain(
         }
         if item.ty == "tear" {
             let b = item.body.as_ref();
-            let n = |k| b.and_then(|b| b.get(k)).and_then(Value::as_u64).unwrap_or(0);
+            let n = |k| {
+                b.and_then(|b| b.get(k))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            };
             report.notes.push(format!(
                 "tear at seq {seq}: {} bytes were cut from {} at offset {} after a crash",
                 n("bytes"),

@@ -116,8 +116,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
             let since = since.as_deref().map(|s| parse_when(s, now)).transpose()?;
             let until = until.as_deref().map(|s| parse_when(s, now)).transpose()?;
             let registration = registration(&agents_dir, &agent)?;
-            let summary =
-                audit::export_bundle(&dir, &agent, since, until, registration, &output)?;
+            let summary = audit::export_bundle(&dir, &agent, since, until, registration, &output)?;
             println!(
                 "wrote {}: {} records of {agent} in a chain segment of {} (seq {}..={}){}",
                 output.display(),
@@ -145,7 +144,7 @@ fn read_pubkey(arg: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
     } else {
         arg.to_owned()
     };
-    Ok(parse_public_key(&text).context("--pubkey")?)
+    parse_public_key(&text).context("--pubkey")
 }
 
 fn parse_when(text: &str, now: SystemTime) -> anyhow::Result<SystemTime> {
