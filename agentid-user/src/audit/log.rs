@@ -292,9 +292,13 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
 fn parse_head(line: &[u8]) -> Option<Head> {
     let v: Value = serde_json::from_slice(line).ok()?;
     let ty = v.get("type")?.as_str()?.to_owned();
+    let hash = v.get("hash")?.as_str()?.to_owned();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     Some(Head {
         seq: v.get("seq")?.as_u64()?,
-        hash: v.get("hash")?.as_str()?.to_owned(),
+        hash,
         is_final: ty == "checkpoint"
             && v.pointer("/body/final").and_then(Value::as_bool) == Some(true),
         ty,
@@ -353,11 +357,15 @@ fn scan_back(
             .rev()
         {
             let Some(h) = parse_head(line) else {
-                return Err(AuditError::Corrupt {
-                    path: path.clone(),
-                    line: i as u64 + 1,
-                    reason: "not an audit record; run `agentid audit verify`".into(),
-                });
+                // Damage before the end (the torn end is already cut) stays where it is,
+                // for `verify` to report: refusing to start would let whoever can write
+                // one bad line stop the audit trail.
+                tracing::warn!(
+                    "audit {}:{}: not an audit record; run `agentid audit verify`",
+                    path.display(),
+                    i + 1
+                );
+                continue;
             };
             oldest_seq = Some(h.seq);
             if h.ty == "checkpoint" {

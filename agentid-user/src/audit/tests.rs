@@ -523,3 +523,22 @@ fn cost() {
         fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[test]
+fn damage_in_the_unsigned_tail_does_not_stop_the_log() {
+    let dir = standard_log("tail-damage");
+    let mut log = AuditLog::open(&dir, key(1), opts()).unwrap();
+    for i in 0..3 {
+        log.append_event(&sample_event("research-bot", i)).unwrap();
+    }
+    drop(log); // a crash: no close
+    let mut l = lines(&dir);
+    l[27] = "garbage".into();
+    write_lines(&dir, &l);
+    let mut log = AuditLog::open(&dir, key(1), opts()).unwrap();
+    assert_eq!(log.next_seq(), 30);
+    log.append_event(&sample_event("research-bot", 9)).unwrap();
+    log.close().unwrap();
+    let d = damage(&dir, Some(pk(1)));
+    assert_eq!((d.kind, d.seq), (DamageKind::Modified, Some(28)), "{d}");
+}
