@@ -108,10 +108,11 @@ impl AuditError {
 ///
 /// Every record is handed to the kernel with one `write` as soon as it is appended, so a
 /// crash of the daemon (even SIGKILL) loses nothing already appended; fsync only matters
-/// for a crash of the host. `EveryRecord` costs one `fdatasync` per record (on the order of
-/// hundreds of records per second on rotating or cloud disks, a few thousand on fast SSDs);
-/// `Interval(d)` syncs at most every `d` plus at each checkpoint, rotation and close, and
-/// costs almost nothing (the write itself): a host crash may lose the last `d`.
+/// for a crash of the host. `EveryRecord` costs one `fdatasync` per record; `Interval(d)`
+/// syncs at most every `d` plus at each checkpoint, rotation and close, and costs little
+/// more than the write itself: a host crash may lose the last `d`. Measured (release,
+/// ext4 on a virtio disk, a typical exec event of ~900 bytes per record, the `cost` test):
+/// `EveryRecord` ~830 records/s, `Interval(1s)` ~95,000 records/s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fsync {
     EveryRecord,
