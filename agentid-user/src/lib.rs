@@ -7,6 +7,7 @@
 //! Everything after the sensor is plain Rust driven by events, testable without a kernel.
 pub mod api;
 pub mod attribution;
+pub mod audit;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

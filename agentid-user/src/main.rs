@@ -30,6 +30,8 @@ enum Command {
     },
     /// Attach the kernel probes and print events live, without the daemon (root).
     Trace(agentid::cli::trace::TraceArgs),
+    /// Verify the tamper-evident audit log, print its public key, export evidence (offline).
+    Audit(agentid::cli::audit::AuditArgs),
     #[command(flatten)]
     Query(agentid::cli::query::QueryCommand),
     /// Print shell completions.
@@ -41,6 +43,7 @@ fn init_logging(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -60,6 +63,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             init_logging(false);
             agentid::cli::trace::run(args).await
         }
+        Command::Audit(args) => agentid::cli::audit::run(args),
         Command::Query(q) => {
             let client = agentid::cli::client::Client::new(&cli.socket);
             agentid::cli::query::run(&client, q, cli.json).await

@@ -1,4 +1,5 @@
 //! Command implementations behind `agentid`'s subcommands.
+pub mod audit;
 pub mod client;
 pub mod query;
 pub mod trace;

@@ -1,0 +1,394 @@
+//! The writer: appends records, signs checkpoints, rotates, recovers from a torn tail.
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::{Instant, SystemTime},
+};
+
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+
+use super::{
+    AuditError, AuditOptions, CURRENT_FILE, Fsync, GENESIS, archive_name, archive_number,
+    encode_record, file_name, log_files, now_rfc3339, public_key_base64, sign_checkpoint,
+};
+use crate::{attribution::AttributedEvent, detect::Alert};
+
+/// An open audit log. Synchronous (plain file writes, occasional fsync): the daemon owns it
+/// from one thread — a dedicated one, or `spawn_blocking` — never on the event path itself.
+///
+/// Checkpoints: every append checks whether [`AuditOptions::checkpoint_interval`] has
+/// passed, so a busy log is signed without help; a quiet one needs the caller to call
+/// [`AuditLog::maybe_checkpoint`] from a timer (every few seconds is plenty), which also
+/// performs a due [`Fsync::Interval`] sync. [`AuditLog::close`] writes the final checkpoint.
+#[derive(Debug)]
+pub struct AuditLog {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    file_bytes: u64,
+    key: SigningKey,
+    public_key: String,
+    opts: AuditOptions,
+    next_seq: u64,
+    prev: String,
+    /// First seq not covered by a checkpoint yet.
+    unsigned_from: u64,
+    last_type: Option<String>,
+    last_final: bool,
+    last_checkpoint_at: Instant,
+    last_sync: Instant,
+    dirty: bool,
+    next_archive: u64,
+}
+
+/// The last whole record of the log, found on open.
+#[derive(Debug)]
+struct Head {
+    seq: u64,
+    hash: String,
+    ty: String,
+    is_final: bool,
+}
+
+impl AuditLog {
+    /// Opens (creating) the log in `dir` and continues its chain. A torn last line left by
+    /// a crash is cut off and a `tear` record says so; a rotation a crash interrupted is
+    /// completed. Fails if the log's checkpoints were signed with another key.
+    pub fn open(dir: &Path, key: SigningKey, opts: AuditOptions) -> Result<Self, AuditError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(AuditError::io(dir))?;
+        let public_key = public_key_base64(&key.verifying_key());
+        let files = log_files(dir)?;
+        let next_archive = files
+            .iter()
+            .filter_map(|p| archive_number(&file_name(p)))
+            .max()
+            .map_or(1, |n| n + 1);
+
+        let mut tear = None;
+        if let Some(last) = files.last() {
+            tear = cut_torn_tail(last)?;
+        }
+        let (head, unsigned_from) = scan_back(dir, &files, &public_key)?;
+        let path = dir.join(CURRENT_FILE);
+        let file = open_append(&path)?;
+        let file_bytes = file.metadata().map_err(AuditError::io(&path))?.len();
+        let now = Instant::now();
+        let mut log = Self {
+            dir: dir.to_owned(),
+            path,
+            file,
+            file_bytes,
+            key,
+            public_key,
+            opts,
+            next_seq: head.as_ref().map_or(1, |h| h.seq + 1),
+            prev: head
+                .as_ref()
+                .map_or_else(|| GENESIS.to_owned(), |h| h.hash.clone()),
+            unsigned_from: unsigned_from.unwrap_or(1),
+            last_type: head.as_ref().map(|h| h.ty.clone()),
+            last_final: head.as_ref().is_some_and(|h| h.is_final),
+            last_checkpoint_at: now,
+            last_sync: now,
+            dirty: false,
+            next_archive,
+        };
+        // A crash between the rotate record and the rename: finish the rotation, so a
+        // rotate record is always the last of its file.
+        if log.last_type.as_deref() == Some("rotate") && log.file_bytes > 0 {
+            log.rename_and_reopen()?;
+        }
+        if let Some((file, offset, bytes)) = tear {
+            log.write_record(
+                "tear",
+                &json!({"file": file, "offset": offset, "bytes": bytes}),
+            )?;
+            log.sync()?;
+        }
+        Ok(log)
+    }
+
+    /// Appends an attributed event. Returns its seq.
+    pub fn append_event(&mut self, event: &AttributedEvent) -> Result<u64, AuditError> {
+        self.append_json("event", serde_json::to_value(event)?)
+    }
+
+    /// Appends an alert: both its creation and every update (count, `last_seen`).
+    pub fn append_alert(&mut self, alert: &Alert) -> Result<u64, AuditError> {
+        self.append_json("alert", serde_json::to_value(alert)?)
+    }
+
+    /// Appends a record of any type (lowercase letters, digits, `-`, `_`). Returns its seq.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "the body becomes the record's: callers hand over json!(..) values"
+    )]
+    pub fn append_json(&mut self, ty: &str, body: Value) -> Result<u64, AuditError> {
+        if ty.is_empty()
+            || !ty
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(AuditError::BadType(ty.to_owned()));
+        }
+        let seq = self.write_record(ty, &body)?;
+        self.maybe_checkpoint(Instant::now())?;
+        if self.file_bytes >= self.opts.rotate_bytes {
+            self.rotate()?;
+        }
+        Ok(seq)
+    }
+
+    /// Writes a checkpoint if the interval has passed since the last one (and there is
+    /// anything to sign), and syncs if an [`Fsync::Interval`] is due. Returns the
+    /// checkpoint's seq when one was written.
+    pub fn maybe_checkpoint(&mut self, now: Instant) -> Result<Option<u64>, AuditError> {
+        let mut written = None;
+        if now.saturating_duration_since(self.last_checkpoint_at) >= self.opts.checkpoint_interval {
+            self.last_checkpoint_at = now;
+            written = self.checkpoint()?;
+        }
+        if let Fsync::Interval(every) = self.opts.fsync
+            && self.dirty
+            && now.saturating_duration_since(self.last_sync) >= every
+        {
+            self.sync()?;
+        }
+        Ok(written)
+    }
+
+    /// Signs the chain head now (and syncs). `None` when nothing was appended since the
+    /// last checkpoint.
+    pub fn checkpoint(&mut self) -> Result<Option<u64>, AuditError> {
+        if self.last_type.is_none() || self.last_type.as_deref() == Some("checkpoint") {
+            return Ok(None);
+        }
+        let seq = self.write_checkpoint(false)?;
+        self.sync()?;
+        Ok(Some(seq))
+    }
+
+    /// Writes the final checkpoint (`"final": true`) and syncs. A log whose last record is
+    /// a final checkpoint was closed cleanly: `verify --expect-closed` relies on it.
+    pub fn close(mut self) -> Result<(), AuditError> {
+        if self.last_type.is_some() && !self.last_final {
+            self.write_checkpoint(true)?;
+        }
+        self.sync()
+    }
+
+    /// The seq the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The hash of the last record (the chain head).
+    pub fn head(&self) -> &str {
+        &self.prev
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn write_checkpoint(&mut self, is_final: bool) -> Result<u64, AuditError> {
+        let seq_to = self.next_seq - 1;
+        let signature =
+            sign_checkpoint(&self.key, &self.prev, seq_to).ok_or_else(|| AuditError::Corrupt {
+                path: self.path.clone(),
+                line: 0,
+                reason: format!("chain head {:?} is not a SHA-256 hex digest", self.prev),
+            })?;
+        let mut body = json!({
+            "seq_from": self.unsigned_from,
+            "seq_to": seq_to,
+            "head": self.prev,
+            "signature": signature,
+            "public_key": self.public_key,
+        });
+        if is_final {
+            body["final"] = Value::Bool(true);
+        }
+        let seq = self.write_record("checkpoint", &body)?;
+        self.unsigned_from = seq_to + 1;
+        self.last_final = is_final;
+        Ok(seq)
+    }
+
+    /// One record, one `write`: a crashed daemon leaves whole lines or one torn last line.
+    fn write_record(&mut self, ty: &str, body: &Value) -> Result<u64, AuditError> {
+        let seq = self.next_seq;
+        let ts = now_rfc3339(SystemTime::now());
+        let (mut line, hash) = encode_record(seq, &ts, ty, body, &self.prev);
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(AuditError::io(&self.path))?;
+        self.file_bytes += line.len() as u64;
+        self.next_seq += 1;
+        self.prev = hash;
+        self.last_type = Some(ty.to_owned());
+        self.last_final = false;
+        self.dirty = true;
+        if self.opts.fsync == Fsync::EveryRecord {
+            self.sync()?;
+        }
+        Ok(seq)
+    }
+
+    fn sync(&mut self) -> Result<(), AuditError> {
+        if self.dirty {
+            self.file.sync_data().map_err(AuditError::io(&self.path))?;
+            self.dirty = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Ends `audit.log` with a `rotate` record, renames it to the next `audit-NNNNNN.log`
+    /// and starts a new `audit.log` whose first record chains to the rotate record.
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        let to = archive_name(self.next_archive);
+        self.write_record(
+            "rotate",
+            &json!({"file": CURRENT_FILE, "renamed_to": to, "bytes": self.file_bytes}),
+        )?;
+        self.rename_and_reopen()
+    }
+
+    fn rename_and_reopen(&mut self) -> Result<(), AuditError> {
+        self.sync()?;
+        let to = self.dir.join(archive_name(self.next_archive));
+        fs::rename(&self.path, &to).map_err(AuditError::io(&to))?;
+        self.next_archive += 1;
+        self.file = open_append(&self.path)?;
+        self.file_bytes = 0;
+        // The rename and the new file must survive a host crash together.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(AuditError::io(&self.dir))?;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, AuditError> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(AuditError::io(path))
+}
+
+/// The seq and hash of a line that parses as a record.
+fn parse_head(line: &[u8]) -> Option<Head> {
+    let v: Value = serde_json::from_slice(line).ok()?;
+    let ty = v.get("type")?.as_str()?.to_owned();
+    let hash = v.get("hash")?.as_str()?.to_owned();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(Head {
+        seq: v.get("seq")?.as_u64()?,
+        hash,
+        is_final: ty == "checkpoint"
+            && v.pointer("/body/final").and_then(Value::as_bool) == Some(true),
+        ty,
+    })
+}
+
+/// Cuts a torn last line (no `\n`, or not a record) off `path`. Returns (file, offset,
+/// bytes removed) when it did.
+fn cut_torn_tail(path: &Path) -> Result<Option<(String, u64, u64)>, AuditError> {
+    let data = fs::read(path).map_err(AuditError::io(path))?;
+    let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut cut = whole;
+    if whole > 0 {
+        let start = data[..whole - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        if parse_head(&data[start..whole - 1]).is_none() {
+            cut = start;
+        }
+    }
+    if cut == data.len() {
+        return Ok(None);
+    }
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(AuditError::io(path))?;
+    f.set_len(cut as u64).map_err(AuditError::io(path))?;
+    f.sync_all().map_err(AuditError::io(path))?;
+    Ok(Some((
+        file_name(path),
+        cut as u64,
+        (data.len() - cut) as u64,
+    )))
+}
+
+/// The last record of the log, and the first seq after the last checkpoint (checking the
+/// checkpoint was signed by our key).
+fn scan_back(
+    dir: &Path,
+    files: &[PathBuf],
+    public_key: &str,
+) -> Result<(Option<Head>, Option<u64>), AuditError> {
+    let mut head = None;
+    let mut oldest_seq = None;
+    for path in files.iter().rev() {
+        let data = fs::read(path).map_err(AuditError::io(path))?;
+        for (i, line) in data
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .enumerate()
+            .rev()
+        {
+            let Some(h) = parse_head(line) else {
+                // Damage before the end (the torn end is already cut) stays where it is,
+                // for `verify` to report: refusing to start would let whoever can write
+                // one bad line stop the audit trail.
+                tracing::warn!(
+                    "audit {}:{}: not an audit record; run `agentid audit verify`",
+                    path.display(),
+                    i + 1
+                );
+                continue;
+            };
+            oldest_seq = Some(h.seq);
+            if h.ty == "checkpoint" {
+                let v: Value = serde_json::from_slice(line)?;
+                let found = v
+                    .pointer("/body/public_key")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if found != public_key {
+                    return Err(AuditError::KeyChanged {
+                        dir: dir.to_owned(),
+                        found: found.to_owned(),
+                        ours: public_key.to_owned(),
+                    });
+                }
+                let seq_to = v.pointer("/body/seq_to").and_then(Value::as_u64);
+                let head = head.or(Some(h));
+                return Ok((head, seq_to.map(|s| s + 1)));
+            }
+            if head.is_none() {
+                head = Some(h);
+            }
+        }
+    }
+    Ok((head, oldest_seq))
+}

@@ -1,0 +1,172 @@
+//! `agentid audit`: check the tamper-evident audit log, print its public key, export an
+//! agent's evidence. Offline: no daemon, no probes; only read access to the files.
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    audit::{
+        self, DEFAULT_AUDIT_DIR, DEFAULT_KEY_PATH, VerifyOptions, parse_public_key,
+        public_key_base64,
+    },
+    identity::{DEFAULT_AGENTS_DIR, Registry},
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check every hash, the chain and the checkpoint signatures of the audit log (or of an
+    /// exported bundle). Exits non-zero on damage, naming the first damaged record.
+    Verify {
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_AUDIT_DIR)]
+        dir: PathBuf,
+        /// The public key the checkpoints must be signed with (base64, or a file holding
+        /// it). Without it the key embedded in the log is used, which a forger can replace.
+        #[arg(long, value_name = "KEY")]
+        pubkey: Option<String>,
+        /// Verify this exported bundle instead of the log.
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
+        /// The daemon stopped cleanly: a log without its final checkpoint is truncated.
+        #[arg(long)]
+        expect_closed: bool,
+    },
+    /// Print the audit log's public key (base64), to keep somewhere the host can't change.
+    Pubkey {
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_KEY_PATH)]
+        key: PathBuf,
+    },
+    /// Export one agent's records, with the signed chain segment that proves them, to a
+    /// bundle `agentid audit verify --bundle` checks on any machine.
+    Export {
+        /// The agent's SPIFFE ID.
+        #[arg(long, value_name = "ID")]
+        agent: String,
+        /// From this time: RFC 3339 (`2025-11-28T10:00:00Z`) or a duration ago (`2h`).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Up to this time, same forms as --since.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_AUDIT_DIR)]
+        dir: PathBuf,
+        /// Registrations to include the agent's from (skipped when absent).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_AGENTS_DIR)]
+        agents_dir: PathBuf,
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+    },
+}
+
+pub fn run(args: AuditArgs) -> anyhow::Result<()> {
+    match args.command {
+        AuditCommand::Verify {
+            dir,
+            pubkey,
+            bundle,
+            expect_closed,
+        } => {
+            let pubkey = pubkey.as_deref().map(read_pubkey).transpose()?;
+            if let Some(bundle) = bundle {
+                let report = audit::verify_bundle(&bundle, pubkey)?;
+                if !report.is_ok() {
+                    bail!("bundle {}: {report}", bundle.display());
+                }
+                println!("{report}");
+            } else {
+                let report = audit::verify_with(
+                    &dir,
+                    &VerifyOptions {
+                        pubkey,
+                        expect_closed,
+                    },
+                )?;
+                if !report.is_ok() {
+                    bail!("audit log {}: {report}", dir.display());
+                }
+                println!("{report}");
+            }
+        }
+        AuditCommand::Pubkey { key } => {
+            let key = audit::load_key(&key).with_context(|| {
+                format!(
+                    "reading {} (the daemon creates it at first start)",
+                    key.display()
+                )
+            })?;
+            println!("{}", public_key_base64(&key.verifying_key()));
+        }
+        AuditCommand::Export {
+            agent,
+            since,
+            until,
+            dir,
+            agents_dir,
+            output,
+        } => {
+            let now = SystemTime::now();
+            let since = since.as_deref().map(|s| parse_when(s, now)).transpose()?;
+            let until = until.as_deref().map(|s| parse_when(s, now)).transpose()?;
+            let registration = registration(&agents_dir, &agent)?;
+            let summary = audit::export_bundle(&dir, &agent, since, until, registration, &output)?;
+            println!(
+                "wrote {}: {} records of {agent} in a chain segment of {} (seq {}..={}){}",
+                output.display(),
+                summary.relevant,
+                summary.records,
+                summary.first_seq,
+                summary.last_seq,
+                if summary.covered {
+                    ""
+                } else {
+                    "; the newest are not signed by a checkpoint yet: export again after the \
+                     next one"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--pubkey`: the base64 key itself, or a file holding it.
+fn read_pubkey(arg: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    let path = Path::new(arg);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).with_context(|| format!("reading {arg}"))?
+    } else {
+        arg.to_owned()
+    };
+    parse_public_key(&text).context("--pubkey")
+}
+
+fn parse_when(text: &str, now: SystemTime) -> anyhow::Result<SystemTime> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(text)
+        .with_context(|| format!("{text:?} is neither an RFC 3339 time nor a duration"))?;
+    now.checked_sub(ago)
+        .with_context(|| format!("{text:?} ago is before the epoch"))
+}
+
+fn registration(agents_dir: &Path, agent: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    if !agents_dir.is_dir() {
+        return Ok(None);
+    }
+    let registry = Registry::load_dir(agents_dir);
+    registry
+        .agents()
+        .iter()
+        .find(|a| a.id.as_str() == agent)
+        .map(|a| serde_json::to_value(a.as_ref()))
+        .transpose()
+        .context("encoding the registration")
+}
