@@ -16,6 +16,8 @@ const WORKLOAD: &str = env!("CARGO_BIN_EXE_agentid-workload");
 struct Daemon {
     child: Child,
     dir: PathBuf,
+    /// Everything the daemon logged.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 fn registration(name: &str, cg: &TestCgroup) -> String {
@@ -71,10 +73,20 @@ impl Daemon {
             }
         }
         // Keep draining the log so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || for _ in err.lines() {});
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(log));
+        let sink = std::sync::Arc::clone(&shared);
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
         Some(Self {
             child,
             dir: dir.to_owned(),
+            log: shared,
         })
     }
 
@@ -321,6 +333,151 @@ fn follow_restart_and_sighup() {
         "{ev:#}"
     );
     assert!(d.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A canary secret planted in the environment and the arguments of two agents' processes
+/// goes through the whole pipeline (detection, store, alerts file, a SIEM file sink, the
+/// audit log, the API, the daemon's log) and appears in none of them.
+#[test]
+fn canary_secrets_never_leave_and_the_audit_log_verifies() {
+    let dir = Daemon::dir("canary");
+    let (a, b) = (TestCgroup::new("cn-a"), TestCgroup::new("cn-b"));
+    std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
+    std::fs::write(dir.join("agents/b.toml"), registration("beta", &b)).expect("reg");
+    let mut config = std::fs::read_to_string(dir.join("agentid.toml")).expect("config");
+    config.push_str(&format!(
+        "[[sinks]]\ntype = \"file\"\npath = \"{}/sink.jsonl\"\nformat = \"ocsf\"\n",
+        dir.display()
+    ));
+    std::fs::write(dir.join("agentid.toml"), config).expect("config");
+    let Some(d) = Daemon::start(&dir) else { return };
+
+    let nonce = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ 0x5eed_cafe
+    );
+    let env_secret = format!("sk-proj-CANARYenv{nonce}Q7x9Lm2Np4Rt6Vw8Yz");
+    let arg_secret = format!("CANARYarg{nonce}pw");
+    let flag_secret = format!("ghp_CANARYflag{nonce}aB3dE5gH7jK9mN1pQ3sT");
+    for cg in [&a, &b] {
+        let st = cg
+            .command("/bin/true")
+            .env_clear()
+            .env("OPENAI_API_KEY", &env_secret)
+            .arg(format!("--password={arg_secret}"))
+            .args(["--token", &flag_secret])
+            .status()
+            .expect("spawn");
+        assert!(st.success());
+    }
+    let alerts = d.cli_until(&["alerts", "--rule", "credential-reuse"], |v| {
+        v.as_array().is_some_and(|a| !a.is_empty())
+    });
+    let creds = d.cli_until(&["credentials"], |v| {
+        v.as_array().is_some_and(|a| a.len() >= 6)
+    });
+    let mut outputs = vec![alerts.to_string(), creds.to_string()];
+    for args in [
+        &["events"][..],
+        &["ps"],
+        &["status"],
+        &["agents"],
+        &["connections"],
+    ] {
+        outputs.push(d.cli(args).to_string());
+    }
+    // The sink delivered the alert (the file sink writes it out).
+    let sink = dir.join("sink.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&sink)
+        .unwrap_or_default()
+        .contains("credential-reuse")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the file sink never got the alert"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = d.log.clone();
+    assert!(d.stop().success());
+
+    // Every byte agentid wrote or answered.
+    let mut haystack: Vec<(String, Vec<u8>)> = outputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| (format!("api#{i}"), o.into_bytes()))
+        .collect();
+    haystack.push((
+        "daemon log".into(),
+        log.lock().expect("log").clone().into_bytes(),
+    ));
+    let mut stack = vec![dir.clone()];
+    while let Some(p) = stack.pop() {
+        for entry in std::fs::read_dir(&p).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_none_or(|e| e != "toml") {
+                haystack.push((
+                    path.display().to_string(),
+                    std::fs::read(&path).expect("read"),
+                ));
+            }
+        }
+    }
+    assert!(
+        haystack.iter().any(|(n, _)| n.ends_with("agentid.db")),
+        "the store was searched"
+    );
+    assert!(
+        haystack.iter().any(|(n, _)| n.ends_with("audit.log")),
+        "the audit log was searched"
+    );
+    for secret in [&env_secret, &arg_secret, &flag_secret] {
+        for (name, bytes) in &haystack {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "a canary secret leaked into {name}");
+        }
+    }
+    // And the evidence is there: the alert names both agents by fingerprint only.
+    let alert = &alerts[0];
+    assert_eq!(alert["agents"].as_array().map(Vec::len), Some(2));
+    assert!(
+        alert["evidence"]["credential"]["fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("openai:"))
+    );
+
+    // The audit log the daemon wrote verifies offline against its public key.
+    let pubkey = Command::new(agentid_bin())
+        .args(["audit", "pubkey", "--key"])
+        .arg(dir.join("state/audit.key"))
+        .output()
+        .expect("pubkey");
+    assert!(pubkey.status.success());
+    let pubkey = String::from_utf8_lossy(&pubkey.stdout).trim().to_owned();
+    let verify = Command::new(agentid_bin())
+        .args([
+            "audit",
+            "verify",
+            "--expect-closed",
+            "--pubkey",
+            &pubkey,
+            "--dir",
+        ])
+        .arg(dir.join("state/audit"))
+        .output()
+        .expect("verify");
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(out.contains("ok "), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -141,6 +141,12 @@ async fn status(State(s): Shr) -> Result<Json<Value>, ApiError> {
             "errors": s.writer_stats.errors.load(Relaxed),
         },
         "alerts_file": config.alerts_file,
+        "audit": s.audit.lock().ok().and_then(|a| a.as_ref().map(|a| json!({
+            "dir": config.state_dir.join("audit"),
+            "appended": a.stats.appended.load(Relaxed),
+            "dropped": a.stats.dropped.load(Relaxed),
+            "errors": a.stats.errors.load(Relaxed),
+        }))),
         "sinks": s.sinks.lock().ok().and_then(|g| g.as_ref().map(crate::outputs::SinkManager::stats)).unwrap_or_default(),
     })))
 }

@@ -87,6 +87,11 @@ pub fn emit_alert(shared: &Shared, writer: &Writer, alert: &Alert) {
         agents: agents.join(" "),
         body: json.clone(),
     });
+    if let Ok(audit) = shared.audit.lock()
+        && let Some(audit) = audit.as_ref()
+    {
+        audit.alert(alert);
+    }
     if let Ok(sinks) = shared.sinks.lock()
         && let Some(s) = sinks.as_ref()
     {

@@ -4,6 +4,7 @@
 //! from shared state; signals: SIGTERM/SIGINT stop (detach, flush, exit 0), SIGHUP
 //! reloads the configuration's registry. The agents directory is also polled for changes.
 mod alerts;
+mod audit;
 mod lock;
 pub mod state;
 
@@ -77,6 +78,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let mut last_loss_alert: std::collections::HashMap<String, Instant> =
         std::collections::HashMap::new();
 
+    let audit = audit::AuditWriter::start(
+        &config.state_dir.join("audit"),
+        &config.state_dir.join("audit.key"),
+        crate::audit::AuditOptions {
+            fsync: match config.audit_fsync {
+                crate::config::AuditFsync::Interval => {
+                    crate::audit::Fsync::Interval(Duration::from_secs(1))
+                }
+                crate::config::AuditFsync::Record => crate::audit::Fsync::EveryRecord,
+            },
+            ..crate::audit::AuditOptions::default()
+        },
+    )?;
     let (events, _) = broadcast::channel(4096);
     let (alerts, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
@@ -86,6 +100,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         detector: Mutex::new(detector),
         alerts_file: Mutex::new(Some(alerts_file)),
         sinks: Mutex::new(Some(sinks)),
+        audit: Mutex::new(Some(audit)),
         store: Mutex::new(store),
         writer_stats: Arc::clone(&writer.stats),
         counters: Counters::default(),
@@ -154,6 +169,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     handle_batch(&shared, &writer, &mut batch);
     drop(sensor);
     api.abort();
+    let audit = shared.audit.lock().ok().and_then(|mut a| a.take());
+    if let Some(audit) = audit {
+        tokio::task::spawn_blocking(move || audit.close())
+            .await
+            .context("closing the audit log")?;
+    }
     let sinks = shared.sinks.lock().ok().and_then(|mut s| s.take());
     if let Some(sinks) = sinks {
         sinks.shutdown(Duration::from_secs(5)).await;
@@ -246,6 +267,11 @@ fn record(shared: &Shared, writer: &Writer, a: &AttributedEvent) {
         root_exec_id: root,
         body: json.clone(),
     });
+    if let Ok(audit) = shared.audit.lock()
+        && let Some(audit) = audit.as_ref()
+    {
+        audit.event(a);
+    }
     // No follower is fine: send only fails when nobody listens.
     let _ = shared.events.send(Live {
         agent,

@@ -94,6 +94,8 @@ pub struct Shared {
     pub alerts_file: Mutex<Option<std::fs::File>>,
     /// SIEM sinks; taken out for the graceful shutdown.
     pub sinks: Mutex<Option<crate::outputs::SinkManager>>,
+    /// The tamper-evident audit trail; taken out to close it (final checkpoint).
+    pub audit: Mutex<Option<super::audit::AuditWriter>>,
     /// Read connection for API queries (the writer has its own).
     pub store: Mutex<Store>,
     pub writer_stats: Arc<WriterStats>,

@@ -1,0 +1,121 @@
+//! The daemon's audit writer: a thread that appends every attributed event and every
+//! alert to the hash-chained audit log, checkpoints on a timer, and closes the log (final
+//! signed checkpoint) on shutdown. The event path only enqueues.
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    attribution::AttributedEvent,
+    audit::{AuditLog, AuditOptions, load_or_create_key},
+    detect::Alert,
+};
+
+enum Record {
+    Event(Box<AttributedEvent>),
+    Alert(Box<Alert>),
+}
+
+#[derive(Debug, Default)]
+pub struct AuditStats {
+    pub appended: AtomicU64,
+    /// Records refused because the writer fell behind (queue full) — visible in status.
+    pub dropped: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct AuditWriter {
+    tx: Option<mpsc::SyncSender<Record>>,
+    thread: Option<JoinHandle<()>>,
+    pub stats: Arc<AuditStats>,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Event(_) => "Record::Event",
+            Self::Alert(_) => "Record::Alert",
+        })
+    }
+}
+
+const QUEUE: usize = 65_536;
+
+impl AuditWriter {
+    pub fn start(dir: &Path, key_path: &Path, opts: AuditOptions) -> anyhow::Result<Self> {
+        let key = load_or_create_key(key_path)
+            .with_context(|| format!("audit key {}", key_path.display()))?;
+        let mut log = AuditLog::open(dir, key, opts)
+            .with_context(|| format!("audit log {}", dir.display()))?;
+        let (tx, rx) = mpsc::sync_channel::<Record>(QUEUE);
+        let stats = Arc::new(AuditStats::default());
+        let thread_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name("agentid-audit".into())
+            .spawn(move || {
+                let count = |r: Result<u64, crate::audit::AuditError>| match r {
+                    Ok(_) => {
+                        thread_stats.appended.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        thread_stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "audit append failed");
+                    }
+                };
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(1)) {
+                        Ok(Record::Event(e)) => count(log.append_event(&e)),
+                        Ok(Record::Alert(a)) => count(log.append_alert(&a)),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                    if let Err(e) = log.maybe_checkpoint(Instant::now()) {
+                        tracing::error!(error = %e, "audit checkpoint failed");
+                    }
+                }
+                if let Err(e) = log.close() {
+                    tracing::error!(error = %e, "closing the audit log");
+                }
+            })
+            .context("starting the audit thread")?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    fn send(&self, r: Record) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(r).is_err()
+        {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn event(&self, e: &AttributedEvent) {
+        self.send(Record::Event(Box::new(e.clone())));
+    }
+
+    pub fn alert(&self, a: &Alert) {
+        self.send(Record::Alert(Box::new(a.clone())));
+    }
+
+    /// Drains the queue and writes the final signed checkpoint.
+    pub fn close(mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
