@@ -2,6 +2,7 @@
 //! CLI: attribution, follow, restart, SIGHUP, permissions, single instance.
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
 use std::{
+    fmt::Write as _,
     io::{BufRead, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -340,16 +341,21 @@ fn follow_restart_and_sighup() {
 /// goes through the whole pipeline (detection, store, alerts file, a SIEM file sink, the
 /// audit log, the API, the daemon's log) and appears in none of them.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, read top to bottom"
+)]
 fn canary_secrets_never_leave_and_the_audit_log_verifies() {
     let dir = Daemon::dir("canary");
     let (a, b) = (TestCgroup::new("cn-a"), TestCgroup::new("cn-b"));
     std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
     std::fs::write(dir.join("agents/b.toml"), registration("beta", &b)).expect("reg");
     let mut config = std::fs::read_to_string(dir.join("agentid.toml")).expect("config");
-    config.push_str(&format!(
+    let _ = write!(
+        config,
         "[[sinks]]\ntype = \"file\"\npath = \"{}/sink.jsonl\"\nformat = \"ocsf\"\n",
         dir.display()
-    ));
+    );
     std::fs::write(dir.join("agentid.toml"), config).expect("config");
     let Some(d) = Daemon::start(&dir) else { return };
 
