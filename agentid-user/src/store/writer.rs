@@ -239,7 +239,10 @@ fn commit(
     Ok(n)
 }
 
-fn enforce_retention(conn: &Connection, retention: Retention) -> Result<(), rusqlite::Error> {
+pub(super) fn enforce_retention(
+    conn: &Connection,
+    retention: Retention,
+) -> Result<(), rusqlite::Error> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
