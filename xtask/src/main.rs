@@ -2,7 +2,9 @@
 //!
 //! - `setup`        idempotent prerequisites (scripts/setup.sh): rust-src, LLVM 22, bpf-linker, mounts
 //! - `lint`         `cargo fmt --check` and `cargo clippy` (warnings are errors)
-//! - `test`         setup, lint, build every binary, run every test (kernel tests need root)
+//! - `test`         setup, lint, build every binary, run every test (kernel tests need root),
+//!   then the kernel tests again in a QEMU guest on each of `AGENTID_TEST_KERNELS`
+//!   (default `linux-image-amd64`, Debian 12's 6.1 kernel; `none` skips)
 //! - `test --kernel K` the kernel integration tests inside QEMU on kernel K (a vmlinuz, a
 //!   `.deb`, or a Debian package name such as `linux-image-amd64`); see `vm.rs`
 //! - `run -- ARGS`  setup, build release, run `agentid ARGS`
@@ -30,7 +32,8 @@ enum Task {
     Setup,
     /// rustfmt and clippy, warnings denied.
     Lint,
-    /// Setup, lint, build all binaries, run the whole test suite.
+    /// Setup, lint, build all binaries, run the whole test suite, then the kernel tests on
+    /// the kernels of `AGENTID_TEST_KERNELS` (default: `linux-image-amd64`; `none` skips) in QEMU.
     Test {
         /// Skip the lint step.
         #[arg(long)]
@@ -135,8 +138,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return test_in_guest(&kernel, Duration::from_mins(guest_timeout_mins), &args);
             }
             let mut test = cargo();
-            test.args(["test", "--workspace", "--"]).args(args);
-            status(test)
+            test.args(["test", "--workspace", "--"]).args(&args);
+            status(test)?;
+            // Then the kernel tests again on each other kernel (about 3.5 minutes each under
+            // TCG): Debian 12's default kernel unless AGENTID_TEST_KERNELS says otherwise.
+            for kernel in guest_kernels() {
+                test_in_guest(&kernel, Duration::from_mins(guest_timeout_mins), &[])?;
+            }
+            Ok(())
         }
         Task::Run { args } => {
             setup()?;
@@ -149,6 +158,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Kernels `cargo xtask test` also runs the kernel tests on, in a guest:
+/// `AGENTID_TEST_KERNELS` (comma-separated, as `--kernel` takes them; empty or `none` for
+/// none), by default Debian 12's standard kernel (6.1).
+fn guest_kernels() -> Vec<String> {
+    let spec =
+        std::env::var("AGENTID_TEST_KERNELS").unwrap_or_else(|_| DEFAULT_GUEST_KERNEL.to_owned());
+    spec.split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && *k != "none")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Bookworm's meta-package: the current Debian 6.1 kernel.
+const DEFAULT_GUEST_KERNEL: &str = "linux-image-amd64";
 
 /// Builds the kernel test binary on the host and returns its path (from cargo's JSON).
 fn kernel_test_binary() -> anyhow::Result<PathBuf> {
@@ -185,9 +210,14 @@ fn test_in_guest(kernel: &str, timeout: Duration, args: &[String]) -> anyhow::Re
     let binary = kernel_test_binary()?;
     let cache = target_dir().join("kernel-vm");
     let image = vm::resolve_kernel(kernel, &cache)?;
-    let work = cache.join("run");
-    // Passed through so the (slow, emulated) guest can run the load tests smaller.
-    let env = ["AGENTID_TEST_SCALE"]
+    let work = cache
+        .join("run")
+        .join(kernel.rsplit('/').next().unwrap_or(kernel).replace(
+            |c: char| !c.is_ascii_alphanumeric() && !"-_.".contains(c),
+            "_",
+        ));
+    // The guest starts from an empty environment; these are passed through.
+    let env = ["RUST_LOG", "RUST_TEST_THREADS"]
         .into_iter()
         .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
         .collect();

@@ -49,7 +49,8 @@ pub struct GuestRun<'a> {
 /// `linux-image-amd64` to the image it depends on).
 pub fn resolve_kernel(spec: &str, cache: &Path) -> anyhow::Result<Kernel> {
     let path = Path::new(spec);
-    if path.is_file() && spec.ends_with(".deb") {
+    let is_deb = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("deb"));
+    if path.is_file() && is_deb(path) {
         return from_deb(path, cache, 0);
     }
     if path.is_file() {
@@ -95,7 +96,8 @@ fn download(package: &str, cache: &Path) -> anyhow::Result<PathBuf> {
         for entry in fs::read_dir(&debs)? {
             let p = entry?.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if name.starts_with(&format!("{package}_")) && name.ends_with(".deb") {
+            let deb = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("deb"));
+            if deb && name.starts_with(&format!("{package}_")) {
                 return Ok(Some(p));
             }
         }
@@ -316,9 +318,9 @@ fn init_script(run: &GuestRun<'_>, modules: &[String]) -> String {
          ip link set lo up\n\
          echo \"guest: kernel $(uname -r), running the tests\"\n",
     );
-    let mut cmd = format!(
+    let mut cmd = String::from(
         "chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-         HOME=/root TMPDIR=/tmp AGENTID_REQUIRE_BPF=1 RUST_BACKTRACE=1"
+         HOME=/root TMPDIR=/tmp AGENTID_REQUIRE_BPF=1 RUST_BACKTRACE=1",
     );
     for (k, v) in &run.env {
         let _ = write!(cmd, " {}", sh_quote(&format!("{k}={v}")));
