@@ -108,9 +108,18 @@ fn download(package: &str, cache: &Path) -> anyhow::Result<PathBuf> {
         return Ok(deb);
     }
     eprintln!("xtask: apt-get download {package}");
-    let mut cmd = Command::new("apt-get");
-    cmd.args(["download", "-q", package]).current_dir(&debs);
-    crate::status(cmd).with_context(|| format!("downloading {package}"))?;
+    let fetch = || {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["download", "-q", package]).current_dir(&debs);
+        crate::status(cmd)
+    };
+    if fetch().is_err() {
+        // Package lists missing or stale (a fresh or cleaned machine): refresh once.
+        let mut update = Command::new("apt-get");
+        update.args(["update", "-qq"]);
+        crate::status(update)?;
+        fetch().with_context(|| format!("downloading {package}"))?;
+    }
     find()?.with_context(|| format!("apt-get download {package} left no .deb"))
 }
 
@@ -215,7 +224,12 @@ fn modules_in_load_order(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
             if builtin.contains(&name) {
                 continue;
             }
-            bail!("module {name}: not in {} and not built in", dir.display());
+            bail!(
+                "module {name}: not in {} and not built in: this kernel cannot mount the host \
+                 share over virtio-9p (Debian's -cloud- flavour has no 9p; use the standard \
+                 flavour, e.g. linux-image-amd64)",
+                dir.display()
+            );
         };
         let bytes = module_bytes(path)?;
         if deps_done {
