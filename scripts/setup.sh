@@ -23,7 +23,8 @@ if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
 fi
 
 # 2. Debian packages: LLVM for bpf-linker, plus tools the test suite drives.
-pkgs=(llvm-${LLVM_VER}-dev libpolly-${LLVM_VER}-dev libzstd-dev zlib1g-dev iproute2 rsyslog rsyslog-gnutls)
+pkgs=(llvm-${LLVM_VER}-dev libpolly-${LLVM_VER}-dev libzstd-dev zlib1g-dev iproute2 rsyslog rsyslog-gnutls
+      qemu-system-x86 busybox-static)  # the last two: `cargo xtask test --kernel` (guest kernels)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

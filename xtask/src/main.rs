@@ -2,11 +2,18 @@
 //!
 //! - `setup`        idempotent prerequisites (scripts/setup.sh): rust-src, LLVM 22, bpf-linker, mounts
 //! - `lint`         `cargo fmt --check` and `cargo clippy` (warnings are errors)
-//! - `test`         setup, lint, build every binary, run every test (kernel tests need root)
+//! - `test`         setup, lint, build every binary, run every test (kernel tests need root),
+//!   then the kernel tests again in a QEMU guest on each of `AGENTID_TEST_KERNELS`
+//!   (default `linux-image-amd64`, Debian 12's 6.1 kernel; `none` skips)
+//! - `test --kernel K` the kernel integration tests inside QEMU on kernel K (a vmlinuz, a
+//!   `.deb`, or a Debian package name such as `linux-image-amd64`); see `vm.rs`
 //! - `run -- ARGS`  setup, build release, run `agentid ARGS`
+mod vm;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -25,12 +32,22 @@ enum Task {
     Setup,
     /// rustfmt and clippy, warnings denied.
     Lint,
-    /// Setup, lint, build all binaries, run the whole test suite.
+    /// Setup, lint, build all binaries, run the whole test suite, then the kernel tests on
+    /// the kernels of `AGENTID_TEST_KERNELS` (default: `linux-image-amd64`; `none` skips) in QEMU.
     Test {
         /// Skip the lint step.
         #[arg(long)]
         no_lint: bool,
-        /// Extra arguments for `cargo test` (after `--`).
+        /// Instead of the host suite: boot this kernel under QEMU (TCG) and run the kernel
+        /// integration tests inside it. A vmlinuz path, a `.deb`, or a Debian package name
+        /// (`linux-image-amd64`, `linux-image-6.1.0-…-cloud-amd64`) fetched with apt-get.
+        #[arg(long, value_name = "PATH_OR_PACKAGE")]
+        kernel: Option<String>,
+        /// Guest time limit, in minutes (`--kernel` only).
+        #[arg(long, default_value_t = 20)]
+        guest_timeout_mins: u64,
+        /// Extra arguments for `cargo test` (after `--`); with `--kernel`, for the kernel
+        /// test binary in the guest (test name filters, `--test-threads`, ...).
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -62,6 +79,10 @@ fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
 fn status(mut cmd: Command) -> anyhow::Result<()> {
@@ -99,7 +120,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => setup(),
         Task::Lint => lint(),
-        Task::Test { no_lint, args } => {
+        Task::Test {
+            no_lint,
+            kernel,
+            guest_timeout_mins,
+            args,
+        } => {
             setup()?;
             if !no_lint {
                 lint()?;
@@ -108,9 +134,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut build = cargo();
             build.args(["build", "--workspace", "--bins"]);
             status(build)?;
+            if let Some(kernel) = kernel {
+                return test_in_guest(&kernel, Duration::from_mins(guest_timeout_mins), &args);
+            }
             let mut test = cargo();
-            test.args(["test", "--workspace", "--"]).args(args);
-            status(test)
+            test.args(["test", "--workspace", "--"]).args(&args);
+            status(test)?;
+            // Then the kernel tests again on each other kernel (about 3.5 minutes each under
+            // TCG): Debian 12's default kernel unless AGENTID_TEST_KERNELS says otherwise.
+            for kernel in guest_kernels() {
+                test_in_guest(&kernel, Duration::from_mins(guest_timeout_mins), &[])?;
+            }
+            Ok(())
         }
         Task::Run { args } => {
             setup()?;
@@ -122,4 +157,87 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             status(agentid)
         }
     }
+}
+
+/// Kernels `cargo xtask test` also runs the kernel tests on, in a guest:
+/// `AGENTID_TEST_KERNELS` (comma-separated, as `--kernel` takes them; empty or `none` for
+/// none), by default Debian 12's standard kernel (6.1).
+fn guest_kernels() -> Vec<String> {
+    let spec =
+        std::env::var("AGENTID_TEST_KERNELS").unwrap_or_else(|_| DEFAULT_GUEST_KERNEL.to_owned());
+    spec.split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && *k != "none")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Bookworm's meta-package: the current Debian 6.1 kernel.
+const DEFAULT_GUEST_KERNEL: &str = "linux-image-amd64";
+
+/// Builds the kernel test binary on the host and returns its path (from cargo's JSON).
+fn kernel_test_binary() -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "agentid-tests",
+        "--test",
+        "kernel",
+        "--no-run",
+        "--message-format=json",
+    ]);
+    let out = cmd.output().context("cargo test --no-run")?;
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        bail!("building the kernel tests failed");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|m| {
+            m["reason"] == "compiler-artifact"
+                && m["target"]["name"] == "kernel"
+                && m["profile"]["test"] == true
+        })
+        .and_then(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("no kernel test executable in cargo's output")
+}
+
+/// The kernel tests on `kernel`, in a QEMU guest; the guest's test result is ours.
+fn test_in_guest(kernel: &str, timeout: Duration, args: &[String]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let binary = kernel_test_binary()?;
+    let cache = target_dir().join("kernel-vm");
+    let image = vm::resolve_kernel(kernel, &cache)?;
+    let work = cache
+        .join("run")
+        .join(kernel.rsplit('/').next().unwrap_or(kernel).replace(
+            |c: char| !c.is_ascii_alphanumeric() && !"-_.".contains(c),
+            "_",
+        ));
+    // The guest starts from an empty environment; these are passed through.
+    let env = ["RUST_LOG", "RUST_TEST_THREADS"]
+        .into_iter()
+        .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
+        .collect();
+    let code = vm::run_guest(&vm::GuestRun {
+        kernel: &image,
+        test_binary: &binary,
+        test_args: args,
+        env,
+        work_dir: &work,
+        timeout,
+    })?;
+    let took = started.elapsed().as_secs();
+    eprintln!(
+        "xtask: kernel tests on {} (guest): exit code {code}, {}m{:02}s",
+        image.vmlinuz.display(),
+        took / 60,
+        took % 60
+    );
+    if code != 0 {
+        bail!("kernel tests failed in the guest (exit code {code})");
+    }
+    Ok(())
 }
