@@ -68,15 +68,17 @@ done
 python3 -m http.server 8765 --bind 127.0.0.1 > /dev/null 2>&1 &
 LISTENER=$!
 
-KEY="sk-proj-DEMOonlyNotARealKey7x9Lm2Np4Rt6Vw8Yz"
+# The (fake) key both agents are given; read inside the agent's cgroup, so the launcher
+# itself never holds it.
+( umask 077; echo "sk-proj-DEMOonlyNotARealKey7x9Lm2Np4Rt6Vw8Yz" > "$DEMO/key" )
 agent() { # agent CGROUP: a little agent loop in its own cgroup
-    sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec env -i PATH=/usr/bin:/bin OPENAI_API_KEY="$1" sh -c "
+    sh -c 'echo $$ > "$1/cgroup.procs"; exec env -i PATH=/usr/bin:/bin OPENAI_API_KEY="$(cat "$2")" sh -c "
         for i in 1 2 3; do
             curl -s -o /dev/null http://127.0.0.1:8765/ || true
             ls /tmp > /dev/null
             sleep 1
         done
-        sleep 30"' _ "$1" "$KEY" &
+        sleep 30"' _ "$1" "$DEMO/key" &
 }
 echo "== starting research-bot and billing-bot (same OPENAI_API_KEY: a finding)"
 agent "$CG/research-bot"

@@ -2,7 +2,7 @@
 use std::{
     io::Write as _,
     path::Path,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
@@ -56,7 +56,13 @@ pub fn check_drops(shared: &Shared, writer: &Writer, drops: &KindCounts) {
     }
 }
 
-/// An alert (new or updated) goes to the alerts file, the store and followers.
+/// How often an incident's updates (count, last seen) are re-published. The store always
+/// has the current state; the alerts file, the audit log, sinks and followers get the first
+/// sighting at once and then at most one update per incident per interval, so a condition
+/// that repeats every second updates a count instead of flooding the SIEM.
+pub const UPDATE_EVERY: Duration = Duration::from_secs(30);
+
+/// An alert, new or updated: the store at once, the outputs as [`UPDATE_EVERY`] allows.
 pub fn emit_alert(shared: &Shared, writer: &Writer, alert: &Alert) {
     let json = match serde_json::to_string(alert) {
         Ok(j) => j,
@@ -65,17 +71,6 @@ pub fn emit_alert(shared: &Shared, writer: &Writer, alert: &Alert) {
             return;
         }
     };
-    shared
-        .counters
-        .alerts
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::warn!(rule = alert.rule, uid = %alert.uid, count = alert.count, "{}", alert.title);
-    if let Ok(mut file) = shared.alerts_file.lock()
-        && let Some(f) = file.as_mut()
-        && let Err(e) = writeln!(f, "{json}")
-    {
-        tracing::error!(error = %e, "writing the alerts file");
-    }
     let agents: Vec<&str> = alert.agents.iter().map(|a| a.id.as_str()).collect();
     writer.send(StoreOp::Alert {
         uid: alert.uid.clone(),
@@ -87,6 +82,70 @@ pub fn emit_alert(shared: &Shared, writer: &Writer, alert: &Alert) {
         agents: agents.join(" "),
         body: json.clone(),
     });
+    let now = Instant::now();
+    let publish_now = {
+        let Ok(mut updates) = shared.alert_updates.lock() else {
+            return;
+        };
+        match updates.get_mut(&alert.uid) {
+            Some((last, pending)) if now.duration_since(*last) < UPDATE_EVERY => {
+                *pending = Some(alert.clone());
+                false
+            }
+            Some((last, pending)) => {
+                *last = now;
+                *pending = None;
+                true
+            }
+            None => {
+                updates.insert(alert.uid.clone(), (now, None));
+                true
+            }
+        }
+    };
+    if publish_now {
+        publish(shared, alert, json);
+    }
+}
+
+/// Publishes held-back updates that are due (all of them when `all`, at shutdown).
+pub fn flush_updates(shared: &Shared, all: bool) {
+    let now = Instant::now();
+    let due: Vec<Alert> = {
+        let Ok(mut updates) = shared.alert_updates.lock() else {
+            return;
+        };
+        updates
+            .values_mut()
+            .filter(|(last, pending)| {
+                pending.is_some() && (all || now.duration_since(*last) >= UPDATE_EVERY)
+            })
+            .filter_map(|(last, pending)| {
+                *last = now;
+                pending.take()
+            })
+            .collect()
+    };
+    for alert in due {
+        if let Ok(json) = serde_json::to_string(&alert) {
+            publish(shared, &alert, json);
+        }
+    }
+}
+
+/// The alerts file, the audit log, the sinks and the followers.
+fn publish(shared: &Shared, alert: &Alert, json: String) {
+    shared
+        .counters
+        .alerts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(rule = alert.rule, uid = %alert.uid, count = alert.count, "{}", alert.title);
+    if let Ok(mut file) = shared.alerts_file.lock()
+        && let Some(f) = file.as_mut()
+        && let Err(e) = writeln!(f, "{json}")
+    {
+        tracing::error!(error = %e, "writing the alerts file");
+    }
     if let Ok(audit) = shared.audit.lock()
         && let Some(audit) = audit.as_ref()
     {

@@ -101,6 +101,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         alerts_file: Mutex::new(Some(alerts_file)),
         sinks: Mutex::new(Some(sinks)),
         audit: Mutex::new(Some(audit)),
+        alert_updates: Mutex::new(std::collections::HashMap::new()),
         store: Mutex::new(store),
         writer_stats: Arc::clone(&writer.stats),
         counters: Counters::default(),
@@ -129,6 +130,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 let drops = sensor.drops().unwrap_or_default();
                 shared.counters.set(&sensor.received(), &drops, sensor.decode_errors());
                 alerts::check_drops(&shared, &writer, &drops);
+                alerts::flush_updates(&shared, false);
                 shared.rates.sample(shared.counters.received());
                 if last_poll.elapsed() >= REGISTRY_POLL {
                     last_poll = Instant::now();
@@ -169,6 +171,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     handle_batch(&shared, &writer, &mut batch);
     drop(sensor);
     api.abort();
+    // Held-back incident updates go out before the outputs close.
+    alerts::flush_updates(&shared, true);
     let audit = shared.audit.lock().ok().and_then(|mut a| a.take());
     if let Some(audit) = audit {
         tokio::task::spawn_blocking(move || audit.close())

@@ -96,6 +96,9 @@ pub struct Shared {
     pub sinks: Mutex<Option<crate::outputs::SinkManager>>,
     /// The tamper-evident audit trail; taken out to close it (final checkpoint).
     pub audit: Mutex<Option<super::audit::AuditWriter>>,
+    /// Per incident: when it was last published, and a held-back newer state.
+    pub alert_updates:
+        Mutex<std::collections::HashMap<String, (Instant, Option<crate::detect::Alert>)>>,
     /// Read connection for API queries (the writer has its own).
     pub store: Mutex<Store>,
     pub writer_stats: Arc<WriterStats>,
