@@ -3,6 +3,7 @@
 //! - `setup`        idempotent prerequisites (scripts/setup.sh): rust-src, LLVM 22, bpf-linker, mounts
 //! - `lint`         `cargo fmt --check` and `cargo clippy` (warnings are errors)
 //! - `test`         setup, lint, build every binary, run every test (kernel tests need root)
+//! - `fuzz`         run every fuzz target N seconds (stable, coverage-free driver)
 //! - `run -- ARGS`  setup, build release, run `agentid ARGS`
 use std::{
     path::{Path, PathBuf},
@@ -33,6 +34,19 @@ enum Task {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run the fuzz targets (tests/src/fuzz.rs) for N seconds each; crashes are saved
+    /// under tests/fuzz/artifacts/ and fail the task.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// PRNG seed (a run is reproducible from it, up to timing).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Only these targets (default: all).
+        #[arg(long)]
+        target: Vec<String>,
     },
     /// Setup, build release, run `agentid` with the given arguments.
     Run {
@@ -95,6 +109,23 @@ fn lint() -> anyhow::Result<()> {
     status(clippy)
 }
 
+/// Smoke-level fuzzing in `cargo xtask test`: 8 targets × 3 s keeps it under ~30 s.
+const FUZZ_SMOKE_SECONDS: u64 = 3;
+
+fn fuzz(seconds: u64, seed: Option<u64>, targets: &[String]) -> anyhow::Result<()> {
+    // The debug profile: overflow checks on, and the test build already has it.
+    let mut cmd = cargo();
+    cmd.args(["run", "-q", "-p", "agentid-tests", "--bin", "agentid-fuzz", "--"])
+        .args(["--seconds", &seconds.to_string()]);
+    if let Some(seed) = seed {
+        cmd.args(["--seed", &seed.to_string()]);
+    }
+    for t in targets {
+        cmd.args(["--target", t]);
+    }
+    status(cmd).context("fuzzing (inputs that crashed are in tests/fuzz/artifacts/)")
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => setup(),
@@ -110,8 +141,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             status(build)?;
             let mut test = cargo();
             test.args(["test", "--workspace", "--"]).args(args);
-            status(test)
+            status(test)?;
+            fuzz(FUZZ_SMOKE_SECONDS, None, &[])
         }
+        Task::Fuzz {
+            seconds,
+            seed,
+            target,
+        } => fuzz(seconds, seed, &target),
         Task::Run { args } => {
             setup()?;
             let mut build = cargo();
