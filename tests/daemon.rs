@@ -1,6 +1,5 @@
 //! The real daemon on a temporary config, state dir and socket, queried through the real
 //! CLI: attribution, follow, restart, SIGHUP, permissions, single instance.
-#![expect(clippy::expect_used, reason = "a failed step is a failed test")]
 use std::{
     fmt::Write as _,
     io::{BufRead, BufReader, Write as _},

@@ -63,7 +63,10 @@ const ALPHA: &str = "spiffe://test.example/agent/alpha";
 
 /// Two agents using one credential: a `credential-reuse` alert.
 fn raise_credential_reuse(a: &TestCgroup, b: &TestCgroup, tag: &str) {
-    let secret = format!("sk-proj-FAULT{tag}{}x7Q9mL2nP4rT6vW8yZ0aB", std::process::id());
+    let secret = format!(
+        "sk-proj-FAULT{tag}{}x7Q9mL2nP4rT6vW8yZ0aB",
+        std::process::id()
+    );
     for cg in [a, b] {
         let st = cg
             .command("/bin/true")
@@ -78,7 +81,13 @@ fn raise_credential_reuse(a: &TestCgroup, b: &TestCgroup, tag: &str) {
 fn mount_tmpfs(dir: &Path, size: &str) {
     std::fs::create_dir_all(dir).expect("mount point");
     let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])
         .arg(dir)
         .status()
         .expect("mount");
@@ -124,7 +133,9 @@ fn disk_full_and_read_only_state_degrade_and_recover() {
     let state = dir.join("state");
     mount_tmpfs(&state, "1m");
     let mounted = Mounted(state.clone());
-    let Some(mut d) = Daemon::start(&dir) else { return };
+    let Some(mut d) = Daemon::start(&dir) else {
+        return;
+    };
     let echo = |word: &str| {
         assert!(
             a.command("/bin/echo")
@@ -136,7 +147,9 @@ fn disk_full_and_read_only_state_degrade_and_recover() {
         );
     };
     echo("before");
-    d.cli_until(&["events", "--agent", ALPHA], |v| has_exec_of(v, "/bin/echo"));
+    d.cli_until(&["events", "--agent", ALPHA], |v| {
+        has_exec_of(v, "/bin/echo")
+    });
 
     // Full: hundreds of events with nowhere to go.
     let filler = fill(&state);
@@ -224,7 +237,11 @@ fn sigkill_and_restart_rebuild_the_process_table_and_keep_alerts() {
     });
     d.kill9();
 
-    let Some(d) = Daemon::start(&dir) else { return };
+    let Some(d) = Daemon::start(&dir) else {
+        let _ = waiting.kill();
+        let _ = waiting.wait();
+        return;
+    };
     // Seeded from /proc: the process is live and alpha's.
     let ps = d.cli(&["ps", "--agent", ALPHA]);
     assert!(
@@ -275,9 +292,15 @@ fn a_corrupted_or_deleted_registry_keeps_the_last_good_one() {
                 .success()
         );
     };
-    std::fs::write(dir.join("agents/a.toml"), "[[agent]]\nid = \"spiffe://test.example/ag").expect("corrupt");
+    std::fs::write(
+        dir.join("agents/a.toml"),
+        "[[agent]]\nid = \"spiffe://test.example/ag",
+    )
+    .expect("corrupt");
     let status = d.cli_until(&["status"], |v| {
-        v["registry"]["errors"].as_array().is_some_and(|e| !e.is_empty())
+        v["registry"]["errors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
     });
     assert_eq!(status["registry"]["agents"], 1, "{status:#}");
     assert!(
@@ -309,7 +332,9 @@ fn a_corrupted_or_deleted_registry_keeps_the_last_good_one() {
     std::fs::create_dir_all(dir.join("agents")).expect("agents");
     std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
     d.cli_until(&["status"], |v| {
-        v["registry"]["errors"].as_array().is_some_and(Vec::is_empty)
+        v["registry"]["errors"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
             && v["registry"]["agents"] == 1
     });
     assert!(d.stop().success());

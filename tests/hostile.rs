@@ -5,6 +5,7 @@
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
 use std::{
     ffi::OsStr,
+    fmt::Write as _,
     io::{BufRead, BufReader},
     os::unix::{ffi::OsStrExt as _, fs::symlink},
     path::{Path, PathBuf},
@@ -34,10 +35,11 @@ fn tmp(name: &str) -> PathBuf {
 fn registry_for(cgroups: &[&TestCgroup]) -> Arc<Registry> {
     let mut text = String::new();
     for (i, cg) in cgroups.iter().enumerate() {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "[[agent]]\nid = \"{AGENT}{i}\"\nname = \"hostile{i}\"\n[[agent.selectors]]\ncgroup = {}\n",
             toml_string(&cg.rel)
-        ));
+        );
     }
     let r = Registry::parse_str(&text, "hostile.toml");
     assert!(r.errors().is_empty(), "{:?}", r.errors());
@@ -63,7 +65,9 @@ fn toml_string(s: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
             c => out.push(c),
         }
     }
@@ -81,9 +85,7 @@ fn pipeline(registry: Arc<Registry>) -> Pipeline {
 fn execs_of<'a>(events: &'a [AttributedEvent], file: &str) -> Vec<&'a AttributedEvent> {
     events
         .iter()
-        .filter(|a| {
-            matches!(&a.event.detail, Detail::Exec { filename, .. } if filename == file)
-        })
+        .filter(|a| matches!(&a.event.detail, Detail::Exec { filename, .. } if filename == file))
         .collect()
 }
 
@@ -151,7 +153,10 @@ fn hostile_strings_stay_one_event_per_line() {
         .command(&exe)
         .env_clear()
         .env("EVIL\nNAME", "v\n\"al|=]")
-        .env(OsStr::from_bytes(b"BIN\xff"), OsStr::from_bytes(b"\xfe\xffx"))
+        .env(
+            OsStr::from_bytes(b"BIN\xff"),
+            OsStr::from_bytes(b"\xfe\xffx"),
+        )
         .arg("hostile-args")
         .arg("line1\nline2\r\n\"quoted\" 'single' |=] \\ \t\u{7}\u{1b}[31m")
         .arg(OsStr::from_bytes(b"bad-utf8-\xff\xc3\x28"))
@@ -244,7 +249,9 @@ fn hostile_strings_stay_one_event_per_line() {
         );
     }
     assert!(
-        table_lines.iter().any(|l| l.contains(" exec ") && l.contains("ev\\nil|=]")),
+        table_lines
+            .iter()
+            .any(|l| l.contains(" exec ") && l.contains("ev\\nil|=]")),
         "{table_lines:#?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -274,7 +281,7 @@ async fn a_200_level_tree_is_attributed_to_the_root_agent() {
         .status()
         .expect("spawn");
     assert!(st.success());
-    let events = attributed_until(&mut sensor, &mut p, &[cg.id], Duration::from_secs(60), |ev| {
+    let events = attributed_until(&mut sensor, &mut p, &[cg.id], Duration::from_mins(1), |ev| {
         ev.iter().any(|a| {
             matches!(&a.event.detail, Detail::Exec { argv, .. } if argv.get(1).is_some_and(|x| x == "deepest-leaf"))
         })
@@ -289,7 +296,10 @@ async fn a_200_level_tree_is_attributed_to_the_root_agent() {
         leaf.agent.as_ref().map(|a| a.id.as_str()),
         Some(format!("{AGENT}0").as_str())
     );
-    assert_eq!(leaf.session, root_session, "the leaf is in the root's session");
+    assert_eq!(
+        leaf.session, root_session,
+        "the leaf is in the root's session"
+    );
     assert!(!leaf.lineage.is_empty());
     for a in &events {
         assert!(a.agent.is_some(), "unattributed: {a:?}");
@@ -315,22 +325,28 @@ async fn thousands_of_short_lived_processes_are_all_attributed() {
         .args(["exec", &N.to_string(), "/bin/true"])
         .spawn()
         .expect("spawn");
-    let events = attributed_until(&mut sensor, &mut p, &[cg.id], Duration::from_secs(120), |ev| {
-        ev.iter()
-            .filter(|a| a.event.kind == EventKind::Exit && a.event.comm == "true")
-            .count()
-            >= N
-    })
+    let events = attributed_until(
+        &mut sensor,
+        &mut p,
+        &[cg.id],
+        Duration::from_mins(2),
+        |ev| {
+            ev.iter()
+                .filter(|a| a.event.kind == EventKind::Exit && a.event.comm == "true")
+                .count()
+                >= N
+        },
+    )
     .await;
     assert!(child.wait().expect("wait").success());
     let took = started.elapsed();
     let trues = execs_of(&events, "/bin/true");
     assert_eq!(trues.len(), N);
-    assert!(
-        trues
-            .iter()
-            .all(|a| a.agent.as_ref().is_some_and(|g| g.id == format!("{AGENT}0")))
-    );
+    assert!(trues.iter().all(|a| {
+        a.agent
+            .as_ref()
+            .is_some_and(|g| g.id == format!("{AGENT}0"))
+    }));
     let mut ids: Vec<_> = trues.iter().filter_map(|a| a.exec_id.clone()).collect();
     ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     ids.dedup();
@@ -338,7 +354,7 @@ async fn thousands_of_short_lived_processes_are_all_attributed() {
     assert_eq!(sensor.drops().expect("drops").iter().sum::<u64>(), 0);
     eprintln!(
         "{N} processes in {took:?} ({:.0}/s)",
-        N as f64 / took.as_secs_f64()
+        f64::from(u32::try_from(N).unwrap_or(u32::MAX)) / took.as_secs_f64()
     );
     // The storm is over: live processes back to (about) where they were.
     let after = p.table.live_count();

@@ -57,8 +57,22 @@ fn the_api_group_admits_members_only() {
         users: vec![format!("agidm{tag}"), format!("agidn{tag}")],
     };
     run("groupadd", &[&accounts.group]);
-    run("useradd", &["-M", "-N", "-s", "/usr/sbin/nologin", "-G", &accounts.group, &accounts.users[0]]);
-    run("useradd", &["-M", "-N", "-s", "/usr/sbin/nologin", &accounts.users[1]]);
+    run(
+        "useradd",
+        &[
+            "-M",
+            "-N",
+            "-s",
+            "/usr/sbin/nologin",
+            "-G",
+            &accounts.group,
+            &accounts.users[0],
+        ],
+    );
+    run(
+        "useradd",
+        &["-M", "-N", "-s", "/usr/sbin/nologin", &accounts.users[1]],
+    );
 
     let dir = Daemon::dir("group");
     let mut config = std::fs::read_to_string(dir.join("agentid.toml")).expect("config");
@@ -70,7 +84,10 @@ fn the_api_group_admits_members_only() {
     let sock = dir.join("agentid.sock");
     let meta = std::fs::metadata(&sock).expect("socket");
     assert_eq!(meta.mode() & 0o777, 0o660);
-    let gid = Command::new("getent").args(["group", &accounts.group]).output().expect("getent");
+    let gid = Command::new("getent")
+        .args(["group", &accounts.group])
+        .output()
+        .expect("getent");
     let gid: u32 = String::from_utf8_lossy(&gid.stdout)
         .split(':')
         .nth(2)
@@ -169,7 +186,11 @@ fn state_files_are_private() {
             let path = entry.path();
             let meta = std::fs::symlink_metadata(&path).expect("meta");
             let mode = meta.mode() & 0o777;
-            let name = path.strip_prefix(&state).expect("under state").display().to_string();
+            let name = path
+                .strip_prefix(&state)
+                .expect("under state")
+                .display()
+                .to_string();
             if meta.is_dir() {
                 assert_eq!(mode, 0o700, "{name} is a {mode:o} directory");
                 stack.push(path);
@@ -180,7 +201,14 @@ fn state_files_are_private() {
             seen.push(name);
         }
     }
-    for expected in ["agentid.db", "audit.key", "fingerprint.key", "revoked", "audit/audit.log", "spool"] {
+    for expected in [
+        "agentid.db",
+        "audit.key",
+        "fingerprint.key",
+        "revoked",
+        "audit/audit.log",
+        "spool",
+    ] {
         assert!(
             seen.iter().any(|s| s == expected),
             "{expected} not checked; saw {seen:?}"
@@ -212,9 +240,15 @@ fn workload_symlinks_are_not_followed() {
     let image = work.join("agent-tool");
     std::fs::copy("/bin/sleep", &image).expect("copy");
     // Trailing bytes make the image (and its hash) this test's own; ELF ignores them.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&image).expect("open");
-    std::io::Write::write_all(&mut f, format!("agentid-test-{}", std::process::id()).as_bytes())
-        .expect("append");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&image)
+        .expect("open");
+    std::io::Write::write_all(
+        &mut f,
+        format!("agentid-test-{}", std::process::id()).as_bytes(),
+    )
+    .expect("append");
     drop(f);
     let other = work.join("other");
     std::fs::copy("/bin/true", &other).expect("copy");
@@ -230,8 +264,7 @@ fn workload_symlinks_are_not_followed() {
     let secret_file = dir.join("root-only-secret");
     let canary = format!("sk-proj-SYMLINK{}q7x9Lm2Np4Rt6Vw8Yz0aB", std::process::id());
     std::fs::write(&secret_file, format!("OPENAI_API_KEY={canary}\n")).expect("secret");
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))
-        .expect("chmod");
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     std::os::unix::fs::symlink(&secret_file, work.join(".env")).expect("symlink");
 
     let Some(d) = Daemon::start(&dir) else { return };
@@ -250,8 +283,9 @@ fn workload_symlinks_are_not_followed() {
     // Its fork shows first; wait for its exec (through the link) to be applied.
     d.cli_until(&["ps", "--agent", ALPHA], |v| {
         v.as_array().is_some_and(|p| {
-            p.iter()
-                .any(|p| p["pid"] == child.id() && p["argv"][1] == "30" && p["agent"]["id"] == ALPHA)
+            p.iter().any(|p| {
+                p["pid"] == child.id() && p["argv"][1] == "30" && p["agent"]["id"] == ALPHA
+            })
         })
     });
     // The retargeted link run again is not the agent's image.
@@ -270,7 +304,10 @@ fn workload_symlinks_are_not_followed() {
     });
     for e in unreg.as_array().expect("events") {
         if e["filename"] == link.display().to_string() && e["pid"] != child.id() {
-            assert_eq!(e["agent"], "unregistered", "the retargeted link was attributed: {e}");
+            assert_eq!(
+                e["agent"], "unregistered",
+                "the retargeted link was attributed: {e}"
+            );
         }
     }
     let _ = child.kill();
@@ -315,7 +352,9 @@ fn bearer_tokens_and_jwts_in_arguments_never_leave() {
             .expect("spawn")
             .success()
     );
-    let ev = d.cli_until(&["events", "--agent", ALPHA], |v| has_exec_of(v, "/bin/echo"));
+    let ev = d.cli_until(&["events", "--agent", ALPHA], |v| {
+        has_exec_of(v, "/bin/echo")
+    });
     let mut outputs = vec![ev.to_string()];
     for args in [&["ps"][..], &["credentials"], &["alerts"]] {
         outputs.push(d.cli(args).to_string());
@@ -335,7 +374,10 @@ fn bearer_tokens_and_jwts_in_arguments_never_leave() {
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_none_or(|e| e != "toml") {
-                haystack.push((path.display().to_string(), std::fs::read(&path).expect("read")));
+                haystack.push((
+                    path.display().to_string(),
+                    std::fs::read(&path).expect("read"),
+                ));
             }
         }
     }
@@ -351,7 +393,7 @@ fn bearer_tokens_and_jwts_in_arguments_never_leave() {
 }
 
 /// The daemon under the restrictions of `scripts/agentid.service` that can be applied
-/// without systemd: the capability bounding set, no_new_privs, and a read-only root with
+/// without systemd: the capability bounding set, `no_new_privs`, and a read-only root with
 /// only the state, runtime and log dirs writable (`ProtectSystem=strict` +
 /// `ReadWritePaths`). Probes attach and an exec is attributed.
 #[test]
@@ -401,10 +443,18 @@ fn the_sandboxed_daemon_still_traces() {
     assert_eq!(bnd & (1 << 16 | 1 << 7), 0, "CapBnd {bnd:x}");
     assert_ne!(bnd & (1 << 39), 0, "CapBnd {bnd:x}");
     assert!(a.command("/bin/true").status().expect("true").success());
-    d.cli_until(&["events", "--agent", ALPHA], |v| has_exec_of(v, "/bin/true"));
+    d.cli_until(&["events", "--agent", ALPHA], |v| {
+        has_exec_of(v, "/bin/true")
+    });
     // Writes outside the allowed dirs fail inside its namespace.
     let ro = Command::new("nsenter")
-        .args(["-t", &d.child.id().to_string(), "-m", "touch", "/etc/agentid-sandbox-probe"])
+        .args([
+            "-t",
+            &d.child.id().to_string(),
+            "-m",
+            "touch",
+            "/etc/agentid-sandbox-probe",
+        ])
         .output()
         .expect("nsenter");
     assert!(!ro.status.success(), "/etc is writable in the sandbox");

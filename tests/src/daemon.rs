@@ -149,7 +149,6 @@ pub fn has_exec_of(v: &Value, file: &str) -> bool {
     })
 }
 
-
 impl Daemon {
     /// `agentid --socket S --json ARGS`, whatever its exit status.
     pub fn cli_output(&self, args: &[&str]) -> std::process::Output {

@@ -239,10 +239,18 @@ fn since(data: &[u8]) {
 }
 
 fn since_seeds() -> Vec<Vec<u8>> {
-    ["10m", "2h 30m", "2026-11-28T13:33:35Z", "2026-11-28 13:33:35", "0s", "584542y", "9999999999999999999d"]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .collect()
+    [
+        "10m",
+        "2h 30m",
+        "2026-11-28T13:33:35Z",
+        "2026-11-28 13:33:35",
+        "0s",
+        "584542y",
+        "9999999999999999999d",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
 }
 
 /// A daemon state with an empty store and registry: enough to route and answer every
@@ -275,7 +283,8 @@ fn api_harness() -> &'static ApiHarness {
         std::mem::forget(writer);
         let registry = Arc::new(Registry::default());
         let pipeline = agentid::pipeline::Pipeline::new(registry, PathBuf::from("/sys/fs/cgroup"));
-        let detector = agentid::detect::Detector::new(FingerprintKey::ephemeral().expect("key"), None);
+        let detector =
+            agentid::detect::Detector::new(FingerprintKey::ephemeral().expect("key"), None);
         let (events, _) = tokio::sync::broadcast::channel(16);
         let (alerts, _) = tokio::sync::broadcast::channel(16);
         let shared = Arc::new(agentid::daemon::state::Shared {
@@ -340,9 +349,9 @@ fn api(data: &[u8]) {
     };
     let h = api_harness();
     let status = h.rt.block_on(async {
-        let resp = h.router.clone().oneshot(req).await.expect("infallible");
-        let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        let response = h.router.clone().oneshot(req).await.expect("infallible");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 24)
             .await
             .expect("body");
         if !body.is_empty() {
@@ -382,6 +391,10 @@ fn api_seeds() -> Vec<Vec<u8>> {
 
 // ---- SIEM encoders ---------------------------------------------------------------------
 
+#[expect(
+    clippy::many_single_char_names,
+    reason = "a, f, o, e, h: the alert, its fields and encodings, as in the encoder tests"
+)]
 fn encode(data: &[u8]) {
     let f = fields(data, 10);
     let mut a = Alert::sample();
@@ -416,7 +429,7 @@ fn encode(data: &[u8]) {
     a.last_seen = a.first_seen;
     let ctx = EncodeContext {
         hostname: f[5].clone(),
-        ocsf_ai_agent: data.len() % 2 == 0,
+        ocsf_ai_agent: data.len().is_multiple_of(2),
     };
     let o = ocsf::detection_finding(&a, &ctx).to_string();
     let _: serde_json::Value = serde_json::from_str(&o).expect("OCSF parses back");
@@ -453,10 +466,7 @@ fn encode(data: &[u8]) {
     let mut ev = agentid::audit::sample_event("fuzz", 1);
     ev.event.comm.clone_from(&f[4]);
     ev.event.cgroup = Some(f[7].clone());
-    if let Detail::Exec {
-        filename, argv, ..
-    } = &mut ev.event.detail
-    {
+    if let Detail::Exec { filename, argv, .. } = &mut ev.event.detail {
         filename.clone_from(&f[6]);
         argv.push(f[9].clone());
     }
@@ -488,6 +498,7 @@ fn encode_seeds() -> Vec<Vec<u8>> {
 
 fn credentials(data: &[u8]) {
     static SCANNER: OnceLock<Scanner> = OnceLock::new();
+    static DETECTOR: OnceLock<std::sync::Mutex<agentid::detect::Detector>> = OnceLock::new();
     let s = SCANNER.get_or_init(|| Scanner::new(FingerprintKey::ephemeral().expect("key")));
     let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
     let _ = s.scan_env(parts.iter().copied());
@@ -499,7 +510,6 @@ fn credentials(data: &[u8]) {
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .collect();
     let n = argv.len();
-    static DETECTOR: OnceLock<std::sync::Mutex<agentid::detect::Detector>> = OnceLock::new();
     let d = DETECTOR.get_or_init(|| {
         std::sync::Mutex::new(agentid::detect::Detector::new(
             FingerprintKey::ephemeral().expect("key"),

@@ -151,6 +151,7 @@ impl Registry {
     /// be listed keeps `self` whole. Either way the problem is in [`Self::errors`], so
     /// `agentid status` shows it. A file that is gone takes its agents with it: removing
     /// a registration is how an agent is deregistered.
+    #[must_use]
     pub fn reload_keeping_last_good(&self, dir: &Path) -> Self {
         let mut new = match Self::try_load_dir(dir) {
             Ok(new) => new,
@@ -671,7 +672,11 @@ cgroup = "/agents/*"
         let reg = Registry::load_dir(&dir);
         let n = reg.agents().len();
         assert!(n > 0);
-        write(&dir, "a.toml", "[[agent]]\nid = \"spiffe://example.org/half-sav");
+        write(
+            &dir,
+            "a.toml",
+            "[[agent]]\nid = \"spiffe://example.org/half-sav",
+        );
         let kept = reg.reload_keeping_last_good(&dir);
         assert_eq!(kept.agents().len(), n);
         assert_eq!(kept.errors().len(), 1);

@@ -130,11 +130,7 @@ fn mutate(rng: &mut Rng, pool: &[Vec<u8>], out: &mut Vec<u8>) {
                 let i = rng.below(len);
                 let n = 1 + rng.below((len - i).min(64));
                 let chunk = out[i..i + n].to_vec();
-                let times = if rng.below(8) == 0 {
-                    rng.below(200)
-                } else {
-                    1
-                };
+                let times = if rng.below(8) == 0 { rng.below(200) } else { 1 };
                 for _ in 0..times {
                     out.splice(i..i, chunk.iter().copied());
                 }
@@ -188,7 +184,13 @@ fn artifact(target: &str, input: &[u8]) -> PathBuf {
 }
 
 /// Runs one target for `secs`; returns (executions, crashes).
-fn fuzz(t: &Target, secs: u64, seed: u64, current: &Mutex<(String, Vec<u8>)>, progress: &AtomicU64) -> (u64, u64) {
+fn fuzz(
+    t: &Target,
+    secs: u64,
+    seed: u64,
+    current: &Mutex<(String, Vec<u8>)>,
+    progress: &AtomicU64,
+) -> (u64, u64) {
     let pool = load_pool(t);
     let mut rng = Rng(seed ^ 0x9e37_79b9_7f4a_7c15 ^ (t.name.len() as u64) << 32 | 1);
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -276,7 +278,10 @@ fn main() -> ExitCode {
                 if now == last {
                     let (name, input) = current.lock().map(|c| c.clone()).unwrap_or_default();
                     let path = artifact(&name, &input);
-                    eprintln!("fuzz {name}: HANG (> 10 s), input saved to {}", path.display());
+                    eprintln!(
+                        "fuzz {name}: HANG (> 10 s), input saved to {}",
+                        path.display()
+                    );
                     std::process::exit(1);
                 }
                 last = now;
