@@ -115,8 +115,16 @@ const FUZZ_SMOKE_SECONDS: u64 = 3;
 fn fuzz(seconds: u64, seed: Option<u64>, targets: &[String]) -> anyhow::Result<()> {
     // The debug profile: overflow checks on, and the test build already has it.
     let mut cmd = cargo();
-    cmd.args(["run", "-q", "-p", "agentid-tests", "--bin", "agentid-fuzz", "--"])
-        .args(["--seconds", &seconds.to_string()]);
+    cmd.args([
+        "run",
+        "-q",
+        "-p",
+        "agentid-tests",
+        "--bin",
+        "agentid-fuzz",
+        "--",
+    ])
+    .args(["--seconds", &seconds.to_string()]);
     if let Some(seed) = seed {
         cmd.args(["--seed", &seed.to_string()]);
     }
