@@ -1,149 +1,19 @@
 //! The real daemon on a temporary config, state dir and socket, queried through the real
 //! CLI: attribution, follow, restart, SIGHUP, permissions, single instance.
-#![expect(clippy::expect_used, reason = "a failed step is a failed test")]
 use std::{
     fmt::Write as _,
     io::{BufRead, BufReader, Write as _},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use agentid_tests::{TestCgroup, agentid_bin, bpf_required};
+use agentid_tests::{
+    TestCgroup, agentid_bin,
+    daemon::{Daemon, has_exec_of, registration},
+};
 use serde_json::Value;
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_agentid-workload");
-
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-    /// Everything the daemon logged.
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-fn registration(name: &str, cg: &TestCgroup) -> String {
-    format!(
-        "[[agent]]\nid = \"spiffe://test.example/agent/{name}\"\nname = \"{name}\"\nowner = \"{name}@example.org\"\n\
-         [[agent.selectors]]\ncgroup = \"{}\"\n",
-        cg.rel
-    )
-}
-
-impl Daemon {
-    fn dir(test: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("agentid-daemon-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("agents")).expect("agents dir");
-        std::fs::write(
-            dir.join("agentid.toml"),
-            format!(
-                "state_dir = \"{0}/state\"\nsocket = \"{0}/agentid.sock\"\nagents_dir = \"{0}/agents\"\n\
-                 alerts_file = \"{0}/alerts.jsonl\"\n",
-                dir.display()
-            ),
-        )
-        .expect("config");
-        dir
-    }
-
-    /// Starts the daemon and waits until its API answers (its log says so).
-    fn start(dir: &Path) -> Option<Self> {
-        let mut child = Command::new(agentid_bin())
-            .args(["daemon", "--config"])
-            .arg(dir.join("agentid.toml"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn daemon");
-        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut log = String::new();
-        loop {
-            let mut line = String::new();
-            if err.read_line(&mut line).expect("read log") == 0 {
-                let status = child.wait().expect("wait");
-                assert!(
-                    !bpf_required() && log.contains("needs root"),
-                    "daemon exited ({status}) before listening:\n{log}"
-                );
-                eprintln!("SKIPPED: {log}");
-                return None;
-            }
-            log.push_str(&line);
-            if line.contains("API listening") {
-                break;
-            }
-        }
-        // Keep draining the log so the daemon never blocks on a full pipe.
-        let shared = std::sync::Arc::new(std::sync::Mutex::new(log));
-        let sink = std::sync::Arc::clone(&shared);
-        std::thread::spawn(move || {
-            for line in err.lines().map_while(Result::ok) {
-                if let Ok(mut l) = sink.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        Some(Self {
-            child,
-            dir: dir.to_owned(),
-            log: shared,
-        })
-    }
-
-    fn cli(&self, args: &[&str]) -> Value {
-        let out = Command::new(agentid_bin())
-            .arg("--socket")
-            .arg(self.dir.join("agentid.sock"))
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("cli");
-        assert!(
-            out.status.success(),
-            "agentid {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("cli JSON")
-    }
-
-    /// Re-queries until `pred` holds: the store commits in batches, so a just-made
-    /// event becomes queryable a moment later.
-    fn cli_until(&self, args: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let v = self.cli(args);
-            if pred(&v) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agentid {args:?} never satisfied the check; last: {v:#}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(i32::try_from(self.child.id()).expect("pid"), libc::SIGTERM) };
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn has_exec_of(v: &Value, file: &str) -> bool {
-    v.as_array().is_some_and(|a| {
-        a.iter()
-            .any(|e| e["kind"] == "exec" && e["filename"] == file)
-    })
-}
 
 #[test]
 #[expect(

@@ -244,4 +244,16 @@ mod tests {
     fn a_missing_explicit_file_is_an_error() {
         assert!(Config::load(Some(Path::new("/nonexistent/agentid.toml"))).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Any text: a config or an error naming the file (and a line when there is one).
+        #[test]
+        fn any_text_parses_or_names_the_file(text in "(state_dir|socket|\\[retention\\]|max_age|=|\"|/[a-z]*|\n|[ -~]){0,60}") {
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(e.to_string().starts_with("/etc/agentid/agentid.toml: "));
+            }
+        }
+    }
 }

@@ -178,5 +178,18 @@ pub struct Event {
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_nanos(*t))
+    s.collect_str(&humantime::format_rfc3339_nanos(rfc3339_range(*t)))
+}
+
+/// `t` clamped to what RFC 3339 (and humantime) can write: 1970-01-01 to the end of
+/// 9999. humantime's `Display` panics before the epoch and fails after 9999, and a failing
+/// `Display` inside `to_string` is a panic: found by fuzzing the encoders.
+pub fn rfc3339_range(t: SystemTime) -> SystemTime {
+    // 9999-12-31T23:59:59.999999999Z
+    const LAST: std::time::Duration = std::time::Duration::new(253_402_300_799, 999_999_999);
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Err(_) => SystemTime::UNIX_EPOCH,
+        Ok(d) if d > LAST => SystemTime::UNIX_EPOCH + LAST,
+        Ok(_) => t,
+    }
 }

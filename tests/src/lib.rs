@@ -6,6 +6,9 @@
     clippy::match_wild_err_arm,
     reason = "test harness: a failed step is a failed test"
 )]
+pub mod daemon;
+pub mod fuzz;
+
 use std::{
     fs,
     io::Write,

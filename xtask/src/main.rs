@@ -7,6 +7,7 @@
 //!   (default `linux-image-amd64`, Debian 12's 6.1 kernel; `none` skips)
 //! - `test --kernel K` the kernel integration tests inside QEMU on kernel K (a vmlinuz, a
 //!   `.deb`, or a Debian package name such as `linux-image-amd64`); see `vm.rs`
+//! - `fuzz`         run every fuzz target N seconds (stable, coverage-free driver)
 //! - `run -- ARGS`  setup, build release, run `agentid ARGS`
 mod vm;
 
@@ -50,6 +51,19 @@ enum Task {
         /// test binary in the guest (test name filters, `--test-threads`, ...).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run the fuzz targets (tests/src/fuzz.rs) for N seconds each; crashes are saved
+    /// under tests/fuzz/artifacts/ and fail the task.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// PRNG seed (a run is reproducible from it, up to timing).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Only these targets (default: all).
+        #[arg(long)]
+        target: Vec<String>,
     },
     /// Setup, build release, run `agentid` with the given arguments.
     Run {
@@ -116,6 +130,31 @@ fn lint() -> anyhow::Result<()> {
     status(clippy)
 }
 
+/// Smoke-level fuzzing in `cargo xtask test`: 8 targets × 3 s keeps it under ~30 s.
+const FUZZ_SMOKE_SECONDS: u64 = 3;
+
+fn fuzz(seconds: u64, seed: Option<u64>, targets: &[String]) -> anyhow::Result<()> {
+    // The debug profile: overflow checks on, and the test build already has it.
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "-q",
+        "-p",
+        "agentid-tests",
+        "--bin",
+        "agentid-fuzz",
+        "--",
+    ])
+    .args(["--seconds", &seconds.to_string()]);
+    if let Some(seed) = seed {
+        cmd.args(["--seed", &seed.to_string()]);
+    }
+    for t in targets {
+        cmd.args(["--target", t]);
+    }
+    status(cmd).context("fuzzing (inputs that crashed are in tests/fuzz/artifacts/)")
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => setup(),
@@ -145,8 +184,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for kernel in guest_kernels() {
                 test_in_guest(&kernel, Duration::from_mins(guest_timeout_mins), &[])?;
             }
-            Ok(())
+            // And a fuzz smoke run, so no target rots.
+            fuzz(FUZZ_SMOKE_SECONDS, None, &[])
         }
+        Task::Fuzz {
+            seconds,
+            seed,
+            target,
+        } => fuzz(seconds, seed, &target),
         Task::Run { args } => {
             setup()?;
             let mut build = cargo();

@@ -270,7 +270,7 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, AuditError> {
 }
 
 fn now_rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_nanos(t).to_string()
+    humantime::format_rfc3339_nanos(crate::event::rfc3339_range(t)).to_string()
 }
 
 /// The log's files, oldest first: `audit-NNNNNN.log` by number, then `audit.log`.

@@ -656,4 +656,15 @@ mod tests {
             "?agent=spiffe%3A%2F%2Fx%2Fa%20b&since=5"
         );
     }
+
+    proptest::proptest! {
+        /// Any input: a time or an error that quotes it; never a panic (huge durations
+        /// clamp to the epoch).
+        #[test]
+        fn since_never_panics(s in "([0-9]{1,25}(ns|us|ms|s|m|h|d|w|y| )|[0-9T:.Z+-]|\\PC){0,8}") {
+            if let Err(e) = parse_since(&s) {
+                proptest::prop_assert!(e.to_string().contains("--since"));
+            }
+        }
+    }
 }

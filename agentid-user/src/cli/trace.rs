@@ -161,7 +161,10 @@ impl Printer {
     }
 }
 
-fn write_row(out: &mut impl Write, a: &AttributedEvent) -> io::Result<()> {
+/// One table row for `a`, newline-terminated. Public for the fuzz targets, which check
+/// that every event stays one line.
+#[doc(hidden)]
+pub fn write_row(out: &mut impl Write, a: &AttributedEvent) -> io::Result<()> {
     let e = &a.event;
     let agent = a
         .agent
@@ -203,13 +206,13 @@ fn write_row(out: &mut impl Write, a: &AttributedEvent) -> io::Result<()> {
     writeln!(
         out,
         "{:<27} {:<7} {:>7} {:>7} {:>5} {:<16} {:<20} {:<15} {}",
-        humantime::format_rfc3339_micros(e.time).to_string(),
+        humantime::format_rfc3339_micros(crate::event::rfc3339_range(e.time)).to_string(),
         e.kind.as_str(),
         e.pid,
         ppid,
         e.uid,
         printable(agent),
-        e.cgroup.as_deref().unwrap_or("?"),
+        printable(e.cgroup.as_deref().unwrap_or("?")),
         printable(&e.comm),
         detail
     )

@@ -44,6 +44,11 @@ const REGISTRY_POLL: Duration = Duration::from_secs(2);
     reason = "the daemon's life in order: setup, loop, shutdown"
 )]
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Everything the daemon creates (store and its journal, keys, audit log, spools,
+    // revocations, alerts file) holds evidence about other users' processes: private by
+    // default, whatever the umask it was started with. The socket's 0660 is set explicitly.
+    // SAFETY: umask only swaps the process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     create_dir(&config.state_dir, 0o700)?;
     let _lock = lock::StateLock::acquire(&config.lock_path())?;
     let store = Store::open(&config.store_path()).context("opening the store")?;
@@ -52,6 +57,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         max_bytes: config.retention.max_size_mb.saturating_mul(1 << 20),
     };
     let writer = store.writer(retention)?;
+    // Stamp the agents directory before reading it: a change made while the daemon
+    // starts must look like a change to the first poll, not be baked into the stamp.
+    let mut registry_stamp = dir_stamp(&config.agents_dir);
     let registry = Arc::new(load_registry(&config.agents_dir));
     let root = cgroup::v2_root().context("finding the cgroup v2 hierarchy")?;
     let mut pipeline = Pipeline::new(Arc::clone(&registry), root);
@@ -117,7 +125,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut registry_stamp = dir_stamp(&config.agents_dir);
     let mut last_poll = Instant::now();
     let mut batch = Vec::new();
     let result: anyhow::Result<()> = loop {
@@ -288,23 +295,21 @@ fn reload_registry(shared: &Shared, dir: &Path) {
     let Ok(mut pipeline) = shared.pipeline.lock() else {
         return;
     };
-    match pipeline.registry().reload(dir) {
-        Ok(new) => {
-            for e in new.errors() {
-                tracing::warn!("agent registry: {e}");
-            }
-            tracing::info!(
-                agents = new.agents().len(),
-                errors = new.errors().len(),
-                "registry reloaded"
-            );
-            if let Ok(mut d) = shared.detector.lock() {
-                d.set_registry(&new);
-            }
-            pipeline.set_registry(Arc::new(new));
-        }
-        Err(e) => tracing::error!("agent registry reload failed, keeping the previous one: {e}"),
+    // A corrupted file or a vanished directory keeps the last good registrations; the
+    // errors travel with the registry into `agentid status`.
+    let new = pipeline.registry().reload_keeping_last_good(dir);
+    for e in new.errors() {
+        tracing::warn!("agent registry: {e}");
     }
+    tracing::info!(
+        agents = new.agents().len(),
+        errors = new.errors().len(),
+        "registry reloaded"
+    );
+    if let Ok(mut d) = shared.detector.lock() {
+        d.set_registry(&new);
+    }
+    pipeline.set_registry(Arc::new(new));
 }
 
 fn reload_config(shared: &Shared, path: Option<&Path>) {

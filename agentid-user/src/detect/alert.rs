@@ -112,7 +112,9 @@ pub struct Alert {
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_nanos(*t))
+    s.collect_str(&humantime::format_rfc3339_nanos(
+        crate::event::rfc3339_range(*t),
+    ))
 }
 
 impl Alert {

@@ -145,6 +145,44 @@ impl Registry {
         Self::try_load_dir(dir)
     }
 
+    /// What a running daemon reloads to: `dir` afresh, except that a file that cannot be
+    /// read or no longer parses keeps the agents it had in `self` (a half-saved edit or a
+    /// corrupted file must not deregister a running agent), and a directory that cannot
+    /// be listed keeps `self` whole. Either way the problem is in [`Self::errors`], so
+    /// `agentid status` shows it. A file that is gone takes its agents with it: removing
+    /// a registration is how an agent is deregistered.
+    #[must_use]
+    pub fn reload_keeping_last_good(&self, dir: &Path) -> Self {
+        let mut new = match Self::try_load_dir(dir) {
+            Ok(new) => new,
+            Err(e) => {
+                return Self {
+                    agents: self.agents.clone(),
+                    by_id: self.by_id.clone(),
+                    errors: vec![e],
+                    needs_exe_sha256: self.needs_exe_sha256,
+                };
+            }
+        };
+        let failed: std::collections::HashSet<String> = new
+            .errors
+            .iter()
+            .filter_map(|e| match e {
+                RegistryError::Read { file, .. } => Some(file.display().to_string()),
+                RegistryError::Invalid(c) => Some(c.file.clone()),
+                RegistryError::Dir { .. } => None,
+            })
+            .collect();
+        for agent in &self.agents {
+            if failed.contains(&agent.origin.file) && !new.by_id.contains_key(&agent.id) {
+                new.needs_exe_sha256 |= agent.selectors.iter().any(|s| s.exe_sha256.is_some());
+                new.by_id.insert(agent.id.clone(), new.agents.len());
+                new.agents.push(Arc::clone(agent));
+            }
+        }
+        new
+    }
+
     fn try_load_dir(dir: &Path) -> Result<Self, RegistryError> {
         let dir_err = |source| RegistryError::Dir {
             dir: dir.to_owned(),
@@ -575,6 +613,10 @@ cgroup = "/agents/*"
         assert_eq!(again.agents().len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(matches!(reg.reload(&dir), Err(RegistryError::Dir { .. })));
+        // The daemon's reload keeps the last good registry, with the error to show.
+        let kept = reg.reload_keeping_last_good(&dir);
+        assert_eq!(kept.agents().len(), 2);
+        assert!(matches!(kept.errors(), [RegistryError::Dir { .. }]));
         let empty = Registry::load_dir(&dir);
         assert!(empty.agents().is_empty());
         assert!(matches!(empty.errors(), [RegistryError::Dir { .. }]));
@@ -621,5 +663,54 @@ cgroup = "/agents/*"
             ]
         );
         assert!(reg.agents().is_empty());
+    }
+
+    #[test]
+    fn a_corrupted_file_keeps_its_last_good_agents() {
+        let dir = temp_dir("lastgood");
+        write(&dir, "a.toml", GOOD);
+        let reg = Registry::load_dir(&dir);
+        let n = reg.agents().len();
+        assert!(n > 0);
+        write(
+            &dir,
+            "a.toml",
+            "[[agent]]\nid = \"spiffe://example.org/half-sav",
+        );
+        let kept = reg.reload_keeping_last_good(&dir);
+        assert_eq!(kept.agents().len(), n);
+        assert_eq!(kept.errors().len(), 1);
+        assert!(kept.get(&reg.agents()[0].id).is_some());
+        // Fixed again: the file's agents as written, no error.
+        write(&dir, "a.toml", GOOD);
+        let fixed = kept.reload_keeping_last_good(&dir);
+        assert_eq!(fixed.agents().len(), n);
+        assert!(fixed.errors().is_empty());
+        // Removed: deregistered.
+        std::fs::remove_file(dir.join("a.toml")).unwrap();
+        assert!(fixed.reload_keeping_last_good(&dir).agents().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+        /// Any registration text: agents or errors, all or nothing, every agent with
+        /// selectors and findable by id.
+        #[test]
+        fn any_registration_is_all_or_nothing(
+            id in "(spiffe://example.org/)?[a-z/%.-]{0,20}",
+            cgroup in "[ -~\n]{0,20}", uid in proptest::prelude::any::<i64>(),
+        ) {
+            let text = format!(
+                "[[agent]]\nid = {id:?}\nname = \"x\"\n[[agent.selectors]]\ncgroup = {cgroup:?}\nuid = {uid}\n"
+            );
+            let r = Registry::parse_str(&text, "p.toml");
+            proptest::prop_assert!(r.agents().is_empty() != r.errors().is_empty());
+            for a in r.agents() {
+                proptest::prop_assert!(!a.selectors.is_empty());
+                proptest::prop_assert!(r.get(&a.id).is_some());
+            }
+        }
     }
 }

@@ -526,4 +526,43 @@ mod tests {
         assert_eq!(v["argv"], serde_json::json!(["echo", "hi"]));
         assert_eq!(v["time"], "2023-11-14T22:13:25.000000000Z");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Any bytes: an event or an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..6000)) {
+            let _ = decode(&bytes, &clock());
+        }
+
+        /// A well-formed exec header with any lengths and any buffer contents: the lengths
+        /// are checked against the buffers, strings come out as valid UTF-8, at most
+        /// MAX_ARGS arguments.
+        #[test]
+        fn exec_records_with_any_lengths(
+            argv_len in 0u32..2000, filename_len in 0u32..400, env_len in 0u32..5000,
+            argc in proptest::prelude::any::<u32>(), flags in proptest::prelude::any::<u32>(),
+            fill in proptest::prelude::any::<u8>(),
+        ) {
+            let mut r = exec_record(&[b"echo"], flags);
+            r.argv_len = argv_len;
+            r.filename_len = filename_len;
+            r.env_len = env_len;
+            r.argc = argc;
+            r.argv = [fill; ARGV_LEN];
+            r.filename = [fill; FILENAME_LEN];
+            match decode(&bytes_of(&r), &clock()) {
+                Ok(ev) => {
+                    proptest::prop_assert!(argv_len as usize <= ARGV_LEN);
+                    proptest::prop_assert!(filename_len as usize <= FILENAME_LEN);
+                    if let Detail::Exec { argv, .. } = &ev.detail {
+                        proptest::prop_assert!(argv.len() <= agentid_ebpf::MAX_ARGS + 1);
+                    }
+                }
+                Err(DecodeError::BadLength { .. }) => {}
+                Err(e) => proptest::prop_assert!(false, "unexpected {e}"),
+            }
+        }
+    }
 }

@@ -189,7 +189,7 @@ fn retention_drops_old_events_and_keeps_the_size_budget() {
     }
     w.flush().unwrap();
     let by_age = Retention {
-        max_age: Duration::from_secs(3600),
+        max_age: Duration::from_hours(1),
         max_bytes: u64::MAX,
     };
     writer::enforce_retention(&store.conn, by_age).unwrap();
@@ -207,7 +207,7 @@ fn retention_drops_old_events_and_keeps_the_size_budget() {
     // A budget far below the current size: oldest events go until it fits.
     let before = store.size_bytes().unwrap();
     let by_size = Retention {
-        max_age: Duration::from_secs(3600),
+        max_age: Duration::from_hours(1),
         max_bytes: before / 4,
     };
     writer::enforce_retention(&store.conn, by_size).unwrap();

@@ -70,7 +70,7 @@ pub fn epoch_secs_f64(t: SystemTime) -> f64 {
 /// RFC 3339 with microseconds: what RFC 5424 allows (≤ 6 fractional digits) and what ECS
 /// `@timestamp` keeps.
 pub fn rfc3339_micros(t: SystemTime) -> String {
-    humantime::format_rfc3339_micros(t).to_string()
+    humantime::format_rfc3339_micros(crate::event::rfc3339_range(t)).to_string()
 }
 
 /// A stable id for an activity event (they have no uid of their own): kind, process and

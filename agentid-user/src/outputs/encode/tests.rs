@@ -202,6 +202,40 @@ fn cef_sample_and_escaping() {
     assert!(ev.contains("dst=192.0.2.7 dpt=8443 proto=tcp"));
 }
 
+/// Regression (found by `cargo xtask fuzz`, target `encode`): a time after year 9999 made
+/// humantime's `Display` fail inside `to_string`, a panic; one before 1970 panics in it.
+#[test]
+fn times_outside_rfc3339_range_encode_clamped() {
+    for (t, want) in [
+        (
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40),
+            "9999-12-31T23:59:59",
+        ),
+        (
+            SystemTime::UNIX_EPOCH - Duration::from_secs(10),
+            "1970-01-01T00:00:00",
+        ),
+    ] {
+        let mut a = Alert::sample();
+        a.first_seen = t;
+        a.last_seen = t;
+        assert!(ocsf::detection_finding(&a, &ctx()).to_string().len() > 10);
+        assert!(ecs::alert(&a).to_string().contains(want));
+        assert!(cef::alert(&a).starts_with("CEF:"));
+        assert!(serde_json::to_string(&a).unwrap().contains(want));
+        let h = syslog::Header {
+            facility: 16,
+            severity: 3,
+            time: t,
+            hostname: "h",
+            app_name: "agentid",
+            procid: "1",
+            msgid: "m",
+        };
+        assert!(syslog::message(&h, &[], "x").contains(want));
+    }
+}
+
 #[test]
 fn syslog_header_rules() {
     let h = syslog::Header {

@@ -1,0 +1,179 @@
+//! The real daemon on a temporary config, state dir and socket, driven through the real
+//! CLI (shared by the daemon, fault and security tests).
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{TestCgroup, agentid_bin, bpf_required};
+
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    pub dir: PathBuf,
+    /// Everything the daemon logged.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+pub fn registration(name: &str, cg: &TestCgroup) -> String {
+    format!(
+        "[[agent]]\nid = \"spiffe://test.example/agent/{name}\"\nname = \"{name}\"\nowner = \"{name}@example.org\"\n\
+         [[agent.selectors]]\ncgroup = \"{}\"\n",
+        cg.rel
+    )
+}
+
+impl Daemon {
+    pub fn dir(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("agentid-daemon-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("agents")).expect("agents dir");
+        std::fs::write(
+            dir.join("agentid.toml"),
+            format!(
+                "state_dir = \"{0}/state\"\nsocket = \"{0}/agentid.sock\"\nagents_dir = \"{0}/agents\"\n\
+                 alerts_file = \"{0}/alerts.jsonl\"\n",
+                dir.display()
+            ),
+        )
+        .expect("config");
+        dir
+    }
+
+    /// Starts the daemon and waits until its API answers (its log says so).
+    pub fn start(dir: &Path) -> Option<Self> {
+        let child = Command::new(agentid_bin())
+            .args(["daemon", "--config"])
+            .arg(dir.join("agentid.toml"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        Self::adopt(child, dir)
+    }
+
+    /// Takes a daemon started some other way (its stderr piped; e.g. under a sandbox) and
+    /// waits until its API answers.
+    pub fn adopt(mut child: Child, dir: &Path) -> Option<Self> {
+        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut log = String::new();
+        loop {
+            let mut line = String::new();
+            if err.read_line(&mut line).expect("read log") == 0 {
+                let status = child.wait().expect("wait");
+                assert!(
+                    !bpf_required() && log.contains("needs root"),
+                    "daemon exited ({status}) before listening:\n{log}"
+                );
+                eprintln!("SKIPPED: {log}");
+                return None;
+            }
+            log.push_str(&line);
+            if line.contains("API listening") {
+                break;
+            }
+        }
+        // Keep draining the log so the daemon never blocks on a full pipe.
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(log));
+        let sink = std::sync::Arc::clone(&shared);
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        Some(Self {
+            child,
+            dir: dir.to_owned(),
+            log: shared,
+        })
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Value {
+        let out = Command::new(agentid_bin())
+            .arg("--socket")
+            .arg(self.dir.join("agentid.sock"))
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("cli");
+        assert!(
+            out.status.success(),
+            "agentid {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("cli JSON")
+    }
+
+    /// Re-queries until `pred` holds: the store commits in batches, so a just-made
+    /// event becomes queryable a moment later.
+    pub fn cli_until(&self, args: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.cli(args);
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agentid {args:?} never satisfied the check; last: {v:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(self.child.id()).expect("pid"), libc::SIGTERM) };
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn has_exec_of(v: &Value, file: &str) -> bool {
+    v.as_array().is_some_and(|a| {
+        a.iter()
+            .any(|e| e["kind"] == "exec" && e["filename"] == file)
+    })
+}
+
+impl Daemon {
+    /// `agentid --socket S --json ARGS`, whatever its exit status.
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(agentid_bin())
+            .arg("--socket")
+            .arg(self.dir.join("agentid.sock"))
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("cli")
+    }
+
+    /// SIGKILL: no flush, no final checkpoint, the socket left behind.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn child_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
