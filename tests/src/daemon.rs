@@ -114,7 +114,7 @@ impl Daemon {
     /// Re-queries until `pred` holds: the store commits in batches, so a just-made
     /// event becomes queryable a moment later.
     pub fn cli_until(&self, args: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             let v = self.cli(args);
             if pred(&v) {
