@@ -4,6 +4,7 @@
 //! - `lint`         `cargo fmt --check` and `cargo clippy` (warnings are errors)
 //! - `test`         setup, lint, build every binary, run every test (kernel tests need root)
 //! - `run -- ARGS`  setup, build release, run `agentid ARGS`
+//! - `bench`        overhead vs auditd/bpftrace, completeness, throughput, resources, latency
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -11,6 +12,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 #[derive(Debug, Parser)]
 #[command(name = "xtask")]
@@ -38,6 +41,15 @@ enum Task {
     Run {
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Setup, build release, benchmark (needs root); results in target/bench/.
+    Bench {
+        /// A ~1-minute smoke run with small sizes.
+        #[arg(long)]
+        quick: bool,
+        /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -110,7 +122,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             status(build)?;
             let mut test = cargo();
             test.args(["test", "--workspace", "--"]).args(args);
-            status(test)
+            status(test)?;
+            // Last, as a smoke test: every condition must run to the end (no thresholds).
+            bench::run(
+                &root(),
+                &bench::Options {
+                    quick: true,
+                    out: None,
+                },
+            )
+        }
+        Task::Bench { quick, out } => {
+            setup()?;
+            bench::run(&root(), &bench::Options { quick, out })
         }
         Task::Run { args } => {
             setup()?;
