@@ -205,6 +205,21 @@ fn pipeline(c: &mut Criterion) {
         next_pid: PID_BASE + 10,
         ktime: 1_000_000_000,
     };
+    // The mix is what it claims: four of the five cgroups belong to registered agents.
+    let warm = generator.batch();
+    let attributed = warm
+        .iter()
+        .filter(|bytes| {
+            let mut event = decode(bytes, &clock).unwrap();
+            let _ = detector.scan(&mut event);
+            pipeline.process(event).agent.is_some()
+        })
+        .count();
+    assert!(
+        attributed * 5 >= warm.len() * 4 - warm.len() / 10,
+        "only {attributed} of {} synthetic events were attributed",
+        warm.len()
+    );
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(u64::from(PROCS * EVENTS_PER_PROC)));
     group.bench_function("decode_attribute_detect", |b| {
@@ -223,8 +238,6 @@ fn pipeline(c: &mut Criterion) {
         );
     });
     group.finish();
-    // Every registered agent's events were attributed (the mix is what it claims).
-    assert!(pipeline.table.live_count() < (PROCS as usize) * 2);
 }
 
 const STORE_BATCH: u32 = 20_000;
