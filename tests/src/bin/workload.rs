@@ -11,17 +11,18 @@
 //! - `wait-connect ADDR`    read one line from stdin, then connect to ADDR
 //!
 //! Benchmark modes (`cargo xtask bench`):
-//! - `storm ADDR N`         N TCP connect/close cycles, closed with a reset (`SO_LINGER` 0)
-//!   so that tens of thousands of cycles leave no `TIME_WAIT` sockets behind
-//! - `mixed N TCP UDP`      N rounds of: fork+exec `/bin/true` or `/bin/echo`, 4 connects
-//!   to TCP, 4 unconnected UDP sends to UDP — an agent-like mix
-//! - `rate TCP UDP PER_S SECS`  about PER_S events a second for SECS seconds: 80% UDP
-//!   sends, 20% connects, and 50 execs of `/bin/true` a second
+//! - `storm N`              N loopback TCP connect/accept/close cycles against its own
+//!   listener (no other thread's scheduling in the measured path), closed with a reset
+//!   (`SO_LINGER` 0) so that tens of thousands of cycles leave no `TIME_WAIT` behind
+//! - `mixed N UDP`          N rounds of: fork+exec `/bin/true` or `/bin/echo`, 4 connect
+//!   cycles as in `storm`, 4 unconnected UDP sends to UDP — an agent-like mix
+//! - `rate UDP PER_S SECS`  about PER_S events a second for SECS seconds: 80% UDP sends,
+//!   20% connect cycles, and 50 execs of `/bin/true` a second
 //! - `hold N`               fork N children that sleep forever, print `ready`, then wait
 //!   for stdin to close (the caller kills the children)
 use std::{
     io::Write as _,
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     process::{Command, ExitCode, Stdio},
     time::{Duration, Instant},
@@ -120,17 +121,17 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             Ok(0)
         }
         "storm" => {
-            let addr: SocketAddr = arg(1)?.parse()?;
-            let n: u32 = arg(2)?.parse()?;
+            let n: u32 = arg(1)?.parse()?;
+            let listener = TcpListener::bind("127.0.0.1:0")?;
             for _ in 0..n {
-                reset_connect(addr)?;
+                reset_connect(&listener)?;
             }
             Ok(0)
         }
         "mixed" => {
             let n: u32 = arg(1)?.parse()?;
-            let tcp: SocketAddr = arg(2)?.parse()?;
-            let udp: SocketAddr = arg(3)?.parse()?;
+            let tcp = TcpListener::bind("127.0.0.1:0")?;
+            let udp: SocketAddr = arg(2)?.parse()?;
             let sock = UdpSocket::bind("127.0.0.1:0")?;
             for i in 0..n {
                 let mut tool = if i % 2 == 0 {
@@ -144,18 +145,17 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
                     return Err("tool failed".into());
                 }
                 for _ in 0..4 {
-                    reset_connect(tcp)?;
+                    reset_connect(&tcp)?;
                     sock.send_to(b"agentid-bench", udp)?;
                 }
             }
             Ok(0)
         }
         "rate" => {
-            let tcp: SocketAddr = arg(1)?.parse()?;
-            let udp: SocketAddr = arg(2)?.parse()?;
-            let per_s: u32 = arg(3)?.parse()?;
-            let secs: u64 = arg(4)?.parse()?;
-            rate(tcp, udp, per_s, Duration::from_secs(secs))?;
+            let udp: SocketAddr = arg(1)?.parse()?;
+            let per_s: u32 = arg(2)?.parse()?;
+            let secs: u64 = arg(3)?.parse()?;
+            rate(udp, per_s, Duration::from_secs(secs))?;
             Ok(0)
         }
         "hold" => {
@@ -181,10 +181,12 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
     }
 }
 
-/// One connect/close cycle that ends in a reset instead of `TIME_WAIT`, so that a storm of
-/// tens of thousands of cycles never runs out of ephemeral ports.
-fn reset_connect(addr: SocketAddr) -> std::io::Result<()> {
-    let s = TcpStream::connect(addr)?;
+/// One connect/accept/close cycle that ends in a reset instead of `TIME_WAIT`, so that a
+/// storm of tens of thousands of cycles never runs out of ephemeral ports. On loopback the
+/// handshake completes inside `connect`, so the accept never waits.
+fn reset_connect(listener: &TcpListener) -> std::io::Result<()> {
+    let s = TcpStream::connect(listener.local_addr()?)?;
+    drop(listener.accept()?);
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -206,14 +208,10 @@ fn reset_connect(addr: SocketAddr) -> std::io::Result<()> {
 }
 
 /// Paces events in 10 ms ticks; a tick that runs late is caught up in the next one.
-fn rate(
-    tcp: SocketAddr,
-    udp: SocketAddr,
-    per_s: u32,
-    length: Duration,
-) -> Result<(), Box<dyn std::error::Error>> {
+fn rate(udp: SocketAddr, per_s: u32, length: Duration) -> Result<(), Box<dyn std::error::Error>> {
     const TICK: Duration = Duration::from_millis(10);
     let sock = UdpSocket::bind("127.0.0.1:0")?;
+    let tcp = TcpListener::bind("127.0.0.1:0")?;
     let start = Instant::now();
     let mut done: u64 = 0;
     let mut execs: u64 = 0;
@@ -222,7 +220,7 @@ fn rate(
         let due = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX) * u64::from(per_s) / 1000;
         while done < due {
             if done % 5 == 0 {
-                reset_connect(tcp)?;
+                reset_connect(&tcp)?;
             } else {
                 sock.send_to(b"agentid-bench", udp)?;
             }

@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{SocketAddr, TcpListener, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -57,7 +57,7 @@ struct Workload {
     expected: BTreeMap<&'static str, u64>,
 }
 
-fn workloads(sizes: Sizes, tcp: SocketAddr, udp: SocketAddr) -> Vec<Workload> {
+fn workloads(sizes: Sizes, udp: SocketAddr) -> Vec<Workload> {
     let (c, e, m) = (
         u64::from(sizes.connects),
         u64::from(sizes.execs),
@@ -75,7 +75,7 @@ fn workloads(sizes: Sizes, tcp: SocketAddr, udp: SocketAddr) -> Vec<Workload> {
     vec![
         Workload {
             name: "connect storm",
-            args: vec!["storm".into(), tcp.to_string(), c.to_string()],
+            args: vec!["storm".into(), c.to_string()],
             expected: counts(0, 0, c, 0),
         },
         Workload {
@@ -85,29 +85,18 @@ fn workloads(sizes: Sizes, tcp: SocketAddr, udp: SocketAddr) -> Vec<Workload> {
         },
         Workload {
             name: "mixed agent",
-            args: vec![
-                "mixed".into(),
-                m.to_string(),
-                tcp.to_string(),
-                udp.to_string(),
-            ],
+            args: vec!["mixed".into(), m.to_string(), udp.to_string()],
             expected: counts(m, m, 4 * m, 4 * m),
         },
     ]
 }
 
-/// A loopback TCP listener that accepts and closes, and a UDP socket that receives
-/// (and drops) datagrams, for the whole bench.
-pub fn loopback_peers() -> anyhow::Result<(SocketAddr, SocketAddr, UdpSocket)> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("TCP listener")?;
-    let tcp = listener.local_addr()?;
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            drop(conn);
-        }
-    });
+/// A loopback UDP socket that receives (and drops) the workloads' datagrams. TCP needs no
+/// peer here: the workloads accept their own connections, so that no other thread's
+/// scheduling sits in the measured path.
+pub fn udp_sink() -> anyhow::Result<(SocketAddr, UdpSocket)> {
     let udp = UdpSocket::bind("127.0.0.1:0").context("UDP sink")?;
-    Ok((tcp, udp.local_addr()?, udp))
+    Ok((udp.local_addr()?, udp))
 }
 
 /// A tracer running for one repetition.
@@ -344,8 +333,8 @@ fn run_workload(ctx: &Ctx, cg: &BenchCgroup, w: &Workload) -> anyhow::Result<Sam
 }
 
 pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
-    let (tcp, udp, _udp_sink) = loopback_peers()?;
-    let workloads = workloads(sizes, tcp, udp);
+    let (udp, _udp_sink) = udp_sink()?;
+    let workloads = workloads(sizes, udp);
     let names: Vec<String> = ["connect", "exec", "mixed"]
         .iter()
         .map(|n| format!("bench-{n}"))

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{
     Ctx,
-    kernel::loopback_peers,
+    kernel::udp_sink,
     stats::f,
     sys::{self, BenchCgroup, Daemon},
 };
@@ -29,7 +29,7 @@ fn total_events(status: &Value) -> u64 {
 }
 
 pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
-    let (tcp, udp, _udp_sink) = loopback_peers()?;
+    let (udp, _udp_sink) = udp_sink()?;
     // The sleepers start before the daemon, so it seeds them from /proc.
     let hold_cg = BenchCgroup::new("hold")?;
     let rate_cg = BenchCgroup::new("rate")?;
@@ -45,7 +45,7 @@ pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
     if ready.trim() != "ready" {
         bail!("the sleepers did not start: {ready:?}");
     }
-    let result = measure(ctx, sizes, &hold_cg, &rate_cg, tcp, udp);
+    let result = measure(ctx, sizes, &hold_cg, &rate_cg, udp);
     hold_cg.kill_all();
     let _ = hold.wait();
     result
@@ -56,7 +56,6 @@ fn measure(
     sizes: Sizes,
     hold_cg: &BenchCgroup,
     rate_cg: &BenchCgroup,
-    tcp: std::net::SocketAddr,
     udp: std::net::SocketAddr,
 ) -> anyhow::Result<Value> {
     let mut d = Daemon::start(
@@ -74,7 +73,6 @@ fn measure(
         .command(&ctx.workload)
         .args([
             "rate",
-            &tcp.to_string(),
             &udp.to_string(),
             &sizes.events_per_s.to_string(),
             &sizes.seconds.to_string(),
