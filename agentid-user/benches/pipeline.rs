@@ -153,10 +153,14 @@ impl Gen {
                 off += a.len() + 1;
             }
             r.argv_len = off as u32;
-            // Agents' environments; one exec in ten carries an API key (the same one in
-            // every agent: the credential-reuse rule works on every such exec).
-            let env: &[u8] = if i % 10 == 0 {
-                b"HOME=/home/bot\0PATH=/usr/bin:/bin\0LANG=C.UTF-8\0OPENAI_API_KEY=sk-proj-Ben3chFakeKeyQ7x9Lm2Np4Rt6Vw8Yz0a1b2c3\0"
+            // Agents' environments; one exec in eleven carries its agent's own API key (a
+            // credential sighting; reuse across agents is the rare anomaly, not the mix).
+            let keyed = format!(
+                "HOME=/home/bot\0PATH=/usr/bin:/bin\0LANG=C.UTF-8\0OPENAI_API_KEY=sk-proj-Ben3chFakeKey{}Q7x9Lm2Np4Rt6Vw8Yz0a1b2c3\0",
+                i % 5
+            );
+            let env: &[u8] = if i % 11 == 0 {
+                keyed.as_bytes()
             } else {
                 b"HOME=/home/bot\0PATH=/usr/bin:/bin\0LANG=C.UTF-8\0TERM=xterm\0"
             };

@@ -215,8 +215,9 @@ fn start(
                 .stderr(Stdio::piped())
                 .spawn()
                 .context("spawning bpftrace")?;
-            // BEGIN runs once every probe is attached.
-            let deadline = Instant::now() + Duration::from_mins(1);
+            // BEGIN runs once every probe is attached. bpftrace compiles its script with
+            // LLVM first, which takes over a minute on a loaded 2-core machine.
+            let deadline = Instant::now() + Duration::from_mins(3);
             while !fs::read_to_string(&out).is_ok_and(|s| s.contains("ready")) {
                 if let Some(status) = child.try_wait()? {
                     let mut err = String::new();
@@ -228,7 +229,7 @@ fn start(
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    bail!("bpftrace did not attach within a minute");
+                    bail!("bpftrace did not attach within 3 minutes");
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -332,6 +333,10 @@ fn run_workload(ctx: &Ctx, cg: &BenchCgroup, w: &Workload) -> anyhow::Result<Sam
     Ok(Sample { wall_s, cpu_s })
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the interleaved measurement loop, then its report"
+)]
 pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
     let (udp, _udp_sink) = udp_sink()?;
     let workloads = workloads(sizes, udp);
@@ -342,6 +347,7 @@ pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
     let mut samples: BTreeMap<(Cond, &str), Vec<Sample>> = BTreeMap::new();
     let mut unavailable: BTreeMap<Cond, String> = BTreeMap::new();
     let mut captures: Vec<Capture> = Vec::new();
+    let mut start_failures: Vec<Value> = Vec::new();
     for rep in 0..sizes.reps {
         // Rotate the order too, so that no condition always runs first after a pause.
         for i in 0..Cond::ALL.len() {
@@ -355,10 +361,18 @@ pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let tracer = match start(ctx, cond, &cgroups, &names) {
                 Ok(t) => t,
-                // agentid must run; a peer that cannot is reported with the reason.
+                // agentid must run; a peer that cannot is reported with the reason. One
+                // that ran before and failed to start once is retried in the next round.
                 Err(e) if cond != Cond::Agentid => {
+                    let ran_before = samples.keys().any(|(c, _)| *c == cond);
                     eprintln!("bench: {} cannot run: {e:#}", cond.name());
-                    unavailable.insert(cond, format!("{e:#}"));
+                    if ran_before {
+                        start_failures.push(json!({
+                            "condition": cond.name(), "rep": rep, "error": format!("{e:#}"),
+                        }));
+                    } else {
+                        unavailable.insert(cond, format!("{e:#}"));
+                    }
                     continue;
                 }
                 Err(e) => return Err(e.context("starting agentid")),
@@ -438,6 +452,7 @@ pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
         "workloads": rows,
         "agentid_kernel_drops": captures.iter().map(|c| c.kernel_drops).sum::<u64>(),
         "agentid_store_drops": captures.iter().map(|c| c.store_drops).sum::<u64>(),
+        "start_failures": start_failures,
         "unavailable": unavailable.iter().map(|(c, r)| (c.name(), r)).collect::<BTreeMap<_, _>>(),
     }))
 }

@@ -112,6 +112,15 @@ pub fn markdown(r: &Value) -> String {
         o["agentid_kernel_drops"],
         o["agentid_store_drops"]
     );
+    for f in o["start_failures"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "- {} failed to start in repetition {} (fewer samples): {}\n",
+            f["condition"].as_str().unwrap_or_default(),
+            f["rep"],
+            f["error"].as_str().unwrap_or_default()
+        );
+    }
 
     let p = &r["pipeline"];
     s.push_str("**Userspace** (criterion, one thread; mean [95% interval])\n\n");
