@@ -6,11 +6,11 @@
 //! reports events/s per core from criterion's estimates).
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::cast_possible_truncation,
     reason = "benchmark setup: a failure is a failed run; synthetic sizes are small"
 )]
 use std::{
+    fmt::Write as _,
     hint::black_box,
     sync::Arc,
     time::{Duration, UNIX_EPOCH},
@@ -68,10 +68,11 @@ fn cgroups() -> Cgroups {
 fn registry() -> agentid::identity::Registry {
     let mut text = String::new();
     for i in 0..4 {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "[[agent]]\nid = \"spiffe://bench.example/agent/bot-{i}\"\nname = \"bot-{i}\"\n\
              owner = \"bench@example.org\"\n[[agent.selectors]]\ncgroup = \"/agents/bot-{i}\"\n"
-        ));
+        );
     }
     let r = agentid::identity::Registry::parse_str(&text, "bench.toml");
     assert!(r.errors().is_empty(), "{:?}", r.errors());
@@ -166,7 +167,7 @@ impl Gen {
             };
             r.env[..env.len()].copy_from_slice(env);
             r.env_len = env.len() as u32;
-            r.envc = env.iter().filter(|b| **b == 0).count() as u32;
+            r.envc = env.split_inclusive(|b| *b == 0).count() as u32;
             out.push(bytes_of(&r));
             for j in 0..5u16 {
                 let udp = j == 4;
