@@ -124,6 +124,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             test.args(["test", "--workspace", "--"]).args(args);
             status(test)?;
             // Last, as a smoke test: every condition must run to the end (no thresholds).
+            // Like the kernel tests, it skips without root unless AGENTID_REQUIRE_BPF=1.
+            // SAFETY: geteuid has no preconditions.
+            let root_user = unsafe { libc::geteuid() } == 0;
+            if !root_user && std::env::var_os("AGENTID_REQUIRE_BPF").is_none_or(|v| v != "1") {
+                eprintln!("SKIPPED cargo xtask bench --quick: needs root");
+                return Ok(());
+            }
             bench::run(
                 &root(),
                 &bench::Options {
