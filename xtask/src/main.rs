@@ -8,6 +8,7 @@
 //! - `test --kernel K` the kernel integration tests inside QEMU on kernel K (a vmlinuz, a
 //!   `.deb`, or a Debian package name such as `linux-image-amd64`); see `vm.rs`
 //! - `fuzz`         run every fuzz target N seconds (stable, coverage-free driver)
+//! - `bench`        overhead vs auditd/bpftrace, completeness, throughput, resources, latency
 //! - `run -- ARGS`  setup, build release, run `agentid ARGS`
 mod vm;
 
@@ -19,6 +20,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 #[derive(Debug, Parser)]
 #[command(name = "xtask")]
@@ -69,6 +72,15 @@ enum Task {
     Run {
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Setup, build release, benchmark (needs root); results in target/bench/.
+    Bench {
+        /// A ~1-minute smoke run with small sizes.
+        #[arg(long)]
+        quick: bool,
+        /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -184,8 +196,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for kernel in guest_kernels() {
                 test_in_guest(&kernel, Duration::from_mins(guest_timeout_mins), &[])?;
             }
-            // And a fuzz smoke run, so no target rots.
-            fuzz(FUZZ_SMOKE_SECONDS, None, &[])
+            // A fuzz smoke run, so no target rots.
+            fuzz(FUZZ_SMOKE_SECONDS, None, &[])?;
+            // Last, the bench as a smoke test: every condition must run to the end (no
+            // thresholds). Like the kernel tests, it skips without root unless
+            // AGENTID_REQUIRE_BPF=1.
+            // SAFETY: geteuid has no preconditions.
+            let root_user = unsafe { libc::geteuid() } == 0;
+            if !root_user && std::env::var_os("AGENTID_REQUIRE_BPF").is_none_or(|v| v != "1") {
+                eprintln!("SKIPPED cargo xtask bench --quick: needs root");
+                return Ok(());
+            }
+            bench::run(
+                &root(),
+                &bench::Options {
+                    quick: true,
+                    out: None,
+                },
+            )
+        }
+        Task::Bench { quick, out } => {
+            setup()?;
+            bench::run(&root(), &bench::Options { quick, out })
         }
         Task::Fuzz {
             seconds,

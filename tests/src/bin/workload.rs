@@ -9,9 +9,23 @@
 //!   `cgroup.procs` is PROCS, connect again
 //! - `spawn-into PROCS PROG [ARGS..]`  fork a child that joins PROCS' cgroup and execs PROG
 //! - `wait-connect ADDR`    read one line from stdin, then connect to ADDR
+//!
+//! Benchmark modes (`cargo xtask bench`):
+//! - `storm N`              N loopback TCP connect/accept/close cycles against its own
+//!   listener (no other thread's scheduling in the measured path), closed with a reset
+//!   (`SO_LINGER` 0) so that tens of thousands of cycles leave no `TIME_WAIT` behind
+//! - `mixed N UDP`          N rounds of: fork+exec `/bin/true` or `/bin/echo`, 4 connect
+//!   cycles as in `storm`, 4 unconnected UDP sends to UDP — an agent-like mix
+//! - `rate UDP PER_S SECS`  about `PER_S` events a second for `SECS` seconds: 80% UDP sends,
+//!   20% connect cycles, and 50 execs of `/bin/true` a second
+//! - `hold N`               fork N children that sleep forever, print `ready`, then wait
+//!   for stdin to close (the caller kills the children)
 use std::{
-    net::{SocketAddr, TcpStream, UdpSocket},
-    process::{Command, ExitCode},
+    io::Write as _,
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
 };
 
 fn main() -> ExitCode {
@@ -25,6 +39,10 @@ fn main() -> ExitCode {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one match arm per mode, each short and read on its own"
+)]
 fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
     let arg = |i: usize| {
         args.get(i)
@@ -106,6 +124,120 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             drop(TcpStream::connect(addr)?);
             Ok(0)
         }
+        "storm" => {
+            let n: u32 = arg(1)?.parse()?;
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            for _ in 0..n {
+                reset_connect(&listener)?;
+            }
+            Ok(0)
+        }
+        "mixed" => {
+            let n: u32 = arg(1)?.parse()?;
+            let tcp = TcpListener::bind("127.0.0.1:0")?;
+            let udp: SocketAddr = arg(2)?.parse()?;
+            let sock = UdpSocket::bind("127.0.0.1:0")?;
+            for i in 0..n {
+                let mut tool = if i % 2 == 0 {
+                    Command::new("/bin/true")
+                } else {
+                    let mut c = Command::new("/bin/echo");
+                    c.arg("agent step").stdout(Stdio::null());
+                    c
+                };
+                if !tool.status()?.success() {
+                    return Err("tool failed".into());
+                }
+                for _ in 0..4 {
+                    reset_connect(&tcp)?;
+                    sock.send_to(b"agentid-bench", udp)?;
+                }
+            }
+            Ok(0)
+        }
+        "rate" => {
+            let udp: SocketAddr = arg(1)?.parse()?;
+            let per_s: u32 = arg(2)?.parse()?;
+            let secs: u64 = arg(3)?.parse()?;
+            rate(udp, per_s, Duration::from_secs(secs))?;
+            Ok(0)
+        }
+        "hold" => {
+            let n: u32 = arg(1)?.parse()?;
+            for _ in 0..n {
+                // SAFETY: the child only calls async-signal-safe pause/_exit.
+                match unsafe { libc::fork() } {
+                    -1 => return Err(std::io::Error::last_os_error().into()),
+                    0 => loop {
+                        // SAFETY: pause is async-signal-safe.
+                        unsafe { libc::pause() };
+                    },
+                    _ => {}
+                }
+            }
+            println!("ready");
+            std::io::stdout().flush()?;
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)?;
+            Ok(0)
+        }
         other => Err(format!("unknown mode {other}").into()),
     }
+}
+
+/// One connect/accept/close cycle that ends in a reset instead of `TIME_WAIT`, so that a
+/// storm of tens of thousands of cycles never runs out of ephemeral ports. On loopback the
+/// handshake completes inside `connect`, so the accept never waits.
+fn reset_connect(listener: &TcpListener) -> std::io::Result<()> {
+    let s = TcpStream::connect(listener.local_addr()?)?;
+    drop(listener.accept()?);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            libc::socklen_t::try_from(size_of::<libc::linger>()).unwrap_or(8),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Paces events in 10 ms ticks; a tick that runs late is caught up in the next one.
+fn rate(udp: SocketAddr, per_s: u32, length: Duration) -> Result<(), Box<dyn std::error::Error>> {
+    const TICK: Duration = Duration::from_millis(10);
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    let tcp = TcpListener::bind("127.0.0.1:0")?;
+    let start = Instant::now();
+    let mut done: u64 = 0;
+    let mut execs: u64 = 0;
+    while start.elapsed() < length {
+        let elapsed = start.elapsed();
+        let due = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX) * u64::from(per_s) / 1000;
+        while done < due {
+            if done.is_multiple_of(5) {
+                reset_connect(&tcp)?;
+            } else {
+                sock.send_to(b"agentid-bench", udp)?;
+            }
+            done += 1;
+        }
+        // 50 execs a second (each is fork + exec + exit: three events).
+        let execs_due = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX) / 20;
+        while execs < execs_due {
+            Command::new("/bin/true").status()?;
+            execs += 1;
+        }
+        std::thread::sleep(TICK.saturating_sub(start.elapsed().saturating_sub(elapsed)));
+    }
+    println!("{done} {execs}");
+    Ok(())
 }

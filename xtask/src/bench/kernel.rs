@@ -1,0 +1,458 @@
+//! Kernel-path overhead: the same workloads with no tracer, agentid, auditd and bpftrace,
+//! interleaved across repetitions so that drift on a shared machine hits every condition.
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{SocketAddr, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use super::{
+    Ctx,
+    stats::{Summary, f, ratio},
+    sys::{self, BenchCgroup, Daemon},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cond {
+    NoTracer,
+    Agentid,
+    Auditd,
+    Bpftrace,
+}
+
+impl Cond {
+    pub const ALL: [Self; 4] = [Self::NoTracer, Self::Agentid, Self::Auditd, Self::Bpftrace];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NoTracer => "no tracer",
+            Self::Agentid => "agentid",
+            Self::Auditd => "auditd",
+            Self::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub connects: u32,
+    pub execs: u32,
+    pub mixed_rounds: u32,
+    pub reps: usize,
+}
+
+/// A workload and the events agentid must capture from it, by kind. Each run also
+/// contributes the workload binary's own exec and exit (it joins the cgroup before exec;
+/// its fork happens outside).
+#[derive(Debug)]
+struct Workload {
+    name: &'static str,
+    args: Vec<String>,
+    expected: BTreeMap<&'static str, u64>,
+}
+
+fn workloads(sizes: Sizes, udp: SocketAddr) -> Vec<Workload> {
+    let (c, e, m) = (
+        u64::from(sizes.connects),
+        u64::from(sizes.execs),
+        u64::from(sizes.mixed_rounds),
+    );
+    let counts = |fork: u64, exec: u64, connect: u64, send: u64| {
+        BTreeMap::from([
+            ("exec", exec + 1),
+            ("fork", fork),
+            ("exit", exec + 1),
+            ("connect", connect),
+            ("send", send),
+        ])
+    };
+    vec![
+        Workload {
+            name: "connect storm",
+            args: vec!["storm".into(), c.to_string()],
+            expected: counts(0, 0, c, 0),
+        },
+        Workload {
+            name: "exec storm",
+            args: vec!["exec".into(), e.to_string(), "/bin/true".into()],
+            expected: counts(e, e, 0, 0),
+        },
+        Workload {
+            name: "mixed agent",
+            args: vec!["mixed".into(), m.to_string(), udp.to_string()],
+            expected: counts(m, m, 4 * m, 4 * m),
+        },
+    ]
+}
+
+/// A loopback UDP socket that receives (and drops) the workloads' datagrams. TCP needs no
+/// peer here: the workloads accept their own connections, so that no other thread's
+/// scheduling sits in the measured path.
+pub fn udp_sink() -> anyhow::Result<(SocketAddr, UdpSocket)> {
+    let udp = UdpSocket::bind("127.0.0.1:0").context("UDP sink")?;
+    Ok((udp.local_addr()?, udp))
+}
+
+/// A tracer running for one repetition.
+enum Tracer {
+    None,
+    Agentid(Daemon),
+    Auditd(Child),
+    Bpftrace(Child, PathBuf),
+}
+
+/// `auditctl -a|-d` arguments: execve and connect, the syscalls agentid's probes cover.
+const AUDIT_RULE: [&str; 9] = [
+    "always,exit",
+    "-F",
+    "arch=b64",
+    "-S",
+    "execve",
+    "-S",
+    "connect",
+    "-k",
+    "agentid-bench",
+];
+
+fn auditctl(op: &str) -> anyhow::Result<()> {
+    let out = Command::new("auditctl")
+        .arg(op)
+        .args(AUDIT_RULE)
+        .output()
+        .context("running auditctl")?;
+    if !out.status.success() {
+        bail!(
+            "auditctl {op}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+const BPFTRACE_SCRIPT: &str = r#"
+BEGIN { printf("ready\n"); }
+tracepoint:syscalls:sys_enter_execve { printf("%d %s execve %s\n", pid, comm, str(args->filename)); }
+tracepoint:syscalls:sys_enter_connect { printf("%d %s connect\n", pid, comm); }
+"#;
+
+fn start(
+    ctx: &Ctx,
+    cond: Cond,
+    cgroups: &[BenchCgroup],
+    names: &[String],
+) -> anyhow::Result<Tracer> {
+    match cond {
+        Cond::NoTracer => Ok(Tracer::None),
+        Cond::Agentid => {
+            let agents: Vec<(&str, &str)> = names
+                .iter()
+                .zip(cgroups)
+                .map(|(n, c)| (n.as_str(), c.rel.as_str()))
+                .collect();
+            Ok(Tracer::Agentid(Daemon::start(
+                &ctx.agentid,
+                &ctx.scratch.join("overhead"),
+                &agents,
+            )?))
+        }
+        Cond::Auditd => {
+            ctx.tools.auditd.clone().map_err(anyhow::Error::msg)?;
+            fs::create_dir_all("/var/log/audit")?;
+            // Foreground (-n) so that this process owns its lifetime; `-s enable` turns
+            // kernel auditing on while it runs.
+            let mut child = Command::new("auditd")
+                .args(["-n", "-s", "enable"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("spawning auditd")?;
+            // auditd registers itself with the kernel as the audit daemon; wait for it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    bail!("auditd exited at start ({status}): {}", err.trim());
+                }
+                let st = Command::new("auditctl").arg("-s").output()?;
+                let text = String::from_utf8_lossy(&st.stdout);
+                if text.contains(&format!("pid {}", child.id())) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("auditd did not register with the kernel within 10 s: {text}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if let Err(e) = auditctl("-a") {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+            Ok(Tracer::Auditd(child))
+        }
+        Cond::Bpftrace => {
+            ctx.tools.bpftrace.clone().map_err(anyhow::Error::msg)?;
+            let out = ctx.scratch.join("bpftrace.out");
+            let _ = fs::remove_file(&out);
+            let mut child = Command::new("bpftrace")
+                .arg("-o")
+                .arg(&out)
+                .args(["-e", BPFTRACE_SCRIPT])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("spawning bpftrace")?;
+            // BEGIN runs once every probe is attached. bpftrace compiles its script with
+            // LLVM first, which takes over a minute on a loaded 2-core machine.
+            let deadline = Instant::now() + Duration::from_mins(3);
+            while !fs::read_to_string(&out).is_ok_and(|s| s.contains("ready")) {
+                if let Some(status) = child.try_wait()? {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    bail!("bpftrace exited at start ({status}): {}", err.trim());
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("bpftrace did not attach within 3 minutes");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(Tracer::Bpftrace(child, out))
+        }
+    }
+}
+
+/// What agentid captured in one repetition, per workload.
+#[derive(Debug, Default)]
+struct Capture {
+    by_workload: BTreeMap<String, BTreeMap<String, u64>>,
+    kernel_drops: u64,
+    store_drops: u64,
+}
+
+/// Stops the tracer; a tracer that died during the run fails the bench.
+fn stop(tracer: Tracer, names: &[String]) -> anyhow::Result<Option<Capture>> {
+    match tracer {
+        Tracer::None => Ok(None),
+        Tracer::Agentid(mut d) => {
+            d.check_alive()?;
+            // Kernel counters are sampled once a second.
+            std::thread::sleep(Duration::from_millis(1100));
+            let status = d.cli(&["status"])?;
+            let kernel_drops = status["drops"]
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+            let store_drops = status["store"]["dropped"].as_u64().unwrap_or(0);
+            let db = d.store_path();
+            d.stop()?;
+            let mut cap = Capture {
+                kernel_drops,
+                store_drops,
+                ..Capture::default()
+            };
+            let out = Command::new("sqlite3")
+                .arg(&db)
+                .arg("SELECT agent, kind, count(*) FROM events WHERE agent IS NOT NULL GROUP BY agent, kind")
+                .output()
+                .context("running sqlite3 on the daemon's store")?;
+            if !out.status.success() {
+                bail!("sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let mut it = line.split('|');
+                let (Some(agent), Some(kind), Some(n)) = (it.next(), it.next(), it.next()) else {
+                    continue;
+                };
+                let Some(name) = names.iter().find(|n| agent.ends_with(&format!("/{n}"))) else {
+                    continue;
+                };
+                cap.by_workload
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(kind.to_owned(), n.parse().unwrap_or(0));
+            }
+            Ok(Some(cap))
+        }
+        Tracer::Auditd(mut child) => {
+            let rule = auditctl("-d");
+            if let Some(status) = child.try_wait()? {
+                bail!("auditd died during the run ({status})");
+            }
+            sys::signal(child.id(), libc::SIGTERM);
+            child.wait()?;
+            rule.map(|()| None)
+        }
+        Tracer::Bpftrace(mut child, out) => {
+            if let Some(status) = child.try_wait()? {
+                bail!("bpftrace died during the run ({status})");
+            }
+            sys::signal(child.id(), libc::SIGINT);
+            child.wait()?;
+            let _ = fs::remove_file(out);
+            Ok(None)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    wall_s: f64,
+    cpu_s: f64,
+}
+
+fn run_workload(ctx: &Ctx, cg: &BenchCgroup, w: &Workload) -> anyhow::Result<Sample> {
+    let t0 = Instant::now();
+    let child = cg
+        .command(&ctx.workload)
+        .args(&w.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("spawning workload {}", w.name))?;
+    let (status, cpu_s) = sys::wait_with_cpu(&child)?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    if !sys::exited_ok(status) {
+        bail!("workload {} failed (wait status {status:#x})", w.name);
+    }
+    Ok(Sample { wall_s, cpu_s })
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "the interleaved measurement loop, then its report"
+)]
+pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
+    let (udp, _udp_sink) = udp_sink()?;
+    let workloads = workloads(sizes, udp);
+    let names: Vec<String> = ["connect", "exec", "mixed"]
+        .iter()
+        .map(|n| format!("bench-{n}"))
+        .collect();
+    let mut samples: BTreeMap<(Cond, &str), Vec<Sample>> = BTreeMap::new();
+    let mut unavailable: BTreeMap<Cond, String> = BTreeMap::new();
+    let mut captures: Vec<Capture> = Vec::new();
+    let mut start_failures: Vec<Value> = Vec::new();
+    for rep in 0..sizes.reps {
+        // Rotate the order too, so that no condition always runs first after a pause.
+        for i in 0..Cond::ALL.len() {
+            let cond = Cond::ALL[(i + rep) % Cond::ALL.len()];
+            if unavailable.contains_key(&cond) {
+                continue;
+            }
+            let cgroups = names
+                .iter()
+                .map(|n| BenchCgroup::new(&format!("{n}-{rep}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let tracer = match start(ctx, cond, &cgroups, &names) {
+                Ok(t) => t,
+                // agentid must run; a peer that cannot is reported with the reason. One
+                // that ran before and failed to start once is retried in the next round.
+                Err(e) if cond != Cond::Agentid => {
+                    let ran_before = samples.keys().any(|(c, _)| *c == cond);
+                    eprintln!("bench: {} cannot run: {e:#}", cond.name());
+                    if ran_before {
+                        start_failures.push(json!({
+                            "condition": cond.name(), "rep": rep, "error": format!("{e:#}"),
+                        }));
+                    } else {
+                        unavailable.insert(cond, format!("{e:#}"));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.context("starting agentid")),
+            };
+            let mut run = || -> anyhow::Result<()> {
+                for (w, cg) in workloads.iter().zip(&cgroups) {
+                    let s = run_workload(ctx, cg, w)?;
+                    samples.entry((cond, w.name)).or_default().push(s);
+                }
+                Ok(())
+            };
+            let ran = run();
+            let stopped = stop(tracer, &names);
+            ran.with_context(|| format!("{} rep {rep}", cond.name()))?;
+            if let Some(cap) = stopped.with_context(|| format!("stopping {}", cond.name()))? {
+                captures.push(cap);
+            }
+            eprintln!(
+                "bench: overhead rep {}/{} {} done",
+                rep + 1,
+                sizes.reps,
+                cond.name()
+            );
+        }
+    }
+
+    // Report: per workload, per condition.
+    let mut rows = Vec::new();
+    for (wi, w) in workloads.iter().enumerate() {
+        let base = |pick: fn(&Sample) -> f64| {
+            samples
+                .get(&(Cond::NoTracer, w.name))
+                .and_then(|v| Summary::of(&v.iter().map(pick).collect::<Vec<_>>()))
+        };
+        let (base_wall, base_cpu) = (base(|s| s.wall_s), base(|s| s.cpu_s));
+        let mut conds = Vec::new();
+        for cond in Cond::ALL {
+            let v = samples.get(&(cond, w.name));
+            let wall = v.and_then(|v| Summary::of(&v.iter().map(|s| s.wall_s).collect::<Vec<_>>()));
+            let cpu = v.and_then(|v| Summary::of(&v.iter().map(|s| s.cpu_s).collect::<Vec<_>>()));
+            let mut row = json!({
+                "condition": cond.name(),
+                "wall_s": wall.map(|s| s.json()),
+                "cpu_s": cpu.map(|s| s.json()),
+                "wall_ratio": ratio(wall.map(|s| s.median), base_wall.map(|s| s.median)),
+                "cpu_ratio": ratio(cpu.map(|s| s.median), base_cpu.map(|s| s.median)),
+                "unavailable": unavailable.get(&cond),
+            });
+            if cond == Cond::Agentid {
+                let name = &names[wi];
+                let expected: u64 = w.expected.values().sum();
+                let per_rep: Vec<f64> = captures
+                    .iter()
+                    .map(|c| {
+                        let got = c.by_workload.get(name);
+                        f(got.map_or(0, |m| m.values().sum())) / f(expected)
+                    })
+                    .collect();
+                let last = captures.last().and_then(|c| c.by_workload.get(name));
+                row["completeness"] = json!({
+                    "expected_per_run": w.expected,
+                    "captured_last_run": last,
+                    "ratio": Summary::of(&per_rep).map(|s| s.json()),
+                });
+            }
+            conds.push(row);
+        }
+        rows.push(json!({ "workload": w.name, "args": w.args.join(" "), "conditions": conds }));
+    }
+    Ok(json!({
+        "sizes": {
+            "connects": sizes.connects,
+            "execs": sizes.execs,
+            "mixed_rounds": sizes.mixed_rounds,
+            "repetitions": sizes.reps,
+        },
+        "workloads": rows,
+        "agentid_kernel_drops": captures.iter().map(|c| c.kernel_drops).sum::<u64>(),
+        "agentid_store_drops": captures.iter().map(|c| c.store_drops).sum::<u64>(),
+        "start_failures": start_failures,
+        "unavailable": unavailable.iter().map(|(c, r)| (c.name(), r)).collect::<BTreeMap<_, _>>(),
+    }))
+}

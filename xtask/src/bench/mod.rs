@@ -1,0 +1,277 @@
+//! `cargo xtask bench [--quick] [--out FILE]`: kernel-path overhead against auditd and
+//! bpftrace, agentid's completeness, userspace pipeline throughput, daemon resources and
+//! alert latency. Results go to a JSON file and a markdown table (`results.md` beside it).
+//!
+//! Nothing here asserts a threshold: figures are reported, and the bench fails only when
+//! something crashes (a workload, the daemon, a tracer that started and then died).
+mod kernel;
+mod latency;
+mod report;
+mod resources;
+mod stats;
+mod sys;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub quick: bool,
+    pub out: Option<PathBuf>,
+}
+
+/// Whether each peer tracer can be used, or why not.
+#[derive(Debug, Clone)]
+struct Tools {
+    auditd: Result<(), String>,
+    bpftrace: Result<(), String>,
+}
+
+/// What every section needs.
+#[derive(Debug)]
+struct Ctx {
+    agentid: PathBuf,
+    workload: PathBuf,
+    /// Temporary configs and state of the daemons started here.
+    scratch: PathBuf,
+    tools: Tools,
+}
+
+struct Plan {
+    overhead: kernel::Sizes,
+    resources: resources::Sizes,
+    latency_trials: usize,
+    /// criterion arguments.
+    criterion: &'static [&'static str],
+}
+
+fn plan(quick: bool) -> Plan {
+    if quick {
+        Plan {
+            overhead: kernel::Sizes {
+                connects: 5_000,
+                execs: 400,
+                mixed_rounds: 50,
+                reps: 2,
+            },
+            resources: resources::Sizes {
+                live_processes: 2_000,
+                events_per_s: 20_000,
+                seconds: 10,
+            },
+            latency_trials: 10,
+            criterion: &[
+                "--warm-up-time",
+                "0.5",
+                "--measurement-time",
+                "1",
+                "--sample-size",
+                "10",
+            ],
+        }
+    } else {
+        Plan {
+            overhead: kernel::Sizes {
+                connects: 50_000,
+                execs: 4_000,
+                mixed_rounds: 500,
+                reps: 5,
+            },
+            resources: resources::Sizes {
+                live_processes: 10_000,
+                events_per_s: 20_000,
+                seconds: 60,
+            },
+            latency_trials: 100,
+            criterion: &["--warm-up-time", "1", "--measurement-time", "3"],
+        }
+    }
+}
+
+/// The cargo target directory (`CARGO_TARGET_DIR` or `./target`).
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs auditd and bpftrace when missing; a failure is recorded, not fatal.
+fn tools() -> Tools {
+    let missing = !have("auditctl") || !have("auditd") || !have("bpftrace");
+    let mut install_error = None;
+    if missing {
+        eprintln!("bench: installing auditd and bpftrace");
+        let ok = Command::new("sh")
+            .args([
+                "-c",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq auditd bpftrace",
+            ])
+            .status();
+        if !ok.as_ref().is_ok_and(std::process::ExitStatus::success) {
+            install_error = Some(format!("apt-get install auditd bpftrace failed: {ok:?}"));
+        }
+    }
+    let check = |bins: &[&str]| match bins.iter().find(|b| !have(b)) {
+        None => Ok(()),
+        Some(b) => Err(install_error
+            .clone()
+            .unwrap_or_else(|| format!("{b} not installed"))),
+    };
+    Tools {
+        auditd: check(&["auditd", "auditctl"]),
+        bpftrace: check(&["bpftrace"]),
+    }
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+fn status(mut cmd: Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("spawning {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed: {st}");
+    }
+    Ok(())
+}
+
+/// Runs the criterion benchmarks and reads events/s from their estimates.
+fn pipeline(root: &Path, target: &Path, plan: &Plan) -> anyhow::Result<Value> {
+    let mut bench = cargo(root);
+    bench
+        .args(["bench", "-p", "agentid-user", "--bench", "pipeline", "--"])
+        .args(plan.criterion);
+    status(bench)?;
+    let mut out = serde_json::Map::new();
+    for (key, dir) in [
+        ("pipeline", "pipeline/decode_attribute_detect"),
+        ("store_writer", "store/writer"),
+    ] {
+        let base = target.join("criterion").join(dir);
+        let read = |f: &str| -> anyhow::Result<Value> {
+            let p = base.join(f);
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(serde_json::from_str(&text)?)
+        };
+        let estimates = read("new/estimates.json")?;
+        let meta = read("new/benchmark.json")?;
+        let elements = meta["throughput"]["Elements"]
+            .as_f64()
+            .context("criterion throughput")?;
+        let per_s = |ns: &Value| ns.as_f64().map(|ns| elements / (ns / 1e9));
+        let mean = &estimates["mean"];
+        // Lower time bound → higher rate, so the interval's ends swap.
+        out.insert(
+            key.into(),
+            json!({
+                "events_per_iteration": elements,
+                "events_per_s": per_s(&mean["point_estimate"]),
+                "events_per_s_low": per_s(&mean["confidence_interval"]["upper_bound"]),
+                "events_per_s_high": per_s(&mean["confidence_interval"]["lower_bound"]),
+            }),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+fn machine() -> Value {
+    let sh = |c: &str| {
+        Command::new("sh")
+            .args(["-c", c])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    json!({
+        "kernel": sh("uname -r"),
+        "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"),
+        "cores": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        "date": sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
+        "load_at_start": sh("cut -d' ' -f1-3 /proc/loadavg"),
+    })
+}
+
+pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let target = target_dir(root);
+    let plan = plan(opts.quick);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask bench loads BPF programs and creates cgroups: run it as root");
+    }
+    let mut build = cargo(root);
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "agentid-user",
+        "-p",
+        "agentid-tests",
+        "--bins",
+    ]);
+    status(build)?;
+    let tools = tools();
+    let scratch = std::env::temp_dir().join(format!("agentid-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let ctx = Ctx {
+        agentid: target.join("release/agentid"),
+        workload: target.join("release/agentid-workload"),
+        scratch: scratch.clone(),
+        tools,
+    };
+    let machine = machine();
+    eprintln!("bench: kernel-path overhead");
+    let overhead = kernel::run(&ctx, plan.overhead)?;
+    eprintln!("bench: daemon resources");
+    let resources = resources::run(&ctx, plan.resources)?;
+    eprintln!("bench: alert latency");
+    let latency = latency::run(&ctx, plan.latency_trials)?;
+    eprintln!("bench: userspace pipeline (criterion)");
+    let pipeline = pipeline(root, &target, &plan)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let results = json!({
+        "mode": if opts.quick { "quick" } else { "full" },
+        "command": if opts.quick { "cargo xtask bench --quick" } else { "cargo xtask bench" },
+        "machine": machine,
+        "overhead": overhead,
+        "pipeline": pipeline,
+        "resources": resources,
+        "alert_latency": latency,
+        "duration_s": started.elapsed().as_secs_f64(),
+    });
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| target.join("bench/results.json"));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    let md = report::markdown(&results);
+    let md_path = out.with_file_name("results.md");
+    std::fs::write(&md_path, &md)?;
+    println!("{md}");
+    eprintln!(
+        "bench: done in {:.0} s; {} and {}",
+        started.elapsed().as_secs_f64(),
+        out.display(),
+        md_path.display()
+    );
+    Ok(())
+}

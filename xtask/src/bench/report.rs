@@ -1,0 +1,180 @@
+//! The results as a markdown report (what the README's "Benchmarks" section shows).
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+fn num(v: &Value, digits: usize) -> String {
+    v.as_f64()
+        .map_or_else(|| "–".into(), |x| format!("{x:.digits$}"))
+}
+
+fn summary(v: &Value, digits: usize) -> String {
+    if v.is_null() {
+        return "–".into();
+    }
+    format!(
+        "{} [{}–{}]",
+        num(&v["median"], digits),
+        num(&v["min"], digits),
+        num(&v["max"], digits)
+    )
+}
+
+fn ratio(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "–".into(), |x| format!("{x:.3}×"))
+}
+
+fn rate(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x >= 1e6 => format!("{:.2} M", x / 1e6),
+        Some(x) if x >= 1e3 => format!("{:.0} k", x / 1e3),
+        Some(x) => format!("{x:.0}"),
+        None => "–".into(),
+    }
+}
+
+#[expect(
+    clippy::too_many_lines,
+    clippy::many_single_char_names,
+    reason = "one report written top to bottom, section by section"
+)]
+pub fn markdown(r: &Value) -> String {
+    let mut s = String::new();
+    let m = &r["machine"];
+    let o = &r["overhead"];
+    let _ = writeln!(
+        s,
+        "Run: `{}` on {}; Linux {}, {} ({} cores), load average at start {}; took {:.0} s.\n",
+        r["command"].as_str().unwrap_or_default(),
+        m["date"].as_str().unwrap_or_default(),
+        m["kernel"].as_str().unwrap_or_default(),
+        m["cpu"].as_str().unwrap_or_default(),
+        m["cores"],
+        m["load_at_start"].as_str().unwrap_or_default(),
+        r["duration_s"].as_f64().unwrap_or(0.0),
+    );
+    let sizes = &o["sizes"];
+    let _ = writeln!(
+        s,
+        "**Kernel-path overhead** — {} repetitions per condition, interleaved; median [min–max]; \
+         × = median over the no-tracer median. CPU = user+sys of the workload (`wait4`).\n",
+        sizes["repetitions"]
+    );
+    s.push_str(
+        "| workload | condition | wall s | wall × | CPU s | CPU × | agentid completeness |\n",
+    );
+    s.push_str("|---|---|---|---|---|---|---|\n");
+    for w in o["workloads"].as_array().into_iter().flatten() {
+        for c in w["conditions"].as_array().into_iter().flatten() {
+            let completeness = if c["completeness"].is_null() {
+                String::new()
+            } else {
+                let r = &c["completeness"]["ratio"];
+                format!(
+                    "{:.2}% [{:.2}–{:.2}]",
+                    r["median"].as_f64().unwrap_or(0.0) * 100.0,
+                    r["min"].as_f64().unwrap_or(0.0) * 100.0,
+                    r["max"].as_f64().unwrap_or(0.0) * 100.0
+                )
+            };
+            if let Some(why) = c["unavailable"].as_str() {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | could not run: {} | | | | |",
+                    w["workload"].as_str().unwrap_or_default(),
+                    c["condition"].as_str().unwrap_or_default(),
+                    why.replace('|', "/").replace('\n', " ")
+                );
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                w["workload"].as_str().unwrap_or_default(),
+                c["condition"].as_str().unwrap_or_default(),
+                summary(&c["wall_s"], 3),
+                ratio(&c["wall_ratio"]),
+                summary(&c["cpu_s"], 3),
+                ratio(&c["cpu_ratio"]),
+                completeness
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nSizes: connect storm {} loopback connect/close cycles; exec storm {} fork+exec of \
+         `/bin/true`; mixed {} rounds of (exec `/bin/true` or `/bin/echo`, 4 connects, 4 UDP \
+         sends). agentid ring-buffer drops over all runs: {}; store queue drops: {}.\n",
+        sizes["connects"],
+        sizes["execs"],
+        sizes["mixed_rounds"],
+        o["agentid_kernel_drops"],
+        o["agentid_store_drops"]
+    );
+    for f in o["start_failures"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "- {} failed to start in repetition {} (fewer samples): {}\n",
+            f["condition"].as_str().unwrap_or_default(),
+            f["rep"],
+            f["error"].as_str().unwrap_or_default()
+        );
+    }
+
+    let p = &r["pipeline"];
+    s.push_str("**Userspace** (criterion, one thread; mean [95% interval])\n\n");
+    s.push_str("| path | events/s |\n|---|---|\n");
+    for (key, label) in [
+        (
+            "pipeline",
+            "decode → credential scan → process table → attribution → detection",
+        ),
+        (
+            "store_writer",
+            "store writer (`Store::writer`, batched SQLite)",
+        ),
+    ] {
+        let v = &p[key];
+        let _ = writeln!(
+            s,
+            "| {label} | {} [{}–{}] |",
+            rate(&v["events_per_s"]),
+            rate(&v["events_per_s_low"]),
+            rate(&v["events_per_s_high"])
+        );
+    }
+
+    let d = &r["resources"];
+    let _ = writeln!(
+        s,
+        "\n**Daemon resources** — {} s at a target of {} events/s\n",
+        d["seconds"], d["target_events_per_s"]
+    );
+    s.push_str("| live processes in table | events/s achieved | daemon CPU | peak RSS (VmHWM) | ring-buffer drops | store drops |\n");
+    s.push_str("|---|---|---|---|---|---|\n");
+    let _ = writeln!(
+        s,
+        "| {} | {} | {}% of one core | {} MiB | {} | {} |",
+        d["live_processes_in_table"],
+        num(&d["events_per_s"], 0),
+        num(&d["daemon_cpu_percent"], 1),
+        num(&d["peak_rss_mib"], 1),
+        d["kernel_drops"],
+        d["store_drops"]
+    );
+
+    let a = &r["alert_latency"];
+    s.push_str("\n**Alert latency** — credential-reuse exec → line in the alerts file\n\n");
+    s.push_str("| trials | p50 | p99 | min–max |\n|---|---|---|---|\n");
+    let _ = writeln!(
+        s,
+        "| {} | {} ms | {} ms | {}–{} ms |",
+        a["trials"],
+        num(&a["p50_ms"], 1),
+        num(&a["p99_ms"], 1),
+        num(&a["spread_ms"]["min"], 1),
+        num(&a["spread_ms"]["max"], 1)
+    );
+    s
+}

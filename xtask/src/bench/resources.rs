@@ -1,0 +1,116 @@
+//! Daemon resources under a sustained event rate with many live processes in its table.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use super::{
+    Ctx,
+    kernel::udp_sink,
+    stats::f,
+    sys::{self, BenchCgroup, Daemon},
+};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub live_processes: u32,
+    pub events_per_s: u32,
+    pub seconds: u64,
+}
+
+fn total_events(status: &Value) -> u64 {
+    status["events"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+}
+
+pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
+    let (udp, _udp_sink) = udp_sink()?;
+    // The sleepers start before the daemon, so it seeds them from /proc.
+    let hold_cg = BenchCgroup::new("hold")?;
+    let rate_cg = BenchCgroup::new("rate")?;
+    let mut hold = hold_cg
+        .command(&ctx.workload)
+        .args(["hold", &sizes.live_processes.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawning the sleepers")?;
+    let mut ready = String::new();
+    BufReader::new(hold.stdout.take().context("hold stdout")?).read_line(&mut ready)?;
+    if ready.trim() != "ready" {
+        bail!("the sleepers did not start: {ready:?}");
+    }
+    let result = measure(ctx, sizes, &hold_cg, &rate_cg, udp);
+    hold_cg.kill_all();
+    let _ = hold.wait();
+    result
+}
+
+fn measure(
+    ctx: &Ctx,
+    sizes: Sizes,
+    hold_cg: &BenchCgroup,
+    rate_cg: &BenchCgroup,
+    udp: std::net::SocketAddr,
+) -> anyhow::Result<Value> {
+    let mut d = Daemon::start(
+        &ctx.agentid,
+        &ctx.scratch.join("resources"),
+        &[("bench-idle", &hold_cg.rel), ("bench-rate", &rate_cg.rel)],
+    )?;
+    let pid = d.pid();
+    let rss_start_kib = sys::proc_status_kib(pid, "VmRSS")?;
+    let before = d.cli(&["status"])?;
+    let live = before["processes"]["live"].as_u64().unwrap_or(0);
+    let cpu0 = sys::proc_cpu_s(pid)?;
+    let t0 = Instant::now();
+    let child = rate_cg
+        .command(&ctx.workload)
+        .args([
+            "rate",
+            &udp.to_string(),
+            &sizes.events_per_s.to_string(),
+            &sizes.seconds.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawning the rate workload")?;
+    let (status, _) = sys::wait_with_cpu(&child)?;
+    if !sys::exited_ok(status) {
+        bail!("rate workload failed (wait status {status:#x})");
+    }
+    // Let the daemon finish the backlog, then sample its counters (updated each second).
+    std::thread::sleep(Duration::from_millis(1100));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu_s = sys::proc_cpu_s(pid)? - cpu0;
+    let hwm_kib = sys::proc_status_kib(pid, "VmHWM")?;
+    let rss_kib = sys::proc_status_kib(pid, "VmRSS")?;
+    let after = d.cli(&["status"])?;
+    d.check_alive()?;
+    d.stop()?;
+    let events = total_events(&after) - total_events(&before);
+    let kernel_drops: u64 = after["drops"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    Ok(json!({
+        "live_processes_in_table": live,
+        "sleepers": sizes.live_processes,
+        "target_events_per_s": sizes.events_per_s,
+        "seconds": sizes.seconds,
+        "events": events,
+        "events_per_s": f(events) / elapsed,
+        "daemon_cpu_s": cpu_s,
+        "daemon_cpu_percent": 100.0 * cpu_s / elapsed,
+        "rss_start_mib": f(rss_start_kib) / 1024.0,
+        "rss_end_mib": f(rss_kib) / 1024.0,
+        "peak_rss_mib": f(hwm_kib) / 1024.0,
+        "kernel_drops": kernel_drops,
+        "store_drops": after["store"]["dropped"].as_u64().unwrap_or(0),
+    }))
+}
