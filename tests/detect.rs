@@ -59,6 +59,13 @@ impl Rig {
         })
     }
 
+    /// Reports file opens in these cgroups (the daemon does this for agents' cgroups).
+    fn watch_opens(&mut self, cgroups: &[&TestCgroup]) {
+        for cg in cgroups {
+            self.sensor.watch_opens(cg.id).expect("watch opens");
+        }
+    }
+
     /// Runs events through scan → attribution → rules until `exits` processes of these
     /// cgroups have exited (the workloads are done and every event of theirs is in).
     async fn run_until_exits(
@@ -479,4 +486,106 @@ async fn egress_and_tool_allowlists() {
     assert_eq!(tools.len(), 1, "{tools:#?}");
     assert!(tools[0].title.contains("/bin/echo"));
     assert_eq!(tools[0].severity, agentid::detect::Severity::Low);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_in_two_files_read_by_two_agents_is_one_reused_credential() {
+    let (a, b, c, d) = (
+        TestCgroup::new("cf-a"),
+        TestCgroup::new("cf-b"),
+        TestCgroup::new("cf-c"),
+        TestCgroup::new("cf-d"),
+    );
+    let dir = std::env::temp_dir().join(format!("agentid-credfiles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (fa, fb, fc, fd) = (
+        dir.join("a.token"),
+        dir.join("b.token"),
+        dir.join("c.token"),
+        dir.join("d.token"),
+    );
+    let files = format!(
+        "[agent.credentials]\nfiles = [\"{}/*.token\"]",
+        dir.display()
+    );
+    let regs = reg("alpha", &a, "", &files)
+        + &reg("beta", &b, "", &files)
+        + &reg("gamma", &c, "", &files)
+        + &reg("delta", &d, "", &files);
+    let Some(mut rig) = Rig::new("cred-files", &regs, None) else {
+        return;
+    };
+    rig.watch_opens(&[&a, &b, &c, &d]);
+    let token = format!("glpat-{}", &fake_openai_key()[8..28]);
+    std::fs::write(&fa, format!("{token}\n")).expect("write");
+    std::fs::write(&fb, &token).expect("write");
+    std::fs::write(&fc, format!("glpat-{}", &fake_openai_key()[8..28])).expect("write");
+    std::fs::write(&fd, format!("glpat-{}", &fake_openai_key()[8..28])).expect("write");
+    for (cg, f) in [(&a, &fa), (&b, &fb), (&c, &fc), (&d, &fd)] {
+        let mut cmd = cg.command("/bin/cat");
+        cmd.env_clear().arg(f).stdout(std::process::Stdio::null());
+        assert!(cmd.status().expect("cat").success());
+    }
+    let (events, alerts) = rig.run_until_exits(&[a.id, b.id, c.id, d.id], 4).await;
+    assert!(events.iter().any(|e| e.event.kind == EventKind::Open && matches!(&e.event.detail, agentid::event::Detail::Open { path, .. } if path == fa.to_str().expect("utf8"))));
+    let reuse = incidents(&alerts, "credential-reuse");
+    assert_eq!(
+        reuse.len(),
+        1,
+        "one credential in two files is one credential: {reuse:#?}"
+    );
+    let mut agents: Vec<&str> = reuse[0].agents.iter().map(|x| x.id.as_str()).collect();
+    agents.sort_unstable();
+    assert_eq!(
+        agents,
+        [
+            "spiffe://test.example/agent/alpha",
+            "spiffe://test.example/agent/beta"
+        ]
+    );
+    let cred = reuse[0].evidence.credential.as_ref().expect("cred");
+    assert!(cred.fingerprint.starts_with("gitlab:"), "{cred:?}");
+    let mut seen = cred.seen_as.clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            format!("file:{}", fa.display()),
+            format!("file:{}", fb.display())
+        ]
+    );
+    let text = serde_json::to_string(&alerts).expect("json")
+        + &serde_json::to_string(&events).expect("json");
+    assert!(!text.contains(&token));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reading_a_humans_credential_file_is_human_privilege() {
+    let a = TestCgroup::new("hf-a");
+    // The agent is declared to run as root, so only the file read can be the finding.
+    let Some(mut rig) = Rig::new("human-file", &reg("alpha", &a, "uid = 0", ""), None) else {
+        return;
+    };
+    rig.watch_opens(&[&a]);
+    let home = std::path::PathBuf::from(format!("/home/agentid-test-{}", std::process::id()));
+    std::fs::create_dir_all(home.join(".aws")).expect("home");
+    let creds = home.join(".aws/credentials");
+    std::fs::write(&creds, "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n").expect("write");
+    std::os::unix::fs::chown(&creds, Some(1001), Some(1001)).expect("chown");
+    let mut cmd = a.command("/bin/cat");
+    cmd.env_clear()
+        .arg(&creds)
+        .stdout(std::process::Stdio::null());
+    assert!(cmd.status().expect("cat").success());
+    let (_, alerts) = rig.run_until_exits(&[a.id], 1).await;
+    let hp = incidents(&alerts, "human-privilege");
+    assert_eq!(hp.len(), 1, "{hp:#?}");
+    assert_eq!(hp[0].severity, agentid::detect::Severity::High);
+    assert!(
+        hp[0].description.contains("owned by uid 1001"),
+        "{}",
+        hp[0].description
+    );
+    let _ = std::fs::remove_dir_all(&home);
 }

@@ -336,7 +336,7 @@ async fn completeness_10k_connects_1k_execs() {
     assert_eq!(count(&events, EventKind::Connect), CONNECTS);
     assert_eq!(true_execs, EXECS);
     let drops = sensor.drops().expect("drop counters");
-    assert_eq!(drops, [0; 6], "ring-buffer drops per kind");
+    assert_eq!(drops, [0; 7], "ring-buffer drops per kind");
     assert_eq!(sensor.decode_errors(), 0);
     eprintln!(
         "completeness: {} connects, {} execs captured; drops {:?}",

@@ -25,6 +25,12 @@ pub const MAX_ENV: usize = 64;
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array counting ring-buffer reservation failures, indexed by kind.
 pub const DROPS_MAP: &str = "DROPS";
+/// Name of the hash map of cgroup ids whose file opens are reported (userspace fills it
+/// with the cgroups of registered agents: credential files are read there).
+pub const OPEN_CGROUPS_MAP: &str = "OPEN_CGROUPS";
+/// Bytes of an opened path kept (NUL included).
+pub const PATH_LEN: usize = 256;
+
 /// Name of the load-time global holding [`Config`].
 pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// Size of the ring buffer. 16 MiB holds ~200k connect records or ~12k exec records, so a
@@ -39,8 +45,9 @@ pub mod kind {
     pub const EXIT: u32 = 3;
     pub const CONNECT: u32 = 4;
     pub const SEND: u32 = 5;
+    pub const OPEN: u32 = 6;
     /// One past the highest kind: the length of the drop-counter array.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// `ExecRecord::flags` bits.
@@ -141,6 +148,21 @@ pub struct SockRecord {
     pub addr: [u8; 16],
 }
 
+/// A successful `openat` by a task in a watched cgroup (see [`OPEN_CGROUPS_MAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpenRecord {
+    pub header: Header,
+    /// `openat` flags (`O_RDONLY`, `O_WRONLY`, ...).
+    pub flags: u32,
+    /// Valid bytes in `path`, without the NUL.
+    pub path_len: u32,
+    /// The directory fd the path is relative to (`AT_FDCWD` = -100), as passed.
+    pub dfd: i32,
+    pub reserved: u32,
+    pub path: [u8; PATH_LEN],
+}
+
 /// Load-time configuration, written by userspace into the `CONFIG` global before load.
 ///
 /// Kernel struct layouts differ between kernels and Rust has no CO-RE, so every offset
@@ -190,6 +212,7 @@ const _: () = {
     assert!(size_of::<ExitRecord>() == size_of::<Header>() + 16);
     assert!(size_of::<SockRecord>() == size_of::<Header>() + 8 + 16);
     assert!(size_of::<Config>() == 10 * 4);
+    assert!(size_of::<OpenRecord>() == size_of::<Header>() + 16 + PATH_LEN);
     assert!(size_of::<Header>().is_multiple_of(8) && size_of::<ExecRecord>().is_multiple_of(8));
     assert!(size_of::<SockRecord>().is_multiple_of(8) && size_of::<ForkRecord>().is_multiple_of(8));
 };

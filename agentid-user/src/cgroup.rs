@@ -94,6 +94,12 @@ impl Resolver {
         self.paths.get(&id).map(String::as_str)
     }
 
+    /// Every cgroup now, as (id, path), after a fresh walk.
+    pub fn all(&mut self) -> Vec<(u64, String)> {
+        self.walk();
+        self.paths.iter().map(|(id, p)| (*id, p.clone())).collect()
+    }
+
     fn walk(&mut self) {
         self.last_walk = Some(Instant::now());
         self.paths.clear();

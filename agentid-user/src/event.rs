@@ -12,10 +12,13 @@ pub enum EventKind {
     Exit,
     Connect,
     Send,
+    /// A file opened by a process in a registered agent's cgroup.
+    Open,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
+        Self::Open,
         Self::Exec,
         Self::Fork,
         Self::Exit,
@@ -30,6 +33,7 @@ impl EventKind {
             Self::Exit => "exit",
             Self::Connect => "connect",
             Self::Send => "send",
+            Self::Open => "open",
         }
     }
 
@@ -42,6 +46,7 @@ impl EventKind {
             Self::Exit => kind::EXIT,
             Self::Connect => kind::CONNECT,
             Self::Send => kind::SEND,
+            Self::Open => kind::OPEN,
         }
     }
 }
@@ -142,6 +147,9 @@ pub enum Detail {
         /// Terminating signal when it was killed.
         signal: Option<u32>,
     },
+    /// A file opened (kind open): the path as passed to `openat` (relative paths are
+    /// relative to the process's working directory or `dfd`).
+    Open { path: String, open_flags: u32 },
     /// A `connect` (kind connect) or an unconnected `sendto`/`sendmsg` (kind send).
     Sock {
         dst_ip: IpAddr,

@@ -79,7 +79,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut printer = Printer {
         filter,
         json: args.json,
-        shown: [0; 6],
+        shown: [0; agentid_ebpf::kind::COUNT as usize],
     };
     let mut batch = Vec::new();
     let result = loop {
@@ -124,7 +124,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
 struct Printer {
     filter: Option<String>,
     json: bool,
-    shown: [u64; 6],
+    shown: [u64; agentid_ebpf::kind::COUNT as usize],
 }
 
 impl Printer {
@@ -187,6 +187,7 @@ pub fn write_row(out: &mut impl Write, a: &AttributedEvent) -> io::Result<()> {
             format!("{} [{}]{more}", printable(filename), args.join(" "))
         }
         Detail::Fork {} => format!("child {}", e.pid),
+        Detail::Open { path, open_flags } => format!("{} (flags {open_flags:#o})", printable(path)),
         Detail::Exit {
             exit_code: Some(c), ..
         } => format!("code {c}"),

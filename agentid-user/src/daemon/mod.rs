@@ -36,6 +36,9 @@ use crate::{
     store::{Retention, Store, StoreOp, Writer},
 };
 
+/// How often the cgroup hierarchy is walked for new agent cgroups (file-open watching).
+const CGROUP_WALK: Duration = Duration::from_secs(2);
+
 /// How often the agents directory is checked for changes.
 const REGISTRY_POLL: Duration = Duration::from_secs(2);
 
@@ -127,13 +130,24 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut last_poll = Instant::now();
     let mut batch = Vec::new();
+    let mut watched = std::collections::HashSet::new();
+    watch_agent_cgroups(&shared, &mut sensor, &mut watched, Vec::new());
+    let mut last_cgroup_walk = Instant::now();
     let result: anyhow::Result<()> = loop {
         tokio::select! {
             r = sensor.next_events(&mut batch) => {
                 if let Err(e) = r { break Err(e.into()); }
-                handle_batch(&shared, &writer, &mut batch);
+                let seen = handle_batch(&shared, &writer, &mut batch);
+                let new: Vec<u64> = seen.into_iter().filter(|id| !watched.contains(id)).collect();
+                if !new.is_empty() {
+                    watch_agent_cgroups(&shared, &mut sensor, &mut watched, new);
+                }
             }
             _ = ticker.tick() => {
+                if last_cgroup_walk.elapsed() >= CGROUP_WALK {
+                    last_cgroup_walk = Instant::now();
+                    watch_agent_cgroups(&shared, &mut sensor, &mut watched, Vec::new());
+                }
                 let drops = sensor.drops().unwrap_or_default();
                 shared.counters.set(&sensor.received(), &drops, sensor.decode_errors());
                 alerts::check_drops(&shared, &writer, &drops);
@@ -229,23 +243,66 @@ fn read_config(shared: &Shared) -> Config {
     shared.config.read().map(|c| c.clone()).unwrap_or_default()
 }
 
-fn handle_batch(shared: &Shared, writer: &Writer, batch: &mut Vec<crate::event::Event>) {
+/// Runs a batch through the pipeline; returns the cgroups that agents' events came from
+/// (their file opens are worth watching).
+fn handle_batch(
+    shared: &Shared,
+    writer: &Writer,
+    batch: &mut Vec<crate::event::Event>,
+) -> Vec<u64> {
+    let mut agent_cgroups = Vec::new();
     if batch.is_empty() {
-        return;
+        return agent_cgroups;
     }
     let Ok(mut pipeline) = shared.pipeline.lock() else {
-        return;
+        return agent_cgroups;
     };
     let Ok(mut detector) = shared.detector.lock() else {
-        return;
+        return agent_cgroups;
     };
     for mut event in batch.drain(..) {
         // Secrets out first: env cleared, arguments redacted, before anything keeps them.
         let observations = detector.scan(&mut event);
         let attributed = pipeline.process(event);
         let out = detector.observe(&attributed, observations, pipeline.registry());
+        if attributed.agent.is_some() {
+            agent_cgroups.push(attributed.event.cgroup_id);
+        }
         record(shared, writer, &attributed);
         alerts::record_detection(shared, writer, out);
+    }
+    agent_cgroups
+}
+
+/// Watches file opens in every cgroup a registered agent lives in or may start in: those
+/// named by `cgroup` selectors (found by walking the hierarchy, so an agent's first opens
+/// after it starts are seen) and those agents' events came from.
+fn watch_agent_cgroups(
+    shared: &Shared,
+    sensor: &mut Sensor,
+    watched: &mut std::collections::HashSet<u64>,
+    seen: Vec<u64>,
+) {
+    let mut ids = seen;
+    if let Ok(mut pipeline) = shared.pipeline.lock() {
+        let registry = Arc::clone(pipeline.registry());
+        for (id, path) in pipeline.table.resolver().all() {
+            let named = registry
+                .agents()
+                .iter()
+                .flat_map(|a| a.selectors.iter())
+                .any(|s| s.cgroup.as_ref().is_some_and(|g| g.is_match(&path)));
+            if named {
+                ids.push(id);
+            }
+        }
+    }
+    for id in ids {
+        if watched.insert(id)
+            && let Err(e) = sensor.watch_opens(id)
+        {
+            tracing::warn!(error = %e, cgroup_id = id, "cannot watch file opens");
+        }
     }
 }
 

@@ -18,6 +18,9 @@ use crate::{
     store::{Store, WriterStats},
 };
 
+/// Per-kind counter arrays are indexed by the ABI kind number.
+const K: usize = agentid_ebpf::kind::COUNT as usize;
+
 /// One live item (event or alert) for followers, pre-serialised once.
 #[derive(Debug, Clone)]
 pub struct Live {
@@ -29,8 +32,8 @@ pub struct Live {
 
 #[derive(Debug, Default)]
 pub struct Counters {
-    pub received: [AtomicU64; 6],
-    pub drops: [AtomicU64; 6],
+    pub received: [AtomicU64; K],
+    pub drops: [AtomicU64; K],
     pub undecodable: AtomicU64,
     pub alerts: AtomicU64,
 }
@@ -46,7 +49,7 @@ impl Counters {
         self.undecodable.store(undecodable, Ordering::Relaxed);
     }
 
-    pub fn received(&self) -> [u64; 6] {
+    pub fn received(&self) -> [u64; K] {
         std::array::from_fn(|i| self.received[i].load(Ordering::Relaxed))
     }
 }
@@ -54,11 +57,11 @@ impl Counters {
 /// Per-second samples of the received counters, for events/s over the last 10 s.
 #[derive(Debug, Default)]
 pub struct Rates {
-    samples: Mutex<VecDeque<(Instant, [u64; 6])>>,
+    samples: Mutex<VecDeque<(Instant, [u64; K])>>,
 }
 
 impl Rates {
-    pub fn sample(&self, counts: [u64; 6]) {
+    pub fn sample(&self, counts: [u64; K]) {
         if let Ok(mut s) = self.samples.lock() {
             s.push_back((Instant::now(), counts));
             while s.len() > 11 {
@@ -68,16 +71,16 @@ impl Rates {
     }
 
     /// Events/s per kind over the sampled window.
-    pub fn per_second(&self) -> [f64; 6] {
+    pub fn per_second(&self) -> [f64; K] {
         let Ok(s) = self.samples.lock() else {
-            return [0.0; 6];
+            return [0.0; K];
         };
         let (Some((t0, c0)), Some((t1, c1))) = (s.front(), s.back()) else {
-            return [0.0; 6];
+            return [0.0; K];
         };
         let dt = t1.duration_since(*t0).as_secs_f64();
         if dt <= 0.0 {
-            return [0.0; 6];
+            return [0.0; K];
         }
         #[expect(clippy::cast_precision_loss, reason = "rates are approximate")]
         std::array::from_fn(|i| c1[i].saturating_sub(c0[i]) as f64 / dt)

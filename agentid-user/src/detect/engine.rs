@@ -16,7 +16,10 @@ use super::{
 };
 use crate::{
     attribution::AttributedEvent,
-    credentials::{FingerprintKey, FingerprintPrefix, Observation, Scanner, Source},
+    credentials::{
+        FingerprintKey, FingerprintPrefix, Observation, Scanner, Source,
+        is_well_known_credential_path, read_credential_file,
+    },
     event::{Detail, Event, EventKind},
     identity::{Agent, GlobList, Registry, SpiffeId},
 };
@@ -66,6 +69,9 @@ pub struct Detector {
     shared: HashSet<(String, String)>,
     alerts: HashMap<String, Alert>,
     drops_alerted: u64,
+    /// Credential-file findings by (path, inode, mtime, size): a file opened again and
+    /// unchanged is not read again.
+    file_cache: HashMap<(std::path::PathBuf, u64, i64, u64), Vec<Observation>>,
 }
 
 fn uid(rule: Rule, subject: &[&str]) -> String {
@@ -135,6 +141,7 @@ impl Detector {
             shared: HashSet::new(),
             alerts: HashMap::new(),
             drops_alerted: 0,
+            file_cache: HashMap::new(),
         }
     }
 
@@ -187,7 +194,8 @@ impl Detector {
             .and_then(|a| SpiffeId::parse(&a.id).ok())
             .and_then(|id| registry.get(&id).cloned());
         let now = ev.event.time;
-        for o in observations {
+        let from_file = self.credential_file(ev, agent.as_deref(), registry, now, &mut out);
+        for o in observations.into_iter().chain(from_file) {
             self.credential(ev, agent.as_deref(), &o, now, &mut out);
         }
         self.shadow_scope(ev, agent.as_deref(), now, &mut out);
@@ -231,6 +239,90 @@ impl Detector {
             vec![],
             Evidence::default(),
         ))
+    }
+
+    /// A file open: when the file is a credential file (well known, or declared by the
+    /// agent's `credentials.files`), its content is read (no symlinks, size-capped),
+    /// fingerprinted and dropped. Two paths holding the same token are one credential.
+    /// A registered agent opening a credential file owned by another user (a human's
+    /// `~/.aws/credentials`, say) is `human-privilege`.
+    fn credential_file(
+        &mut self,
+        ev: &AttributedEvent,
+        agent: Option<&Agent>,
+        registry: &Registry,
+        now: SystemTime,
+        out: &mut Output,
+    ) -> Vec<Observation> {
+        use std::os::unix::fs::MetadataExt;
+        let Detail::Open { path, .. } = &ev.event.detail else {
+            return Vec::new();
+        };
+        let Some(path) = absolute(path, ev.event.pid) else {
+            return Vec::new();
+        };
+        let text = path.to_string_lossy();
+        let declared = agent.is_some_and(|a| a.credentials.owns_file(&text))
+            || registry
+                .agents()
+                .iter()
+                .any(|a| a.credentials.owns_file(&text));
+        if !declared && !is_well_known_credential_path(&text, &[]) {
+            return Vec::new();
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return Vec::new();
+        };
+        if !meta.file_type().is_file() {
+            return Vec::new();
+        }
+        let key = (path.clone(), meta.ino(), meta.mtime(), meta.len());
+        let observations = if let Some(cached) = self.file_cache.get(&key) {
+            cached.clone()
+        } else {
+            let Ok(content) = read_credential_file(&path) else {
+                return Vec::new();
+            };
+            let found = self.scanner.scan_file_content(&path, &content);
+            drop(content);
+            if self.file_cache.len() > 4096 {
+                self.file_cache.clear();
+            }
+            self.file_cache.insert(key, found.clone());
+            found
+        };
+        let owner = meta.uid();
+        let human_home = text.starts_with("/home/") || text.starts_with("/root/");
+        if let Some(agent) = agent
+            && human_home
+            && owner != ev.event.uid
+            && !observations.is_empty()
+        {
+            let a = agent_of(ev);
+            let alert = self.raise(
+                uid(Rule::HumanPrivilege, &[agent.id.as_str(), "file", &text]),
+                Rule::HumanPrivilege,
+                Severity::High,
+                format!("{} read a human's credential file {text}", label_of(&a)),
+                format!(
+                    "{} (uid {}) opened {text}, owned by uid {owner}",
+                    agent.id, ev.event.uid
+                ),
+                now,
+                vec![a],
+                Evidence {
+                    processes: vec![process_of(ev)],
+                    connections: vec![],
+                    credential: observations.first().map(|o| CredentialEvidence {
+                        fingerprint: o.fingerprint.to_string(),
+                        kind: o.kind.to_string(),
+                        seen_as: vec![format!("file:{text}")],
+                    }),
+                },
+            );
+            out.alerts.push(alert);
+        }
+        observations
     }
 
     /// Raises (or updates) `delivery-loss` for a sink that dropped records.
@@ -690,6 +782,17 @@ fn redact_args(argv: &mut [String], found: &[Observation]) {
         };
         *arg = format!("{}[REDACTED {}]", &arg[..keep], o.fingerprint);
     }
+}
+
+/// An opened path made absolute: relative paths are resolved against the process's
+/// working directory (read once, from `/proc`; `None` if the process is gone).
+fn absolute(path: &str, pid: u32) -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(path);
+    if p.is_absolute() {
+        return Some(p.to_owned());
+    }
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    Some(cwd.join(p))
 }
 
 fn connection_of(ev: &AttributedEvent) -> Option<ConnectionEvidence> {

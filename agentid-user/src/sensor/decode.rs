@@ -6,8 +6,8 @@ use std::{
 };
 
 use agentid_ebpf::{
-    ARGV_LEN, ENV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, Header, SockRecord,
-    exec_flags, kind,
+    ARGV_LEN, ENV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, Header, MAX_ARGS,
+    OpenRecord, PATH_LEN, SockRecord, exec_flags, kind,
 };
 
 use crate::event::{Detail, Event, EventKind, Protocol, SecretEnv};
@@ -47,6 +47,9 @@ impl Record for ForkRecord {
 }
 impl Record for ExitRecord {
     const NAME: &'static str = "exit record";
+}
+impl Record for OpenRecord {
+    const NAME: &'static str = "open record";
 }
 impl Record for SockRecord {
     const NAME: &'static str = "socket record";
@@ -136,6 +139,22 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
                 exit_detail(r.status),
             )
         }
+        kind::OPEN => {
+            let r: OpenRecord = read(bytes)?;
+            let len = r.path_len as usize;
+            if len > PATH_LEN {
+                return Err(DecodeError::BadLength {
+                    field: "path",
+                    len,
+                    max: PATH_LEN,
+                });
+            }
+            let detail = Detail::Open {
+                path: c_string(&r.path[..len]),
+                open_flags: r.flags,
+            };
+            (EventKind::Open, None, header.tgid, None, detail)
+        }
         k @ (kind::CONNECT | kind::SEND) => {
             let r: SockRecord = read(bytes)?;
             let kind = if k == kind::CONNECT {
@@ -204,10 +223,14 @@ fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
     if argv_bytes.last() == Some(&0) {
         argv.pop();
     }
+    // The kernel never sends more than MAX_ARGS strings; a record that claims more (garbled
+    // or hostile) is cut there and flagged rather than trusted.
+    let over = argv.len() > MAX_ARGS;
+    argv.truncate(MAX_ARGS);
     Ok(Detail::Exec {
         filename: c_string(&r.filename[..filename_len]),
         argv,
-        argv_truncated: r.flags & exec_flags::ARGV_TRUNCATED != 0,
+        argv_truncated: over || r.flags & exec_flags::ARGV_TRUNCATED != 0,
         argv_missing: r.flags & exec_flags::ARGV_MISSING != 0,
         loginuid: (r.loginuid != u32::MAX).then_some(r.loginuid),
         env: SecretEnv::new(&r.env[..env_len]),
@@ -557,7 +580,7 @@ mod tests {
                     proptest::prop_assert!(argv_len as usize <= ARGV_LEN);
                     proptest::prop_assert!(filename_len as usize <= FILENAME_LEN);
                     if let Detail::Exec { argv, .. } = &ev.detail {
-                        proptest::prop_assert!(argv.len() <= agentid_ebpf::MAX_ARGS + 1);
+                        proptest::prop_assert!(argv.len() <= MAX_ARGS + 1);
                     }
                 }
                 Err(DecodeError::BadLength { .. }) => {}

@@ -5,7 +5,7 @@ mod kernel;
 
 use std::{fs::File, os::fd::AsRawFd};
 
-use agentid_ebpf::{CONFIG_GLOBAL, DROPS_MAP, EVENTS_MAP, kind};
+use agentid_ebpf::{CONFIG_GLOBAL, DROPS_MAP, EVENTS_MAP, OPEN_CGROUPS_MAP, kind};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
@@ -62,6 +62,7 @@ pub struct Sensor {
     // Field order matters for drop: the ring buffer before the Ebpf that owns the programs.
     ring: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
+    open_cgroups: aya::maps::HashMap<MapData, u64, u8>,
     _ebpf: Ebpf,
     clock: Clock,
     received: KindCounts,
@@ -78,7 +79,9 @@ impl std::fmt::Debug for Sensor {
 }
 
 /// Tracepoints attached by category/name (fixed syscall layouts).
-const TRACEPOINTS: [(&str, &str); 4] = [
+const TRACEPOINTS: [(&str, &str); 6] = [
+    ("syscalls", "sys_enter_openat"),
+    ("syscalls", "sys_exit_openat"),
     ("syscalls", "sys_enter_execve"),
     ("syscalls", "sys_enter_execveat"),
     ("syscalls", "sys_exit_execve"),
@@ -161,6 +164,15 @@ impl Sensor {
             name: DROPS_MAP,
             detail: e.to_string(),
         })?;
+        let open_cgroups = ebpf.take_map(OPEN_CGROUPS_MAP).ok_or(SensorError::Map {
+            name: OPEN_CGROUPS_MAP,
+            detail: "missing".into(),
+        })?;
+        let open_cgroups =
+            aya::maps::HashMap::try_from(open_cgroups).map_err(|e| SensorError::Map {
+                name: OPEN_CGROUPS_MAP,
+                detail: e.to_string(),
+            })?;
         tracing::debug!(fd = ring.as_raw_fd(), ?config, "sensor attached");
         // SAFETY: the RingBuf owns its map fd, which stays open (and is never replaced)
         // for as long as the AsyncFd holds it.
@@ -168,6 +180,7 @@ impl Sensor {
         Ok(Self {
             ring,
             drops,
+            open_cgroups,
             _ebpf: ebpf,
             clock: Clock::now(),
             received: KindCounts::default(),
@@ -229,6 +242,16 @@ impl Sensor {
                 }
             }
         }
+    }
+
+    /// Reports file opens in this cgroup from now on (agents' credential files).
+    pub fn watch_opens(&mut self, cgroup_id: u64) -> Result<(), SensorError> {
+        self.open_cgroups
+            .insert(cgroup_id, 1, 0)
+            .map_err(|e| SensorError::Map {
+                name: OPEN_CGROUPS_MAP,
+                detail: e.to_string(),
+            })
     }
 
     /// Every program the sensor attaches, by name.

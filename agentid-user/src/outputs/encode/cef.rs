@@ -165,7 +165,9 @@ pub fn activity(ev: &AttributedEvent) -> Option<String> {
         EventKind::Exit => ("process-terminate", "Process terminated"),
         EventKind::Connect => ("network-open", "Connection opened"),
         EventKind::Send => ("network-traffic", "Datagram sent"),
-        EventKind::Fork => return None,
+        // File opens stay in the store and audit log; SIEM activity streams carry
+        // process and network activity only.
+        EventKind::Fork | EventKind::Open => return None,
     };
     let mut ext = Ext::default();
     ext.kv("rt", &epoch_ms(e.time).to_string());

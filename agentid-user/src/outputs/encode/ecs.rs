@@ -104,7 +104,9 @@ pub fn activity(ev: &AttributedEvent) -> Option<Value> {
         EventKind::Exit => ("process", &["end"]),
         EventKind::Connect => ("network", &["connection", "start"]),
         EventKind::Send => ("network", &["connection", "info"]),
-        EventKind::Fork => return None,
+        // File opens stay in the store and audit log; SIEM activity streams carry
+        // process and network activity only.
+        EventKind::Fork | EventKind::Open => return None,
     };
     let mut proc = Map::new();
     proc.insert("pid".into(), json!(e.pid));

@@ -88,6 +88,10 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
             signal: None,
         },
         EventKind::Fork => Detail::Fork {},
+        EventKind::Open => Detail::Open {
+            path: "/etc/bot/token".into(),
+            open_flags: 0,
+        },
         EventKind::Connect | EventKind::Send => Detail::Sock {
             dst_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
             dst_port: 8443,
@@ -155,6 +159,7 @@ fn ocsf_activity_classes() {
         "spiffe://example.org/agent/planner"
     );
     assert!(ocsf::activity(&event(EventKind::Fork), &ctx()).is_none());
+    assert!(ocsf::activity(&event(EventKind::Open), &ctx()).is_none());
 }
 
 #[test]
