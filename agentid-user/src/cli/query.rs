@@ -42,7 +42,7 @@ pub enum QueryCommand {
     Events {
         #[arg(long)]
         agent: Option<String>,
-        #[arg(long, value_parser = ["exec", "fork", "exit", "connect", "send"])]
+        #[arg(long, value_parser = ["exec", "fork", "exit", "connect", "send", "open"])]
         kind: Option<String>,
         #[arg(long)]
         since: Option<String>,
@@ -356,6 +356,7 @@ fn event_line(v: &Value) -> String {
             _ => String::new(),
         },
         Some("fork") => format!("child of {}", s(&v["ppid"])),
+        Some("open") => s(&v["path"]),
         _ => String::new(),
     };
     let chain = v["acting_for"]
