@@ -314,6 +314,8 @@ fn init_script(run: &GuestRun<'_>, modules: &[String]) -> String {
         let _ = writeln!(s, "insmod /modules/{m} || echo 'guest: insmod {m} failed'");
     }
     // msize: 9p's 8 KiB default makes reading the (large, debug) test binary crawl.
+    // The writable scratch space is a tmpfs on /var/tmp (TMPDIR), not on /tmp: a checkout
+    // under /tmp (CI clones often are) must stay visible, test binary and workload alike.
     s.push_str(
         "R=/newroot\n\
          mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot $R \
@@ -327,14 +329,14 @@ fn init_script(run: &GuestRun<'_>, modules: &[String]) -> String {
          mount -t cgroup2 cgroup2 $R/sys/fs/cgroup\n\
          mount -t bpf bpf $R/sys/fs/bpf\n\
          mount -t tracefs tracefs $R/sys/kernel/tracing\n\
-         mount -t tmpfs tmpfs $R/tmp\n\
+         mount -t tmpfs tmpfs $R/var/tmp\n\
          mount -t tmpfs tmpfs $R/run\n\
          ip link set lo up\n\
          echo \"guest: kernel $(uname -r), running the tests\"\n",
     );
     let mut cmd = String::from(
         "chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-         HOME=/root TMPDIR=/tmp AGENTID_REQUIRE_BPF=1 RUST_BACKTRACE=1",
+         HOME=/root TMPDIR=/var/tmp AGENTID_REQUIRE_BPF=1 RUST_BACKTRACE=1",
     );
     for (k, v) in &run.env {
         let _ = write!(cmd, " {}", sh_quote(&format!("{k}={v}")));
