@@ -87,7 +87,9 @@ fn disk_full_and_read_only_state_degrade_and_recover() {
     let a = TestCgroup::new("df-full");
     std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
     let state = dir.join("state");
-    mount_tmpfs(&state, "1m");
+    // Big enough that, once the filler is gone, the audit log of a busy host (every event,
+    // ~900 bytes) cannot fill it again before the recovery check runs.
+    mount_tmpfs(&state, "64m");
     let mounted = Mounted(state.clone());
     let Some(mut d) = Daemon::start(&dir) else {
         return;
