@@ -45,6 +45,8 @@ pub struct Sizes {
     pub execs: u32,
     pub mixed_rounds: u32,
     pub reps: usize,
+    /// How long a peer tracer may take to attach before it is reported as unable to run.
+    pub attach_timeout: Duration,
 }
 
 /// A workload and the events agentid must capture from it, by kind. Each run also
@@ -146,6 +148,7 @@ fn start(
     cond: Cond,
     cgroups: &[BenchCgroup],
     names: &[String],
+    attach_timeout: Duration,
 ) -> anyhow::Result<Tracer> {
     match cond {
         Cond::NoTracer => Ok(Tracer::None),
@@ -217,7 +220,7 @@ fn start(
                 .context("spawning bpftrace")?;
             // BEGIN runs once every probe is attached. bpftrace compiles its script with
             // LLVM first, which takes over a minute on a loaded 2-core machine.
-            let deadline = Instant::now() + Duration::from_mins(3);
+            let deadline = Instant::now() + attach_timeout;
             while !fs::read_to_string(&out).is_ok_and(|s| s.contains("ready")) {
                 if let Some(status) = child.try_wait()? {
                     let mut err = String::new();
@@ -229,7 +232,10 @@ fn start(
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    bail!("bpftrace did not attach within 3 minutes");
+                    bail!(
+                        "bpftrace did not attach within {}",
+                        humanize(attach_timeout)
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -268,7 +274,10 @@ fn stop(tracer: Tracer, names: &[String]) -> anyhow::Result<Option<Capture>> {
             };
             let out = Command::new("sqlite3")
                 .arg(&db)
-                .arg("SELECT agent, kind, count(*) FROM events WHERE agent IS NOT NULL GROUP BY agent, kind")
+                .arg(
+                    "SELECT agent, kind, count(*) FROM events WHERE agent IS NOT NULL \
+                     AND kind != 'open' GROUP BY agent, kind",
+                )
                 .output()
                 .context("running sqlite3 on the daemon's store")?;
             if !out.status.success() {
@@ -359,7 +368,7 @@ pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
                 .iter()
                 .map(|n| BenchCgroup::new(&format!("{n}-{rep}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let tracer = match start(ctx, cond, &cgroups, &names) {
+            let tracer = match start(ctx, cond, &cgroups, &names, sizes.attach_timeout) {
                 Ok(t) => t,
                 // agentid must run; a peer that cannot is reported with the reason. One
                 // that ran before and failed to start once is retried in the next round.
@@ -455,4 +464,14 @@ pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
         "start_failures": start_failures,
         "unavailable": unavailable.iter().map(|(c, r)| (c.name(), r)).collect::<BTreeMap<_, _>>(),
     }))
+}
+
+/// `3 minutes`, `45 s`.
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s.is_multiple_of(60) {
+        format!("{} minutes", s / 60)
+    } else {
+        format!("{s} s")
+    }
 }

@@ -59,6 +59,8 @@ fn plan(quick: bool) -> Plan {
                 execs: 400,
                 mixed_rounds: 50,
                 reps: 2,
+                // A smoke run: a peer that is slow to attach is reported, not waited for.
+                attach_timeout: std::time::Duration::from_secs(45),
             },
             resources: resources::Sizes {
                 live_processes: 2_000,
@@ -82,6 +84,9 @@ fn plan(quick: bool) -> Plan {
                 execs: 4_000,
                 mixed_rounds: 500,
                 reps: 5,
+                // bpftrace compiles its script with LLVM first: over a minute on a loaded
+                // 2-core machine.
+                attach_timeout: std::time::Duration::from_mins(3),
             },
             resources: resources::Sizes {
                 live_processes: 10_000,
