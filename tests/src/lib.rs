@@ -99,14 +99,15 @@ impl Drop for TestCgroup {
     }
 }
 
-/// Collects this cgroup's events until `done` holds over them, failing after `timeout`
-/// (the timeout is a failure guard, not a synchronisation sleep).
-pub async fn collect_until(
+/// Reads the sensor, turning each event into what the test keeps (`keep` sees every event,
+/// in order), until `done` holds over the kept items; fails after `timeout` (a failure
+/// guard, not a synchronisation sleep).
+async fn drive_until<T: std::fmt::Debug>(
     sensor: &mut Sensor,
-    cgroup_id: u64,
     timeout: Duration,
-    mut done: impl FnMut(&[Event]) -> bool,
-) -> Vec<Event> {
+    mut keep: impl FnMut(Event) -> Option<T>,
+    mut done: impl FnMut(&[T]) -> bool,
+) -> Vec<T> {
     let deadline = Instant::now() + timeout;
     let mut mine = Vec::new();
     let mut batch = Vec::new();
@@ -115,14 +116,30 @@ pub async fn collect_until(
         match tokio::time::timeout(left, sensor.next_events(&mut batch)).await {
             Ok(r) => r.expect("reading the ring buffer"),
             Err(_elapsed) => panic!(
-                "timed out after {timeout:?}; got {} events from the test cgroup: {:#?}",
+                "timed out after {timeout:?}; kept {} events, the last: {:#?}",
                 mine.len(),
                 mine.iter().rev().take(10).collect::<Vec<_>>()
             ),
         }
-        mine.extend(batch.drain(..).filter(|e| e.cgroup_id == cgroup_id));
+        mine.extend(batch.drain(..).filter_map(&mut keep));
     }
     mine
+}
+
+/// Collects this cgroup's events until `done` holds over them, failing after `timeout`.
+pub async fn collect_until(
+    sensor: &mut Sensor,
+    cgroup_id: u64,
+    timeout: Duration,
+    done: impl FnMut(&[Event]) -> bool,
+) -> Vec<Event> {
+    drive_until(
+        sensor,
+        timeout,
+        |e| (e.cgroup_id == cgroup_id).then_some(e),
+        done,
+    )
+    .await
 }
 
 /// Feeds every sensor event through `pipeline` (the process table must see them all) and
@@ -132,29 +149,13 @@ pub async fn attributed_until(
     pipeline: &mut agentid::pipeline::Pipeline,
     cgroup_ids: &[u64],
     timeout: Duration,
-    mut done: impl FnMut(&[agentid::attribution::AttributedEvent]) -> bool,
+    done: impl FnMut(&[agentid::attribution::AttributedEvent]) -> bool,
 ) -> Vec<agentid::attribution::AttributedEvent> {
-    let deadline = Instant::now() + timeout;
-    let mut mine = Vec::new();
-    let mut batch = Vec::new();
-    while !done(&mine) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, sensor.next_events(&mut batch)).await {
-            Ok(r) => r.expect("reading the ring buffer"),
-            Err(_) => panic!(
-                "timed out after {timeout:?}; got {} events: {:#?}",
-                mine.len(),
-                mine.iter().rev().take(10).collect::<Vec<_>>()
-            ),
-        }
-        for e in batch.drain(..) {
-            let a = pipeline.process(e);
-            if cgroup_ids.contains(&a.event.cgroup_id) {
-                mine.push(a);
-            }
-        }
-    }
-    mine
+    let keep = |e| {
+        let a = pipeline.process(e);
+        cgroup_ids.contains(&a.event.cgroup_id).then_some(a)
+    };
+    drive_until(sensor, timeout, keep, done).await
 }
 
 /// The `agentid` binary built next to this test binary (`cargo build --bins` first;
