@@ -104,6 +104,37 @@ impl Gen {
         }
     }
 
+    /// One long-lived root per cgroup (the agent's main process), exec'd before the mix as
+    /// the daemon would have seeded it from `/proc`: a fork from a parent the table has
+    /// never seen costs a failed `/proc` read, which is not what a real host does.
+    fn roots(&mut self) -> Vec<Vec<u8>> {
+        (0..5u32)
+            .map(|i| {
+                let pid = PID_BASE + i;
+                let cg = self.cgroups[i as usize];
+                let file = b"/usr/bin/agent";
+                let mut r = ExecRecord {
+                    header: self.header(kind::EXEC, pid, cg, b"agent"),
+                    ppid: 1,
+                    argc: 1,
+                    argv_len: 6,
+                    filename_len: file.len() as u32,
+                    flags: 0,
+                    loginuid: u32::MAX,
+                    start_ns: self.ktime,
+                    envc: 0,
+                    env_len: 0,
+                    filename: [0; FILENAME_LEN],
+                    argv: [0; ARGV_LEN],
+                    env: [0; ENV_LEN],
+                };
+                r.filename[..file.len()].copy_from_slice(file);
+                r.argv[..5].copy_from_slice(b"agent");
+                bytes_of(&r)
+            })
+            .collect()
+    }
+
     fn batch(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::with_capacity((PROCS * EVENTS_PER_PROC) as usize);
         let tools: [(&[u8], &[&[u8]]); 4] = [
@@ -120,7 +151,8 @@ impl Gen {
             if self.next_pid > PID_BASE + 3_000_000 {
                 self.next_pid = PID_BASE + 10;
             }
-            let parent = PID_BASE + (i % 4);
+            // Each cgroup's long-lived root (see `roots`) forks the tool into its own cgroup.
+            let parent = PID_BASE + (i % 5);
             let pid = self.next_pid;
             self.next_pid += 1;
             let cg = self.cgroups[(i % 5) as usize];
@@ -210,6 +242,10 @@ fn pipeline(c: &mut Criterion) {
         next_pid: PID_BASE + 10,
         ktime: 1_000_000_000,
     };
+    for bytes in generator.roots() {
+        let event = decode(&bytes, &clock).unwrap();
+        let _ = pipeline.process(event);
+    }
     // The mix is what it claims: four of the five cgroups belong to registered agents.
     let warm = generator.batch();
     let attributed = warm
