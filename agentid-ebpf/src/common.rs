@@ -1,6 +1,7 @@
 //! Maps, the load-time config and the common header shared by every program.
-use agentid_ebpf::{Config, Header, RINGBUF_BYTES, kind};
+use agentid_ebpf::{Config, Header, RINGBUF_BYTES, WAKE_EVERY_NS, kind};
 use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
@@ -15,6 +16,10 @@ static CONFIG: Config = Config::ZERO;
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
+
+/// Boot-clock ns of the last ring-buffer wakeup each CPU asked for.
+#[map(name = "LAST_WAKE")]
+static LAST_WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
@@ -41,6 +46,29 @@ pub fn count_drop(kind: u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
         unsafe { *counter += 1 };
     }
+}
+
+/// Submit flags for a record stamped `now_ns`: at most one wakeup of the reader per CPU
+/// per [`WAKE_EVERY_NS`].
+///
+/// A wakeup per record costs the traced task an irq_work and, in a VM, an IPI exit to wake
+/// the daemon on the other CPU: in a connect storm that was most of agentid's overhead.
+/// Records submitted without a wakeup are still read within the daemon's poll interval,
+/// because the daemon keeps polling on a timer for a while after each non-empty read (see
+/// `Sensor::next_events`, which relies on this interval).
+#[inline(always)]
+pub fn wake_flags(now_ns: u64) -> u64 {
+    if let Some(last) = LAST_WAKE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe {
+            if now_ns.wrapping_sub(*last) < WAKE_EVERY_NS {
+                return u64::from(BPF_RB_NO_WAKEUP);
+            }
+            *last = now_ns;
+        }
+    }
+    // Default: the kernel wakes the reader only when it had caught up.
+    0
 }
 
 /// Fills the header in place (no stack copy: records live in ring-buffer memory).

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::common::{EVENTS, config, count_drop, current_ids, fill_header};
+use crate::common::{EVENTS, config, count_drop, current_ids, fill_header, wake_flags};
 
 #[map(name = "OPEN_CGROUPS")]
 static OPEN_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
@@ -88,6 +88,8 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
         );
         (*rec).path_len = if n > 0 { n as u32 - 1 } else { 0 };
     }
-    entry.submit(0);
+    // SAFETY: `rec` is the reserved record; its header was filled above.
+    let flags = wake_flags(unsafe { (*rec).header.ktime_ns });
+    entry.submit(flags);
     0
 }

@@ -36,6 +36,10 @@ pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// Size of the ring buffer. 16 MiB holds ~200k connect records or ~12k exec records, so a
 /// reader that stalls for a second under a heavy storm still loses nothing.
 pub const RINGBUF_BYTES: u32 = 16 << 20;
+/// While a CPU keeps producing records it asks for at most one reader wakeup per this
+/// interval; the rest are submitted without one. The reader must therefore keep polling
+/// at least this often for a while after each non-empty read (`Sensor::next_events`).
+pub const WAKE_EVERY_NS: u64 = 5_000_000;
 
 /// Record kinds (`Header::kind`). A plain `u32` on the wire so that garbage decodes to an
 /// error instead of an invalid enum.

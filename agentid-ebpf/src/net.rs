@@ -4,7 +4,7 @@
 use agentid_ebpf::{SockRecord, kind};
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use crate::common::{EVENTS, config, count_drop, current_ids, fill_header};
+use crate::common::{EVENTS, config, count_drop, current_ids, fill_header, wake_flags};
 
 /// Return value that lets the socket call proceed.
 const ALLOW: i32 = 1;
@@ -75,5 +75,7 @@ fn emit(ctx: &SockAddrContext, kind: u32, family: u16) {
             addr[12..16].copy_from_slice(&w3);
         }
     }
-    entry.submit(0);
+    // SAFETY: `rec` is the reserved record; its header was filled above.
+    let flags = wake_flags(unsafe { (*rec).header.ktime_ns });
+    entry.submit(flags);
 }

@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
-use crate::common::{EVENTS, config, count_drop, current_ids, fill_header};
+use crate::common::{EVENTS, config, count_drop, current_ids, fill_header, wake_flags};
 
 /// argv captured at exec entry. The buffer is twice `ARGV_LEN` so that a read of up to
 /// `ARGV_LEN` bytes at any offset below `ARGV_LEN` stays in bounds, which is what lets the
@@ -269,7 +269,9 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         }
         (*rec).flags = flags;
     }
-    entry.submit(0);
+    // SAFETY: `rec` is the reserved record; its header was filled above.
+    let flags = wake_flags(unsafe { (*rec).header.ktime_ns });
+    entry.submit(flags);
     0
 }
 
@@ -332,7 +334,9 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
         (*rec).child_tgid = child_tgid;
         (*rec).child_start_ns = read_u64(child as usize, cfg.task_start_boottime_off);
     }
-    entry.submit(0);
+    // SAFETY: `rec` is the reserved record; its header was filled above.
+    let flags = wake_flags(unsafe { (*rec).header.ktime_ns });
+    entry.submit(flags);
     0
 }
 
@@ -372,6 +376,8 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         (*rec).reserved = 0;
         (*rec).start_ns = read_u64(task as usize, cfg.task_start_boottime_off);
     }
-    entry.submit(0);
+    // SAFETY: `rec` is the reserved record; its header was filled above.
+    let flags = wake_flags(unsafe { (*rec).header.ktime_ns });
+    entry.submit(flags);
     0
 }
