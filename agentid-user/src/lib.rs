@@ -19,5 +19,6 @@ pub mod identity;
 pub mod outputs;
 pub mod pipeline;
 pub mod process;
+pub mod queue;
 pub mod sensor;
 pub mod store;

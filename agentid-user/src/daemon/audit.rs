@@ -6,7 +6,6 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
-        mpsc,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -18,6 +17,7 @@ use crate::{
     attribution::AttributedEvent,
     audit::{AuditLog, AuditOptions, load_or_create_key},
     detect::Alert,
+    queue,
 };
 
 enum Record {
@@ -35,7 +35,7 @@ pub struct AuditStats {
 
 #[derive(Debug)]
 pub struct AuditWriter {
-    tx: Option<mpsc::SyncSender<Record>>,
+    tx: Option<queue::Sender<Record>>,
     thread: Option<JoinHandle<()>>,
     pub stats: Arc<AuditStats>,
 }
@@ -57,7 +57,7 @@ impl AuditWriter {
             .with_context(|| format!("audit key {}", key_path.display()))?;
         let mut log = AuditLog::open(dir, key, opts)
             .with_context(|| format!("audit log {}", dir.display()))?;
-        let (tx, rx) = mpsc::sync_channel::<Record>(QUEUE);
+        let (tx, rx) = queue::bounded::<Record>(QUEUE);
         let stats = Arc::new(AuditStats::default());
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
@@ -76,8 +76,8 @@ impl AuditWriter {
                     match rx.recv_timeout(Duration::from_secs(1)) {
                         Ok(Record::Event(e)) => count(log.append_event(&e)),
                         Ok(Record::Alert(a)) => count(log.append_alert(&a)),
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        Err(queue::RecvTimeoutError::Timeout) => {}
+                        Err(queue::RecvTimeoutError::Disconnected) => break,
                     }
                     if let Err(e) = log.maybe_checkpoint(Instant::now()) {
                         tracing::error!(error = %e, "audit checkpoint failed");

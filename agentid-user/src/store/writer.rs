@@ -12,6 +12,7 @@ use std::{
 use rusqlite::{Connection, params};
 
 use super::{Retention, StoreError};
+use crate::queue;
 
 /// One write. Bodies are JSON already serialised by the caller.
 #[derive(Debug)]
@@ -61,7 +62,7 @@ pub struct WriterStats {
 /// Handle to the writer thread. Dropping every clone stops the thread after a last commit.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    tx: mpsc::SyncSender<StoreOp>,
+    tx: queue::Sender<StoreOp>,
     pub stats: Arc<WriterStats>,
 }
 
@@ -73,7 +74,7 @@ const RETENTION_EVERY: Duration = Duration::from_mins(1);
 
 impl Writer {
     pub(super) fn start(conn: Connection, retention: Retention) -> Self {
-        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let (tx, rx) = queue::bounded(QUEUE);
         let stats = Arc::new(WriterStats::default());
         let thread_stats = Arc::clone(&stats);
         thread::Builder::new()
@@ -97,7 +98,7 @@ impl Writer {
     pub fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::channel();
         self.tx
-            .send(StoreOp::Flush(tx))
+            .send_control(StoreOp::Flush(tx))
             .map_err(|_| StoreError::WriterGone)?;
         rx.recv().map_err(|_| StoreError::WriterGone)
     }
@@ -105,7 +106,7 @@ impl Writer {
 
 fn run(
     mut conn: Connection,
-    rx: &mpsc::Receiver<StoreOp>,
+    rx: &queue::Receiver<StoreOp>,
     stats: &WriterStats,
     retention: Retention,
 ) {
