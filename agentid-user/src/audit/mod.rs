@@ -317,7 +317,7 @@ fn file_name(path: &Path) -> String {
 #[doc(hidden)]
 pub fn sample_event(agent: &str, i: u32) -> crate::attribution::AttributedEvent {
     use crate::{
-        attribution::{AgentRef, AttributedEvent},
+        attribution::{AgentRef, AttributedEvent, ProcIdentity},
         event::{Detail, Event, EventKind},
         process::HostIds,
     };
@@ -356,22 +356,25 @@ pub fn sample_event(agent: &str, i: u32) -> crate::attribution::AttributedEvent 
         },
         exec_id: Some(host.exec_id(120_000 + u64::from(i), pid)),
         parent_exec_id: Some(host.exec_id(100_000, 4000)),
-        agent: Some(AgentRef {
-            id: format!("spiffe://example.org/agent/{agent}"),
-            name: Some(agent.to_owned()),
-            owner: Some("ml-platform@example.org".into()),
-            environment: Some("prod".into()),
+        identity: std::sync::Arc::new(ProcIdentity {
+            agent: Some(AgentRef {
+                id: format!("spiffe://example.org/agent/{agent}"),
+                name: Some(agent.to_owned()),
+                owner: Some("ml-platform@example.org".into()),
+                environment: Some("prod".into()),
+            }),
+            ambiguous: Vec::new(),
+            session: Some(format!("{agent}/4000-100000")),
+            acting_for: Vec::new(),
+            lineage: vec![
+                host.exec_id(100_000, 4000),
+                host.exec_id(90_000, 3000),
+                host.exec_id(1, 1),
+            ],
+            session_root: None,
+            delegation_declared: true,
         }),
-        ambiguous: Vec::new(),
-        session: Some(format!("{agent}/4000-100000")),
-        acting_for: Vec::new(),
-        lineage: vec![
-            host.exec_id(100_000, 4000),
-            host.exec_id(90_000, 3000),
-            host.exec_id(1, 1),
-        ],
         exe: None,
         loginuid: None,
-        delegation_declared: true,
     }
 }

@@ -21,7 +21,7 @@ use crate::{
         is_well_known_credential_path, read_credential_file,
     },
     event::{Detail, Event, EventKind},
-    identity::{Agent, GlobList, Registry, SpiffeId},
+    identity::{Agent, GlobList, Registry},
 };
 
 /// A credential sighting for the store (never the value).
@@ -191,8 +191,7 @@ impl Detector {
         let agent = ev
             .agent
             .as_ref()
-            .and_then(|a| SpiffeId::parse(&a.id).ok())
-            .and_then(|id| registry.get(&id).cloned());
+            .and_then(|a| registry.get_str(&a.id).cloned());
         let now = ev.event.time;
         let from_file = self.credential_file(ev, agent.as_deref(), registry, now, &mut out);
         for o in observations.into_iter().chain(from_file) {

@@ -264,6 +264,11 @@ impl Registry {
         self.by_id.get(id).map(|&i| &self.agents[i])
     }
 
+    /// [`Self::get`] by the id's string, as events carry it.
+    pub fn get_str(&self, id: &str) -> Option<&Arc<Agent>> {
+        self.by_id.get(id).map(|&i| &self.agents[i])
+    }
+
     /// Problems found while loading, in file order.
     pub fn errors(&self) -> &[RegistryError] {
         &self.errors

@@ -48,7 +48,7 @@ pub enum SpiffeIdError {
 ///
 /// Stored as the original string (which, once valid, is already canonical: the spec
 /// allows no alternative spellings), so comparing ids is comparing strings.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SpiffeId {
     raw: String,
     /// Byte length of `spiffe://<trust domain>`: the path starts here.
@@ -142,6 +142,20 @@ fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
         }
     }
     Ok(())
+}
+
+// By the string alone (`path_start` follows from it), so that maps keyed by id can be
+// searched with a `&str` (`Borrow<str>`) without parsing it again on every event.
+impl std::hash::Hash for SpiffeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.raw.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for SpiffeId {
+    fn borrow(&self) -> &str {
+        &self.raw
+    }
 }
 
 impl fmt::Display for SpiffeId {

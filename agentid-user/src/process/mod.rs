@@ -135,13 +135,9 @@ impl ProcessTable {
     /// when the process cannot be known (gone before anyone could read `/proc`).
     pub fn apply(&mut self, event: &Event) -> Option<(&Process, Change)> {
         self.evict(event.ktime_ns);
-        let path = self
-            .resolver
-            .path(event.cgroup_id)
-            .unwrap_or("/")
-            .to_owned();
         let change = match (&event.kind, &event.detail) {
             (EventKind::Fork, _) => {
+                let path = self.cgroup_path(event.cgroup_id);
                 self.fork(event, path);
                 Change::New
             }
@@ -153,13 +149,22 @@ impl ProcessTable {
                     loginuid,
                     ..
                 },
-            ) => self.exec(event, filename, argv, *loginuid, path),
+            ) => {
+                let path = self.cgroup_path(event.cgroup_id);
+                self.exec(event, filename, argv, *loginuid, path)
+            }
             (EventKind::Exit, _) => {
                 return self.exit(event).map(|p| (p, Change::Exited));
             }
-            _ => self.touch(event, path)?,
+            _ => self.touch(event)?,
         };
         self.live.get(&event.pid).map(|p| (p, change))
+    }
+
+    /// Resolved per use, not per event: most events (connects, sends) are about a process
+    /// whose cgroup the table already knows.
+    fn cgroup_path(&mut self, cgroup_id: u64) -> String {
+        self.resolver.path(cgroup_id).unwrap_or("/").to_owned()
     }
 
     fn fork(&mut self, event: &Event, cgroup: String) {
@@ -250,16 +255,17 @@ impl ProcessTable {
         self.exited.get(&event.pid)
     }
 
-    fn touch(&mut self, event: &Event, cgroup: String) -> Option<Change> {
+    fn touch(&mut self, event: &Event) -> Option<Change> {
         if !self.live.contains_key(&event.pid) {
             let p = seed::one(&self.host, &mut self.resolver, event.pid)?;
             self.live.insert(event.pid, p);
             return Some(Change::New);
         }
-        let p = self.live.get_mut(&event.pid)?;
-        if p.cgroup_id == event.cgroup_id {
+        if self.live.get(&event.pid)?.cgroup_id == event.cgroup_id {
             return Some(Change::Unchanged);
         }
+        let cgroup = self.cgroup_path(event.cgroup_id);
+        let p = self.live.get_mut(&event.pid)?;
         p.cgroup_id = event.cgroup_id;
         p.cgroup = cgroup;
         Some(Change::Moved)

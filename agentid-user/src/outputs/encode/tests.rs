@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{EncodeContext, cef, ecs, ocsf, syslog};
 use crate::{
-    attribution::{AgentRef, AttributedEvent},
+    attribution::{AgentRef, AttributedEvent, ProcIdentity},
     detect::{Alert, ConnectionEvidence},
     event::{Detail, Event, EventKind, Protocol},
 };
@@ -116,19 +116,22 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
         },
         exec_id: None,
         parent_exec_id: None,
-        agent: Some(AgentRef {
-            id: "spiffe://example.org/agent/research-bot".into(),
-            name: Some("research-bot".into()),
-            owner: None,
-            environment: None,
+        identity: std::sync::Arc::new(ProcIdentity {
+            agent: Some(AgentRef {
+                id: "spiffe://example.org/agent/research-bot".into(),
+                name: Some("research-bot".into()),
+                owner: None,
+                environment: None,
+            }),
+            ambiguous: vec![],
+            session: Some("research-bot/4242-1234".into()),
+            acting_for: vec!["spiffe://example.org/agent/planner".into()],
+            lineage: vec![],
+            session_root: None,
+            delegation_declared: true,
         }),
-        ambiguous: vec![],
-        session: Some("research-bot/4242-1234".into()),
-        acting_for: vec!["spiffe://example.org/agent/planner".into()],
-        lineage: vec![],
         exe: Some("/usr/bin/curl".into()),
         loginuid: None,
-        delegation_declared: true,
     }
 }
 
