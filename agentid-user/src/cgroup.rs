@@ -4,7 +4,6 @@
 //! directory, so ids are mapped to paths by walking the hierarchy; the map is refreshed
 //! when an unknown id shows up (a cgroup created after the last walk).
 use std::{
-    collections::HashMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -50,7 +49,8 @@ pub fn id_of(dir: &Path) -> Result<u64, CgroupError> {
 #[derive(Debug)]
 pub struct Resolver {
     root: PathBuf,
-    paths: HashMap<u64, String>,
+    // Ids are kernfs inode numbers, assigned by the kernel: no need for a keyed hash.
+    paths: rustc_hash::FxHashMap<u64, String>,
     last_walk: Option<Instant>,
 }
 
@@ -62,7 +62,7 @@ impl Resolver {
     pub fn new(root: PathBuf) -> Self {
         Self {
             root,
-            paths: HashMap::new(),
+            paths: rustc_hash::FxHashMap::default(),
             last_walk: None,
         }
     }

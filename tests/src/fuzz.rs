@@ -498,9 +498,14 @@ fn encode_seeds() -> Vec<Vec<u8>> {
 // ---- credentials in workload bytes --------------------------------------------------------
 
 fn credentials(data: &[u8]) {
-    static SCANNER: OnceLock<Scanner> = OnceLock::new();
+    static SCANNER: OnceLock<std::sync::Mutex<Scanner>> = OnceLock::new();
     static DETECTOR: OnceLock<std::sync::Mutex<agentid::detect::Detector>> = OnceLock::new();
-    let s = SCANNER.get_or_init(|| Scanner::new(FingerprintKey::ephemeral().expect("key")));
+    let mut s = SCANNER
+        .get_or_init(|| {
+            std::sync::Mutex::new(Scanner::new(FingerprintKey::ephemeral().expect("key")))
+        })
+        .lock()
+        .expect("scanner lock");
     let parts: Vec<&[u8]> = data.split(|&b| b == 0).collect();
     let _ = s.scan_env(parts.iter().copied());
     let _ = s.scan_argv(&parts);

@@ -178,7 +178,7 @@ fn agent_or_unregistered<S: serde::Serializer>(
 /// Identity per live process (by pid, checked against the exec id).
 #[derive(Debug, Default)]
 pub struct Attributor {
-    identities: std::collections::HashMap<u32, (ExecId, Arc<ProcIdentity>)>,
+    identities: rustc_hash::FxHashMap<u32, (ExecId, Arc<ProcIdentity>)>,
     facts: WorkloadFacts,
 }
 
@@ -267,9 +267,7 @@ impl Attributor {
         from_parent: bool,
         registry: &Registry,
     ) -> Arc<ProcIdentity> {
-        let matched = self
-            .facts
-            .with_workload(p, registry, |w| registry.match_workload(w));
+        let matched = self.facts.match_in(p, registry);
         let (agent, ambiguous): (Option<Arc<Agent>>, Vec<String>) = match matched {
             Match::Unregistered => (None, Vec::new()),
             Match::Agent(a) => (Some(a), Vec::new()),

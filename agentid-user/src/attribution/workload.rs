@@ -4,22 +4,92 @@ use std::{collections::HashMap, io::Read};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    identity::{Registry, Workload, parse_cgroup_path},
+    identity::{Match, Registry, Workload, parse_cgroup_path},
     process::Process,
 };
 
 /// Caches for facts that cost a syscall or a file read: user names by uid and executable
-/// hashes by `/proc/PID/exe` inode.
+/// hashes by `/proc/PID/exe` inode; and the registry's verdict per distinct workload.
 #[derive(Debug, Default)]
 pub struct WorkloadFacts {
     users: HashMap<u32, Option<String>>,
     hashes: HashMap<(u64, u64, i64), String>,
+    matches: MatchMemo,
+}
+
+/// The registry's verdict for workloads already matched: every fork and exec asks again,
+/// and the answer depends only on the cgroup, uid, gid and executable (unless a selector
+/// hashes executables, which bypasses the memo). Parsing the cgroup path and running every
+/// selector was a sixth of the pipeline's time.
+///
+/// Valid for one registry: the memo remembers which one (by address) and is emptied when
+/// another is passed; the pipeline also starts a fresh attributor on every registry swap,
+/// so an old address can never be mistaken for a new registry.
+#[derive(Debug, Default)]
+struct MatchMemo {
+    registry: usize,
+    /// By (cgroup id, uid, gid); a short list per key, told apart by executable and path
+    /// (a cgroup id can be reused by a new cgroup with another path).
+    by_key: rustc_hash::FxHashMap<(u64, u32, u32), Vec<Remembered>>,
+    len: usize,
+}
+
+/// (executable, cgroup path, verdict).
+type Remembered = (String, String, Match);
+
+/// Workloads remembered before the memo is emptied (bounded against hostile churn).
+const MATCH_MEMO_MAX: usize = 8192;
+/// Executables remembered per (cgroup, uid, gid).
+const MATCH_MEMO_PER_KEY: usize = 16;
+
+impl MatchMemo {
+    fn get(&mut self, registry: &Registry, p: &Process) -> Option<Match> {
+        let addr = std::ptr::from_ref(registry) as usize;
+        if self.registry != addr {
+            self.registry = addr;
+            self.by_key.clear();
+            self.len = 0;
+            return None;
+        }
+        self.by_key
+            .get(&(p.cgroup_id, p.uid, p.gid))?
+            .iter()
+            .find(|(exe, cgroup, _)| *exe == p.exe && *cgroup == p.cgroup)
+            .map(|(_, _, m)| m.clone())
+    }
+
+    fn put(&mut self, p: &Process, m: Match) {
+        if self.len >= MATCH_MEMO_MAX {
+            self.by_key.clear();
+            self.len = 0;
+        }
+        let list = self.by_key.entry((p.cgroup_id, p.uid, p.gid)).or_default();
+        if list.len() >= MATCH_MEMO_PER_KEY {
+            list.remove(0);
+            self.len -= 1;
+        }
+        list.push((p.exe.clone(), p.cgroup.clone(), m));
+        self.len += 1;
+    }
 }
 
 /// Executables larger than this are not hashed (a selector on them never matches).
 const MAX_HASH_BYTES: u64 = 256 << 20;
 
 impl WorkloadFacts {
+    /// The registry's verdict for `p`'s workload, remembered per distinct workload.
+    pub fn match_in(&mut self, p: &Process, registry: &Registry) -> Match {
+        if registry.needs_exe_sha256() {
+            return self.with_workload(p, registry, |w| registry.match_workload(w));
+        }
+        if let Some(m) = self.matches.get(registry, p) {
+            return m;
+        }
+        let m = self.with_workload(p, registry, |w| registry.match_workload(w));
+        self.matches.put(p, m.clone());
+        m
+    }
+
     /// Builds the [`Workload`] of `p` and runs `f` on it.
     pub fn with_workload<T>(
         &mut self,
@@ -103,4 +173,89 @@ fn user_name(uid: u32) -> Option<String> {
     // SAFETY: on success pw_name points into buf, NUL-terminated.
     let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
     Some(name.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::HostIds;
+
+    fn registry(cgroup: &str) -> Registry {
+        let r = Registry::parse_str(
+            &format!(
+                "[[agent]]\nid = \"spiffe://t.example/agent/a\"\n[[agent.selectors]]\n\
+                 cgroup = \"{cgroup}\"\n"
+            ),
+            "t.toml",
+        );
+        assert!(r.errors().is_empty(), "{:?}", r.errors());
+        r
+    }
+
+    fn process(cgroup: &str, exe: &str) -> Process {
+        Process {
+            pid: 4_900_001,
+            exec_id: HostIds {
+                host: "h".into(),
+                boot: "b".into(),
+            }
+            .exec_id(1, 4_900_001),
+            ppid: 1,
+            parent_exec_id: None,
+            start_ticks: 1,
+            exe: exe.into(),
+            argv: vec![],
+            comm: "x".into(),
+            uid: 4_900_000,
+            gid: 4_900_000,
+            loginuid: None,
+            cgroup_id: 77,
+            cgroup: cgroup.into(),
+            exited_ns: None,
+        }
+    }
+
+    fn agent_of(m: &Match) -> Option<&str> {
+        match m {
+            Match::Agent(a) => Some(a.id.as_str()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn memo_follows_the_registry_the_path_and_the_executable() {
+        let mut facts = WorkloadFacts::default();
+        let one = registry("/agents/a");
+        let p = process("/agents/a", "/usr/bin/curl");
+        assert_eq!(
+            agent_of(&facts.match_in(&p, &one)),
+            Some("spiffe://t.example/agent/a")
+        );
+        assert_eq!(
+            agent_of(&facts.match_in(&p, &one)),
+            Some("spiffe://t.example/agent/a")
+        );
+        assert_eq!(facts.matches.len, 1);
+        // Same cgroup id, uid and gid but another path (a reused cgroup id): not the memo's.
+        let moved = process("/other", "/usr/bin/curl");
+        assert_eq!(agent_of(&facts.match_in(&moved, &one)), None);
+        // Another registry: the memo is dropped, the new selectors decide.
+        let two = registry("/other");
+        assert_eq!(agent_of(&facts.match_in(&p, &two)), None);
+        assert_eq!(
+            agent_of(&facts.match_in(&moved, &two)),
+            Some("spiffe://t.example/agent/a")
+        );
+    }
+
+    #[test]
+    fn memo_is_bounded_per_key() {
+        let mut facts = WorkloadFacts::default();
+        let r = registry("/agents/a");
+        for i in 0..100 {
+            let p = process("/agents/a", &format!("/bin/tool{i}"));
+            assert!(agent_of(&facts.match_in(&p, &r)).is_some());
+        }
+        assert_eq!(facts.matches.len, MATCH_MEMO_PER_KEY);
+    }
 }

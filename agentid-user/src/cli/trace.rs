@@ -75,7 +75,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     }
     // trace keeps no fingerprints, but still never prints a secret: arguments holding one
     // are redacted with a throw-away key.
-    let redactor = Detector::new(FingerprintKey::ephemeral()?, None);
+    let mut redactor = Detector::new(FingerprintKey::ephemeral()?, None);
     let mut printer = Printer {
         filter,
         json: args.json,
@@ -90,7 +90,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         }
-        if let Err(e) = printer.print(&mut out, &mut batch, &mut pipeline, &redactor) {
+        if let Err(e) = printer.print(&mut out, &mut batch, &mut pipeline, &mut redactor) {
             // A closed stdout (`| head`) ends the trace quietly.
             if e.kind() == io::ErrorKind::BrokenPipe {
                 break Ok(());
@@ -100,7 +100,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
     // Whatever arrived before the signal is still printed.
     sensor.drain(&mut batch);
-    let _ = printer.print(&mut out, &mut batch, &mut pipeline, &redactor);
+    let _ = printer.print(&mut out, &mut batch, &mut pipeline, &mut redactor);
     let _ = out.flush();
     drop(out);
     let drops = sensor.drops()?;
@@ -133,7 +133,7 @@ impl Printer {
         out: &mut impl Write,
         batch: &mut Vec<Event>,
         pipeline: &mut Pipeline,
-        redactor: &Detector,
+        redactor: &mut Detector,
     ) -> io::Result<()> {
         for mut event in batch.drain(..) {
             redactor.scan(&mut event);

@@ -111,11 +111,27 @@ pub struct Observation {
 #[derive(Debug)]
 pub struct Scanner {
     key: FingerprintKey,
+    /// Environment entries already scanned and found clean, by a keyed 64-bit hash.
+    ///
+    /// Children inherit their parent's environment, so the same entries (`PATH=…`,
+    /// `HOME=…`) come with nearly every exec; scanning each again was a quarter of the
+    /// pipeline's time. Only clean entries are remembered (never anything about a
+    /// secret), and the hash is keyed per process (`SipHash` with a random key), so a
+    /// workload cannot craft a secret-bearing entry that collides with a clean one.
+    clean_env: rustc_hash::FxHashSet<u64>,
+    clean_hasher: std::hash::RandomState,
 }
+
+/// Clean entries remembered before the set is emptied and starts again.
+const CLEAN_ENV_MAX: usize = 16_384;
 
 impl Scanner {
     pub fn new(key: FingerprintKey) -> Self {
-        Self { key }
+        Self {
+            key,
+            clean_env: rustc_hash::FxHashSet::default(),
+            clean_hasher: std::hash::RandomState::new(),
+        }
     }
 
     pub fn key(&self) -> &FingerprintKey {
@@ -124,17 +140,30 @@ impl Scanner {
 
     /// Scans an environment: each entry is the raw `NAME=value` bytes of one variable
     /// (non-UTF-8 tolerated; entries without `=` are skipped).
-    pub fn scan_env<'a>(&self, entries: impl Iterator<Item = &'a [u8]>) -> Vec<Observation> {
+    pub fn scan_env<'a>(&mut self, entries: impl Iterator<Item = &'a [u8]>) -> Vec<Observation> {
+        use std::hash::BuildHasher as _;
         let mut out = Vec::new();
         for entry in entries {
             let Some(eq) = entry.iter().position(|&b| b == b'=') else {
                 continue;
             };
+            let hash = self.clean_hasher.hash_one(entry);
+            if self.clean_env.contains(&hash) {
+                continue;
+            }
             let (name, value) = (&entry[..eq], &entry[eq + 1..]);
+            let found = detect::assignment(&self.key, name, value).into_vec();
+            if found.is_empty() {
+                if self.clean_env.len() >= CLEAN_ENV_MAX {
+                    self.clean_env.clear();
+                }
+                self.clean_env.insert(hash);
+                continue;
+            }
             let source = Source::Env {
                 name: String::from_utf8_lossy(name).into_owned(),
             };
-            for (kind, fingerprint) in detect::assignment(&self.key, name, value).into_vec() {
+            for (kind, fingerprint) in found {
                 out.push(Observation {
                     kind,
                     fingerprint,

@@ -772,7 +772,7 @@ fn read_credential_file_rules() {
 fn canary_never_leaves() {
     let canary = "CanaryQ7xZ2w9Vb4Nm8Kp3";
     let openai_canary = format!("sk-{canary}{canary}");
-    let s = scanner();
+    let mut s = scanner();
     let mut obs = s.scan_env(
         [
             format!("MY_TOKEN={canary}"),
@@ -858,4 +858,34 @@ fn concurrent_key_creation_agrees() {
     // The link-based create never replaces a key another starter already uses.
     assert!(hmacs.windows(2).all(|w| w[0] == w[1]));
     assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
+}
+
+#[test]
+fn clean_entry_memo_never_hides_a_credential() {
+    let mut s = scanner();
+    let clean: [&[u8]; 2] = [b"HOME=/home/bot", b"PATH=/usr/bin:/bin"];
+    assert!(s.scan_env(clean.iter().copied()).is_empty());
+    // Same clean entries again (now remembered) plus a secret: the secret is found, every
+    // time it comes, with the same fingerprint.
+    let with_secret: [&[u8]; 3] = [
+        b"HOME=/home/bot",
+        b"OPENAI_API_KEY=sk-proj-Ben3chFakeKeyQ7x9Lm2Np4Rt6Vw8Yz0a1b2c3",
+        b"PATH=/usr/bin:/bin",
+    ];
+    let first = s.scan_env(with_secret.iter().copied());
+    let second = s.scan_env(with_secret.iter().copied());
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first, second);
+    assert_eq!(
+        first[0].source,
+        Source::Env {
+            name: "OPENAI_API_KEY".into()
+        }
+    );
+    // A remembered clean name with a token as its value is scanned, not taken for the
+    // remembered entry.
+    let same_name: [&[u8]; 1] = [b"HOME=ghp_0123456789abcdefghijABCDEFGHIJ012345"];
+    let found = s.scan_env(same_name.iter().copied());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].kind, CredKind::Github);
 }

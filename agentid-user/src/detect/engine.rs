@@ -160,7 +160,7 @@ impl Detector {
     /// anywhere else: the environment is cleared and every argument holding a secret is
     /// redacted in place (`--token=[REDACTED openai:3f9a…]`), so neither the process
     /// table, the store, the API nor any output ever holds the value.
-    pub fn scan(&self, event: &mut Event) -> Vec<Observation> {
+    pub fn scan(&mut self, event: &mut Event) -> Vec<Observation> {
         let Detail::Exec { argv, env, .. } = &mut event.detail else {
             return Vec::new();
         };

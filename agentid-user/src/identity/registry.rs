@@ -10,7 +10,6 @@
 //! to register an id keeps it; a later file registering it again is in error (and,
 //! all-or-nothing, contributes nothing), with a message naming both places.
 use std::{
-    collections::HashMap,
     fmt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -122,7 +121,9 @@ pub enum Match {
 #[derive(Debug, Default)]
 pub struct Registry {
     agents: Vec<Arc<Agent>>,
-    by_id: HashMap<SpiffeId, usize>,
+    // Keys come from the operator's registrations, not from workloads: a fast unkeyed hash
+    // (looked up once per event by the detector).
+    by_id: rustc_hash::FxHashMap<SpiffeId, usize>,
     errors: Vec<RegistryError>,
     needs_exe_sha256: bool,
 }

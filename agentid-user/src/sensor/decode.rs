@@ -69,6 +69,32 @@ fn read<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// Runs `f` on the exec record in `bytes`: in place when the bytes are aligned for it (ring
+/// buffer records always are), else on a copy that is wiped afterwards because it holds
+/// the environment. In place saves copying and wiping ~5 KiB per exec (a third of the
+/// decoder's time).
+fn with_exec<R>(bytes: &[u8], f: impl FnOnce(&ExecRecord) -> R) -> Result<R, DecodeError> {
+    let need = size_of::<ExecRecord>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            what: ExecRecord::NAME,
+            len: bytes.len(),
+            need,
+        });
+    }
+    if bytes.as_ptr().align_offset(align_of::<ExecRecord>()) == 0 {
+        #[expect(clippy::cast_ptr_alignment, reason = "alignment checked just above")]
+        // SAFETY: length and alignment checked; `ExecRecord` is plain data valid for any
+        // bit pattern, and the borrow does not outlive `bytes`.
+        let r = unsafe { &*bytes.as_ptr().cast::<ExecRecord>() };
+        return Ok(f(r));
+    }
+    let mut r: ExecRecord = read(bytes)?;
+    let out = f(&r);
+    zeroize::Zeroize::zeroize(&mut r.env);
+    Ok(out)
+}
+
 /// Maps kernel boot-time stamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -109,13 +135,9 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
     let header: Header = read(bytes)?;
     let (kind, parent, pid, start, detail) = match header.kind {
         kind::EXEC => {
-            let mut r: ExecRecord = read(bytes)?;
-            let start = Some(r.start_ns);
-            let detail = exec_detail(&r);
-            // The stack copy held the environment: wipe it (the ring-buffer slot is the
-            // kernel's, reused for the next records).
-            zeroize::Zeroize::zeroize(&mut r.env);
-            (EventKind::Exec, Some(r.ppid), header.tgid, start, detail?)
+            let (ppid, start, detail) =
+                with_exec(bytes, |r| (r.ppid, Some(r.start_ns), exec_detail(r)))?;
+            (EventKind::Exec, Some(ppid), header.tgid, start, detail?)
         }
         kind::FORK => {
             let r: ForkRecord = read(bytes)?;
@@ -364,6 +386,30 @@ mod tests {
         assert_eq!(
             e.time,
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_005)
+        );
+    }
+
+    #[test]
+    fn exec_decodes_the_same_in_place_and_from_an_unaligned_copy() {
+        let r = exec_record(&[b"echo", b"hello world"], 0);
+        let aligned = bytes_of(&r);
+        // One byte in: the decoder cannot borrow the record and must copy it.
+        let mut shifted = vec![0u8; aligned.len() + 1];
+        shifted[1..].copy_from_slice(&aligned);
+        let unaligned = &shifted[1..];
+        assert_ne!(unaligned.as_ptr().align_offset(align_of::<ExecRecord>()), 0);
+        let (a, b) = (
+            decode(&aligned, &clock()).unwrap(),
+            decode(unaligned, &clock()).unwrap(),
+        );
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        let Detail::Exec { env, argv, .. } = &b.detail else {
+            panic!("not an exec: {b:?}");
+        };
+        assert_eq!(argv, &["echo", "hello world"]);
+        assert_eq!(
+            env.entries().collect::<Vec<_>>(),
+            vec![&b"HOME=/root"[..], b"OPENAI_API_KEY=canary"]
         );
     }
 
