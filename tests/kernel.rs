@@ -346,6 +346,52 @@ async fn completeness_10k_connects_1k_execs() {
     );
 }
 
+/// Most records are submitted without waking the reader while they flow; a reader that is
+/// busy between reads (as the daemon is, handling a batch) and then goes back to waiting
+/// must still get every one of them. Regression: records made while the reader was busy
+/// right after a read stayed in the ring until something else woke it, which, since the
+/// kernel wakes only a reader that had caught up, could be never.
+#[tokio::test(flavor = "current_thread")]
+async fn records_made_while_the_reader_is_busy_are_not_stranded() {
+    const CONNECTS: usize = 3_000;
+    let Some(mut sensor) = sensor_or_skip("busy-reader") else {
+        return;
+    };
+    let cg = TestCgroup::new("busy-reader");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let mut workload = cg
+        .command(WORKLOAD)
+        .args(["connect", &addr.to_string(), &CONNECTS.to_string()])
+        .spawn()
+        .expect("spawn connects");
+    let mut seen = 0;
+    let mut batch = Vec::new();
+    // Read, then stay busy (blocking the runtime's only thread) while the workload goes
+    // on, until it is done.
+    while workload.try_wait().expect("wait").is_none() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sensor.next_events(&mut batch)).await;
+        seen += batch
+            .drain(..)
+            .filter(|e| e.cgroup_id == cg.id && e.kind == EventKind::Connect)
+            .count();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(workload.wait().expect("wait").success());
+    // Now quiet: the rest must arrive without any new activity in the cgroup.
+    let rest = collect_until(&mut sensor, cg.id, Duration::from_secs(10), |ev| {
+        seen + count(ev, EventKind::Connect) >= CONNECTS
+    })
+    .await;
+    assert_eq!(seen + count(&rest, EventKind::Connect), CONNECTS);
+    assert_eq!(sensor.drops().expect("drop counters"), [0; 7]);
+}
+
 /// `agentid trace --json --cgroup X` end to end: the binary, its JSON, its filter.
 #[test]
 #[expect(

@@ -227,10 +227,21 @@ impl Sensor {
             ..
         } = self;
         loop {
-            // The programs skip most wakeups while records flow (`WAKE_EVERY_NS`): poll on a
-            // timer until the ring has been quiet for longer than that interval, after which
-            // the next record's wakeup is never skipped, so waiting for readiness is safe.
+            // The programs skip most wakeups while records flow (`WAKE_EVERY_NS`), so the
+            // reader polls on a timer until it has read nothing for `IDLE_AFTER`. Before it
+            // then sleeps until a wakeup, it looks once more: a record submitted without a
+            // wakeup after the last read would otherwise wait for ever, since the kernel
+            // wakes the reader only when it had caught up. Once that look finds nothing,
+            // every CPU's next record asks for a wakeup (its last one is older than
+            // `WAKE_EVERY_NS`), so sleeping is safe.
             let polling = last_read.is_some_and(|at| at.elapsed() < IDLE_AFTER);
+            if !polling {
+                Self::drain_ring(ring.get_mut(), clock, received, decode_errors, out);
+                if out.len() > start {
+                    *last_read = Some(Instant::now());
+                    return Ok(());
+                }
+            }
             let ready = if polling {
                 tokio::time::timeout(POLL_EVERY, ring.readable_mut())
                     .await
@@ -261,9 +272,15 @@ impl Sensor {
             clock,
             received,
             decode_errors,
+            last_read,
             ..
         } = self;
+        let start = out.len();
         Self::drain_ring(ring.get_mut(), clock, received, decode_errors, out);
+        if out.len() > start {
+            // A read like any other: `next_events` keeps polling after it.
+            *last_read = Some(Instant::now());
+        }
     }
 
     fn drain_ring(
