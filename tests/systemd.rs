@@ -81,6 +81,32 @@ fn cli_until(args: &[&str], pred: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// The daemon's first `status`, once its probes are attached. A daemon that exits (and
+/// is restarted by `Restart=on-failure`) fails the test at once, with its journal.
+fn await_api() -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) =
+            cli(&["status"]).filter(|v| v["probes"].as_array().is_some_and(|p| !p.is_empty()))
+        {
+            return v;
+        }
+        let restarts = unit_property("agentid.service", "NRestarts");
+        assert_eq!(
+            restarts,
+            "0",
+            "agentid.service exited and was restarted; journal:\n{}",
+            journal()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no answer on {SOCKET}; journal:\n{}",
+            journal()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn journal() -> String {
     String::from_utf8_lossy(
         &output("journalctl", &["-u", "agentid", "-o", "cat", "--no-pager"]).stdout,
@@ -138,9 +164,7 @@ fn the_shipped_unit_traces_under_systemd() {
     .expect("registration");
 
     ok("systemctl", &["start", "agentid.service"]);
-    let status = cli_until(&["status"], |v| {
-        v["probes"].as_array().is_some_and(|p| !p.is_empty())
-    });
+    let status = await_api();
     let main_pid = unit_property("agentid.service", "MainPID");
     assert_eq!(status["pid"].to_string(), main_pid, "{status:#}");
     for probe in ["sched_process_exec", "connect4", "connect6"] {
@@ -159,8 +183,21 @@ fn the_shipped_unit_traces_under_systemd() {
     stops_cleanly();
 }
 
-/// `scripts/install.sh`, as an operator runs it.
+/// `scripts/install.sh`, as an operator runs it on a machine without agentid: whatever the
+/// image carries (a host's /etc/agentid or state, seen through the guest's overlay) is
+/// removed first, so the config is install.sh's default and the audit log is new.
 fn install() {
+    for dir in [
+        "/etc/agentid",
+        "/var/lib/agentid",
+        "/var/log/agentid",
+        "/run/agentid",
+    ] {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{dir}: {e}"),
+            _ => {}
+        }
+    }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repository root");

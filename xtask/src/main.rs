@@ -55,7 +55,7 @@ enum Task {
         /// shipped `scripts/agentid.service`, installed by `scripts/install.sh`, must trace.
         #[arg(long)]
         systemd: bool,
-        /// Guest time limit, in minutes (`--kernel` only).
+        /// Guest time limit, in minutes (the guests only).
         #[arg(long, default_value_t = 20)]
         guest_timeout_mins: u64,
         /// Extra arguments for `cargo test` (after `--`); with `--kernel`, for the kernel
