@@ -137,6 +137,13 @@ fn disk_full_and_read_only_state_degrade_and_recover() {
         echo("after-full");
         exec_count(&d, "after-full") > 0
     });
+    // The store says so once each way, and no longer shows a failure.
+    let status = d.cli_until(&["status"], |v| v["store"]["degraded"].is_null());
+    if status["store"]["errors"].as_u64() > Some(0) {
+        let log = await_log(&d, "store writes resumed");
+        assert_eq!(log.matches("store writes failing").count(), 1, "{log}");
+        assert_eq!(log.matches("store writes resumed").count(), 1, "{log}");
+    }
 
     // Read-only (a remount needs the daemon's files closed): a refusal to start that
     // names the problem, then a normal start once it is writable again.
@@ -483,6 +490,23 @@ fn recover_by_restart(fs: &Ext4Loop, dir: &Path, cg: &TestCgroup) {
     );
 }
 
+/// The daemon's log once it contains `needle` (its stderr is read on a thread: a line the
+/// daemon wrote may not be in `log_text` yet).
+fn await_log(d: &Daemon, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = d.log_text();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// CPU time (user + system, in clock ticks) of a process so far.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
@@ -566,7 +590,8 @@ fn state_dir_turning_read_only_at_runtime_degrades_once_and_recovers_after_resta
     assert!(spent < 100, "{spent} ticks of CPU in 2 s while degraded");
 
     // One error per output, however many records failed.
-    let log = d.log_text();
+    await_log(&d, "store writes failing");
+    let log = await_log(&d, "audit log writes failing");
     assert_eq!(log.matches("store writes failing").count(), 1, "{log}");
     assert_eq!(log.matches("audit log writes failing").count(), 1, "{log}");
     assert!(!log.contains("panicked"), "{log}");
