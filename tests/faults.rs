@@ -600,6 +600,9 @@ fn state_dir_turning_read_only_at_runtime_degrades_once_and_recovers_after_resta
     assert!(d.stop().success(), "stop while degraded failed");
     let log = shared_log.lock().map(|l| l.clone()).unwrap_or_default();
     assert!(log.contains("stopped"), "{log}");
+    // Nothing was written after the failure: no recovery may be claimed (the last,
+    // empty commit at shutdown once did).
+    assert!(!log.contains("writes resumed"), "{log}");
 
     recover_by_restart(&fs, &dir, &a);
     drop(fs);

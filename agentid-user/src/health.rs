@@ -57,9 +57,13 @@ impl WriteHealth {
         let now = Instant::now();
         match failing.as_mut() {
             None => {
+                let error = error.to_string();
                 let error = match probe(&self.dir) {
-                    Some(cause) => format!("{error} ({}: {cause})", self.dir.display()),
-                    None => error.to_string(),
+                    // An I/O error already names it.
+                    Some(cause) if !error.contains(&cause.to_string()) => {
+                        format!("{error} ({}: {cause})", self.dir.display())
+                    }
+                    _ => error,
                 };
                 tracing::error!(
                     error = %error,

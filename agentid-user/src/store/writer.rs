@@ -149,7 +149,11 @@ fn run(
             Ok(n) => {
                 stats.written.fetch_add(n, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
-                stats.health.succeeded();
+                // A batch of flushes only commits an empty transaction, which works on a
+                // read-only filesystem too: no proof that writes work again.
+                if n > 0 {
+                    stats.health.succeeded();
+                }
             }
             Err(e) => {
                 // The whole batch is one transaction: all of it is lost.
@@ -161,7 +165,8 @@ fn run(
         for w in waiters {
             let _ = w.send(());
         }
-        if last_retention.elapsed() >= RETENTION_EVERY {
+        // While writes fail, so would retention's deletes: the failure is reported already.
+        if last_retention.elapsed() >= RETENTION_EVERY && stats.health.degraded().is_none() {
             last_retention = Instant::now();
             if let Err(e) = enforce_retention(&conn, retention) {
                 tracing::warn!(error = %e, "store retention failed");
