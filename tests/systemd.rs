@@ -1,6 +1,7 @@
 //! The shipped unit, `scripts/agentid.service`, under a real systemd PID 1: installed by
 //! `scripts/install.sh`, started with `systemctl`, it must attach the probes and attribute a
-//! workload's exec and connect with every sandboxing directive in force, then stop cleanly.
+//! workload's exec and connect with every sandboxing directive in force, reload, then stop
+//! cleanly.
 //!
 //! It changes the machine (installs the unit, a group, /etc/agentid), so it runs only where
 //! `AGENTID_SYSTEMD_TEST=1` says the machine is disposable: the systemd guest of
@@ -164,6 +165,7 @@ fn the_shipped_unit_traces_under_systemd() {
     .expect("registration");
 
     ok("systemctl", &["start", "agentid.service"]);
+    // Serving means loaded and attached: a probe that fails ends the daemon.
     let status = await_api();
     let main_pid = unit_property("agentid.service", "MainPID");
     assert_eq!(status["pid"].to_string(), main_pid, "{status:#}");
@@ -172,7 +174,7 @@ fn the_shipped_unit_traces_under_systemd() {
             status["probes"]
                 .as_array()
                 .is_some_and(|p| p.iter().any(|x| x == probe)),
-            "{probe} not attached: {status:#}"
+            "{probe} not among the daemon's programs: {status:#}"
         );
     }
     assert_eq!(status["registry"]["agents"], 1, "{status:#}");
@@ -180,7 +182,22 @@ fn the_shipped_unit_traces_under_systemd() {
 
     assert_sandboxed(&main_pid);
     workload_is_attributed(&workload_unit);
+    reloads(&main_pid);
     stops_cleanly();
+}
+
+/// `systemctl reload` (the unit's `ExecReload`, a SIGHUP) re-reads the registry in place.
+fn reloads(main_pid: &str) {
+    std::fs::write(
+        "/etc/agentid/agents.d/second.toml",
+        "[[agent]]\nid = \"spiffe://test.example/agent/second\"\nname = \"second\"\n\
+         [[agent.selectors]]\nsystemd_unit = \"agentid-second.service\"\n",
+    )
+    .expect("registration");
+    ok("systemctl", &["reload", "agentid.service"]);
+    let status = cli_until(&["status"], |v| v["registry"]["agents"] == 2);
+    assert_eq!(status["pid"].to_string(), main_pid, "not the same process");
+    assert_eq!(unit_property("agentid.service", "NRestarts"), "0");
 }
 
 /// `scripts/install.sh`, as an operator runs it on a machine without agentid: whatever the
