@@ -24,7 +24,9 @@ fi
 
 # 2. Debian packages: LLVM for bpf-linker, plus tools the test suite drives.
 pkgs=(llvm-${LLVM_VER}-dev libpolly-${LLVM_VER}-dev libzstd-dev zlib1g-dev iproute2 rsyslog rsyslog-gnutls
-      qemu-system-x86 busybox-static)  # the last two: `cargo xtask test --kernel` (guest kernels)
+      qemu-system-x86 busybox-static  # `cargo xtask test --kernel` (guest kernels)
+      systemd                         # the systemd guest boots the host's own systemd
+      e2fsprogs mount)                # faults test: ext4 on a loop device (mkfs.ext4, e2fsck, losetup)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

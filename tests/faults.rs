@@ -1,14 +1,17 @@
-//! Faults: a full or read-only state directory, SIGKILL and restart, a corrupted registry.
+//! Faults: a full or read-only state directory (at start, and turning read-only under the
+//! running daemon), SIGKILL and restart, a corrupted registry.
 //! (The ring-buffer overflow lives in `overflow.rs`: its burst would starve these tests.)
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
 use std::{
-    io::Write as _,
+    io::{BufRead as _, Write as _},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
 };
 
 use agentid_tests::{
-    TestCgroup,
+    TestCgroup, agentid_bin,
     daemon::{Daemon, has_exec_of, registration},
 };
 use serde_json::Value;
@@ -98,7 +101,7 @@ fn disk_full_and_read_only_state_degrade_and_recover() {
         assert!(
             a.command("/bin/echo")
                 .arg(word)
-                .stdout(std::process::Stdio::null())
+                .stdout(Stdio::null())
                 .status()
                 .expect("echo")
                 .success()
@@ -134,6 +137,13 @@ fn disk_full_and_read_only_state_degrade_and_recover() {
         echo("after-full");
         exec_count(&d, "after-full") > 0
     });
+    // The store says so once each way, and no longer shows a failure.
+    let status = d.cli_until(&["status"], |v| v["store"]["degraded"].is_null());
+    if status["store"]["errors"].as_u64() > Some(0) {
+        let log = await_log(&d, "store writes resumed");
+        assert_eq!(log.matches("store writes failing").count(), 1, "{log}");
+        assert_eq!(log.matches("store writes resumed").count(), 1, "{log}");
+    }
 
     // Read-only (a remount needs the daemon's files closed): a refusal to start that
     // names the problem, then a normal start once it is writable again.
@@ -147,7 +157,7 @@ fn disk_full_and_read_only_state_degrade_and_recover() {
         assert!(st.success());
     };
     remount("ro");
-    let out = Command::new(agentid_tests::agentid_bin())
+    let out = Command::new(agentid_bin())
         .args(["daemon", "--config"])
         .arg(dir.join("agentid.toml"))
         .output()
@@ -186,7 +196,7 @@ fn sigkill_and_restart_rebuild_the_process_table_and_keep_alerts() {
     let mut waiting = a
         .command(WORKLOAD)
         .args(["wait-connect", &addr])
-        .stdin(std::process::Stdio::piped())
+        .stdin(Stdio::piped())
         .spawn()
         .expect("spawn");
     d.cli_until(&["ps", "--agent", ALPHA], |v| {
@@ -244,7 +254,7 @@ fn a_corrupted_or_deleted_registry_keeps_the_last_good_one() {
         assert!(
             a.command("/bin/echo")
                 .arg(word)
-                .stdout(std::process::Stdio::null())
+                .stdout(Stdio::null())
                 .status()
                 .expect("echo")
                 .success()
@@ -296,5 +306,305 @@ fn a_corrupted_or_deleted_registry_keeps_the_last_good_one() {
             && v["registry"]["agents"] == 1
     });
     assert!(d.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A file-backed ext4 on a loop device, mounted with `errors=remount-ro`: a filesystem
+/// that can be made to fail under open files, as a failing disk does. Unmounted and
+/// detached on drop.
+struct Ext4Loop {
+    device: String,
+    mount: PathBuf,
+}
+
+impl Ext4Loop {
+    fn new(image: &Path, mount: &Path) -> Self {
+        std::fs::File::create(image)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("image");
+        let ok = |cmd: &mut Command| {
+            let out = cmd.output().expect("spawn");
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image));
+        let device = ok(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image));
+        let fs = Self {
+            device,
+            mount: mount.to_owned(),
+        };
+        std::fs::create_dir_all(mount).expect("mount point");
+        fs.mount();
+        fs
+    }
+
+    fn mount(&self) {
+        let st = Command::new("mount")
+            .args(["-t", "ext4", "-o", "errors=remount-ro", &self.device])
+            .arg(&self.mount)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount {}", self.device);
+        std::fs::set_permissions(
+            &self.mount,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod");
+    }
+
+    /// ext4's own error path, as on an I/O error in its metadata: with
+    /// `errors=remount-ro` every later write fails with EROFS.
+    fn trigger_error(&self) {
+        let name = Path::new(&self.device)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("loop name");
+        let trigger = Path::new("/sys/fs/ext4")
+            .join(name)
+            .join("trigger_fs_error");
+        std::fs::write(&trigger, "1").unwrap_or_else(|e| panic!("{}: {e}", trigger.display()));
+    }
+
+    fn umount(&self) {
+        let st = Command::new("umount")
+            .arg(&self.mount)
+            .status()
+            .expect("umount");
+        assert!(st.success(), "umount {}", self.mount.display());
+    }
+}
+
+impl Drop for Ext4Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+/// `agentid events -f --agent A`, its JSON lines read on a thread; killed on drop.
+struct Follower {
+    child: std::process::Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Follower {
+    fn start(dir: &Path, agent: &str) -> Self {
+        let mut child = Command::new(agentid_bin())
+            .arg("--socket")
+            .arg(dir.join("agentid.sock"))
+            .args(["--json", "events", "--agent", agent, "-f"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("follower");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next exec event whose first argument is `marker`.
+    fn await_exec(&self, marker: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_mins(1);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let v = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("follower: no {marker} exec: {e}"));
+            if v["kind"] == "exec" && v["argv"][1] == marker {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The operator's recovery from a failed state filesystem: unmount, fsck, mount, start
+/// the daemon again. The history from before the failure is there, new events are stored,
+/// nothing is degraded, and the audit trail verifies (records lost while read-only were
+/// never chained; a torn tail, if any, is cut at start).
+fn recover_by_restart(fs: &Ext4Loop, dir: &Path, cg: &TestCgroup) {
+    fs.umount();
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-y", &fs.device])
+        .output()
+        .expect("e2fsck");
+    // 0: clean, 1: errors corrected.
+    assert!(
+        matches!(fsck.status.code(), Some(0 | 1)),
+        "e2fsck: {}\n{}",
+        fsck.status,
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    fs.mount();
+    let Some(d) = Daemon::start(dir) else { return };
+    assert!(exec_count(&d, "before") > 0, "history lost");
+    d.cli_until(&["status"], |_| {
+        assert!(
+            cg.command("/bin/echo")
+                .arg("after")
+                .stdout(Stdio::null())
+                .status()
+                .expect("echo")
+                .success()
+        );
+        exec_count(&d, "after") > 0
+    });
+    let status = d.cli(&["status"]);
+    assert!(status["store"]["degraded"].is_null(), "{status:#}");
+    assert!(status["audit"]["degraded"].is_null(), "{status:#}");
+    assert!(d.stop().success());
+    let verify = Command::new(agentid_bin())
+        .args(["audit", "verify", "--dir"])
+        .arg(dir.join("state/audit"))
+        .output()
+        .expect("verify");
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// The daemon's log once it contains `needle` (its stderr is read on a thread: a line the
+/// daemon wrote may not be in `log_text` yet).
+fn await_log(d: &Daemon, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = d.log_text();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU time (user + system, in clock ticks) of a process so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the parenthesised comm: state is the 1st, utime the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// The state dir's filesystem fails under the running daemon (ext4 turns itself
+/// read-only, as on a disk error). The daemon stays up and keeps tracing and serving: a
+/// live follower still gets events, `status` shows the store and the audit log degraded
+/// with the filesystem's reason and what was lost, the log says so once per output, it
+/// does not spin, and it stops cleanly. Recovery is the operator's: this ext4 cannot
+/// be remounted read-write while the daemon holds its files (ro remount: EBUSY; the
+/// `emergency_ro` state survives an rw remount), so unmount, fsck, mount, restart — then
+/// the history from before the failure is there and new events are stored.
+#[test]
+fn state_dir_turning_read_only_at_runtime_degrades_once_and_recovers_after_restart() {
+    let dir = Daemon::dir("runtime-ro");
+    let a = TestCgroup::new("rt-ro");
+    std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
+    let state = dir.join("state");
+    let fs = Ext4Loop::new(&dir.join("state.img"), &state);
+    let Some(mut d) = Daemon::start(&dir) else {
+        return;
+    };
+    let echo = |word: &str| {
+        assert!(
+            a.command("/bin/echo")
+                .arg(word)
+                .stdout(Stdio::null())
+                .status()
+                .expect("echo")
+                .success()
+        );
+    };
+    echo("before");
+    d.cli_until(&["status"], |_| exec_count(&d, "before") > 0);
+
+    // A follower of live events: what cannot be stored must still reach it. Its history
+    // part shows it is connected.
+    let follower = Follower::start(&dir, ALPHA);
+    follower.await_exec("before");
+
+    // What was stored before the failure is on disk, as it would be after any commit
+    // interval; then the filesystem fails.
+    assert!(
+        Command::new("sync")
+            .arg("-f")
+            .arg(&state)
+            .status()
+            .expect("sync")
+            .success()
+    );
+    fs.trigger_error();
+    let status = d.cli_until(&["status"], |v| {
+        echo("while-ro");
+        v["store"]["degraded"].is_string() && v["audit"]["degraded"].is_string()
+    });
+    for part in ["store", "audit"] {
+        let reason = status[part]["degraded"].as_str().expect("degraded");
+        assert!(
+            reason.contains("Read-only file system"),
+            "{part} does not name the cause: {reason}"
+        );
+        assert!(status[part]["lost"].as_u64() > Some(0), "{status:#}");
+    }
+    let live = follower.await_exec("while-ro");
+    assert_eq!(live["agent"]["id"], ALPHA, "{live:#}");
+    assert!(d.child_alive(), "the daemon died: {}", d.log_text());
+    // History stays queryable from the read-only store.
+    assert!(exec_count(&d, "before") > 0);
+    assert_eq!(exec_count(&d, "while-ro"), 0, "stored on a read-only fs?");
+
+    // Quiet for a moment: a daemon retrying in a loop would burn a core here.
+    let pid = d.child.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(pid) - before;
+    assert!(spent < 100, "{spent} ticks of CPU in 2 s while degraded");
+
+    // One error per output, however many records failed.
+    await_log(&d, "store writes failing");
+    let log = await_log(&d, "audit log writes failing");
+    assert_eq!(log.matches("store writes failing").count(), 1, "{log}");
+    assert_eq!(log.matches("audit log writes failing").count(), 1, "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    drop(follower);
+    let shared_log = std::sync::Arc::clone(&d.log);
+    assert!(d.stop().success(), "stop while degraded failed");
+    let log = shared_log.lock().map(|l| l.clone()).unwrap_or_default();
+    assert!(log.contains("stopped"), "{log}");
+    // Nothing was written after the failure: no recovery may be claimed (the last,
+    // empty commit at shutdown once did).
+    assert!(!log.contains("writes resumed"), "{log}");
+
+    recover_by_restart(&fs, &dir, &a);
+    drop(fs);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,7 @@
 //! Security properties of the real daemon: the API group, private state files, symlinks a
 //! workload controls, secrets in arguments, and the systemd sandbox's restrictions
-//! (emulated: this VM's PID 1 is not systemd).
+//! (emulated, on the host kernel: the real unit under a real systemd is `systemd.rs`, run
+//! in the systemd guest of `cargo xtask test`).
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
 use std::{
     fmt::Write as _,

@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod detect;
 pub mod event;
+pub mod health;
 pub mod identity;
 pub mod outputs;
 pub mod pipeline;

@@ -5,8 +5,11 @@
 //! - `test`         setup, lint, build every binary, run every test (kernel tests need root),
 //!   then the kernel tests again in a QEMU guest on each of `AGENTID_TEST_KERNELS`
 //!   (default `linux-image-amd64`, Debian 12's 6.1 kernel; `none` skips)
+//!   and `tests/systemd.rs` in a guest whose PID 1 is systemd (the first of those kernels)
 //! - `test --kernel K` the kernel integration tests inside QEMU on kernel K (a vmlinuz, a
 //!   `.deb`, or a Debian package name such as `linux-image-amd64`); see `vm.rs`
+//! - `test --systemd [--kernel K]` only the systemd guest: the shipped unit under a real
+//!   systemd PID 1
 //! - `fuzz`         run every fuzz target N seconds (stable, coverage-free driver)
 //! - `bench`        overhead vs auditd/bpftrace, completeness, throughput, resources, latency
 //! - `run -- ARGS`  setup, build release, run `agentid ARGS`
@@ -47,7 +50,12 @@ enum Task {
         /// (`linux-image-amd64`, `linux-image-6.1.0-…-cloud-amd64`) fetched with apt-get.
         #[arg(long, value_name = "PATH_OR_PACKAGE")]
         kernel: Option<String>,
-        /// Guest time limit, in minutes (`--kernel` only).
+        /// Instead of the host suite: boot the guest (`--kernel`, default
+        /// `linux-image-amd64`) with systemd as PID 1 and run `tests/systemd.rs` there: the
+        /// shipped `scripts/agentid.service`, installed by `scripts/install.sh`, must trace.
+        #[arg(long)]
+        systemd: bool,
+        /// Guest time limit, in minutes (the guests only).
         #[arg(long, default_value_t = 20)]
         guest_timeout_mins: u64,
         /// Extra arguments for `cargo test` (after `--`); with `--kernel`, for the kernel
@@ -174,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Test {
             no_lint,
             kernel,
+            systemd,
             guest_timeout_mins,
             args,
         } => {
@@ -185,16 +194,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut build = cargo();
             build.args(["build", "--workspace", "--bins"]);
             status(build)?;
+            let guest_timeout = Duration::from_mins(guest_timeout_mins);
+            if systemd {
+                let kernel = kernel.as_deref().unwrap_or(DEFAULT_GUEST_KERNEL);
+                return test_in_guest(kernel, guest_timeout, &args, vm::GuestMode::Systemd);
+            }
             if let Some(kernel) = kernel {
-                return test_in_guest(&kernel, Duration::from_mins(guest_timeout_mins), &args);
+                return test_in_guest(&kernel, guest_timeout, &args, vm::GuestMode::Chroot);
             }
             let mut test = cargo();
             test.args(["test", "--workspace", "--"]).args(&args);
             status(test)?;
             // Then the kernel tests again on each other kernel (about 3.5 minutes each under
             // TCG): Debian 12's default kernel unless AGENTID_TEST_KERNELS says otherwise.
-            for kernel in guest_kernels() {
-                test_in_guest(&kernel, Duration::from_mins(guest_timeout_mins), &[])?;
+            let kernels = guest_kernels();
+            for kernel in &kernels {
+                test_in_guest(kernel, guest_timeout, &[], vm::GuestMode::Chroot)?;
+            }
+            // The shipped unit under a real systemd PID 1 (this host's PID 1 need not be
+            // systemd): about a minute and a half more, on the first guest kernel.
+            match kernels.first() {
+                Some(kernel) => test_in_guest(kernel, guest_timeout, &[], vm::GuestMode::Systemd)?,
+                None => eprintln!("SKIPPED the systemd guest: AGENTID_TEST_KERNELS=none"),
             }
             // A fuzz smoke run, so no target rots.
             fuzz(FUZZ_SMOKE_SECONDS, None, &[])?;
@@ -252,51 +273,68 @@ fn guest_kernels() -> Vec<String> {
 /// Bookworm's meta-package: the current Debian 6.1 kernel.
 const DEFAULT_GUEST_KERNEL: &str = "linux-image-amd64";
 
-/// Builds the kernel test binary on the host and returns its path (from cargo's JSON).
-fn kernel_test_binary() -> anyhow::Result<PathBuf> {
+/// Builds one integration test binary on the host and returns its path (from cargo's JSON).
+fn test_binary(name: &str) -> anyhow::Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args([
         "test",
         "-p",
         "agentid-tests",
         "--test",
-        "kernel",
+        name,
         "--no-run",
         "--message-format=json",
     ]);
     let out = cmd.output().context("cargo test --no-run")?;
     if !out.status.success() {
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        bail!("building the kernel tests failed");
+        bail!("building the {name} tests failed");
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|m| {
             m["reason"] == "compiler-artifact"
-                && m["target"]["name"] == "kernel"
+                && m["target"]["name"] == name
                 && m["profile"]["test"] == true
         })
         .and_then(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("no kernel test executable in cargo's output")
+        .with_context(|| format!("no {name} test executable in cargo's output"))
 }
 
-/// The kernel tests on `kernel`, in a QEMU guest; the guest's test result is ours.
-fn test_in_guest(kernel: &str, timeout: Duration, args: &[String]) -> anyhow::Result<()> {
+/// The kernel tests (or, under systemd, `tests/systemd.rs`) on `kernel`, in a QEMU guest;
+/// the guest's test result is ours.
+fn test_in_guest(
+    kernel: &str,
+    timeout: Duration,
+    args: &[String],
+    mode: vm::GuestMode,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let binary = kernel_test_binary()?;
+    let (suite, extra_env): (&str, &[(&str, &str)]) = match mode {
+        vm::GuestMode::Chroot => ("kernel", &[]),
+        // Tells tests/systemd.rs that this machine is disposable and systemd-booted.
+        vm::GuestMode::Systemd => ("systemd", &[("AGENTID_SYSTEMD_TEST", "1")]),
+    };
+    let binary = test_binary(suite)?;
     let cache = target_dir().join("kernel-vm");
     let image = vm::resolve_kernel(kernel, &cache)?;
-    let work = cache
-        .join("run")
-        .join(kernel.rsplit('/').next().unwrap_or(kernel).replace(
+    let work = cache.join("run").join(format!(
+        "{}-{suite}",
+        kernel.rsplit('/').next().unwrap_or(kernel).replace(
             |c: char| !c.is_ascii_alphanumeric() && !"-_.".contains(c),
             "_",
-        ));
+        )
+    ));
     // The guest starts from an empty environment; these are passed through.
     let env = ["RUST_LOG", "RUST_TEST_THREADS"]
         .into_iter()
         .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
+        .chain(
+            extra_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
         .collect();
     let code = vm::run_guest(&vm::GuestRun {
         kernel: &image,
@@ -305,16 +343,17 @@ fn test_in_guest(kernel: &str, timeout: Duration, args: &[String]) -> anyhow::Re
         env,
         work_dir: &work,
         timeout,
+        mode,
     })?;
     let took = started.elapsed().as_secs();
     eprintln!(
-        "xtask: kernel tests on {} (guest): exit code {code}, {}m{:02}s",
+        "xtask: {suite} tests on {} (guest): exit code {code}, {}m{:02}s",
         image.vmlinuz.display(),
         took / 60,
         took % 60
     );
     if code != 0 {
-        bail!("kernel tests failed in the guest (exit code {code})");
+        bail!("{suite} tests failed in the guest (exit code {code})");
     }
     Ok(())
 }

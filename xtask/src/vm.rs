@@ -6,6 +6,12 @@
 //! for /tmp and /run), brings up loopback and runs the host-built kernel test binary as root
 //! in a chroot of that share. The guest prints `AGENTID-GUEST-EXIT=<code>` and powers off;
 //! that code is ours. Software emulation (TCG): KVM is not assumed.
+//!
+//! [`GuestMode::Systemd`] boots a real systemd as PID 1 instead: the host share becomes the
+//! read-only lower layer of an overlay whose upper layer is a tmpfs (so systemd, the test
+//! and `scripts/install.sh` can write anywhere without touching the host), and the
+//! initramfs `switch_root`s into it with a generated unit as systemd's only goal. That unit
+//! runs the test binary and powers the guest off; the exit code comes back the same way.
 use std::{
     collections::HashMap,
     fmt::Write as _,
@@ -19,8 +25,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Modules the guest needs to mount the host share (with their dependencies).
-const GUEST_MODULES: [&str; 3] = ["virtio_pci", "9pnet_virtio", "9p"];
+/// Modules the guest needs to mount the host share (with their dependencies), and
+/// `overlay` for the systemd guest's writable root.
+const GUEST_MODULES: [&str; 4] = ["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+/// The unit the systemd guest boots into (written into the overlay by the initramfs).
+const CHECK_UNIT: &str = "agentid-guest-check.service";
 const MARKER: &str = "AGENTID-GUEST-EXIT=";
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -42,6 +51,16 @@ pub struct GuestRun<'a> {
     pub env: Vec<(String, String)>,
     pub work_dir: &'a Path,
     pub timeout: Duration,
+    pub mode: GuestMode,
+}
+
+/// How the test binary runs in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestMode {
+    /// From the initramfs shell, in a chroot of the read-only host share.
+    Chroot,
+    /// As a unit of a real systemd PID 1, on an overlay (tmpfs over the host share).
+    Systemd,
 }
 
 /// Resolves a vmlinuz path, an extracted package root, a `.deb`, or a Debian package
@@ -296,6 +315,13 @@ fn module_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// `mount` arguments for the host share. msize: 9p's 8 KiB default makes reading the
+/// (large, debug) test binary crawl.
+const NINEP: &str = "-t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot";
+/// After a root mount: a guest that cannot mount its root reports and stops.
+const FAIL: &str =
+    "|| { echo 'guest: mounting the root failed'; echo AGENTID-GUEST-EXIT=125; poweroff -f; }";
+
 /// Single-quoted for `sh`.
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -313,13 +339,33 @@ fn init_script(run: &GuestRun<'_>, modules: &[String]) -> String {
     for m in modules {
         let _ = writeln!(s, "insmod /modules/{m} || echo 'guest: insmod {m} failed'");
     }
-    // msize: 9p's 8 KiB default makes reading the (large, debug) test binary crawl.
+    s.push_str("R=/newroot\n");
+    if run.mode == GuestMode::Systemd {
+        // systemd mounts /proc, /sys, /dev, /run, cgroup2, bpffs and tracefs itself, as on
+        // any host; the initramfs only provides the root and the goal unit. And keeps /tmp:
+        // Debian's tmp.conf (`D /tmp`) would empty it at boot, a checkout or target dir
+        // under /tmp with it (in the overlay only, but the test binary is there), and
+        // whiting out every file over 9p takes minutes.
+        let _ = write!(
+            s,
+            "mkdir -p /lower /rw\n\
+             mount {NINEP} /lower {FAIL}\n\
+             mount -t tmpfs -o mode=0755 tmpfs /rw\n\
+             mkdir -p /rw/upper /rw/work\n\
+             mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work $R {FAIL}\n\
+             cp /{CHECK_UNIT} $R/etc/systemd/system/{CHECK_UNIT}\n\
+             mkdir -p $R/etc/tmpfiles.d\n\
+             printf 'd /tmp 1777 root root -\\nd /var/tmp 1777 root root -\\n' > $R/etc/tmpfiles.d/tmp.conf\n\
+             echo \"guest: kernel $(uname -r), booting systemd\"\n\
+             exec switch_root $R /lib/systemd/systemd --unit={CHECK_UNIT}\n"
+        );
+        return s;
+    }
     // The writable scratch space is a tmpfs on /var/tmp (TMPDIR), not on /tmp: a checkout
     // under /tmp (CI clones often are) must stay visible, test binary and workload alike.
-    s.push_str(
-        "R=/newroot\n\
-         mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot $R \
-           || { echo 'guest: mounting the host share failed'; echo AGENTID-GUEST-EXIT=125; poweroff -f; }\n\
+    let _ = write!(
+        s,
+        "mount {NINEP} $R {FAIL}\n\
          mount -t proc proc $R/proc\n\
          mount -t sysfs sysfs $R/sys\n\
          mount -t devtmpfs dev $R/dev\n\
@@ -332,10 +378,26 @@ fn init_script(run: &GuestRun<'_>, modules: &[String]) -> String {
          mount -t tmpfs tmpfs $R/var/tmp\n\
          mount -t tmpfs tmpfs $R/run\n\
          ip link set lo up\n\
-         echo \"guest: kernel $(uname -r), running the tests\"\n",
+         echo \"guest: kernel $(uname -r), running the tests\"\n"
     );
+    let _ = writeln!(
+        s,
+        "chroot $R /usr/bin/env -i {} 2>&1\nrc=$?",
+        test_command(run)
+    );
+    s.push_str(
+        "echo AGENTID-GUEST-EXIT=$rc\n\
+         sync\n\
+         poweroff -f\n\
+         echo o > /proc/sysrq-trigger\n",
+    );
+    s
+}
+
+/// The test binary with its environment and arguments, as `env` takes them.
+fn test_command(run: &GuestRun<'_>) -> String {
     let mut cmd = String::from(
-        "chroot $R /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
          HOME=/root TMPDIR=/var/tmp AGENTID_REQUIRE_BPF=1 RUST_BACKTRACE=1",
     );
     for (k, v) in &run.env {
@@ -345,14 +407,49 @@ fn init_script(run: &GuestRun<'_>, modules: &[String]) -> String {
     for a in run.test_args {
         let _ = write!(cmd, " {}", sh_quote(a));
     }
-    let _ = writeln!(s, "{cmd} 2>&1\nrc=$?");
-    s.push_str(
-        "echo AGENTID-GUEST-EXIT=$rc\n\
-         sync\n\
-         poweroff -f\n\
-         echo o > /proc/sysrq-trigger\n",
+    cmd
+}
+
+/// systemd's goal in the systemd guest: after `basic.target` (so the rest of the boot is
+/// a host's ordinary one), run the test binary on the console, print its exit code and
+/// power off whatever happens (`FailureAction` covers a unit that cannot even start).
+fn check_unit(run: &GuestRun<'_>) -> String {
+    let script = format!(
+        "/usr/bin/env -i {} 2>&1; echo AGENTID-GUEST-EXIT=$?",
+        test_command(run)
     );
-    s
+    format!(
+        "[Unit]\n\
+         Description=agentid guest check\n\
+         After=basic.target\n\
+         SuccessAction=poweroff-force\n\
+         FailureAction=poweroff-force\n\
+         [Service]\n\
+         Type=oneshot\n\
+         StandardInput=null\n\
+         StandardOutput=tty\n\
+         StandardError=tty\n\
+         TTYPath=/dev/ttyS0\n\
+         ExecStart=/bin/sh -c {}\n",
+        systemd_quote(&script)
+    )
+}
+
+/// One `ExecStart=` argument: double-quoted, with `\`, `"`, `%` and `$` escaped for
+/// systemd (so the shell, not systemd, expands `$?`).
+fn systemd_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '%' => out.push_str("%%"),
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Minimal `newc` cpio writer: the initramfs format.
@@ -414,6 +511,9 @@ fn build_initramfs(run: &GuestRun<'_>) -> anyhow::Result<PathBuf> {
         }
     }
     cpio.file("init", 0o755, init_script(run, &names).as_bytes());
+    if run.mode == GuestMode::Systemd {
+        cpio.file(CHECK_UNIT, 0o644, check_unit(run).as_bytes());
+    }
     let path = run.work_dir.join("initramfs.cpio");
     fs::write(&path, cpio.finish()).with_context(|| format!("{}", path.display()))?;
     Ok(path)
@@ -481,8 +581,13 @@ pub fn run_guest(run: &GuestRun<'_>) -> anyhow::Result<i32> {
             Ok(line) => {
                 writeln!(log, "{line}")?;
                 println!("guest| {line}");
-                if let Some(c) = line.strip_prefix(MARKER) {
-                    code = c.trim().parse::<i32>().ok();
+                // Under systemd, its status lines share the console: the marker may not
+                // start the line.
+                if let Some((_, c)) = line.split_once(MARKER) {
+                    code = c
+                        .split(|ch: char| !ch.is_ascii_digit() && ch != '-')
+                        .next()
+                        .and_then(|c| c.parse::<i32>().ok());
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,

@@ -139,6 +139,8 @@ async fn status(State(s): Shr) -> Result<Json<Value>, ApiError> {
             "written": s.writer_stats.written.load(Relaxed),
             "dropped": s.writer_stats.dropped.load(Relaxed),
             "errors": s.writer_stats.errors.load(Relaxed),
+            "lost": s.writer_stats.health.lost.load(Relaxed),
+            "degraded": s.writer_stats.health.degraded(),
         },
         "alerts_file": config.alerts_file,
         "audit": s.audit.lock().ok().and_then(|a| a.as_ref().map(|a| json!({
@@ -146,6 +148,8 @@ async fn status(State(s): Shr) -> Result<Json<Value>, ApiError> {
             "appended": a.stats.appended.load(Relaxed),
             "dropped": a.stats.dropped.load(Relaxed),
             "errors": a.stats.errors.load(Relaxed),
+            "lost": a.stats.health.lost.load(Relaxed),
+            "degraded": a.stats.health.degraded(),
         }))),
         "sinks": s.sinks.lock().ok().and_then(|g| g.as_ref().map(crate::outputs::SinkManager::stats)).unwrap_or_default(),
     })))

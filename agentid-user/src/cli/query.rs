@@ -449,6 +449,31 @@ fn print_status(v: &Value) -> anyhow::Result<()> {
         s(&st["dropped"]),
         s(&st["errors"])
     )?;
+    if let Some(d) = st["degraded"].as_str() {
+        writeln!(
+            o,
+            "            ! DEGRADED, {} records lost: {d}",
+            s(&st["lost"])
+        )?;
+    }
+    let au = &v["audit"];
+    if au.is_object() {
+        writeln!(
+            o,
+            "audit:      {} ({} appended, {} dropped, {} errors)",
+            s(&au["dir"]),
+            s(&au["appended"]),
+            s(&au["dropped"]),
+            s(&au["errors"])
+        )?;
+        if let Some(d) = au["degraded"].as_str() {
+            writeln!(
+                o,
+                "            ! DEGRADED, {} records lost: {d}",
+                s(&au["lost"])
+            )?;
+        }
+    }
     for sink in v["sinks"].as_array().into_iter().flatten() {
         writeln!(o, "sink:       {sink}")?;
     }

@@ -17,6 +17,7 @@ use crate::{
     attribution::AttributedEvent,
     audit::{AuditLog, AuditOptions, load_or_create_key},
     detect::Alert,
+    health::WriteHealth,
     queue,
 };
 
@@ -25,12 +26,14 @@ enum Record {
     Alert(Box<Alert>),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AuditStats {
     pub appended: AtomicU64,
     /// Records refused because the writer fell behind (queue full) — visible in status.
     pub dropped: AtomicU64,
+    /// Failed appends (each a lost record) and checkpoints.
     pub errors: AtomicU64,
+    pub health: WriteHealth,
 }
 
 #[derive(Debug)]
@@ -58,7 +61,12 @@ impl AuditWriter {
         let mut log = AuditLog::open(dir, key, opts)
             .with_context(|| format!("audit log {}", dir.display()))?;
         let (tx, rx) = queue::bounded::<Record>(QUEUE);
-        let stats = Arc::new(AuditStats::default());
+        let stats = Arc::new(AuditStats {
+            appended: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            health: WriteHealth::new("audit log", dir),
+        });
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("agentid-audit".into())
@@ -66,10 +74,11 @@ impl AuditWriter {
                 let count = |r: Result<u64, crate::audit::AuditError>| match r {
                     Ok(_) => {
                         thread_stats.appended.fetch_add(1, Ordering::Relaxed);
+                        thread_stats.health.succeeded();
                     }
                     Err(e) => {
                         thread_stats.errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, "audit append failed");
+                        thread_stats.health.failed(&e, 1);
                     }
                 };
                 loop {
@@ -79,8 +88,11 @@ impl AuditWriter {
                         Err(queue::RecvTimeoutError::Timeout) => {}
                         Err(queue::RecvTimeoutError::Disconnected) => break,
                     }
+                    // While appends fail, so do checkpoints, for the same reason: reported
+                    // once, by `health`.
                     if let Err(e) = log.maybe_checkpoint(Instant::now()) {
-                        tracing::error!(error = %e, "audit checkpoint failed");
+                        thread_stats.errors.fetch_add(1, Ordering::Relaxed);
+                        thread_stats.health.failed(&e, 0);
                     }
                 }
                 if let Err(e) = log.close() {

@@ -95,7 +95,8 @@ impl Store {
     /// Starts the batching writer thread on its own connection.
     pub fn writer(&self, retention: Retention) -> Result<Writer, StoreError> {
         let conn = open(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        Ok(Writer::start(conn, retention))
+        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
+        Ok(Writer::start(conn, retention, dir))
     }
 
     /// Database size in bytes (pages in use).

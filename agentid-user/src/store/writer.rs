@@ -1,5 +1,6 @@
 //! The batching writer thread.
 use std::{
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -12,7 +13,7 @@ use std::{
 use rusqlite::{Connection, params};
 
 use super::{Retention, StoreError};
-use crate::queue;
+use crate::{health::WriteHealth, queue};
 
 /// One write. Bodies are JSON already serialised by the caller.
 #[derive(Debug)]
@@ -50,13 +51,15 @@ pub enum StoreOp {
 }
 
 /// Counters shown by `agentid status`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriterStats {
     pub written: AtomicU64,
     pub batches: AtomicU64,
     /// Records refused because the writer fell too far behind (queue full).
     pub dropped: AtomicU64,
+    /// Failed batches; `health.lost` counts their records.
     pub errors: AtomicU64,
+    pub health: WriteHealth,
 }
 
 /// Handle to the writer thread. Dropping every clone stops the thread after a last commit.
@@ -73,9 +76,16 @@ const BATCH_WAIT: Duration = Duration::from_millis(50);
 const RETENTION_EVERY: Duration = Duration::from_mins(1);
 
 impl Writer {
-    pub(super) fn start(conn: Connection, retention: Retention) -> Self {
+    /// `dir` holds the database: probed for the cause when writes fail.
+    pub(super) fn start(conn: Connection, retention: Retention, dir: &Path) -> Self {
         let (tx, rx) = queue::bounded(QUEUE);
-        let stats = Arc::new(WriterStats::default());
+        let stats = Arc::new(WriterStats {
+            written: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            health: WriteHealth::new("store", dir),
+        });
         let thread_stats = Arc::clone(&stats);
         thread::Builder::new()
             .name("agentid-store".into())
@@ -121,21 +131,42 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut waiters = Vec::new();
+        // Flushes are answered after the commit, whether it worked or not: nobody may wait
+        // forever on a store that cannot write.
+        let (flushes, ops): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .partition(|op| matches!(op, StoreOp::Flush(_)));
+        batch = ops;
+        let mut waiters: Vec<mpsc::Sender<()>> = flushes
+            .into_iter()
+            .filter_map(|op| match op {
+                StoreOp::Flush(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        let records = batch.len() as u64;
         match commit(&mut conn, &mut batch, &mut waiters) {
             Ok(n) => {
                 stats.written.fetch_add(n, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
+                // A batch of flushes only commits an empty transaction, which works on a
+                // read-only filesystem too: no proof that writes work again.
+                if n > 0 {
+                    stats.health.succeeded();
+                }
             }
             Err(e) => {
+                // The whole batch is one transaction: all of it is lost.
+                batch.clear();
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "store write failed; batch lost");
+                stats.health.failed(&e, records);
             }
         }
         for w in waiters {
             let _ = w.send(());
         }
-        if last_retention.elapsed() >= RETENTION_EVERY {
+        // While writes fail, so would retention's deletes: the failure is reported already.
+        if last_retention.elapsed() >= RETENTION_EVERY && stats.health.degraded().is_none() {
             last_retention = Instant::now();
             if let Err(e) = enforce_retention(&conn, retention) {
                 tracing::warn!(error = %e, "store retention failed");
