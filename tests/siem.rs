@@ -177,13 +177,17 @@ async fn hook(State(s): S, h: HeaderMap, body: String) -> StatusCode {
 }
 
 async fn serve(srv: Arc<Srv>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(l, srv)
+}
+
+fn serve_on(l: tokio::net::TcpListener, srv: Arc<Srv>) -> SocketAddr {
     let app = Router::new()
         .route("/services/collector/event", post(hec))
         .route("/services/collector/ack", post(hec_ack))
         .route("/_bulk", post(bulk))
         .route("/hook", post(hook))
         .with_state(srv);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
     addr
@@ -391,6 +395,108 @@ async fn killed_mid_delivery_redelivers_and_full_spool_reports_drops() {
     m.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A TCP syslog receiver that accepts and then stops reading (a stalled peer): once the
+/// kernel buffers are full the write times out (`timeout_secs`), the sink drops the
+/// connection, reconnects and delivers the rest. What the stalled connection holds is read
+/// at the end (its last frame may be cut); together, every alert uid arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_tcp_peer_that_stops_reading_is_dropped_and_retried() {
+    use tokio::io::AsyncReadExt as _;
+    type Bytes = Arc<Mutex<Vec<u8>>>;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    // Per connection, what was read from it; the first one is never read.
+    let conns: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+    let stalled: Arc<Mutex<Option<tokio::net::TcpStream>>> = Arc::default();
+    tokio::spawn({
+        let conns = Arc::clone(&conns);
+        let stalled = Arc::clone(&stalled);
+        async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
+                let first = {
+                    let mut c = conns.lock().unwrap();
+                    c.push(Arc::clone(&buf));
+                    c.len() == 1
+                };
+                if first {
+                    *stalled.lock().unwrap() = Some(s);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let mut chunk = vec![0u8; 1 << 16];
+                    while let Ok(n @ 1..) = s.read(&mut chunk).await {
+                        buf.lock().unwrap().extend_from_slice(&chunk[..n]);
+                    }
+                });
+            }
+        }
+    });
+    let dir = tmp("syslog-stall");
+    let (m, _drops) = start(
+        vec![fast(
+            json!({"type": "syslog", "transport": "tcp", "name": "t",
+            "address": addr.to_string(), "timeout_secs": 1, "batch_max": 4}),
+        )],
+        &dir,
+    );
+    // 64 alerts of 256 KiB: far more than a socket's send and receive buffers hold.
+    let n: u64 = 64;
+    let all: Vec<Alert> = (0..n)
+        .map(|i| {
+            let mut a = Alert::sample();
+            a.uid = format!("u-{i}");
+            a.description = "x".repeat(256 << 10);
+            a
+        })
+        .collect();
+    for a in &all {
+        m.submit_alert(a);
+    }
+    wait_for(&m, "delivery after the stalled connection", |s| {
+        s[0].delivered == n
+    })
+    .await;
+    let st = m.stats()[0].clone();
+    assert!(st.retried > 0, "{st:?}");
+    let conns = conns.lock().unwrap().clone();
+    assert!(conns.len() >= 2, "reconnected");
+    // The stalled peer reads at last: what the kernel buffered, up to the sink's close.
+    let mut s = stalled.lock().unwrap().take().unwrap();
+    let mut held = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut held))
+        .await
+        .unwrap()
+        .unwrap();
+    *conns[0].lock().unwrap() = held;
+    // Octet-counted frames; only the stalled connection may end in a cut frame.
+    let mut uids = std::collections::BTreeSet::new();
+    for (i, c) in conns.iter().enumerate() {
+        let data = c.lock().unwrap().clone();
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let cut = |what: &str| assert_eq!(i, 0, "{what} on a connection that was read");
+            let Some(sp) = rest.iter().position(|&b| b == b' ') else {
+                cut("a cut length");
+                break;
+            };
+            let len: usize = std::str::from_utf8(&rest[..sp]).unwrap().parse().unwrap();
+            if rest.len() < sp + 1 + len {
+                cut("a cut frame");
+                break;
+            }
+            let msg = std::str::from_utf8(&rest[sp + 1..sp + 1 + len]).unwrap();
+            let (_, params, _) = parse_rfc5424(msg);
+            uids.insert(params.iter().find(|(k, _)| k == "uid").unwrap().1.clone());
+            rest = &rest[sp + 1 + len..];
+        }
+    }
+    let want: std::collections::BTreeSet<String> = (0..n).map(|i| format!("u-{i}")).collect();
+    assert_eq!(uids, want);
+    m.shutdown(Duration::from_secs(1)).await;
+}
+
 // ---------------------------------------------------------------- rsyslog
 
 fn rsyslogd() -> Option<PathBuf> {
@@ -449,6 +555,20 @@ fn free_udp_port() -> u16 {
 /// `%msg%` to `out.log`, or with `raw` `%protocol-version%`, `%msgid%` and the message as
 /// received (`%rawmsg%`).
 fn start_rsyslog(dir: &Path, transport: Transport, raw: bool) -> Option<(Rsyslog, u16)> {
+    let port = if transport == Transport::Udp {
+        free_udp_port()
+    } else {
+        free_port()
+    };
+    start_rsyslog_on(dir, transport, raw, port)
+}
+
+fn start_rsyslog_on(
+    dir: &Path,
+    transport: Transport,
+    raw: bool,
+    port: u16,
+) -> Option<(Rsyslog, u16)> {
     let Some(bin) = rsyslogd() else {
         assert!(
             std::env::var("AGENTID_REQUIRE_BPF").as_deref() != Ok("1"),
@@ -456,11 +576,6 @@ fn start_rsyslog(dir: &Path, transport: Transport, raw: bool) -> Option<(Rsyslog
         );
         eprintln!("skipping: rsyslogd not installed");
         return None;
-    };
-    let port = if transport == Transport::Udp {
-        free_udp_port()
-    } else {
-        free_port()
     };
     let d = dir.display();
     let (global_tls, module) = if transport == Transport::Tls {

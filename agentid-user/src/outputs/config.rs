@@ -49,6 +49,7 @@ pub enum SinkConfig {
     /// client_cert = "/etc/agentid/client.pem"   # optional, mutual TLS
     /// client_key = "/etc/agentid/client.key"
     /// server_name = "siem.example.org"          # default: the host part of address
+    /// timeout_secs = 30          # connect / write limit, then reconnect and retry
     /// ```
     Syslog(SyslogConfig),
     /// Splunk HTTP Event Collector, OCSF events in HEC envelopes.
@@ -327,6 +328,10 @@ pub struct SyslogConfig {
     pub client_key: Option<PathBuf>,
     #[serde(default)]
     pub server_name: Option<String>,
+    /// Limit of a connect (TLS handshake included) and of a batch write, in seconds: a
+    /// receiver that stops reading is dropped and retried, never waited for forever.
+    #[serde(default = "default_http_timeout")]
+    pub timeout_secs: u64,
     #[serde(default)]
     pub ocsf_ai_agent: bool,
     #[serde(flatten)]
