@@ -1313,3 +1313,262 @@ fn a_slow_receiver_holds_up_neither_other_sinks_nor_the_pipeline() {
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------- benchmark (by hand)
+
+/// Submits `all` to the one sink of `m` and waits until the receiver accepted them all:
+/// the elapsed time from the first submission (encode, spool with fsync, send).
+async fn time_delivery(m: &SinkManager, all: &[Alert]) -> Duration {
+    let t0 = Instant::now();
+    for a in all {
+        m.submit_alert(a);
+    }
+    let n = all.len() as u64;
+    loop {
+        let s = &m.stats()[0];
+        assert_eq!((s.dropped, s.dead_lettered), (0, 0), "{s:?}");
+        if s.delivered >= n {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < Duration::from_mins(10), "{s:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn lines_of(rs: &Rsyslog) -> usize {
+    std::fs::read_to_string(&rs.out).map_or(0, |t| t.lines().count())
+}
+
+/// `n` typical alerts (`Alert::sample`, two agents with evidence), uids `b-0`...
+fn bench_alerts(n: usize) -> Vec<Alert> {
+    (0..n)
+        .map(|i| {
+            let mut a = Alert::sample();
+            a.uid = format!("b-{i}");
+            a
+        })
+        .collect()
+}
+
+/// Lines rsyslog wrote, once `n` are there or none came for 5 s.
+async fn rsyslog_lines(rs: &Rsyslog, n: usize) -> usize {
+    let (mut last, mut since) = (lines_of(rs), Instant::now());
+    loop {
+        let got = lines_of(rs);
+        if got >= n || since.elapsed() > Duration::from_secs(5) {
+            return got;
+        }
+        if got != last {
+            (last, since) = (got, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Receiver down for `outage` with `alerts` spooled, then up: the time from "listening
+/// again" to the first acceptance (the backoff still running) and to an empty spool.
+/// Default retry settings (500 ms doubling to 30 s, ±25 % jitter).
+async fn time_recovery(
+    sink: Value,
+    spool: &Path,
+    alerts: &[Alert],
+    outage: Duration,
+    up: impl FnOnce() -> Box<dyn std::any::Any>,
+) -> (Duration, Duration) {
+    let (m, _drops) = start(vec![sink], spool);
+    for a in alerts {
+        m.submit_alert(a);
+    }
+    let n = alerts.len() as u64;
+    wait_for(&m, "spooled while down", |s| {
+        s[0].spooled == n && s[0].retried > 0
+    })
+    .await;
+    // The outage itself: part of the scenario, not a synchronisation.
+    tokio::time::sleep(outage).await;
+    let receiver = up();
+    let t_up = Instant::now();
+    let mut first = None;
+    loop {
+        let s = &m.stats()[0];
+        if first.is_none() && s.delivered > 0 {
+            first = Some(t_up.elapsed());
+        }
+        if s.delivered >= n && s.pending_bytes == 0 {
+            break;
+        }
+        assert!(t_up.elapsed() < Duration::from_mins(5), "{s:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let empty = t_up.elapsed();
+    m.shutdown(Duration::from_secs(1)).await;
+    drop(receiver);
+    (first.unwrap_or(empty), empty)
+}
+
+/// Delivery throughput per sink type against local receivers (rsyslog for syslog, the
+/// HTTP receivers above for HEC, `_bulk` and webhook), and the recovery time after an
+/// outage. Figures only, no thresholds. Run by hand, in release:
+///
+/// `CARGO_TARGET_DIR=… cargo test --release -p agentid-tests --test siem -- --ignored --nocapture sink_bench`
+///
+/// `AGENTID_SINK_BENCH_N` alerts per sink (default 4000, at most 4000: the queue in front
+/// of a spool holds 4096), `AGENTID_SINK_BENCH_REPS` runs per sink (default 5, the median
+/// is reported), `AGENTID_SINK_BENCH_OUTAGE_S` the outage (default 10).
+#[ignore = "benchmark, run by hand: see the doc comment"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_bench_throughput_and_recovery() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = usize::try_from(env("AGENTID_SINK_BENCH_N", 4000).min(4000)).unwrap();
+    let outage = Duration::from_secs(env("AGENTID_SINK_BENCH_OUTAGE_S", 10));
+    let reps = usize::try_from(env("AGENTID_SINK_BENCH_REPS", 5).max(1)).unwrap();
+    let all = bench_alerts(n);
+    let dir = tmp("bench");
+    let srv = Arc::new(Srv::default());
+    let addr = serve(Arc::clone(&srv)).await;
+    let sub = |name: &str| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let (udp_dir, tcp_dir, tls_dir) = (sub("rs-udp"), sub("rs-tcp"), sub("rs-tls"));
+    make_certs(&tls_dir);
+    let (udp, udp_port) = start_rsyslog(&udp_dir, Transport::Udp, false).unwrap();
+    let (tcp, tcp_port) = start_rsyslog(&tcp_dir, Transport::Tcp, false).unwrap();
+    let (tls, tls_port) = start_rsyslog(&tls_dir, Transport::Tls, false).unwrap();
+    let syslog = |t: &str, port: u16| {
+        let mut s = json!({"type": "syslog", "transport": t,
+            "address": format!("127.0.0.1:{port}"), "format": "ocsf"});
+        if t == "tls" {
+            s["ca_file"] = json!(tls_dir.join("ca.pem"));
+            s["server_name"] = json!("localhost");
+        }
+        s
+    };
+    let cases: Vec<(&str, Value, Option<&Rsyslog>)> = vec![
+        (
+            "file",
+            json!({"type": "file", "path": dir.join("out.jsonl")}),
+            None,
+        ),
+        ("syslog udp", syslog("udp", udp_port), Some(&udp)),
+        ("syslog tcp", syslog("tcp", tcp_port), Some(&tcp)),
+        ("syslog tls", syslog("tls", tls_port), Some(&tls)),
+        (
+            "splunk_hec",
+            json!({"type": "splunk_hec", "url": format!("http://{addr}"), "token": "tok-123"}),
+            None,
+        ),
+        (
+            "splunk_hec ack",
+            json!({"type": "splunk_hec", "url": format!("http://{addr}"), "token": "tok-123", "ack": true}),
+            None,
+        ),
+        (
+            "elasticsearch",
+            json!({"type": "elasticsearch", "url": format!("http://{addr}/")}),
+            None,
+        ),
+        (
+            "webhook",
+            json!({"type": "webhook", "url": format!("http://{addr}/hook")}),
+            None,
+        ),
+    ];
+    let mut report = vec![format!(
+        "| sink (batch_max 100) | {n} alerts delivered in (median of {reps}) | alerts/s median (min–max) | receiver got, per run |"
+    )];
+    report.push("|---|---|---|---|".into());
+    for (i, (label, cfg, rs)) in cases.into_iter().enumerate() {
+        let mut runs = Vec::new();
+        let mut received = Vec::new();
+        for r in 0..reps {
+            let before = rs.map_or(0, lines_of);
+            let (m, _drops) = start(vec![cfg.clone()], &dir.join(format!("spool-{i}-{r}")));
+            runs.push(time_delivery(&m, &all).await);
+            m.shutdown(Duration::from_secs(1)).await;
+            received.push(match rs {
+                Some(rs) => (rsyslog_lines(rs, before + n).await - before).to_string(),
+                None => "all".into(),
+            });
+        }
+        runs.sort();
+        #[expect(clippy::cast_precision_loss, reason = "a rate")]
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        let median = runs[runs.len() / 2];
+        report.push(format!(
+            "| {label} | {:.2} s | {:.0} ({:.0}–{:.0}) | {} |",
+            median.as_secs_f64(),
+            rate(median),
+            rate(runs[runs.len() - 1]),
+            rate(runs[0]),
+            received.join(", ")
+        ));
+        eprintln!("{}", report.last().unwrap());
+    }
+    drop((udp, tcp, tls));
+
+    report.extend(bench_recovery(&dir, &all, outage).await);
+    println!("\n{}\n", report.join("\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The recovery rows of the benchmark: webhook and syslog TCP (rsyslog), each down for
+/// `outage` with `all` spooled.
+async fn bench_recovery(dir: &Path, all: &[Alert], outage: Duration) -> Vec<String> {
+    let n = all.len();
+    let mut report = vec![String::new()];
+    report.push(format!(
+        "| recovery: {n} alerts spooled, receiver down {} s | up → first accepted | up → spool empty |",
+        outage.as_secs()
+    ));
+    report.push("|---|---|---|".into());
+    // Webhook: the port reserved, closed, then served.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_addr = l.local_addr().unwrap();
+    drop(l);
+    let srv2 = Arc::new(Srv::default());
+    let (first, empty) = time_recovery(
+        json!({"type": "webhook", "url": format!("http://{hook_addr}/hook")}),
+        &dir.join("spool-rec-hook"),
+        all,
+        outage,
+        || {
+            let l = std::net::TcpListener::bind(hook_addr).unwrap();
+            l.set_nonblocking(true).unwrap();
+            serve_on(tokio::net::TcpListener::from_std(l).unwrap(), srv2);
+            Box::new(())
+        },
+    )
+    .await;
+    report.push(format!(
+        "| webhook | {:.2} s | {:.2} s |",
+        first.as_secs_f64(),
+        empty.as_secs_f64()
+    ));
+    eprintln!("{}", report.last().unwrap());
+    // Syslog TCP: rsyslog started on the port after the outage.
+    let port = free_port();
+    let rec_dir = dir.join("rs-rec");
+    std::fs::create_dir_all(&rec_dir).unwrap();
+    let (first, empty) = time_recovery(
+        json!({"type": "syslog", "transport": "tcp",
+            "address": format!("127.0.0.1:{port}"), "format": "ocsf"}),
+        &dir.join("spool-rec-syslog"),
+        all,
+        outage,
+        || Box::new(start_rsyslog_on(&rec_dir, Transport::Tcp, false, port).unwrap()),
+    )
+    .await;
+    report.push(format!(
+        "| syslog tcp (rsyslog) | {:.2} s | {:.2} s |",
+        first.as_secs_f64(),
+        empty.as_secs_f64()
+    ));
+    report
+}
