@@ -1093,13 +1093,20 @@ fn sink_status(d: &Daemon, name: &str) -> Value {
 }
 
 /// Polls `f` until it returns a value; fails after `timeout` (a failure guard).
-fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+fn poll<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    try_poll(timeout, f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Polls `f` until it returns a value, or `None` after `timeout`.
+fn try_poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -1180,14 +1187,12 @@ fn daemon_sigkilled_mid_delivery_delivers_every_alert_after_restart() {
     }
 
     let d = Daemon::start(&dir).unwrap();
-    let got = poll(
-        "redelivery after the restart",
-        Duration::from_mins(1),
-        || {
-            let got = hook.g.accepted_uids();
-            raised.is_subset(&got).then_some(got)
-        },
-    );
+    // On a timeout the assertion below names the missing uids.
+    let got = try_poll(Duration::from_mins(1), || {
+        let got = hook.g.accepted_uids();
+        raised.is_subset(&got).then_some(got)
+    })
+    .unwrap_or_else(|| hook.g.accepted_uids());
     let missing: Vec<&String> = raised.difference(&got).collect();
     assert_eq!(
         missing,
@@ -1305,10 +1310,11 @@ fn a_slow_receiver_holds_up_neither_other_sinks_nor_the_pipeline() {
         raised.len()
     );
     // Nothing lost on the slow sink either.
-    let got = poll("the slow sink catches up", Duration::from_mins(2), || {
+    let got = try_poll(Duration::from_mins(2), || {
         let got = hook.g.accepted_uids();
         raised.is_subset(&got).then_some(got)
-    });
+    })
+    .unwrap_or_else(|| hook.g.accepted_uids());
     let missing: Vec<&String> = raised.difference(&got).collect();
     assert_eq!(missing, Vec::<&String>::new());
     assert!(d.stop().success());
