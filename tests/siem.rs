@@ -390,8 +390,12 @@ async fn killed_mid_delivery_redelivers_and_full_spool_reports_drops() {
         .map(|v| v["finding_info"]["uid"].as_str().unwrap().to_owned())
         .collect();
     uids.sort_by_key(|u| u[2..].parse::<u32>().unwrap());
+    // At-least-once: a request the dropped manager had already handed to its HTTP
+    // connection task may still arrive after the receiver recovered, and the restarted
+    // manager sends it again; a repeat of a spooled uid is allowed, nothing else.
+    uids.dedup();
     let want: Vec<String> = (0..st.spooled).map(|i| format!("u-{i}")).collect();
-    assert_eq!(uids, want, "the same alerts, by uid, in order");
+    assert_eq!(uids, want, "the same alerts, by uid");
     m.shutdown(Duration::from_secs(1)).await;
 }
 
