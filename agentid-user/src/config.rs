@@ -125,6 +125,12 @@ impl Config {
             path: path.to_owned(),
             message: locate(text, &e),
         })?;
+        crate::outputs::config::check_unknown_keys(text, &config.sinks).map_err(|message| {
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            }
+        })?;
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
@@ -238,6 +244,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_size_mb"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_in_a_sink_table_are_errors() {
+        // `fromat` on line 4: a misspelt key must not be ignored behind `serde(flatten)`.
+        let e = parse(
+            "state_dir = \"/x\"\n[[sinks]]\ntype = \"file\"\nfromat = \"ecs\"\npath = \"/tmp/a.jsonl\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/etc/agentid/agentid.toml: line 4: sinks[0]: unknown key `fromat`"),
+            "{e}"
+        );
+        // A common key misspelt in the second sink.
+        let e = parse(
+            "[[sinks]]\ntype = \"stdout\"\n\n[[sinks]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/\"\nmin_severty = \"high\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/etc/agentid/agentid.toml: line 7: sinks[1]: unknown key `min_severty` for a webhook sink"),
+            "{e}"
+        );
+        // Inline-table form.
+        let e = parse("sinks = [{ type = \"stdout\", incude_activity = true }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1: sinks[0]: unknown key `incude_activity`"),
+            "{e}"
+        );
+        // A key valid for one type is unknown for another; secrets never appear in the message.
+        let e = parse(
+            "[[sinks]]\ntype = \"splunk_hec\"\nurl = \"http://127.0.0.1:1\"\ntoken = \"s3cr3t-token\"\nhmac_secret = \"s3cr3t-hmac\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 5: sinks[0]: unknown key `hmac_secret`"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr3t"), "{e}");
+        // Every key, common and specific, of every type is still accepted.
+        let c = parse(
+            "[[sinks]]\nname = \"a\"\ntype = \"syslog\"\ntransport = \"tls\"\naddress = \"h:1\"\nformat = \"cef\"\nfacility = 1\napp_name = \"x\"\nhostname = \"h\"\nca_file = \"/c\"\nclient_cert = \"/c\"\nclient_key = \"/k\"\nserver_name = \"h\"\nocsf_ai_agent = true\nmin_severity = \"low\"\nrules = []\ninclude_activity = true\nspool_max_bytes = 1\nbatch_max = 1\nretry_initial_ms = 1\nretry_max_ms = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.sinks.len(), 1);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `[[sinks]]` configuration.
 use std::{path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::spool::DEFAULT_MAX_BYTES;
 use crate::detect::Severity;
@@ -9,7 +9,7 @@ use crate::detect::Severity;
 /// One output. Every variant also takes the [`SinkCommon`] keys (`name`, `min_severity`,
 /// `rules`, `include_activity`, `spool_max_bytes`, `batch_max`, `retry_initial_ms`,
 /// `retry_max_ms`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SinkConfig {
     /// JSON lines in a local file, rotated by size: when the next record would take `path`
@@ -49,6 +49,7 @@ pub enum SinkConfig {
     /// client_cert = "/etc/agentid/client.pem"   # optional, mutual TLS
     /// client_key = "/etc/agentid/client.key"
     /// server_name = "siem.example.org"          # default: the host part of address
+    /// timeout_secs = 30          # connect / write limit, then reconnect and retry
     /// ```
     Syslog(SyslogConfig),
     /// Splunk HTTP Event Collector, OCSF events in HEC envelopes.
@@ -114,8 +115,54 @@ impl SinkConfig {
     }
 }
 
+/// Refuses keys of a `[[sinks]]` table that no field reads: `serde(flatten)` (how the
+/// common keys are shared) defeats `deny_unknown_fields`, so without this check a misspelt
+/// key (`fromat = "cef"`) would be ignored silently. `sinks` is what `text` parsed into; a
+/// sink's known keys are read off its serialised form (every field, `None` included), so
+/// they cannot drift from the structs. The error is `line N: …` naming the key.
+pub fn check_unknown_keys(text: &str, sinks: &[SinkConfig]) -> Result<(), String> {
+    let Ok(root) = toml::de::DeTable::parse(text) else {
+        // Already parsed once by the caller; nothing more to say.
+        return Ok(());
+    };
+    let Some(tables) = root
+        .get_ref()
+        .get("sinks")
+        .and_then(|v| v.get_ref().as_array())
+    else {
+        return Ok(());
+    };
+    for (i, (table, sink)) in tables.iter().zip(sinks).enumerate() {
+        let Some(table) = table.get_ref().as_table() else {
+            continue;
+        };
+        let known = match serde_json::to_value(sink) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => return Err(format!("sinks[{i}]: not a table")),
+            Err(e) => return Err(format!("sinks[{i}]: {e}")),
+        };
+        for key in table.keys() {
+            if !known.contains_key(key.get_ref().as_ref()) {
+                let line = text[..key.span().start.min(text.len())]
+                    .matches('\n')
+                    .count()
+                    + 1;
+                let mut names: Vec<&str> = known.keys().map(String::as_str).collect();
+                names.sort_unstable();
+                return Err(format!(
+                    "line {line}: sinks[{i}]: unknown key `{}` for a {} sink (known: {})",
+                    key.get_ref(),
+                    sink.kind(),
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Keys every sink takes.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct SinkCommon {
     /// Names the sink in stats, logs and its spool directory; default `<type>-<index>`.
     #[serde(default)]
@@ -199,7 +246,7 @@ fn severity<'de, D: Deserializer<'de>>(d: D) -> Result<Severity, D::Error> {
 }
 
 /// JSON document flavour of the file, stdout and webhook sinks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum JsonFormat {
     /// OCSF 1.8 (Detection Finding, Process/Network Activity).
@@ -211,7 +258,7 @@ pub enum JsonFormat {
     Native,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct FileConfig {
     pub path: PathBuf,
     #[serde(default)]
@@ -232,7 +279,7 @@ fn default_keep() -> u32 {
     5
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct StdoutConfig {
     #[serde(default)]
     pub format: JsonFormat,
@@ -242,7 +289,7 @@ pub struct StdoutConfig {
     pub common: SinkCommon,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyslogTransport {
     Udp,
@@ -250,7 +297,7 @@ pub enum SyslogTransport {
     Tls,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SyslogFormat {
     #[default]
@@ -258,7 +305,7 @@ pub enum SyslogFormat {
     Cef,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct SyslogConfig {
     pub transport: SyslogTransport,
     /// `host:port`.
@@ -281,6 +328,10 @@ pub struct SyslogConfig {
     pub client_key: Option<PathBuf>,
     #[serde(default)]
     pub server_name: Option<String>,
+    /// Limit of a connect (TLS handshake included) and of a batch write, in seconds: a
+    /// receiver that stops reading is dropped and retried, never waited for forever.
+    #[serde(default = "default_http_timeout")]
+    pub timeout_secs: u64,
     #[serde(default)]
     pub ocsf_ai_agent: bool,
     #[serde(flatten)]
@@ -293,7 +344,7 @@ fn default_app() -> String {
     "agentid".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct HecConfig {
     /// Base URL (`https://host:8088`); `/services/collector/event` is appended.
     pub url: String,
@@ -331,7 +382,7 @@ fn default_http_timeout() -> u64 {
     30
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct EsConfig {
     /// Base URL; `/_bulk` is appended.
     pub url: String,
@@ -352,7 +403,7 @@ fn default_index() -> String {
     "logs-agentid-default".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct WebhookConfig {
     pub url: String,
     #[serde(default)]

@@ -219,8 +219,9 @@ impl Encoder {
                     msgid,
                 };
                 let mut params = params;
-                params.push(("uid", uid.as_str()));
-                params.dedup_by(|a, b| a.0 == b.0);
+                if !params.iter().any(|(k, _)| *k == "uid") {
+                    params.push(("uid", uid.as_str()));
+                }
                 syslog::message(&h, &params, &body)
             }
         };

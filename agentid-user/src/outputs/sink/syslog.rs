@@ -3,12 +3,16 @@
 //! TCP and TLS have no application-level acknowledgement (RFC 5425 defines none): a batch
 //! counts as delivered once written and flushed to the kernel. To avoid writing into a
 //! connection the receiver already closed (the write would succeed and the data vanish),
-//! each batch first checks the socket for EOF and reconnects.
+//! each batch first checks the socket for EOF and reconnects. Connecting (with the TLS
+//! handshake) and writing a batch each have a time limit (`timeout_secs`): a receiver that
+//! stops reading, or a connection left half-open by a crashed peer, is dropped and retried
+//! instead of stalling the sink for good.
 use std::{
     net::SocketAddr,
     path::Path,
     sync::Arc,
     task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use rustls::{ClientConfig, RootCertStore, pki_types::ServerName};
@@ -64,6 +68,8 @@ pub struct SyslogSink {
     address: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     conn: Option<Conn>,
+    /// Limit of one connect (with the TLS handshake) and of one batch write.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for SyslogSink {
@@ -72,6 +78,7 @@ impl std::fmt::Debug for SyslogSink {
             .field("transport", &self.transport)
             .field("address", &self.address)
             .field("tls", &self.tls.as_ref().map(|(_, name)| name))
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -133,6 +140,7 @@ impl SyslogSink {
             address: c.address.clone(),
             tls,
             conn: None,
+            timeout: Duration::from_secs(c.timeout_secs.max(1)),
         })
     }
 
@@ -187,23 +195,36 @@ impl Deliver for SyslogSink {
         if self.conn.as_ref().is_some_and(Conn::peer_closed) {
             self.conn = None;
         }
+        let timed_out = |what: &str| {
+            DeliveryError::Transient(format!(
+                "{}: {what} timed out after {} s",
+                self.address,
+                self.timeout.as_secs()
+            ))
+        };
         let mut conn = match self.conn.take() {
             Some(c) => c,
-            None => self.connect().await?,
+            None => tokio::time::timeout(self.timeout, self.connect())
+                .await
+                .map_err(|_| timed_out("connect"))??,
         };
         let delivered = || vec![ItemOutcome::Delivered; batch.len()];
-        let result = match &mut conn {
-            Conn::Udp(s) => send_datagrams(s, batch).await,
-            Conn::Tcp(s) => write_frames(s, batch).await.map(|()| delivered()),
-            Conn::Tls(s) => write_frames(s.as_mut(), batch).await.map(|()| delivered()),
+        let write = async {
+            match &mut conn {
+                Conn::Udp(s) => send_datagrams(s, batch).await,
+                Conn::Tcp(s) => write_frames(s, batch).await.map(|()| delivered()),
+                Conn::Tls(s) => write_frames(s.as_mut(), batch).await.map(|()| delivered()),
+            }
         };
-        match result {
-            Ok(outcomes) => {
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(outcomes)) => {
                 self.conn = Some(conn);
                 Ok(outcomes)
             }
-            // The connection is dropped: the next attempt reconnects.
-            Err(e) => Err(DeliveryError::Transient(format!("{}: {e}", self.address))),
+            // The connection is dropped (a partly written frame with it): the next attempt
+            // reconnects and sends the whole batch again.
+            Ok(Err(e)) => Err(DeliveryError::Transient(format!("{}: {e}", self.address))),
+            Err(_) => Err(timed_out("write")),
         }
     }
 }
