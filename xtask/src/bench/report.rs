@@ -151,14 +151,15 @@ pub fn markdown(r: &Value) -> String {
         "\n**Daemon resources** — {} s at a target of {} events/s\n",
         d["seconds"], d["target_events_per_s"]
     );
-    s.push_str("| live processes in table | events/s achieved | daemon CPU | peak RSS (VmHWM) | ring-buffer drops | store drops |\n");
-    s.push_str("|---|---|---|---|---|---|\n");
+    s.push_str("| live processes in table | events/s achieved | daemon CPU | RSS under load (max sampled) | VmHWM (incl. start-up BTF parse) | ring-buffer drops | store drops |\n");
+    s.push_str("|---|---|---|---|---|---|---|\n");
     let _ = writeln!(
         s,
-        "| {} | {} | {}% of one core | {} MiB | {} | {} |",
+        "| {} | {} | {}% of one core | {} MiB | {} MiB | {} | {} |",
         d["live_processes_in_table"],
         num(&d["events_per_s"], 0),
         num(&d["daemon_cpu_percent"], 1),
+        num(&d["max_rss_under_load_mib"], 1),
         num(&d["peak_rss_mib"], 1),
         d["kernel_drops"],
         d["store_drops"]

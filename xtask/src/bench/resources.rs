@@ -81,6 +81,22 @@ fn measure(
         .stdout(Stdio::null())
         .spawn()
         .context("spawning the rate workload")?;
+    // Resident memory under load, sampled: VmHWM also holds the load-time spike of parsing
+    // the kernel's BTF (freed and trimmed before the daemon reports ready).
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = std::sync::Arc::clone(&sampling);
+        std::thread::spawn(move || {
+            let mut max_kib = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(kib) = sys::proc_status_kib(pid, "VmRSS") {
+                    max_kib = max_kib.max(kib);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            max_kib
+        })
+    };
     let (status, _) = sys::wait_with_cpu(&child)?;
     if !sys::exited_ok(status) {
         bail!("rate workload failed (wait status {status:#x})");
@@ -89,6 +105,8 @@ fn measure(
     std::thread::sleep(Duration::from_millis(1100));
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu_s = sys::proc_cpu_s(pid)? - cpu0;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let load_rss_kib = sampler.join().unwrap_or(0);
     let hwm_kib = sys::proc_status_kib(pid, "VmHWM")?;
     let rss_kib = sys::proc_status_kib(pid, "VmRSS")?;
     let after = d.cli(&["status"])?;
@@ -110,6 +128,7 @@ fn measure(
         "rss_start_mib": f(rss_start_kib) / 1024.0,
         "rss_end_mib": f(rss_kib) / 1024.0,
         "peak_rss_mib": f(hwm_kib) / 1024.0,
+        "max_rss_under_load_mib": f(load_rss_kib) / 1024.0,
         "kernel_drops": kernel_drops,
         "store_drops": after["store"]["dropped"].as_u64().unwrap_or(0),
     }))
