@@ -98,6 +98,39 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             }
         }
         "exit" => Ok(arg(1)?.parse()?),
+        // N processes that exit at once, as fast as fork allows (up to 64 unreaped at a
+        // time); prints the rate achieved, processes per second.
+        "forks" => {
+            let n: u32 = arg(1)?.parse()?;
+            let start = Instant::now();
+            let mut unreaped = 0u32;
+            for _ in 0..n {
+                // SAFETY: the child only calls _exit.
+                match unsafe { libc::fork() } {
+                    -1 => return Err(std::io::Error::last_os_error().into()),
+                    // SAFETY: async-signal-safe exit in the child.
+                    0 => unsafe { libc::_exit(0) },
+                    _ => unreaped += 1,
+                }
+                while unreaped >= 64 {
+                    let mut status = 0;
+                    // SAFETY: reaping our own children.
+                    if unsafe { libc::waitpid(-1, &raw mut status, 0) } > 0 {
+                        unreaped -= 1;
+                    }
+                }
+            }
+            while unreaped > 0 {
+                let mut status = 0;
+                // SAFETY: reaping our own children.
+                if unsafe { libc::waitpid(-1, &raw mut status, 0) } <= 0 {
+                    break;
+                }
+                unreaped -= 1;
+            }
+            println!("{:.0}", f64::from(n) / start.elapsed().as_secs_f64());
+            Ok(0)
+        }
         "move-connect" => {
             let addr: SocketAddr = arg(2)?.parse()?;
             drop(TcpStream::connect(addr)?);
