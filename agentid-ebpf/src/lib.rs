@@ -188,6 +188,16 @@ pub struct Config {
     /// 0 when the kernel has no `task_struct::loginuid` (built without audit).
     pub task_loginuid_off: u32,
     pub reserved: u32,
+    /// `task_struct::mm`, and where the new image's argument and environment strings lie
+    /// in its memory (`mm_struct::{arg,env}_{start,end}`): read once each at exec.
+    pub task_mm_off: u32,
+    pub mm_arg_start_off: u32,
+    pub mm_arg_end_off: u32,
+    pub mm_env_start_off: u32,
+    pub mm_env_end_off: u32,
+    pub binprm_argc_off: u32,
+    pub binprm_envc_off: u32,
+    pub reserved2: u32,
 }
 
 impl Config {
@@ -202,6 +212,14 @@ impl Config {
         task_start_boottime_off: 0,
         task_loginuid_off: 0,
         reserved: 0,
+        task_mm_off: 0,
+        mm_arg_start_off: 0,
+        mm_arg_end_off: 0,
+        mm_env_start_off: 0,
+        mm_env_end_off: 0,
+        binprm_argc_off: 0,
+        binprm_envc_off: 0,
+        reserved2: 0,
     };
 }
 
@@ -215,7 +233,7 @@ const _: () = {
     assert!(size_of::<ForkRecord>() == size_of::<Header>() + 16);
     assert!(size_of::<ExitRecord>() == size_of::<Header>() + 16);
     assert!(size_of::<SockRecord>() == size_of::<Header>() + 8 + 16);
-    assert!(size_of::<Config>() == 10 * 4);
+    assert!(size_of::<Config>() == 18 * 4);
     assert!(size_of::<OpenRecord>() == size_of::<Header>() + 16 + PATH_LEN);
     assert!(size_of::<Header>().is_multiple_of(8) && size_of::<ExecRecord>().is_multiple_of(8));
     assert!(size_of::<SockRecord>().is_multiple_of(8) && size_of::<ForkRecord>().is_multiple_of(8));

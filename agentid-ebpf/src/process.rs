@@ -1,206 +1,54 @@
-//! Process lifecycle: exec (with argv), fork (processes only) and exit (whole process).
+//! Process lifecycle: exec (with argv and environment), fork (processes only) and exit
+//! (whole process).
 //!
-//! argv is only readable before the old image is torn down, so it is captured at
-//! `sys_enter_execve(at)` into a per-thread pending slot and attached to the record when
-//! `sched_process_exec` reports the exec succeeded. A failed exec clears its slot at
-//! `sys_exit_execve(at)`.
+//! At `sched_process_exec` the new image is in place and the kernel has already copied
+//! the argument and environment strings onto its stack, back to back and NUL-terminated:
+//! `mm->arg_start..arg_end` and `mm->env_start..env_end`. One read of each replaces what
+//! used to be a stash at `sys_enter_execve` built one string at a time (80 helper calls,
+//! 7.6 µs per exec) plus a map hand-off to this point; a failed exec never gets here.
 use agentid_ebpf::{
-    ARGV_LEN, ENV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, MAX_ARGS, MAX_ENV,
-    exec_flags, kind,
+    ARGV_LEN, ENV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, exec_flags, kind,
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-        bpf_probe_read_user,
-        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
+        bpf_get_current_task, bpf_probe_read_kernel,
+        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
     },
-    macros::{map, raw_tracepoint, tracepoint},
-    maps::{LruHashMap, PerCpuArray},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 
 use crate::common::{EVENTS, config, count_drop, current_ids, fill_header, wake_flags};
 
-/// argv captured at exec entry. The buffer is twice `ARGV_LEN` so that a read of up to
-/// `ARGV_LEN` bytes at any offset below `ARGV_LEN` stays in bounds, which is what lets the
-/// verifier accept a variable write offset.
-#[repr(C)]
-pub struct PendingArgv {
-    argc: u32,
-    len: u32,
-    flags: u32,
-    envc: u32,
-    env_len: u32,
-    reserved: u32,
-    buf: [u8; 2 * ARGV_LEN],
-    env: [u8; 2 * ENV_LEN],
-}
-
-/// In-flight execs by thread id. LRU so that an exec whose exit we never see (probes
-/// attached mid-exec) cannot fill the map.
-#[map(name = "PENDING_ARGV")]
-static PENDING_ARGV: LruHashMap<u32, PendingArgv> = LruHashMap::with_max_entries(1024, 0);
-
-/// Per-CPU scratch to build a `PendingArgv` (too large for the 512-byte BPF stack).
-#[map(name = "ARGV_SCRATCH")]
-static ARGV_SCRATCH: PerCpuArray<PendingArgv> = PerCpuArray::with_max_entries(1, 0);
-
-// Syscall tracepoint records are fixed by the syscall tracing ABI: 8 bytes of common
-// fields, the syscall number padded to 8, then each argument as 8 bytes.
-const SYSCALL_ARG0: usize = 16;
-const SYSCALL_ARG_SIZE: usize = 8;
-const SYSCALL_RET: usize = 16;
-
-#[tracepoint(category = "syscalls", name = "sys_enter_execve")]
-pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    // execve(filename, argv, envp)
-    stash_argv(
-        &ctx,
-        SYSCALL_ARG0 + SYSCALL_ARG_SIZE,
-        SYSCALL_ARG0 + 2 * SYSCALL_ARG_SIZE,
-    );
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
-pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
-    // execveat(dirfd, filename, argv, envp, flags)
-    stash_argv(
-        &ctx,
-        SYSCALL_ARG0 + 2 * SYSCALL_ARG_SIZE,
-        SYSCALL_ARG0 + 3 * SYSCALL_ARG_SIZE,
-    );
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_execve")]
-pub fn sys_exit_execve(ctx: TracePointContext) -> u32 {
-    clear_failed_exec(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_execveat")]
-pub fn sys_exit_execveat(ctx: TracePointContext) -> u32 {
-    clear_failed_exec(&ctx);
-    0
-}
-
+/// Copies the user memory `start..end` into `dst` (capacity `N`, a power of two): the
+/// whole range when it fits, else its first `N` bytes. Returns the bytes copied and
+/// whether the range was cut, or `None` when the memory could not be read.
+///
+/// # Safety
+/// `dst` must be valid for `N` bytes of writes.
 #[inline(always)]
-fn clear_failed_exec(ctx: &TracePointContext) {
-    // SAFETY: fixed offset inside the syscall tracepoint record.
-    let ret: i64 = unsafe { ctx.read_at(SYSCALL_RET) }.unwrap_or(0);
-    if ret < 0 {
-        let (_, tid) = current_ids();
-        let _ = PENDING_ARGV.remove(&tid);
+unsafe fn copy_user_range<const N: usize>(
+    dst: *mut u8,
+    start: u64,
+    end: u64,
+) -> Option<(u32, bool)> {
+    if start == 0 || end < start {
+        return None;
     }
-}
-
-#[inline(always)]
-fn stash_argv(ctx: &TracePointContext, argv_field: usize, envp_field: usize) {
-    let (tgid, tid) = current_ids();
-    if tgid == config().self_tgid {
-        return;
-    }
-    // SAFETY: fixed offset inside the syscall tracepoint record.
-    let Ok(argv) = (unsafe { ctx.read_at::<u64>(argv_field) }) else {
-        return;
+    let len = end - start;
+    // Two constant-bounded cases keep the size provably within `dst` for the verifier.
+    let (n, cut) = if len >= N as u64 {
+        (N as u32, len > N as u64)
+    } else {
+        ((len as u32) & (N as u32 - 1), false)
     };
-    let Some(scratch) = ARGV_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
-    let scratch = unsafe { &mut *scratch };
-    scratch.argc = 0;
-    scratch.flags = 0;
-    let mut off: usize = 0;
-    let mut i = 0;
-    while i < MAX_ARGS {
-        let slot = (argv as usize + i * 8) as *const u64;
-        // SAFETY: user pointer read through the checked helper.
-        let Ok(arg) = (unsafe { bpf_probe_read_user(slot) }) else {
-            scratch.flags |= exec_flags::ARGV_MISSING;
-            break;
-        };
-        if arg == 0 {
-            break;
-        }
-        scratch.argc += 1;
-        if off >= ARGV_LEN {
-            scratch.flags |= exec_flags::ARGV_TRUNCATED;
-            break;
-        }
-        let dst = scratch.buf.as_mut_ptr().wrapping_add(off & (ARGV_LEN - 1));
-        // SAFETY: dst + ARGV_LEN stays inside the 2*ARGV_LEN buffer (offset masked below it).
-        let n = unsafe { bpf_probe_read_user_str(dst.cast(), ARGV_LEN as u32, arg as *const _) };
-        if n <= 0 {
-            scratch.flags |= exec_flags::ARGV_MISSING;
-            break;
-        }
-        off += n as usize;
-        i += 1;
+    if n == 0 {
+        return Some((0, false));
     }
-    if i == MAX_ARGS {
-        let slot = (argv as usize + MAX_ARGS * 8) as *const u64;
-        // SAFETY: as above.
-        if let Ok(next) = unsafe { bpf_probe_read_user(slot) }
-            && next != 0
-        {
-            scratch.flags |= exec_flags::ARGV_TRUNCATED;
-            scratch.argc += 1;
-        }
-    }
-    if off > ARGV_LEN {
-        scratch.flags |= exec_flags::ARGV_TRUNCATED;
-        off = ARGV_LEN;
-    }
-    scratch.len = off as u32;
-    // SAFETY: fixed offset inside the syscall tracepoint record.
-    let envp = unsafe { ctx.read_at::<u64>(envp_field) }.unwrap_or(0);
-    stash_env(scratch, envp);
-    let _ = PENDING_ARGV.insert(&tid, scratch, 0);
-}
-
-/// Copies up to `MAX_ENV` environment strings, the same bounded way as argv.
-#[inline(always)]
-fn stash_env(scratch: &mut PendingArgv, envp: u64) {
-    scratch.envc = 0;
-    scratch.env_len = 0;
-    if envp == 0 {
-        return;
-    }
-    let mut off: usize = 0;
-    let mut i = 0;
-    while i < MAX_ENV {
-        let slot = (envp as usize + i * 8) as *const u64;
-        // SAFETY: user pointer read through the checked helper.
-        let Ok(var) = (unsafe { bpf_probe_read_user(slot) }) else {
-            break;
-        };
-        if var == 0 {
-            break;
-        }
-        scratch.envc += 1;
-        if off >= ENV_LEN {
-            scratch.flags |= exec_flags::ENV_TRUNCATED;
-            break;
-        }
-        let dst = scratch.env.as_mut_ptr().wrapping_add(off & (ENV_LEN - 1));
-        // SAFETY: dst + ENV_LEN stays inside the 2*ENV_LEN buffer.
-        let n = unsafe { bpf_probe_read_user_str(dst.cast(), ENV_LEN as u32, var as *const _) };
-        if n <= 0 {
-            break;
-        }
-        off += n as usize;
-        i += 1;
-    }
-    if i == MAX_ENV {
-        scratch.flags |= exec_flags::ENV_TRUNCATED;
-    }
-    if off > ENV_LEN {
-        scratch.flags |= exec_flags::ENV_TRUNCATED;
-        off = ENV_LEN;
-    }
-    scratch.env_len = off as u32;
+    // SAFETY: `dst` holds N bytes and n <= N; the source is user memory read through the
+    // checked helper.
+    let rc = unsafe { bpf_probe_read_user(dst.cast(), n, start as *const _) };
+    (rc == 0).then_some((n, cut))
 }
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
@@ -211,12 +59,9 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     if tgid == cfg.self_tgid {
         return 0;
     }
-    let old_pid: u64 = ctx.arg(1);
-    let old_pid = old_pid as u32;
     let bprm: u64 = ctx.arg(2);
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
         count_drop(kind::EXEC);
-        let _ = PENDING_ARGV.remove(&old_pid);
         return 0;
     };
     let rec = entry.as_mut_ptr();
@@ -248,24 +93,48 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         }
         (*rec).filename_len = n;
 
-        match PENDING_ARGV.get(&old_pid) {
-            Some(pending) => {
-                (*rec).argc = pending.argc;
-                (*rec).argv_len = pending.len;
-                flags |= pending.flags;
-                let _ = bpf_probe_read_kernel_buf(pending.buf.as_ptr(), &mut (*rec).argv);
-                (*rec).envc = pending.envc;
-                (*rec).env_len = pending.env_len;
-                let _ = bpf_probe_read_kernel_buf(pending.env.as_ptr(), &mut (*rec).env);
-                let _ = PENDING_ARGV.remove(&old_pid);
+        // The new image's strings: argv and environment, one copy each.
+        (*rec).argc = read_u32(bprm as usize, cfg.binprm_argc_off);
+        (*rec).envc = read_u32(bprm as usize, cfg.binprm_envc_off);
+        let mm = read_u64(task, cfg.task_mm_off) as usize;
+        let argv = if mm == 0 {
+            None
+        } else {
+            copy_user_range::<ARGV_LEN>(
+                (*rec).argv.as_mut_ptr(),
+                read_u64(mm, cfg.mm_arg_start_off),
+                read_u64(mm, cfg.mm_arg_end_off),
+            )
+        };
+        match argv {
+            Some((n, cut)) => {
+                (*rec).argv_len = n;
+                if cut {
+                    flags |= exec_flags::ARGV_TRUNCATED;
+                }
             }
             None => {
-                (*rec).argc = 0;
                 (*rec).argv_len = 0;
-                (*rec).envc = 0;
-                (*rec).env_len = 0;
                 flags |= exec_flags::ARGV_MISSING;
             }
+        }
+        let env = if mm == 0 {
+            None
+        } else {
+            copy_user_range::<ENV_LEN>(
+                (*rec).env.as_mut_ptr(),
+                read_u64(mm, cfg.mm_env_start_off),
+                read_u64(mm, cfg.mm_env_end_off),
+            )
+        };
+        match env {
+            Some((n, cut)) => {
+                (*rec).env_len = n;
+                if cut {
+                    flags |= exec_flags::ENV_TRUNCATED;
+                }
+            }
+            None => (*rec).env_len = 0,
         }
         (*rec).flags = flags;
     }
@@ -273,6 +142,13 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let flags = wake_flags(unsafe { (*rec).header.ktime_ns });
     entry.submit(flags);
     0
+}
+
+/// A u32 field of a kernel struct, 0 when unreadable.
+#[inline(always)]
+fn read_u32(base: usize, off: u32) -> u32 {
+    // SAFETY: kernel memory read through the checked helper.
+    unsafe { bpf_probe_read_kernel((base + off as usize) as *const u32) }.unwrap_or(0)
 }
 
 /// A u64 field of a kernel struct, 0 when unreadable.

@@ -58,6 +58,14 @@ pub fn probe_config(self_tgid: u32) -> Result<Config, SensorError> {
         // Absent without CONFIG_AUDIT: then no login uid is reported.
         task_loginuid_off: offset("task_struct", "loginuid").unwrap_or(0),
         reserved: 0,
+        task_mm_off: offset("task_struct", "mm")?,
+        mm_arg_start_off: offset("mm_struct", "arg_start")?,
+        mm_arg_end_off: offset("mm_struct", "arg_end")?,
+        mm_env_start_off: offset("mm_struct", "env_start")?,
+        mm_env_end_off: offset("mm_struct", "env_end")?,
+        binprm_argc_off: offset("linux_binprm", "argc")?,
+        binprm_envc_off: offset("linux_binprm", "envc")?,
+        reserved2: 0,
     })
 }
 
