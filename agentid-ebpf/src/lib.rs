@@ -13,13 +13,11 @@ pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 256;
 /// Bytes of NUL-separated arguments kept per exec.
 pub const ARGV_LEN: usize = 1024;
-/// Arguments read per exec; more are flagged truncated.
+/// Arguments kept per exec (userspace cuts there); more are flagged truncated.
 pub const MAX_ARGS: usize = 16;
 /// Bytes of NUL-separated `NAME=value` environment entries kept per exec. The environment
 /// is where agents carry their credentials; userspace fingerprints it and drops it.
 pub const ENV_LEN: usize = 4096;
-/// Environment entries read per exec; more are flagged truncated.
-pub const MAX_ENV: usize = 64;
 
 /// Name of the ring buffer map carrying every record.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -60,10 +58,9 @@ pub mod exec_flags {
     pub const ARGV_TRUNCATED: u32 = 1;
     /// The path did not fit in [`super::FILENAME_LEN`].
     pub const FILENAME_TRUNCATED: u32 = 2;
-    /// No argv was captured at `execve` entry (exec started before the probes attached,
-    /// or the argv memory could not be read).
+    /// The new image's argument memory could not be read (no argv in the record).
     pub const ARGV_MISSING: u32 = 4;
-    /// More than [`super::MAX_ENV`] entries or [`super::ENV_LEN`] bytes of environment.
+    /// More than [`super::ENV_LEN`] bytes of environment (the rest is not seen).
     pub const ENV_TRUNCATED: u32 = 8;
 }
 
