@@ -690,23 +690,7 @@ async fn rsyslog_roundtrip(tls: bool) {
     }
     let (m, _drops) = start(sinks, &dir.join("spool"));
     let n = 25;
-    for a in &alerts(n) {
-        m.submit_alert(a);
-    }
-    wait_for(&m, "syslog delivery", |s| {
-        s.iter().all(|s| s.delivered == n as u64)
-    })
-    .await;
-    m.shutdown(Duration::from_secs(2)).await;
-    let t0 = Instant::now();
-    let lines = loop {
-        let text = std::fs::read_to_string(&rs.out).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() >= 2 * n || t0.elapsed() > Duration::from_secs(10) {
-            break lines;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let lines = deliver_and_read(m, n, &rs.out, "syslog delivery").await;
     assert_eq!(
         lines.len(),
         2 * n,
@@ -911,23 +895,7 @@ async fn rsyslog_udp_ocsf_and_cef() {
         .collect();
     let (m, _drops) = start(sinks, &dir.join("spool"));
     let n = 25;
-    for a in &alerts(n) {
-        m.submit_alert(a);
-    }
-    wait_for(&m, "udp syslog delivery", |s| {
-        s.iter().all(|s| s.delivered == n as u64)
-    })
-    .await;
-    m.shutdown(Duration::from_secs(2)).await;
-    let t0 = Instant::now();
-    let lines = loop {
-        let text = std::fs::read_to_string(&rs.out).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() >= 2 * n || t0.elapsed() > Duration::from_secs(10) {
-            break lines;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let lines = deliver_and_read(m, n, &rs.out, "udp syslog delivery").await;
     assert_eq!(
         lines.len(),
         2 * n,
@@ -1583,4 +1551,23 @@ async fn bench_recovery(dir: &Path, all: &[Alert], outage: Duration) -> Vec<Stri
         empty.as_secs_f64()
     ));
     report
+}
+
+/// Submits `n` alerts, waits until every sink delivered them, stops the manager, and returns
+/// the receiver's output lines once it holds two per alert (one per format) or after 10 s.
+async fn deliver_and_read(m: SinkManager, n: usize, out: &Path, what: &str) -> Vec<String> {
+    for a in &alerts(n) {
+        m.submit_alert(a);
+    }
+    wait_for(&m, what, |s| s.iter().all(|s| s.delivered == n as u64)).await;
+    m.shutdown(Duration::from_secs(2)).await;
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= 2 * n || t0.elapsed() > Duration::from_secs(10) {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -97,51 +97,52 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         (*rec).argc = read_u32(bprm as usize, cfg.binprm_argc_off);
         (*rec).envc = read_u32(bprm as usize, cfg.binprm_envc_off);
         let mm = read_u64(task, cfg.task_mm_off) as usize;
-        let argv = if mm == 0 {
-            None
-        } else {
-            copy_user_range::<ARGV_LEN>(
-                (*rec).argv.as_mut_ptr(),
-                read_u64(mm, cfg.mm_arg_start_off),
-                read_u64(mm, cfg.mm_arg_end_off),
-            )
-        };
-        match argv {
-            Some((n, cut)) => {
-                (*rec).argv_len = n;
-                if cut {
-                    flags |= exec_flags::ARGV_TRUNCATED;
-                }
-            }
-            None => {
-                (*rec).argv_len = 0;
-                flags |= exec_flags::ARGV_MISSING;
-            }
-        }
-        let env = if mm == 0 {
-            None
-        } else {
-            copy_user_range::<ENV_LEN>(
-                (*rec).env.as_mut_ptr(),
-                read_u64(mm, cfg.mm_env_start_off),
-                read_u64(mm, cfg.mm_env_end_off),
-            )
-        };
-        match env {
-            Some((n, cut)) => {
-                (*rec).env_len = n;
-                if cut {
-                    flags |= exec_flags::ENV_TRUNCATED;
-                }
-            }
-            None => (*rec).env_len = 0,
-        }
+        let (argv_len, argv_flags) = copy_mm_range::<ARGV_LEN>(
+            (*rec).argv.as_mut_ptr(),
+            mm,
+            (cfg.mm_arg_start_off, cfg.mm_arg_end_off),
+            (exec_flags::ARGV_TRUNCATED, exec_flags::ARGV_MISSING),
+        );
+        (*rec).argv_len = argv_len;
+        // An unreadable environment is just an empty one (nothing to flag it by).
+        let (env_len, env_flags) = copy_mm_range::<ENV_LEN>(
+            (*rec).env.as_mut_ptr(),
+            mm,
+            (cfg.mm_env_start_off, cfg.mm_env_end_off),
+            (exec_flags::ENV_TRUNCATED, 0),
+        );
+        (*rec).env_len = env_len;
+        flags |= argv_flags | env_flags;
         (*rec).flags = flags;
     }
     // SAFETY: `rec` is the reserved record; its header was filled above.
     let flags = wake_flags(unsafe { (*rec).header.ktime_ns });
     entry.submit(flags);
     0
+}
+
+/// Copies one of the new image's string areas (`mm` fields at `offs`: start, end) into
+/// `dst`; returns the bytes copied and `flags.0` when the area was cut, `flags.1` when it
+/// could not be read.
+///
+/// # Safety
+/// `dst` must be valid for `N` bytes of writes; offsets must come from this kernel's BTF.
+#[inline(always)]
+unsafe fn copy_mm_range<const N: usize>(
+    dst: *mut u8,
+    mm: usize,
+    offs: (u32, u32),
+    flags: (u32, u32),
+) -> (u32, u32) {
+    if mm == 0 {
+        return (0, flags.1);
+    }
+    // SAFETY: as required of the caller.
+    match unsafe { copy_user_range::<N>(dst, read_u64(mm, offs.0), read_u64(mm, offs.1)) } {
+        Some((n, true)) => (n, flags.0),
+        Some((n, false)) => (n, 0),
+        None => (0, flags.1),
+    }
 }
 
 /// A u32 field of a kernel struct, 0 when unreadable.
