@@ -13,29 +13,13 @@ use std::{
 use agentid_tests::{
     TestCgroup, agentid_bin,
     daemon::{Daemon, has_exec_of, registration},
+    raise_credential_reuse,
 };
 use serde_json::Value;
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_agentid-workload");
 
 const ALPHA: &str = "spiffe://test.example/agent/alpha";
-
-/// Two agents using one credential: a `credential-reuse` alert.
-fn raise_credential_reuse(a: &TestCgroup, b: &TestCgroup, tag: &str) {
-    let secret = format!(
-        "sk-proj-FAULT{tag}{}x7Q9mL2nP4rT6vW8yZ0aB",
-        std::process::id()
-    );
-    for cg in [a, b] {
-        let st = cg
-            .command("/bin/true")
-            .env_clear()
-            .env("OPENAI_API_KEY", &secret)
-            .status()
-            .expect("spawn");
-        assert!(st.success());
-    }
-}
 
 fn mount_tmpfs(dir: &Path, size: &str) {
     std::fs::create_dir_all(dir).expect("mount point");
@@ -97,16 +81,7 @@ fn disk_full_and_read_only_state_degrade_and_recover() {
     let Some(mut d) = Daemon::start(&dir) else {
         return;
     };
-    let echo = |word: &str| {
-        assert!(
-            a.command("/bin/echo")
-                .arg(word)
-                .stdout(Stdio::null())
-                .status()
-                .expect("echo")
-                .success()
-        );
-    };
+    let echo = |word: &str| a.echo(word);
     echo("before");
     d.cli_until(&["events", "--agent", ALPHA], |v| {
         has_exec_of(v, "/bin/echo")
@@ -250,16 +225,7 @@ fn a_corrupted_or_deleted_registry_keeps_the_last_good_one() {
     let a = TestCgroup::new("reg-a");
     std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
     let Some(d) = Daemon::start(&dir) else { return };
-    let echo = |word: &str| {
-        assert!(
-            a.command("/bin/echo")
-                .arg(word)
-                .stdout(Stdio::null())
-                .status()
-                .expect("echo")
-                .success()
-        );
-    };
+    let echo = |word: &str| a.echo(word);
     std::fs::write(
         dir.join("agents/a.toml"),
         "[[agent]]\nid = \"spiffe://test.example/ag",
@@ -534,16 +500,7 @@ fn state_dir_turning_read_only_at_runtime_degrades_once_and_recovers_after_resta
     let Some(mut d) = Daemon::start(&dir) else {
         return;
     };
-    let echo = |word: &str| {
-        assert!(
-            a.command("/bin/echo")
-                .arg(word)
-                .stdout(Stdio::null())
-                .status()
-                .expect("echo")
-                .success()
-        );
-    };
+    let echo = |word: &str| a.echo(word);
     echo("before");
     d.cli_until(&["status"], |_| exec_count(&d, "before") > 0);
 

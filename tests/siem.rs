@@ -21,6 +21,7 @@ use agentid::{
 use agentid_tests::{
     TestCgroup,
     daemon::{Daemon, registration},
+    raise_credential_reuse,
 };
 use axum::{
     Router,
@@ -1020,24 +1021,6 @@ impl Hook {
         let addr = l.local_addr().unwrap();
         rt.spawn(async move { axum::serve(l, app).await.unwrap() });
         Self { _rt: rt, addr, g }
-    }
-}
-
-/// Two agents using one credential (a secret per `tag`): one `credential-reuse` alert per
-/// tag (and, both running as root, `human-privilege` ones).
-fn raise_credential_reuse(a: &TestCgroup, b: &TestCgroup, tag: &str) {
-    let secret = format!(
-        "sk-proj-SIEM{tag}{}x7Q9mL2nP4rT6vW8yZ0aB",
-        std::process::id()
-    );
-    for cg in [a, b] {
-        let st = cg
-            .command("/bin/true")
-            .env_clear()
-            .env("OPENAI_API_KEY", &secret)
-            .status()
-            .unwrap();
-        assert!(st.success());
     }
 }
 

@@ -70,6 +70,17 @@ impl TestCgroup {
         }
     }
 
+    /// Runs `/bin/echo WORD` in this cgroup (a recognisable exec), asserting it succeeded.
+    pub fn echo(&self, word: &str) {
+        let status = self
+            .command("/bin/echo")
+            .arg(word)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("echo");
+        assert!(status.success(), "echo {word}: {status}");
+    }
+
     /// A command whose process joins this cgroup before it execs.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
@@ -171,4 +182,20 @@ pub fn agentid_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Two agents (`a`, `b`) using one credential, a fake API key unique to `tag` and this test
+/// process: one `credential-reuse` alert per tag (and, both running as root,
+/// `human-privilege` ones).
+pub fn raise_credential_reuse(a: &TestCgroup, b: &TestCgroup, tag: &str) {
+    let secret = format!("sk-proj-T{tag}{}x7Q9mL2nP4rT6vW8yZ0aB", std::process::id());
+    for cg in [a, b] {
+        let st = cg
+            .command("/bin/true")
+            .env_clear()
+            .env("OPENAI_API_KEY", &secret)
+            .status()
+            .expect("spawn");
+        assert!(st.success());
+    }
 }
