@@ -228,3 +228,33 @@ fn retention_drops_old_events_and_keeps_the_size_budget() {
         "the newest are kept"
     );
 }
+
+#[test]
+fn agent_and_session_counters_sum_across_batches() {
+    let (_d, store) = temp_store();
+    let w = store.writer(RETAIN).unwrap();
+    // Out of order within a batch, and a second batch after a flush.
+    w.send(event(5, Some("spiffe://x/a"), "exec"));
+    w.send(event(2, Some("spiffe://x/a"), "connect"));
+    w.send(event(3, None, "exec"));
+    w.flush().unwrap();
+    w.send(event(9, Some("spiffe://x/a"), "exit"));
+    w.send(event(1, Some("spiffe://x/b"), "exec"));
+    w.flush().unwrap();
+    let seen = store.agents_seen().unwrap();
+    assert_eq!(
+        seen,
+        [
+            ("spiffe://x/a".to_owned(), 2, 9, 3),
+            ("spiffe://x/b".to_owned(), 1, 1, 1),
+            ("unregistered".to_owned(), 3, 3, 1),
+        ]
+    );
+    let sessions = store.sessions(Some("spiffe://x/a")).unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["session"], "spiffe://x/a/42-1");
+    assert_eq!(sessions[0]["events"], 3);
+    assert_eq!(sessions[0]["first_seen_ns"], 2);
+    assert_eq!(sessions[0]["last_seen_ns"], 9);
+    assert_eq!(sessions[0]["root_exec_id"], "h:b:1:42");
+}

@@ -1,5 +1,6 @@
 //! The batching writer thread.
 use std::{
+    collections::HashMap,
     path::Path,
     sync::{
         Arc,
@@ -186,15 +187,10 @@ fn commit(
         let mut ev = tx.prepare_cached(
             "INSERT INTO events (ts_ns, kind, pid, exec_id, agent, session, body) VALUES (?,?,?,?,?,?,?)",
         )?;
-        let mut seen = tx.prepare_cached(
-            "INSERT INTO agents_seen (agent, first_ns, last_ns, events) VALUES (?1, ?2, ?2, 1)
-             ON CONFLICT(agent) DO UPDATE SET last_ns = max(last_ns, ?2), events = events + 1",
-        )?;
-        let mut sess = tx.prepare_cached(
-            "INSERT INTO sessions (session, agent, root_exec_id, first_ns, last_ns, events)
-             VALUES (?1, ?2, ?3, ?4, ?4, 1)
-             ON CONFLICT(session) DO UPDATE SET last_ns = max(last_ns, ?4), events = events + 1",
-        )?;
+        // Per-agent and per-session counters are summed over the batch first and written
+        // once per key: one statement per event instead of three (most of a batch is a
+        // handful of agents and sessions).
+        let mut counters = BatchCounters::default();
         let mut alert = tx.prepare_cached(
             "INSERT INTO alerts (uid, rule, severity, first_ns, last_ns, count, agents, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -222,11 +218,7 @@ fn commit(
                 } => {
                     let ts = i64::try_from(ts_ns).unwrap_or(i64::MAX);
                     ev.execute(params![ts, kind, pid, exec_id, agent, session, body])?;
-                    let agent_key = agent.as_deref().unwrap_or("unregistered");
-                    seen.execute(params![agent_key, ts])?;
-                    if let (Some(s), Some(a)) = (&session, &agent) {
-                        sess.execute(params![s, a, root_exec_id.as_deref().unwrap_or(""), ts])?;
-                    }
+                    counters.add(agent, session, root_exec_id, ts);
                 }
                 StoreOp::Alert {
                     uid,
@@ -266,9 +258,95 @@ fn commit(
             }
             n += 1;
         }
+        counters.write(&tx)?;
     }
     tx.commit()?;
     Ok(n)
+}
+
+/// Per-agent and per-session counters of one batch.
+#[derive(Debug, Default)]
+struct BatchCounters {
+    agents: HashMap<String, Span>,
+    /// session → (agent, root exec id, span).
+    sessions: HashMap<String, (String, String, Span)>,
+}
+
+impl BatchCounters {
+    fn add(
+        &mut self,
+        agent: Option<String>,
+        session: Option<String>,
+        root_exec_id: Option<String>,
+        ts: i64,
+    ) {
+        let agent_key = agent.as_deref().unwrap_or("unregistered");
+        if let Some(span) = self.agents.get_mut(agent_key) {
+            span.add(ts);
+        } else {
+            self.agents.insert(agent_key.to_owned(), Span::new(ts));
+        }
+        if let (Some(session), Some(agent)) = (session, agent) {
+            if let Some((_, _, span)) = self.sessions.get_mut(&session) {
+                span.add(ts);
+            } else {
+                let root = root_exec_id.unwrap_or_default();
+                self.sessions.insert(session, (agent, root, Span::new(ts)));
+            }
+        }
+    }
+
+    fn write(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), rusqlite::Error> {
+        let mut seen = tx.prepare_cached(
+            "INSERT INTO agents_seen (agent, first_ns, last_ns, events) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(agent) DO UPDATE SET first_ns = min(first_ns, ?2),
+               last_ns = max(last_ns, ?3), events = events + ?4",
+        )?;
+        for (agent, span) in &self.agents {
+            seen.execute(params![agent, span.first, span.last, span.events])?;
+        }
+        let mut sess = tx.prepare_cached(
+            "INSERT INTO sessions (session, agent, root_exec_id, first_ns, last_ns, events)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(session) DO UPDATE SET first_ns = min(first_ns, ?4),
+               last_ns = max(last_ns, ?5), events = events + ?6",
+        )?;
+        for (session, (agent, root, span)) in &self.sessions {
+            sess.execute(params![
+                session,
+                agent,
+                root,
+                span.first,
+                span.last,
+                span.events
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+/// First and last event time and the event count of one key within a batch.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    first: i64,
+    last: i64,
+    events: i64,
+}
+
+impl Span {
+    fn new(ts: i64) -> Self {
+        Self {
+            first: ts,
+            last: ts,
+            events: 1,
+        }
+    }
+
+    fn add(&mut self, ts: i64) {
+        self.first = self.first.min(ts);
+        self.last = self.last.max(ts);
+        self.events += 1;
+    }
 }
 
 pub(super) fn enforce_retention(
