@@ -13,6 +13,9 @@ fn target(name: &str) -> &'static Target {
 /// Runs before libFuzzer reads its corpus directories: with `AGENTID_FUZZ_SEED_DIR` set
 /// (scripts/fuzz-coverage.sh sets it to the scratch corpus), writes the target's built-in
 /// seeds there, so the coverage-guided run starts from the same inputs as the stable driver.
+///
+/// # Panics
+/// If `name` is not a target in `agentid_tests::fuzz::TARGETS` (a typo in a fuzz target).
 pub fn init(name: &str) {
     let Some(dir) = std::env::var_os("AGENTID_FUZZ_SEED_DIR") else {
         return;
@@ -28,6 +31,9 @@ pub fn init(name: &str) {
 }
 
 /// One input through the named target.
+///
+/// # Panics
+/// If the target finds a bug (that is the point), or `name` is not a target.
 pub fn run(name: &str, data: &[u8]) {
     (target(name).run)(data);
 }
