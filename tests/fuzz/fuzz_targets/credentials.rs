@@ -1,6 +1,5 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Some(t) = agentid_tests::fuzz::TARGETS.iter().find(|t| t.name == "credentials") {
-        (t.run)(data);
-    }
-});
+libfuzzer_sys::fuzz_target!(
+    init: agentid_fuzz_libfuzzer::init("credentials"),
+    |data: &[u8]| agentid_fuzz_libfuzzer::run("credentials", data)
+);
