@@ -4,9 +4,10 @@
 //!
 //! Two drivers share them: `agentid-fuzz` (stable, coverage-free: seeded PRNG mutations of
 //! the seeds below and the corpus under `tests/fuzz/corpus/TARGET/`, run by
-//! `cargo xtask fuzz`) and the coverage-guided libFuzzer + ASan crate in `tests/fuzz/`
-//! (`scripts/fuzz-coverage.sh`, stable with `RUSTC_BOOTSTRAP=1`). Besides "no panic", targets check the properties the rest of
-//! the system relies on (one line per CEF/table row, JSON that parses back, frame
+//! `cargo xtask fuzz`) and the coverage-guided libFuzzer crate in `tests/fuzz/`, built with
+//! the address sanitizer (`scripts/fuzz-coverage.sh`, stable with `RUSTC_BOOTSTRAP=1`).
+//! Besides "no panic", targets check the properties the rest of the system relies on (one
+//! line per CEF/table row, JSON that parses back, frame
 //! lengths), with `assert!`: a broken property is a crash like any other.
 #![expect(
     clippy::expect_used,
