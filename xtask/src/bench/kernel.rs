@@ -218,10 +218,15 @@ fn start(
                 .stderr(Stdio::piped())
                 .spawn()
                 .context("spawning bpftrace")?;
-            // BEGIN runs once every probe is attached. bpftrace compiles its script with
-            // LLVM first, which takes over a minute on a loaded 2-core machine.
+            // Attached = its two tracepoint programs loaded and, besides its per-CPU output
+            // buffers, one perf event per tracepoint open in the process. Not BEGIN's
+            // "ready" line: with `-o`, bpftrace buffers its output fully, so the line stays
+            // in its buffer until exit (which is why earlier runs never saw it attach).
+            // bpftrace compiles its script with LLVM first, which can take a minute on a
+            // loaded 2-core machine.
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
             let deadline = Instant::now() + attach_timeout;
-            while !fs::read_to_string(&out).is_ok_and(|s| s.contains("ready")) {
+            while !bpftrace_attached(child.id(), cpus) {
                 if let Some(status) = child.try_wait()? {
                     let mut err = String::new();
                     if let Some(mut e) = child.stderr.take() {
@@ -242,6 +247,30 @@ fn start(
             Ok(Tracer::Bpftrace(child, out))
         }
     }
+}
+
+/// Tracepoints in [`BPFTRACE_SCRIPT`].
+const BPFTRACE_TRACEPOINTS: usize = 2;
+
+/// Whether bpftrace (`pid`) holds its tracepoint programs and their perf events, beside one
+/// perf-buffer event per CPU.
+fn bpftrace_attached(pid: u32, cpus: usize) -> bool {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let (mut progs, mut perf) = (0, 0);
+    for target in dir
+        .filter_map(Result::ok)
+        .filter_map(|e| fs::read_link(e.path()).ok())
+    {
+        let t = target.to_string_lossy();
+        if t.contains("bpf-prog") {
+            progs += 1;
+        } else if t.contains("perf_event") {
+            perf += 1;
+        }
+    }
+    progs >= BPFTRACE_TRACEPOINTS && perf >= BPFTRACE_TRACEPOINTS + cpus
 }
 
 /// What agentid captured in one repetition, per workload.
