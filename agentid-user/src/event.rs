@@ -1,10 +1,10 @@
 //! Typed events: what the sensor hands to the rest of the pipeline.
 use std::{net::IpAddr, time::SystemTime};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// What happened. Serialised lowercase: the `kind` field of `agentid trace --json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     Exec,
@@ -58,7 +58,7 @@ impl std::fmt::Display for EventKind {
 }
 
 /// Transport protocol of a connect/send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,

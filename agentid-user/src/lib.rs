@@ -22,4 +22,5 @@ pub mod pipeline;
 pub mod process;
 pub mod queue;
 pub mod sensor;
+pub mod state;
 pub mod store;

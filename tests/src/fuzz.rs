@@ -286,25 +286,14 @@ fn api_harness() -> &'static ApiHarness {
         let pipeline = agentid::pipeline::Pipeline::new(registry, PathBuf::from("/sys/fs/cgroup"));
         let detector =
             agentid::detect::Detector::new(FingerprintKey::ephemeral().expect("key"), None);
-        let (events, _) = tokio::sync::broadcast::channel(16);
-        let (alerts, _) = tokio::sync::broadcast::channel(16);
-        let shared = Arc::new(agentid::daemon::state::Shared {
-            config: std::sync::RwLock::new(config),
-            started: std::time::Instant::now(),
-            pipeline: std::sync::Mutex::new(pipeline),
-            detector: std::sync::Mutex::new(detector),
-            alerts_file: std::sync::Mutex::new(None),
-            sinks: std::sync::Mutex::new(None),
-            audit: std::sync::Mutex::new(None),
-            alert_updates: std::sync::Mutex::new(std::collections::HashMap::new()),
-            store: std::sync::Mutex::new(store),
-            writer_stats: stats,
-            counters: agentid::daemon::state::Counters::default(),
-            rates: agentid::daemon::state::Rates::default(),
-            events,
-            alerts,
-            probes: Vec::new(),
-        });
+        let shared = Arc::new(agentid::state::Shared::new(
+            config,
+            pipeline,
+            detector,
+            store,
+            stats,
+            Vec::new(),
+        ));
         ApiHarness {
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -17,6 +17,7 @@
 //! Errors: `{"error": "..."}` with 400 (bad request), 403, 404 or 500.
 pub mod peer;
 mod routes;
+pub mod types;
 
 use std::{os::unix::fs::PermissionsExt, sync::Arc};
 
@@ -30,7 +31,7 @@ use axum::{
 };
 use tokio::{net::UnixListener, task::JoinHandle};
 
-use crate::daemon::state::Shared;
+use crate::state::Shared;
 
 pub use peer::Peer;
 
@@ -40,7 +41,7 @@ pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+        (self.0, axum::Json(types::ErrorBody { error: self.1 })).into_response()
     }
 }
 

@@ -9,14 +9,17 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_stream::{StreamExt as _, wrappers::BroadcastStream};
 
-use super::ApiError;
+use super::{
+    ApiError,
+    types::{self, Params, RevokeParams},
+};
 use crate::{
-    daemon::state::{Live, Shared},
+    credentials::RevocationError,
     event::EventKind,
+    state::{Live, LiveView, Shared},
     store::{self, Store},
 };
 
@@ -35,19 +38,6 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/v1/credentials", get(credentials))
         .route("/v1/credentials/revoke", axum::routing::post(revoke))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
-}
-
-/// Query parameters; unknown ones are refused so typos do not silently widen a query.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Params {
-    pub id: Option<String>,
-    pub agent: Option<String>,
-    pub kind: Option<String>,
-    pub rule: Option<String>,
-    pub since: Option<u64>,
-    pub limit: Option<u32>,
-    pub follow: Option<bool>,
 }
 
 fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> {
@@ -84,7 +74,7 @@ async fn with_store<T: Send + 'static>(
     .map_err(internal)?
 }
 
-async fn status(State(s): Shr) -> Result<Json<Value>, ApiError> {
+async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
     let received = s.counters.received();
     let rates = s.rates.per_second();
@@ -93,208 +83,203 @@ async fn status(State(s): Shr) -> Result<Json<Value>, ApiError> {
     let mut drops = BTreeMap::new();
     for k in EventKind::ALL {
         let i = k.abi() as usize;
-        events.insert(k.as_str(), received[i]);
-        per_sec.insert(k.as_str(), (rates[i] * 10.0).round() / 10.0);
-        drops.insert(k.as_str(), s.counters.drops[i].load(Relaxed));
+        events.insert(k.as_str().to_owned(), received[i]);
+        per_sec.insert(k.as_str().to_owned(), (rates[i] * 10.0).round() / 10.0);
+        drops.insert(k.as_str().to_owned(), s.counters.drops[i].load(Relaxed));
     }
     let store_bytes = with_store(&s, Store::size_bytes).await?;
-    let (agents, registry_errors, live, exited) = {
-        let p = s
-            .pipeline
-            .lock()
-            .map_err(|_| internal("pipeline lock poisoned"))?;
-        let errors: Vec<String> = p
-            .registry()
-            .errors()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        (
-            p.registry().agents().len(),
-            errors,
-            p.table.live_count(),
-            p.table.exited_count(),
-        )
-    };
+    let view = s.view();
     let config = s
         .config
         .read()
         .map_err(|_| internal("config lock poisoned"))?
         .clone();
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "uptime_s": s.started.elapsed().as_secs(),
-        "probes": s.probes,
-        "events": events,
-        "events_per_s": per_sec,
-        "drops": drops,
-        "undecodable": s.counters.undecodable.load(Relaxed),
-        "alerts": s.counters.alerts.load(Relaxed),
-        "processes": {"live": live, "exited_kept": exited},
-        "registry": {"dir": config.agents_dir, "agents": agents, "errors": registry_errors},
-        "store": {
-            "path": config.store_path(),
-            "bytes": store_bytes,
-            "written": s.writer_stats.written.load(Relaxed),
-            "dropped": s.writer_stats.dropped.load(Relaxed),
-            "errors": s.writer_stats.errors.load(Relaxed),
-            "lost": s.writer_stats.health.lost.load(Relaxed),
-            "degraded": s.writer_stats.health.degraded(),
+    let audit = s.audit.lock().ok().and_then(|a| {
+        a.as_ref().map(|a| types::AuditStatus {
+            dir: config.state_dir.join("audit"),
+            appended: a.stats.appended.load(Relaxed),
+            dropped: a.stats.dropped.load(Relaxed),
+            errors: a.stats.errors.load(Relaxed),
+            lost: a.stats.health.lost.load(Relaxed),
+            degraded: a.stats.health.degraded(),
+        })
+    });
+    let sinks = s
+        .sinks
+        .lock()
+        .ok()
+        .and_then(|g| g.as_ref().map(crate::outputs::SinkManager::stats))
+        .unwrap_or_default();
+    let w = &s.writer_stats;
+    Ok(Json(types::Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        uptime_s: s.started.elapsed().as_secs(),
+        probes: s.probes.iter().map(|&p| p.to_owned()).collect(),
+        events,
+        events_per_s: per_sec,
+        drops,
+        undecodable: s.counters.undecodable.load(Relaxed),
+        alerts: s.counters.alerts.load(Relaxed),
+        processes: types::ProcessCounts {
+            live: view.live,
+            exited_kept: view.exited_kept,
         },
-        "alerts_file": config.alerts_file,
-        "audit": s.audit.lock().ok().and_then(|a| a.as_ref().map(|a| json!({
-            "dir": config.state_dir.join("audit"),
-            "appended": a.stats.appended.load(Relaxed),
-            "dropped": a.stats.dropped.load(Relaxed),
-            "errors": a.stats.errors.load(Relaxed),
-            "lost": a.stats.health.lost.load(Relaxed),
-            "degraded": a.stats.health.degraded(),
-        }))),
-        "sinks": s.sinks.lock().ok().and_then(|g| g.as_ref().map(crate::outputs::SinkManager::stats)).unwrap_or_default(),
-    })))
+        registry: types::RegistryStatus {
+            dir: config.agents_dir.clone(),
+            agents: view.registry.agents().len(),
+            errors: view
+                .registry
+                .errors()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        },
+        store: types::StoreStatus {
+            path: config.store_path(),
+            bytes: store_bytes,
+            written: w.written.load(Relaxed),
+            dropped: w.dropped.load(Relaxed),
+            errors: w.errors.load(Relaxed),
+            lost: w.health.lost.load(Relaxed),
+            degraded: w.health.degraded(),
+        },
+        alerts_file: config.alerts_file,
+        audit,
+        sinks,
+    }))
 }
 
-/// Live processes with their identity, optionally for one agent.
-fn live_processes(s: &Shared, agent: Option<&str>) -> Result<Vec<Value>, ApiError> {
-    let p = s
-        .pipeline
-        .lock()
-        .map_err(|_| internal("pipeline lock poisoned"))?;
-    let mut out = Vec::new();
-    for proc_ in p.table.live() {
-        let id = p.attributor.identity_of(proc_);
-        let agent_id = id.as_ref().and_then(|i| i.agent_id().map(str::to_owned));
-        if agent.is_some() && agent != agent_id.as_deref() {
-            continue;
-        }
-        let mut v = serde_json::to_value(proc_).map_err(internal)?;
-        if let Some(obj) = v.as_object_mut() {
+/// Live processes with their identity, optionally for one agent, from the snapshot.
+fn live_processes(view: &LiveView, agent: Option<&str>) -> Vec<types::ProcessView> {
+    view.processes
+        .iter()
+        .filter(|(_, id)| agent.is_none() || agent == id.as_ref().and_then(|i| i.agent_id()))
+        .map(|(p, id)| {
             let ident = id.as_deref();
-            obj.insert(
-                "agent".into(),
-                ident
-                    .and_then(|i| i.agent.as_ref())
-                    .map_or(json!("unregistered"), |a| json!(a)),
-            );
-            obj.insert(
-                "session".into(),
-                json!(ident.and_then(|i| i.session.clone())),
-            );
-            obj.insert(
-                "acting_for".into(),
-                json!(ident.map(|i| i.acting_for.clone()).unwrap_or_default()),
-            );
-            obj.insert(
-                "lineage".into(),
-                json!(ident.map(|i| i.lineage.clone()).unwrap_or_default()),
-            );
-        }
-        out.push(v);
-    }
-    out.sort_by_key(|v| v["pid"].as_u64());
-    Ok(out)
+            types::ProcessView {
+                process: p.clone(),
+                agent: ident.and_then(|i| i.agent.clone()),
+                session: ident.and_then(|i| i.session.clone()),
+                acting_for: ident.map(|i| i.acting_for.clone()).unwrap_or_default(),
+                lineage: ident.map(|i| i.lineage.clone()).unwrap_or_default(),
+            }
+        })
+        .collect()
 }
 
 async fn processes(
     State(s): Shr,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<types::ProcessView>>, ApiError> {
     let p = params(q)?;
-    Ok(Json(json!(live_processes(&s, p.agent.as_deref())?)))
+    Ok(Json(live_processes(&s.view(), p.agent.as_deref())))
 }
 
-fn agent_summaries(s: &Shared) -> Result<Vec<Value>, ApiError> {
-    let procs = live_processes(s, None)?;
-    let p = s
-        .pipeline
-        .lock()
-        .map_err(|_| internal("pipeline lock poisoned"))?;
-    let mut out = Vec::new();
-    for a in p.registry().agents() {
-        let mine: Vec<&Value> = procs
-            .iter()
-            .filter(|v| v["agent"]["id"] == a.id.as_str())
-            .collect();
-        let sessions: std::collections::BTreeSet<&str> =
-            mine.iter().filter_map(|v| v["session"].as_str()).collect();
-        out.push(json!({
-            "id": a.id.as_str(),
-            "name": a.name,
-            "owner": a.owner,
-            "environment": a.environment,
-            "registered_in": a.origin.to_string(),
-            "live_sessions": sessions.len(),
-            "live_processes": mine.len(),
-        }));
-    }
-    Ok(out)
-}
-
-async fn agents(State(s): Shr) -> Result<Json<Value>, ApiError> {
-    let summaries = agent_summaries(&s)?;
-    let unregistered = live_processes(&s, None)?
+fn agent_summaries(view: &LiveView) -> Vec<types::AgentSummary> {
+    let procs = live_processes(view, None);
+    view.registry
+        .agents()
         .iter()
-        .filter(|v| v["agent"] == "unregistered")
+        .map(|a| {
+            let mine: Vec<&types::ProcessView> = procs
+                .iter()
+                .filter(|p| p.agent.as_ref().is_some_and(|r| r.id == a.id.as_str()))
+                .collect();
+            let sessions: std::collections::BTreeSet<&str> =
+                mine.iter().filter_map(|p| p.session.as_deref()).collect();
+            types::AgentSummary {
+                id: a.id.as_str().to_owned(),
+                name: a.name.clone(),
+                owner: a.owner.clone(),
+                environment: a.environment.clone(),
+                registered_in: a.origin.to_string(),
+                live_sessions: sessions.len(),
+                live_processes: mine.len(),
+            }
+        })
+        .collect()
+}
+
+async fn agents(State(s): Shr) -> Json<types::Agents> {
+    let view = s.view();
+    let unregistered = live_processes(&view, None)
+        .iter()
+        .filter(|p| p.agent.is_none())
         .count();
-    Ok(Json(
-        json!({ "agents": summaries, "unregistered_processes": unregistered }),
-    ))
+    Json(types::Agents {
+        agents: agent_summaries(&view),
+        unregistered_processes: unregistered,
+    })
 }
 
 async fn agent(
     State(s): Shr,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<types::AgentDetail>, ApiError> {
     let p = params(q)?;
     let id =
         p.id.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "missing ?id=SPIFFE_ID".into()))?;
-    let summary = agent_summaries(&s)?
+    let view = s.view();
+    let summary = agent_summaries(&view)
         .into_iter()
-        .find(|a| a["id"] == id.as_str() || a["name"] == id.as_str())
+        .find(|a| a.id == id || a.name.as_deref() == Some(id.as_str()))
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no registered agent {id:?}")))?;
-    let agent_id = summary["id"].as_str().unwrap_or_default().to_owned();
-    let procs = live_processes(&s, Some(&agent_id))?;
-    let key = agent_id.clone();
+    let processes = live_processes(&view, Some(&summary.id));
+    let key = summary.id.clone();
     let sessions = with_store(&s, move |st| st.sessions(Some(&key))).await?;
-    Ok(Json(
-        json!({ "agent": summary, "processes": procs, "sessions": sessions }),
-    ))
+    Ok(Json(types::AgentDetail {
+        agent: summary,
+        processes,
+        sessions: rows(sessions)?,
+    }))
+}
+
+/// The store's rows as the API's types: a store column that no longer matches its type
+/// is a 500 naming the field, not a quietly missing value.
+fn rows<T: serde::de::DeserializeOwned>(values: Vec<Value>) -> Result<Vec<T>, ApiError> {
+    values
+        .into_iter()
+        .map(|v| serde_json::from_value(v).map_err(internal))
+        .collect()
 }
 
 async fn sessions(
     State(s): Shr,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<types::SessionRow>>, ApiError> {
     let p = params(q)?;
-    Ok(Json(json!(
-        with_store(&s, move |st| st.sessions(p.agent.as_deref())).await?
-    )))
+    Ok(Json(rows(
+        with_store(&s, move |st| st.sessions(p.agent.as_deref())).await?,
+    )?))
 }
 
 async fn credentials(
     State(s): Shr,
     q: Result<Query<Params>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<types::CredentialRow>>, ApiError> {
     let p = params(q)?;
-    Ok(Json(json!(
-        with_store(&s, move |st| st.credentials(p.agent.as_deref())).await?
-    )))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeParams {
-    fingerprint: String,
+    Ok(Json(rows(
+        with_store(&s, move |st| st.credentials(p.agent.as_deref())).await?,
+    )?))
 }
 
 async fn revoke(
     State(s): Shr,
     q: Result<Query<RevokeParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<types::Revoked>, ApiError> {
     let Query(p) = q.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
-    crate::daemon::revoke(&s, &p.fingerprint).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    Ok(Json(json!({ "revoked": p.fingerprint })))
+    let prefix = s.revocations.add(&p.fingerprint).map_err(|e| match e {
+        RevocationError::Parse { .. } => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+        RevocationError::Read { .. } | RevocationError::Write { .. } => internal(e),
+    })?;
+    s.detector
+        .lock()
+        .map_err(|_| internal("detector lock poisoned"))?
+        .revoke(prefix);
+    Ok(Json(types::Revoked {
+        revoked: p.fingerprint,
+    }))
 }
 
 fn store_query(p: &Params) -> store::Query {

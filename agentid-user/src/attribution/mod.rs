@@ -28,7 +28,7 @@ pub use workload::WorkloadFacts;
 const MAX_LINEAGE: usize = 64;
 
 /// The summary of an agent carried on every event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AgentRef {
     pub id: String,
     pub name: Option<String>,

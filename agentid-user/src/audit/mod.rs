@@ -37,6 +37,7 @@ mod log;
 #[cfg(test)]
 mod tests;
 mod verify;
+mod writer;
 
 use std::{
     fmt::Write as _,
@@ -54,6 +55,7 @@ pub use bundle::{BundleReport, ExportSummary, export_bundle, verify_bundle};
 pub use key::{load_key, load_or_create_key};
 pub use log::AuditLog;
 pub use verify::{Damage, DamageKind, KeySource, VerifyOptions, VerifyReport, verify, verify_with};
+pub use writer::{AuditStats, AuditWriter};
 
 /// The daemon's audit directory under its state directory.
 pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/agentid/audit";

@@ -8,6 +8,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::UnixStream;
 
+use crate::api::types::ErrorBody;
+
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
@@ -75,10 +77,8 @@ impl Client {
             .await
             .map(http_body_util::Collected::to_bytes)
             .unwrap_or_default();
-        let msg = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        let msg = serde_json::from_slice::<ErrorBody>(&body)
+            .map_or_else(|_| String::from_utf8_lossy(&body).into_owned(), |e| e.error);
         bail!("daemon answered {}: {msg}", status.as_u16())
     }
 

@@ -4,13 +4,24 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     io::Write as _,
+    net::IpAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::client::Client;
+use crate::{
+    api::types::{
+        AgentDetail, Agents, AlertRecord, CredentialRow, EventRecord, Lagged, ProcessView, Revoked,
+        Status,
+    },
+    attribution::AgentRef,
+    event::EventKind,
+    process::ExecId,
+};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum QueryCommand {
@@ -126,67 +137,56 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "one arm per command, each a few lines"
-)]
+/// The daemon's answer as the API type the table is printed from.
+fn typed<T: DeserializeOwned>(v: Value) -> anyhow::Result<T> {
+    serde_json::from_value(v).context(
+        "the daemon's answer does not match this agentid's API (a different version of the daemon?)",
+    )
+}
+
+/// `GET path`: with `--json` the answer as the daemon sent it; otherwise a table.
+async fn show<T: DeserializeOwned>(
+    client: &Client,
+    path: &str,
+    json: bool,
+    table: impl FnOnce(&T) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let v = client.get(path).await?;
+    if json {
+        print_json(&v)
+    } else {
+        table(&typed(v)?)
+    }
+}
+
+fn since_ns(since: Option<&str>) -> anyhow::Result<Option<String>> {
+    Ok(since.map(parse_since).transpose()?.map(|n| n.to_string()))
+}
+
 pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
-        QueryCommand::Status => {
-            let v = client.get("/v1/status").await?;
-            if json {
-                print_json(&v)
-            } else {
-                print_status(&v)
-            }
-        }
-        QueryCommand::Agents { show: None } => {
-            let v = client.get("/v1/agents").await?;
-            if json {
-                print_json(&v)
-            } else {
-                print_agents(&v)
-            }
-        }
+        QueryCommand::Status => show(client, "/v1/status", json, print_status).await,
+        QueryCommand::Agents { show: None } => show(client, "/v1/agents", json, print_agents).await,
         QueryCommand::Agents {
             show: Some(AgentsShow::Show { id }),
         } => {
-            let v = client
-                .get(&format!("/v1/agent{}", query(&[("id", Some(id))])))
-                .await?;
-            if json {
-                print_json(&v)
-            } else {
-                print_agent(&v)
-            }
+            let path = format!("/v1/agent{}", query(&[("id", Some(id))]));
+            show(client, &path, json, print_agent).await
         }
         QueryCommand::Ps { agent, tree } => {
-            let v = client
-                .get(&format!("/v1/processes{}", query(&[("agent", agent)])))
-                .await?;
-            if json {
-                print_json(&v)
-            } else {
-                print_ps(&v, tree)
-            }
+            let path = format!("/v1/processes{}", query(&[("agent", agent)]));
+            show(client, &path, json, |p: &Vec<ProcessView>| {
+                print_ps(p, tree)
+            })
+            .await
         }
         QueryCommand::Connections { agent, since } => {
-            let since = since
-                .as_deref()
-                .map(parse_since)
-                .transpose()?
-                .map(|n| n.to_string());
-            let v = client
-                .get(&format!(
-                    "/v1/connections{}",
-                    query(&[("agent", agent), ("since", since)])
-                ))
-                .await?;
-            if json {
-                print_json(&v)
-            } else {
-                print_events(&v)
-            }
+            let q = query(&[("agent", agent), ("since", since_ns(since.as_deref())?)]);
+            let path = format!("/v1/connections{q}");
+            show(client, &path, json, |e: &Vec<EventRecord>| {
+                print_lines(e, event_line)
+            })
+            .await
         }
         QueryCommand::Events {
             agent,
@@ -194,15 +194,10 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             since,
             follow,
         } => {
-            let since = since
-                .as_deref()
-                .map(parse_since)
-                .transpose()?
-                .map(|n| n.to_string());
             let q = query(&[
                 ("agent", agent),
                 ("kind", kind),
-                ("since", since),
+                ("since", since_ns(since.as_deref())?),
                 ("follow", follow.then(|| "true".into())),
             ]);
             stream_or_list(client, &format!("/v1/events{q}"), follow, json, event_line).await
@@ -213,15 +208,10 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             since,
             follow,
         } => {
-            let since = since
-                .as_deref()
-                .map(parse_since)
-                .transpose()?
-                .map(|n| n.to_string());
             let q = query(&[
                 ("agent", agent),
                 ("rule", rule),
-                ("since", since),
+                ("since", since_ns(since.as_deref())?),
                 ("follow", follow.then(|| "true".into())),
             ]);
             stream_or_list(client, &format!("/v1/alerts{q}"), follow, json, alert_line).await
@@ -239,7 +229,8 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             if json {
                 print_json(&v)
             } else {
-                println!("revoked {}", s(&v["revoked"]));
+                let r: Revoked = typed(v)?;
+                println!("revoked {}", clean(&r.revoked));
                 Ok(())
             }
         }
@@ -247,31 +238,23 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             agent,
             action: None,
         } => {
-            let v = client
-                .get(&format!("/v1/credentials{}", query(&[("agent", agent)])))
-                .await?;
-            if json {
-                print_json(&v)
-            } else {
-                print_credentials(&v)
-            }
+            let path = format!("/v1/credentials{}", query(&[("agent", agent)]));
+            show(client, &path, json, print_credentials).await
         }
     }
 }
 
-async fn stream_or_list(
+/// Events or alerts: a listing, or (following) the history then live items as lines.
+async fn stream_or_list<T: DeserializeOwned>(
     client: &Client,
     path: &str,
     follow: bool,
     json: bool,
-    line: fn(&Value) -> String,
+    line: fn(&T) -> String,
 ) -> anyhow::Result<()> {
     let emit = move |v: Value| -> anyhow::Result<()> {
-        if v.get("lagged").is_some() {
-            eprintln!(
-                "agentid: warning: this terminal fell behind; {} items were skipped",
-                v["lagged"]
-            );
+        if let Ok(Lagged { lagged }) = serde_json::from_value::<Lagged>(v.clone()) {
+            eprintln!("agentid: warning: this terminal fell behind; {lagged} items were skipped");
             return Ok(());
         }
         let mut out = std::io::stdout().lock();
@@ -279,7 +262,7 @@ async fn stream_or_list(
             serde_json::to_writer(&mut out, &v)?;
             writeln!(out)?;
         } else {
-            writeln!(out, "{}", line(&v))?;
+            writeln!(out, "{}", line(&typed(v)?))?;
         }
         out.flush()?;
         Ok(())
@@ -292,361 +275,341 @@ async fn stream_or_list(
         // A listing is one JSON array; only a follow is a stream of lines.
         return print_json(&v);
     }
-    let Some(items) = v.as_array() else {
-        bail!("unexpected answer from the daemon")
-    };
-    if items.is_empty() && !json {
+    let items: Vec<T> = typed(v)?;
+    if items.is_empty() {
         eprintln!("(none)");
     }
+    print_lines(&items, line)
+}
+
+fn print_lines<T>(items: &[T], line: fn(&T) -> String) -> anyhow::Result<()> {
+    let mut o = std::io::stdout().lock();
     for item in items {
-        emit(item.clone())?;
+        writeln!(o, "{}", line(item))?;
     }
     Ok(())
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+/// Text from the daemon with control characters shown as `?` (a hostile process name
+/// must not drive the terminal).
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
-fn agent_label(v: &Value) -> String {
-    match v {
-        Value::Object(_) => v["name"]
-            .as_str()
-            .map_or_else(|| s(&v["id"]), str::to_owned),
-        other => s(other),
-    }
+/// An optional value, `-` when absent.
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| clean(&v.to_string()))
 }
 
-fn short_time(v: &Value) -> String {
-    v.as_str().map_or_else(
-        || "-".into(),
-        |t| t.get(..23).unwrap_or(t).replace('T', " "),
+fn joined(items: &[String], sep: &str) -> String {
+    items.iter().map(|s| clean(s)).collect::<Vec<_>>().join(sep)
+}
+
+fn agent_label(a: Option<&AgentRef>) -> String {
+    a.map_or_else(
+        || "unregistered".into(),
+        |a| clean(a.name.as_deref().unwrap_or(&a.id)),
     )
 }
 
-fn event_line(v: &Value) -> String {
-    let detail = match v["kind"].as_str() {
-        Some("exec") => format!(
+fn short_time(t: &str) -> String {
+    t.get(..23).unwrap_or(t).replace('T', " ")
+}
+
+fn event_line(e: &EventRecord) -> String {
+    let detail = match e.kind {
+        EventKind::Exec => format!(
             "{} {}",
-            s(&v["filename"]),
-            v["argv"]
-                .as_array()
-                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
+            opt(e.filename.as_deref()),
+            e.argv
+                .as_deref()
+                .map(|a| joined(a, " "))
                 .unwrap_or_default()
         ),
-        Some("connect" | "send") => {
-            let ip = s(&v["dst_ip"]);
-            let ip = if ip.contains(':') {
-                format!("[{ip}]")
-            } else {
-                ip
+        EventKind::Connect | EventKind::Send => {
+            let ip = match e.dst_ip {
+                Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+                Some(IpAddr::V4(ip)) => ip.to_string(),
+                None => "-".into(),
             };
-            format!("{} {ip}:{}", s(&v["protocol"]), s(&v["dst_port"]))
+            let protocol = e.protocol.map_or_else(
+                || "-".into(),
+                |p| match serde_json::to_value(p) {
+                    Ok(Value::String(s)) => s,
+                    Ok(other) => other.to_string(),
+                    Err(_) => "-".into(),
+                },
+            );
+            format!("{protocol} {ip}:{}", opt(e.dst_port))
         }
-        Some("exit") => match (&v["exit_code"], &v["signal"]) {
-            (Value::Number(c), _) => format!("code {c}"),
-            (_, Value::Number(sig)) => format!("signal {sig}"),
+        EventKind::Exit => match (e.exit_code, e.signal) {
+            (Some(c), _) => format!("code {c}"),
+            (_, Some(sig)) => format!("signal {sig}"),
             _ => String::new(),
         },
-        Some("fork") => format!("child of {}", s(&v["ppid"])),
-        Some("open") => s(&v["path"]),
-        _ => String::new(),
+        EventKind::Fork => format!("child of {}", opt(e.ppid)),
+        EventKind::Open => opt(e.path.as_deref()),
     };
-    let chain = v["acting_for"]
-        .as_array()
-        .filter(|a| !a.is_empty())
-        .map(|a| {
-            format!(
-                "  (acting for {})",
-                a.iter().map(s).collect::<Vec<_>>().join(" → ")
-            )
-        });
+    let chain = if e.acting_for.is_empty() {
+        String::new()
+    } else {
+        format!("  (acting for {})", joined(&e.acting_for, " → "))
+    };
     format!(
         "{:<23} {:<7} {:>7} {:<16} {:<15} {}{}",
-        short_time(&v["time"]),
-        s(&v["kind"]),
-        s(&v["pid"]),
-        agent_label(&v["agent"]),
-        s(&v["comm"]),
+        short_time(&e.time),
+        e.kind.as_str(),
+        e.pid,
+        agent_label(e.agent.as_ref()),
+        clean(&e.comm),
         detail,
-        chain.unwrap_or_default()
+        chain
     )
 }
 
-fn alert_line(v: &Value) -> String {
-    let agents = v["agents"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| {
-                    x["name"]
-                        .as_str()
-                        .map_or_else(|| s(&x["id"]), str::to_owned)
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
+fn alert_line(a: &AlertRecord) -> String {
+    let agents = a
+        .agents
+        .iter()
+        .map(|x| clean(x.name.as_deref().unwrap_or(&x.id)))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "{:<23} {:<8} {:<22} x{:<4} [{}] {}",
-        short_time(&v["last_seen"]),
-        s(&v["severity"]),
-        s(&v["rule"]),
-        s(&v["count"]),
+        short_time(&a.last_seen),
+        clean(&a.severity),
+        clean(&a.rule),
+        a.count,
         agents,
-        s(&v["title"])
+        clean(&a.title)
     )
 }
 
-fn print_status(v: &Value) -> anyhow::Result<()> {
+fn print_status(v: &Status) -> anyhow::Result<()> {
     let mut o = std::io::stdout().lock();
     writeln!(
         o,
         "agentid {} (pid {}), up {}",
-        s(&v["version"]),
-        s(&v["pid"]),
-        humantime::format_duration(Duration::from_secs(v["uptime_s"].as_u64().unwrap_or(0)))
+        clean(&v.version),
+        v.pid,
+        humantime::format_duration(Duration::from_secs(v.uptime_s))
     )?;
-    let probes = v["probes"].as_array().map_or(0, Vec::len);
-    writeln!(o, "probes:     {probes} attached")?;
+    writeln!(o, "probes:     {} attached", v.probes.len())?;
     let mut line = String::new();
-    if let Some(ev) = v["events"].as_object() {
-        for (k, n) in ev {
-            let _ = write!(
-                line,
-                " {k} {n} ({}/s, {} dropped)",
-                v["events_per_s"][k], v["drops"][k]
-            );
-        }
+    for (k, n) in &v.events {
+        // Rates print as JSON numbers (`0.0`), as they always have.
+        let rate = v
+            .events_per_s
+            .get(k)
+            .map_or_else(|| "null".into(), |r| Value::from(*r).to_string());
+        let drops = v
+            .drops
+            .get(k)
+            .map_or_else(|| "null".into(), ToString::to_string);
+        let _ = write!(line, " {k} {n} ({rate}/s, {drops} dropped)");
     }
     writeln!(o, "events:    {line}")?;
-    writeln!(o, "processes:  {} live", s(&v["processes"]["live"]))?;
+    writeln!(o, "processes:  {} live", v.processes.live)?;
     writeln!(
         o,
         "registry:   {} agents from {} ({} errors)",
-        s(&v["registry"]["agents"]),
-        s(&v["registry"]["dir"]),
-        v["registry"]["errors"].as_array().map_or(0, Vec::len)
+        v.registry.agents,
+        clean(&v.registry.dir.display().to_string()),
+        v.registry.errors.len()
     )?;
-    for e in v["registry"]["errors"].as_array().into_iter().flatten() {
-        writeln!(o, "            ! {}", s(e))?;
+    for e in &v.registry.errors {
+        writeln!(o, "            ! {}", clean(e))?;
     }
-    writeln!(o, "alerts:     {}", s(&v["alerts"]))?;
-    let st = &v["store"];
+    writeln!(o, "alerts:     {}", v.alerts)?;
+    let st = &v.store;
     writeln!(
         o,
         "store:      {} ({} KiB, {} written, {} dropped, {} errors)",
-        s(&st["path"]),
-        st["bytes"].as_u64().unwrap_or(0) / 1024,
-        s(&st["written"]),
-        s(&st["dropped"]),
-        s(&st["errors"])
+        clean(&st.path.display().to_string()),
+        st.bytes / 1024,
+        st.written,
+        st.dropped,
+        st.errors
     )?;
-    if let Some(d) = st["degraded"].as_str() {
+    if let Some(d) = &st.degraded {
         writeln!(
             o,
-            "            ! DEGRADED, {} records lost: {d}",
-            s(&st["lost"])
+            "            ! DEGRADED, {} records lost: {}",
+            st.lost,
+            clean(d)
         )?;
     }
-    let au = &v["audit"];
-    if au.is_object() {
+    if let Some(au) = &v.audit {
         writeln!(
             o,
             "audit:      {} ({} appended, {} dropped, {} errors)",
-            s(&au["dir"]),
-            s(&au["appended"]),
-            s(&au["dropped"]),
-            s(&au["errors"])
+            clean(&au.dir.display().to_string()),
+            au.appended,
+            au.dropped,
+            au.errors
         )?;
-        if let Some(d) = au["degraded"].as_str() {
+        if let Some(d) = &au.degraded {
             writeln!(
                 o,
-                "            ! DEGRADED, {} records lost: {d}",
-                s(&au["lost"])
+                "            ! DEGRADED, {} records lost: {}",
+                au.lost,
+                clean(d)
             )?;
         }
     }
-    for sink in v["sinks"].as_array().into_iter().flatten() {
-        writeln!(o, "sink:       {sink}")?;
+    for sink in &v.sinks {
+        // One JSON object per sink, keys sorted, as before the types.
+        writeln!(o, "sink:       {}", serde_json::to_value(sink)?)?;
     }
     Ok(())
 }
 
-fn print_agents(v: &Value) -> anyhow::Result<()> {
+fn print_agents(v: &Agents) -> anyhow::Result<()> {
     let mut o = std::io::stdout().lock();
     writeln!(
         o,
         "{:<48} {:<16} {:<26} {:<8} {:>8} {:>9}",
         "ID", "NAME", "OWNER", "ENV", "SESSIONS", "PROCESSES"
     )?;
-    for a in v["agents"].as_array().into_iter().flatten() {
+    for a in &v.agents {
         writeln!(
             o,
             "{:<48} {:<16} {:<26} {:<8} {:>8} {:>9}",
-            s(&a["id"]),
-            s(&a["name"]),
-            s(&a["owner"]),
-            s(&a["environment"]),
-            s(&a["live_sessions"]),
-            s(&a["live_processes"])
+            clean(&a.id),
+            opt(a.name.as_deref()),
+            opt(a.owner.as_deref()),
+            opt(a.environment.as_deref()),
+            a.live_sessions,
+            a.live_processes
         )?;
     }
-    writeln!(
-        o,
-        "unregistered processes: {}",
-        s(&v["unregistered_processes"])
-    )?;
+    writeln!(o, "unregistered processes: {}", v.unregistered_processes)?;
     Ok(())
 }
 
-fn print_agent(v: &Value) -> anyhow::Result<()> {
+fn print_agent(v: &AgentDetail) -> anyhow::Result<()> {
     let mut o = std::io::stdout().lock();
-    let a = &v["agent"];
+    let a = &v.agent;
     writeln!(
         o,
         "{}  ({})\n  owner: {}  environment: {}  registered in {}",
-        s(&a["id"]),
-        s(&a["name"]),
-        s(&a["owner"]),
-        s(&a["environment"]),
-        s(&a["registered_in"])
+        clean(&a.id),
+        opt(a.name.as_deref()),
+        opt(a.owner.as_deref()),
+        opt(a.environment.as_deref()),
+        clean(&a.registered_in)
     )?;
     writeln!(
         o,
         "  live: {} sessions, {} processes",
-        s(&a["live_sessions"]),
-        s(&a["live_processes"])
+        a.live_sessions, a.live_processes
     )?;
     drop(o);
-    print_ps(&v["processes"], false)?;
+    print_ps(&v.processes, false)?;
     let mut o = std::io::stdout().lock();
     writeln!(o, "sessions:")?;
-    for sess in v["sessions"].as_array().into_iter().flatten() {
+    for sess in &v.sessions {
         writeln!(
             o,
             "  {:<40} root {}  events {}",
-            s(&sess["session"]),
-            s(&sess["root_exec_id"]),
-            s(&sess["events"])
+            clean(&sess.session),
+            clean(&sess.root_exec_id),
+            sess.events
         )?;
     }
     Ok(())
 }
 
-fn print_ps(v: &Value, tree: bool) -> anyhow::Result<()> {
+fn ps_row(p: &ProcessView, depth: usize) -> String {
+    let argv = joined(&p.process.argv, " ");
+    let chain = if p.acting_for.is_empty() {
+        String::new()
+    } else {
+        format!(" (acting for {})", joined(&p.acting_for, " → "))
+    };
+    format!(
+        "  {}{:>7} {:>7} {:>5} {:<28} {}{}",
+        "  ".repeat(depth),
+        p.process.pid,
+        p.process.ppid,
+        p.process.uid,
+        opt(p.session.as_deref()),
+        if argv.is_empty() {
+            clean(&p.process.exe)
+        } else {
+            argv
+        },
+        chain
+    )
+}
+
+/// Prints `p` and, indented, its descendants in `list`.
+fn walk(
+    p: &ProcessView,
+    list: &[&ProcessView],
+    depth: usize,
+    o: &mut std::io::StdoutLock<'_>,
+) -> anyhow::Result<()> {
+    writeln!(o, "{}", ps_row(p, depth))?;
+    for c in list
+        .iter()
+        .filter(|c| c.process.parent_exec_id.as_ref() == Some(&p.process.exec_id))
+    {
+        walk(c, list, depth + 1, o)?;
+    }
+    Ok(())
+}
+
+fn print_ps(procs: &[ProcessView], tree: bool) -> anyhow::Result<()> {
     let mut o = std::io::stdout().lock();
-    let procs = v.as_array().cloned().unwrap_or_default();
-    let mut by_agent: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    for p in &procs {
+    let mut by_agent: BTreeMap<String, Vec<&ProcessView>> = BTreeMap::new();
+    for p in procs {
         by_agent
-            .entry(agent_label(&p["agent"]))
+            .entry(agent_label(p.agent.as_ref()))
             .or_default()
             .push(p);
     }
     for (agent, list) in by_agent {
         writeln!(o, "{agent}:")?;
-        let exec_ids: std::collections::HashSet<&str> =
-            list.iter().filter_map(|p| p["exec_id"].as_str()).collect();
-        let write_one =
-            |p: &Value, depth: usize, o: &mut std::io::StdoutLock<'_>| -> anyhow::Result<()> {
-                let argv = p["argv"]
-                    .as_array()
-                    .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
-                    .unwrap_or_default();
-                let chain = p["acting_for"]
-                    .as_array()
-                    .filter(|a| !a.is_empty())
-                    .map(|a| {
-                        format!(
-                            " (acting for {})",
-                            a.iter().map(s).collect::<Vec<_>>().join(" → ")
-                        )
-                    })
-                    .unwrap_or_default();
-                writeln!(
-                    o,
-                    "  {}{:>7} {:>7} {:>5} {:<28} {}{}",
-                    "  ".repeat(depth),
-                    s(&p["pid"]),
-                    s(&p["ppid"]),
-                    s(&p["uid"]),
-                    s(&p["session"]),
-                    if argv.is_empty() { s(&p["exe"]) } else { argv },
-                    chain
-                )?;
-                Ok(())
-            };
-        if tree {
-            // Roots: processes whose parent is not in this agent's list.
-            fn walk<'a>(
-                p: &'a Value,
-                list: &[&'a Value],
-                depth: usize,
-                f: &mut dyn FnMut(&Value, usize) -> anyhow::Result<()>,
-            ) -> anyhow::Result<()> {
-                f(p, depth)?;
-                for c in list.iter().filter(|c| c["parent_exec_id"] == p["exec_id"]) {
-                    walk(c, list, depth + 1, f)?;
-                }
-                Ok(())
-            }
-            let roots: Vec<&Value> = list
-                .iter()
-                .copied()
-                .filter(|p| {
-                    !p["parent_exec_id"]
-                        .as_str()
-                        .is_some_and(|id| exec_ids.contains(id))
-                })
-                .collect();
-            for r in roots {
-                walk(r, &list, 0, &mut |p, d| write_one(p, d, &mut o))?;
-            }
-        } else {
+        if !tree {
             for p in list {
-                write_one(p, 0, &mut o)?;
+                writeln!(o, "{}", ps_row(p, 0))?;
             }
+            continue;
+        }
+        // Roots: processes whose parent is not in this agent's list.
+        let exec_ids: std::collections::HashSet<&ExecId> =
+            list.iter().map(|p| &p.process.exec_id).collect();
+        for r in list.iter().filter(|p| {
+            !p.process
+                .parent_exec_id
+                .as_ref()
+                .is_some_and(|id| exec_ids.contains(id))
+        }) {
+            walk(r, &list, 0, &mut o)?;
         }
     }
     Ok(())
 }
 
-fn print_events(v: &Value) -> anyhow::Result<()> {
-    let mut o = std::io::stdout().lock();
-    for e in v.as_array().into_iter().flatten() {
-        writeln!(o, "{}", event_line(e))?;
-    }
-    Ok(())
-}
-
-fn print_credentials(v: &Value) -> anyhow::Result<()> {
+fn print_credentials(v: &Vec<CredentialRow>) -> anyhow::Result<()> {
     let mut o = std::io::stdout().lock();
     writeln!(
         o,
         "{:<22} {:<10} {:<48} {:>6} SEEN AS",
         "FINGERPRINT", "KIND", "AGENT", "COUNT"
     )?;
-    for c in v.as_array().into_iter().flatten() {
-        let sources = c["sources"]
-            .as_array()
-            .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
-            .unwrap_or_default();
+    for c in v {
         writeln!(
             o,
             "{:<22} {:<10} {:<48} {:>6} {}",
-            s(&c["fingerprint"]),
-            s(&c["kind"]),
-            s(&c["agent"]),
-            s(&c["count"]),
-            sources
+            clean(&c.fingerprint),
+            clean(&c.kind),
+            clean(&c.agent),
+            c.count,
+            joined(&c.sources, ", ")
         )?;
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! Where detection output goes: the alerts file, the store, followers; revocations.
+//! Where detection output goes: the alerts file, the store, followers.
 use std::{
     io::Write as _,
     path::Path,
@@ -7,12 +7,11 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::state::{Live, Shared};
 use crate::{
-    credentials::FingerprintPrefix,
     detect::{Alert, Output},
     event::EventKind,
     sensor::KindCounts,
+    state::{Live, Shared},
     store::{StoreOp, Writer},
 };
 
@@ -184,36 +183,4 @@ pub fn open_alerts_file(path: &Path) -> anyhow::Result<std::fs::File> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening the alerts file {}", path.display()))
-}
-
-/// Revoked fingerprint prefixes, one per line in `STATE/revoked`.
-pub fn load_revoked(state_dir: &Path) -> Vec<FingerprintPrefix> {
-    std::fs::read_to_string(state_dir.join("revoked"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-/// Persists a revocation and applies it.
-pub fn revoke(shared: &Shared, prefix: &str) -> Result<(), String> {
-    let parsed: FingerprintPrefix = prefix.parse().map_err(|e| format!("{prefix:?}: {e}"))?;
-    let state_dir = shared
-        .config
-        .read()
-        .map_err(|_| "config lock poisoned".to_owned())?
-        .state_dir
-        .clone();
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(state_dir.join("revoked"))
-        .map_err(|e| format!("recording the revocation: {e}"))?;
-    writeln!(f, "{prefix}").map_err(|e| format!("recording the revocation: {e}"))?;
-    shared
-        .detector
-        .lock()
-        .map_err(|_| "detector lock poisoned".to_owned())?
-        .revoke(parsed);
-    Ok(())
 }

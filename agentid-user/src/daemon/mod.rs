@@ -4,35 +4,29 @@
 //! from shared state; signals: SIGTERM/SIGINT stop (detach, flush, exit 0), SIGHUP
 //! reloads the configuration's registry. The agents directory is also polled for changes.
 mod alerts;
-mod audit;
 mod lock;
-pub mod state;
-
-pub use alerts::revoke;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::broadcast,
-};
+use tokio::signal::unix::{SignalKind, signal};
 
-use self::state::{Counters, Live, Rates, Shared};
 use crate::{
     attribution::AttributedEvent,
+    audit::AuditWriter,
     cgroup,
     config::Config,
-    credentials::FingerprintKey,
+    credentials::{FingerprintKey, Revocations},
     detect::Detector,
     identity::GlobList,
     outputs::{OutputContext, SinkManager},
     pipeline::{Pipeline, load_registry},
     sensor::{Sensor, SensorOptions},
+    state::{Live, Shared},
     store::{Retention, Store, StoreOp, Writer},
 };
 
@@ -89,7 +83,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let mut last_loss_alert: std::collections::HashMap<String, Instant> =
         std::collections::HashMap::new();
 
-    let audit = audit::AuditWriter::start(
+    let audit = AuditWriter::start(
         &config.state_dir.join("audit"),
         &config.state_dir.join("audit.key"),
         crate::audit::AuditOptions {
@@ -102,25 +96,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             ..crate::audit::AuditOptions::default()
         },
     )?;
-    let (events, _) = broadcast::channel(4096);
-    let (alerts, _) = broadcast::channel(1024);
-    let shared = Arc::new(Shared {
-        config: RwLock::new(config.clone()),
-        started: Instant::now(),
-        pipeline: Mutex::new(pipeline),
-        detector: Mutex::new(detector),
-        alerts_file: Mutex::new(Some(alerts_file)),
-        sinks: Mutex::new(Some(sinks)),
-        audit: Mutex::new(Some(audit)),
-        alert_updates: Mutex::new(std::collections::HashMap::new()),
-        store: Mutex::new(store),
-        writer_stats: Arc::clone(&writer.stats),
-        counters: Counters::default(),
-        rates: Rates::default(),
-        events,
-        alerts,
-        probes: Sensor::program_names(),
-    });
+    let shared = Shared::new(
+        config.clone(),
+        pipeline,
+        detector,
+        store,
+        Arc::clone(&writer.stats),
+        Sensor::program_names(),
+    );
+    *lock(&shared.alerts_file) = Some(alerts_file);
+    *lock(&shared.sinks) = Some(sinks);
+    *lock(&shared.audit) = Some(audit);
+    let shared = Arc::new(shared);
     let api = crate::api::serve(Arc::clone(&shared))?;
     tracing::info!(socket = %config.socket.display(), "API listening");
 
@@ -138,6 +125,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             r = sensor.next_events(&mut batch) => {
                 if let Err(e) = r { break Err(e.into()); }
                 let seen = handle_batch(&shared, &writer, &mut batch);
+                shared.view_changed();
                 let new: Vec<u64> = seen.into_iter().filter(|id| !watched.contains(id)).collect();
                 if !new.is_empty() {
                     watch_agent_cgroups(&shared, &mut sensor, &mut watched, new);
@@ -160,6 +148,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                     if stamp != registry_stamp {
                         registry_stamp = stamp;
                         reload_registry(&shared, &dir);
+                        shared.view_changed();
                     }
                 }
             }
@@ -168,6 +157,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 let dir = read_config(&shared).agents_dir;
                 registry_stamp = dir_stamp(&dir);
                 reload_registry(&shared, &dir);
+                shared.view_changed();
             }
             Some(notice) = sink_drops.recv() => {
                 // Loss is never silent: counted by the sink, and an alert — at most one
@@ -233,10 +223,18 @@ fn build_detector(
     };
     let mut detector = Detector::new(key, watch);
     detector.set_registry(registry);
-    for prefix in alerts::load_revoked(&config.state_dir) {
+    for prefix in Revocations::new(&config.state_dir)
+        .load()
+        .context("the revoked credentials")?
+    {
         detector.revoke(prefix);
     }
     Ok(detector)
+}
+
+/// A lock whose holder panicked still guards valid data here (plain handles).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn read_config(shared: &Shared) -> Config {

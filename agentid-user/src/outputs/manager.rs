@@ -228,7 +228,7 @@ impl SinkManager {
                 let c = &s.counters;
                 SinkStats {
                     name: s.name.clone(),
-                    kind: s.kind,
+                    kind: s.kind.to_owned(),
                     delivered: c.delivered.load(Ordering::Relaxed),
                     retried: c.retried.load(Ordering::Relaxed),
                     spooled: c.spooled.load(Ordering::Relaxed),

@@ -10,7 +10,7 @@
 //! [`SinkManager::start`].
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub mod config;
 mod delivery;
@@ -56,10 +56,10 @@ pub struct DropNotice {
 }
 
 /// Per-sink counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkStats {
     pub name: String,
-    pub kind: &'static str,
+    pub kind: String,
     /// Accepted by the receiver.
     pub delivered: u64,
     /// Delivery attempts that failed transiently (counted per record).

@@ -1,14 +1,14 @@
 //! Process identities that survive pid reuse.
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Names one process for its whole life and never another: `host:boot:start:pid`, where
 /// `boot` is the first 8 hex digits of the kernel boot id and `start` the process start
 /// time in clock ticks since boot — the same value `/proc/PID/stat` reports, so a process
 /// seen first through `/proc` and later through kernel events gets the same id, also after
 /// a daemon restart. An exec keeps the id (same process, new image).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ExecId(String);
 

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// What the table knows about one process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Process {
     pub pid: u32,
     pub exec_id: ExecId,

@@ -1,4 +1,4 @@
-//! The daemon's audit writer: a thread that appends every attributed event and every
+//! The audit writer: a thread that appends every attributed event and every
 //! alert to the hash-chained audit log, checkpoints on a timer, and closes the log (final
 //! signed checkpoint) on shutdown. The event path only enqueues.
 use std::{
@@ -13,13 +13,8 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{
-    attribution::AttributedEvent,
-    audit::{AuditLog, AuditOptions, load_or_create_key},
-    detect::Alert,
-    health::WriteHealth,
-    queue,
-};
+use super::{AuditLog, AuditOptions, load_or_create_key};
+use crate::{attribution::AttributedEvent, detect::Alert, health::WriteHealth, queue};
 
 enum Record {
     Event(Box<AttributedEvent>),

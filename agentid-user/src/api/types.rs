@@ -1,0 +1,306 @@
+//! The API contract: every request's parameters and every response's body, as types.
+//!
+//! The routes build these and the CLI deserialises them, so renaming a field changes both
+//! sides or fails to compile, instead of the CLI printing `-` for a field that moved.
+//! Event and alert bodies are stored as JSON when they happen and served as stored; the
+//! CLI reads them as [`EventRecord`] / [`AlertRecord`], whose shape is checked against
+//! the serialisers by the round-trip tests (`deny_unknown_fields` on events: a new or
+//! renamed field is a test failure, not a silently empty column).
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    attribution::AgentRef,
+    event::{EventKind, Protocol},
+    outputs::SinkStats,
+    process::{ExecId, Process},
+};
+
+/// Query parameters of the `GET` routes; unknown ones are refused so typos do not
+/// silently widen a query.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    pub id: Option<String>,
+    pub agent: Option<String>,
+    pub kind: Option<String>,
+    pub rule: Option<String>,
+    /// Nanoseconds since the epoch.
+    pub since: Option<u64>,
+    pub limit: Option<u32>,
+    pub follow: Option<bool>,
+}
+
+/// `POST /v1/credentials/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeParams {
+    pub fingerprint: String,
+}
+
+/// Any error: `{"error": "..."}` with a 4xx/5xx status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_s: u64,
+    pub probes: Vec<String>,
+    /// Per event kind (`exec`, `fork`, ...).
+    pub events: BTreeMap<String, u64>,
+    pub events_per_s: BTreeMap<String, f64>,
+    pub drops: BTreeMap<String, u64>,
+    pub undecodable: u64,
+    pub alerts: u64,
+    pub processes: ProcessCounts,
+    pub registry: RegistryStatus,
+    pub store: StoreStatus,
+    pub alerts_file: PathBuf,
+    /// `null` once the audit writer is closed (shutdown).
+    pub audit: Option<AuditStatus>,
+    pub sinks: Vec<SinkStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessCounts {
+    pub live: usize,
+    pub exited_kept: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryStatus {
+    pub dir: PathBuf,
+    pub agents: usize,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub written: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub lost: u64,
+    /// Why writes are failing, while they are.
+    pub degraded: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditStatus {
+    pub dir: PathBuf,
+    pub appended: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub lost: u64,
+    pub degraded: Option<String>,
+}
+
+/// One registered agent with its live counts (`GET /v1/agents`, `/v1/agent`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSummary {
+    pub id: String,
+    pub name: Option<String>,
+    pub owner: Option<String>,
+    pub environment: Option<String>,
+    /// The file (or source) the registration came from.
+    pub registered_in: String,
+    pub live_sessions: usize,
+    pub live_processes: usize,
+}
+
+/// `GET /v1/agents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agents {
+    pub agents: Vec<AgentSummary>,
+    pub unregistered_processes: usize,
+}
+
+/// `GET /v1/agent?id=`: one agent, its live processes and its sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentDetail {
+    pub agent: AgentSummary,
+    pub processes: Vec<ProcessView>,
+    pub sessions: Vec<SessionRow>,
+}
+
+/// A live process with its identity (`GET /v1/processes`): the process's fields, then
+/// its attribution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessView {
+    #[serde(flatten)]
+    pub process: Process,
+    /// The agent, or the string `"unregistered"`.
+    #[serde(with = "agent_or_unregistered")]
+    pub agent: Option<AgentRef>,
+    pub session: Option<String>,
+    pub acting_for: Vec<String>,
+    pub lineage: Vec<ExecId>,
+}
+
+/// A session, running or past (`GET /v1/sessions`, in [`AgentDetail`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRow {
+    pub session: String,
+    pub agent: String,
+    pub root_exec_id: String,
+    pub first_seen_ns: i64,
+    pub last_seen_ns: i64,
+    pub events: i64,
+}
+
+/// A credential fingerprint with one agent that used it (`GET /v1/credentials`); never
+/// the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRow {
+    pub fingerprint: String,
+    pub kind: String,
+    pub agent: String,
+    pub first_seen_ns: i64,
+    pub last_seen_ns: i64,
+    pub count: i64,
+    /// Where it was seen (`env:OPENAI_API_KEY`, `argv`, a file path).
+    pub sources: Vec<String>,
+}
+
+/// `POST /v1/credentials/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub revoked: String,
+}
+
+/// An attributed event as stored and served (`GET /v1/events`, `/v1/connections`,
+/// followed events): the wire form of [`crate::attribution::AttributedEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRecord {
+    pub kind: EventKind,
+    /// RFC 3339.
+    pub time: String,
+    pub pid: u32,
+    pub ppid: Option<u32>,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    pub comm: String,
+    // exec
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv_truncated: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv_missing: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loginuid: Option<u32>,
+    // exit
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<u32>,
+    // open
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_flags: Option<u32>,
+    // connect, send
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    // attribution
+    pub exec_id: Option<ExecId>,
+    pub parent_exec_id: Option<ExecId>,
+    #[serde(with = "agent_or_unregistered")]
+    pub agent: Option<AgentRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ambiguous: Vec<String>,
+    pub session: Option<String>,
+    pub acting_for: Vec<String>,
+    pub lineage: Vec<ExecId>,
+}
+
+/// An alert as stored and served (`GET /v1/alerts`, followed alerts): the fields the CLI
+/// shows; evidence and tags stay JSON (the `--json` output carries them whole).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    pub uid: String,
+    pub rule: String,
+    pub title: String,
+    pub description: String,
+    pub severity: String,
+    /// RFC 3339.
+    pub first_seen: String,
+    pub last_seen: String,
+    pub count: u64,
+    pub agents: Vec<AlertAgentRecord>,
+    pub evidence: serde_json::Value,
+    pub tags: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertAgentRecord {
+    /// SPIFFE ID, or `unregistered`.
+    pub id: String,
+    pub name: Option<String>,
+    pub owner: Option<String>,
+    pub environment: Option<String>,
+    pub session: Option<String>,
+}
+
+/// A follower too slow for the live stream is told how many items it missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lagged {
+    pub lagged: u64,
+}
+
+/// `agent`: an object for an attributed process, the string `"unregistered"` otherwise.
+mod agent_or_unregistered {
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer, de::Error as _};
+
+    use crate::attribution::AgentRef;
+
+    const UNREGISTERED: &str = "unregistered";
+
+    #[expect(
+        clippy::ref_option,
+        reason = "serde's `with` passes the field by reference"
+    )]
+    pub fn serialize<S: Serializer>(a: &Option<AgentRef>, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            Some(a) => a.serialize(s),
+            None => s.serialize_str(UNREGISTERED),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AgentRef>, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Agent(AgentRef),
+            Word(String),
+        }
+        match Wire::deserialize(d)? {
+            Wire::Agent(a) => Ok(Some(a)),
+            Wire::Word(w) if w == UNREGISTERED => Ok(None),
+            Wire::Word(w) => Err(D::Error::custom(format!(
+                "agent: expected an object or \"{UNREGISTERED}\", got {w:?}"
+            ))),
+        }
+    }
+}

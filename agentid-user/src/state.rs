@@ -1,0 +1,228 @@
+//! State shared between the daemon's event loop and the API.
+//!
+//! The event loop owns the pipeline; API reads of processes and agents go through a
+//! [`LiveView`]: an immutable snapshot of the process table and the registry. The event
+//! loop only marks it stale after each batch ([`Shared::view_changed`], an atomic store);
+//! the first API read after that copies the table under the pipeline lock (a clone of the
+//! live processes, identities shared by `Arc`) and publishes the copy. Filtering, building
+//! the response and serialising it happen on the copy, without the lock, so a reader never
+//! holds up the event loop for longer than one copy, and the event loop does no work for
+//! the API while nobody asks. Staleness: none for a single reader (it sees every batch
+//! finished before its read); a reader concurrent with another's refresh may get the
+//! previous snapshot, at most one batch behind.
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use tokio::sync::broadcast;
+
+use crate::{
+    attribution::ProcIdentity,
+    audit::AuditWriter,
+    config::Config,
+    credentials::Revocations,
+    detect::Detector,
+    identity::Registry,
+    pipeline::Pipeline,
+    process::Process,
+    sensor::KindCounts,
+    store::{Store, WriterStats},
+};
+
+/// Per-kind counter arrays are indexed by the ABI kind number.
+const K: usize = agentid_ebpf::kind::COUNT as usize;
+
+/// One live item (event or alert) for followers, pre-serialised once.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub agent: Option<String>,
+    /// Event kind, or alert rule.
+    pub kind: String,
+    pub json: Arc<str>,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received: [AtomicU64; K],
+    pub drops: [AtomicU64; K],
+    pub undecodable: AtomicU64,
+    pub alerts: AtomicU64,
+}
+
+impl Counters {
+    pub fn set(&self, received: &KindCounts, drops: &KindCounts, undecodable: u64) {
+        for (slot, v) in self.received.iter().zip(received) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+        for (slot, v) in self.drops.iter().zip(drops) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+        self.undecodable.store(undecodable, Ordering::Relaxed);
+    }
+
+    pub fn received(&self) -> [u64; K] {
+        std::array::from_fn(|i| self.received[i].load(Ordering::Relaxed))
+    }
+}
+
+/// Per-second samples of the received counters, for events/s over the last 10 s.
+#[derive(Debug, Default)]
+pub struct Rates {
+    samples: Mutex<VecDeque<(Instant, [u64; K])>>,
+}
+
+impl Rates {
+    pub fn sample(&self, counts: [u64; K]) {
+        if let Ok(mut s) = self.samples.lock() {
+            s.push_back((Instant::now(), counts));
+            while s.len() > 11 {
+                s.pop_front();
+            }
+        }
+    }
+
+    /// Events/s per kind over the sampled window.
+    pub fn per_second(&self) -> [f64; K] {
+        let Ok(s) = self.samples.lock() else {
+            return [0.0; K];
+        };
+        let (Some((t0, c0)), Some((t1, c1))) = (s.front(), s.back()) else {
+            return [0.0; K];
+        };
+        let dt = t1.duration_since(*t0).as_secs_f64();
+        if dt <= 0.0 {
+            return [0.0; K];
+        }
+        #[expect(clippy::cast_precision_loss, reason = "rates are approximate")]
+        std::array::from_fn(|i| c1[i].saturating_sub(c0[i]) as f64 / dt)
+    }
+}
+
+/// A snapshot of the live process table and the registry, for the API.
+#[derive(Debug, Default)]
+pub struct LiveView {
+    /// Live processes with their identity (`None`: not attributed yet), sorted by pid
+    /// once published.
+    pub processes: Vec<(Process, Option<Arc<ProcIdentity>>)>,
+    pub registry: Arc<Registry>,
+    pub live: usize,
+    pub exited_kept: usize,
+}
+
+impl LiveView {
+    /// Copies what the API shows out of the pipeline: each process once, identities by
+    /// reference.
+    pub fn of(pipeline: &Pipeline) -> Self {
+        let processes = pipeline
+            .table
+            .live()
+            .map(|p| (p.clone(), pipeline.attributor.identity_of(p)))
+            .collect();
+        Self {
+            processes,
+            registry: Arc::clone(pipeline.registry()),
+            live: pipeline.table.live_count(),
+            exited_kept: pipeline.table.exited_count(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Shared {
+    pub config: RwLock<Config>,
+    pub started: Instant,
+    /// The event loop's; the API reads [`Shared::view`] instead.
+    pub pipeline: Mutex<Pipeline>,
+    /// What the API shows of the pipeline (see the module doc).
+    view: RwLock<Arc<LiveView>>,
+    /// The pipeline changed since `view` was copied.
+    view_stale: AtomicBool,
+    pub detector: Mutex<Detector>,
+    /// Persisted revocations (`STATE/revoked`), applied to the detector as they are added.
+    pub revocations: Revocations,
+    /// Alerts as JSON lines: always written, the sink of last resort.
+    pub alerts_file: Mutex<Option<std::fs::File>>,
+    /// SIEM sinks; taken out for the graceful shutdown.
+    pub sinks: Mutex<Option<crate::outputs::SinkManager>>,
+    /// The tamper-evident audit trail; taken out to close it (final checkpoint).
+    pub audit: Mutex<Option<AuditWriter>>,
+    /// Per incident: when it was last published, and a held-back newer state.
+    pub alert_updates:
+        Mutex<std::collections::HashMap<String, (Instant, Option<crate::detect::Alert>)>>,
+    /// Read connection for API queries (the writer has its own).
+    pub store: Mutex<Store>,
+    pub writer_stats: Arc<WriterStats>,
+    pub counters: Counters,
+    pub rates: Rates,
+    pub events: broadcast::Sender<Live>,
+    pub alerts: broadcast::Sender<Live>,
+    pub probes: Vec<&'static str>,
+}
+
+impl Shared {
+    /// State for a daemon (or a test harness) before its outputs are started: no alerts
+    /// file, sinks or audit writer yet, counters at zero.
+    pub fn new(
+        config: Config,
+        pipeline: Pipeline,
+        detector: Detector,
+        store: Store,
+        writer_stats: Arc<WriterStats>,
+        probes: Vec<&'static str>,
+    ) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        let (alerts, _) = broadcast::channel(1024);
+        let mut view = LiveView::of(&pipeline);
+        view.processes.sort_by_key(|(p, _)| p.pid);
+        Self {
+            revocations: Revocations::new(&config.state_dir),
+            config: RwLock::new(config),
+            started: Instant::now(),
+            view: RwLock::new(Arc::new(view)),
+            view_stale: AtomicBool::new(false),
+            pipeline: Mutex::new(pipeline),
+            detector: Mutex::new(detector),
+            alerts_file: Mutex::new(None),
+            sinks: Mutex::new(None),
+            audit: Mutex::new(None),
+            alert_updates: Mutex::new(std::collections::HashMap::new()),
+            store: Mutex::new(store),
+            writer_stats,
+            counters: Counters::default(),
+            rates: Rates::default(),
+            events,
+            alerts,
+            probes,
+        }
+    }
+
+    /// The pipeline changed: the next [`Shared::view`] copies it again.
+    pub fn view_changed(&self) {
+        self.view_stale.store(true, Ordering::Release);
+    }
+
+    /// The live processes and registry as of now (see the module doc): a fresh copy if the
+    /// pipeline changed since the last one, else the last one.
+    pub fn view(&self) -> Arc<LiveView> {
+        if self.view_stale.swap(false, Ordering::AcqRel) {
+            let copied = self.pipeline.lock().map(|p| LiveView::of(&p));
+            if let Ok(mut view) = copied {
+                view.processes.sort_by_key(|(p, _)| p.pid);
+                let view = Arc::new(view);
+                if let Ok(mut v) = self.view.write() {
+                    *v = Arc::clone(&view);
+                }
+                return view;
+            }
+            tracing::error!("pipeline lock poisoned; serving the last snapshot");
+        }
+        self.view
+            .read()
+            .map_or_else(|_| Arc::new(LiveView::default()), |v| Arc::clone(&v))
+    }
+}
