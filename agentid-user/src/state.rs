@@ -13,7 +13,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Instant,
@@ -21,13 +21,16 @@ use std::{
 
 use tokio::sync::broadcast;
 
+pub use crate::outputs::fanout::Live;
+
 use crate::{
     attribution::ProcIdentity,
-    audit::AuditWriter,
+    audit::AuditStats,
     config::Config,
     credentials::Revocations,
     detect::Detector,
     identity::Registry,
+    outputs::{SinkMonitor, fanout::Fanout},
     pipeline::Pipeline,
     process::Process,
     sensor::KindCounts,
@@ -36,15 +39,6 @@ use crate::{
 
 /// Per-kind counter arrays are indexed by the ABI kind number.
 const K: usize = agentid_ebpf::kind::COUNT as usize;
-
-/// One live item (event or alert) for followers, pre-serialised once.
-#[derive(Debug, Clone)]
-pub struct Live {
-    pub agent: Option<String>,
-    /// Event kind, or alert rule.
-    pub kind: String,
-    pub json: Arc<str>,
-}
 
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -132,6 +126,13 @@ impl LiveView {
     }
 }
 
+/// What `status` reports of the outputs, readable without the fan-out's lock.
+#[derive(Debug, Clone)]
+pub struct OutputStats {
+    pub audit: Option<Arc<AuditStats>>,
+    pub sinks: SinkMonitor,
+}
+
 #[derive(Debug)]
 pub struct Shared {
     pub config: RwLock<Config>,
@@ -145,15 +146,10 @@ pub struct Shared {
     pub detector: Mutex<Detector>,
     /// Persisted revocations (`STATE/revoked`), applied to the detector as they are added.
     pub revocations: Revocations,
-    /// Alerts as JSON lines: always written, the sink of last resort.
-    pub alerts_file: Mutex<Option<std::fs::File>>,
-    /// SIEM sinks; taken out for the graceful shutdown.
-    pub sinks: Mutex<Option<crate::outputs::SinkManager>>,
-    /// The tamper-evident audit trail; taken out to close it (final checkpoint).
-    pub audit: Mutex<Option<AuditWriter>>,
-    /// Per incident: when it was last published, and a held-back newer state.
-    pub alert_updates:
-        Mutex<std::collections::HashMap<String, (Instant, Option<crate::detect::Alert>)>>,
+    /// Where events and alerts go; taken out at shutdown to close the outputs.
+    pub outputs: Mutex<Option<Fanout>>,
+    /// Counters of the outputs that keep them, for `status` (set once they start).
+    pub output_stats: OnceLock<OutputStats>,
     /// Read connection for API queries (the writer has its own).
     pub store: Mutex<Store>,
     pub writer_stats: Arc<WriterStats>,
@@ -187,10 +183,8 @@ impl Shared {
             view_stale: AtomicBool::new(false),
             pipeline: Mutex::new(pipeline),
             detector: Mutex::new(detector),
-            alerts_file: Mutex::new(None),
-            sinks: Mutex::new(None),
-            audit: Mutex::new(None),
-            alert_updates: Mutex::new(std::collections::HashMap::new()),
+            outputs: Mutex::new(None),
+            output_stats: OnceLock::new(),
             store: Mutex::new(store),
             writer_stats,
             counters: Counters::default(),

@@ -94,22 +94,18 @@ async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
         .read()
         .map_err(|_| internal("config lock poisoned"))?
         .clone();
-    let audit = s.audit.lock().ok().and_then(|a| {
-        a.as_ref().map(|a| types::AuditStatus {
+    let outputs = s.output_stats.get();
+    let audit = outputs
+        .and_then(|o| o.audit.as_ref())
+        .map(|a| types::AuditStatus {
             dir: config.state_dir.join("audit"),
-            appended: a.stats.appended.load(Relaxed),
-            dropped: a.stats.dropped.load(Relaxed),
-            errors: a.stats.errors.load(Relaxed),
-            lost: a.stats.health.lost.load(Relaxed),
-            degraded: a.stats.health.degraded(),
-        })
-    });
-    let sinks = s
-        .sinks
-        .lock()
-        .ok()
-        .and_then(|g| g.as_ref().map(crate::outputs::SinkManager::stats))
-        .unwrap_or_default();
+            appended: a.appended.load(Relaxed),
+            dropped: a.dropped.load(Relaxed),
+            errors: a.errors.load(Relaxed),
+            lost: a.health.lost.load(Relaxed),
+            degraded: a.health.degraded(),
+        });
+    let sinks = outputs.map(|o| o.sinks.stats()).unwrap_or_default();
     let w = &s.writer_stats;
     Ok(Json(types::Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -304,3 +304,100 @@ mod agent_or_unregistered {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec_id(ticks: u64, pid: u32) -> ExecId {
+        crate::process::HostIds {
+            host: "h".into(),
+            boot: "b".into(),
+        }
+        .exec_id(ticks, pid)
+    }
+
+    fn process() -> Process {
+        Process {
+            pid: 42,
+            exec_id: exec_id(7, 42),
+            ppid: 1,
+            parent_exec_id: None,
+            start_ticks: 7,
+            exe: "/usr/bin/python3".into(),
+            argv: vec!["python3".into(), "agent.py".into()],
+            comm: "python3".into(),
+            uid: 1000,
+            gid: 1000,
+            loginuid: Some(1000),
+            cgroup_id: 9,
+            cgroup: "/agents/a".into(),
+            exited_ns: None,
+        }
+    }
+
+    /// The process's fields sit beside its attribution, and `agent` is an object or the
+    /// word `unregistered`, both ways.
+    #[test]
+    fn process_view_round_trips_both_shapes_of_agent() {
+        let registered = ProcessView {
+            process: process(),
+            agent: Some(AgentRef {
+                id: "spiffe://x/agent/a".into(),
+                name: Some("a".into()),
+                owner: None,
+                environment: None,
+            }),
+            session: Some("a/42-7".into()),
+            acting_for: vec!["spiffe://x/agent/b".into()],
+            lineage: vec![exec_id(1, 1)],
+        };
+        let unregistered = ProcessView {
+            agent: None,
+            session: None,
+            acting_for: Vec::new(),
+            lineage: Vec::new(),
+            ..registered.clone()
+        };
+        for view in [registered, unregistered] {
+            let v = serde_json::to_value(&view).unwrap();
+            assert_eq!(v["pid"], 42);
+            assert_eq!(v["exe"], "/usr/bin/python3");
+            let back: ProcessView = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(back, view, "{v}");
+        }
+        let v = serde_json::to_value(ProcessView {
+            agent: None,
+            session: None,
+            acting_for: Vec::new(),
+            lineage: Vec::new(),
+            process: process(),
+        })
+        .unwrap();
+        assert_eq!(v["agent"], "unregistered");
+        let mut wrong = v;
+        wrong["agent"] = "somebody".into();
+        let e = serde_json::from_value::<ProcessView>(wrong).unwrap_err();
+        assert!(e.to_string().contains("\"somebody\""), "{e}");
+    }
+
+    /// A field the CLI does not know is an error, not an empty column.
+    #[test]
+    fn an_unknown_event_field_is_refused() {
+        let exec = serde_json::json!({
+            "kind": "exec", "time": "2026-01-01T00:00:00Z", "pid": 1, "ppid": null, "tid": 1,
+            "uid": 0, "gid": 0, "cgroup_id": 1, "comm": "sh", "filename": "/bin/sh",
+            "argv": ["sh"], "argv_truncated": false, "argv_missing": false, "loginuid": null,
+            "exec_id": null, "parent_exec_id": null, "agent": "unregistered", "session": null,
+            "acting_for": [], "lineage": []
+        });
+        let e: EventRecord = serde_json::from_value(exec.clone()).unwrap();
+        assert_eq!(
+            (e.kind, e.filename.as_deref()),
+            (EventKind::Exec, Some("/bin/sh"))
+        );
+        let mut renamed = exec;
+        renamed["file_name"] = renamed["filename"].take();
+        assert!(serde_json::from_value::<EventRecord>(renamed).is_err());
+    }
+}

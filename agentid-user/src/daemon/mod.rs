@@ -9,7 +9,7 @@ mod lock;
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -23,11 +23,14 @@ use crate::{
     credentials::{FingerprintKey, Revocations},
     detect::Detector,
     identity::GlobList,
-    outputs::{OutputContext, SinkManager},
+    outputs::{
+        OutputContext, SinkManager,
+        fanout::{AlertsFile, AuditOutput, Fanout, Followers, SinksOutput, StoreOutput},
+    },
     pipeline::{Pipeline, load_registry},
     sensor::{Sensor, SensorOptions},
-    state::{Live, Shared},
-    store::{Retention, Store, StoreOp, Writer},
+    state::{OutputStats, Shared},
+    store::{Retention, Store},
 };
 
 /// How often the cgroup hierarchy is walked for new agent cgroups (file-open watching).
@@ -70,7 +73,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     );
 
     let detector = build_detector(&config, &registry)?;
-    let alerts_file = alerts::open_alerts_file(&config.alerts_file)?;
+    let alerts_file = AlertsFile::open(&config.alerts_file)
+        .with_context(|| format!("opening the alerts file {}", config.alerts_file.display()))?;
     // Processes read from /proc: their command lines may hold secrets too.
     pipeline.table.redact_argv(|argv| detector.redact(argv));
 
@@ -104,9 +108,25 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         Arc::clone(&writer.stats),
         Sensor::program_names(),
     );
-    *lock(&shared.alerts_file) = Some(alerts_file);
-    *lock(&shared.sinks) = Some(sinks);
-    *lock(&shared.audit) = Some(audit);
+    let _ = shared.output_stats.set(OutputStats {
+        audit: Some(Arc::clone(&audit.stats)),
+        sinks: sinks.monitor(),
+    });
+    // One list, told in this order: the store first, so what the API serves is never
+    // behind what a SIEM or a follower was told.
+    *lock(&shared.outputs) = Some(Fanout::new(vec![
+        Box::new(StoreOutput(writer.clone())),
+        Box::new(alerts_file),
+        Box::new(AuditOutput(audit)),
+        Box::new(SinksOutput {
+            sinks,
+            grace: Duration::from_secs(5),
+        }),
+        Box::new(Followers {
+            events: shared.events.clone(),
+            alerts: shared.alerts.clone(),
+        }),
+    ]));
     let shared = Arc::new(shared);
     let api = crate::api::serve(Arc::clone(&shared))?;
     tracing::info!(socket = %config.socket.display(), "API listening");
@@ -124,7 +144,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         tokio::select! {
             r = sensor.next_events(&mut batch) => {
                 if let Err(e) = r { break Err(e.into()); }
-                let seen = handle_batch(&shared, &writer, &mut batch);
+                let seen = handle_batch(&shared, &mut batch);
                 shared.view_changed();
                 let new: Vec<u64> = seen.into_iter().filter(|id| !watched.contains(id)).collect();
                 if !new.is_empty() {
@@ -138,8 +158,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 }
                 let drops = sensor.drops().unwrap_or_default();
                 shared.counters.set(&sensor.received(), &drops, sensor.decode_errors());
-                alerts::check_drops(&shared, &writer, &drops);
-                alerts::flush_updates(&shared, false);
+                alerts::check_drops(&shared, &drops);
+                alerts::flush_updates(&shared);
                 shared.rates.sample(shared.counters.received());
                 if last_poll.elapsed() >= REGISTRY_POLL {
                     last_poll = Instant::now();
@@ -169,7 +189,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                         d.delivery_loss(&notice.sink, notice.dropped_total, &format!("{:?}", notice.reason), SystemTime::now())
                     });
                     if let Some(alert) = alert {
-                        alerts::emit_alert(&shared, &writer, &alert);
+                        alerts::emit_alert(&shared, &alert);
                     }
                 }
             }
@@ -179,20 +199,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     };
     // Detach first (no new events), then flush what was already read.
     sensor.drain(&mut batch);
-    handle_batch(&shared, &writer, &mut batch);
+    handle_batch(&shared, &mut batch);
     drop(sensor);
     api.abort();
-    // Held-back incident updates go out before the outputs close.
-    alerts::flush_updates(&shared, true);
-    let audit = shared.audit.lock().ok().and_then(|mut a| a.take());
-    if let Some(audit) = audit {
-        tokio::task::spawn_blocking(move || audit.close())
-            .await
-            .context("closing the audit log")?;
-    }
-    let sinks = shared.sinks.lock().ok().and_then(|mut s| s.take());
-    if let Some(sinks) = sinks {
-        sinks.shutdown(Duration::from_secs(5)).await;
+    // Held-back incident updates go out, then each output closes (the audit log's final
+    // checkpoint, the sinks' grace period).
+    let outputs = lock(&shared.outputs).take();
+    if let Some(outputs) = outputs {
+        outputs.close().await;
     }
     let _ = std::fs::remove_file(&config.socket);
     writer.flush().context("flushing the store")?;
@@ -243,11 +257,7 @@ fn read_config(shared: &Shared) -> Config {
 
 /// Runs a batch through the pipeline; returns the cgroups that agents' events came from
 /// (their file opens are worth watching).
-fn handle_batch(
-    shared: &Shared,
-    writer: &Writer,
-    batch: &mut Vec<crate::event::Event>,
-) -> Vec<u64> {
+fn handle_batch(shared: &Shared, batch: &mut Vec<crate::event::Event>) -> Vec<u64> {
     let mut agent_cgroups = Vec::new();
     if batch.is_empty() {
         return agent_cgroups;
@@ -266,8 +276,8 @@ fn handle_batch(
         if attributed.agent.is_some() {
             agent_cgroups.push(attributed.event.cgroup_id);
         }
-        record(shared, writer, &attributed);
-        alerts::record_detection(shared, writer, out);
+        record(shared, &attributed);
+        alerts::record_detection(shared, &out);
     }
     agent_cgroups
 }
@@ -304,46 +314,11 @@ fn watch_agent_cgroups(
     }
 }
 
-fn record(shared: &Shared, writer: &Writer, a: &AttributedEvent) {
-    let json = match serde_json::to_string(a) {
-        Ok(j) => j,
-        Err(e) => {
-            tracing::warn!(error = %e, "unserialisable event");
-            return;
-        }
-    };
-    let agent = a.agent.as_ref().map(|ag| ag.id.clone());
-    let ts_ns = a
-        .event
-        .time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-    let root = a
-        .session
-        .as_ref()
-        .and(a.lineage.last().or(a.exec_id.as_ref()))
-        .map(|id| id.as_str().to_owned());
-    writer.send(StoreOp::Event {
-        ts_ns,
-        kind: a.event.kind.as_str(),
-        pid: a.event.pid,
-        exec_id: a.exec_id.as_ref().map(|id| id.as_str().to_owned()),
-        agent: agent.clone(),
-        session: a.session.clone(),
-        root_exec_id: root,
-        body: json.clone(),
-    });
-    if let Ok(audit) = shared.audit.lock()
-        && let Some(audit) = audit.as_ref()
-    {
-        audit.event(a);
+/// An attributed event to every output.
+fn record(shared: &Shared, a: &AttributedEvent) {
+    if let Some(outputs) = lock(&shared.outputs).as_mut() {
+        outputs.event(a);
     }
-    // No follower is fine: send only fails when nobody listens.
-    let _ = shared.events.send(Live {
-        agent,
-        kind: a.event.kind.as_str().to_owned(),
-        json: json.into(),
-    });
 }
 
 fn reload_registry(shared: &Shared, dir: &Path) {

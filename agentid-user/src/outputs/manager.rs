@@ -222,23 +222,25 @@ impl SinkManager {
     }
 
     pub fn stats(&self) -> Vec<SinkStats> {
-        self.sinks
-            .iter()
-            .map(|s| {
-                let c = &s.counters;
-                SinkStats {
-                    name: s.name.clone(),
-                    kind: s.kind.to_owned(),
-                    delivered: c.delivered.load(Ordering::Relaxed),
-                    retried: c.retried.load(Ordering::Relaxed),
-                    spooled: c.spooled.load(Ordering::Relaxed),
-                    dropped: c.dropped.load(Ordering::Relaxed),
-                    dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
-                    pending_bytes: s.spool.pending_bytes(),
-                    last_error: c.last_error.lock().ok().and_then(|e| e.clone()),
-                }
-            })
-            .collect()
+        self.monitor().stats()
+    }
+
+    /// A handle on the sinks' counters, for reading them without the manager.
+    pub fn monitor(&self) -> SinkMonitor {
+        SinkMonitor {
+            sinks: self
+                .sinks
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        s.kind,
+                        Arc::clone(&s.counters),
+                        Arc::clone(&s.spool),
+                    )
+                })
+                .collect(),
+        }
     }
 
     /// Stops taking input, spools what is queued, and keeps delivering for up to `grace`;
@@ -263,6 +265,31 @@ impl SinkManager {
                 tracing::warn!(sink = %s.name, "shutdown: undelivered records stay spooled");
             }
         }
+    }
+}
+
+/// The sinks' counters, shared with their tasks.
+#[derive(Debug, Clone, Default)]
+pub struct SinkMonitor {
+    sinks: Vec<(String, &'static str, Arc<Counters>, Arc<Spool>)>,
+}
+
+impl SinkMonitor {
+    pub fn stats(&self) -> Vec<SinkStats> {
+        self.sinks
+            .iter()
+            .map(|(name, kind, c, spool)| SinkStats {
+                name: name.clone(),
+                kind: (*kind).to_owned(),
+                delivered: c.delivered.load(Ordering::Relaxed),
+                retried: c.retried.load(Ordering::Relaxed),
+                spooled: c.spooled.load(Ordering::Relaxed),
+                dropped: c.dropped.load(Ordering::Relaxed),
+                dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+                pending_bytes: spool.pending_bytes(),
+                last_error: c.last_error.lock().ok().and_then(|e| e.clone()),
+            })
+            .collect()
     }
 }
 

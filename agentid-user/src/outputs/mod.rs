@@ -16,12 +16,13 @@ pub mod config;
 mod delivery;
 pub mod encode;
 mod encoder;
+pub mod fanout;
 mod manager;
 pub mod sink;
 pub mod spool;
 
 pub use config::SinkConfig;
-pub use manager::SinkManager;
+pub use manager::{SinkManager, SinkMonitor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
