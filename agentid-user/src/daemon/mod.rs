@@ -7,13 +7,18 @@ mod alerts;
 mod lock;
 
 use std::{
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    task::JoinHandle,
+};
 
 use crate::{
     attribution::AttributedEvent,
@@ -22,15 +27,16 @@ use crate::{
     config::Config,
     credentials::{FingerprintKey, Revocations},
     detect::Detector,
+    event::Event,
     identity::GlobList,
     outputs::{
-        OutputContext, SinkManager,
+        DropNotice, OutputContext, SinkManager,
         fanout::{AlertsFile, AuditOutput, Fanout, Followers, SinksOutput, StoreOutput},
     },
     pipeline::{Pipeline, load_registry},
     sensor::{Sensor, SensorOptions},
     state::{OutputStats, Shared},
-    store::{Retention, Store},
+    store::{Retention, Store, Writer},
 };
 
 /// How often the cgroup hierarchy is walked for new agent cgroups (file-open watching).
@@ -39,54 +45,236 @@ const CGROUP_WALK: Duration = Duration::from_secs(2);
 /// How often the agents directory is checked for changes.
 const REGISTRY_POLL: Duration = Duration::from_secs(2);
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "the daemon's life in order: setup, loop, shutdown"
-)]
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    // Everything the daemon creates (store and its journal, keys, audit log, spools,
-    // revocations, alerts file) holds evidence about other users' processes: private by
-    // default, whatever the umask it was started with. The socket's 0660 is set explicitly.
-    // SAFETY: umask only swaps the process's file-creation mask.
-    unsafe { libc::umask(0o077) };
-    create_dir(&config.state_dir, 0o700)?;
-    let _lock = lock::StateLock::acquire(&config.lock_path())?;
-    let store = Store::open(&config.store_path()).context("opening the store")?;
-    let retention = Retention {
-        max_age: config.retention.max_age,
-        max_bytes: config.retention.max_size_mb.saturating_mul(1 << 20),
-    };
-    let writer = store.writer(retention)?;
-    // Stamp the agents directory before reading it: a change made while the daemon
-    // starts must look like a change to the first poll, not be baked into the stamp.
-    let mut registry_stamp = dir_stamp(&config.agents_dir);
-    let registry = Arc::new(load_registry(&config.agents_dir));
-    let root = cgroup::v2_root().context("finding the cgroup v2 hierarchy")?;
-    let mut pipeline = Pipeline::new(Arc::clone(&registry), root);
-    let mut sensor = Sensor::load(&SensorOptions::default())?;
-    let seeded = pipeline.seed();
-    tracing::info!(
-        processes = seeded,
-        agents = registry.agents().len(),
-        registry_errors = registry.errors().len(),
-        "probes attached; process table seeded from /proc"
-    );
+    let mut daemon = Daemon::start(&config, config_path)?;
+    let result = daemon.run().await;
+    daemon.shutdown().await?;
+    result
+}
 
-    let detector = build_detector(&config, &registry)?;
+/// The running daemon: what its event loop owns. The API reads [`Shared`].
+struct Daemon {
+    shared: Arc<Shared>,
+    /// The store's writer, flushed last at shutdown (the store output holds a clone).
+    writer: Writer,
+    sensor: Sensor,
+    api: JoinHandle<()>,
+    /// The socket bound at start (a reload does not move it).
+    socket: PathBuf,
+    config_path: Option<PathBuf>,
+    batch: Vec<Event>,
+    /// cgroups whose file opens are watched.
+    watched: HashSet<u64>,
+    last_cgroup_walk: Instant,
+    /// The agents directory as last read, and when it was last checked.
+    registry_stamp: Vec<(PathBuf, u64, SystemTime)>,
+    last_poll: Instant,
+    /// Records the sinks lost, and when each sink's loss was last raised as an alert.
+    sink_drops: mpsc::Receiver<DropNotice>,
+    last_loss_alert: HashMap<String, Instant>,
+    /// Held for the daemon's life: one daemon per state directory.
+    _state_lock: lock::StateLock,
+}
+
+impl Daemon {
+    /// Opens the state, attaches the probes, seeds the process table, starts the outputs
+    /// and the API.
+    fn start(config: &Config, config_path: Option<PathBuf>) -> anyhow::Result<Self> {
+        // Everything the daemon creates (store and its journal, keys, audit log, spools,
+        // revocations, alerts file) holds evidence about other users' processes: private
+        // by default, whatever the umask it was started with. The socket's 0660 is set
+        // explicitly.
+        // SAFETY: umask only swaps the process's file-creation mask.
+        unsafe { libc::umask(0o077) };
+        create_dir(&config.state_dir, 0o700)?;
+        let state_lock = lock::StateLock::acquire(&config.lock_path())?;
+        let store = Store::open(&config.store_path()).context("opening the store")?;
+        let retention = Retention {
+            max_age: config.retention.max_age,
+            max_bytes: config.retention.max_size_mb.saturating_mul(1 << 20),
+        };
+        let writer = store.writer(retention)?;
+        // Stamp the agents directory before reading it: a change made while the daemon
+        // starts must look like a change to the first poll, not be baked into the stamp.
+        let registry_stamp = dir_stamp(&config.agents_dir);
+        let registry = Arc::new(load_registry(&config.agents_dir));
+        let root = cgroup::v2_root().context("finding the cgroup v2 hierarchy")?;
+        let mut pipeline = Pipeline::new(Arc::clone(&registry), root);
+        let sensor = Sensor::load(&SensorOptions::default())?;
+        let seeded = pipeline.seed();
+        tracing::info!(
+            processes = seeded,
+            agents = registry.agents().len(),
+            registry_errors = registry.errors().len(),
+            "probes attached; process table seeded from /proc"
+        );
+        let detector = build_detector(config, &registry)?;
+        // Processes read from /proc: their command lines may hold secrets too.
+        pipeline.table.redact_argv(|argv| detector.redact(argv));
+        let shared = Arc::new(Shared::new(
+            config.clone(),
+            pipeline,
+            detector,
+            store,
+            Arc::clone(&writer.stats),
+            Sensor::program_names(),
+        ));
+        let sink_drops = start_outputs(config, &shared, &writer)?;
+        let api = crate::api::serve(Arc::clone(&shared))?;
+        tracing::info!(socket = %config.socket.display(), "API listening");
+        let mut daemon = Self {
+            shared,
+            writer,
+            sensor,
+            api,
+            socket: config.socket.clone(),
+            config_path,
+            batch: Vec::new(),
+            watched: HashSet::new(),
+            last_cgroup_walk: Instant::now(),
+            registry_stamp,
+            last_poll: Instant::now(),
+            sink_drops,
+            last_loss_alert: HashMap::new(),
+            _state_lock: state_lock,
+        };
+        daemon.watch_agent_cgroups(Vec::new());
+        Ok(daemon)
+    }
+
+    /// The event loop, until SIGTERM/SIGINT (`Ok`) or a sensor failure.
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                r = self.sensor.next_events(&mut self.batch) => {
+                    r?;
+                    self.on_batch();
+                }
+                _ = ticker.tick() => self.on_tick(),
+                _ = sighup.recv() => self.on_reload(),
+                Some(notice) = self.sink_drops.recv() => self.on_sink_loss(&notice),
+                _ = sigterm.recv() => return Ok(()),
+                _ = sigint.recv() => return Ok(()),
+            }
+        }
+    }
+
+    fn on_batch(&mut self) {
+        let seen = handle_batch(&self.shared, &mut self.batch);
+        self.shared.view_changed();
+        let new: Vec<u64> = seen
+            .into_iter()
+            .filter(|id| !self.watched.contains(id))
+            .collect();
+        if !new.is_empty() {
+            self.watch_agent_cgroups(new);
+        }
+    }
+
+    /// Once a second: new agent cgroups, counters and rates, lost-telemetry alerts,
+    /// held-back incident updates, and a changed agents directory.
+    fn on_tick(&mut self) {
+        if self.last_cgroup_walk.elapsed() >= CGROUP_WALK {
+            self.last_cgroup_walk = Instant::now();
+            self.watch_agent_cgroups(Vec::new());
+        }
+        let shared = &self.shared;
+        let drops = self.sensor.drops().unwrap_or_default();
+        shared
+            .counters
+            .set(&self.sensor.received(), &drops, self.sensor.decode_errors());
+        alerts::check_drops(shared, &drops);
+        alerts::flush_updates(shared);
+        shared.rates.sample(shared.counters.received());
+        if self.last_poll.elapsed() >= REGISTRY_POLL {
+            self.last_poll = Instant::now();
+            let dir = read_config(shared).agents_dir;
+            let stamp = dir_stamp(&dir);
+            if stamp != self.registry_stamp {
+                self.registry_stamp = stamp;
+                reload_registry(shared, &dir);
+                shared.view_changed();
+            }
+        }
+    }
+
+    /// SIGHUP: the configuration, then the registry it names.
+    fn on_reload(&mut self) {
+        reload_config(&self.shared, self.config_path.as_deref());
+        let dir = read_config(&self.shared).agents_dir;
+        self.registry_stamp = dir_stamp(&dir);
+        reload_registry(&self.shared, &dir);
+        self.shared.view_changed();
+    }
+
+    /// Loss is never silent: counted by the sink, and an alert — at most one update per
+    /// sink every 10 s, since the alert itself may meet the full spool.
+    fn on_sink_loss(&mut self, notice: &DropNotice) {
+        let due = self
+            .last_loss_alert
+            .get(&notice.sink)
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if !due {
+            return;
+        }
+        self.last_loss_alert
+            .insert(notice.sink.clone(), Instant::now());
+        let alert = self.shared.detector.lock().ok().map(|mut d| {
+            d.delivery_loss(
+                &notice.sink,
+                notice.dropped_total,
+                &format!("{:?}", notice.reason),
+                SystemTime::now(),
+            )
+        });
+        if let Some(alert) = alert {
+            alerts::emit_alert(&self.shared, &alert);
+        }
+    }
+
+    /// Detaches first (no new events), processes what was already read, then closes the
+    /// outputs (held-back updates, the audit log's final checkpoint, the sinks' grace
+    /// period) and flushes the store.
+    async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.sensor.drain(&mut self.batch);
+        handle_batch(&self.shared, &mut self.batch);
+        drop(self.sensor);
+        self.api.abort();
+        let outputs = lock(&self.shared.outputs).take();
+        if let Some(outputs) = outputs {
+            outputs.close().await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        self.writer.flush().context("flushing the store")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    fn watch_agent_cgroups(&mut self, seen: Vec<u64>) {
+        watch_agent_cgroups(&self.shared, &mut self.sensor, &mut self.watched, seen);
+    }
+}
+
+/// The outputs, in the order each event and alert reaches them (see `outputs::fanout`):
+/// the store first, so what the API serves is never behind what a SIEM or a follower
+/// was told. Returns the channel on which the sinks report lost records.
+fn start_outputs(
+    config: &Config,
+    shared: &Shared,
+    writer: &Writer,
+) -> anyhow::Result<mpsc::Receiver<DropNotice>> {
     let alerts_file = AlertsFile::open(&config.alerts_file)
         .with_context(|| format!("opening the alerts file {}", config.alerts_file.display()))?;
-    // Processes read from /proc: their command lines may hold secrets too.
-    pipeline.table.redact_argv(|argv| detector.redact(argv));
-
     let ctx = OutputContext {
         spool_root: config.state_dir.join("spool"),
         hostname: crate::process::HostIds::current().host,
     };
-    let (sinks, mut sink_drops) =
+    let (sinks, sink_drops) =
         SinkManager::start(&config.sinks, &ctx).context("starting the sinks")?;
-    let mut last_loss_alert: std::collections::HashMap<String, Instant> =
-        std::collections::HashMap::new();
-
     let audit = AuditWriter::start(
         &config.state_dir.join("audit"),
         &config.state_dir.join("audit.key"),
@@ -100,20 +288,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             ..crate::audit::AuditOptions::default()
         },
     )?;
-    let shared = Shared::new(
-        config.clone(),
-        pipeline,
-        detector,
-        store,
-        Arc::clone(&writer.stats),
-        Sensor::program_names(),
-    );
     let _ = shared.output_stats.set(OutputStats {
         audit: Some(Arc::clone(&audit.stats)),
         sinks: sinks.monitor(),
     });
-    // One list, told in this order: the store first, so what the API serves is never
-    // behind what a SIEM or a follower was told.
     *lock(&shared.outputs) = Some(Fanout::new(vec![
         Box::new(StoreOutput(writer.clone())),
         Box::new(alerts_file),
@@ -127,91 +305,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             alerts: shared.alerts.clone(),
         }),
     ]));
-    let shared = Arc::new(shared);
-    let api = crate::api::serve(Arc::clone(&shared))?;
-    tracing::info!(socket = %config.socket.display(), "API listening");
-
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut last_poll = Instant::now();
-    let mut batch = Vec::new();
-    let mut watched = std::collections::HashSet::new();
-    watch_agent_cgroups(&shared, &mut sensor, &mut watched, Vec::new());
-    let mut last_cgroup_walk = Instant::now();
-    let result: anyhow::Result<()> = loop {
-        tokio::select! {
-            r = sensor.next_events(&mut batch) => {
-                if let Err(e) = r { break Err(e.into()); }
-                let seen = handle_batch(&shared, &mut batch);
-                shared.view_changed();
-                let new: Vec<u64> = seen.into_iter().filter(|id| !watched.contains(id)).collect();
-                if !new.is_empty() {
-                    watch_agent_cgroups(&shared, &mut sensor, &mut watched, new);
-                }
-            }
-            _ = ticker.tick() => {
-                if last_cgroup_walk.elapsed() >= CGROUP_WALK {
-                    last_cgroup_walk = Instant::now();
-                    watch_agent_cgroups(&shared, &mut sensor, &mut watched, Vec::new());
-                }
-                let drops = sensor.drops().unwrap_or_default();
-                shared.counters.set(&sensor.received(), &drops, sensor.decode_errors());
-                alerts::check_drops(&shared, &drops);
-                alerts::flush_updates(&shared);
-                shared.rates.sample(shared.counters.received());
-                if last_poll.elapsed() >= REGISTRY_POLL {
-                    last_poll = Instant::now();
-                    let dir = read_config(&shared).agents_dir;
-                    let stamp = dir_stamp(&dir);
-                    if stamp != registry_stamp {
-                        registry_stamp = stamp;
-                        reload_registry(&shared, &dir);
-                        shared.view_changed();
-                    }
-                }
-            }
-            _ = sighup.recv() => {
-                reload_config(&shared, config_path.as_deref());
-                let dir = read_config(&shared).agents_dir;
-                registry_stamp = dir_stamp(&dir);
-                reload_registry(&shared, &dir);
-                shared.view_changed();
-            }
-            Some(notice) = sink_drops.recv() => {
-                // Loss is never silent: counted by the sink, and an alert — at most one
-                // update per sink every 10 s, since the alert itself may meet the full spool.
-                let due = last_loss_alert.get(&notice.sink).is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
-                if due {
-                    last_loss_alert.insert(notice.sink.clone(), Instant::now());
-                    let alert = shared.detector.lock().ok().map(|mut d| {
-                        d.delivery_loss(&notice.sink, notice.dropped_total, &format!("{:?}", notice.reason), SystemTime::now())
-                    });
-                    if let Some(alert) = alert {
-                        alerts::emit_alert(&shared, &alert);
-                    }
-                }
-            }
-            _ = sigterm.recv() => break Ok(()),
-            _ = sigint.recv() => break Ok(()),
-        }
-    };
-    // Detach first (no new events), then flush what was already read.
-    sensor.drain(&mut batch);
-    handle_batch(&shared, &mut batch);
-    drop(sensor);
-    api.abort();
-    // Held-back incident updates go out, then each output closes (the audit log's final
-    // checkpoint, the sinks' grace period).
-    let outputs = lock(&shared.outputs).take();
-    if let Some(outputs) = outputs {
-        outputs.close().await;
-    }
-    let _ = std::fs::remove_file(&config.socket);
-    writer.flush().context("flushing the store")?;
-    tracing::info!("stopped");
-    result
+    Ok(sink_drops)
 }
 
 /// The detector with its fingerprint key (fleet key, or the host key created at first
@@ -257,7 +351,7 @@ fn read_config(shared: &Shared) -> Config {
 
 /// Runs a batch through the pipeline; returns the cgroups that agents' events came from
 /// (their file opens are worth watching).
-fn handle_batch(shared: &Shared, batch: &mut Vec<crate::event::Event>) -> Vec<u64> {
+fn handle_batch(shared: &Shared, batch: &mut Vec<Event>) -> Vec<u64> {
     let mut agent_cgroups = Vec::new();
     if batch.is_empty() {
         return agent_cgroups;
@@ -288,7 +382,7 @@ fn handle_batch(shared: &Shared, batch: &mut Vec<crate::event::Event>) -> Vec<u6
 fn watch_agent_cgroups(
     shared: &Shared,
     sensor: &mut Sensor,
-    watched: &mut std::collections::HashSet<u64>,
+    watched: &mut HashSet<u64>,
     seen: Vec<u64>,
 ) {
     let mut ids = seen;
