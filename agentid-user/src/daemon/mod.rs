@@ -99,7 +99,7 @@ impl Daemon {
         let registry_stamp = dir_stamp(&config.agents_dir);
         let registry = Arc::new(load_registry(&config.agents_dir));
         let root = cgroup::v2_root().context("finding the cgroup v2 hierarchy")?;
-        let mut pipeline = Pipeline::new(Arc::clone(&registry), root);
+        let mut pipeline = Pipeline::new(Arc::clone(&registry), root, fingerprint_key(config)?);
         let sensor = Sensor::load(&SensorOptions::default())?;
         let seeded = pipeline.seed();
         tracing::info!(
@@ -109,8 +109,6 @@ impl Daemon {
             "probes attached; process table seeded from /proc"
         );
         let detector = build_detector(config, &registry)?;
-        // Processes read from /proc: their command lines may hold secrets too.
-        pipeline.table.redact_argv(|argv| detector.redact(argv));
         let shared = Arc::new(Shared::new(
             config.clone(),
             pipeline,
@@ -308,13 +306,9 @@ fn start_outputs(
     Ok(sink_drops)
 }
 
-/// The detector with its fingerprint key (fleet key, or the host key created at first
-/// start), watched scopes, registry exemptions and persisted revocations.
-fn build_detector(
-    config: &Config,
-    registry: &crate::identity::Registry,
-) -> anyhow::Result<Detector> {
-    let key = match &config.fleet_key_file {
+/// The fingerprint key: the fleet key, or the host key created at first start.
+fn fingerprint_key(config: &Config) -> anyhow::Result<FingerprintKey> {
+    Ok(match &config.fleet_key_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("fleet_key_file {}", path.display()))?;
@@ -323,13 +317,20 @@ fn build_detector(
         }
         None => FingerprintKey::load_or_create(&config.state_dir.join("fingerprint.key"))
             .context("the host fingerprint key")?,
-    };
+    })
+}
+
+/// The detector with its watched scopes, registry exemptions and persisted revocations.
+fn build_detector(
+    config: &Config,
+    registry: &crate::identity::Registry,
+) -> anyhow::Result<Detector> {
     let watch = if config.watch_cgroups.is_empty() {
         None
     } else {
         Some(GlobList::new(&config.watch_cgroups).context("watch_cgroups")?)
     };
-    let mut detector = Detector::new(key, watch);
+    let mut detector = Detector::new(watch);
     detector.set_registry(registry);
     for prefix in Revocations::new(&config.state_dir)
         .load()
@@ -362,11 +363,9 @@ fn handle_batch(shared: &Shared, batch: &mut Vec<Event>) -> Vec<u64> {
     let Ok(mut detector) = shared.detector.lock() else {
         return agent_cgroups;
     };
-    for mut event in batch.drain(..) {
-        // Secrets out first: env cleared, arguments redacted, before anything keeps them.
-        let observations = detector.scan(&mut event);
-        let attributed = pipeline.process(event);
-        let out = detector.observe(&attributed, observations, pipeline.registry());
+    for event in batch.drain(..) {
+        let (attributed, findings) = pipeline.process(event);
+        let out = detector.observe(&attributed, &findings, pipeline.registry());
         if attributed.agent.is_some() {
             agent_cgroups.push(attributed.event.cgroup_id);
         }

@@ -217,7 +217,7 @@ impl Output for StoreOutput {
     fn credential(&mut self, c: &CredentialSighting) {
         self.0.send(StoreOp::Credential {
             fingerprint: c.fingerprint.clone(),
-            agent: c.agent.clone(),
+            agent: c.agent.to_string(),
             kind: c.kind.clone(),
             ts_ns: epoch_ns(c.time),
             source: c.source.clone(),
@@ -333,7 +333,7 @@ impl Output for Followers {
         }
         for a in &alert.agents {
             let _ = self.alerts.send(Live {
-                agent: Some(a.id.clone()),
+                agent: Some(a.id.to_string()),
                 kind: alert.rule.to_owned(),
                 json: Arc::clone(json),
             });
