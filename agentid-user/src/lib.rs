@@ -11,9 +11,11 @@
 //! 5. [`attribution`]: agent, session, lineage, acting-for chain;
 //! 6. [`detect`]: one rule per file over the attributed event and its credential findings
 //!    → deduplicated incidents (pure: no I/O);
-//! 7. outputs: [`store`], [`audit`] trail, alerts file, SIEM [`outputs`], live followers;
+//! 7. outputs: one list behind one trait ([`outputs::fanout`]): the [`store`], the alerts
+//!    file, the [`audit`] trail, the SIEM sinks ([`outputs`]), the live followers;
 //!
-//! with the [`api`] beside (read side, for the [`cli`]); [`daemon`] wires them.
+//! with the [`api`] beside (read side, for the [`cli`]; it reads [`state`], never the
+//! pipeline's lock for long); [`daemon`] wires them.
 //! Everything after the sensor is plain Rust driven by events, testable without a kernel.
 pub mod api;
 pub mod attribution;

@@ -15,6 +15,7 @@
 //!
 //! `since` is nanoseconds since the epoch (the CLI turns `10m`/RFC 3339 into it).
 //! Errors: `{"error": "..."}` with 400 (bad request), 403, 404 or 500.
+//! Every request and answer is a type in [`types`], shared with the CLI.
 pub mod peer;
 mod routes;
 pub mod types;

@@ -47,7 +47,10 @@ fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> 
     {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            format!("unknown kind {k:?}: expected exec, fork, exit, connect or send"),
+            format!(
+                "unknown kind {k:?}: expected one of {}",
+                EventKind::ALL.map(EventKind::as_str).join(", ")
+            ),
         ));
     }
     Ok(p)

@@ -112,10 +112,6 @@ impl SinkManager {
         notices: &mpsc::Sender<DropNotice>,
     ) -> Result<SinkHandle, OutputError> {
         let common = c.common().clone();
-        let enc = |ai: bool| EncodeContext {
-            hostname: ctx.hostname.clone(),
-            ocsf_ai_agent: ai,
-        };
         let spool = Arc::new(Spool::open(
             &ctx.spool_root.join(&name),
             common.spool_max_bytes,
@@ -131,41 +127,7 @@ impl SinkManager {
             wake: Arc::clone(&wake),
             common: common.clone(),
         };
-        let (encoder, delivery) = match c {
-            SinkConfig::File(f) => (
-                Encoder::Json(f.format, enc(f.ocsf_ai_agent)),
-                tokio::spawn(d.run(sink::file::FileSink::new(
-                    f.path.clone(),
-                    f.max_bytes,
-                    f.keep,
-                ))),
-            ),
-            SinkConfig::Stdout(f) => (
-                Encoder::Json(f.format, enc(f.ocsf_ai_agent)),
-                tokio::spawn(d.run(sink::file::StdoutSink)),
-            ),
-            SinkConfig::Syslog(s) => (
-                syslog_encoder(s, ctx),
-                tokio::spawn(d.run(sink::syslog::SyslogSink::new(s)?)),
-            ),
-            SinkConfig::SplunkHec(h) => (
-                Encoder::Hec {
-                    index: h.index.clone(),
-                    source: h.source.clone(),
-                    sourcetype: h.sourcetype.clone(),
-                    ctx: enc(h.ocsf_ai_agent),
-                },
-                tokio::spawn(d.run(sink::http::HecSink::new(h)?)),
-            ),
-            SinkConfig::Elasticsearch(e) => (
-                Encoder::Ecs,
-                tokio::spawn(d.run(sink::http::EsSink::new(e)?)),
-            ),
-            SinkConfig::Webhook(w) => (
-                Encoder::Json(w.format, enc(w.ocsf_ai_agent)),
-                tokio::spawn(d.run(sink::http::WebhookSink::new(w)?)),
-            ),
-        };
+        let (encoder, delivery) = spawn_transport(c, d, ctx)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let spooler = Spooler {
             name: name.clone(),
@@ -266,6 +228,53 @@ impl SinkManager {
             }
         }
     }
+}
+
+/// The sink's encoder, and its delivery task (spawned) with the transport it configures.
+fn spawn_transport(
+    c: &SinkConfig,
+    d: DeliveryLoop,
+    ctx: &OutputContext,
+) -> Result<(Encoder, tokio::task::JoinHandle<()>), OutputError> {
+    let enc = |ai: bool| EncodeContext {
+        hostname: ctx.hostname.clone(),
+        ocsf_ai_agent: ai,
+    };
+    Ok(match c {
+        SinkConfig::File(f) => (
+            Encoder::Json(f.format, enc(f.ocsf_ai_agent)),
+            tokio::spawn(d.run(sink::file::FileSink::new(
+                f.path.clone(),
+                f.max_bytes,
+                f.keep,
+            ))),
+        ),
+        SinkConfig::Stdout(f) => (
+            Encoder::Json(f.format, enc(f.ocsf_ai_agent)),
+            tokio::spawn(d.run(sink::file::StdoutSink)),
+        ),
+        SinkConfig::Syslog(s) => (
+            syslog_encoder(s, ctx),
+            tokio::spawn(d.run(sink::syslog::SyslogSink::new(s)?)),
+        ),
+        SinkConfig::SplunkHec(h) => (
+            Encoder::Hec {
+                index: h.index.clone(),
+                source: h.source.clone(),
+                sourcetype: h.sourcetype.clone(),
+                ctx: enc(h.ocsf_ai_agent),
+            },
+            tokio::spawn(d.run(sink::http::HecSink::new(h)?)),
+        ),
+        SinkConfig::Elasticsearch(e) => (
+            Encoder::Ecs,
+            tokio::spawn(d.run(sink::http::EsSink::new(e)?)),
+        ),
+        SinkConfig::Webhook(w) => (
+            Encoder::Json(w.format, enc(w.ocsf_ai_agent)),
+            tokio::spawn(d.run(sink::http::WebhookSink::new(w)?)),
+        ),
+    })
 }
 
 /// The sinks' counters, shared with their tasks.
