@@ -220,3 +220,90 @@ impl Shared {
             .map_or_else(|_| Arc::new(LiveView::default()), |v| Arc::clone(&v))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::{
+        credentials::FingerprintKey,
+        event::{Detail, Event, EventKind},
+        store::Retention,
+    };
+
+    fn fork(child: u32, parent: u32) -> Event {
+        Event {
+            kind: EventKind::Fork,
+            time: SystemTime::UNIX_EPOCH,
+            ktime_ns: 100_000_000_000,
+            proc_start_ns: Some(5_000_000_000),
+            pid: child,
+            ppid: Some(parent),
+            tid: child,
+            uid: 1000,
+            gid: 1000,
+            cgroup_id: 55,
+            cgroup: None,
+            comm: "bot".into(),
+            detail: Detail::Fork {},
+        }
+    }
+
+    /// The API's copy of the table changes only when the event loop says the table did,
+    /// and then shows it at the next read; between changes every read shares one copy.
+    #[test]
+    fn the_view_is_copied_again_only_after_a_change() {
+        let dir = std::env::temp_dir().join(format!("agentid-state-view-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("agentid.db")).unwrap();
+        let writer = store
+            .writer(Retention {
+                max_age: std::time::Duration::from_hours(1),
+                max_bytes: 1 << 30,
+            })
+            .unwrap();
+        let pipeline = Pipeline::new(
+            Arc::new(Registry::default()),
+            dir.join("no-cgroups"),
+            FingerprintKey::ephemeral().unwrap(),
+        );
+        let config = Config {
+            state_dir: dir.clone(),
+            ..Config::default()
+        };
+        let shared = Shared::new(
+            config,
+            pipeline,
+            Detector::new(None),
+            store,
+            Arc::clone(&writer.stats),
+            Vec::new(),
+        );
+        assert!(shared.view().processes.is_empty());
+        // Pids above the kernel's pid_max: nothing real, the events alone make them.
+        for child in [9_000_003, 9_000_002] {
+            shared
+                .pipeline
+                .lock()
+                .unwrap()
+                .process(fork(child, 9_000_001));
+        }
+        assert!(
+            shared.view().processes.is_empty(),
+            "not marked changed: the last copy"
+        );
+        shared.view_changed();
+        let view = shared.view();
+        let pids: Vec<u32> = view.processes.iter().map(|(p, _)| p.pid).collect();
+        assert_eq!(pids, [9_000_002, 9_000_003], "sorted by pid");
+        assert_eq!(view.live, 2);
+        assert!(
+            Arc::ptr_eq(&view, &shared.view()),
+            "unchanged: one shared copy"
+        );
+        drop(writer);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -83,18 +83,16 @@ impl Client {
     }
 
     pub async fn post(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self.request_with(hyper::Method::POST, path).await?;
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .context("reading the answer")?
-            .to_bytes();
-        serde_json::from_slice(&body).context("the daemon's answer is not JSON")
+        self.json(hyper::Method::POST, path).await
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self.request(path).await?;
+        self.json(hyper::Method::GET, path).await
+    }
+
+    /// A request whose answer is one JSON document.
+    async fn json(&self, method: hyper::Method, path: &str) -> anyhow::Result<Value> {
+        let resp = self.request_with(method, path).await?;
         let body = resp
             .into_body()
             .collect()
