@@ -212,6 +212,7 @@ mod tests {
             cgroup_id: 77,
             cgroup: cgroup.into(),
             exited_ns: None,
+            moved_from: None,
         }
     }
 

@@ -54,5 +54,6 @@ fn read(host: &HostIds, resolver: &mut Resolver, p: &ProcProcess) -> Option<Proc
         cgroup_id,
         cgroup,
         exited_ns: None,
+        moved_from: None,
     })
 }

@@ -131,11 +131,14 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             println!("{:.0}", f64::from(n) / start.elapsed().as_secs_f64());
             Ok(0)
         }
+        // Connects, moves itself into the cgroup whose `cgroup.procs` is given, connects
+        // again (to a second address when one is given).
         "move-connect" => {
             let addr: SocketAddr = arg(2)?.parse()?;
+            let after: SocketAddr = args.get(3).map_or(Ok(addr), |a| a.parse())?;
             drop(TcpStream::connect(addr)?);
             std::fs::write(arg(1)?, std::process::id().to_string())?;
-            drop(TcpStream::connect(addr)?);
+            drop(TcpStream::connect(after)?);
             Ok(0)
         }
         "spawn-into" => {

@@ -42,21 +42,25 @@ macro_rules! rule {
     };
 }
 
+mod ambiguous_identity;
 mod credential_reuse;
 mod credential_stale;
 mod delivery_loss;
 mod egress_violation;
 mod human_privilege;
+mod identity_escape;
 mod shadow_agent;
 mod telemetry_gap;
 mod tool_violation;
 mod undeclared_delegation;
 
+pub use ambiguous_identity::AMBIGUOUS_IDENTITY;
 pub use credential_reuse::CREDENTIAL_REUSE;
 pub use credential_stale::CREDENTIAL_STALE;
 pub use delivery_loss::{DELIVERY_LOSS, DeliveryLoss, delivery_loss};
 pub use egress_violation::EGRESS_VIOLATION;
 pub use human_privilege::HUMAN_PRIVILEGE;
+pub use identity_escape::IDENTITY_ESCAPE;
 pub use shadow_agent::SHADOW_AGENT;
 pub use telemetry_gap::{TELEMETRY_GAP, TelemetryGap};
 pub use tool_violation::TOOL_VIOLATION;
@@ -101,12 +105,14 @@ pub trait Described {
 }
 
 /// Every rule, in the README's order.
-pub const CATALOGUE: [&RuleInfo; 9] = [
+pub const CATALOGUE: [&RuleInfo; 11] = [
     &CREDENTIAL_REUSE,
     &CREDENTIAL_STALE,
     &SHADOW_AGENT,
     &HUMAN_PRIVILEGE,
     &UNDECLARED_DELEGATION,
+    &IDENTITY_ESCAPE,
+    &AMBIGUOUS_IDENTITY,
     &EGRESS_VIOLATION,
     &TOOL_VIOLATION,
     &TELEMETRY_GAP,
@@ -146,6 +152,8 @@ pub fn all(watch: Option<GlobList>) -> Vec<Box<dyn Rule>> {
         Box::new(egress_violation::EgressViolation),
         Box::new(tool_violation::ToolViolation),
         Box::new(undeclared_delegation::UndeclaredDelegation),
+        Box::new(identity_escape::IdentityEscape),
+        Box::new(ambiguous_identity::AmbiguousIdentity),
     ]
 }
 

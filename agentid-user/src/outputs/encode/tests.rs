@@ -99,6 +99,7 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
         },
     };
     AttributedEvent {
+        transition: None,
         event: Event {
             kind,
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_335_000_500),
@@ -129,6 +130,7 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
             lineage: vec![],
             session_root: None,
             delegation_declared: true,
+            escaped_to: None,
         }),
         exe: Some("/usr/bin/curl".into()),
         loginuid: None,
