@@ -239,7 +239,7 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             if json {
                 print_json(&v)
             } else {
-                println!("revoked {}", s(&v["revoked"]));
+                writeln!(std::io::stdout().lock(), "revoked {}", s(&v["revoked"]))?;
                 Ok(())
             }
         }
