@@ -456,3 +456,51 @@ fn a_closed_stdout_ends_listings_quietly() {
     assert!(d.stop().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// First start on a fresh machine: the agents directory (and its parent) does not exist.
+/// The daemon creates it, 0755 whatever its own umask, and `status` shows an empty
+/// registry with no errors, not `No such file or directory`.
+#[test]
+fn a_missing_agents_dir_is_an_empty_registry() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = Daemon::dir("noagents");
+    std::fs::remove_dir(dir.join("agents")).expect("rmdir agents");
+    let agents_dir = dir.join("etc-agentid/agents.d");
+    let config = std::fs::read_to_string(dir.join("agentid.toml")).expect("config");
+    let config = config.replace(
+        &format!("agents_dir = \"{}/agents\"", dir.display()),
+        &format!("agents_dir = \"{}\"", agents_dir.display()),
+    );
+    assert!(config.contains("etc-agentid/agents.d"), "{config}");
+    std::fs::write(dir.join("agentid.toml"), config).expect("config");
+    let Some(d) = Daemon::start(&dir) else { return };
+
+    let status = d.cli(&["status"]);
+    assert_eq!(status["registry"]["agents"], 0, "{status:#}");
+    assert_eq!(
+        status["registry"]["errors"],
+        serde_json::json!([]),
+        "{status:#}"
+    );
+    for p in [agents_dir.parent().expect("parent"), agents_dir.as_path()] {
+        let mode = std::fs::metadata(p).expect("created").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{}", p.display());
+    }
+    // The table says so too, and the daemon warned about no registry problem.
+    let out = Command::new(agentid_bin())
+        .arg("--socket")
+        .arg(dir.join("agentid.sock"))
+        .arg("status")
+        .output()
+        .expect("status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("registry:   0 agents from "), "{table}");
+    assert!(table.contains("(0 errors)"), "{table}");
+    let log = d.log_text();
+    assert!(
+        !log.contains("No such file") && !log.contains("agent registry"),
+        "{log}"
+    );
+    assert!(d.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
