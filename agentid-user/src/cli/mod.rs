@@ -2,6 +2,7 @@
 pub mod audit;
 pub mod client;
 pub mod query;
+pub mod rules;
 pub mod trace;
 
 use std::io;
