@@ -393,6 +393,8 @@ fn a_closed_stdout_ends_listings_quietly() {
         &["credentials"],
         &["--json", "credentials"],
         &["completions", "bash"],
+        &["rules"],
+        &["--json", "rules"],
     ];
     for args in listings {
         let (reader, writer) = std::io::pipe().expect("pipe");
