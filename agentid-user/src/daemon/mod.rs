@@ -60,6 +60,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         max_bytes: config.retention.max_size_mb.saturating_mul(1 << 20),
     };
     let writer = store.writer(retention)?;
+    // A fresh machine has no agents directory yet: an empty registry, not an error.
+    match crate::identity::create_agents_dir(&config.agents_dir) {
+        Ok(true) => {
+            tracing::info!(dir = %config.agents_dir.display(), "created the agents directory");
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(dir = %config.agents_dir.display(), "creating the agents directory: {e}");
+        }
+    }
     // Stamp the agents directory before reading it: a change made while the daemon
     // starts must look like a change to the first poll, not be baked into the stamp.
     let mut registry_stamp = dir_stamp(&config.agents_dir);
