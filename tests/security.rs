@@ -3,6 +3,10 @@
 //! (emulated, on the host kernel: the real unit under a real systemd is `systemd.rs`, run
 //! in the systemd guest of `cargo xtask test`).
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     fmt::Write as _,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},

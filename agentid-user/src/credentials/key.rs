@@ -11,9 +11,9 @@ use super::{CredError, CredKind, Fingerprint};
 use crate::keyfile::{self, KeyFileError};
 
 /// Bytes of a generated host key.
-pub const HOST_KEY_LEN: usize = 32;
+pub(crate) const HOST_KEY_LEN: usize = 32;
 /// Fewest bytes accepted for a fleet key.
-pub const MIN_FLEET_KEY_LEN: usize = 32;
+pub(crate) const MIN_FLEET_KEY_LEN: usize = 32;
 /// SHA-256's block size: HMAC zero-pads keys to it (and hashes longer keys first).
 const BLOCK: usize = 64;
 /// Prefixed to every fingerprinted value so that this key's HMACs can never be confused

@@ -9,12 +9,12 @@ use anyhow::{Context as _, bail};
 
 /// Held lock; released when dropped (or when the process dies, even by SIGKILL).
 #[derive(Debug)]
-pub struct StateLock {
+pub(crate) struct StateLock {
     _file: File,
 }
 
 impl StateLock {
-    pub fn acquire(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn acquire(path: &Path) -> anyhow::Result<Self> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
