@@ -48,12 +48,15 @@ impl Rig {
         let registry = Registry::parse_str(registrations, "test.toml");
         assert!(registry.errors().is_empty(), "{:?}", registry.errors());
         let registry = Arc::new(registry);
-        let mut pipeline =
-            Pipeline::new(Arc::clone(&registry), cgroup::v2_root().expect("cgroup v2"));
-        pipeline.seed();
         let key = FingerprintKey::ephemeral().expect("key");
+        let mut pipeline = Pipeline::new(
+            Arc::clone(&registry),
+            cgroup::v2_root().expect("cgroup v2"),
+            key,
+        );
+        pipeline.seed();
         let watch = watch.map(|w| GlobList::new(&[w]).expect("glob"));
-        let mut detector = Detector::new(key, watch);
+        let mut detector = Detector::new(watch);
         detector.set_registry(&registry);
         Some(Self {
             sensor,
@@ -90,10 +93,9 @@ impl Rig {
                 .await
                 .expect("timed out waiting for the workloads")
                 .expect("ring buffer");
-            for mut ev in batch.drain(..) {
-                let obs = self.detector.scan(&mut ev);
-                let a = self.pipeline.process(ev);
-                let out = self.detector.observe(&a, obs, &self.registry);
+            for ev in batch.drain(..) {
+                let (a, findings) = self.pipeline.process(ev);
+                let out = self.detector.observe(&a, &findings, &self.registry);
                 if cgroups.contains(&a.event.cgroup_id) {
                     alerts.extend(out.alerts);
                     events.push(a);
@@ -307,7 +309,11 @@ async fn stale_credential_after_max_age_or_revocation() {
                 ),
             },
         };
-        let obs = rig.detector.scan(&mut ev);
+        let obs = rig
+            .pipeline
+            .redactor_mut()
+            .scan(&mut ev, &rig.registry)
+            .observations;
         obs[0].fingerprint.to_string()
     };
     rig.detector.revoke(prefix.parse().expect("prefix"));

@@ -81,7 +81,8 @@ fn toml_string(s: &str) -> String {
 
 fn pipeline(registry: Arc<Registry>) -> Pipeline {
     let root = agentid::cgroup::v2_root().expect("cgroup root");
-    let mut p = Pipeline::new(registry, root);
+    let key = agentid::credentials::FingerprintKey::ephemeral().expect("key");
+    let mut p = Pipeline::new(registry, root, key);
     p.seed();
     p
 }

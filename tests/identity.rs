@@ -16,6 +16,7 @@ use std::{
 use agentid::{
     attribution::AttributedEvent,
     cgroup,
+    credentials::FingerprintKey,
     event::{Detail, EventKind},
     identity::Registry,
     pipeline::Pipeline,
@@ -42,7 +43,11 @@ fn registry(agents: &[(&str, &TestCgroup)]) -> Arc<Registry> {
 }
 
 fn pipeline(reg: Arc<Registry>) -> Pipeline {
-    Pipeline::new(reg, cgroup::v2_root().expect("cgroup v2"))
+    Pipeline::new(
+        reg,
+        cgroup::v2_root().expect("cgroup v2"),
+        FingerprintKey::ephemeral().expect("key"),
+    )
 }
 
 fn agent_name(e: &AttributedEvent) -> Option<&str> {

@@ -38,6 +38,8 @@ enum Command {
     Audit(agentid::cli::audit::AuditArgs),
     #[command(flatten)]
     Query(agentid::cli::query::QueryCommand),
+    /// List the detection rules: id, default severity, threat tags, description (offline).
+    Rules,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -68,6 +70,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             agentid::cli::trace::run(args).await
         }
         Command::Audit(args) => agentid::cli::audit::run(args),
+        Command::Rules => agentid::cli::rules::run(cli.json),
         Command::Query(q) => {
             let client = agentid::cli::client::Client::new(&cli.socket);
             agentid::cli::query::run(&client, q, cli.json).await

@@ -170,7 +170,7 @@ pub async fn attributed_until(
     done: impl FnMut(&[agentid::attribution::AttributedEvent]) -> bool,
 ) -> Vec<agentid::attribution::AttributedEvent> {
     let keep = |e| {
-        let a = pipeline.process(e);
+        let (a, _) = pipeline.process(e);
         cgroup_ids.contains(&a.event.cgroup_id).then_some(a)
     };
     drive_until(sensor, timeout, keep, done).await

@@ -2,4 +2,5 @@
 pub mod audit;
 pub mod client;
 pub mod query;
+pub mod rules;
 pub mod trace;

@@ -25,7 +25,7 @@ pub(crate) fn record_detection(shared: &Shared, writer: &Writer, out: Output) {
     for c in out.credentials {
         writer.send(StoreOp::Credential {
             fingerprint: c.fingerprint,
-            agent: c.agent,
+            agent: c.agent.to_string(),
             kind: c.kind,
             ts_ns: epoch_ns(c.time),
             source: c.source,
@@ -168,7 +168,7 @@ fn publish(shared: &Shared, alert: &Alert, json: String) {
     }
     for a in &alert.agents {
         let _ = shared.alerts.send(Live {
-            agent: Some(a.id.clone()),
+            agent: Some(a.id.to_string()),
             kind: alert.rule.to_owned(),
             json: json.clone(),
         });

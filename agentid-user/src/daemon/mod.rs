@@ -64,7 +64,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let mut registry_stamp = dir_stamp(&config.agents_dir);
     let registry = Arc::new(load_registry(&config.agents_dir));
     let root = cgroup::v2_root().context("finding the cgroup v2 hierarchy")?;
-    let mut pipeline = Pipeline::new(Arc::clone(&registry), root);
+    let mut pipeline = Pipeline::new(Arc::clone(&registry), root, fingerprint_key(&config)?);
     let mut sensor = Sensor::load(&SensorOptions::default())?;
     let seeded = pipeline.seed();
     tracing::info!(
@@ -76,8 +76,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
 
     let detector = build_detector(&config, &registry)?;
     let alerts_file = alerts::open_alerts_file(&config.alerts_file)?;
-    // Processes read from /proc: their command lines may hold secrets too.
-    pipeline.table.redact_argv(|argv| detector.redact(argv));
 
     let ctx = OutputContext {
         spool_root: config.state_dir.join("spool"),
@@ -209,13 +207,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     result
 }
 
-/// The detector with its fingerprint key (fleet key, or the host key created at first
-/// start), watched scopes, registry exemptions and persisted revocations.
-fn build_detector(
-    config: &Config,
-    registry: &crate::identity::Registry,
-) -> anyhow::Result<Detector> {
-    let key = match &config.fleet_key_file {
+/// The fingerprint key: the fleet key, or the host key created at first start.
+fn fingerprint_key(config: &Config) -> anyhow::Result<FingerprintKey> {
+    Ok(match &config.fleet_key_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("fleet_key_file {}", path.display()))?;
@@ -224,13 +218,20 @@ fn build_detector(
         }
         None => FingerprintKey::load_or_create(&config.state_dir.join("fingerprint.key"))
             .context("the host fingerprint key")?,
-    };
+    })
+}
+
+/// The detector with its watched scopes, registry exemptions and persisted revocations.
+fn build_detector(
+    config: &Config,
+    registry: &crate::identity::Registry,
+) -> anyhow::Result<Detector> {
     let watch = if config.watch_cgroups.is_empty() {
         None
     } else {
         Some(GlobList::new(&config.watch_cgroups).context("watch_cgroups")?)
     };
-    let mut detector = Detector::new(key, watch);
+    let mut detector = Detector::new(watch);
     detector.set_registry(registry);
     for prefix in alerts::load_revoked(&config.state_dir) {
         detector.revoke(prefix);
@@ -259,11 +260,9 @@ fn handle_batch(
     let Ok(mut detector) = shared.detector.lock() else {
         return agent_cgroups;
     };
-    for mut event in batch.drain(..) {
-        // Secrets out first: env cleared, arguments redacted, before anything keeps them.
-        let observations = detector.scan(&mut event);
-        let attributed = pipeline.process(event);
-        let out = detector.observe(&attributed, observations, pipeline.registry());
+    for event in batch.drain(..) {
+        let (attributed, findings) = pipeline.process(event);
+        let out = detector.observe(&attributed, &findings, pipeline.registry());
         if attributed.agent.is_some() {
             agent_cgroups.push(attributed.event.cgroup_id);
         }

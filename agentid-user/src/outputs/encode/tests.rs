@@ -421,7 +421,7 @@ proptest! {
         a.uid = id.clone();
         a.title = title.clone();
         a.description = desc.clone();
-        a.agents[0].id = id.clone();
+        // Agent ids are validated SPIFFE IDs (`Principal`), so no hostile id reaches here.
         a.agents[0].session = Some(session.clone());
         a.evidence.processes[0].argv.push(arg.clone());
         a.evidence.credential.as_mut().unwrap().fingerprint = fp.clone();

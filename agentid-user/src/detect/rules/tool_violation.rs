@@ -1,0 +1,45 @@
+//! `tool-violation`: an exec outside the agent's `tools` allowlist.
+use super::Rule;
+use crate::{
+    detect::{Evidence, Incidents, incidents::AlertDraft, seen::Seen},
+    event::Detail,
+};
+
+rule!(
+    unit ToolViolation,
+    TOOL_VIOLATION,
+    "tool-violation",
+    Low,
+    "An exec outside the agent's tools allowlist.",
+    ["ASI02"],
+    ["T2"],
+    ["L4"],
+    ["MEASURE 2.4"]
+);
+
+impl Rule for ToolViolation {
+    fn on_event(&mut self, seen: &Seen<'_>, book: &mut Incidents) {
+        let ev = &seen.event.event;
+        let Detail::Exec { filename, .. } = &ev.detail else {
+            return;
+        };
+        let Some(agent) = seen.agent else { return };
+        if agent.policy.tools.is_none() || agent.policy.allows_tool(filename) {
+            return;
+        }
+        let a = seen.alert_agent();
+        let mut draft = AlertDraft::new(
+            &TOOL_VIOLATION,
+            &[agent.id.as_str(), filename],
+            ev.time,
+            format!("{} ran {filename} outside its tools allowlist", a.label()),
+            format!("{filename} is not in the tools policy of {}", agent.id),
+        );
+        draft.agents = vec![a];
+        draft.evidence = Evidence {
+            processes: vec![seen.process()],
+            ..Evidence::default()
+        };
+        book.raise(draft);
+    }
+}
