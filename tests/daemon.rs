@@ -1,5 +1,9 @@
 //! The real daemon on a temporary config, state dir and socket, queried through the real
 //! CLI: attribution, follow, restart, SIGHUP, permissions, single instance.
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     fmt::Write as _,
     io::{BufRead, BufReader, Write as _},

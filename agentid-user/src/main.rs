@@ -1,4 +1,8 @@
 //! `agentid`: thin entry point; commands live in `agentid::cli` and `agentid::daemon`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a thin front over the `agentid` library: the package's dependencies are the library's"
+)]
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};

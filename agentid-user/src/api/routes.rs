@@ -22,7 +22,7 @@ use crate::{
 
 type Shr = State<Arc<Shared>>;
 
-pub fn router() -> Router<Arc<Shared>> {
+pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/agents", get(agents))
@@ -40,7 +40,7 @@ pub fn router() -> Router<Arc<Shared>> {
 /// Query parameters; unknown ones are refused so typos do not silently widen a query.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     pub id: Option<String>,
     pub agent: Option<String>,
     pub kind: Option<String>,

@@ -50,8 +50,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     // Everything the daemon creates (store and its journal, keys, audit log, spools,
     // revocations, alerts file) holds evidence about other users' processes: private by
     // default, whatever the umask it was started with. The socket's 0660 is set explicitly.
-    // SAFETY: umask only swaps the process's file-creation mask.
-    unsafe { libc::umask(0o077) };
+    crate::sys::umask(0o077);
     create_dir(&config.state_dir, 0o700)?;
     let _lock = lock::StateLock::acquire(&config.lock_path())?;
     let store = Store::open(&config.store_path()).context("opening the store")?;

@@ -20,6 +20,10 @@
 //!   20% connect cycles, and 50 execs of `/bin/true` a second
 //! - `hold N`               fork N children that sleep forever, print `ready`, then wait
 //!   for stdin to close (the caller kills the children)
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test helper binary in a package whose targets share one dependency list"
+)]
 use std::{
     io::Write as _,
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
