@@ -232,19 +232,23 @@ async fn agent(
         .find(|a| a.id == id || a.name.as_deref() == Some(id.as_str()))
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no registered agent {id:?}")))?;
     let processes = live_processes(&view, Some(&summary.id));
-    let key = summary.id.clone();
-    let sessions = with_store(&s, move |st| st.sessions(Some(&key))).await?;
+    let sessions = agent_rows(&s, Some(summary.id.clone()), Store::sessions).await?;
     Ok(Json(types::AgentDetail {
         agent: summary,
         processes,
-        sessions: rows(sessions)?,
+        sessions,
     }))
 }
 
-/// The store's rows as the API's types: a store column that no longer matches its type
-/// is a 500 naming the field, not a quietly missing value.
-fn rows<T: serde::de::DeserializeOwned>(values: Vec<Value>) -> Result<Vec<T>, ApiError> {
-    values
+/// Rows of one agent (or all) from the store, as the API's type: a store column that no
+/// longer matches its type is a 500 naming the field, not a quietly missing value.
+async fn agent_rows<T: serde::de::DeserializeOwned>(
+    s: &Arc<Shared>,
+    agent: Option<String>,
+    read: fn(&Store, Option<&str>) -> Result<Vec<Value>, store::StoreError>,
+) -> Result<Vec<T>, ApiError> {
+    with_store(s, move |st| read(st, agent.as_deref()))
+        .await?
         .into_iter()
         .map(|v| serde_json::from_value(v).map_err(internal))
         .collect()
@@ -255,9 +259,7 @@ async fn sessions(
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Vec<types::SessionRow>>, ApiError> {
     let p = params(q)?;
-    Ok(Json(rows(
-        with_store(&s, move |st| st.sessions(p.agent.as_deref())).await?,
-    )?))
+    Ok(Json(agent_rows(&s, p.agent, Store::sessions).await?))
 }
 
 async fn credentials(
@@ -265,9 +267,7 @@ async fn credentials(
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Vec<types::CredentialRow>>, ApiError> {
     let p = params(q)?;
-    Ok(Json(rows(
-        with_store(&s, move |st| st.credentials(p.agent.as_deref())).await?,
-    )?))
+    Ok(Json(agent_rows(&s, p.agent, Store::credentials).await?))
 }
 
 async fn revoke(
