@@ -226,21 +226,7 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
         QueryCommand::Credentials {
             action: Some(CredentialsAction::Revoke { fingerprint }),
             ..
-        } => {
-            let v = client
-                .post(&format!(
-                    "/v1/credentials/revoke{}",
-                    query(&[("fingerprint", Some(fingerprint))])
-                ))
-                .await?;
-            if json {
-                print_json(&v)
-            } else {
-                let r: Revoked = typed(v)?;
-                writeln!(std::io::stdout().lock(), "revoked {}", clean(&r.revoked))?;
-                Ok(())
-            }
-        }
+        } => revoke(client, fingerprint, json).await,
         QueryCommand::Credentials {
             agent,
             action: None,
@@ -249,6 +235,21 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             show(client, &path, json, print_credentials).await
         }
     }
+}
+
+async fn revoke(client: &Client, fingerprint: String, json: bool) -> anyhow::Result<()> {
+    let v = client
+        .post(&format!(
+            "/v1/credentials/revoke{}",
+            query(&[("fingerprint", Some(fingerprint))])
+        ))
+        .await?;
+    if json {
+        return print_json(&v);
+    }
+    let r: Revoked = typed(v)?;
+    writeln!(std::io::stdout().lock(), "revoked {}", clean(&r.revoked))?;
+    Ok(())
 }
 
 /// Events or alerts: a listing, or (following) the history then live items as lines.
