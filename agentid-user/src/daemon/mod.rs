@@ -5,6 +5,7 @@
 //! reloads the configuration's registry. The agents directory is also polled for changes.
 mod alerts;
 mod audit;
+mod heartbeat;
 mod lock;
 pub mod state;
 
@@ -53,6 +54,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     crate::sys::umask(0o077);
     create_dir(&config.state_dir, 0o700)?;
     let _lock = lock::StateLock::acquire(&config.lock_path())?;
+    // Read before anything else: whether the previous run stopped cleanly.
+    let (mut heartbeat, unclean) =
+        heartbeat::Heartbeat::start(&config.state_dir, SystemTime::now())
+            .context("the heartbeat file daemon.run")?;
     let store = Store::open(&config.store_path()).context("opening the store")?;
     let retention = Retention {
         max_age: config.retention.max_age,
@@ -128,6 +133,29 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         alerts,
         probes: Sensor::program_names(),
     });
+    if let Some(gap) = unclean {
+        // Killed, crashed or powered off: the window nothing watched is never silent.
+        let now = SystemTime::now();
+        let unseen = shared
+            .pipeline
+            .lock()
+            .ok()
+            .map(|p| heartbeat::started_in(&p.table, gap.last_alive, now))
+            .unwrap_or_default();
+        let alert = shared
+            .detector
+            .lock()
+            .ok()
+            .map(|mut d| d.daemon_down(gap.pid, gap.last_alive, now, unseen));
+        if let Some(alert) = alert {
+            tracing::warn!(
+                previous_pid = gap.pid,
+                "previous run stopped uncleanly: {}",
+                alert.description
+            );
+            alerts::emit_alert(&shared, &writer, &alert);
+        }
+    }
     let api = crate::api::serve(Arc::clone(&shared))?;
     tracing::info!(socket = %config.socket.display(), "API listening");
 
@@ -151,6 +179,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 }
             }
             _ = ticker.tick() => {
+                if let Err(e) = heartbeat.beat(SystemTime::now()) {
+                    tracing::warn!(error = %e, "cannot write the heartbeat file");
+                }
                 if last_cgroup_walk.elapsed() >= CGROUP_WALK {
                     last_cgroup_walk = Instant::now();
                     watch_agent_cgroups(&shared, &mut sensor, &mut watched, Vec::new());
@@ -213,6 +244,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     }
     let _ = std::fs::remove_file(&config.socket);
     writer.flush().context("flushing the store")?;
+    // Last: only a stop that got this far is clean. A state directory that cannot take
+    // the mark (read-only, full) makes the next start report a gap: said, not hidden.
+    if let Err(e) = heartbeat.stop(SystemTime::now()) {
+        tracing::warn!(error = %e, "cannot record the clean stop in daemon.run; the next start will report a gap");
+    }
     tracing::info!("stopped");
     result
 }
