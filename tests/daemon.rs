@@ -510,3 +510,52 @@ fn a_missing_agents_dir_is_an_empty_registry() {
     assert!(d.stop().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A process whose image two agents claim is never given one of them at random: it is
+/// `ambiguous-identity`, and `status` lists it with both candidates.
+#[test]
+fn an_ambiguous_process_shows_in_status() {
+    let dir = Daemon::dir("ambiguous");
+    let image = dir.join("contested-sleep");
+    std::fs::copy("/bin/sleep", &image).expect("copy");
+    let claim = |name: &str| {
+        format!(
+            "[[agent]]\nid = \"spiffe://test.example/agent/{name}\"\n[[agent.selectors]]\nexe = \"{}\"\n",
+            image.display()
+        )
+    };
+    std::fs::write(
+        dir.join("agents/claims.toml"),
+        claim("claim-one") + &claim("claim-two"),
+    )
+    .expect("reg");
+    let Some(d) = Daemon::start(&dir) else { return };
+    let mut child = Command::new(&image).arg("30").spawn().expect("spawn");
+    let pid = child.id();
+    let status = d.cli_until(&["status"], |v| {
+        v["registry"]["ambiguous"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["pid"] == pid))
+    });
+    let issue = status["registry"]["ambiguous"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["pid"] == pid))
+        .expect("listed")
+        .clone();
+    assert_eq!(issue["agent"], "unregistered");
+    assert_eq!(
+        issue["detail"],
+        serde_json::json!([
+            "spiffe://test.example/agent/claim-one",
+            "spiffe://test.example/agent/claim-two"
+        ])
+    );
+    let alerts = d.cli_until(&["alerts", "--rule", "ambiguous-identity"], |v| {
+        v.as_array().is_some_and(|a| !a.is_empty())
+    });
+    assert_eq!(alerts.as_array().map(Vec::len), Some(1), "{alerts:#}");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(d.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

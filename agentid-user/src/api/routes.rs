@@ -132,6 +132,10 @@ async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
             exited_kept: view.exited_kept,
         },
         registry: types::RegistryStatus {
+            ambiguous: identity_issues(&view, |id| {
+                (!id.ambiguous.is_empty()).then(|| id.ambiguous.clone())
+            }),
+            escaped: identity_issues(&view, |id| id.escaped_to.clone().map(|c| vec![c])),
             dir: config.agents_dir.clone(),
             agents: view.registry.agents().len(),
             errors: view
@@ -432,4 +436,22 @@ mod tests {
             assert!(params(Ok(Query(ok))).is_ok(), "{kind:?}");
         }
     }
+}
+
+/// Live processes whose identity `issue` flags, with what it says.
+fn identity_issues(
+    view: &LiveView,
+    issue: impl Fn(&crate::attribution::ProcIdentity) -> Option<Vec<String>>,
+) -> Vec<types::IdentityIssue> {
+    view.processes
+        .iter()
+        .filter_map(|(p, id)| {
+            let id = id.as_deref()?;
+            Some(types::IdentityIssue {
+                pid: p.pid,
+                agent: id.agent_id().unwrap_or("unregistered").to_owned(),
+                detail: issue(id)?,
+            })
+        })
+        .collect()
 }

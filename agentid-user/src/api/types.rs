@@ -78,6 +78,20 @@ pub struct RegistryStatus {
     pub dir: PathBuf,
     pub agents: usize,
     pub errors: Vec<String>,
+    /// Live processes whose selectors match two or more agents (`ambiguous-identity`).
+    pub ambiguous: Vec<IdentityIssue>,
+    /// Live processes that left their agent's cgroup for no agent's (`identity-escape`).
+    pub escaped: Vec<IdentityIssue>,
+}
+
+/// A live process whose identity needs a look.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityIssue {
+    pub pid: u32,
+    /// The agent it is attributed to (`unregistered` when none).
+    pub agent: String,
+    /// The candidate agents (ambiguous), or the cgroup it went to (escaped).
+    pub detail: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -427,6 +427,24 @@ fn print_status(v: &Status) -> anyhow::Result<()> {
         clean(&v.registry.dir.display().to_string()),
         v.registry.errors.len()
     )?;
+    for i in &v.registry.ambiguous {
+        writeln!(
+            o,
+            "  ambiguous: pid {} ({}) matches {}",
+            i.pid,
+            clean(&i.agent),
+            clean(&i.detail.join(", "))
+        )?;
+    }
+    for i in &v.registry.escaped {
+        writeln!(
+            o,
+            "  escaped:   pid {} ({}) left for {}",
+            i.pid,
+            clean(&i.agent),
+            clean(&i.detail.join(", "))
+        )?;
+    }
     for e in &v.registry.errors {
         writeln!(o, "            ! {}", clean(e))?;
     }
