@@ -410,6 +410,24 @@ fn respond(
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
+/// Live processes whose identity `issue` flags, with what it says.
+fn identity_issues(
+    view: &LiveView,
+    issue: impl Fn(&crate::attribution::ProcIdentity) -> Option<Vec<String>>,
+) -> Vec<types::IdentityIssue> {
+    view.processes
+        .iter()
+        .filter_map(|(p, id)| {
+            let id = id.as_deref()?;
+            Some(types::IdentityIssue {
+                pid: p.pid,
+                agent: id.agent_id().unwrap_or("unregistered").to_owned(),
+                detail: issue(id)?,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,22 +454,4 @@ mod tests {
             assert!(params(Ok(Query(ok))).is_ok(), "{kind:?}");
         }
     }
-}
-
-/// Live processes whose identity `issue` flags, with what it says.
-fn identity_issues(
-    view: &LiveView,
-    issue: impl Fn(&crate::attribution::ProcIdentity) -> Option<Vec<String>>,
-) -> Vec<types::IdentityIssue> {
-    view.processes
-        .iter()
-        .filter_map(|(p, id)| {
-            let id = id.as_deref()?;
-            Some(types::IdentityIssue {
-                pid: p.pid,
-                agent: id.agent_id().unwrap_or("unregistered").to_owned(),
-                detail: issue(id)?,
-            })
-        })
-        .collect()
 }
