@@ -1,4 +1,10 @@
 //! The audit signing key: a 32-byte Ed25519 seed, base64 in a file only its owner can read.
+//!
+//! Forward security: a log opened with its key file ([`super::AuditLog::open_with_key_file`])
+//! replaces the key at every checkpoint. The file then holds the current seed on its first
+//! line and `origin <base64 public key>` on the second: the chain's first public key, the
+//! one an operator pins (`agentid audit pubkey` prints it) and `verify --pubkey` walks the
+//! chain from.
 use std::{
     fs::{self, OpenOptions},
     io::{ErrorKind, Read as _, Write as _},
@@ -123,9 +129,10 @@ pub fn load_key(path: &Path) -> Result<SigningKey, AuditError> {
     }
     let mut text = Zeroizing::new(String::new());
     f.read_to_string(&mut text).map_err(AuditError::io(path))?;
+    let seed_line = text.lines().next().unwrap_or_default();
     let bytes = Zeroizing::new(
         base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
+            .decode(seed_line.trim())
             .map_err(|_| key_err(path, "not a base64 Ed25519 seed"))?,
     );
     let seed: &[u8; 32] = bytes
@@ -133,4 +140,78 @@ pub fn load_key(path: &Path) -> Result<SigningKey, AuditError> {
         .try_into()
         .map_err(|_| key_err(path, "not a 32-byte Ed25519 seed"))?;
     Ok(SigningKey::from_bytes(seed))
+}
+
+/// The chain's first public key: the `origin` line of a rotated key file, or the key's own
+/// public key when it was never rotated.
+pub fn chain_origin(path: &Path) -> Result<ed25519_dalek::VerifyingKey, AuditError> {
+    let key = load_key(path)?;
+    match read_origin(path)? {
+        Some(origin) => super::parse_public_key(&origin),
+        None => Ok(key.verifying_key()),
+    }
+}
+
+/// The `origin` line of a key file, if any (the file was already checked by `load_key`).
+pub(super) fn read_origin(path: &Path) -> Result<Option<String>, AuditError> {
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(AuditError::io(path))?);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("origin "))
+        .map(|o| o.trim().to_owned()))
+}
+
+/// A fresh random key.
+pub(super) fn generate() -> Result<SigningKey, AuditError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(seed.as_mut()))
+        .map_err(AuditError::io("/dev/urandom"))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Where the next key waits (written and synced) while the checkpoint that hands over to
+/// it is written: `<key>.next`.
+pub(super) fn staged_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".next");
+    path.with_file_name(name)
+}
+
+/// Writes `key` (with the chain's `origin`) to the staging file, synced, mode 0600.
+pub(super) fn stage(path: &Path, key: &SigningKey, origin: &str) -> Result<(), AuditError> {
+    let staged = staged_path(path);
+    let _ = fs::remove_file(&staged);
+    let text = Zeroizing::new(format!(
+        "{}\norigin {origin}\n",
+        base64::engine::general_purpose::STANDARD.encode(key.to_bytes())
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&staged)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&staged);
+        AuditError::Io {
+            path: staged.clone(),
+            source: e,
+        }
+    })
+}
+
+/// Atomically replaces the key file with the staged key (rename, then the directory
+/// synced): the old seed's file is gone; there is never a moment without a whole key.
+pub(super) fn commit_staged(path: &Path) -> Result<(), AuditError> {
+    let staged = staged_path(path);
+    fs::rename(&staged, path).map_err(AuditError::io(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(AuditError::io(dir))
 }

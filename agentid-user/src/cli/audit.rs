@@ -38,8 +38,15 @@ pub enum AuditCommand {
         /// The daemon stopped cleanly: a log without its final checkpoint is truncated.
         #[arg(long)]
         expect_closed: bool,
+        /// What a SIEM sink received (e.g. a `file` sink's JSON lines, or syslog lines):
+        /// fail if the log lacks an anchored checkpoint (rolled back, cut) or disagrees
+        /// with one (rewritten).
+        #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
+        anchors: Option<PathBuf>,
     },
-    /// Print the audit log's public key (base64), to keep somewhere the host can't change.
+    /// Print the audit key chain's first public key (base64), to pin somewhere the host
+    /// can't change. The key rotates at every checkpoint; this first key stays what
+    /// `verify --pubkey` walks the chain from.
     Pubkey {
         #[arg(long, value_name = "FILE", default_value = DEFAULT_KEY_PATH)]
         key: PathBuf,
@@ -73,6 +80,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
             pubkey,
             bundle,
             expect_closed,
+            anchors,
         } => {
             let pubkey = pubkey.as_deref().map(read_pubkey).transpose()?;
             if let Some(bundle) = bundle {
@@ -92,17 +100,31 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 if !report.is_ok() {
                     bail!("audit log {}: {report}", dir.display());
                 }
-                println!("{report}");
+                if let Some(path) = anchors {
+                    let found = audit::Anchors::read(&path)
+                        .with_context(|| format!("reading anchors {}", path.display()))?;
+                    let check = audit::check_anchors(&dir, &found, pubkey)?;
+                    if !check.is_ok() {
+                        bail!(
+                            "audit log {} against {}: {check}",
+                            dir.display(),
+                            path.display()
+                        );
+                    }
+                    println!("{report}\n{check}");
+                } else {
+                    println!("{report}");
+                }
             }
         }
         AuditCommand::Pubkey { key } => {
-            let key = audit::load_key(&key).with_context(|| {
+            let origin = audit::chain_origin(&key).with_context(|| {
                 format!(
                     "reading {} (the daemon creates it at first start)",
                     key.display()
                 )
             })?;
-            println!("{}", public_key_base64(&key.verifying_key()));
+            println!("{}", public_key_base64(&origin));
         }
         AuditCommand::Export {
             agent,
