@@ -26,11 +26,20 @@
 //! head to what the daemon wrote, so a re-hashed forgery is caught at the next checkpoint.
 //! Records after the last checkpoint are not yet signed and are reported as an unsigned tail.
 //!
-//! # Limits
+//! # Forward security
+//! A log opened with its key file ([`AuditLog::open_with_key_file`], as the daemon does)
+//! rotates the key at every checkpoint: the body also carries `next_public_key`, which the
+//! signature covers (appended to the signed message), and the next checkpoint must be signed
+//! by that key. Verification walks the chain from the first key. Whoever takes the host
+//! holds only the key for the next checkpoint and cannot re-sign earlier ones.
+//!
+//! # Limits and anchors
 //! Cutting the end of the newest file (with its checkpoints) leaves a shorter, valid chain:
 //! nothing inside a log can prove that more followed. `verify --expect-closed` catches it
-//! for a log whose daemon has stopped cleanly; otherwise compare against a checkpoint head
-//! kept elsewhere (a SIEM that received it, an exported bundle).
+//! for a log whose daemon has stopped cleanly, unless the cut lands on an earlier clean
+//! close. What catches it is a checkpoint kept elsewhere: every checkpoint is published to
+//! the SIEM sinks as it is made ([`Checkpoint`], an anchor), and [`check_anchors`] fails a
+//! log that lacks or contradicts one.
 mod anchors;
 mod bundle;
 mod key;
