@@ -3,6 +3,10 @@
 //! back to an earlier run (a rollback `--expect-closed` alone cannot see) and a past record
 //! rewritten and re-signed with the key found on the host afterwards (forward security).
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     fmt::Write as _,
     fs,

@@ -3,6 +3,10 @@
 //! to the same JSON), with real agents, processes, connections, alerts and credentials
 //! behind it. And activity reaches exactly the SIEM sinks that ask for it.
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     fmt::Write as _,
     net::TcpListener,
@@ -234,11 +238,13 @@ fn every_route_answers_in_its_type() {
     let mut ids: Vec<&str> = reuse.agents.iter().map(|g| g.id.as_str()).collect();
     ids.sort_unstable();
     assert_eq!(ids, [ALPHA, BETA]);
-    let (creds, raw) = api.until::<Vec<CredentialRow>>("/v1/credentials", |c| {
-        c.iter().filter(|c| c.kind == "openai").count() >= 2
-    });
+    // The daemon sees the whole host: other tests' keys show up as unregistered ones.
+    let ours = |c: &&CredentialRow| c.kind == "openai" && (c.agent == ALPHA || c.agent == BETA);
+    let (creds, raw) =
+        api.until::<Vec<CredentialRow>>("/v1/credentials", |c| c.iter().filter(ours).count() >= 2);
     same_json(&creds, &raw, "/v1/credentials");
-    let openai: Vec<&CredentialRow> = creds.iter().filter(|c| c.kind == "openai").collect();
+    let openai: Vec<&CredentialRow> = creds.iter().filter(ours).collect();
+    assert_eq!(openai.len(), 2, "{openai:?}");
     assert_eq!(openai[0].fingerprint, openai[1].fingerprint);
     assert!(
         openai
@@ -387,6 +393,77 @@ fn activity_reaches_exactly_the_sinks_that_ask_for_it() {
     assert!(without.iter().all(|r| r["class_uid"] == 2004));
 
     drop(listener);
+    assert!(d.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An agent that puts terminal escapes, JSON punctuation and line breaks in its command
+/// line: the API still answers in its types with the exact argument, and the CLI's tables
+/// show it on one line with the control characters as `?` (it cannot drive the terminal or
+/// forge a row).
+#[test]
+fn hostile_command_lines_fit_the_types_and_never_reach_the_terminal_raw() {
+    const HOSTILE: &str = "\u{1b}[2J\"}{]\n  99999 forged-row\r\t\u{7f}end";
+    let dir = Daemon::dir("api-hostile");
+    let a = TestCgroup::new("ah-a");
+    std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
+    let Some(d) = Daemon::start(&dir) else { return };
+    let api = Api::new(&dir);
+    let mut child = a
+        .command("/bin/sh")
+        .args(["-c", "read x", HOSTILE])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let path = format!("/v1/processes?agent={}", enc(ALPHA));
+    let (procs, _) = api.until::<Vec<ProcessView>>(&path, |p| {
+        p.iter()
+            .any(|p| p.process.pid == pid && p.process.argv.len() == 4)
+    });
+    let p = procs.iter().find(|p| p.process.pid == pid).expect("sh");
+    assert_eq!(p.process.argv, ["/bin/sh", "-c", "read x", HOSTILE]);
+    // The store commits a moment after the table changes.
+    let (events, _) = api
+        .until::<Vec<EventRecord>>(&format!("/v1/events?agent={}&kind=exec", enc(ALPHA)), |e| {
+            e.iter().any(|e| e.pid == pid)
+        });
+    let exec = events.iter().find(|e| e.pid == pid).expect("exec");
+    assert_eq!(
+        exec.argv
+            .as_deref()
+            .and_then(|a| a.get(3))
+            .map(String::as_str),
+        Some(HOSTILE)
+    );
+    for args in [&["ps", "--agent", ALPHA][..], &["events", "--agent", ALPHA]] {
+        let out = std::process::Command::new(agentid_tests::agentid_bin())
+            .arg("--socket")
+            .arg(dir.join("agentid.sock"))
+            .args(args)
+            .output()
+            .expect("cli");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        assert!(
+            !text.contains(['\u{1b}', '\r', '\t', '\u{7f}']),
+            "{args:?} printed a control character: {text:?}"
+        );
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains("read x")).collect();
+        assert!(!rows.is_empty(), "{args:?}: {text}");
+        for row in rows {
+            assert!(
+                row.ends_with("?[2J\"}{]?  99999 forged-row???end"),
+                "{args:?}: {row:?}"
+            );
+        }
+        assert!(
+            !text.lines().any(|l| l.trim_start().starts_with("99999")),
+            "{text}"
+        );
+    }
+    drop(child.stdin.take());
+    let _ = child.wait();
     assert!(d.stop().success());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,6 +2,10 @@
 //! running daemon), SIGKILL and restart, a corrupted registry.
 //! (The ring-buffer overflow lives in `overflow.rs`: its burst would starve these tests.)
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     io::{BufRead as _, Write as _},
     path::{Path, PathBuf},

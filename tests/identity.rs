@@ -5,6 +5,10 @@
     clippy::many_single_char_names,
     reason = "a failed step is a failed test; one-letter names for the agents' cgroups"
 )]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     fmt::Write as _, io::Write, net::TcpListener, process::Stdio, sync::Arc, time::Duration,
 };

@@ -1,5 +1,9 @@
 //! A burst that overflows the ring buffer, alone in its own test binary: it would starve
 //! the sensors of any test running beside it.
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use agentid::detect::Detector;
 use agentid_tests::{TestCgroup, sensor_or_skip};
 

@@ -13,7 +13,8 @@ pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 256;
 /// Bytes of NUL-separated arguments kept per exec.
 pub const ARGV_LEN: usize = 1024;
-/// Arguments kept per exec (userspace cuts there); more are flagged truncated.
+/// Arguments kept per exec: the kernel sends what fits in [`ARGV_LEN`] bytes, userspace
+/// keeps this many and flags the rest as truncated.
 pub const MAX_ARGS: usize = 16;
 /// Bytes of NUL-separated `NAME=value` environment entries kept per exec. The environment
 /// is where agents carry their credentials; userspace fingerprints it and drops it.
@@ -54,7 +55,9 @@ pub mod kind {
 
 /// `ExecRecord::flags` bits.
 pub mod exec_flags {
-    /// More than [`super::MAX_ARGS`] arguments or more than [`super::ARGV_LEN`] bytes.
+    /// The argument strings were longer than [`super::ARGV_LEN`] bytes: only their first
+    /// `ARGV_LEN` bytes are in the record. (Userspace also flags more than
+    /// [`super::MAX_ARGS`] arguments; the kernel does not count them.)
     pub const ARGV_TRUNCATED: u32 = 1;
     /// The path did not fit in [`super::FILENAME_LEN`].
     pub const FILENAME_TRUNCATED: u32 = 2;
@@ -81,14 +84,18 @@ pub struct Header {
     pub comm: [u8; COMM_LEN],
 }
 
-/// A successful exec (`sched_process_exec`), argv captured at `execve` entry.
+/// A successful exec, recorded at `sched_process_exec`: the new image is in place, and its
+/// argument and environment strings are read from its memory
+/// (`mm->arg_start..arg_end`, `mm->env_start..env_end`) in one copy each. Nothing is
+/// captured at `execve` entry, so a failed exec leaves no record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecRecord {
     pub header: Header,
     /// tgid of the real parent at exec time.
     pub ppid: u32,
-    /// Number of arguments counted (up to `MAX_ARGS + 1` when truncated).
+    /// The new image's argument count (`linux_binprm::argc`), whether or not all of
+    /// them fit in `argv`.
     pub argc: u32,
     /// Valid bytes in `argv`: NUL-terminated strings back to back.
     pub argv_len: u32,
@@ -100,8 +107,9 @@ pub struct ExecRecord {
     /// Process start time (`task_struct::start_boottime`, ns since boot): with the pid it
     /// names the process uniquely across pid reuse, and matches `/proc/PID/stat` starttime.
     pub start_ns: u64,
-    /// Environment entries counted, and valid bytes in `env`.
+    /// The new image's environment entry count (`linux_binprm::envc`).
     pub envc: u32,
+    /// Valid bytes in `env`.
     pub env_len: u32,
     pub filename: [u8; FILENAME_LEN],
     pub argv: [u8; ARGV_LEN],

@@ -9,6 +9,10 @@
     clippy::cast_possible_truncation,
     reason = "benchmark setup: a failure is a failed run; synthetic sizes are small"
 )]
+#![expect(
+    unused_crate_dependencies,
+    reason = "the benchmark drives the `agentid` library with criterion: the package's other dependencies are the library's"
+)]
 use std::{
     fmt::Write as _,
     hint::black_box,

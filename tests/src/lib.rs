@@ -6,6 +6,13 @@
     clippy::match_wild_err_arm,
     reason = "test harness: a failed step is a failed test"
 )]
+#![cfg_attr(
+    test,
+    expect(
+        unused_crate_dependencies,
+        reason = "the dev-dependencies are the test files'; the harness's unit tests see them too"
+    )
+)]
 pub mod daemon;
 pub mod fuzz;
 

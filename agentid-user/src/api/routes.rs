@@ -25,7 +25,7 @@ use crate::{
 
 type Shr = State<Arc<Shared>>;
 
-pub fn router() -> Router<Arc<Shared>> {
+pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/agents", get(agents))
@@ -47,13 +47,20 @@ fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> 
     {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            format!(
-                "unknown kind {k:?}: expected one of {}",
-                EventKind::ALL.map(EventKind::as_str).join(", ")
-            ),
+            format!("unknown kind {k:?}: expected {}", kind_list()),
         ));
     }
     Ok(p)
+}
+
+/// `open, exec, …, connect or send`: built from [`EventKind::ALL`] so a new kind is never left
+/// out of the message (`open` was).
+fn kind_list() -> String {
+    let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -225,19 +232,23 @@ async fn agent(
         .find(|a| a.id == id || a.name.as_deref() == Some(id.as_str()))
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no registered agent {id:?}")))?;
     let processes = live_processes(&view, Some(&summary.id));
-    let key = summary.id.clone();
-    let sessions = with_store(&s, move |st| st.sessions(Some(&key))).await?;
+    let sessions = agent_rows(&s, Some(summary.id.clone()), Store::sessions).await?;
     Ok(Json(types::AgentDetail {
         agent: summary,
         processes,
-        sessions: rows(sessions)?,
+        sessions,
     }))
 }
 
-/// The store's rows as the API's types: a store column that no longer matches its type
-/// is a 500 naming the field, not a quietly missing value.
-fn rows<T: serde::de::DeserializeOwned>(values: Vec<Value>) -> Result<Vec<T>, ApiError> {
-    values
+/// Rows of one agent (or all) from the store, as the API's type: a store column that no
+/// longer matches its type is a 500 naming the field, not a quietly missing value.
+async fn agent_rows<T: serde::de::DeserializeOwned>(
+    s: &Arc<Shared>,
+    agent: Option<String>,
+    read: fn(&Store, Option<&str>) -> Result<Vec<Value>, store::StoreError>,
+) -> Result<Vec<T>, ApiError> {
+    with_store(s, move |st| read(st, agent.as_deref()))
+        .await?
         .into_iter()
         .map(|v| serde_json::from_value(v).map_err(internal))
         .collect()
@@ -248,9 +259,7 @@ async fn sessions(
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Vec<types::SessionRow>>, ApiError> {
     let p = params(q)?;
-    Ok(Json(rows(
-        with_store(&s, move |st| st.sessions(p.agent.as_deref())).await?,
-    )?))
+    Ok(Json(agent_rows(&s, p.agent, Store::sessions).await?))
 }
 
 async fn credentials(
@@ -258,9 +267,7 @@ async fn credentials(
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Vec<types::CredentialRow>>, ApiError> {
     let p = params(q)?;
-    Ok(Json(rows(
-        with_store(&s, move |st| st.credentials(p.agent.as_deref())).await?,
-    )?))
+    Ok(Json(agent_rows(&s, p.agent, Store::credentials).await?))
 }
 
 async fn revoke(
@@ -377,4 +384,32 @@ fn respond(
             .map(|_| Ok(Bytes::from_static(b"\n")));
     let body = Body::from_stream(head.chain(tail.merge(keepalive)));
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_kind_is_refused_naming_every_kind() {
+        let bad = Params {
+            kind: Some("opne".into()),
+            ..Params::default()
+        };
+        let Err(ApiError(status, msg)) = params(Ok(Query(bad))) else {
+            panic!("accepted an unknown kind");
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            msg,
+            "unknown kind \"opne\": expected open, exec, fork, exit, connect or send"
+        );
+        for kind in EventKind::ALL {
+            let ok = Params {
+                kind: Some(kind.as_str().into()),
+                ..Params::default()
+            };
+            assert!(params(Ok(Query(ok))).is_ok(), "{kind:?}");
+        }
+    }
 }

@@ -281,14 +281,16 @@ mod agent_or_unregistered {
         clippy::ref_option,
         reason = "serde's `with` passes the field by reference"
     )]
-    pub fn serialize<S: Serializer>(a: &Option<AgentRef>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(a: &Option<AgentRef>, s: S) -> Result<S::Ok, S::Error> {
         match a {
             Some(a) => a.serialize(s),
             None => s.serialize_str(UNREGISTERED),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AgentRef>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<AgentRef>, D::Error> {
         #[derive(serde::Deserialize)]
         #[serde(untagged)]
         enum Wire {
@@ -333,6 +335,7 @@ mod tests {
             cgroup_id: 9,
             cgroup: "/agents/a".into(),
             exited_ns: None,
+            moved_from: None,
         }
     }
 

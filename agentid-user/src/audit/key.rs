@@ -7,8 +7,8 @@
 //! chain from.
 use std::{
     fs::{self, OpenOptions},
-    io::{ErrorKind, Read as _, Write as _},
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -17,6 +17,11 @@ use ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
 
 use super::AuditError;
+use crate::keyfile::{self, KeyFileError};
+
+/// Bytes read at most: the base64 seed and its newline are 45, whitespace around it is
+/// tolerated, a longer file is not a seed.
+const READ_LIMIT: usize = 4096;
 
 fn key_err(path: &Path, reason: impl Into<String>) -> AuditError {
     AuditError::Key {
@@ -30,109 +35,28 @@ fn key_err(path: &Path, reason: impl Into<String>) -> AuditError {
 /// Refuses a symlink, a non-regular file, a file another user owns, and a file the group or
 /// others can read: a key others could read lets them re-sign a forged log.
 pub fn load_or_create_key(path: &Path) -> Result<SigningKey, AuditError> {
-    match load_key(path) {
-        Err(AuditError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {}
-        other => return other,
-    }
-    let mut seed = Zeroizing::new([0u8; 32]);
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(seed.as_mut()))
-        .map_err(AuditError::io("/dev/urandom"))?;
-    let text = Zeroizing::new(format!(
-        "{}\n",
-        base64::engine::general_purpose::STANDARD.encode(seed.as_ref())
-    ));
-    // Written in full under a temporary name, then hard-linked into place: a crash never
-    // leaves a half-written key, and link (unlike rename) fails instead of replacing a key
-    // another process created meanwhile.
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map_or_else(|| "audit.key".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(AuditError::Io {
-            path: tmp,
-            source: e,
-        });
-    }
-    let linked = fs::hard_link(&tmp, path);
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
-            if let Ok(d) = fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-            Ok(SigningKey::from_bytes(&seed))
-        }
-        // Someone else created it first: theirs is the key.
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => load_key(path),
-        Err(e) => Err(AuditError::Io {
-            path: path.to_owned(),
-            source: e,
-        }),
-    }
+    let text = keyfile::load_or_create(path, READ_LIMIT, || {
+        let seed = keyfile::random(32)?;
+        let text = base64::engine::general_purpose::STANDARD.encode(&seed[..]);
+        let mut line = Zeroizing::new(Vec::with_capacity(text.len() + 1));
+        line.extend_from_slice(Zeroizing::new(text).as_bytes());
+        line.push(b'\n');
+        Ok(line)
+    })
+    .map_err(|e| key_error(path, e))?;
+    parse(path, &text)
 }
 
 /// Loads an existing key (same checks as [`load_or_create_key`]), never creating one.
 pub fn load_key(path: &Path) -> Result<SigningKey, AuditError> {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                key_err(path, "is a symlink; refusing to follow it")
-            } else {
-                AuditError::Io {
-                    path: path.to_owned(),
-                    source: e,
-                }
-            }
-        })?;
-    // Checked on the open file, not the path: no window to swap the file in between.
-    let meta = f.metadata().map_err(AuditError::io(path))?;
-    if !meta.file_type().is_file() {
-        return Err(key_err(path, "not a regular file"));
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if meta.uid() != euid {
-        return Err(key_err(
-            path,
-            format!("owned by uid {}, not by this user ({euid})", meta.uid()),
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        return Err(key_err(
-            path,
-            format!(
-                "mode {:04o} lets group or others read it; chmod 600 it (and consider the key \
-                 leaked)",
-                meta.mode() & 0o7777
-            ),
-        ));
-    }
-    let mut text = Zeroizing::new(String::new());
-    f.read_to_string(&mut text).map_err(AuditError::io(path))?;
-    let seed_line = text.lines().next().unwrap_or_default();
+    let text = keyfile::load(path, READ_LIMIT).map_err(|e| key_error(path, e))?;
+    parse(path, &text)
+}
+
+fn parse(path: &Path, text: &[u8]) -> Result<SigningKey, AuditError> {
     let bytes = Zeroizing::new(
         base64::engine::general_purpose::STANDARD
-            .decode(seed_line.trim())
+            .decode(first_line(text).trim_ascii())
             .map_err(|_| key_err(path, "not a base64 Ed25519 seed"))?,
     );
     let seed: &[u8; 32] = bytes
@@ -140,6 +64,11 @@ pub fn load_key(path: &Path) -> Result<SigningKey, AuditError> {
         .try_into()
         .map_err(|_| key_err(path, "not a 32-byte Ed25519 seed"))?;
     Ok(SigningKey::from_bytes(seed))
+}
+
+/// The seed line: a rotated key file has the chain's `origin` after it.
+fn first_line(text: &[u8]) -> &[u8] {
+    text.split(|&b| b == b'\n').next().unwrap_or_default()
 }
 
 /// The chain's first public key: the `origin` line of a rotated key file, or the key's own
@@ -152,22 +81,23 @@ pub fn chain_origin(path: &Path) -> Result<ed25519_dalek::VerifyingKey, AuditErr
     }
 }
 
-/// The `origin` line of a key file, if any (the file was already checked by `load_key`).
+/// The `origin` line of a key file, if any (same checks as [`load_key`]).
 pub(super) fn read_origin(path: &Path) -> Result<Option<String>, AuditError> {
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(AuditError::io(path))?);
+    let text = keyfile::load(path, READ_LIMIT).map_err(|e| key_error(path, e))?;
     Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("origin "))
-        .map(|o| o.trim().to_owned()))
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"origin "))
+        .map(|o| String::from_utf8_lossy(o.trim_ascii()).into_owned()))
 }
 
 /// A fresh random key.
 pub(super) fn generate() -> Result<SigningKey, AuditError> {
-    let mut seed = Zeroizing::new([0u8; 32]);
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(seed.as_mut()))
-        .map_err(AuditError::io("/dev/urandom"))?;
-    Ok(SigningKey::from_bytes(&seed))
+    let seed = keyfile::random(32).map_err(|e| key_error(Path::new("/dev/urandom"), e))?;
+    let seed: &[u8; 32] = seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| key_err(Path::new("/dev/urandom"), "short read"))?;
+    Ok(SigningKey::from_bytes(seed))
 }
 
 /// Where the next key waits (written and synced) while the checkpoint that hands over to
@@ -182,10 +112,9 @@ pub(super) fn staged_path(path: &Path) -> PathBuf {
 pub(super) fn stage(path: &Path, key: &SigningKey, origin: &str) -> Result<(), AuditError> {
     let staged = staged_path(path);
     let _ = fs::remove_file(&staged);
-    let text = Zeroizing::new(format!(
-        "{}\norigin {origin}\n",
-        base64::engine::general_purpose::STANDARD.encode(key.to_bytes())
-    ));
+    let seed = Zeroizing::new(key.to_bytes());
+    let seed_b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&seed[..]));
+    let text = Zeroizing::new(format!("{}\norigin {origin}\n", seed_b64.as_str()));
     let write = || -> std::io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
@@ -214,4 +143,28 @@ pub(super) fn commit_staged(path: &Path) -> Result<(), AuditError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(AuditError::io(dir))
+}
+
+/// The audit log's wording for a refused key file.
+fn key_error(path: &Path, e: KeyFileError) -> AuditError {
+    match e {
+        KeyFileError::Io { path, source } => AuditError::Io { path, source },
+        KeyFileError::Random(source) => AuditError::Io {
+            path: "/dev/urandom".into(),
+            source,
+        },
+        KeyFileError::Symlink { .. } => key_err(path, "is a symlink; refusing to follow it"),
+        KeyFileError::NotRegular { .. } => key_err(path, "not a regular file"),
+        KeyFileError::ForeignOwner { owner, euid, .. } => key_err(
+            path,
+            format!("owned by uid {owner}, not by this user ({euid})"),
+        ),
+        KeyFileError::InsecureMode { mode, .. } => key_err(
+            path,
+            format!(
+                "mode {mode:04o} lets group or others read it; chmod 600 it (and consider the key \
+                 leaked)"
+            ),
+        ),
+    }
 }

@@ -1,6 +1,7 @@
 //! `agentid audit`: check the tamper-evident audit log, print its public key, export an
 //! agent's evidence. Offline: no daemon, no probes; only read access to the files.
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -88,7 +89,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 if !report.is_ok() {
                     bail!("bundle {}: {report}", bundle.display());
                 }
-                println!("{report}");
+                writeln!(std::io::stdout().lock(), "{report}")?;
             } else {
                 let report = audit::verify_with(
                     &dir,
@@ -111,9 +112,9 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                             path.display()
                         );
                     }
-                    println!("{report}\n{check}");
+                    writeln!(std::io::stdout().lock(), "{report}\n{check}")?;
                 } else {
-                    println!("{report}");
+                    writeln!(std::io::stdout().lock(), "{report}")?;
                 }
             }
         }
@@ -124,7 +125,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                     key.display()
                 )
             })?;
-            println!("{}", public_key_base64(&origin));
+            writeln!(std::io::stdout().lock(), "{}", public_key_base64(&origin))?;
         }
         AuditCommand::Export {
             agent,
@@ -139,7 +140,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
             let until = until.as_deref().map(|s| parse_when(s, now)).transpose()?;
             let registration = registration(&agents_dir, &agent)?;
             let summary = audit::export_bundle(&dir, &agent, since, until, registration, &output)?;
-            println!(
+            writeln!(
+                std::io::stdout().lock(),
                 "wrote {}: {} records of {agent} in a chain segment of {} (seq {}..={}){}",
                 output.display(),
                 summary.relevant,
@@ -152,7 +154,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                     "; the newest are not signed by a checkpoint yet: export again after the \
                      next one"
                 }
-            );
+            )?;
         }
     }
     Ok(())

@@ -40,6 +40,10 @@ pub enum QueryCommand {
         /// Show the process tree.
         #[arg(long)]
         tree: bool,
+        /// Full rows on a terminal too (by default a terminal's rows are cut to its
+        /// width; output into a pipe or file is never cut).
+        #[arg(short, long)]
+        wide: bool,
     },
     /// Outbound connections and UDP sends.
     Connections {
@@ -171,12 +175,15 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             show: Some(AgentsShow::Show { id }),
         } => {
             let path = format!("/v1/agent{}", query(&[("id", Some(id))]));
-            show(client, &path, json, print_agent).await
+            show(client, &path, json, |a: &AgentDetail| {
+                print_agent(a, row_width(false))
+            })
+            .await
         }
-        QueryCommand::Ps { agent, tree } => {
+        QueryCommand::Ps { agent, tree, wide } => {
             let path = format!("/v1/processes{}", query(&[("agent", agent)]));
             show(client, &path, json, |p: &Vec<ProcessView>| {
-                print_ps(p, tree)
+                print_ps(&mut std::io::stdout().lock(), p, tree, row_width(wide))
             })
             .await
         }
@@ -219,21 +226,7 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
         QueryCommand::Credentials {
             action: Some(CredentialsAction::Revoke { fingerprint }),
             ..
-        } => {
-            let v = client
-                .post(&format!(
-                    "/v1/credentials/revoke{}",
-                    query(&[("fingerprint", Some(fingerprint))])
-                ))
-                .await?;
-            if json {
-                print_json(&v)
-            } else {
-                let r: Revoked = typed(v)?;
-                println!("revoked {}", clean(&r.revoked));
-                Ok(())
-            }
-        }
+        } => revoke(client, fingerprint, json).await,
         QueryCommand::Credentials {
             agent,
             action: None,
@@ -242,6 +235,21 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             show(client, &path, json, print_credentials).await
         }
     }
+}
+
+async fn revoke(client: &Client, fingerprint: String, json: bool) -> anyhow::Result<()> {
+    let v = client
+        .post(&format!(
+            "/v1/credentials/revoke{}",
+            query(&[("fingerprint", Some(fingerprint))])
+        ))
+        .await?;
+    if json {
+        return print_json(&v);
+    }
+    let r: Revoked = typed(v)?;
+    writeln!(std::io::stdout().lock(), "revoked {}", clean(&r.revoked))?;
+    Ok(())
 }
 
 /// Events or alerts: a listing, or (following) the history then live items as lines.
@@ -489,7 +497,7 @@ fn print_agents(v: &Agents) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_agent(v: &AgentDetail) -> anyhow::Result<()> {
+fn print_agent(v: &AgentDetail, width: Option<usize>) -> anyhow::Result<()> {
     let mut o = std::io::stdout().lock();
     let a = &v.agent;
     writeln!(
@@ -506,9 +514,7 @@ fn print_agent(v: &AgentDetail) -> anyhow::Result<()> {
         "  live: {} sessions, {} processes",
         a.live_sessions, a.live_processes
     )?;
-    drop(o);
-    print_ps(&v.processes, false)?;
-    let mut o = std::io::stdout().lock();
+    print_ps(&mut o, &v.processes, false, width)?;
     writeln!(o, "sessions:")?;
     for sess in &v.sessions {
         writeln!(
@@ -520,6 +526,65 @@ fn print_agent(v: &AgentDetail) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// How wide a `ps` row may be, in characters: on a terminal its width, unless `--wide`;
+/// `None` (full rows) when stdout is not a terminal, as `ps` does: a pipe or a file gets
+/// everything, for `grep` and for the record.
+fn row_width(wide: bool) -> Option<usize> {
+    use std::io::IsTerminal as _;
+    let stdout = std::io::stdout();
+    if wide || !stdout.is_terminal() {
+        return None;
+    }
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ only fills the winsize we pass, which outlives the call.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &raw mut ws) } == 0;
+    Some(terminal_columns(
+        ok.then_some(ws.ws_col),
+        std::env::var("COLUMNS").ok().as_deref(),
+    ))
+}
+
+/// A terminal's width: what the kernel says (`TIOCGWINSZ`), else `$COLUMNS`, else 80.
+/// Zero means unknown (a serial console), never "no room".
+fn terminal_columns(ioctl_cols: Option<u16>, columns_env: Option<&str>) -> usize {
+    ioctl_cols
+        .filter(|&c| c > 0)
+        .map(usize::from)
+        .or_else(|| {
+            columns_env
+                .and_then(|c| c.trim().parse::<usize>().ok())
+                .filter(|&c| c > 0)
+        })
+        .unwrap_or(80)
+}
+
+/// `line` cut to at most `width` characters, the last one `…` when anything was cut.
+/// Cuts only between characters (never inside a multi-byte UTF-8 sequence); a character
+/// counts as one column, which over-fills a row only with wide (CJK, emoji) characters.
+fn fit(line: &str, width: Option<usize>) -> std::borrow::Cow<'_, str> {
+    let Some(width) = width else {
+        return line.into();
+    };
+    if line.char_indices().nth(width).is_none() {
+        return line.into();
+    }
+    // `width - 1` characters and the ellipsis.
+    let end = line
+        .char_indices()
+        .nth(width.saturating_sub(1))
+        .map_or(line.len(), |(i, _)| i);
+    let mut cut = line[..end].to_owned();
+    if width > 0 {
+        cut.push('…');
+    }
+    cut.into()
 }
 
 fn ps_row(p: &ProcessView, depth: usize) -> String {
@@ -550,20 +615,25 @@ fn walk(
     p: &ProcessView,
     list: &[&ProcessView],
     depth: usize,
-    o: &mut std::io::StdoutLock<'_>,
+    o: &mut impl std::io::Write,
+    width: Option<usize>,
 ) -> anyhow::Result<()> {
-    writeln!(o, "{}", ps_row(p, depth))?;
+    writeln!(o, "{}", fit(&ps_row(p, depth), width))?;
     for c in list
         .iter()
         .filter(|c| c.process.parent_exec_id.as_ref() == Some(&p.process.exec_id))
     {
-        walk(c, list, depth + 1, o)?;
+        walk(c, list, depth + 1, o, width)?;
     }
     Ok(())
 }
 
-fn print_ps(procs: &[ProcessView], tree: bool) -> anyhow::Result<()> {
-    let mut o = std::io::stdout().lock();
+fn print_ps(
+    o: &mut impl std::io::Write,
+    procs: &[ProcessView],
+    tree: bool,
+    width: Option<usize>,
+) -> anyhow::Result<()> {
     let mut by_agent: BTreeMap<String, Vec<&ProcessView>> = BTreeMap::new();
     for p in procs {
         by_agent
@@ -572,10 +642,10 @@ fn print_ps(procs: &[ProcessView], tree: bool) -> anyhow::Result<()> {
             .push(p);
     }
     for (agent, list) in by_agent {
-        writeln!(o, "{agent}:")?;
+        writeln!(o, "{}", fit(&format!("{agent}:"), width))?;
         if !tree {
             for p in list {
-                writeln!(o, "{}", ps_row(p, 0))?;
+                writeln!(o, "{}", fit(&ps_row(p, 0), width))?;
             }
             continue;
         }
@@ -588,7 +658,7 @@ fn print_ps(procs: &[ProcessView], tree: bool) -> anyhow::Result<()> {
                 .as_ref()
                 .is_some_and(|id| exec_ids.contains(id))
         }) {
-            walk(r, &list, 0, &mut o)?;
+            walk(r, &list, 0, o, width)?;
         }
     }
     Ok(())
@@ -644,6 +714,120 @@ mod tests {
             ]),
             "?agent=spiffe%3A%2F%2Fx%2Fa%20b&since=5"
         );
+    }
+
+    #[test]
+    fn rows_are_cut_between_characters() {
+        assert_eq!(fit("abcdef", None), "abcdef");
+        assert_eq!(fit("abcdef", Some(6)), "abcdef");
+        assert_eq!(fit("abcdef", Some(5)), "abcd…");
+        assert_eq!(fit("abcdef", Some(1)), "…");
+        assert_eq!(fit("abcdef", Some(0)), "");
+        assert_eq!(fit("", Some(0)), "");
+        // Multi-byte characters (2, 3 and 4 bytes) count once and are never split.
+        assert_eq!(fit("héllo wörld", Some(11)), "héllo wörld");
+        assert_eq!(fit("héllo wörld", Some(8)), "héllo w…");
+        assert_eq!(fit("ééééé", Some(3)), "éé…");
+        assert_eq!(fit("日本語のテキスト", Some(4)), "日本語…");
+        assert_eq!(fit("🦀🦀🦀🦀", Some(3)), "🦀🦀…");
+        assert_eq!(fit("a🦀", Some(2)), "a🦀");
+    }
+
+    proptest::proptest! {
+        /// Whatever the text and width: valid UTF-8 (it is a `str`), at most `width`
+        /// characters, and a prefix of the row (plus `…`).
+        #[test]
+        fn fit_is_a_prefix_within_the_width(line in "\\PC{0,40}", width in 0usize..50) {
+            let cut = fit(&line, Some(width));
+            proptest::prop_assert!(cut.chars().count() <= width);
+            let kept = cut.strip_suffix('…').unwrap_or(&cut);
+            proptest::prop_assert!(line.starts_with(kept));
+            if line.chars().count() <= width {
+                proptest::prop_assert_eq!(cut.as_ref(), line.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_width_from_the_kernel_then_columns_then_80() {
+        assert_eq!(terminal_columns(Some(132), Some("100")), 132);
+        assert_eq!(terminal_columns(Some(0), Some("100")), 100);
+        assert_eq!(terminal_columns(None, Some(" 90 ")), 90);
+        assert_eq!(terminal_columns(None, Some("wide")), 80);
+        assert_eq!(terminal_columns(None, Some("0")), 80);
+        assert_eq!(terminal_columns(None, None), 80);
+    }
+
+    fn ps_rows(width: Option<usize>, tree: bool) -> Vec<String> {
+        let long_arg = format!("--prompt={}", "ü".repeat(5000));
+        // The rows as the API sends them (typed), with what `ps` does not show left plain.
+        let plain = serde_json::json!({"start_ticks": 1, "exe": "/x", "comm": "x", "gid": 0,
+            "cgroup_id": 1, "cgroup": "/", "acting_for": [], "lineage": []});
+        let mut procs = serde_json::json!([
+            {"pid": 10, "ppid": 1, "uid": 0, "session": "s1", "exec_id": "e10",
+             "agent": {"id": "spiffe://t/bot", "name": "bot"},
+             "argv": ["/usr/bin/python3", "agent.py", long_arg]},
+            {"pid": 11, "ppid": 10, "uid": 0, "session": "s1", "exec_id": "e11",
+             "parent_exec_id": "e10", "agent": {"id": "spiffe://t/bot", "name": "bot"},
+             "argv": ["/bin/sh", "-c", "ls"]},
+        ]);
+        for p in procs.as_array_mut().unwrap() {
+            for (k, v) in plain.as_object().unwrap() {
+                p[k] = v.clone();
+            }
+        }
+        let procs: Vec<ProcessView> = serde_json::from_value(procs).unwrap();
+        let mut out = Vec::new();
+        print_ps(&mut out, &procs, tree, width).unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn ps_rows_fit_the_terminal_and_wide_keeps_them_whole() {
+        for tree in [false, true] {
+            let cut = ps_rows(Some(80), tree);
+            assert_eq!(cut.len(), 3, "{cut:?}");
+            assert!(cut.iter().all(|r| r.chars().count() <= 80), "{cut:?}");
+            assert!(
+                cut[1].ends_with('…') && cut[1].contains("/usr/bin/python3 agent.py "),
+                "{cut:?}"
+            );
+            // A short row is left alone.
+            assert!(cut[2].ends_with("/bin/sh -c ls"), "{cut:?}");
+            let full = ps_rows(None, tree);
+            assert!(full[1].ends_with(&"ü".repeat(5000)), "{}", full[1].len());
+        }
+        // The tree indents the child under its parent.
+        assert!(ps_rows(None, false)[2].starts_with(&format!("  {:>7} ", 11)));
+        assert!(ps_rows(None, true)[2].starts_with(&format!("    {:>7} ", 11)));
+    }
+
+    #[test]
+    fn ps_takes_wide() {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: QueryCommand,
+        }
+        use clap::Parser as _;
+        for (args, want) in [
+            (&["x", "ps", "--tree"][..], false),
+            (&["x", "ps", "--tree", "--wide"][..], true),
+            (&["x", "ps", "-w"][..], true),
+        ] {
+            let Cli {
+                cmd: QueryCommand::Ps { wide, .. },
+            } = Cli::parse_from(args)
+            else {
+                panic!("{args:?} is not ps");
+            };
+            assert_eq!(wide, want, "{args:?}");
+        }
+        assert_eq!(row_width(true), None);
     }
 
     proptest::proptest! {

@@ -19,7 +19,7 @@ fn with_outputs<T>(shared: &Shared, f: impl FnOnce(&mut Fanout) -> T) -> Option<
     outputs.as_mut().map(f)
 }
 
-pub fn record_detection(shared: &Shared, out: &Output) {
+pub(crate) fn record_detection(shared: &Shared, out: &Output) {
     with_outputs(shared, |o| {
         for c in &out.credentials {
             o.credential(c);
@@ -31,7 +31,7 @@ pub fn record_detection(shared: &Shared, out: &Output) {
 }
 
 /// Raises `telemetry-gap` when the kernel's drop counters grew.
-pub fn check_drops(shared: &Shared, drops: &KindCounts) {
+pub(crate) fn check_drops(shared: &Shared, drops: &KindCounts) {
     let total: u64 = drops.iter().sum();
     if total == 0 {
         return;
@@ -52,14 +52,14 @@ pub fn check_drops(shared: &Shared, drops: &KindCounts) {
 
 /// An alert, new or updated: the store at once, the other outputs as the fan-out's
 /// throttle allows.
-pub fn emit_alert(shared: &Shared, alert: &Alert) {
+pub(crate) fn emit_alert(shared: &Shared, alert: &Alert) {
     if with_outputs(shared, |o| o.alert(alert)) == Some(true) {
         shared.counters.alerts.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Publishes held-back updates that are due.
-pub fn flush_updates(shared: &Shared) {
+pub(crate) fn flush_updates(shared: &Shared) {
     if let Some(n) = with_outputs(shared, |o| o.flush_updates(false)) {
         shared.counters.alerts.fetch_add(n, Ordering::Relaxed);
     }

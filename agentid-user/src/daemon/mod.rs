@@ -84,8 +84,7 @@ impl Daemon {
         // revocations, alerts file) holds evidence about other users' processes: private
         // by default, whatever the umask it was started with. The socket's 0660 is set
         // explicitly.
-        // SAFETY: umask only swaps the process's file-creation mask.
-        unsafe { libc::umask(0o077) };
+        crate::sys::umask(0o077);
         create_dir(&config.state_dir, 0o700)?;
         let state_lock = lock::StateLock::acquire(&config.lock_path())?;
         let store = Store::open(&config.store_path()).context("opening the store")?;
@@ -94,6 +93,7 @@ impl Daemon {
             max_bytes: config.retention.max_size_mb.saturating_mul(1 << 20),
         };
         let writer = store.writer(retention)?;
+        ensure_agents_dir(&config.agents_dir);
         // Stamp the agents directory before reading it: a change made while the daemon
         // starts must look like a change to the first poll, not be baked into the stamp.
         let registry_stamp = dir_stamp(&config.agents_dir);
@@ -254,6 +254,15 @@ impl Daemon {
 
     fn watch_agent_cgroups(&mut self, seen: Vec<u64>) {
         watch_agent_cgroups(&self.shared, &mut self.sensor, &mut self.watched, seen);
+    }
+}
+
+/// A fresh machine has no agents directory yet: an empty registry, not an error.
+fn ensure_agents_dir(dir: &Path) {
+    match crate::identity::create_agents_dir(dir) {
+        Ok(true) => tracing::info!(dir = %dir.display(), "created the agents directory"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), "creating the agents directory: {e}"),
     }
 }
 

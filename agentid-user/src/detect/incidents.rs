@@ -52,7 +52,7 @@ pub struct Incidents {
 }
 
 /// A stable incident id: the first 8 bytes of SHA-256 over the rule id and the subject.
-pub fn uid(rule: &str, subject: &[impl AsRef<str>]) -> String {
+pub(crate) fn uid(rule: &str, subject: &[impl AsRef<str>]) -> String {
     let mut h = Sha256::new();
     h.update(rule);
     for s in subject {

@@ -34,6 +34,26 @@ impl<'a> Seen<'a> {
         }
     }
 
+    /// Whose policies bind this event: its agent's, then — unless the receiving agent
+    /// declared the hand-off (`accepts_delegation_from`), which makes its policy the one
+    /// that governs — those of every registered agent it acts for: a tool started by agent
+    /// A under its own identity must not reach what A may not. The flag says whether the
+    /// policy is the agent's own.
+    pub fn policy_owners(&self) -> impl Iterator<Item = (&'a Agent, bool)> {
+        let registry = self.registry;
+        let inherited: &[String] = if self.event.delegation_declared {
+            &[]
+        } else {
+            &self.event.acting_for
+        };
+        let chain = inherited
+            .iter()
+            .rev()
+            .filter_map(move |id| registry.get_str(id))
+            .map(|a| (a.as_ref(), false));
+        self.agent.map(|a| (a, true)).into_iter().chain(chain)
+    }
+
     /// The event's agent; attribution only names registered (valid) SPIFFE IDs.
     pub fn principal(&self) -> Principal {
         self.event

@@ -95,30 +95,7 @@ impl Encoder {
                         Item::Checkpoint(c) => cef::audit_checkpoint(c),
                     },
                 };
-                let (severity, time, msgid, params): (u8, _, &str, Vec<(&str, &str)>) = match item {
-                    Item::Alert(a) => (
-                        syslog::severity(a.severity),
-                        a.last_seen,
-                        a.rule,
-                        vec![
-                            ("rule", a.rule),
-                            ("uid", a.uid.as_str()),
-                            ("severity", a.severity.as_str()),
-                        ],
-                    ),
-                    Item::Activity(e) => (
-                        6,
-                        e.event.time,
-                        e.event.kind.as_str(),
-                        vec![("kind", e.event.kind.as_str())],
-                    ),
-                    Item::Checkpoint(c) => (
-                        6,
-                        encode::checkpoint_time(c),
-                        "audit-checkpoint",
-                        vec![("kind", "audit-checkpoint")],
-                    ),
-                };
+                let (severity, time, msgid, params) = syslog_fields(item);
                 let h = syslog::Header {
                     facility: *facility,
                     severity,
@@ -136,6 +113,34 @@ impl Encoder {
             }
         };
         Some(Record { uid, payload })
+    }
+}
+
+/// A syslog record's severity, time, MSGID and structured-data parameters.
+fn syslog_fields(item: Item<'_>) -> (u8, std::time::SystemTime, &str, Vec<(&str, &str)>) {
+    match item {
+        Item::Alert(a) => (
+            syslog::severity(a.severity),
+            a.last_seen,
+            a.rule,
+            vec![
+                ("rule", a.rule),
+                ("uid", a.uid.as_str()),
+                ("severity", a.severity.as_str()),
+            ],
+        ),
+        Item::Activity(e) => (
+            6,
+            e.event.time,
+            e.event.kind.as_str(),
+            vec![("kind", e.event.kind.as_str())],
+        ),
+        Item::Checkpoint(c) => (
+            6,
+            encode::checkpoint_time(c),
+            "audit-checkpoint",
+            vec![("kind", "audit-checkpoint")],
+        ),
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Process {
     /// Boot-clock ns of the exit, once exited.
     #[serde(skip)]
     pub exited_ns: Option<u64>,
+    /// The cgroup it was in before its last move (what it left, for identity-escape).
+    #[serde(skip)]
+    pub moved_from: Option<String>,
 }
 
 /// How an event changed the process it is about: tells the identity stage when to decide
@@ -190,6 +193,7 @@ impl ProcessTable {
             cgroup_id: event.cgroup_id,
             cgroup,
             exited_ns: None,
+            moved_from: None,
         };
         // A live entry under this pid is a process whose exit we missed: replaced.
         self.live.insert(event.pid, child);
@@ -227,6 +231,7 @@ impl ProcessTable {
                 cgroup_id: event.cgroup_id,
                 cgroup: cgroup.clone(),
                 exited_ns: None,
+                moved_from: None,
             };
             self.live.insert(event.pid, p);
         }
@@ -271,7 +276,7 @@ impl ProcessTable {
         let cgroup = self.cgroup_path(event.cgroup_id);
         let p = self.live.get_mut(&event.pid)?;
         p.cgroup_id = event.cgroup_id;
-        p.cgroup = cgroup;
+        p.moved_from = Some(std::mem::replace(&mut p.cgroup, cgroup));
         Some(Change::Moved)
     }
 

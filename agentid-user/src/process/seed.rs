@@ -5,7 +5,7 @@ use super::{HostIds, Process};
 use crate::cgroup::Resolver;
 
 /// Every process readable now. Kernel threads (no exe) are kept: they are processes too.
-pub fn all(host: &HostIds, resolver: &mut Resolver) -> Vec<Process> {
+pub(crate) fn all(host: &HostIds, resolver: &mut Resolver) -> Vec<Process> {
     let Ok(iter) = procfs::process::all_processes() else {
         return Vec::new();
     };
@@ -15,7 +15,7 @@ pub fn all(host: &HostIds, resolver: &mut Resolver) -> Vec<Process> {
 }
 
 /// One process by pid, or `None` when it is gone.
-pub fn one(host: &HostIds, resolver: &mut Resolver, pid: u32) -> Option<Process> {
+pub(crate) fn one(host: &HostIds, resolver: &mut Resolver, pid: u32) -> Option<Process> {
     let p = ProcProcess::new(i32::try_from(pid).ok()?).ok()?;
     read(host, resolver, &p)
 }
@@ -54,5 +54,6 @@ fn read(host: &HostIds, resolver: &mut Resolver, p: &ProcProcess) -> Option<Proc
         cgroup_id,
         cgroup,
         exited_ns: None,
+        moved_from: None,
     })
 }

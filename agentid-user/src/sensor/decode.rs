@@ -245,8 +245,8 @@ fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
     if argv_bytes.last() == Some(&0) {
         argv.pop();
     }
-    // The kernel never sends more than MAX_ARGS strings; a record that claims more (garbled
-    // or hostile) is cut there and flagged rather than trusted.
+    // The kernel sends as many strings as fit in ARGV_LEN bytes (many short arguments can be
+    // more than MAX_ARGS): keep MAX_ARGS and flag the rest as truncated.
     let over = argv.len() > MAX_ARGS;
     argv.truncate(MAX_ARGS);
     Ok(Detail::Exec {

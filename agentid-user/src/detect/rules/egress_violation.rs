@@ -30,26 +30,36 @@ impl Rule for EgressViolation {
         else {
             return;
         };
-        if agent.policy.egress.is_none() || agent.policy.allows_egress(*dst_ip, *dst_port) {
-            return;
-        }
         let dst = if dst_ip.is_ipv6() {
             format!("[{dst_ip}]:{dst_port}")
         } else {
             format!("{dst_ip}:{dst_port}")
         };
+        let Some((owner, own)) = seen.policy_owners().find(|(owner, _)| {
+            owner.policy.egress.is_some() && !owner.policy.allows_egress(*dst_ip, *dst_port)
+        }) else {
+            return;
+        };
         let a = seen.alert_agent();
+        let (subject, whose) = if own {
+            (vec![agent.id.as_str(), &dst], "its".to_owned())
+        } else {
+            (
+                vec![owner.id.as_str(), &dst, "for", agent.id.as_str()],
+                format!("{}'s", owner.id),
+            )
+        };
         let mut draft = AlertDraft::new(
             &EGRESS_VIOLATION,
-            &[agent.id.as_str(), &dst],
+            &subject,
             ev.time,
             format!(
-                "{} connected to {dst} outside its egress allowlist",
+                "{} connected to {dst} outside {whose} egress allowlist",
                 a.label()
             ),
             format!(
                 "{} {dst} is not in the egress policy of {}",
-                ev.kind, agent.id
+                ev.kind, owner.id
             ),
         );
         draft.agents = vec![a];

@@ -42,25 +42,29 @@ macro_rules! rule {
     };
 }
 
+mod ambiguous_identity;
 mod credential_reuse;
 mod credential_stale;
 mod delivery_loss;
 mod egress_violation;
 mod human_privilege;
+mod identity_escape;
 mod shadow_agent;
 mod telemetry_gap;
 mod tool_violation;
 mod undeclared_delegation;
 
-pub use credential_reuse::CREDENTIAL_REUSE;
-pub use credential_stale::CREDENTIAL_STALE;
+pub use ambiguous_identity::{AMBIGUOUS_IDENTITY, AmbiguousIdentity};
+pub use credential_reuse::{CREDENTIAL_REUSE, CredentialReuse};
+pub use credential_stale::{CREDENTIAL_STALE, CredentialStale};
 pub use delivery_loss::{DELIVERY_LOSS, DeliveryLoss, delivery_loss};
-pub use egress_violation::EGRESS_VIOLATION;
-pub use human_privilege::HUMAN_PRIVILEGE;
-pub use shadow_agent::SHADOW_AGENT;
+pub use egress_violation::{EGRESS_VIOLATION, EgressViolation};
+pub use human_privilege::{HUMAN_PRIVILEGE, HumanPrivilege};
+pub use identity_escape::{IDENTITY_ESCAPE, IdentityEscape};
+pub use shadow_agent::{SHADOW_AGENT, ShadowAgent};
 pub use telemetry_gap::{TELEMETRY_GAP, TelemetryGap};
-pub use tool_violation::TOOL_VIOLATION;
-pub use undeclared_delegation::UNDECLARED_DELEGATION;
+pub use tool_violation::{TOOL_VIOLATION, ToolViolation};
+pub use undeclared_delegation::{UNDECLARED_DELEGATION, UndeclaredDelegation};
 
 /// A rule's catalogue entry.
 #[derive(Debug, PartialEq, Eq, serde::Serialize)]
@@ -101,12 +105,14 @@ pub trait Described {
 }
 
 /// Every rule, in the README's order.
-pub const CATALOGUE: [&RuleInfo; 9] = [
+pub const CATALOGUE: [&RuleInfo; 11] = [
     &CREDENTIAL_REUSE,
     &CREDENTIAL_STALE,
     &SHADOW_AGENT,
     &HUMAN_PRIVILEGE,
     &UNDECLARED_DELEGATION,
+    &IDENTITY_ESCAPE,
+    &AMBIGUOUS_IDENTITY,
     &EGRESS_VIOLATION,
     &TOOL_VIOLATION,
     &TELEMETRY_GAP,
@@ -139,13 +145,15 @@ pub trait Rule: Described + fmt::Debug + Send {
 /// `watch`: cgroup globs where an unregistered workload is a shadow agent.
 pub fn all(watch: Option<GlobList>) -> Vec<Box<dyn Rule>> {
     vec![
-        Box::new(human_privilege::HumanPrivilege),
-        Box::new(credential_stale::CredentialStale),
-        Box::new(credential_reuse::CredentialReuse),
-        Box::new(shadow_agent::ShadowAgent { watch }),
-        Box::new(egress_violation::EgressViolation),
-        Box::new(tool_violation::ToolViolation),
-        Box::new(undeclared_delegation::UndeclaredDelegation),
+        Box::new(HumanPrivilege),
+        Box::new(CredentialStale),
+        Box::new(CredentialReuse),
+        Box::new(ShadowAgent { watch }),
+        Box::new(EgressViolation),
+        Box::new(ToolViolation),
+        Box::new(UndeclaredDelegation),
+        Box::new(IdentityEscape),
+        Box::new(AmbiguousIdentity),
     ]
 }
 

@@ -46,6 +46,7 @@ fn event(agent: Option<&str>, kind: EventKind, detail: Detail) -> AttributedEven
         environment: None,
     });
     AttributedEvent {
+        transition: None,
         event: Event {
             kind,
             time: at(0),

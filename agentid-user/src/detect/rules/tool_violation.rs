@@ -24,16 +24,30 @@ impl Rule for ToolViolation {
             return;
         };
         let Some(agent) = seen.agent else { return };
-        if agent.policy.tools.is_none() || agent.policy.allows_tool(filename) {
+        let Some((owner, own)) = seen
+            .policy_owners()
+            .find(|(owner, _)| owner.policy.tools.is_some() && !owner.policy.allows_tool(filename))
+        else {
             return;
-        }
+        };
         let a = seen.alert_agent();
+        let (subject, whose) = if own {
+            (vec![agent.id.as_str(), filename], "its".to_owned())
+        } else {
+            (
+                vec![owner.id.as_str(), filename, "for", agent.id.as_str()],
+                format!("{}'s", owner.id),
+            )
+        };
         let mut draft = AlertDraft::new(
             &TOOL_VIOLATION,
-            &[agent.id.as_str(), filename],
+            &subject,
             ev.time,
-            format!("{} ran {filename} outside its tools allowlist", a.label()),
-            format!("{filename} is not in the tools policy of {}", agent.id),
+            format!(
+                "{} ran {filename} outside {whose} tools allowlist",
+                a.label()
+            ),
+            format!("{filename} is not in the tools policy of {}", owner.id),
         );
         draft.agents = vec![a];
         draft.evidence = Evidence {
