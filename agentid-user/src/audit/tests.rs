@@ -819,3 +819,31 @@ fn bundle_of_a_forward_secure_log_verifies_from_the_first_key() {
     fs::write(&out, b.to_string()).unwrap();
     assert!(!verify_bundle(&out, Some(first)).unwrap().is_ok());
 }
+
+#[test]
+fn a_static_key_log_upgrades_to_forward_secure_in_place() {
+    let root = tmpdir("fs-upgrade");
+    let (dir, key_path) = (root.join("audit"), root.join("audit.key"));
+    // An earlier version: one key for every checkpoint, a key file without an origin line.
+    let key = load_or_create_key(&key_path).unwrap();
+    let pinned = key.verifying_key();
+    let mut log = AuditLog::open(&dir, key, opts()).unwrap();
+    log.append_event(&sample_event("research-bot", 1)).unwrap();
+    log.close().unwrap();
+    assert_eq!(chain_origin(&key_path).unwrap(), pinned);
+    // This version continues the same chain and starts rotating from the pinned key.
+    let mut log = AuditLog::open_with_key_file(&dir, &key_path, opts()).unwrap();
+    log.append_event(&sample_event("research-bot", 2)).unwrap();
+    log.checkpoint().unwrap();
+    log.append_event(&sample_event("research-bot", 3)).unwrap();
+    log.close().unwrap();
+    assert_eq!(
+        chain_origin(&key_path).unwrap(),
+        pinned,
+        "pubkey still prints it"
+    );
+    assert_ne!(load_key(&key_path).unwrap().verifying_key(), pinned);
+    let r = verify(&dir, Some(pinned)).unwrap();
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.checkpoints, 3);
+}
