@@ -45,6 +45,9 @@ pub struct AuditLog {
     next_archive: u64,
     /// Set for a forward-secure log: the key is replaced at every checkpoint.
     key_file: Option<KeyFile>,
+    /// A checkpoint handed over to the staged key, and the key file was not replaced yet
+    /// (a failed sync or rename): retried before the next key is staged.
+    uncommitted: bool,
     /// Checkpoints written and not yet taken by [`AuditLog::take_anchors`].
     anchors: Vec<Checkpoint>,
     last_ts: String,
@@ -113,6 +116,7 @@ impl AuditLog {
             dirty: false,
             next_archive,
             key_file: None,
+            uncommitted: false,
             anchors: Vec::new(),
             last_ts: String::new(),
         };
@@ -286,6 +290,14 @@ impl AuditLog {
         let seq_to = self.next_seq - 1;
         // Forward security: the next key exists, synced, before the checkpoint that hands
         // over to it, and replaces the key file only after that checkpoint is synced.
+        if self.uncommitted
+            && let Some(kf) = &self.key_file
+        {
+            let path = kf.path.clone();
+            self.sync()?;
+            key::commit_staged(&path)?;
+            self.uncommitted = false;
+        }
         let next = match &self.key_file {
             Some(kf) => {
                 let next = key::generate()?;
@@ -329,13 +341,16 @@ impl AuditLog {
         });
         let key_path = self.key_file.as_ref().map(|kf| kf.path.clone());
         if let (Some(next), Some(next_pk), Some(key_path)) = (next, next_pk, key_path) {
-            self.sync()?;
-            // The log now names the next key: sign with it from here on even if replacing
-            // the file fails (the next open finishes the replacement from `<key>.next`).
-            // The old key is zeroized as it drops.
+            // The log now names the next key: sign with it from here on, whatever happens
+            // to the files (the next checkpoint or the next open finishes the replacement
+            // from `<key>.next`). The old key is zeroized as it drops.
             self.key = next;
             self.public_key = next_pk;
+            self.uncommitted = true;
+            // Synced first: the key file never moves ahead of the log on disk.
+            self.sync()?;
             key::commit_staged(&key_path)?;
+            self.uncommitted = false;
         }
         Ok(seq)
     }
