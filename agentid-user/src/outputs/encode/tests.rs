@@ -588,7 +588,10 @@ fn the_ocsf_ai_agent_option_adds_only_the_draft_attribute() {
 
 /// A genuine signed checkpoint, as a forward-secure log publishes it.
 fn sample_checkpoint() -> crate::audit::Checkpoint {
-    let root = std::env::temp_dir().join(format!("agentid-enc-cp-{}", std::process::id()));
+    // One directory per call: tests run in parallel.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let root = std::env::temp_dir().join(format!("agentid-enc-cp-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let opts = crate::audit::AuditOptions::default();
@@ -662,4 +665,23 @@ fn audit_checkpoint_in_every_encoding_reads_back_as_an_anchor() {
         assert_eq!(anchors.list, vec![cp.clone()], "{enc:?}: {}", rec.payload);
         assert!(rec.uid.starts_with("audit-checkpoint:"), "{}", rec.uid);
     }
+}
+
+/// The anchor record (Event Log Activity 1008) validates against OCSF 1.8.0 like the
+/// others, so a strict consumer keeps it.
+#[test]
+fn the_audit_checkpoint_validates_against_the_official_schema() {
+    let cp = sample_checkpoint();
+    let records = [ocsf::audit_checkpoint(
+        &cp,
+        &EncodeContext {
+            ocsf_ai_agent: false,
+            ..ctx()
+        },
+    )];
+    let Some((code, report)) = ocsf_validate(&records) else {
+        return;
+    };
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("1 events checked, 0 invalid"), "{report}");
 }
