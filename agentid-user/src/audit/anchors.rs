@@ -15,7 +15,9 @@ use std::{
 use ed25519_dalek::VerifyingKey;
 use serde_json::Value;
 
-use super::{AuditError, Checkpoint, log_files, public_key_base64};
+use super::{
+    AuditError, Checkpoint, check_signature, log_files, parse_public_key, public_key_base64,
+};
 
 /// The anchors found in a sink's output.
 #[derive(Debug, Clone, Default)]
@@ -189,6 +191,8 @@ pub struct AnchorCheck {
     pub disagreeing: Vec<Checkpoint>,
     /// Anchors of other key chains (another host's, or a log replaced wholesale).
     pub foreign: usize,
+    /// Anchors of checkpoints before the log's first record (older files removed).
+    pub before_log: usize,
     pub forged: usize,
 }
 
@@ -249,6 +253,13 @@ impl fmt::Display for AnchorCheck {
             "anchors: {} of {} anchored checkpoints are in the log as published",
             self.matched, self.anchored
         )?;
+        if self.before_log > 0 {
+            write!(
+                f,
+                "; {} precede its first record (older files removed)",
+                self.before_log
+            )?;
+        }
         if self.foreign > 0 {
             write!(f, "; {} anchors of other key chains ignored", self.foreign)?;
         }
@@ -263,6 +274,53 @@ impl fmt::Display for AnchorCheck {
     }
 }
 
+/// The checkpoints the log in `dir` states, by seq, and its first seq (damage is
+/// `verify`'s to report).
+fn log_checkpoints(dir: &Path) -> Result<(BTreeMap<u64, Checkpoint>, Option<u64>), AuditError> {
+    let mut in_log = BTreeMap::new();
+    let mut first_seq = None;
+    for path in log_files(dir)? {
+        let data = fs::read(&path).map_err(AuditError::io(&path))?;
+        for line in data.split(|&b| b == b'\n') {
+            let Ok(v) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
+            if first_seq.is_none() {
+                first_seq = v.get("seq").and_then(Value::as_u64);
+            }
+            if let Some(cp) = Checkpoint::from_record(&v) {
+                in_log.insert(cp.seq, cp);
+            }
+        }
+    }
+    Ok((in_log, first_seq))
+}
+
+/// The key the log's first checkpoint must be signed with, walking from the pinned first
+/// key through the anchors of checkpoints before it: for a log whose oldest files were
+/// removed, whose first checkpoint was signed by a later key. Only anchors whose signature
+/// verifies with the key reached so far count, so nothing but the genuine chain leads
+/// anywhere; for a log that starts at its beginning this is `first` itself.
+pub fn start_key(
+    dir: &Path,
+    anchors: &Anchors,
+    first: VerifyingKey,
+) -> Result<VerifyingKey, AuditError> {
+    let Some(&first_in_log) = log_checkpoints(dir)?.0.keys().next() else {
+        return Ok(first);
+    };
+    let mut key = first;
+    for a in anchors.list.iter().filter(|a| a.seq < first_in_log) {
+        let next = a.next_public_key.as_deref();
+        if check_signature(&key, &a.head, a.seq_to, next, &a.signature)
+            && let Some(Ok(k)) = next.map(parse_public_key)
+        {
+            key = k;
+        }
+    }
+    Ok(key)
+}
+
 /// Checks the log in `dir` against `anchors`. An anchor belongs to this log when its key
 /// is in the log's key chain: `given` (the pinned first key), the keys the log's
 /// checkpoints name, and every key an anchor of the chain hands over to.
@@ -271,19 +329,7 @@ pub fn check_anchors(
     anchors: &Anchors,
     given: Option<VerifyingKey>,
 ) -> Result<AnchorCheck, AuditError> {
-    let mut in_log: BTreeMap<u64, Checkpoint> = BTreeMap::new();
-    for path in log_files(dir)? {
-        let data = fs::read(&path).map_err(AuditError::io(&path))?;
-        for line in data.split(|&b| b == b'\n') {
-            // Damage is `verify`'s to report; here only what the log states counts.
-            let Ok(v) = serde_json::from_slice::<Value>(line) else {
-                continue;
-            };
-            if let Some(cp) = Checkpoint::from_record(&v) {
-                in_log.insert(cp.seq, cp);
-            }
-        }
-    }
+    let (in_log, first_seq) = log_checkpoints(dir)?;
     let mut keys: HashSet<String> = given.iter().map(public_key_base64).collect();
     for cp in in_log.values() {
         keys.insert(cp.public_key.clone());
@@ -311,6 +357,12 @@ pub fn check_anchors(
             continue;
         }
         check.anchored += 1;
+        if first_seq.is_some_and(|f| a.seq < f) {
+            // Before the log's first record: older files were removed (verify notes it);
+            // a rollback cuts the end, not the beginning.
+            check.before_log += 1;
+            continue;
+        }
         match in_log.get(&a.seq) {
             None => check.missing.push(a.clone()),
             Some(cp) if cp.same_signed(a) => check.matched += 1,

@@ -61,7 +61,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-pub use anchors::{AnchorCheck, Anchors, check_anchors};
+pub use anchors::{AnchorCheck, Anchors, check_anchors, start_key};
 pub use bundle::{BundleReport, ExportSummary, export_bundle, verify_bundle};
 pub use key::{chain_origin, load_key, load_or_create_key};
 pub use log::AuditLog;

@@ -847,3 +847,30 @@ fn a_static_key_log_upgrades_to_forward_secure_in_place() {
     assert!(r.is_ok(), "{r}");
     assert_eq!(r.checkpoints, 3);
 }
+
+#[test]
+fn anchors_lead_the_pinned_key_past_removed_old_records() {
+    let root = tmpdir("fs-removed");
+    let (first, anchors) = forward_secure_log(&root);
+    let dir = root.join("audit");
+    // The oldest records, through the first checkpoint, are gone (old files removed).
+    let all = lines(&dir);
+    write_lines(&dir, &all[5..]);
+    // The first checkpoint left was signed by the second key: the pinned one alone fails.
+    let d = damage(&dir, Some(first));
+    assert_eq!((d.kind, d.seq), (DamageKind::BadSignature, Some(10)), "{d}");
+    let parsed = Anchors::parse(&sink_lines(&anchors));
+    let start = start_key(&dir, &parsed, first).unwrap();
+    assert_eq!(public_key_base64(&start), anchors[1].public_key);
+    let r = verify(&dir, Some(start)).unwrap();
+    assert!(r.is_ok(), "{r}");
+    // The removed checkpoint is not "missing": a rollback cuts the end, not the start.
+    let c = check_anchors(&dir, &parsed, Some(first)).unwrap();
+    assert!(c.is_ok(), "{c}");
+    assert_eq!((c.matched, c.before_log), (2, 1), "{c}");
+    // A whole log needs no walking; a stranger's anchor leads nowhere.
+    write_lines(&dir, &all);
+    assert_eq!(start_key(&dir, &parsed, first).unwrap(), first);
+    write_lines(&dir, &all[5..]);
+    assert_eq!(start_key(&dir, &parsed, pk(3)).unwrap(), pk(3));
+}

@@ -91,31 +91,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 }
                 writeln!(std::io::stdout().lock(), "{report}")?;
             } else {
-                let report = audit::verify_with(
-                    &dir,
-                    &VerifyOptions {
-                        pubkey,
-                        expect_closed,
-                    },
-                )?;
-                if !report.is_ok() {
-                    bail!("audit log {}: {report}", dir.display());
-                }
-                if let Some(path) = anchors {
-                    let found = audit::Anchors::read(&path)
-                        .with_context(|| format!("reading anchors {}", path.display()))?;
-                    let check = audit::check_anchors(&dir, &found, pubkey)?;
-                    if !check.is_ok() {
-                        bail!(
-                            "audit log {} against {}: {check}",
-                            dir.display(),
-                            path.display()
-                        );
-                    }
-                    writeln!(std::io::stdout().lock(), "{report}\n{check}")?;
-                } else {
-                    writeln!(std::io::stdout().lock(), "{report}")?;
-                }
+                verify_log(&dir, pubkey, expect_closed, anchors.as_deref())?;
             }
         }
         AuditCommand::Pubkey { key } => {
@@ -156,6 +132,52 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 }
             )?;
         }
+    }
+    Ok(())
+}
+
+/// `verify` of a log, and with `--anchors`, against what a sink received.
+fn verify_log(
+    dir: &Path,
+    pubkey: Option<ed25519_dalek::VerifyingKey>,
+    expect_closed: bool,
+    anchors: Option<&Path>,
+) -> anyhow::Result<()> {
+    let found = anchors
+        .map(|path| {
+            audit::Anchors::read(path)
+                .with_context(|| format!("reading anchors {}", path.display()))
+        })
+        .transpose()?;
+    // A log whose oldest files were removed starts at a later key: the anchors of the
+    // removed checkpoints lead there from the pinned first key.
+    let start = match (pubkey, &found) {
+        (Some(pk), Some(found)) => Some(audit::start_key(dir, found, pk)?),
+        _ => pubkey,
+    };
+    let report = audit::verify_with(
+        dir,
+        &VerifyOptions {
+            pubkey: start,
+            expect_closed,
+        },
+    )?;
+    if !report.is_ok() {
+        bail!("audit log {}: {report}", dir.display());
+    }
+    let mut out = std::io::stdout().lock();
+    if let (Some(path), Some(found)) = (anchors, found) {
+        let check = audit::check_anchors(dir, &found, pubkey)?;
+        if !check.is_ok() {
+            bail!(
+                "audit log {} against {}: {check}",
+                dir.display(),
+                path.display()
+            );
+        }
+        writeln!(out, "{report}\n{check}")?;
+    } else {
+        writeln!(out, "{report}")?;
     }
     Ok(())
 }
