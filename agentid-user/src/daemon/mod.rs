@@ -4,6 +4,7 @@
 //! from shared state; signals: SIGTERM/SIGINT stop (detach, flush, exit 0), SIGHUP
 //! reloads the configuration's registry. The agents directory is also polled for changes.
 mod alerts;
+mod heartbeat;
 mod lock;
 
 use std::{
@@ -72,6 +73,8 @@ struct Daemon {
     /// Records the sinks lost, and when each sink's loss was last raised as an alert.
     sink_drops: mpsc::Receiver<DropNotice>,
     last_loss_alert: HashMap<String, Instant>,
+    /// The last pulse in `STATE/daemon.run`, marked clean at the end of a clean stop.
+    heartbeat: heartbeat::Heartbeat,
     /// Held for the daemon's life: one daemon per state directory.
     _state_lock: lock::StateLock,
 }
@@ -87,6 +90,10 @@ impl Daemon {
         crate::sys::umask(0o077);
         create_dir(&config.state_dir, 0o700)?;
         let state_lock = lock::StateLock::acquire(&config.lock_path())?;
+        // Read before anything else: whether the previous run stopped cleanly.
+        let (heartbeat, unclean) =
+            heartbeat::Heartbeat::start(&config.state_dir, SystemTime::now())
+                .context("the heartbeat file daemon.run")?;
         let store = Store::open(&config.store_path()).context("opening the store")?;
         let retention = Retention {
             max_age: config.retention.max_age,
@@ -118,6 +125,9 @@ impl Daemon {
             Sensor::program_names(),
         ));
         let sink_drops = start_outputs(config, &shared, &writer)?;
+        if let Some(gap) = unclean {
+            report_unclean_stop(&shared, &gap);
+        }
         let api = crate::api::serve(Arc::clone(&shared))?;
         tracing::info!(socket = %config.socket.display(), "API listening");
         let mut daemon = Self {
@@ -134,6 +144,7 @@ impl Daemon {
             last_poll: Instant::now(),
             sink_drops,
             last_loss_alert: HashMap::new(),
+            heartbeat,
             _state_lock: state_lock,
         };
         daemon.watch_agent_cgroups(Vec::new());
@@ -176,6 +187,9 @@ impl Daemon {
     /// Once a second: new agent cgroups, counters and rates, lost-telemetry alerts,
     /// held-back incident updates, and a changed agents directory.
     fn on_tick(&mut self) {
+        if let Err(e) = self.heartbeat.beat(SystemTime::now()) {
+            tracing::warn!(error = %e, "cannot write the heartbeat file");
+        }
         if self.last_cgroup_walk.elapsed() >= CGROUP_WALK {
             self.last_cgroup_walk = Instant::now();
             self.watch_agent_cgroups(Vec::new());
@@ -248,12 +262,42 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(&self.socket);
         self.writer.flush().context("flushing the store")?;
+        // Last: only a stop that got this far is clean. A state directory that cannot take
+        // the mark (read-only, full) makes the next start report a gap: said, not hidden.
+        if let Err(e) = self.heartbeat.stop(SystemTime::now()) {
+            tracing::warn!(error = %e, "cannot record the clean stop in daemon.run; the next start will report a gap");
+        }
         tracing::info!("stopped");
         Ok(())
     }
 
     fn watch_agent_cgroups(&mut self, seen: Vec<u64>) {
         watch_agent_cgroups(&self.shared, &mut self.sensor, &mut self.watched, seen);
+    }
+}
+
+/// Killed, crashed or powered off: the window nothing watched is never silent. Raised
+/// through the outputs (started first), before the API answers.
+fn report_unclean_stop(shared: &Shared, gap: &heartbeat::UncleanStop) {
+    let now = SystemTime::now();
+    let unseen = shared
+        .pipeline
+        .lock()
+        .ok()
+        .map(|p| heartbeat::started_in(&p.table, gap.last_alive, now))
+        .unwrap_or_default();
+    let alert = shared
+        .detector
+        .lock()
+        .ok()
+        .map(|mut d| d.daemon_down(gap.pid, gap.last_alive, now, unseen));
+    if let Some(alert) = alert {
+        tracing::warn!(
+            previous_pid = gap.pid,
+            "previous run stopped uncleanly: {}",
+            alert.description
+        );
+        alerts::emit_alert(shared, &alert);
     }
 }
 

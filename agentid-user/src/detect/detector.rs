@@ -96,6 +96,20 @@ impl Detector {
         alert
     }
 
+    /// Raises `telemetry-gap` for the window a previous run left unwatched (it stopped
+    /// without a clean shutdown), naming the processes that started inside it.
+    pub fn daemon_down(
+        &mut self,
+        pid: u32,
+        last_alive: SystemTime,
+        now: SystemTime,
+        started_unseen: Vec<super::ProcessEvidence>,
+    ) -> Alert {
+        let alert = TelemetryGap::daemon_down(pid, last_alive, now, started_unseen, &mut self.book);
+        self.book.take_raised();
+        alert
+    }
+
     /// Raises (or updates) `delivery-loss` for a sink that dropped records.
     pub fn delivery_loss(
         &mut self,
