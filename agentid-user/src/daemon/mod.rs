@@ -129,7 +129,6 @@ impl Daemon {
             report_unclean_stop(&shared, &gap);
         }
         let api = crate::api::serve(Arc::clone(&shared))?;
-        tracing::info!(socket = %config.socket.display(), "API listening");
         let mut daemon = Self {
             shared,
             writer,
@@ -156,6 +155,9 @@ impl Daemon {
         let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        // Said only once SIGTERM is handled: whoever waits for this line (a test, a
+        // supervisor) may stop the daemon at once, and must get a clean stop.
+        tracing::info!(socket = %self.socket.display(), "API listening");
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
