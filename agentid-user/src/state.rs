@@ -34,7 +34,7 @@ use crate::{
     pipeline::Pipeline,
     process::Process,
     sensor::KindCounts,
-    store::{Store, WriterStats},
+    store::{Store, Writer, WriterStats},
 };
 
 /// Per-kind counter arrays are indexed by the ABI kind number.
@@ -153,6 +153,9 @@ pub struct Shared {
     /// Read connection for API queries (the writer has its own).
     pub store: Mutex<Store>,
     pub writer_stats: Arc<WriterStats>,
+    /// The store's writer, for a follower's history to include everything sent before it
+    /// subscribed (see the API's `events`/`alerts`); set once the daemon has one.
+    pub store_writer: OnceLock<Writer>,
     pub counters: Counters,
     pub rates: Rates,
     pub events: broadcast::Sender<Live>,
@@ -187,6 +190,7 @@ impl Shared {
             output_stats: OnceLock::new(),
             store: Mutex::new(store),
             writer_stats,
+            store_writer: OnceLock::new(),
             counters: Counters::default(),
             rates: Rates::default(),
             events,

@@ -322,6 +322,9 @@ async fn events(
 ) -> Result<Response, ApiError> {
     let p = params(q)?;
     let live = p.follow.unwrap_or(false).then(|| s.events.subscribe());
+    if live.is_some() {
+        committed(&s).await;
+    }
     let sq = store_query(&p);
     let history = with_store(&s, move |st| st.events(&sq)).await?;
     let history: Vec<Value> = history.into_iter().map(|r| r.body).collect();
@@ -334,15 +337,32 @@ async fn alerts(
 ) -> Result<Response, ApiError> {
     let p = params(q)?;
     let live = p.follow.unwrap_or(false).then(|| s.alerts.subscribe());
+    if live.is_some() {
+        committed(&s).await;
+    }
     let sq = store_query(&p);
     let history = with_store(&s, move |st| st.alerts(&sq)).await?;
     let history: Vec<Value> = history.into_iter().map(|r| r.body).collect();
     Ok(respond(history, live, p.agent, p.rule))
 }
 
+/// Waits until everything the event loop sent to the store so far is committed. The
+/// outputs tell the store before the followers, so after subscribing and this, an item is
+/// in the history or in the live stream: none falls between them (one may be in both).
+async fn committed(s: &Arc<Shared>) {
+    let Some(writer) = s.store_writer.get().cloned() else {
+        return;
+    };
+    match tokio::task::spawn_blocking(move || writer.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "follow: the store did not commit"),
+        Err(e) => tracing::warn!(error = %e, "follow: waiting for the store"),
+    }
+}
+
 /// A JSON array, or — when following — NDJSON: the history, then live items as they come.
-/// Subscribing before reading history means nothing falls between the two (an item
-/// committed in that instant may appear twice).
+/// Subscribing, then waiting for the store ([`committed`]), then reading history means
+/// nothing falls between the two (an item may appear twice).
 fn respond(
     history: Vec<Value>,
     subscription: Option<tokio::sync::broadcast::Receiver<Live>>,

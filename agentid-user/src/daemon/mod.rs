@@ -75,8 +75,16 @@ struct Daemon {
     last_loss_alert: HashMap<String, Instant>,
     /// The last pulse in `STATE/daemon.run`, marked clean at the end of a clean stop.
     heartbeat: heartbeat::Heartbeat,
+    signals: Signals,
     /// Held for the daemon's life: one daemon per state directory.
     _state_lock: lock::StateLock,
+}
+
+/// SIGTERM/SIGINT stop, SIGHUP reloads.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Daemon {
@@ -124,11 +132,19 @@ impl Daemon {
             Arc::clone(&writer.stats),
             Sensor::program_names(),
         ));
+        let _ = shared.store_writer.set(writer.clone());
         let sink_drops = start_outputs(config, &shared, &writer)?;
         if let Some(gap) = unclean {
             report_unclean_stop(&shared, &gap);
         }
+        // Before the API answers: whoever saw it answer may stop the daemon at once.
+        let signals = Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        };
         let api = crate::api::serve(Arc::clone(&shared))?;
+        tracing::info!(socket = %config.socket.display(), "API listening");
         let mut daemon = Self {
             shared,
             writer,
@@ -144,6 +160,7 @@ impl Daemon {
             sink_drops,
             last_loss_alert: HashMap::new(),
             heartbeat,
+            signals,
             _state_lock: state_lock,
         };
         daemon.watch_agent_cgroups(Vec::new());
@@ -152,12 +169,6 @@ impl Daemon {
 
     /// The event loop, until SIGTERM/SIGINT (`Ok`) or a sensor failure.
     async fn run(&mut self) -> anyhow::Result<()> {
-        let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-        // Said only once SIGTERM is handled: whoever waits for this line (a test, a
-        // supervisor) may stop the daemon at once, and must get a clean stop.
-        tracing::info!(socket = %self.socket.display(), "API listening");
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -166,10 +177,10 @@ impl Daemon {
                     self.on_batch();
                 }
                 _ = ticker.tick() => self.on_tick(),
-                _ = sighup.recv() => self.on_reload(),
+                _ = self.signals.hup.recv() => self.on_reload(),
                 Some(notice) = self.sink_drops.recv() => self.on_sink_loss(&notice),
-                _ = sigterm.recv() => return Ok(()),
-                _ = sigint.recv() => return Ok(()),
+                _ = self.signals.term.recv() => return Ok(()),
+                _ = self.signals.int.recv() => return Ok(()),
             }
         }
     }
