@@ -5,13 +5,19 @@
 //! checkpoint's head commits to every record before it). It cannot prove that the exporter
 //! left none of the agent's records out *before* the segment, and the registration it
 //! carries is the exporter's statement, not part of the chain.
+//!
+//! Forward-secure logs sign each checkpoint with a new key, so a segment's checkpoints are
+//! not signed with the chain's first key (the one an operator pins). A bundle carries the
+//! `key_chain`: every checkpoint before the segment (seq, head, signature, keys), each
+//! signing the hand-over to the next key, so `verify --bundle --pubkey FIRST` walks from the
+//! pinned key to the key that signs the segment.
 use std::{collections::BTreeSet, fmt, fs, path::Path, time::SystemTime};
 
 use ed25519_dalek::VerifyingKey;
 use serde_json::{Value, json};
 
 use super::{
-    AuditError, file_name, log_files, now_rfc3339,
+    AuditError, Checkpoint, check_signature, file_name, log_files, now_rfc3339, parse_public_key,
     verify::{Item, KeySource, VerifyReport, check_chain},
 };
 
@@ -158,6 +164,10 @@ pub fn export_bundle(
         .filter_map(|&i| records[i].get("seq").and_then(Value::as_u64))
         .collect();
     let facts = Facts::of(relevant.iter().map(|&i| &records[i]));
+    let key_chain: Vec<Checkpoint> = records[..first]
+        .iter()
+        .filter_map(Checkpoint::from_record)
+        .collect();
     let bundle = json!({
         "format": FORMAT,
         "agent": agent_id,
@@ -169,6 +179,7 @@ pub fn export_bundle(
         "acting_for": facts.acting_for,
         "relevant": relevant_seqs,
         "records": segment,
+        "key_chain": key_chain,
     });
     let mut bundle = bundle;
     bundle["registration"] = registration.unwrap_or(Value::Null);
@@ -221,7 +232,8 @@ pub fn verify_bundle(
         .enumerate()
         .map(|(i, v)| Item::from_value(v, 0, format!("record {}", i + 1)))
         .collect();
-    let chain = check_chain(&items, pubkey, false, false);
+    let (key, chain_problem) = walk_key_chain(&bundle, pubkey).map_err(err)?;
+    let chain = check_chain(&items, key, false, false);
 
     let relevant = relevant_records(records, &agent, time("since"), time("until"));
     let relevant_seqs: Vec<u64> = relevant
@@ -230,13 +242,16 @@ pub fn verify_bundle(
         .collect();
     let facts = Facts::of(relevant.iter().map(|&i| &records[i]));
     let listed = |k: &str| bundle.get(k).cloned().unwrap_or(Value::Null);
-    let mut problem = None;
+    let mut problem = chain_problem;
     for (k, derived) in [
         ("relevant", json!(relevant_seqs)),
         ("sessions", json!(facts.sessions)),
         ("exec_ids", json!(facts.exec_ids)),
         ("acting_for", json!(facts.acting_for)),
     ] {
+        if problem.is_some() {
+            break;
+        }
         if listed(k) != derived {
             problem = Some(format!(
                 "its \"{k}\" list does not match what its records say"
@@ -260,6 +275,44 @@ pub fn verify_bundle(
         unsigned_relevant,
         problem,
     })
+}
+
+/// Walks the bundle's `key_chain` from the pinned key to the key that signs its segment.
+/// Returns that key and, when a hand-over does not verify, why.
+fn walk_key_chain(
+    bundle: &Value,
+    pubkey: Option<VerifyingKey>,
+) -> Result<(Option<VerifyingKey>, Option<String>), String> {
+    let Some(mut k) = pubkey else {
+        return Ok((None, None));
+    };
+    let key_chain: Vec<Checkpoint> = bundle
+        .get("key_chain")
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| format!("key_chain: {e}"))?
+        .unwrap_or_default();
+    for cp in &key_chain {
+        if !check_signature(
+            &k,
+            &cp.head,
+            cp.seq_to,
+            cp.next_public_key.as_deref(),
+            &cp.signature,
+        ) {
+            let problem = format!(
+                "its key_chain breaks at checkpoint seq {}: not signed by the key the chain \
+                 from the given key leads to",
+                cp.seq
+            );
+            return Ok((Some(k), Some(problem)));
+        }
+        if let Some(next) = &cp.next_public_key {
+            k = parse_public_key(next).map_err(|e| format!("key_chain: {e}"))?;
+        }
+    }
+    Ok((Some(k), None))
 }
 
 /// Indices of the agent's records: its events (as the agent or acted for) and alerts

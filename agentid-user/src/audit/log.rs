@@ -11,8 +11,9 @@ use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
 use super::{
-    AuditError, AuditOptions, CURRENT_FILE, Fsync, GENESIS, archive_name, archive_number,
-    encode_record, file_name, log_files, now_rfc3339, public_key_base64, sign_checkpoint,
+    AuditError, AuditOptions, CURRENT_FILE, Checkpoint, Fsync, GENESIS, archive_name,
+    archive_number, encode_record, file_name, key, log_files, now_rfc3339, public_key_base64,
+    sign_checkpoint_next,
 };
 use crate::{attribution::AttributedEvent, detect::Alert, sys};
 
@@ -42,6 +43,21 @@ pub struct AuditLog {
     last_sync: Instant,
     dirty: bool,
     next_archive: u64,
+    /// Set for a forward-secure log: the key is replaced at every checkpoint.
+    key_file: Option<KeyFile>,
+    /// A checkpoint handed over to the staged key, and the key file was not replaced yet
+    /// (a failed sync or rename): retried before the next key is staged.
+    uncommitted: bool,
+    /// Checkpoints written and not yet taken by [`AuditLog::take_anchors`].
+    anchors: Vec<Checkpoint>,
+    last_ts: String,
+}
+
+/// The key file of a forward-secure log and the chain's first public key.
+#[derive(Debug)]
+struct KeyFile {
+    path: PathBuf,
+    origin: String,
 }
 
 /// The last whole record of the log, found on open.
@@ -99,6 +115,10 @@ impl AuditLog {
             last_sync: now,
             dirty: false,
             next_archive,
+            key_file: None,
+            uncommitted: false,
+            anchors: Vec::new(),
+            last_ts: String::new(),
         };
         // A crash between the rotate record and the rename: finish the rotation, so a
         // rotate record is always the last of its file.
@@ -113,6 +133,69 @@ impl AuditLog {
             log.sync()?;
         }
         Ok(log)
+    }
+
+    /// Opens the log with the key in `key_path` (created at first start) and makes it
+    /// forward-secure: every checkpoint hands over to a fresh key (its public key signed in
+    /// the checkpoint), the checkpoint is synced, then the key file is atomically replaced
+    /// and the old private key zeroized, so whoever takes the host later holds only the key
+    /// for what comes next and cannot re-sign what was already checkpointed.
+    ///
+    /// A crash after the checkpoint and before the key file was replaced is finished here:
+    /// the next key waits, synced, in `<key>.next` until the replacement.
+    pub fn open_with_key_file(
+        dir: &Path,
+        key_path: &Path,
+        opts: AuditOptions,
+    ) -> Result<Self, AuditError> {
+        let current = key::load_or_create_key(key_path)?;
+        let staged = key::staged_path(key_path);
+        let mut log = match Self::open(dir, current, opts) {
+            Ok(log) => {
+                // Staged for a checkpoint that was never written: not part of the chain.
+                if staged.exists() {
+                    let _ = fs::remove_file(&staged);
+                }
+                log
+            }
+            Err(AuditError::KeyChanged {
+                dir: d,
+                found,
+                ours,
+            }) => {
+                let next = staged
+                    .exists()
+                    .then(|| key::load_key(&staged))
+                    .transpose()?
+                    .filter(|k| public_key_base64(&k.verifying_key()) == found);
+                let Some(next) = next else {
+                    return Err(AuditError::KeyChanged {
+                        dir: d,
+                        found,
+                        ours,
+                    });
+                };
+                key::commit_staged(key_path)?;
+                Self::open(dir, next, opts)?
+            }
+            Err(e) => return Err(e),
+        };
+        let origin = key::read_origin(key_path)?.unwrap_or_else(|| log.public_key.clone());
+        log.key_file = Some(KeyFile {
+            path: key_path.to_owned(),
+            origin,
+        });
+        Ok(log)
+    }
+
+    /// The checkpoints written since the last call, for publishing off the host.
+    pub fn take_anchors(&mut self) -> Vec<Checkpoint> {
+        std::mem::take(&mut self.anchors)
+    }
+
+    /// The public key the next checkpoint will be signed with.
+    pub fn public_key(&self) -> &str {
+        &self.public_key
     }
 
     /// Appends an attributed event. Returns its seq.
@@ -178,6 +261,11 @@ impl AuditLog {
     /// Writes the final checkpoint (`"final": true`) and syncs. A log whose last record is
     /// a final checkpoint was closed cleanly: `verify --expect-closed` relies on it.
     pub fn close(mut self) -> Result<(), AuditError> {
+        self.finish()
+    }
+
+    /// What [`AuditLog::close`] does, leaving the log for [`AuditLog::take_anchors`].
+    pub fn finish(&mut self) -> Result<(), AuditError> {
         if self.last_type.is_some() && !self.last_final {
             self.write_checkpoint(true)?;
         }
@@ -200,8 +288,27 @@ impl AuditLog {
 
     fn write_checkpoint(&mut self, is_final: bool) -> Result<u64, AuditError> {
         let seq_to = self.next_seq - 1;
-        let signature =
-            sign_checkpoint(&self.key, &self.prev, seq_to).ok_or_else(|| AuditError::Corrupt {
+        // Forward security: the next key exists, synced, before the checkpoint that hands
+        // over to it, and replaces the key file only after that checkpoint is synced.
+        if self.uncommitted
+            && let Some(kf) = &self.key_file
+        {
+            let path = kf.path.clone();
+            self.sync()?;
+            key::commit_staged(&path)?;
+            self.uncommitted = false;
+        }
+        let next = match &self.key_file {
+            Some(kf) => {
+                let next = key::generate()?;
+                key::stage(&kf.path, &next, &kf.origin)?;
+                Some(next)
+            }
+            None => None,
+        };
+        let next_pk = next.as_ref().map(|k| public_key_base64(&k.verifying_key()));
+        let signature = sign_checkpoint_next(&self.key, &self.prev, seq_to, next_pk.as_deref())
+            .ok_or_else(|| AuditError::Corrupt {
                 path: self.path.clone(),
                 line: 0,
                 reason: format!("chain head {:?} is not a SHA-256 hex digest", self.prev),
@@ -213,12 +320,38 @@ impl AuditLog {
             "signature": signature,
             "public_key": self.public_key,
         });
+        if let Some(n) = &next_pk {
+            body["next_public_key"] = Value::String(n.clone());
+        }
         if is_final {
             body["final"] = Value::Bool(true);
         }
         let seq = self.write_record("checkpoint", &body)?;
         self.unsigned_from = seq_to + 1;
         self.last_final = is_final;
+        self.anchors.push(Checkpoint {
+            seq,
+            seq_to,
+            head: body["head"].as_str().unwrap_or_default().to_owned(),
+            time: self.last_ts.clone(),
+            signature,
+            public_key: self.public_key.clone(),
+            next_public_key: next_pk.clone(),
+            is_final,
+        });
+        let key_path = self.key_file.as_ref().map(|kf| kf.path.clone());
+        if let (Some(next), Some(next_pk), Some(key_path)) = (next, next_pk, key_path) {
+            // The log now names the next key: sign with it from here on, whatever happens
+            // to the files (the next checkpoint or the next open finishes the replacement
+            // from `<key>.next`). The old key is zeroized as it drops.
+            self.key = next;
+            self.public_key = next_pk;
+            self.uncommitted = true;
+            // Synced first: the key file never moves ahead of the log on disk.
+            self.sync()?;
+            key::commit_staged(&key_path)?;
+            self.uncommitted = false;
+        }
         Ok(seq)
     }
 
@@ -236,6 +369,7 @@ impl AuditLog {
         self.prev = hash;
         self.last_type = Some(ty.to_owned());
         self.last_final = false;
+        self.last_ts = ts;
         self.dirty = true;
         if self.opts.fsync == Fsync::EveryRecord {
             self.sync()?;
@@ -370,8 +504,10 @@ fn scan_back(
             oldest_seq = Some(h.seq);
             if h.ty == "checkpoint" {
                 let v: Value = serde_json::from_slice(line)?;
+                // The key this checkpoint hands over to (forward-secure), or its own.
                 let found = v
-                    .pointer("/body/public_key")
+                    .pointer("/body/next_public_key")
+                    .or_else(|| v.pointer("/body/public_key"))
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 if found != public_key {

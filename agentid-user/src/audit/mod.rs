@@ -26,11 +26,21 @@
 //! head to what the daemon wrote, so a re-hashed forgery is caught at the next checkpoint.
 //! Records after the last checkpoint are not yet signed and are reported as an unsigned tail.
 //!
-//! # Limits
+//! # Forward security
+//! A log opened with its key file ([`AuditLog::open_with_key_file`], as the daemon does)
+//! rotates the key at every checkpoint: the body also carries `next_public_key`, which the
+//! signature covers (appended to the signed message), and the next checkpoint must be signed
+//! by that key. Verification walks the chain from the first key. Whoever takes the host
+//! holds only the key for the next checkpoint and cannot re-sign earlier ones.
+//!
+//! # Limits and anchors
 //! Cutting the end of the newest file (with its checkpoints) leaves a shorter, valid chain:
 //! nothing inside a log can prove that more followed. `verify --expect-closed` catches it
-//! for a log whose daemon has stopped cleanly; otherwise compare against a checkpoint head
-//! kept elsewhere (a SIEM that received it, an exported bundle).
+//! for a log whose daemon has stopped cleanly, unless the cut lands on an earlier clean
+//! close. What catches it is a checkpoint kept elsewhere: every checkpoint is published to
+//! the SIEM sinks as it is made ([`Checkpoint`], an anchor), and [`check_anchors`] fails a
+//! log that lacks or contradicts one.
+mod anchors;
 mod bundle;
 mod key;
 mod log;
@@ -51,11 +61,12 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
+pub use anchors::{AnchorCheck, Anchors, check_anchors, start_key};
 pub use bundle::{BundleReport, ExportSummary, export_bundle, verify_bundle};
-pub use key::{load_key, load_or_create_key};
+pub use key::{chain_origin, load_key, load_or_create_key};
 pub use log::AuditLog;
 pub use verify::{Damage, DamageKind, KeySource, VerifyOptions, VerifyReport, verify, verify_with};
-pub use writer::{AuditStats, AuditWriter};
+pub use writer::{AnchorPublisher, AuditStats, AuditWriter};
 
 /// The daemon's audit directory under its state directory.
 pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/agentid/audit";
@@ -65,6 +76,86 @@ pub const DEFAULT_KEY_PATH: &str = "/var/lib/agentid/audit.key";
 pub const CURRENT_FILE: &str = "audit.log";
 /// `prev` of the first record ever.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// A signed checkpoint as published off the host (an *anchor*): to every SIEM sink as it is
+/// made, so `agentid audit verify --anchors` can later prove the log still holds it — a log
+/// cut back (rolled back) or rewritten after the fact disagrees with what left the host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// The checkpoint record's own seq.
+    pub seq: u64,
+    /// The last record it signs; `head` is that record's hash.
+    pub seq_to: u64,
+    pub head: String,
+    /// When it was written (the record's `ts`, RFC 3339).
+    pub time: String,
+    pub signature: String,
+    /// The key that signed it (its key id): base64 Ed25519 public key.
+    pub public_key: String,
+    /// The key the next checkpoint is signed with (forward-secure logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_public_key: Option<String>,
+    /// Written by a clean close.
+    #[serde(default, rename = "final")]
+    pub is_final: bool,
+}
+
+impl Checkpoint {
+    /// The checkpoint a record (`type: checkpoint`) states, if it is one.
+    pub fn from_record(record: &Value) -> Option<Self> {
+        if record.get("type")?.as_str()? != "checkpoint" {
+            return None;
+        }
+        let body = record.get("body")?;
+        let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
+        Some(Self {
+            seq: record.get("seq")?.as_u64()?,
+            seq_to: body.get("seq_to")?.as_u64()?,
+            head: s("head")?,
+            time: record.get("ts")?.as_str()?.to_owned(),
+            signature: s("signature")?,
+            public_key: s("public_key")?,
+            next_public_key: s("next_public_key"),
+            is_final: body.get("final").and_then(Value::as_bool) == Some(true),
+        })
+    }
+
+    /// Whether two statements of a checkpoint agree on everything its signature covers
+    /// (the time and the final flag are not signed: a SIEM may render them its own way).
+    pub fn same_signed(&self, other: &Self) -> bool {
+        (
+            self.seq,
+            self.seq_to,
+            &self.head,
+            &self.signature,
+            &self.public_key,
+            &self.next_public_key,
+        ) == (
+            other.seq,
+            other.seq_to,
+            &other.head,
+            &other.signature,
+            &other.public_key,
+            &other.next_public_key,
+        )
+    }
+
+    /// Whether its signature verifies with its own `public_key` and its seq is the one
+    /// after what it signs (an anchor that is not is no anchor: anyone can write a line
+    /// into a SIEM).
+    pub fn self_signed(&self) -> bool {
+        self.seq_to.checked_add(1) == Some(self.seq)
+            && parse_public_key(&self.public_key).is_ok_and(|k| {
+                check_signature(
+                    &k,
+                    &self.head,
+                    self.seq_to,
+                    self.next_public_key.as_deref(),
+                    &self.signature,
+                )
+            })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -223,23 +314,65 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// What a checkpoint signs: the head hash bytes, then `seq_to` big-endian.
-fn checkpoint_message(head_hex: &str, seq_to: u64) -> Option<Vec<u8>> {
+/// What a checkpoint signs: the head hash bytes, then `seq_to` big-endian, then (in a
+/// forward-secure log) the 32 bytes of the next public key, so the hand-over to the next
+/// key is as signed as the head.
+fn checkpoint_message(head_hex: &str, seq_to: u64, next_key: Option<&str>) -> Option<Vec<u8>> {
     let mut msg = hex::decode(head_hex).ok()?;
     if msg.len() != 32 {
         return None;
     }
     msg.extend_from_slice(&seq_to.to_be_bytes());
+    if let Some(next) = next_key {
+        msg.extend_from_slice(parse_public_key(next).ok()?.as_bytes());
+    }
     Some(msg)
 }
 
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "the static-key form, used by tests")
+)]
 fn sign_checkpoint(key: &SigningKey, head_hex: &str, seq_to: u64) -> Option<String> {
-    let msg = checkpoint_message(head_hex, seq_to)?;
+    sign_checkpoint_next(key, head_hex, seq_to, None)
+}
+
+fn sign_checkpoint_next(
+    key: &SigningKey,
+    head_hex: &str,
+    seq_to: u64,
+    next_key: Option<&str>,
+) -> Option<String> {
+    let msg = checkpoint_message(head_hex, seq_to, next_key)?;
     Some(b64(&key.sign(&msg).to_bytes()))
 }
 
-fn check_signature(key: &VerifyingKey, head_hex: &str, seq_to: u64, sig_b64: &str) -> bool {
-    let Some(msg) = checkpoint_message(head_hex, seq_to) else {
+/// Signs a checkpoint as the daemon does: for tests that play the forger with a key they
+/// found.
+#[doc(hidden)]
+pub fn sign_checkpoint_with(
+    key: &SigningKey,
+    head_hex: &str,
+    seq_to: u64,
+    next_key: Option<&str>,
+) -> Option<String> {
+    sign_checkpoint_next(key, head_hex, seq_to, next_key)
+}
+
+/// The hash a record should have: for tests that play the forger.
+#[doc(hidden)]
+pub fn record_hash_of(record: &Value) -> Option<String> {
+    record_hash(record)
+}
+
+fn check_signature(
+    key: &VerifyingKey,
+    head_hex: &str,
+    seq_to: u64,
+    next_key: Option<&str>,
+    sig_b64: &str,
+) -> bool {
+    let Some(msg) = checkpoint_message(head_hex, seq_to, next_key) else {
         return false;
     };
     let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(sig_b64) else {

@@ -542,3 +542,335 @@ fn damage_in_the_unsigned_tail_does_not_stop_the_log() {
     let d = damage(&dir, Some(pk(1)));
     assert_eq!((d.kind, d.seq), (DamageKind::Modified, Some(28)), "{d}");
 }
+
+/// A forward-secure log in `root/audit` with its key file `root/audit.key`: 4 events,
+/// checkpoint, 4 events, checkpoint, 2 events, close (seqs 5, 10, 13). Returns the chain's
+/// first public key and the anchors published.
+fn forward_secure_log(root: &Path) -> (VerifyingKey, Vec<Checkpoint>) {
+    let key_path = root.join("audit.key");
+    let mut log = AuditLog::open_with_key_file(&root.join("audit"), &key_path, opts()).unwrap();
+    let first = chain_origin(&key_path).unwrap();
+    let mut anchors = Vec::new();
+    for round in 0..2 {
+        for i in 0..4 {
+            log.append_event(&sample_event("research-bot", round * 10 + i))
+                .unwrap();
+        }
+        let before = load_key(&key_path).unwrap().to_bytes();
+        log.checkpoint().unwrap();
+        // The key file now holds the next key: the one that signed is gone from disk.
+        assert_ne!(load_key(&key_path).unwrap().to_bytes(), before);
+        assert_eq!(
+            log.public_key(),
+            public_key_base64(&load_key(&key_path).unwrap().verifying_key())
+        );
+        anchors.extend(log.take_anchors());
+    }
+    log.append_event(&sample_event("research-bot", 90)).unwrap();
+    log.append_alert(&Alert::sample()).unwrap();
+    log.finish().unwrap();
+    anchors.extend(log.take_anchors());
+    drop(log);
+    assert_eq!(
+        chain_origin(&key_path).unwrap(),
+        first,
+        "the pinned key stays the first"
+    );
+    (first, anchors)
+}
+
+#[test]
+fn key_rotates_forward_at_every_checkpoint() {
+    let root = tmpdir("fs-rotate");
+    let (first, anchors) = forward_secure_log(&root);
+    let dir = root.join("audit");
+    assert_eq!(
+        anchors.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        vec![5, 10, 13]
+    );
+    // Each checkpoint is signed by the key the previous one handed over to.
+    assert_eq!(anchors[0].public_key, public_key_base64(&first));
+    for w in anchors.windows(2) {
+        assert_eq!(w[0].next_public_key.as_ref(), Some(&w[1].public_key));
+        assert_ne!(w[0].public_key, w[1].public_key);
+    }
+    assert!(anchors.iter().all(Checkpoint::self_signed));
+    let r = verify_with(
+        &dir,
+        &VerifyOptions {
+            pubkey: Some(first),
+            expect_closed: true,
+        },
+    )
+    .unwrap();
+    assert!(r.is_ok(), "{r}");
+    assert_eq!((r.checkpoints, r.closed), (3, true));
+    // The key left on the host verifies nothing of the past.
+    let current = load_key(&root.join("audit.key")).unwrap().verifying_key();
+    let d = damage(&dir, Some(current));
+    assert_eq!((d.kind, d.seq), (DamageKind::BadSignature, Some(5)), "{d}");
+    // A restart continues the chain with the handed-over key.
+    let mut log = AuditLog::open_with_key_file(&dir, &root.join("audit.key"), opts()).unwrap();
+    log.append_event(&sample_event("research-bot", 7)).unwrap();
+    log.close().unwrap();
+    let r = verify(&dir, Some(first)).unwrap();
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.checkpoints, 4);
+}
+
+#[test]
+fn past_resigned_with_the_key_found_on_the_host_fails() {
+    let root = tmpdir("fs-resign");
+    let (first, _) = forward_secure_log(&root);
+    let dir = root.join("audit");
+    // The attacker takes the host: it has the newest key and rewrites record 2, then
+    // re-hashes the chain and re-signs every checkpoint, handing over to itself.
+    let stolen = load_key(&root.join("audit.key")).unwrap();
+    let stolen_pk = public_key_base64(&stolen.verifying_key());
+    let mut recs = parse_all(&dir);
+    recs[1]["body"]["pid"] = json!(1);
+    for i in 1..recs.len() {
+        recs[i]["prev"] = recs[i - 1]["hash"].clone();
+        if recs[i]["type"] == "checkpoint" {
+            let head = recs[i - 1]["hash"].as_str().unwrap().to_owned();
+            let seq_to = recs[i - 1]["seq"].as_u64().unwrap();
+            recs[i]["body"]["head"] = json!(head);
+            recs[i]["body"]["public_key"] = json!(stolen_pk);
+            recs[i]["body"]["next_public_key"] = json!(stolen_pk);
+            recs[i]["body"]["signature"] =
+                json!(sign_checkpoint_next(&stolen, &head, seq_to, Some(&stolen_pk)).unwrap());
+        }
+        recs[i]["hash"] = json!(record_hash(&recs[i]).unwrap());
+    }
+    write_all(&dir, &recs);
+    let d = damage(&dir, Some(first));
+    assert_eq!((d.kind, d.seq), (DamageKind::BadSignature, Some(5)), "{d}");
+    // Keeping the genuine first key's fields does not help: the signature covers them.
+    let mut recs = parse_all(&dir);
+    let genuine = public_key_base64(&first);
+    recs[4]["body"]["public_key"] = json!(genuine);
+    recs[4]["hash"] = json!(record_hash(&recs[4]).unwrap());
+    rechain(&mut recs, 5);
+    write_all(&dir, &recs);
+    let d = damage(&dir, Some(first));
+    assert_eq!((d.kind, d.seq), (DamageKind::BadSignature, Some(5)), "{d}");
+}
+
+#[test]
+fn crash_before_the_key_file_was_replaced_is_finished_on_open() {
+    let root = tmpdir("fs-crash");
+    let key_path = root.join("audit.key");
+    let dir = root.join("audit");
+    let mut log = AuditLog::open_with_key_file(&dir, &key_path, opts()).unwrap();
+    let first = chain_origin(&key_path).unwrap();
+    log.append_event(&sample_event("research-bot", 1)).unwrap();
+    let old = fs::read(&key_path).unwrap();
+    log.checkpoint().unwrap();
+    drop(log); // a crash: no close
+    // Put the disk back as a crash between the synced checkpoint and the rename leaves it.
+    fs::rename(&key_path, root.join("audit.key.next")).unwrap();
+    fs::write(&key_path, &old).unwrap();
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut log = AuditLog::open_with_key_file(&dir, &key_path, opts()).unwrap();
+    assert!(!root.join("audit.key.next").exists());
+    log.append_event(&sample_event("research-bot", 2)).unwrap();
+    log.close().unwrap();
+    let r = verify(&dir, Some(first)).unwrap();
+    assert!(r.is_ok(), "{r}");
+    // A staged key the log never handed over to is discarded, not used.
+    fs::write(root.join("audit.key.next"), &old).unwrap();
+    fs::set_permissions(
+        root.join("audit.key.next"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let log = AuditLog::open_with_key_file(&dir, &key_path, opts()).unwrap();
+    assert!(!root.join("audit.key.next").exists());
+    log.close().unwrap();
+    assert!(verify(&dir, Some(first)).unwrap().is_ok());
+}
+
+/// The anchors as three sinks would have written them: native JSON, OCSF, and CEF in
+/// syslog.
+fn sink_lines(anchors: &[Checkpoint]) -> String {
+    use crate::outputs::encode::{EncodeContext, cef, ocsf};
+    let ctx = EncodeContext {
+        hostname: "node1".into(),
+        ocsf_ai_agent: false,
+    };
+    let mut out = String::new();
+    for (i, a) in anchors.iter().enumerate() {
+        let line = match i % 3 {
+            0 => json!({"type": "audit_checkpoint", "audit_checkpoint": a}).to_string(),
+            1 => ocsf::audit_checkpoint(a, &ctx).to_string(),
+            _ => format!(
+                "<110>1 - node1 agentid - audit-checkpoint - {}",
+                cef::audit_checkpoint(a)
+            ),
+        };
+        out.push_str(&line);
+        out.push('\n');
+        // At-least-once delivery: duplicates are normal.
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn anchors_catch_a_rollback_and_a_rewrite() {
+    let root = tmpdir("anchors");
+    let (first, anchors) = forward_secure_log(&root);
+    let dir = root.join("audit");
+    let mut text = sink_lines(&anchors);
+    // A line someone wrote into the SIEM: not signed, so not an anchor.
+    let mut fake = anchors[2].clone();
+    fake.seq = 40;
+    text.push_str(&json!({"audit_checkpoint": fake}).to_string());
+    text.push('\n');
+    let parsed = Anchors::parse(&text);
+    assert_eq!((parsed.list.len(), parsed.forged), (3, 1));
+    assert_eq!(parsed.list, anchors);
+
+    let c = check_anchors(&dir, &parsed, Some(first)).unwrap();
+    assert!(c.is_ok(), "{c}");
+    assert_eq!((c.anchored, c.matched), (3, 3));
+    let c = check_anchors(&dir, &parsed, None).unwrap();
+    assert!(c.is_ok(), "{c}");
+
+    // Rolled back to the first checkpoint: a clean-looking, shorter log.
+    let all = lines(&dir);
+    write_lines(&dir, &all[..5]);
+    assert!(verify(&dir, Some(first)).unwrap().is_ok());
+    let c = check_anchors(&dir, &parsed, Some(first)).unwrap();
+    assert!(!c.is_ok());
+    assert_eq!(
+        c.missing.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        vec![10, 13]
+    );
+    let shown = c.to_string();
+    assert!(
+        shown.contains("lacks 2 anchored checkpoint(s) at seq 10, 13"),
+        "{shown}"
+    );
+    assert!(!shown.contains('\n'), "one line: {shown}");
+    // Also without --pubkey: the hand-over from seq 5 leads to the missing ones.
+    assert_eq!(check_anchors(&dir, &parsed, None).unwrap().missing.len(), 2);
+
+    // Rewritten: the checkpoint at seq 10 re-signed by the key found afterwards.
+    write_lines(&dir, &all);
+    let stolen = load_key(&root.join("audit.key")).unwrap();
+    let mut recs = parse_all(&dir);
+    recs[6]["body"]["pid"] = json!(1);
+    recs[6]["hash"] = json!(record_hash(&recs[6]).unwrap());
+    rechain(&mut recs, 7);
+    let head = recs[8]["hash"].as_str().unwrap().to_owned();
+    recs[9]["body"]["head"] = json!(head);
+    let next = recs[9]["body"]["next_public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    recs[9]["body"]["signature"] =
+        json!(sign_checkpoint_next(&stolen, &head, 9, Some(&next)).unwrap());
+    rechain(&mut recs, 9);
+    write_all(&dir, &recs);
+    let c = check_anchors(&dir, &parsed, Some(first)).unwrap();
+    assert_eq!(
+        (
+            c.disagreeing.iter().map(|a| a.seq).collect::<Vec<_>>(),
+            c.missing.len()
+        ),
+        (vec![10], 0),
+        "{c}"
+    );
+    assert!(c.to_string().contains("disagrees with 1"), "{c}");
+    // (The checkpoint at seq 13 still states what was published; its chain no longer
+    // leads to it, which `verify` reports.)
+    assert!(!verify(&dir, Some(first)).unwrap().is_ok());
+
+    // Replaced wholesale by a log of another key: no anchor is this log's.
+    let other = tmpdir("anchors-other");
+    let mut log = AuditLog::open(&other, key(7), opts()).unwrap();
+    log.append_event(&sample_event("research-bot", 1)).unwrap();
+    log.close().unwrap();
+    let c = check_anchors(&other, &parsed, None).unwrap();
+    assert!(!c.is_ok() && c.foreign == 3, "{c}");
+    let c = check_anchors(&other, &parsed, Some(first)).unwrap();
+    assert_eq!(c.missing.len(), 3, "{c}");
+}
+
+#[test]
+fn bundle_of_a_forward_secure_log_verifies_from_the_first_key() {
+    let root = tmpdir("fs-bundle");
+    let (first, _) = forward_secure_log(&root);
+    let dir = root.join("audit");
+    let out = root.join("bundle.json");
+    // Only records after the first checkpoint: the segment is signed by later keys.
+    let since = humantime::parse_rfc3339(parse_all(&dir)[5]["ts"].as_str().unwrap()).unwrap();
+    export_bundle(&dir, AGENT, Some(since), None, None, &out).unwrap();
+    let r = verify_bundle(&out, Some(first)).unwrap();
+    assert!(r.is_ok(), "{r}");
+    // The key found on the host afterwards is not the chain's.
+    let current = load_key(&root.join("audit.key")).unwrap().verifying_key();
+    assert!(!verify_bundle(&out, Some(current)).unwrap().is_ok());
+    // A key chain that does not start at the pinned key fails.
+    let mut b: Value = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
+    b["key_chain"] = json!([]);
+    fs::write(&out, b.to_string()).unwrap();
+    assert!(!verify_bundle(&out, Some(first)).unwrap().is_ok());
+}
+
+#[test]
+fn a_static_key_log_upgrades_to_forward_secure_in_place() {
+    let root = tmpdir("fs-upgrade");
+    let (dir, key_path) = (root.join("audit"), root.join("audit.key"));
+    // An earlier version: one key for every checkpoint, a key file without an origin line.
+    let key = load_or_create_key(&key_path).unwrap();
+    let pinned = key.verifying_key();
+    let mut log = AuditLog::open(&dir, key, opts()).unwrap();
+    log.append_event(&sample_event("research-bot", 1)).unwrap();
+    log.close().unwrap();
+    assert_eq!(chain_origin(&key_path).unwrap(), pinned);
+    // This version continues the same chain and starts rotating from the pinned key.
+    let mut log = AuditLog::open_with_key_file(&dir, &key_path, opts()).unwrap();
+    log.append_event(&sample_event("research-bot", 2)).unwrap();
+    log.checkpoint().unwrap();
+    log.append_event(&sample_event("research-bot", 3)).unwrap();
+    log.close().unwrap();
+    assert_eq!(
+        chain_origin(&key_path).unwrap(),
+        pinned,
+        "pubkey still prints it"
+    );
+    assert_ne!(load_key(&key_path).unwrap().verifying_key(), pinned);
+    let r = verify(&dir, Some(pinned)).unwrap();
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.checkpoints, 3);
+}
+
+#[test]
+fn anchors_lead_the_pinned_key_past_removed_old_records() {
+    let root = tmpdir("fs-removed");
+    let (first, anchors) = forward_secure_log(&root);
+    let dir = root.join("audit");
+    // The oldest records, through the first checkpoint, are gone (old files removed).
+    let all = lines(&dir);
+    write_lines(&dir, &all[5..]);
+    // The first checkpoint left was signed by the second key: the pinned one alone fails.
+    let d = damage(&dir, Some(first));
+    assert_eq!((d.kind, d.seq), (DamageKind::BadSignature, Some(10)), "{d}");
+    let parsed = Anchors::parse(&sink_lines(&anchors));
+    let start = start_key(&dir, &parsed, first).unwrap();
+    assert_eq!(public_key_base64(&start), anchors[1].public_key);
+    let r = verify(&dir, Some(start)).unwrap();
+    assert!(r.is_ok(), "{r}");
+    // The removed checkpoint is not "missing": a rollback cuts the end, not the start.
+    let c = check_anchors(&dir, &parsed, Some(first)).unwrap();
+    assert!(c.is_ok(), "{c}");
+    assert_eq!((c.matched, c.before_log), (2, 1), "{c}");
+    // A whole log needs no walking; a stranger's anchor leads nowhere.
+    write_lines(&dir, &all);
+    assert_eq!(start_key(&dir, &parsed, first).unwrap(), first);
+    write_lines(&dir, &all[5..]);
+    assert_eq!(start_key(&dir, &parsed, pk(3)).unwrap(), pk(3));
+}

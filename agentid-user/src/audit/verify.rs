@@ -296,7 +296,9 @@ pub(super) fn check_chain(
         damage: None,
     };
     let seqs: HashSet<u64> = items.iter().filter_map(|i| i.seq).collect();
-    let mut embedded: Option<(VerifyingKey, String)> = None;
+    // The key the next checkpoint must be signed with: the given one, then whatever each
+    // checkpoint hands over to (forward-secure logs), or its own key (static keys).
+    let mut chain_key: Option<VerifyingKey> = given;
     // The last record a valid signature vouches for: (records up to and including it, seq).
     let mut anchor_pos = 0usize;
     let mut anchor_seq = report.first_seq.unwrap_or(1).saturating_sub(1);
@@ -419,7 +421,8 @@ pub(super) fn check_chain(
                 ));
                 break;
             };
-            let key = if let Some(k) = given {
+            let next = get("next_public_key").and_then(Value::as_str);
+            let key = if let Some(k) = chain_key {
                 k
             } else {
                 let Ok(k) = parse_public_key(pk) else {
@@ -432,33 +435,23 @@ pub(super) fn check_chain(
                     ));
                     break;
                 };
-                match &embedded {
-                    Some((first, text)) if *first != k => {
-                        report.damage = Some(damage(
-                            DamageKind::BadSignature,
-                            Some(seq),
-                            None,
-                            item,
-                            format!("signed with {pk}, earlier checkpoints with {text}"),
-                        ));
-                        break;
-                    }
-                    Some(_) => {}
-                    None => {
-                        embedded = Some((k, pk.to_owned()));
-                        report.key = KeySource::Embedded(pk.to_owned());
-                    }
-                }
+                report.key = KeySource::Embedded(pk.to_owned());
                 k
             };
-            if !check_signature(&key, head, seq_to, sig) {
-                let detail = if given.is_some() && pk != public_key_base64(&key) {
+            if !check_signature(&key, head, seq_to, next, sig) {
+                let ours = public_key_base64(&key);
+                let detail = if pk == ours {
+                    "signature does not verify".to_owned()
+                } else if given.is_some() && report.checkpoints == 1 {
                     format!(
                         "signature does not verify with the given key (the checkpoint names \
                          another key, {pk}: re-signed?)"
                     )
                 } else {
-                    "signature does not verify".to_owned()
+                    format!(
+                        "signed with {pk}, but the key chain expects {ours} here (the \
+                         previous checkpoint handed over to it): re-signed?"
+                    )
                 };
                 report.damage = Some(damage(
                     DamageKind::BadSignature,
@@ -495,6 +488,20 @@ pub(super) fn check_chain(
                     ),
                 });
                 break;
+            }
+            match next.map(parse_public_key) {
+                None => chain_key = Some(key),
+                Some(Ok(k)) => chain_key = Some(k),
+                Some(Err(_)) => {
+                    report.damage = Some(damage(
+                        DamageKind::Modified,
+                        Some(seq),
+                        None,
+                        item,
+                        "checkpoint next_public_key is not an Ed25519 key".into(),
+                    ));
+                    break;
+                }
             }
             anchor_pos = pos;
             anchor_seq = seq_to;

@@ -1,6 +1,7 @@
 //! The audit writer: a thread that appends every attributed event and every
 //! alert to the hash-chained audit log, checkpoints on a timer, and closes the log (final
-//! signed checkpoint) on shutdown. The event path only enqueues.
+//! signed checkpoint) on shutdown. The event path only enqueues. Every checkpoint is handed
+//! to the [`AnchorPublisher`] as it is written (the SIEM sinks), final one included.
 use std::{
     path::Path,
     sync::{
@@ -13,7 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{AuditLog, AuditOptions, load_or_create_key};
+use super::{AuditLog, AuditOptions, Checkpoint};
 use crate::{attribution::AttributedEvent, detect::Alert, health::WriteHealth, queue};
 
 enum Record {
@@ -49,12 +50,32 @@ impl std::fmt::Debug for Record {
 
 const QUEUE: usize = 65_536;
 
+/// Where checkpoints go as they are made (never blocking the audit thread).
+pub type AnchorPublisher = Box<dyn Fn(&Checkpoint) + Send>;
+
 impl AuditWriter {
-    pub fn start(dir: &Path, key_path: &Path, opts: AuditOptions) -> anyhow::Result<Self> {
-        let key = load_or_create_key(key_path)
-            .with_context(|| format!("audit key {}", key_path.display()))?;
-        let mut log = AuditLog::open(dir, key, opts)
-            .with_context(|| format!("audit log {}", dir.display()))?;
+    /// Opens the forward-secure log in `dir` with the key file `key_path` and starts the
+    /// thread; `anchors` receives every checkpoint as it is written.
+    pub fn start(
+        dir: &Path,
+        key_path: &Path,
+        opts: AuditOptions,
+        anchors: Option<AnchorPublisher>,
+    ) -> anyhow::Result<Self> {
+        let mut log = AuditLog::open_with_key_file(dir, key_path, opts).with_context(|| {
+            format!(
+                "audit log {} with key {}",
+                dir.display(),
+                key_path.display()
+            )
+        })?;
+        let publish = move |log: &mut AuditLog| {
+            for cp in log.take_anchors() {
+                if let Some(p) = &anchors {
+                    p(&cp);
+                }
+            }
+        };
         let (tx, rx) = queue::bounded::<Record>(QUEUE);
         let stats = Arc::new(AuditStats {
             appended: AtomicU64::new(0),
@@ -89,10 +110,12 @@ impl AuditWriter {
                         thread_stats.errors.fetch_add(1, Ordering::Relaxed);
                         thread_stats.health.failed(&e, 0);
                     }
+                    publish(&mut log);
                 }
-                if let Err(e) = log.close() {
+                if let Err(e) = log.finish() {
                     tracing::error!(error = %e, "closing the audit log");
                 }
+                publish(&mut log);
             })
             .context("starting the audit thread")?;
         Ok(Self {

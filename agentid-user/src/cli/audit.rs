@@ -39,8 +39,15 @@ pub enum AuditCommand {
         /// The daemon stopped cleanly: a log without its final checkpoint is truncated.
         #[arg(long)]
         expect_closed: bool,
+        /// What a SIEM sink received (e.g. a `file` sink's JSON lines, or syslog lines):
+        /// fail if the log lacks an anchored checkpoint (rolled back, cut) or disagrees
+        /// with one (rewritten).
+        #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
+        anchors: Option<PathBuf>,
     },
-    /// Print the audit log's public key (base64), to keep somewhere the host can't change.
+    /// Print the audit key chain's first public key (base64), to pin somewhere the host
+    /// can't change. The key rotates at every checkpoint; this first key stays what
+    /// `verify --pubkey` walks the chain from.
     Pubkey {
         #[arg(long, value_name = "FILE", default_value = DEFAULT_KEY_PATH)]
         key: PathBuf,
@@ -74,6 +81,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
             pubkey,
             bundle,
             expect_closed,
+            anchors,
         } => {
             let pubkey = pubkey.as_deref().map(read_pubkey).transpose()?;
             if let Some(bundle) = bundle {
@@ -83,31 +91,17 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 }
                 writeln!(std::io::stdout().lock(), "{report}")?;
             } else {
-                let report = audit::verify_with(
-                    &dir,
-                    &VerifyOptions {
-                        pubkey,
-                        expect_closed,
-                    },
-                )?;
-                if !report.is_ok() {
-                    bail!("audit log {}: {report}", dir.display());
-                }
-                writeln!(std::io::stdout().lock(), "{report}")?;
+                verify_log(&dir, pubkey, expect_closed, anchors.as_deref())?;
             }
         }
         AuditCommand::Pubkey { key } => {
-            let key = audit::load_key(&key).with_context(|| {
+            let origin = audit::chain_origin(&key).with_context(|| {
                 format!(
                     "reading {} (the daemon creates it at first start)",
                     key.display()
                 )
             })?;
-            writeln!(
-                std::io::stdout().lock(),
-                "{}",
-                public_key_base64(&key.verifying_key())
-            )?;
+            writeln!(std::io::stdout().lock(), "{}", public_key_base64(&origin))?;
         }
         AuditCommand::Export {
             agent,
@@ -138,6 +132,52 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 }
             )?;
         }
+    }
+    Ok(())
+}
+
+/// `verify` of a log, and with `--anchors`, against what a sink received.
+fn verify_log(
+    dir: &Path,
+    pubkey: Option<ed25519_dalek::VerifyingKey>,
+    expect_closed: bool,
+    anchors: Option<&Path>,
+) -> anyhow::Result<()> {
+    let found = anchors
+        .map(|path| {
+            audit::Anchors::read(path)
+                .with_context(|| format!("reading anchors {}", path.display()))
+        })
+        .transpose()?;
+    // A log whose oldest files were removed starts at a later key: the anchors of the
+    // removed checkpoints lead there from the pinned first key.
+    let start = match (pubkey, &found) {
+        (Some(pk), Some(found)) => Some(audit::start_key(dir, found, pk)?),
+        _ => pubkey,
+    };
+    let report = audit::verify_with(
+        dir,
+        &VerifyOptions {
+            pubkey: start,
+            expect_closed,
+        },
+    )?;
+    if !report.is_ok() {
+        bail!("audit log {}: {report}", dir.display());
+    }
+    let mut out = std::io::stdout().lock();
+    if let (Some(path), Some(found)) = (anchors, found) {
+        let check = audit::check_anchors(dir, &found, pubkey)?;
+        if !check.is_ok() {
+            bail!(
+                "audit log {} against {}: {check}",
+                dir.display(),
+                path.display()
+            );
+        }
+        writeln!(out, "{report}\n{check}")?;
+    } else {
+        writeln!(out, "{report}")?;
     }
     Ok(())
 }

@@ -339,6 +339,8 @@ fn start_outputs(
     };
     let (sinks, sink_drops) =
         SinkManager::start(&config.sinks, &ctx).context("starting the sinks")?;
+    // Every checkpoint goes to every sink as it is made: anchors off the host.
+    let anchors = (!config.sinks.is_empty()).then(|| sinks.anchor_publisher());
     let audit = AuditWriter::start(
         &config.state_dir.join("audit"),
         &config.state_dir.join("audit.key"),
@@ -351,6 +353,7 @@ fn start_outputs(
             },
             ..crate::audit::AuditOptions::default()
         },
+        anchors,
     )?;
     let _ = shared.output_stats.set(OutputStats {
         audit: Some(Arc::clone(&audit.stats)),

@@ -82,6 +82,7 @@ impl Spooler {
                 .filter_map(|i| match i {
                     Input::Alert(a) => self.encoder.encode(Item::Alert(a)),
                     Input::Activity(e) => self.encoder.encode(Item::Activity(e)),
+                    Input::Checkpoint(c) => self.encoder.encode(Item::Checkpoint(c)),
                 })
                 .collect();
             match self.spool.append(&records) {

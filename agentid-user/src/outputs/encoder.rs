@@ -36,6 +36,13 @@ fn json_of(format: JsonFormat, item: Item<'_>, ctx: &EncodeContext) -> Option<se
         (JsonFormat::Ecs, Item::Activity(e)) => ecs::activity(e),
         (JsonFormat::Native, Item::Alert(a)) => serde_json::to_value(a).ok(),
         (JsonFormat::Native, Item::Activity(e)) => serde_json::to_value(e).ok(),
+        (JsonFormat::Ocsf, Item::Checkpoint(c)) => Some(ocsf::audit_checkpoint(c, ctx)),
+        (JsonFormat::Ecs, Item::Checkpoint(c)) => Some(ecs::audit_checkpoint(c)),
+        (JsonFormat::Native, Item::Checkpoint(c)) => Some(serde_json::json!({
+            "type": "audit_checkpoint",
+            "host": ctx.hostname,
+            "audit_checkpoint": c,
+        })),
     }
 }
 
@@ -44,6 +51,7 @@ impl Encoder {
         let uid = match item {
             Item::Alert(a) => a.uid.clone(),
             Item::Activity(e) => encode::activity_uid(e),
+            Item::Checkpoint(c) => encode::checkpoint_uid(c),
         };
         let payload = match self {
             Self::Json(format, ctx) => json_of(*format, item, ctx)?.to_string(),
@@ -57,6 +65,7 @@ impl Encoder {
                 let time = match item {
                     Item::Alert(a) => a.last_seen,
                     Item::Activity(e) => e.event.time,
+                    Item::Checkpoint(c) => encode::checkpoint_time(c),
                 };
                 let mut env = serde_json::json!({
                     "time": epoch_secs_f64(time),
@@ -83,6 +92,7 @@ impl Encoder {
                     SyslogFormat::Cef => match item {
                         Item::Alert(a) => cef::alert(a),
                         Item::Activity(e) => cef::activity(e)?,
+                        Item::Checkpoint(c) => cef::audit_checkpoint(c),
                     },
                 };
                 let (severity, time, msgid, params) = syslog_fields(item);
@@ -124,6 +134,12 @@ fn syslog_fields(item: Item<'_>) -> (u8, std::time::SystemTime, &str, Vec<(&str,
             e.event.time,
             e.event.kind.as_str(),
             vec![("kind", e.event.kind.as_str())],
+        ),
+        Item::Checkpoint(c) => (
+            6,
+            encode::checkpoint_time(c),
+            "audit-checkpoint",
+            vec![("kind", "audit-checkpoint")],
         ),
     }
 }

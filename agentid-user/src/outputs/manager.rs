@@ -20,13 +20,18 @@ use super::{
     sink,
     spool::Spool,
 };
-use crate::{attribution::AttributedEvent, detect::Alert};
+use crate::{
+    attribution::AttributedEvent,
+    audit::{AnchorPublisher, Checkpoint},
+    detect::Alert,
+};
 
 /// What the daemon hands over; shared between sinks without copying.
 #[derive(Debug, Clone)]
 pub(super) enum Input {
     Alert(Arc<Alert>),
     Activity(Arc<AttributedEvent>),
+    Checkpoint(Arc<Checkpoint>),
 }
 
 impl SinkCommon {
@@ -40,6 +45,9 @@ impl SinkCommon {
                         .is_none_or(|r| r.iter().any(|x| x == a.rule))
             }
             Input::Activity(_) => self.include_activity,
+            // Anchors go to every sink, whatever its filters: each is one more place the
+            // chain's progress is known off the host.
+            Input::Checkpoint(_) => true,
         }
     }
 }
@@ -163,6 +171,27 @@ impl SinkManager {
             let uid = encode::activity_uid(event);
             self.submit(&Input::Activity(Arc::new(event.clone())), &uid);
         }
+    }
+
+    /// A publisher of audit checkpoints to every sink, for the audit thread. It holds the
+    /// sinks' queues open: drop it (close the audit writer) before [`SinkManager::shutdown`],
+    /// so the final checkpoint is delivered too.
+    pub fn anchor_publisher(&self) -> AnchorPublisher {
+        let sinks: Vec<(String, mpsc::Sender<Input>, Arc<Counters>)> = self
+            .sinks
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.tx.clone()?, Arc::clone(&s.counters))))
+            .collect();
+        let notices = self.notices.clone();
+        Box::new(move |cp: &Checkpoint| {
+            let input = Input::Checkpoint(Arc::new(cp.clone()));
+            for (name, tx, counters) in &sinks {
+                if tx.try_send(input.clone()).is_err() {
+                    let uid = encode::checkpoint_uid(cp);
+                    report_drop(name, counters, &notices, &uid, DropReason::QueueFull);
+                }
+            }
+        })
     }
 
     fn submit(&self, input: &Input, uid: &str) {

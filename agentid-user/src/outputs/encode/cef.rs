@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use super::{PRODUCT_VERSION, epoch_ms};
 use crate::{
     attribution::AttributedEvent,
+    audit::Checkpoint,
     detect::{Alert, Severity},
     event::{Detail, EventKind},
 };
@@ -155,6 +156,24 @@ pub fn alert(alert: &Alert) -> String {
         ext.custom("actingFor", &acting_for.join(","));
     }
     line(alert.rule, &alert.title, severity(alert.severity), &ext)
+}
+
+/// The CEF line for a signed audit checkpoint: seq and seq-to in `cn1`/`cn2`, head,
+/// signature, keys, time and final flag in `cs1`..`cs6` (what `verify --anchors` reads).
+pub fn audit_checkpoint(cp: &Checkpoint) -> String {
+    let mut ext = Ext::default();
+    ext.kv("rt", &epoch_ms(super::checkpoint_time(cp)).to_string());
+    ext.kv("cn1Label", "seq");
+    ext.kv("cn1", &cp.seq.to_string());
+    ext.kv("cn2Label", "seqTo");
+    ext.kv("cn2", &cp.seq_to.to_string());
+    ext.custom("head", &cp.head);
+    ext.custom("signature", &cp.signature);
+    ext.custom("publicKey", &cp.public_key);
+    ext.custom("nextPublicKey", cp.next_public_key.as_deref().unwrap_or(""));
+    ext.custom("time", &cp.time);
+    ext.custom("final", if cp.is_final { "true" } else { "false" });
+    line("audit-checkpoint", "Audit log checkpoint", 1, &ext)
 }
 
 /// The CEF line for an activity event; `None` for fork.

@@ -5,9 +5,10 @@
 //! recommends for vendor fields.
 use serde_json::{Map, Value, json};
 
-use super::{PRODUCT_VERSION, rfc3339_micros};
+use super::{PRODUCT_VERSION, checkpoint_time, rfc3339_micros};
 use crate::{
     attribution::AttributedEvent,
+    audit::Checkpoint,
     detect::{Alert, Severity},
     event::{Detail, EventKind},
 };
@@ -22,6 +23,26 @@ fn severity_num(s: Severity) -> u8 {
 /// Where a rule is documented: `rule.reference`.
 pub fn rule_reference(rule: &str) -> String {
     format!("{}/docs/rules.md#{rule}", env!("CARGO_PKG_REPOSITORY"))
+}
+
+/// The ECS document for a signed audit checkpoint (`event.action: audit-checkpoint`); the
+/// checkpoint is `agentid.audit_checkpoint`.
+pub fn audit_checkpoint(cp: &Checkpoint) -> Value {
+    json!({
+        "@timestamp": rfc3339_micros(checkpoint_time(cp)),
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "kind": "event",
+            "category": ["configuration"],
+            "type": ["info"],
+            "action": "audit-checkpoint",
+            "module": "agentid",
+            "dataset": "agentid.audit",
+            "severity": 1,
+        },
+        "message": format!("audit log signed through seq {}", cp.seq_to),
+        "agentid": {"audit_checkpoint": cp},
+    })
 }
 
 /// The ECS document for an incident (`event.kind: alert`).

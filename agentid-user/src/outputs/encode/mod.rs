@@ -7,7 +7,7 @@
 //! - [`syslog`]: RFC 5424 messages carrying OCSF JSON or CEF, and RFC 6587/5425 framing.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{attribution::AttributedEvent, detect::Alert};
+use crate::{attribution::AttributedEvent, audit::Checkpoint, detect::Alert};
 
 pub mod cef;
 pub mod ecs;
@@ -47,11 +47,27 @@ pub fn local_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// One thing to encode: an incident, or (opt-in) a raw attributed event.
+/// One thing to encode: an incident, (opt-in) a raw attributed event, or a signed audit
+/// checkpoint (an anchor: every sink gets every one).
 #[derive(Debug, Clone, Copy)]
 pub enum Item<'a> {
     Alert(&'a Alert),
     Activity(&'a AttributedEvent),
+    Checkpoint(&'a Checkpoint),
+}
+
+/// When a checkpoint was written (its record's RFC 3339 `ts`).
+pub fn checkpoint_time(cp: &Checkpoint) -> SystemTime {
+    humantime::parse_rfc3339(&cp.time).unwrap_or(UNIX_EPOCH)
+}
+
+/// A stable id for a checkpoint: its seq and the head it signs.
+pub fn checkpoint_uid(cp: &Checkpoint) -> String {
+    format!(
+        "audit-checkpoint:{}:{}",
+        cp.seq,
+        cp.head.get(..16).unwrap_or(&cp.head)
+    )
 }
 
 /// UTC epoch milliseconds (OCSF `time`, CEF `rt`); times before 1970 clamp to 0.

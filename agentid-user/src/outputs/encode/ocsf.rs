@@ -7,9 +7,10 @@
 //! move over without losing the `unmapped` copy.
 use serde_json::{Map, Value, json};
 
-use super::{EncodeContext, PRODUCT_VERSION, epoch_ms};
+use super::{EncodeContext, PRODUCT_VERSION, checkpoint_time, epoch_ms};
 use crate::{
     attribution::AttributedEvent,
+    audit::Checkpoint,
     detect::{Alert, AlertAgent, ProcessEvidence, Severity},
     event::{Detail, EventKind},
 };
@@ -20,6 +21,7 @@ pub const SCHEMA_VERSION: &str = "1.8.0";
 pub const CLASS_PROCESS_ACTIVITY: u32 = 1007;
 pub const CLASS_DETECTION_FINDING: u32 = 2004;
 pub const CLASS_NETWORK_ACTIVITY: u32 = 4001;
+pub const CLASS_EVENT_LOG_ACTIVITY: u32 = 1008;
 
 /// OCSF `severity_id` and its caption.
 pub fn severity(s: Severity) -> (u8, &'static str) {
@@ -272,6 +274,39 @@ pub fn network_activity(ev: &AttributedEvent, ctx: &EncodeContext) -> Option<Val
     v["connection_info"] =
         json!({"protocol_name": protocol.to_string(), "direction_id": 2, "direction": "Outbound"});
     Some(v)
+}
+
+/// Event Log Activity (1008, activity Other: "Checkpoint") for a signed audit checkpoint;
+/// the checkpoint itself is `unmapped.agentid.audit_checkpoint`, which `agentid audit
+/// verify --anchors` reads back.
+pub fn audit_checkpoint(cp: &Checkpoint, ctx: &EncodeContext) -> Value {
+    let class_name = "Event Log Activity";
+    json!({
+        "class_uid": CLASS_EVENT_LOG_ACTIVITY,
+        "class_name": class_name,
+        "category_uid": 1,
+        "category_name": "System Activity",
+        "activity_id": 99,
+        "activity_name": "Checkpoint",
+        "type_uid": CLASS_EVENT_LOG_ACTIVITY * 100 + 99,
+        "type_name": format!("{class_name}: Other"),
+        "severity_id": 1,
+        "severity": "Informational",
+        "status_id": 1,
+        "status": "Success",
+        "time": epoch_ms(checkpoint_time(cp)),
+        "message": format!(
+            "audit log signed through seq {} (checkpoint seq {}{})",
+            cp.seq_to,
+            cp.seq,
+            if cp.is_final { ", closed" } else { "" }
+        ),
+        "log_name": "agentid audit",
+        "log_provider": "agentid",
+        "metadata": metadata(),
+        "device": {"hostname": ctx.hostname, "type_id": 0},
+        "unmapped": {"agentid": {"audit_checkpoint": cp}},
+    })
 }
 
 /// The OCSF event for an activity record, whichever class fits.

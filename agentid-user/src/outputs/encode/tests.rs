@@ -7,7 +7,7 @@ use std::{
 use proptest::prelude::*;
 use serde_json::Value;
 
-use super::{EncodeContext, cef, ecs, ocsf, syslog};
+use super::{EncodeContext, Item, cef, ecs, ocsf, syslog};
 use crate::{
     attribution::{AgentRef, AttributedEvent, ProcIdentity},
     detect::{Alert, ConnectionEvidence},
@@ -584,4 +584,104 @@ fn the_ocsf_ai_agent_option_adds_only_the_draft_attribute() {
         )),
         "{report}"
     );
+}
+
+/// A genuine signed checkpoint, as a forward-secure log publishes it.
+fn sample_checkpoint() -> crate::audit::Checkpoint {
+    // One directory per call: tests run in parallel.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let root = std::env::temp_dir().join(format!("agentid-enc-cp-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let opts = crate::audit::AuditOptions::default();
+    let mut log =
+        crate::audit::AuditLog::open_with_key_file(&root.join("audit"), &root.join("k"), opts)
+            .unwrap();
+    log.append_event(&crate::audit::sample_event("research-bot", 1))
+        .unwrap();
+    log.checkpoint().unwrap();
+    let cp = log.take_anchors().remove(0);
+    let _ = std::fs::remove_dir_all(&root);
+    cp
+}
+
+#[test]
+fn audit_checkpoint_in_every_encoding_reads_back_as_an_anchor() {
+    use crate::outputs::{
+        config::{JsonFormat, SyslogFormat},
+        encoder::Encoder,
+    };
+    let cp = sample_checkpoint();
+    assert!(cp.self_signed());
+    let v = ocsf::audit_checkpoint(&cp, &ctx());
+    assert_eq!(
+        (
+            v["class_uid"].clone(),
+            v["type_uid"].clone(),
+            v["category_uid"].clone()
+        ),
+        (1008.into(), 100_899.into(), 1.into())
+    );
+    assert_eq!(v["metadata"]["version"], "1.8.0");
+    assert_eq!(v["device"]["hostname"], "node1");
+    assert_eq!(v["unmapped"]["agentid"]["audit_checkpoint"]["seq"], cp.seq);
+    assert_eq!(
+        v["unmapped"]["agentid"]["audit_checkpoint"]["head"],
+        cp.head.as_str()
+    );
+    let e = ecs::audit_checkpoint(&cp);
+    assert_eq!(e["event"]["action"], "audit-checkpoint");
+    assert_eq!(
+        e["agentid"]["audit_checkpoint"]["signature"],
+        cp.signature.as_str()
+    );
+
+    let syslog = |format| Encoder::Syslog {
+        format,
+        facility: 13,
+        app_name: "agentid".into(),
+        hostname: "node1".into(),
+        procid: "1".into(),
+        ctx: ctx(),
+    };
+    let encoders = [
+        Encoder::Json(JsonFormat::Ocsf, ctx()),
+        Encoder::Json(JsonFormat::Ecs, ctx()),
+        Encoder::Json(JsonFormat::Native, ctx()),
+        Encoder::Ecs,
+        Encoder::Hec {
+            index: None,
+            source: "agentid".into(),
+            sourcetype: "agentid:ocsf".into(),
+            ctx: ctx(),
+        },
+        syslog(SyslogFormat::Ocsf),
+        syslog(SyslogFormat::Cef),
+    ];
+    for enc in &encoders {
+        let rec = enc.encode(Item::Checkpoint(&cp)).unwrap();
+        let anchors = crate::audit::Anchors::parse(&rec.payload);
+        assert_eq!(anchors.list, vec![cp.clone()], "{enc:?}: {}", rec.payload);
+        assert!(rec.uid.starts_with("audit-checkpoint:"), "{}", rec.uid);
+    }
+}
+
+/// The anchor record (Event Log Activity 1008) validates against OCSF 1.8.0 like the
+/// others, so a strict consumer keeps it.
+#[test]
+fn the_audit_checkpoint_validates_against_the_official_schema() {
+    let cp = sample_checkpoint();
+    let records = [ocsf::audit_checkpoint(
+        &cp,
+        &EncodeContext {
+            ocsf_ai_agent: false,
+            ..ctx()
+        },
+    )];
+    let Some((code, report)) = ocsf_validate(&records) else {
+        return;
+    };
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("1 events checked, 0 invalid"), "{report}");
 }
