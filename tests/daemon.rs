@@ -162,9 +162,19 @@ fn follow_restart_and_sighup() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("follow");
-    let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
-    // The follower is connected once the daemon has accepted it; a first exec proves
-    // the stream flows, then the one we look for.
+    // Lines arrive on a thread, so a stream that stays silent fails the test at its
+    // deadline instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The follower is connected once the daemon has accepted it: an exec made before
+    // that may be neither history nor live, so one more is made until one shows.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = false;
     while !seen {
@@ -177,10 +187,14 @@ fn follow_restart_and_sighup() {
                 .expect("echo")
                 .success()
         );
-        let line = lines.next().expect("stream open").expect("line");
-        let v: Value = serde_json::from_str(&line).expect("JSON line");
-        assert_eq!(v["agent"]["id"], alpha);
-        seen = v["argv"] == serde_json::json!(["/bin/echo", "followed"]);
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+            let v: Value = serde_json::from_str(&line.expect("line")).expect("JSON line");
+            assert_eq!(v["agent"]["id"], alpha);
+            if v["argv"] == serde_json::json!(["/bin/echo", "followed"]) {
+                seen = true;
+                break;
+            }
+        }
     }
     let _ = follow.kill();
     let _ = follow.wait();
