@@ -55,6 +55,7 @@ fn exec(pid: u32, ppid: u32, start_s: u64, file: &str) -> Event {
             argv: vec![file.into(), "--x".into()],
             argv_truncated: false,
             argv_missing: false,
+            scan_incomplete: None,
             loginuid: Some(1000),
             env: crate::event::SecretEnv::default(),
         },

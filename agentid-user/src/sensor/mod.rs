@@ -2,6 +2,7 @@
 //! typed [`Event`]s. Programs stay attached exactly as long as the [`Sensor`] lives.
 pub mod decode;
 mod kernel;
+pub mod reassemble;
 
 use std::{
     fs::File,
@@ -17,7 +18,7 @@ use aya::{
 };
 use tokio::io::unix::AsyncFd;
 
-pub use decode::{Clock, DecodeError, decode};
+pub use decode::{Clock, DecodeError, Decoder, decode};
 
 use crate::{cgroup, event::Event};
 
@@ -68,7 +69,7 @@ pub struct Sensor {
     drops: PerCpuArray<MapData, u64>,
     open_cgroups: aya::maps::HashMap<MapData, u64, u8>,
     _ebpf: Ebpf,
-    clock: Clock,
+    decoder: Decoder,
     received: KindCounts,
     decode_errors: u64,
     /// When the last read returned records (drives timer polling, see `next_events`).
@@ -204,7 +205,7 @@ impl Sensor {
             drops,
             open_cgroups,
             _ebpf: ebpf,
-            clock: Clock::now(),
+            decoder: Decoder::new(Clock::now()),
             received: KindCounts::default(),
             decode_errors: 0,
             last_read: None,
@@ -216,7 +217,7 @@ impl Sensor {
         let start = out.len();
         let Self {
             ring,
-            clock,
+            decoder,
             received,
             decode_errors,
             last_read,
@@ -232,7 +233,7 @@ impl Sensor {
             // `WAKE_EVERY_NS`), so sleeping is safe.
             let polling = last_read.is_some_and(|at| at.elapsed() < IDLE_AFTER);
             if !polling {
-                Self::drain_ring(ring.get_mut(), clock, received, decode_errors, out);
+                Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out);
                 if out.len() > start {
                     *last_read = Some(Instant::now());
                     return Ok(());
@@ -248,11 +249,11 @@ impl Sensor {
             match ready {
                 Some(guard) => {
                     let mut guard = guard?;
-                    Self::drain_ring(guard.get_inner_mut(), clock, received, decode_errors, out);
+                    Self::drain_ring(guard.get_inner_mut(), decoder, received, decode_errors, out);
                     // Only clears if no new readiness arrived since the guard was taken.
                     guard.clear_ready();
                 }
-                None => Self::drain_ring(ring.get_mut(), clock, received, decode_errors, out),
+                None => Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out),
             }
             if out.len() > start {
                 *last_read = Some(Instant::now());
@@ -265,14 +266,14 @@ impl Sensor {
     pub fn drain(&mut self, out: &mut Vec<Event>) {
         let Self {
             ring,
-            clock,
+            decoder,
             received,
             decode_errors,
             last_read,
             ..
         } = self;
         let start = out.len();
-        Self::drain_ring(ring.get_mut(), clock, received, decode_errors, out);
+        Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out);
         if out.len() > start {
             // A read like any other: `next_events` keeps polling after it.
             *last_read = Some(Instant::now());
@@ -281,18 +282,23 @@ impl Sensor {
 
     fn drain_ring(
         ring: &mut RingBuf<MapData>,
-        clock: &Clock,
+        decoder: &mut Decoder,
         received: &mut KindCounts,
         decode_errors: &mut u64,
         out: &mut Vec<Event>,
     ) {
         while let Some(item) = ring.next() {
-            match decode(&item, clock) {
-                Ok(event) => {
+            match decoder.decode(&item) {
+                Ok(Some(event)) => {
                     if let Some(n) = received.get_mut(event.kind.abi() as usize) {
                         *n += 1;
                     }
                     out.push(event);
+                }
+                Ok(None) => {
+                    if let Some(n) = received.get_mut(kind::EXEC_CHUNK as usize) {
+                        *n += 1;
+                    }
                 }
                 Err(e) => {
                     *decode_errors += 1;
