@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
-pub use exec_id::{ExecId, HostIds, ns_to_ticks};
+pub use exec_id::{ExecId, HostIds, ns_to_ticks, ticks_to_ns};
 
 use crate::{
     cgroup::Resolver,
@@ -114,6 +114,19 @@ impl ProcessTable {
 
     pub fn live(&self) -> impl Iterator<Item = &Process> {
         self.live.values()
+    }
+
+    /// Every live process that predates the daemon's probes, as the exec the probes would
+    /// have reported (command line and environment from `/proc`, see
+    /// [`seed::seeded_exec`]), for the credential scan. Not for [`Self::apply`]: the table
+    /// already holds these processes. This process itself is left out (the kernel drops
+    /// its own activity too). Each event's environment is a secret: scan it and drop it.
+    pub fn seeded_execs(&self) -> impl Iterator<Item = Event> + '_ {
+        let me = std::process::id();
+        self.live
+            .values()
+            .filter(move |p| p.pid != me)
+            .filter_map(seed::seeded_exec)
     }
 
     /// Rewrites every live process's arguments (secret redaction after `/proc` seeding).
