@@ -6,6 +6,7 @@
 mod alerts;
 mod audit;
 mod lock;
+mod seeded;
 pub mod state;
 
 pub use alerts::revoke;
@@ -121,6 +122,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         alerts,
         probes: Sensor::program_names(),
     });
+    seeded::scan(&shared, &writer);
     let api = crate::api::serve(Arc::clone(&shared))?;
     tracing::info!(socket = %config.socket.display(), "API listening");
 
