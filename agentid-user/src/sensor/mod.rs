@@ -233,10 +233,17 @@ impl Sensor {
             // `WAKE_EVERY_NS`), so sleeping is safe.
             let polling = last_read.is_some_and(|at| at.elapsed() < IDLE_AFTER);
             if !polling {
-                Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out);
-                if out.len() > start {
+                let read = Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out);
+                if read > 0 {
                     *last_read = Some(Instant::now());
+                }
+                if out.len() > start {
                     return Ok(());
+                }
+                if read > 0 {
+                    // Only chunks so far: their exec record may have been submitted
+                    // without a wakeup, so keep polling instead of sleeping.
+                    continue;
                 }
             }
             let ready = if polling {
@@ -246,17 +253,28 @@ impl Sensor {
             } else {
                 Some(ring.readable_mut().await)
             };
-            match ready {
+            let read = match ready {
                 Some(guard) => {
                     let mut guard = guard?;
-                    Self::drain_ring(guard.get_inner_mut(), decoder, received, decode_errors, out);
+                    let read = Self::drain_ring(
+                        guard.get_inner_mut(),
+                        decoder,
+                        received,
+                        decode_errors,
+                        out,
+                    );
                     // Only clears if no new readiness arrived since the guard was taken.
                     guard.clear_ready();
+                    read
                 }
                 None => Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out),
+            };
+            // Any record read counts, chunks included: a read of chunks only is followed
+            // by their exec record, which may come without a wakeup.
+            if read > 0 {
+                *last_read = Some(Instant::now());
             }
             if out.len() > start {
-                *last_read = Some(Instant::now());
                 return Ok(());
             }
         }
@@ -272,9 +290,7 @@ impl Sensor {
             last_read,
             ..
         } = self;
-        let start = out.len();
-        Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out);
-        if out.len() > start {
+        if Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out) > 0 {
             // A read like any other: `next_events` keeps polling after it.
             *last_read = Some(Instant::now());
         }
@@ -286,8 +302,10 @@ impl Sensor {
         received: &mut KindCounts,
         decode_errors: &mut u64,
         out: &mut Vec<Event>,
-    ) {
+    ) -> usize {
+        let mut read = 0;
         while let Some(item) = ring.next() {
+            read += 1;
             match decoder.decode(&item) {
                 Ok(Some(event)) => {
                     if let Some(n) = received.get_mut(event.kind.abi() as usize) {
@@ -306,6 +324,7 @@ impl Sensor {
                 }
             }
         }
+        read
     }
 
     /// Reports file opens in this cgroup from now on (agents' credential files).
