@@ -351,7 +351,12 @@ fn exec_detail(r: &ExecRecord, chunks: Option<&mut Reassembler>) -> Result<Detai
                 ScanIncomplete::ENV_UNREADABLE,
             ),
             flag(exec_flags::CHUNK_DROPPED, ScanIncomplete::CHUNKS_LOST),
-            (argv_area.gap || env_area.gap || duplicate).then_some(ScanIncomplete::CHUNKS_LOST),
+            // A gap the kernel did not explain by a read fault: chunks lost on the way.
+            (argv_area.gap && r.flags & (exec_flags::ARGV_MISSING | exec_flags::ARGV_FAULT) == 0
+                || env_area.gap
+                    && r.flags & (exec_flags::ENV_MISSING | exec_flags::ENV_FAULT) == 0
+                || duplicate)
+                .then_some(ScanIncomplete::CHUNKS_LOST),
         ]
         .into_iter()
         .flatten(),
@@ -810,6 +815,10 @@ mod tests {
             (exec_flags::ENV_TRUNCATED, vec!["env-beyond-cap"]),
             (exec_flags::ARGV_TRUNCATED, vec!["argv-beyond-cap"]),
             (exec_flags::ENV_FAULT, vec!["env-unreadable"]),
+            (
+                exec_flags::ENV_FAULT | exec_flags::ENV_MISSING,
+                vec!["env-unreadable"],
+            ),
             (exec_flags::ENV_MISSING, vec!["env-unreadable"]),
             (exec_flags::ARGV_FAULT, vec!["argv-unreadable"]),
             (exec_flags::CHUNK_DROPPED, vec!["chunks-lost"]),
@@ -830,6 +839,23 @@ mod tests {
             assert_eq!(got, want, "flags {flags:#x}");
             let v = serde_json::to_value(&e).unwrap();
             assert_eq!(v["scan_incomplete"], serde_json::json!(want));
+        }
+        // A gap the kernel explains by a read fault is that, not lost chunks.
+        for (flags, want) in [
+            (exec_flags::ENV_FAULT, "env-unreadable"),
+            (0, "chunks-lost"),
+        ] {
+            let mut r = exec_record(&[b"echo"], flags);
+            r.env_total = 50_000;
+            let e = decode(&bytes_of(&r), &clock()).unwrap();
+            let Detail::Exec {
+                scan_incomplete, ..
+            } = &e.detail
+            else {
+                panic!("not exec")
+            };
+            let got: Vec<&str> = scan_incomplete.expect("flagged").reasons().collect();
+            assert_eq!(got, [want], "flags {flags:#x}");
         }
         let r = exec_record(&[b"echo"], exec_flags::FILENAME_TRUNCATED);
         let v = serde_json::to_value(decode(&bytes_of(&r), &clock()).unwrap()).unwrap();
