@@ -58,4 +58,19 @@ if [ "$(id -u)" = 0 ]; then
         mount -t tracefs tracefs /sys/kernel/tracing
     fi
 fi
+# 5. The official OCSF schema as JSON schema, for the encoders' validation test
+#    (scripts/ocsf-validate.py): a venv of its own, pinned, never the system's Python.
+OCSF_VENV=${AGENTID_TEST_VENV:-/opt/agentid-test-venv}
+OCSF_PKGS=(ocsf-json-schema==1.2.0 jsonschema==4.26.0)
+if ! "${OCSF_VENV}/bin/python3" -c 'import jsonschema, ocsf_json_schema' 2>/dev/null; then
+    log "installing ${OCSF_PKGS[*]} into ${OCSF_VENV}"
+    if ! python3 -m venv --clear "${OCSF_VENV}" >/dev/null 2>&1; then
+        # Debian's python3 creates venvs only with python3-venv (ensurepip) installed.
+        need_root
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+        python3 -m venv --clear "${OCSF_VENV}"
+    fi
+    "${OCSF_VENV}/bin/pip" install -q --disable-pip-version-check "${OCSF_PKGS[@]}"
+fi
 log "ok"

@@ -2,6 +2,10 @@
 //! verify (clean, tampered, re-signed with another key), export and bundle verification.
 //! Needs no kernel and no root.
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     fs,
     path::{Path, PathBuf},

@@ -1,5 +1,9 @@
 //! The real daemon on a temporary config, state dir and socket, queried through the real
 //! CLI: attribution, follow, restart, SIGHUP, permissions, single instance.
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     fmt::Write as _,
     io::{BufRead, BufReader, Write as _},
@@ -358,3 +362,151 @@ fn canary_secrets_never_leave_and_the_audit_log_verifies() {
 }
 
 use std::os::unix::process::CommandExt as _;
+
+/// `agentid LISTING | head`: a reader that goes away ends every listing command quietly,
+/// with status 0 and nothing on stderr (as `ps` and `git log` do), whether the pipe is gone
+/// before the first row or closes in the middle of a `--follow`.
+#[test]
+fn a_closed_stdout_ends_listings_quietly() {
+    let dir = Daemon::dir("epipe");
+    let a = TestCgroup::new("de-a");
+    std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
+    let Some(d) = Daemon::start(&dir) else { return };
+    let alpha = "spiffe://test.example/agent/alpha";
+    a.echo("piped");
+    d.cli_until(&["events", "--agent", alpha], |v| {
+        has_exec_of(v, "/bin/echo")
+    });
+
+    // The reader is gone before the command starts: its first write fails with EPIPE.
+    // (`alerts` and `connections` print `(none)` on stderr when empty, so only as JSON.)
+    let listings: &[&[&str]] = &[
+        &["events"],
+        &["--json", "events"],
+        &["events", "--agent", alpha, "--kind", "exec"],
+        &["ps"],
+        &["ps", "--tree"],
+        &["--json", "ps"],
+        &["agents"],
+        &["--json", "agents"],
+        &["agents", "show", alpha],
+        &["status"],
+        &["--json", "status"],
+        &["--json", "alerts"],
+        &["--json", "connections"],
+        &["credentials"],
+        &["--json", "credentials"],
+        &["completions", "bash"],
+        &["rules"],
+        &["--json", "rules"],
+    ];
+    for args in listings {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(agentid_bin())
+            .arg("--socket")
+            .arg(dir.join("agentid.sock"))
+            .args(*args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("cli");
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).as_ref()
+            ),
+            (Some(0), ""),
+            "agentid {args:?} into a closed pipe"
+        );
+    }
+
+    // `events --follow | head -1`: the reader takes one line and leaves; the next event
+    // the follower writes ends it.
+    let mut follow = Command::new(agentid_bin())
+        .arg("--socket")
+        .arg(dir.join("agentid.sock"))
+        .args(["events", "-f", "--agent", alpha, "--kind", "exec"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("follow");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        // Dropping the reader here closes the pipe, as `head -1` exits.
+        let _ = first_tx.send(line);
+    });
+    // Events until the follower has printed one line, then until it notices the closed
+    // pipe and exits (each echo is an event it must write).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never ended on its closed stdout"
+        );
+        if let Some(status) = follow.try_wait().expect("try_wait") {
+            break status;
+        }
+        a.echo("more");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let first = first_rx.recv().expect("the reader's line");
+    assert!(first.contains("exec"), "first followed line: {first:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert_eq!((status.code(), err.as_str()), (Some(0), ""));
+    assert!(d.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// First start on a fresh machine: the agents directory (and its parent) does not exist.
+/// The daemon creates it, 0755 whatever its own umask, and `status` shows an empty
+/// registry with no errors, not `No such file or directory`.
+#[test]
+fn a_missing_agents_dir_is_an_empty_registry() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = Daemon::dir("noagents");
+    std::fs::remove_dir(dir.join("agents")).expect("rmdir agents");
+    let agents_dir = dir.join("etc-agentid/agents.d");
+    let config = std::fs::read_to_string(dir.join("agentid.toml")).expect("config");
+    let config = config.replace(
+        &format!("agents_dir = \"{}/agents\"", dir.display()),
+        &format!("agents_dir = \"{}\"", agents_dir.display()),
+    );
+    assert!(config.contains("etc-agentid/agents.d"), "{config}");
+    std::fs::write(dir.join("agentid.toml"), config).expect("config");
+    let Some(d) = Daemon::start(&dir) else { return };
+
+    let status = d.cli(&["status"]);
+    assert_eq!(status["registry"]["agents"], 0, "{status:#}");
+    assert_eq!(
+        status["registry"]["errors"],
+        serde_json::json!([]),
+        "{status:#}"
+    );
+    for p in [agents_dir.parent().expect("parent"), agents_dir.as_path()] {
+        let mode = std::fs::metadata(p).expect("created").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{}", p.display());
+    }
+    // The table says so too, and the daemon warned about no registry problem.
+    let out = Command::new(agentid_bin())
+        .arg("--socket")
+        .arg(dir.join("agentid.sock"))
+        .arg("status")
+        .output()
+        .expect("status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("registry:   0 agents from "), "{table}");
+    assert!(table.contains("(0 errors)"), "{table}");
+    let log = d.log_text();
+    assert!(
+        !log.contains("No such file") && !log.contains("agent registry"),
+        "{log}"
+    );
+    assert!(d.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,6 +5,10 @@
     clippy::many_single_char_names,
     reason = "a failed step is a failed test; one-letter names for the agents' cgroups"
 )]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{fmt::Write as _, net::TcpListener, sync::Arc, time::Duration};
 
 use agentid::{
@@ -44,12 +48,15 @@ impl Rig {
         let registry = Registry::parse_str(registrations, "test.toml");
         assert!(registry.errors().is_empty(), "{:?}", registry.errors());
         let registry = Arc::new(registry);
-        let mut pipeline =
-            Pipeline::new(Arc::clone(&registry), cgroup::v2_root().expect("cgroup v2"));
-        pipeline.seed();
         let key = FingerprintKey::ephemeral().expect("key");
+        let mut pipeline = Pipeline::new(
+            Arc::clone(&registry),
+            cgroup::v2_root().expect("cgroup v2"),
+            key,
+        );
+        pipeline.seed();
         let watch = watch.map(|w| GlobList::new(&[w]).expect("glob"));
-        let mut detector = Detector::new(key, watch);
+        let mut detector = Detector::new(watch);
         detector.set_registry(&registry);
         Some(Self {
             sensor,
@@ -86,10 +93,9 @@ impl Rig {
                 .await
                 .expect("timed out waiting for the workloads")
                 .expect("ring buffer");
-            for mut ev in batch.drain(..) {
-                let obs = self.detector.scan(&mut ev);
-                let a = self.pipeline.process(ev);
-                let out = self.detector.observe(&a, obs, &self.registry);
+            for ev in batch.drain(..) {
+                let (a, findings) = self.pipeline.process(ev);
+                let out = self.detector.observe(&a, &findings, &self.registry);
                 if cgroups.contains(&a.event.cgroup_id) {
                     alerts.extend(out.alerts);
                     events.push(a);
@@ -304,7 +310,11 @@ async fn stale_credential_after_max_age_or_revocation() {
                 ),
             },
         };
-        let obs = rig.detector.scan(&mut ev);
+        let obs = rig
+            .pipeline
+            .redactor_mut()
+            .scan(&mut ev, &rig.registry)
+            .observations;
         obs[0].fingerprint.to_string()
     };
     rig.detector.revoke(prefix.parse().expect("prefix"));
@@ -589,4 +599,191 @@ async fn an_agent_reading_a_humans_credential_file_is_human_privilege() {
         hp[0].description
     );
     let _ = std::fs::remove_dir_all(&home);
+}
+
+/// An agent that moves itself out of every identity is still the agent: `identity-escape`,
+/// and its egress policy still applies. The declared hand-off twin (into an agent that
+/// accepts it, whose policy allows the destination) raises neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaping_the_identity_is_seen_and_the_policy_follows() {
+    let (a, twin, b, nowhere) = (
+        TestCgroup::new("esc-a"),
+        TestCgroup::new("esc-twin"),
+        TestCgroup::new("esc-b"),
+        TestCgroup::new("esc-nowhere"),
+    );
+    let allowed = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let outside = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let (pa, po) = (
+        allowed.local_addr().expect("a").port(),
+        outside.local_addr().expect("a").port(),
+    );
+    let egress = format!("[agent.policy]\negress = [\"127.0.0.1:{pa}\"]");
+    let regs = reg("alpha", &a, "", &egress)
+        + &reg("twin", &twin, "", &egress)
+        + &reg(
+            "bravo",
+            &b,
+            "",
+            &format!(
+                "[agent.policy]\negress = [\"127.0.0.1:{po}\"]\n\
+                 accepts_delegation_from = [\"spiffe://test.example/agent/twin\"]"
+            ),
+        );
+    let Some(mut rig) = Rig::new("escape", &regs, None) else {
+        return;
+    };
+    let (first, then) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{po}"));
+    for (from, to) in [(&a, &nowhere), (&twin, &b)] {
+        let procs = to.dir.join("cgroup.procs");
+        let mut cmd = from.command(WORKLOAD);
+        cmd.env_clear()
+            .args(["move-connect", procs.to_str().expect("path"), &first, &then]);
+        assert!(cmd.status().expect("spawn").success());
+    }
+    let ids = [a.id, twin.id, b.id, nowhere.id];
+    let (events, alerts) = rig.run_until_exits(&ids, 2).await;
+    // The escaped connect is still alpha's, marked with where it went.
+    let escaped = events
+        .iter()
+        .find(|e| e.event.kind == EventKind::Connect && e.event.cgroup_id == nowhere.id)
+        .expect("connect after the move");
+    assert_eq!(
+        escaped.agent.as_ref().map(|x| x.id.as_str()),
+        Some("spiffe://test.example/agent/alpha")
+    );
+    assert_eq!(escaped.escaped_to.as_deref(), Some(nowhere.rel.as_str()));
+    let esc = incidents(&alerts, "identity-escape");
+    assert_eq!(esc.len(), 1, "{esc:#?}");
+    assert_eq!(esc[0].severity, agentid::detect::Severity::High);
+    assert_eq!(esc[0].agents[0].id, "spiffe://test.example/agent/alpha");
+    assert!(
+        esc[0].description.contains(&nowhere.rel),
+        "{}",
+        esc[0].description
+    );
+    let egress = incidents(&alerts, "egress-violation");
+    assert_eq!(egress.len(), 1, "only alpha's escaped connect: {egress:#?}");
+    assert_eq!(egress[0].agents[0].id, "spiffe://test.example/agent/alpha");
+    assert_eq!(egress[0].evidence.connections[0].dst_port, po);
+    // The twin's move is a declared hand-off: bravo acting for twin, bravo's policy.
+    let handed = events
+        .iter()
+        .find(|e| e.event.kind == EventKind::Connect && e.event.cgroup_id == b.id)
+        .expect("connect after the hand-off");
+    assert_eq!(
+        handed.agent.as_ref().map(|x| x.id.as_str()),
+        Some("spiffe://test.example/agent/bravo")
+    );
+    assert_eq!(handed.acting_for, ["spiffe://test.example/agent/twin"]);
+    assert!(incidents(&alerts, "undeclared-delegation").is_empty());
+}
+
+/// A copy of `/bin/true` at a path of this test's own: a tool registered by its image.
+fn tool_image(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentid-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join(name);
+    std::fs::copy("/bin/true", &path).expect("copy");
+    path
+}
+
+fn exe_reg(name: &str, exe: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[agent]]\nid = \"spiffe://test.example/agent/{name}\"\nname = \"{name}\"\n\
+         [[agent.selectors]]\nexe = \"{}\"\n{extra}\n",
+        exe.display()
+    )
+}
+
+/// Agent A (by cgroup) starting a tool registered under its own identity (by image): the
+/// tool is that agent acting for A — `undeclared-delegation` unless the tool accepts A;
+/// an image two other agents claim is `ambiguous-identity` and stays A's work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_into_a_registered_binary_hands_off_or_is_ambiguous() {
+    let (a, b, c) = (
+        TestCgroup::new("tool-a"),
+        TestCgroup::new("tool-b"),
+        TestCgroup::new("tool-c"),
+    );
+    let (mcp, trusted, contested) = (
+        tool_image("mcp-tool"),
+        tool_image("trusted-tool"),
+        tool_image("contested-tool"),
+    );
+    let regs = reg("alpha", &a, "", "")
+        + &reg("bravo", &b, "", "")
+        + &reg("charlie", &c, "", "")
+        + &exe_reg("mcp", &mcp, "")
+        + &exe_reg(
+            "trusted",
+            &trusted,
+            "[agent.policy]\naccepts_delegation_from = [\"spiffe://test.example/agent/bravo\"]",
+        )
+        + &exe_reg("claim-one", &contested, "")
+        + &exe_reg("claim-two", &contested, "");
+    let Some(mut rig) = Rig::new("tool-identity", &regs, None) else {
+        return;
+    };
+    for (cg, tool) in [(&a, &mcp), (&b, &trusted), (&c, &contested)] {
+        let mut cmd = cg.command(WORKLOAD);
+        cmd.env_clear()
+            .args(["exec", "1", tool.to_str().expect("path")]);
+        assert!(cmd.status().expect("spawn").success());
+    }
+    let (events, alerts) = rig.run_until_exits(&[a.id, b.id, c.id], 6).await;
+    let exec_of = |tool: &std::path::Path| {
+        events
+            .iter()
+            .find(|e| {
+                matches!(&e.event.detail, agentid::event::Detail::Exec { filename, .. }
+                    if filename == tool.to_str().expect("path"))
+            })
+            .expect("the tool's exec")
+    };
+    let agent = |e: &AttributedEvent| e.agent.as_ref().map(|x| x.id.clone());
+    let m = exec_of(&mcp);
+    assert_eq!(agent(m).as_deref(), Some("spiffe://test.example/agent/mcp"));
+    assert_eq!(m.acting_for, ["spiffe://test.example/agent/alpha"]);
+    let t = exec_of(&trusted);
+    assert_eq!(
+        agent(t).as_deref(),
+        Some("spiffe://test.example/agent/trusted")
+    );
+    assert_eq!(t.acting_for, ["spiffe://test.example/agent/bravo"]);
+    let x = exec_of(&contested);
+    assert_eq!(
+        agent(x).as_deref(),
+        Some("spiffe://test.example/agent/charlie"),
+        "an ambiguous image stays the work of the agent that ran it"
+    );
+    assert_eq!(
+        x.ambiguous,
+        [
+            "spiffe://test.example/agent/claim-one",
+            "spiffe://test.example/agent/claim-two"
+        ]
+    );
+    let dl = incidents(&alerts, "undeclared-delegation");
+    assert_eq!(dl.len(), 1, "only alpha → mcp is undeclared: {dl:#?}");
+    let ids: Vec<&str> = dl[0].agents.iter().map(|x| x.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "spiffe://test.example/agent/alpha",
+            "spiffe://test.example/agent/mcp"
+        ]
+    );
+    let amb = incidents(&alerts, "ambiguous-identity");
+    assert_eq!(amb.len(), 1, "{amb:#?}");
+    let ids: Vec<&str> = amb[0].agents.iter().map(|x| x.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "spiffe://test.example/agent/charlie",
+            "spiffe://test.example/agent/claim-one",
+            "spiffe://test.example/agent/claim-two"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(mcp.parent().expect("dir"));
 }

@@ -2,6 +2,10 @@
 //! running daemon), SIGKILL and restart, a corrupted registry.
 //! (The ring-buffer overflow lives in `overflow.rs`: its burst would starve these tests.)
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     io::{BufRead as _, Write as _},
     path::{Path, PathBuf},
@@ -563,5 +567,71 @@ fn state_dir_turning_read_only_at_runtime_degrades_once_and_recovers_after_resta
 
     recover_by_restart(&fs, &dir, &a);
     drop(fs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Killing the daemon leaves a mark: the next start raises one `telemetry-gap` naming the
+/// window and the process an agent started inside it; a clean stop and start raise none.
+#[test]
+fn sigkill_leaves_a_telemetry_gap_naming_the_window() {
+    let dir = Daemon::dir("blind");
+    let a = TestCgroup::new("blind-a");
+    std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
+    let Some(d) = Daemon::start(&dir) else { return };
+    let first_pid = d.child.id();
+    // A clean stop leaves no mark.
+    assert!(d.stop().success());
+    let Some(d) = Daemon::start(&dir) else { return };
+    let gaps = |d: &Daemon| -> Vec<Value> {
+        d.cli(&["alerts", "--rule", "telemetry-gap"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(gaps(&d).is_empty(), "a clean restart is no gap");
+    let killed_pid = d.child.id();
+    assert_ne!(killed_pid, first_pid);
+    d.kill9();
+    // While nobody watches, the agent starts something (it waits on stdin).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let mut unseen = a
+        .command(WORKLOAD)
+        .args(["wait-connect", &addr])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let Some(d) = Daemon::start(&dir) else {
+        let _ = unseen.kill();
+        let _ = unseen.wait();
+        return;
+    };
+    let gap = d.cli_until(&["alerts", "--rule", "telemetry-gap"], |v| {
+        v.as_array().is_some_and(|a| !a.is_empty())
+    });
+    let gap = gap.as_array().expect("alerts");
+    assert_eq!(gap.len(), 1, "{gap:#?}");
+    let g = &gap[0];
+    assert_eq!(g["severity"], "high");
+    let desc = g["description"].as_str().expect("description");
+    assert!(
+        desc.contains(&format!(
+            "(pid {killed_pid}) stopped without a clean shutdown"
+        )),
+        "{desc}"
+    );
+    let pids: Vec<u64> = g["evidence"]["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|p| p["pid"].as_u64())
+        .collect();
+    assert!(
+        pids.contains(&u64::from(unseen.id())),
+        "the process started while the daemon was down is named: {pids:?}"
+    );
+    let _ = unseen.kill();
+    let _ = unseen.wait();
+    assert!(d.stop().success());
     let _ = std::fs::remove_dir_all(&dir);
 }

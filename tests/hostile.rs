@@ -3,6 +3,10 @@
 //! short-lived processes; pid reuse. Every event must stay one line (table) or one JSON
 //! object per line (`--json`), be attributed correctly, and never crash the tracer.
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     ffi::OsStr,
     fmt::Write as _,
@@ -77,7 +81,8 @@ fn toml_string(s: &str) -> String {
 
 fn pipeline(registry: Arc<Registry>) -> Pipeline {
     let root = agentid::cgroup::v2_root().expect("cgroup root");
-    let mut p = Pipeline::new(registry, root);
+    let key = agentid::credentials::FingerprintKey::ephemeral().expect("key");
+    let mut p = Pipeline::new(registry, root, key);
     p.seed();
     p
 }

@@ -5,6 +5,10 @@
     clippy::many_single_char_names,
     reason = "a failed step is a failed test; one-letter names for the agents' cgroups"
 )]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     fmt::Write as _, io::Write, net::TcpListener, process::Stdio, sync::Arc, time::Duration,
 };
@@ -12,6 +16,7 @@ use std::{
 use agentid::{
     attribution::AttributedEvent,
     cgroup,
+    credentials::FingerprintKey,
     event::{Detail, EventKind},
     identity::Registry,
     pipeline::Pipeline,
@@ -38,7 +43,11 @@ fn registry(agents: &[(&str, &TestCgroup)]) -> Arc<Registry> {
 }
 
 fn pipeline(reg: Arc<Registry>) -> Pipeline {
-    Pipeline::new(reg, cgroup::v2_root().expect("cgroup v2"))
+    Pipeline::new(
+        reg,
+        cgroup::v2_root().expect("cgroup v2"),
+        FingerprintKey::ephemeral().expect("key"),
+    )
 }
 
 fn agent_name(e: &AttributedEvent) -> Option<&str> {

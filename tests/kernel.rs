@@ -4,6 +4,10 @@
     clippy::expect_used,
     reason = "test harness: a failed step is a failed test"
 )]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     io::{BufRead, BufReader, Read},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket},

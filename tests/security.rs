@@ -3,6 +3,10 @@
 //! (emulated, on the host kernel: the real unit under a real systemd is `systemd.rs`, run
 //! in the systemd guest of `cargo xtask test`).
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     fmt::Write as _,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
@@ -461,4 +465,125 @@ fn the_sandboxed_daemon_still_traces() {
     assert!(!ro.status.success(), "/etc is writable in the sandbox");
     assert!(d.stop().success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Removes a test's directory on drop, also when an assertion fails.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the daemon on `dir`'s config and returns its exit status and log, failing the test
+/// if it is still running after 30 s (a key path it blocks on, or a key it accepted).
+fn daemon_exit(dir: &Path) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(agentid_bin())
+        .args(["daemon", "--config"])
+        .arg(dir.join("agentid.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daemon");
+    let mut err = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut log);
+        log
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "daemon still running after 30 s: {}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, reader.join().expect("log reader"))
+}
+
+/// Someone with write access to the state directory plants the daemon's secret keys before
+/// its first start: a symlink to a file they can read, a key file they can read, a FIFO the
+/// daemon would block on, a key they own. The daemon must refuse each one and stop (naming
+/// the file and why), never use the planted key, never write through the link, never hang.
+#[test]
+fn planted_key_files_stop_the_daemon() {
+    let fingerprint_key = vec![7u8; 32];
+    let audit_key = b"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n".to_vec();
+    for (key, content) in [
+        ("fingerprint.key", &fingerprint_key),
+        ("audit.key", &audit_key),
+    ] {
+        for plant in ["symlink", "readable", "fifo", "foreign"] {
+            if plant == "foreign" && std::fs::metadata("/proc/self").expect("self").uid() != 0 {
+                continue; // only root can hand a file to another user
+            }
+            let dir = Daemon::dir(&format!("plant-{plant}-{}", &key[..2]));
+            let _cleanup = RemoveDir(dir.clone());
+            let state = dir.join("state");
+            std::fs::create_dir(&state).expect("state dir");
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+                .expect("chmod");
+            let path = state.join(key);
+            // The planter's own copy, readable by everyone.
+            let theirs = dir.join("theirs.key");
+            std::fs::write(&theirs, content).expect("write");
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+            let reason = match plant {
+                "symlink" => {
+                    std::os::unix::fs::symlink(&theirs, &path).expect("symlink");
+                    // Each key keeps its own wording.
+                    if key == "audit.key" {
+                        "is a symlink"
+                    } else {
+                        "is a symbolic link"
+                    }
+                }
+                "readable" => {
+                    std::fs::copy(&theirs, &path).expect("copy");
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                        .expect("chmod");
+                    "mode 0644"
+                }
+                "fifo" => {
+                    run("mkfifo", &["-m", "600", &path.display().to_string()]);
+                    "not a regular file"
+                }
+                _ => {
+                    std::fs::copy(&theirs, &path).expect("copy");
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .expect("chmod");
+                    std::os::unix::fs::chown(&path, Some(65534), None).expect("chown");
+                    "owned by uid 65534"
+                }
+            };
+            let (status, log) = daemon_exit(&dir);
+            let case = format!("{key} {plant}");
+            assert!(!status.success(), "{case}: daemon exited {status}:\n{log}");
+            assert!(
+                !log.contains("API listening"),
+                "{case}: daemon served:\n{log}"
+            );
+            // The error names the file and what is wrong with it.
+            assert!(
+                log.contains(&path.display().to_string()) && log.contains(reason),
+                "{case}: log does not say {reason:?}:\n{log}"
+            );
+            // Nothing was written through the link or over the planted file.
+            assert_eq!(&std::fs::read(&theirs).expect("theirs"), content, "{case}");
+            assert!(
+                std::fs::symlink_metadata(&path).is_ok(),
+                "{case}: planted file replaced or removed"
+            );
+        }
+    }
 }

@@ -5,6 +5,10 @@
     clippy::unwrap_used,
     reason = "test helpers and receivers: a failed step is a failed test"
 )]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     collections::VecDeque,
     net::SocketAddr,

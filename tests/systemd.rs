@@ -7,6 +7,10 @@
 //! `AGENTID_SYSTEMD_TEST=1` says the machine is disposable: the systemd guest of
 //! `cargo xtask test` (`cargo xtask test --systemd` alone). Elsewhere it skips, saying so.
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     path::Path,
     process::{Command, Output},

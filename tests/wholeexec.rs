@@ -3,6 +3,10 @@
 //! cap is flagged rather than passed silently, agents that predate the daemon are scanned
 //! from `/proc`, and no canary key ever leaves (alerts file, store, API, daemon log).
 #![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
 use std::{
     path::{Path, PathBuf},
     process::Child,

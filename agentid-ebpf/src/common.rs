@@ -100,8 +100,8 @@ pub unsafe fn fill_header(header: *mut Header, kind: u32, tgid: u32, tid: u32) {
 /// # Safety
 /// Implementors are `#[repr(C)]` and start with a [`Header`] at offset 0.
 pub unsafe trait Record: 'static {}
-// SAFETY (each): `#[repr(C)]` with `header: Header` as the first field (offsets asserted
-// in the ABI crate).
+// Each: `#[repr(C)]` with `header: Header` as the first field (asserted in the ABI crate).
+// SAFETY: starts with a Header, as `Record` requires.
 unsafe impl Record for ExecRecord {}
 // SAFETY: as above.
 unsafe impl Record for ForkRecord {}

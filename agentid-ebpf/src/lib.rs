@@ -135,8 +135,9 @@ pub struct ExecRecord {
     /// Process start time (`task_struct::start_boottime`, ns since boot): with the pid it
     /// names the process uniquely across pid reuse, and matches `/proc/PID/stat` starttime.
     pub start_ns: u64,
-    /// Environment entries counted, and valid bytes in `env`.
+    /// The new image's environment entry count (`linux_binprm::envc`).
     pub envc: u32,
+    /// Valid bytes in `env`.
     pub env_len: u32,
     /// Bytes of the whole argument area and of the whole environment area (capped at
     /// `u32::MAX`): what `argv`/`env` plus the chunks should add up to, up to the cap.
@@ -386,8 +387,8 @@ const _: () = {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY (each): repr(C), integers and byte arrays only, no padding (asserted above):
-    // any bytes are a valid value, so aya may read them out of maps and globals.
+    // Each record: repr(C), integers and byte arrays only, no padding (asserted above).
+    // SAFETY: any bytes are a valid value, so aya may read it out of maps and globals.
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Header {}

@@ -9,6 +9,10 @@
     clippy::cast_possible_truncation,
     reason = "benchmark setup: a failure is a failed run; synthetic sizes are small"
 )]
+#![expect(
+    unused_crate_dependencies,
+    reason = "the benchmark drives the `agentid` library with criterion: the package's other dependencies are the library's"
+)]
 use std::{
     fmt::Write as _,
     hint::black_box,
@@ -237,8 +241,12 @@ impl Gen {
 fn pipeline(c: &mut Criterion) {
     let cg = cgroups();
     let registry = Arc::new(registry());
-    let mut pipeline = Pipeline::new(Arc::clone(&registry), cg.root.clone());
-    let mut detector = Detector::new(FingerprintKey::ephemeral().unwrap(), None);
+    let mut pipeline = Pipeline::new(
+        Arc::clone(&registry),
+        cg.root.clone(),
+        FingerprintKey::ephemeral().unwrap(),
+    );
+    let mut detector = Detector::new(None);
     detector.set_registry(&registry);
     let clock = Clock::now();
     let mut generator = Gen {
@@ -255,9 +263,8 @@ fn pipeline(c: &mut Criterion) {
     let attributed = warm
         .iter()
         .filter(|bytes| {
-            let mut event = decode(bytes, &clock).unwrap();
-            let _ = detector.scan(&mut event);
-            pipeline.process(event).agent.is_some()
+            let event = decode(bytes, &clock).unwrap();
+            pipeline.process(event).0.agent.is_some()
         })
         .count();
     assert!(
@@ -272,10 +279,9 @@ fn pipeline(c: &mut Criterion) {
             || generator.batch(),
             |records| {
                 for bytes in &records {
-                    let mut event = decode(bytes, &clock).unwrap();
-                    let observations = detector.scan(&mut event);
-                    let attributed = pipeline.process(event);
-                    let out = detector.observe(&attributed, observations, pipeline.registry());
+                    let event = decode(bytes, &clock).unwrap();
+                    let (attributed, findings) = pipeline.process(event);
+                    let out = detector.observe(&attributed, &findings, pipeline.registry());
                     black_box((&attributed, out));
                 }
             },

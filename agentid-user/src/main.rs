@@ -1,4 +1,8 @@
 //! `agentid`: thin entry point; commands live in `agentid::cli` and `agentid::daemon`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a thin front over the `agentid` library: the package's dependencies are the library's"
+)]
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
@@ -34,6 +38,8 @@ enum Command {
     Audit(agentid::cli::audit::AuditArgs),
     #[command(flatten)]
     Query(agentid::cli::query::QueryCommand),
+    /// List the detection rules: id, default severity, threat tags, description (offline).
+    Rules,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -64,17 +70,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             agentid::cli::trace::run(args).await
         }
         Command::Audit(args) => agentid::cli::audit::run(args),
+        Command::Rules => agentid::cli::rules::run(cli.json),
         Command::Query(q) => {
             let client = agentid::cli::client::Client::new(&cli.socket);
             agentid::cli::query::run(&client, q, cli.json).await
         }
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "agentid",
-                &mut std::io::stdout(),
-            );
+            // Into a buffer first: clap_complete panics on a failed write, and a closed
+            // stdout must end the command quietly like every other printing path.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "agentid", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
             Ok(())
         }
     }
@@ -82,6 +88,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A daemon that loses a pipe must say so; a command printing to a reader that went
+    // away (`agentid events | head`) has simply finished.
+    let quiet_on_closed_output = !matches!(cli.command, Command::Daemon { .. });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -95,6 +104,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if quiet_on_closed_output && agentid::cli::is_closed_output(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, the whole context chain, no backtrace.
             eprintln!("agentid: error: {e:#}");

@@ -1,10 +1,12 @@
-//! The event path shared by `agentid trace` and the daemon: process table → identity →
-//! attribution. One owner, one thread: no locks on the hot path.
+//! The event path shared by `agentid trace`, the daemon, the tests and the bench:
+//! credentials (secrets out first) → process table → identity → attribution.
+//! One owner, one thread: no locks on the hot path.
 use std::{path::Path, sync::Arc};
 
 use crate::{
     attribution::{AttributedEvent, Attributor},
     cgroup::Resolver,
+    credentials::{Findings, FingerprintKey, Redactor},
     event::Event,
     identity::Registry,
     process::{HostIds, ProcessTable},
@@ -12,14 +14,23 @@ use crate::{
 
 #[derive(Debug)]
 pub struct Pipeline {
+    /// First stage: nothing after it ever holds a secret.
+    redactor: Redactor,
     pub table: ProcessTable,
     pub attributor: Attributor,
     registry: Arc<Registry>,
 }
 
 impl Pipeline {
-    pub fn new(registry: Arc<Registry>, cgroup_root: std::path::PathBuf) -> Self {
+    /// `key` fingerprints the credentials found (the host or fleet key; `agentid trace`,
+    /// which keeps none, passes a throw-away key and still never shows a secret).
+    pub fn new(
+        registry: Arc<Registry>,
+        cgroup_root: std::path::PathBuf,
+        key: FingerprintKey,
+    ) -> Self {
         Self {
+            redactor: Redactor::new(key),
             table: ProcessTable::new(HostIds::current(), Resolver::new(cgroup_root)),
             attributor: Attributor::new(),
             registry,
@@ -27,11 +38,22 @@ impl Pipeline {
     }
 
     /// Reads every running process from `/proc` and attributes it. Call after the probes
-    /// are attached, so nothing starts unseen between the two.
+    /// are attached, so nothing starts unseen between the two. Their command lines may
+    /// hold secrets too: redacted before anything reads the table.
     pub fn seed(&mut self) -> usize {
         let n = self.table.seed_from_proc();
+        let redactor = &self.redactor;
+        self.table.redact_argv(|argv| {
+            redactor.redact(argv);
+        });
         self.attributor.seed(&self.table, &self.registry);
         n
+    }
+
+    /// The first stage, for fingerprinting a value under the pipeline's key (an operator's
+    /// revocation, a test's expected fingerprint) without running an event through.
+    pub fn redactor_mut(&mut self) -> &mut Redactor {
+        &mut self.redactor
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -45,7 +67,11 @@ impl Pipeline {
         self.attributor.seed(&self.table, &self.registry);
     }
 
-    pub fn process(&mut self, event: Event) -> AttributedEvent {
+    /// Runs one event through every stage: its secrets are found and removed first, so
+    /// the process table, attribution and everything downstream only ever see the
+    /// redacted event; the findings (fingerprints only) travel beside it to detection.
+    pub fn process(&mut self, mut event: Event) -> (AttributedEvent, Findings) {
+        let findings = self.redactor.scan(&mut event, &self.registry);
         let mut attributed = self
             .attributor
             .attribute(&mut self.table, &self.registry, event);
@@ -53,7 +79,7 @@ impl Pipeline {
             let id = attributed.event.cgroup_id;
             attributed.event.cgroup = self.table.resolver().path(id).map(str::to_owned);
         }
-        attributed
+        (attributed, findings)
     }
 }
 

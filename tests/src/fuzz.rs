@@ -283,9 +283,12 @@ fn api_harness() -> &'static ApiHarness {
         // The writer thread must outlive every request.
         std::mem::forget(writer);
         let registry = Arc::new(Registry::default());
-        let pipeline = agentid::pipeline::Pipeline::new(registry, PathBuf::from("/sys/fs/cgroup"));
-        let detector =
-            agentid::detect::Detector::new(FingerprintKey::ephemeral().expect("key"), None);
+        let pipeline = agentid::pipeline::Pipeline::new(
+            registry,
+            PathBuf::from("/sys/fs/cgroup"),
+            FingerprintKey::ephemeral().expect("key"),
+        );
+        let detector = agentid::detect::Detector::new(None);
         let (events, _) = tokio::sync::broadcast::channel(16);
         let (alerts, _) = tokio::sync::broadcast::channel(16);
         let shared = Arc::new(agentid::daemon::state::Shared {
@@ -403,7 +406,10 @@ fn encode(data: &[u8]) {
     a.uid.clone_from(&f[0]);
     a.title.clone_from(&f[1]);
     a.description.clone_from(&f[2]);
-    a.agents[0].id.clone_from(&f[3]);
+    // Agent ids are validated SPIFFE IDs: a hostile one never reaches an encoder.
+    if let Ok(id) = f[3].parse() {
+        a.agents[0].id = agentid::detect::Principal::Agent(id);
+    }
     a.agents[0].name = Some(f[4].clone());
     a.agents[1].session = Some(f[5].clone());
     a.evidence.processes[0].argv.push(f[6].clone());
@@ -500,7 +506,7 @@ fn encode_seeds() -> Vec<Vec<u8>> {
 
 fn credentials(data: &[u8]) {
     static SCANNER: OnceLock<std::sync::Mutex<Scanner>> = OnceLock::new();
-    static DETECTOR: OnceLock<std::sync::Mutex<agentid::detect::Detector>> = OnceLock::new();
+    static REDACTOR: OnceLock<agentid::credentials::Redactor> = OnceLock::new();
     let mut s = SCANNER
         .get_or_init(|| {
             std::sync::Mutex::new(Scanner::new(FingerprintKey::ephemeral().expect("key")))
@@ -517,13 +523,10 @@ fn credentials(data: &[u8]) {
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .collect();
     let n = argv.len();
-    let d = DETECTOR.get_or_init(|| {
-        std::sync::Mutex::new(agentid::detect::Detector::new(
-            FingerprintKey::ephemeral().expect("key"),
-            None,
-        ))
+    let r = REDACTOR.get_or_init(|| {
+        agentid::credentials::Redactor::new(FingerprintKey::ephemeral().expect("key"))
     });
-    d.lock().expect("detector").redact(&mut argv);
+    r.redact(&mut argv);
     assert_eq!(argv.len(), n);
 }
 

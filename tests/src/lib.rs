@@ -6,6 +6,13 @@
     clippy::match_wild_err_arm,
     reason = "test harness: a failed step is a failed test"
 )]
+#![cfg_attr(
+    test,
+    expect(
+        unused_crate_dependencies,
+        reason = "the dev-dependencies are the test files'; the harness's unit tests see them too"
+    )
+)]
 pub mod daemon;
 pub mod fuzz;
 
@@ -163,7 +170,7 @@ pub async fn attributed_until(
     done: impl FnMut(&[agentid::attribution::AttributedEvent]) -> bool,
 ) -> Vec<agentid::attribution::AttributedEvent> {
     let keep = |e| {
-        let a = pipeline.process(e);
+        let (a, _) = pipeline.process(e);
         cgroup_ids.contains(&a.event.cgroup_id).then_some(a)
     };
     drive_until(sensor, timeout, keep, done).await

@@ -35,14 +35,14 @@ const BUSYBOX: &str = "/bin/busybox";
 
 /// A kernel to boot: the image and, when it has loadable modules, their directory.
 #[derive(Debug)]
-pub struct Kernel {
+pub(crate) struct Kernel {
     pub vmlinuz: PathBuf,
     pub modules: Option<PathBuf>,
 }
 
 /// What to run in the guest.
 #[derive(Debug)]
-pub struct GuestRun<'a> {
+pub(crate) struct GuestRun<'a> {
     pub kernel: &'a Kernel,
     /// The kernel test binary (on the host filesystem, which the guest sees as its root).
     pub test_binary: &'a Path,
@@ -56,7 +56,7 @@ pub struct GuestRun<'a> {
 
 /// How the test binary runs in the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GuestMode {
+pub(crate) enum GuestMode {
     /// From the initramfs shell, in a chroot of the read-only host share.
     Chroot,
     /// As a unit of a real systemd PID 1, on an overlay (tmpfs over the host share).
@@ -66,7 +66,7 @@ pub enum GuestMode {
 /// Resolves a vmlinuz path, an extracted package root, a `.deb`, or a Debian package
 /// name (fetched with `apt-get download` into `cache`, following a meta-package such as
 /// `linux-image-amd64` to the image it depends on).
-pub fn resolve_kernel(spec: &str, cache: &Path) -> anyhow::Result<Kernel> {
+pub(crate) fn resolve_kernel(spec: &str, cache: &Path) -> anyhow::Result<Kernel> {
     let path = Path::new(spec);
     let is_deb = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("deb"));
     if path.is_file() && is_deb(path) {
@@ -521,7 +521,7 @@ fn build_initramfs(run: &GuestRun<'_>) -> anyhow::Result<PathBuf> {
 
 /// Boots the guest, streams its console (also to `console.log`), returns the guest test
 /// binary's exit code.
-pub fn run_guest(run: &GuestRun<'_>) -> anyhow::Result<i32> {
+pub(crate) fn run_guest(run: &GuestRun<'_>) -> anyhow::Result<i32> {
     fs::create_dir_all(run.work_dir)?;
     let initramfs = build_initramfs(run)?;
     let log_path = run.work_dir.join("console.log");

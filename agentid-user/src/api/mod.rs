@@ -55,10 +55,10 @@ pub fn serve(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
     };
     let group = match &group_name {
         Some(name) => Some(
-            peer::group_id(name)
+            crate::sys::group_id(name)
                 .with_context(|| format!("socket_group {name:?} does not exist"))?,
         ),
-        None => peer::group_id("agentid"),
+        None => crate::sys::group_id("agentid"),
     };
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

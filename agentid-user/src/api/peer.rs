@@ -47,22 +47,3 @@ impl Peer {
         })
     }
 }
-
-/// gid of a group name, if the group exists.
-pub fn group_id(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: valid pointers for the call; buf outlives grp's use.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &raw mut grp,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &raw mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
-}

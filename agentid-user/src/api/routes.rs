@@ -22,7 +22,7 @@ use crate::{
 
 type Shr = State<Arc<Shared>>;
 
-pub fn router() -> Router<Arc<Shared>> {
+pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/agents", get(agents))
@@ -40,7 +40,7 @@ pub fn router() -> Router<Arc<Shared>> {
 /// Query parameters; unknown ones are refused so typos do not silently widen a query.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Params {
+pub(crate) struct Params {
     pub id: Option<String>,
     pub agent: Option<String>,
     pub kind: Option<String>,
@@ -57,10 +57,20 @@ fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, ApiError> 
     {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            format!("unknown kind {k:?}: expected exec, fork, exit, connect or send"),
+            format!("unknown kind {k:?}: expected {}", kind_list()),
         ));
     }
     Ok(p)
+}
+
+/// `open, exec, …, connect or send`: built from [`EventKind::ALL`] so a new kind is never left
+/// out of the message (`open` was).
+fn kind_list() -> String {
+    let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -393,4 +403,32 @@ fn respond(
             .map(|_| Ok(Bytes::from_static(b"\n")));
     let body = Body::from_stream(head.chain(tail.merge(keepalive)));
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_kind_is_refused_naming_every_kind() {
+        let bad = Params {
+            kind: Some("opne".into()),
+            ..Params::default()
+        };
+        let Err(ApiError(status, msg)) = params(Ok(Query(bad))) else {
+            panic!("accepted an unknown kind");
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            msg,
+            "unknown kind \"opne\": expected open, exec, fork, exit, connect or send"
+        );
+        for kind in EventKind::ALL {
+            let ok = Params {
+                kind: Some(kind.as_str().into()),
+                ..Params::default()
+            };
+            assert!(params(Ok(Query(ok))).is_ok(), "{kind:?}");
+        }
+    }
 }

@@ -68,6 +68,33 @@ pub struct ProcIdentity {
     /// agent's `accepts_delegation_from`.
     #[serde(skip)]
     pub delegation_declared: bool,
+    /// Set when a process of this agent left for a cgroup no agent's selectors match (see
+    /// [`Transition::Escape`]): the cgroup it went to. It stays this agent's work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escaped_to: Option<String>,
+}
+
+/// How identity passed on the event that changed it, for the rules that judge hand-offs.
+///
+/// The written rule (README "Attribution"): a process's identity is decided from the
+/// registry and the identity it comes from (its parent's, or its own before an exec or a
+/// cgroup move):
+/// 1. one agent matches → that agent; if it differs from the previous one, a hand-off
+///    (the previous agent joins `acting_for`);
+/// 2. several match → the previous agent and its `acting_for` chain are not destinations:
+///    if exactly one other remains, it is that agent acting for the previous one (exec'ing
+///    a tool registered under its own identity); if none remains, the previous agent
+///    continues; if two or more remain, the identity is [`Transition::Ambiguous`];
+/// 3. none matches, or it stays ambiguous, and there is a previous agent → the process stays
+///    that agent's work (its policy keeps applying); having left through a cgroup change
+///    (a move, or a child born in another cgroup) it is [`Transition::Escape`];
+/// 4. none matches and nothing came before → unregistered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// A registered agent's process moved (or was born) where no agent's selectors match.
+    Escape { from: String, to: String },
+    /// Two or more agents other than the previous one (and its chain) match.
+    Ambiguous { candidates: Vec<String> },
 }
 
 impl ProcIdentity {
@@ -80,6 +107,7 @@ impl ProcIdentity {
             acting_for: Vec::new(),
             lineage: Vec::new(),
             delegation_declared: true,
+            escaped_to: None,
         }
     }
 
@@ -102,6 +130,8 @@ pub struct AttributedEvent {
     /// The process's executable (for events other than exec, which carry `filename`).
     pub exe: Option<String>,
     pub loginuid: Option<u32>,
+    /// Set on the one event whose processing changed the identity in a way rules judge.
+    pub transition: Option<Transition>,
 }
 
 impl std::ops::Deref for AttributedEvent {
@@ -129,6 +159,8 @@ impl Serialize for AttributedEvent {
             session: &'a Option<String>,
             acting_for: &'a [String],
             lineage: &'a [ExecId],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            escaped_to: &'a Option<String>,
         }
         let Self {
             event,
@@ -137,6 +169,7 @@ impl Serialize for AttributedEvent {
             identity,
             exe: _,
             loginuid: _,
+            transition: _,
         } = self;
         let ProcIdentity {
             agent,
@@ -146,6 +179,7 @@ impl Serialize for AttributedEvent {
             acting_for,
             lineage,
             delegation_declared: _,
+            escaped_to,
         } = &**identity;
         Wire {
             event,
@@ -156,6 +190,7 @@ impl Serialize for AttributedEvent {
             session,
             acting_for,
             lineage,
+            escaped_to,
         }
         .serialize(s)
     }
@@ -193,10 +228,13 @@ impl Attributor {
         let mut procs: Vec<&Process> = table.live().collect();
         procs.sort_by_key(|p| (p.start_ticks, p.pid));
         for p in procs {
-            let prev = table
-                .get(p.ppid)
-                .and_then(|parent| self.identity_of(parent));
-            let id = self.decide(p, prev.as_deref(), true, registry);
+            let parent = table.get(p.ppid);
+            let prev = parent.and_then(|parent| self.identity_of(parent));
+            let left = parent
+                .map(|parent| parent.cgroup.as_str())
+                .filter(|c| *c != p.cgroup);
+            // No event to carry a transition at start: the identity is what matters.
+            let (id, _) = self.decide(p, prev.as_deref(), true, left, registry);
             self.identities.insert(p.pid, (p.exec_id.clone(), id));
         }
     }
@@ -228,6 +266,8 @@ impl Attributor {
             parent_exec_id: process.parent_exec_id.clone(),
             event,
             identity,
+            // Nothing changed hands: the process is as it was.
+            transition: None,
         }
     }
 
@@ -248,29 +288,37 @@ impl Attributor {
         let mut event = event;
         event.cgroup = Some(process.cgroup.clone());
         let current = self.identity_of(process);
-        let identity = match (change, current) {
-            (Change::Unchanged | Change::Exited, Some(id)) => id,
+        let (identity, transition) = match (change, current) {
+            (Change::Unchanged | Change::Exited, Some(id)) => (id, None),
             (Change::New, _) | (_, None) => {
                 let parent = table
                     .get(process.ppid)
                     .filter(|parent| process.parent_exec_id.as_ref() == Some(&parent.exec_id));
                 let prev = parent.and_then(|parent| self.identity_of(parent));
-                let id = self.decide(process, prev.as_deref(), true, registry);
+                let left = parent
+                    .map(|parent| parent.cgroup.as_str())
+                    .filter(|c| *c != process.cgroup);
+                let (id, t) = self.decide(process, prev.as_deref(), true, left, registry);
                 self.identities
                     .insert(process.pid, (process.exec_id.clone(), Arc::clone(&id)));
-                id
+                (id, t)
             }
             (Change::Exec | Change::Moved, Some(prev)) => {
-                let id = self.decide(process, Some(&prev), false, registry);
+                let left = process
+                    .moved_from
+                    .as_deref()
+                    .filter(|c| change == Change::Moved && *c != process.cgroup);
+                let (id, t) = self.decide(process, Some(&prev), false, left, registry);
                 self.identities
                     .insert(process.pid, (process.exec_id.clone(), Arc::clone(&id)));
-                id
+                (id, t)
             }
         };
         if change == Change::Exited {
             self.identities.remove(&process.pid);
         }
         AttributedEvent {
+            transition,
             exe: Some(process.exe.clone()),
             loginuid: process.loginuid,
             exec_id: Some(process.exec_id.clone()),
@@ -282,39 +330,58 @@ impl Attributor {
 
     /// Decides a process's identity from the registry, given the identity it comes from:
     /// its parent's (`from_parent`, a new process) or its own before an exec/move.
+    /// `left_cgroup`: the cgroup it came from, when it is not in that cgroup any more (a
+    /// move, or a child born elsewhere). The rule is written down at [`Transition`].
     fn decide(
         &mut self,
         p: &Process,
         prev: Option<&ProcIdentity>,
         from_parent: bool,
+        left_cgroup: Option<&str>,
         registry: &Registry,
-    ) -> Arc<ProcIdentity> {
+    ) -> (Arc<ProcIdentity>, Option<Transition>) {
         let matched = self.facts.match_in(p, registry);
-        let (agent, ambiguous): (Option<Arc<Agent>>, Vec<String>) = match matched {
-            Match::Unregistered => (None, Vec::new()),
-            Match::Agent(a) => (Some(a), Vec::new()),
-            Match::Ambiguous(all) => (None, all.iter().map(|a| a.id.as_str().to_owned()).collect()),
-        };
         let prev_agent = prev.and_then(|i| i.agent.as_ref());
-        let same_agent = match (&agent, prev_agent) {
-            (Some(a), Some(b)) => a.id.as_str() == b.id,
-            (None, None) => true,
-            _ => false,
-        };
+        let (agent, ambiguous) = resolve(matched, prev);
         let parent_exec = if from_parent {
             p.parent_exec_id.clone()
         } else {
             None
         };
-        if same_agent && let Some(prev) = prev {
+        let same_agent = match (&agent, prev_agent) {
+            (Some(a), Some(b)) => a.id.as_str() == b.id,
+            (None, None) => true,
+            _ => false,
+        };
+        // Rules 2-3: no (single) destination but a previous agent: still that agent's work.
+        let stays = agent.is_none() && prev_agent.is_some();
+        if (same_agent || stays)
+            && let Some(prev) = prev
+        {
             let mut id = prev.clone();
+            let transition = if !ambiguous.is_empty() {
+                Some(Transition::Ambiguous {
+                    candidates: ambiguous.clone(),
+                })
+            } else if stays && let Some(from) = left_cgroup {
+                id.escaped_to = Some(p.cgroup.clone());
+                Some(Transition::Escape {
+                    from: from.to_owned(),
+                    to: p.cgroup.clone(),
+                })
+            } else {
+                None
+            };
             id.ambiguous = ambiguous;
             if let Some(parent) = parent_exec {
                 id.lineage.insert(0, parent);
                 id.lineage.truncate(MAX_LINEAGE);
             }
-            return Arc::new(id);
+            return (Arc::new(id), transition);
         }
+        let transition = (!ambiguous.is_empty()).then(|| Transition::Ambiguous {
+            candidates: ambiguous.clone(),
+        });
         // A hand-off (or a first sight): the previous agent joins the chain.
         let mut acting_for = prev.map(|i| i.acting_for.clone()).unwrap_or_default();
         let mut delegation_declared = true;
@@ -334,9 +401,9 @@ impl Attributor {
                 id.lineage.insert(0, parent);
                 id.lineage.truncate(MAX_LINEAGE);
             }
-            return Arc::new(id);
+            return (Arc::new(id), transition);
         };
-        Arc::new(ProcIdentity {
+        let id = ProcIdentity {
             session: Some(format!(
                 "{}/{}-{}",
                 short_name(&agent),
@@ -349,7 +416,34 @@ impl Attributor {
             acting_for,
             lineage: Vec::new(),
             delegation_declared,
+            escaped_to: None,
+        };
+        (Arc::new(id), transition)
+    }
+}
+
+/// Rule 2 of [`Transition`]: the agent a match names, or the candidates when it stays
+/// ambiguous. The identity a process comes from (and its chain) is not a destination.
+fn resolve(matched: Match, prev: Option<&ProcIdentity>) -> (Option<Arc<Agent>>, Vec<String>) {
+    let all = match matched {
+        Match::Unregistered => return (None, Vec::new()),
+        Match::Agent(a) => return (Some(a), Vec::new()),
+        Match::Ambiguous(all) => all,
+    };
+    let origin = |a: &Agent| {
+        prev.is_some_and(|i| {
+            i.agent_id() == Some(a.id.as_str()) || i.acting_for.iter().any(|x| x == a.id.as_str())
         })
+    };
+    let others: Vec<&Arc<Agent>> = all.iter().filter(|a| !origin(a)).collect();
+    match others.as_slice() {
+        [one] => (Some(Arc::clone(one)), Vec::new()),
+        // Every candidate is where it came from: the previous agent continues.
+        [] => (None, Vec::new()),
+        _ => (
+            None,
+            others.iter().map(|a| a.id.as_str().to_owned()).collect(),
+        ),
     }
 }
 
@@ -371,6 +465,7 @@ impl AttributedEvent {
             identity: Arc::new(ProcIdentity::unregistered()),
             exe: None,
             loginuid: None,
+            transition: None,
         }
     }
 }

@@ -119,7 +119,7 @@ impl WorkloadFacts {
     fn user(&mut self, uid: u32) -> Option<String> {
         self.users
             .entry(uid)
-            .or_insert_with(|| user_name(uid))
+            .or_insert_with(|| crate::sys::user_name(uid))
             .clone()
     }
 
@@ -150,29 +150,6 @@ impl WorkloadFacts {
         self.hashes.insert(key, hex.clone());
         Some(hex)
     }
-}
-
-/// The user name of a uid from the system's user database.
-fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives the use of pwd's strings.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &raw mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &raw mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: on success pw_name points into buf, NUL-terminated.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -212,6 +189,7 @@ mod tests {
             cgroup_id: 77,
             cgroup: cgroup.into(),
             exited_ns: None,
+            moved_from: None,
         }
     }
 

@@ -14,7 +14,7 @@ use super::{
     AuditError, AuditOptions, CURRENT_FILE, Fsync, GENESIS, archive_name, archive_number,
     encode_record, file_name, log_files, now_rfc3339, public_key_base64, sign_checkpoint,
 };
-use crate::{attribution::AttributedEvent, detect::Alert};
+use crate::{attribution::AttributedEvent, detect::Alert, sys};
 
 /// An open audit log. Synchronous (plain file writes, occasional fsync): the daemon owns it
 /// from one thread — a dedicated one, or `spawn_blocking` — never on the event path itself.
@@ -283,7 +283,7 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
         .append(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(sys::O_NOFOLLOW | sys::O_CLOEXEC)
         .open(path)
         .map_err(AuditError::io(path))
 }
@@ -325,7 +325,7 @@ fn cut_torn_tail(path: &Path) -> Result<Option<(String, u64, u64)>, AuditError> 
     }
     let f = OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(sys::O_NOFOLLOW | sys::O_CLOEXEC)
         .open(path)
         .map_err(AuditError::io(path))?;
     f.set_len(cut as u64).map_err(AuditError::io(path))?;

@@ -355,6 +355,7 @@ pub fn sample_event(agent: &str, i: u32) -> crate::attribution::AttributedEvent 
                 loginuid: Some(1001),
             },
         },
+        transition: None,
         exec_id: Some(host.exec_id(120_000 + u64::from(i), pid)),
         parent_exec_id: Some(host.exec_id(100_000, 4000)),
         identity: std::sync::Arc::new(ProcIdentity {
@@ -374,6 +375,7 @@ pub fn sample_event(agent: &str, i: u32) -> crate::attribution::AttributedEvent 
             ],
             session_root: None,
             delegation_declared: true,
+            escaped_to: None,
         }),
         exe: None,
         loginuid: None,

@@ -1,6 +1,7 @@
 //! `agentid audit`: check the tamper-evident audit log, print its public key, export an
 //! agent's evidence. Offline: no daemon, no probes; only read access to the files.
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -80,7 +81,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 if !report.is_ok() {
                     bail!("bundle {}: {report}", bundle.display());
                 }
-                println!("{report}");
+                writeln!(std::io::stdout().lock(), "{report}")?;
             } else {
                 let report = audit::verify_with(
                     &dir,
@@ -92,7 +93,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 if !report.is_ok() {
                     bail!("audit log {}: {report}", dir.display());
                 }
-                println!("{report}");
+                writeln!(std::io::stdout().lock(), "{report}")?;
             }
         }
         AuditCommand::Pubkey { key } => {
@@ -102,7 +103,11 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                     key.display()
                 )
             })?;
-            println!("{}", public_key_base64(&key.verifying_key()));
+            writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                public_key_base64(&key.verifying_key())
+            )?;
         }
         AuditCommand::Export {
             agent,
@@ -117,7 +122,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
             let until = until.as_deref().map(|s| parse_when(s, now)).transpose()?;
             let registration = registration(&agents_dir, &agent)?;
             let summary = audit::export_bundle(&dir, &agent, since, until, registration, &output)?;
-            println!(
+            writeln!(
+                std::io::stdout().lock(),
                 "wrote {}: {} records of {agent} in a chain segment of {} (seq {}..={}){}",
                 output.display(),
                 summary.relevant,
@@ -130,7 +136,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                     "; the newest are not signed by a checkpoint yet: export again after the \
                      next one"
                 }
-            );
+            )?;
         }
     }
     Ok(())

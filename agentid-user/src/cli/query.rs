@@ -29,6 +29,10 @@ pub enum QueryCommand {
         /// Show the process tree.
         #[arg(long)]
         tree: bool,
+        /// Full rows on a terminal too (by default a terminal's rows are cut to its
+        /// width; output into a pipe or file is never cut).
+        #[arg(short, long)]
+        wide: bool,
     },
     /// Outbound connections and UDP sends.
     Connections {
@@ -157,17 +161,17 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             if json {
                 print_json(&v)
             } else {
-                print_agent(&v)
+                print_agent(&v, row_width(false))
             }
         }
-        QueryCommand::Ps { agent, tree } => {
+        QueryCommand::Ps { agent, tree, wide } => {
             let v = client
                 .get(&format!("/v1/processes{}", query(&[("agent", agent)])))
                 .await?;
             if json {
                 print_json(&v)
             } else {
-                print_ps(&v, tree)
+                print_ps(&mut std::io::stdout().lock(), &v, tree, row_width(wide))
             }
         }
         QueryCommand::Connections { agent, since } => {
@@ -239,7 +243,7 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             if json {
                 print_json(&v)
             } else {
-                println!("revoked {}", s(&v["revoked"]));
+                writeln!(std::io::stdout().lock(), "revoked {}", s(&v["revoked"]))?;
                 Ok(())
             }
         }
@@ -507,7 +511,7 @@ fn print_agents(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_agent(v: &Value) -> anyhow::Result<()> {
+fn print_agent(v: &Value, width: Option<usize>) -> anyhow::Result<()> {
     let mut o = std::io::stdout().lock();
     let a = &v["agent"];
     writeln!(
@@ -525,9 +529,7 @@ fn print_agent(v: &Value) -> anyhow::Result<()> {
         s(&a["live_sessions"]),
         s(&a["live_processes"])
     )?;
-    drop(o);
-    print_ps(&v["processes"], false)?;
-    let mut o = std::io::stdout().lock();
+    print_ps(&mut o, &v["processes"], false, width)?;
     writeln!(o, "sessions:")?;
     for sess in v["sessions"].as_array().into_iter().flatten() {
         writeln!(
@@ -541,8 +543,71 @@ fn print_agent(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_ps(v: &Value, tree: bool) -> anyhow::Result<()> {
-    let mut o = std::io::stdout().lock();
+/// How wide a `ps` row may be, in characters: on a terminal its width, unless `--wide`;
+/// `None` (full rows) when stdout is not a terminal, as `ps` does: a pipe or a file gets
+/// everything, for `grep` and for the record.
+fn row_width(wide: bool) -> Option<usize> {
+    use std::io::IsTerminal as _;
+    let stdout = std::io::stdout();
+    if wide || !stdout.is_terminal() {
+        return None;
+    }
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ only fills the winsize we pass, which outlives the call.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &raw mut ws) } == 0;
+    Some(terminal_columns(
+        ok.then_some(ws.ws_col),
+        std::env::var("COLUMNS").ok().as_deref(),
+    ))
+}
+
+/// A terminal's width: what the kernel says (`TIOCGWINSZ`), else `$COLUMNS`, else 80.
+/// Zero means unknown (a serial console), never "no room".
+fn terminal_columns(ioctl_cols: Option<u16>, columns_env: Option<&str>) -> usize {
+    ioctl_cols
+        .filter(|&c| c > 0)
+        .map(usize::from)
+        .or_else(|| {
+            columns_env
+                .and_then(|c| c.trim().parse::<usize>().ok())
+                .filter(|&c| c > 0)
+        })
+        .unwrap_or(80)
+}
+
+/// `line` cut to at most `width` characters, the last one `…` when anything was cut.
+/// Cuts only between characters (never inside a multi-byte UTF-8 sequence); a character
+/// counts as one column, which over-fills a row only with wide (CJK, emoji) characters.
+fn fit(line: &str, width: Option<usize>) -> std::borrow::Cow<'_, str> {
+    let Some(width) = width else {
+        return line.into();
+    };
+    if line.char_indices().nth(width).is_none() {
+        return line.into();
+    }
+    // `width - 1` characters and the ellipsis.
+    let end = line
+        .char_indices()
+        .nth(width.saturating_sub(1))
+        .map_or(line.len(), |(i, _)| i);
+    let mut cut = line[..end].to_owned();
+    if width > 0 {
+        cut.push('…');
+    }
+    cut.into()
+}
+
+fn print_ps(
+    o: &mut impl std::io::Write,
+    v: &Value,
+    tree: bool,
+    width: Option<usize>,
+) -> anyhow::Result<()> {
     let procs = v.as_array().cloned().unwrap_or_default();
     let mut by_agent: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for p in &procs {
@@ -552,11 +617,11 @@ fn print_ps(v: &Value, tree: bool) -> anyhow::Result<()> {
             .push(p);
     }
     for (agent, list) in by_agent {
-        writeln!(o, "{agent}:")?;
+        writeln!(o, "{}", fit(&format!("{agent}:"), width))?;
         let exec_ids: std::collections::HashSet<&str> =
             list.iter().filter_map(|p| p["exec_id"].as_str()).collect();
         let write_one =
-            |p: &Value, depth: usize, o: &mut std::io::StdoutLock<'_>| -> anyhow::Result<()> {
+            |p: &Value, depth: usize, o: &mut dyn std::io::Write| -> anyhow::Result<()> {
                 let argv = p["argv"]
                     .as_array()
                     .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
@@ -571,8 +636,7 @@ fn print_ps(v: &Value, tree: bool) -> anyhow::Result<()> {
                         )
                     })
                     .unwrap_or_default();
-                writeln!(
-                    o,
+                let row = format!(
                     "  {}{:>7} {:>7} {:>5} {:<28} {}{}",
                     "  ".repeat(depth),
                     s(&p["pid"]),
@@ -581,7 +645,8 @@ fn print_ps(v: &Value, tree: bool) -> anyhow::Result<()> {
                     s(&p["session"]),
                     if argv.is_empty() { s(&p["exe"]) } else { argv },
                     chain
-                )?;
+                );
+                writeln!(o, "{}", fit(&row, width))?;
                 Ok(())
             };
         if tree {
@@ -608,11 +673,11 @@ fn print_ps(v: &Value, tree: bool) -> anyhow::Result<()> {
                 })
                 .collect();
             for r in roots {
-                walk(r, &list, 0, &mut |p, d| write_one(p, d, &mut o))?;
+                walk(r, &list, 0, &mut |p, d| write_one(p, d, &mut *o))?;
             }
         } else {
             for p in list {
-                write_one(p, 0, &mut o)?;
+                write_one(p, 0, &mut *o)?;
             }
         }
     }
@@ -681,6 +746,109 @@ mod tests {
             ]),
             "?agent=spiffe%3A%2F%2Fx%2Fa%20b&since=5"
         );
+    }
+
+    #[test]
+    fn rows_are_cut_between_characters() {
+        assert_eq!(fit("abcdef", None), "abcdef");
+        assert_eq!(fit("abcdef", Some(6)), "abcdef");
+        assert_eq!(fit("abcdef", Some(5)), "abcd…");
+        assert_eq!(fit("abcdef", Some(1)), "…");
+        assert_eq!(fit("abcdef", Some(0)), "");
+        assert_eq!(fit("", Some(0)), "");
+        // Multi-byte characters (2, 3 and 4 bytes) count once and are never split.
+        assert_eq!(fit("héllo wörld", Some(11)), "héllo wörld");
+        assert_eq!(fit("héllo wörld", Some(8)), "héllo w…");
+        assert_eq!(fit("ééééé", Some(3)), "éé…");
+        assert_eq!(fit("日本語のテキスト", Some(4)), "日本語…");
+        assert_eq!(fit("🦀🦀🦀🦀", Some(3)), "🦀🦀…");
+        assert_eq!(fit("a🦀", Some(2)), "a🦀");
+    }
+
+    proptest::proptest! {
+        /// Whatever the text and width: valid UTF-8 (it is a `str`), at most `width`
+        /// characters, and a prefix of the row (plus `…`).
+        #[test]
+        fn fit_is_a_prefix_within_the_width(line in "\\PC{0,40}", width in 0usize..50) {
+            let cut = fit(&line, Some(width));
+            proptest::prop_assert!(cut.chars().count() <= width);
+            let kept = cut.strip_suffix('…').unwrap_or(&cut);
+            proptest::prop_assert!(line.starts_with(kept));
+            if line.chars().count() <= width {
+                proptest::prop_assert_eq!(cut.as_ref(), line.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_width_from_the_kernel_then_columns_then_80() {
+        assert_eq!(terminal_columns(Some(132), Some("100")), 132);
+        assert_eq!(terminal_columns(Some(0), Some("100")), 100);
+        assert_eq!(terminal_columns(None, Some(" 90 ")), 90);
+        assert_eq!(terminal_columns(None, Some("wide")), 80);
+        assert_eq!(terminal_columns(None, Some("0")), 80);
+        assert_eq!(terminal_columns(None, None), 80);
+    }
+
+    fn ps_rows(width: Option<usize>, tree: bool) -> Vec<String> {
+        let long_arg = format!("--prompt={}", "ü".repeat(5000));
+        let procs = serde_json::json!([
+            {"pid": 10, "ppid": 1, "uid": 0, "session": "s1", "exec_id": "e10",
+             "agent": {"name": "bot"}, "argv": ["/usr/bin/python3", "agent.py", long_arg]},
+            {"pid": 11, "ppid": 10, "uid": 0, "session": "s1", "exec_id": "e11",
+             "parent_exec_id": "e10", "agent": {"name": "bot"}, "argv": ["/bin/sh", "-c", "ls"]},
+        ]);
+        let mut out = Vec::new();
+        print_ps(&mut out, &procs, tree, width).unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn ps_rows_fit_the_terminal_and_wide_keeps_them_whole() {
+        for tree in [false, true] {
+            let cut = ps_rows(Some(80), tree);
+            assert_eq!(cut.len(), 3, "{cut:?}");
+            assert!(cut.iter().all(|r| r.chars().count() <= 80), "{cut:?}");
+            assert!(
+                cut[1].ends_with('…') && cut[1].contains("/usr/bin/python3 agent.py "),
+                "{cut:?}"
+            );
+            // A short row is left alone.
+            assert!(cut[2].ends_with("/bin/sh -c ls"), "{cut:?}");
+            let full = ps_rows(None, tree);
+            assert!(full[1].ends_with(&"ü".repeat(5000)), "{}", full[1].len());
+        }
+        // The tree indents the child under its parent.
+        assert!(ps_rows(None, false)[2].starts_with(&format!("  {:>7} ", 11)));
+        assert!(ps_rows(None, true)[2].starts_with(&format!("    {:>7} ", 11)));
+    }
+
+    #[test]
+    fn ps_takes_wide() {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: QueryCommand,
+        }
+        use clap::Parser as _;
+        for (args, want) in [
+            (&["x", "ps", "--tree"][..], false),
+            (&["x", "ps", "--tree", "--wide"][..], true),
+            (&["x", "ps", "-w"][..], true),
+        ] {
+            let Cli {
+                cmd: QueryCommand::Ps { wide, .. },
+            } = Cli::parse_from(args)
+            else {
+                panic!("{args:?} is not ps");
+            };
+            assert_eq!(wide, want, "{args:?}");
+        }
+        assert_eq!(row_width(true), None);
     }
 
     proptest::proptest! {

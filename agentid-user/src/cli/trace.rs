@@ -14,7 +14,6 @@ use crate::{
     attribution::AttributedEvent,
     cgroup::{self, Resolver},
     credentials::FingerprintKey,
-    detect::Detector,
     event::{Detail, Event, EventKind},
     identity::{DEFAULT_AGENTS_DIR, Registry},
     pipeline::{Pipeline, load_registry},
@@ -50,7 +49,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         Registry::default()
     };
     let agents = registry.agents().len();
-    let mut pipeline = Pipeline::new(Arc::new(registry), root);
+    // trace keeps no fingerprints, but still never prints a secret: the pipeline redacts
+    // with a throw-away key.
+    let mut pipeline = Pipeline::new(Arc::new(registry), root, FingerprintKey::ephemeral()?);
     let mut sensor = Sensor::load(&SensorOptions::default())?;
     pipeline.seed();
     // Tests and wrappers wait for this line: from here on no event is missed.
@@ -73,9 +74,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
-    // trace keeps no fingerprints, but still never prints a secret: arguments holding one
-    // are redacted with a throw-away key.
-    let mut redactor = Detector::new(FingerprintKey::ephemeral()?, None);
     let mut printer = Printer {
         filter,
         json: args.json,
@@ -90,7 +88,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         }
-        if let Err(e) = printer.print(&mut out, &mut batch, &mut pipeline, &mut redactor) {
+        if let Err(e) = printer.print(&mut out, &mut batch, &mut pipeline) {
             // A closed stdout (`| head`) ends the trace quietly.
             if e.kind() == io::ErrorKind::BrokenPipe {
                 break Ok(());
@@ -100,7 +98,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     };
     // Whatever arrived before the signal is still printed.
     sensor.drain(&mut batch);
-    let _ = printer.print(&mut out, &mut batch, &mut pipeline, &mut redactor);
+    let _ = printer.print(&mut out, &mut batch, &mut pipeline);
     let _ = out.flush();
     drop(out);
     let drops = sensor.drops()?;
@@ -133,13 +131,11 @@ impl Printer {
         out: &mut impl Write,
         batch: &mut Vec<Event>,
         pipeline: &mut Pipeline,
-        redactor: &mut Detector,
     ) -> io::Result<()> {
-        for mut event in batch.drain(..) {
-            redactor.scan(&mut event);
+        for event in batch.drain(..) {
             // Every event goes through the pipeline (the process table must see it all);
             // the filter only decides what is printed.
-            let attributed = pipeline.process(event);
+            let (attributed, _) = pipeline.process(event);
             if let Some(prefix) = &self.filter
                 && !attributed
                     .event

@@ -7,7 +7,7 @@ use super::CredKind;
 
 /// Hex digits shown by `Display`: 48 bits tell credentials on one host apart; the full
 /// HMAC stays available through [`Fingerprint::full_hex`].
-pub const SHORT_HEX: usize = 12;
+pub(crate) const SHORT_HEX: usize = 12;
 
 /// A keyed fingerprint of a credential: HMAC-SHA-256 of the value under the host or fleet
 /// key. `kind` is a label; two fingerprints name the same credential when `hmac` is equal.

@@ -14,6 +14,7 @@ mod detect;
 mod files;
 mod fingerprint;
 mod key;
+mod redactor;
 
 use std::{fmt, path::PathBuf};
 
@@ -24,6 +25,7 @@ pub use detect::CredKind;
 pub use files::{MAX_CREDENTIAL_FILE, is_well_known_credential_path, read_credential_file};
 pub use fingerprint::{Fingerprint, FingerprintPrefix, ParseFingerprintError};
 pub use key::FingerprintKey;
+pub use redactor::{Findings, OpenedFile, Redactor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredError {

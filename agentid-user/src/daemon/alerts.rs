@@ -16,16 +16,16 @@ use crate::{
     store::{StoreOp, Writer},
 };
 
-pub fn epoch_ns(t: SystemTime) -> u64 {
+pub(crate) fn epoch_ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-pub fn record_detection(shared: &Shared, writer: &Writer, out: Output) {
+pub(crate) fn record_detection(shared: &Shared, writer: &Writer, out: Output) {
     for c in out.credentials {
         writer.send(StoreOp::Credential {
             fingerprint: c.fingerprint,
-            agent: c.agent,
+            agent: c.agent.to_string(),
             kind: c.kind,
             ts_ns: epoch_ns(c.time),
             source: c.source,
@@ -37,7 +37,7 @@ pub fn record_detection(shared: &Shared, writer: &Writer, out: Output) {
 }
 
 /// Raises `telemetry-gap` when the kernel's drop counters grew.
-pub fn check_drops(shared: &Shared, writer: &Writer, drops: &KindCounts) {
+pub(crate) fn check_drops(shared: &Shared, writer: &Writer, drops: &KindCounts) {
     let total: u64 = drops.iter().sum();
     if total == 0 {
         return;
@@ -60,10 +60,10 @@ pub fn check_drops(shared: &Shared, writer: &Writer, drops: &KindCounts) {
 /// has the current state; the alerts file, the audit log, sinks and followers get the first
 /// sighting at once and then at most one update per incident per interval, so a condition
 /// that repeats every second updates a count instead of flooding the SIEM.
-pub const UPDATE_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const UPDATE_EVERY: Duration = Duration::from_secs(30);
 
 /// An alert, new or updated: the store at once, the outputs as [`UPDATE_EVERY`] allows.
-pub fn emit_alert(shared: &Shared, writer: &Writer, alert: &Alert) {
+pub(crate) fn emit_alert(shared: &Shared, writer: &Writer, alert: &Alert) {
     let json = match serde_json::to_string(alert) {
         Ok(j) => j,
         Err(e) => {
@@ -109,7 +109,7 @@ pub fn emit_alert(shared: &Shared, writer: &Writer, alert: &Alert) {
 }
 
 /// Publishes held-back updates that are due (all of them when `all`, at shutdown).
-pub fn flush_updates(shared: &Shared, all: bool) {
+pub(crate) fn flush_updates(shared: &Shared, all: bool) {
     let now = Instant::now();
     let due: Vec<Alert> = {
         let Ok(mut updates) = shared.alert_updates.lock() else {
@@ -168,14 +168,14 @@ fn publish(shared: &Shared, alert: &Alert, json: String) {
     }
     for a in &alert.agents {
         let _ = shared.alerts.send(Live {
-            agent: Some(a.id.clone()),
+            agent: Some(a.id.to_string()),
             kind: alert.rule.to_owned(),
             json: json.clone(),
         });
     }
 }
 
-pub fn open_alerts_file(path: &Path) -> anyhow::Result<std::fs::File> {
+pub(crate) fn open_alerts_file(path: &Path) -> anyhow::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -187,7 +187,7 @@ pub fn open_alerts_file(path: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// Revoked fingerprint prefixes, one per line in `STATE/revoked`.
-pub fn load_revoked(state_dir: &Path) -> Vec<FingerprintPrefix> {
+pub(crate) fn load_revoked(state_dir: &Path) -> Vec<FingerprintPrefix> {
     std::fs::read_to_string(state_dir.join("revoked"))
         .unwrap_or_default()
         .lines()

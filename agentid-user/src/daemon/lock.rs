@@ -2,7 +2,6 @@
 use std::{
     fs::{File, OpenOptions},
     io::{Read, Seek, Write},
-    os::fd::AsRawFd,
     path::Path,
 };
 
@@ -10,12 +9,12 @@ use anyhow::{Context as _, bail};
 
 /// Held lock; released when dropped (or when the process dies, even by SIGKILL).
 #[derive(Debug)]
-pub struct StateLock {
+pub(crate) struct StateLock {
     _file: File,
 }
 
 impl StateLock {
-    pub fn acquire(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn acquire(path: &Path) -> anyhow::Result<Self> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -23,8 +22,7 @@ impl StateLock {
             .truncate(false)
             .open(path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
-        // SAFETY: valid fd; flock has no memory-safety preconditions.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if crate::sys::try_lock_exclusive(&file).is_err() {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
             bail!(

@@ -5,6 +5,7 @@
 //! reloads the configuration's registry. The agents directory is also polled for changes.
 mod alerts;
 mod audit;
+mod heartbeat;
 mod lock;
 mod seeded;
 pub mod state;
@@ -51,22 +52,35 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     // Everything the daemon creates (store and its journal, keys, audit log, spools,
     // revocations, alerts file) holds evidence about other users' processes: private by
     // default, whatever the umask it was started with. The socket's 0660 is set explicitly.
-    // SAFETY: umask only swaps the process's file-creation mask.
-    unsafe { libc::umask(0o077) };
+    crate::sys::umask(0o077);
     create_dir(&config.state_dir, 0o700)?;
     let _lock = lock::StateLock::acquire(&config.lock_path())?;
+    // Read before anything else: whether the previous run stopped cleanly.
+    let (mut heartbeat, unclean) =
+        heartbeat::Heartbeat::start(&config.state_dir, SystemTime::now())
+            .context("the heartbeat file daemon.run")?;
     let store = Store::open(&config.store_path()).context("opening the store")?;
     let retention = Retention {
         max_age: config.retention.max_age,
         max_bytes: config.retention.max_size_mb.saturating_mul(1 << 20),
     };
     let writer = store.writer(retention)?;
+    // A fresh machine has no agents directory yet: an empty registry, not an error.
+    match crate::identity::create_agents_dir(&config.agents_dir) {
+        Ok(true) => {
+            tracing::info!(dir = %config.agents_dir.display(), "created the agents directory");
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(dir = %config.agents_dir.display(), "creating the agents directory: {e}");
+        }
+    }
     // Stamp the agents directory before reading it: a change made while the daemon
     // starts must look like a change to the first poll, not be baked into the stamp.
     let mut registry_stamp = dir_stamp(&config.agents_dir);
     let registry = Arc::new(load_registry(&config.agents_dir));
     let root = cgroup::v2_root().context("finding the cgroup v2 hierarchy")?;
-    let mut pipeline = Pipeline::new(Arc::clone(&registry), root);
+    let mut pipeline = Pipeline::new(Arc::clone(&registry), root, fingerprint_key(&config)?);
     let mut sensor = Sensor::load(&SensorOptions::default())?;
     let seeded = pipeline.seed();
     tracing::info!(
@@ -78,8 +92,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
 
     let detector = build_detector(&config, &registry)?;
     let alerts_file = alerts::open_alerts_file(&config.alerts_file)?;
-    // Processes read from /proc: their command lines may hold secrets too.
-    pipeline.table.redact_argv(|argv| detector.redact(argv));
 
     let ctx = OutputContext {
         spool_root: config.state_dir.join("spool"),
@@ -122,6 +134,29 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         alerts,
         probes: Sensor::program_names(),
     });
+    if let Some(gap) = unclean {
+        // Killed, crashed or powered off: the window nothing watched is never silent.
+        let now = SystemTime::now();
+        let unseen = shared
+            .pipeline
+            .lock()
+            .ok()
+            .map(|p| heartbeat::started_in(&p.table, gap.last_alive, now))
+            .unwrap_or_default();
+        let alert = shared
+            .detector
+            .lock()
+            .ok()
+            .map(|mut d| d.daemon_down(gap.pid, gap.last_alive, now, unseen));
+        if let Some(alert) = alert {
+            tracing::warn!(
+                previous_pid = gap.pid,
+                "previous run stopped uncleanly: {}",
+                alert.description
+            );
+            alerts::emit_alert(&shared, &writer, &alert);
+        }
+    }
     seeded::scan(&shared, &writer);
     let api = crate::api::serve(Arc::clone(&shared))?;
     tracing::info!(socket = %config.socket.display(), "API listening");
@@ -146,6 +181,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
                 }
             }
             _ = ticker.tick() => {
+                if let Err(e) = heartbeat.beat(SystemTime::now()) {
+                    tracing::warn!(error = %e, "cannot write the heartbeat file");
+                }
                 if last_cgroup_walk.elapsed() >= CGROUP_WALK {
                     last_cgroup_walk = Instant::now();
                     watch_agent_cgroups(&shared, &mut sensor, &mut watched, Vec::new());
@@ -208,17 +246,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     }
     let _ = std::fs::remove_file(&config.socket);
     writer.flush().context("flushing the store")?;
+    // Last: only a stop that got this far is clean. A state directory that cannot take
+    // the mark (read-only, full) makes the next start report a gap: said, not hidden.
+    if let Err(e) = heartbeat.stop(SystemTime::now()) {
+        tracing::warn!(error = %e, "cannot record the clean stop in daemon.run; the next start will report a gap");
+    }
     tracing::info!("stopped");
     result
 }
 
-/// The detector with its fingerprint key (fleet key, or the host key created at first
-/// start), watched scopes, registry exemptions and persisted revocations.
-fn build_detector(
-    config: &Config,
-    registry: &crate::identity::Registry,
-) -> anyhow::Result<Detector> {
-    let key = match &config.fleet_key_file {
+/// The fingerprint key: the fleet key, or the host key created at first start.
+fn fingerprint_key(config: &Config) -> anyhow::Result<FingerprintKey> {
+    Ok(match &config.fleet_key_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("fleet_key_file {}", path.display()))?;
@@ -227,13 +266,20 @@ fn build_detector(
         }
         None => FingerprintKey::load_or_create(&config.state_dir.join("fingerprint.key"))
             .context("the host fingerprint key")?,
-    };
+    })
+}
+
+/// The detector with its watched scopes, registry exemptions and persisted revocations.
+fn build_detector(
+    config: &Config,
+    registry: &crate::identity::Registry,
+) -> anyhow::Result<Detector> {
     let watch = if config.watch_cgroups.is_empty() {
         None
     } else {
         Some(GlobList::new(&config.watch_cgroups).context("watch_cgroups")?)
     };
-    let mut detector = Detector::new(key, watch);
+    let mut detector = Detector::new(watch);
     detector.set_registry(registry);
     for prefix in alerts::load_revoked(&config.state_dir) {
         detector.revoke(prefix);
@@ -262,11 +308,9 @@ fn handle_batch(
     let Ok(mut detector) = shared.detector.lock() else {
         return agent_cgroups;
     };
-    for mut event in batch.drain(..) {
-        // Secrets out first: env cleared, arguments redacted, before anything keeps them.
-        let observations = detector.scan(&mut event);
-        let attributed = pipeline.process(event);
-        let out = detector.observe(&attributed, observations, pipeline.registry());
+    for event in batch.drain(..) {
+        let (attributed, findings) = pipeline.process(event);
+        let out = detector.observe(&attributed, &findings, pipeline.registry());
         if attributed.agent.is_some() {
             agent_cgroups.push(attributed.event.cgroup_id);
         }

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
+use crate::identity::SpiffeId;
+
 /// Severity, ordered. Maps to OCSF `severity_id` 1..5 and syslog severities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,24 +31,83 @@ impl Severity {
     }
 }
 
-/// Threat-framework references (see `shared/design/REFERENCES.md`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+/// Threat-framework references (see `shared/design/REFERENCES.md`): a rule's, fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub struct Tags {
     /// OWASP Top 10 for Agentic Applications, e.g. `ASI03`.
-    pub owasp: Vec<&'static str>,
+    pub owasp: &'static [&'static str],
     /// OWASP Agentic AI Threats & Mitigations, e.g. `T9`.
-    pub threats: Vec<&'static str>,
+    pub threats: &'static [&'static str],
     /// CSA MAESTRO layers, e.g. `L7`.
-    pub maestro: Vec<&'static str>,
+    pub maestro: &'static [&'static str],
     /// NIST AI RMF subcategories, e.g. `MEASURE 2.7`.
-    pub nist: Vec<&'static str>,
+    pub nist: &'static [&'static str],
+}
+
+/// Who acted: a registered agent, or any workload no registration matched. On the wire
+/// (alerts, sinks, the store) it is the SPIFFE ID or the string `unregistered`, and it
+/// sorts as that string does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Principal {
+    Agent(SpiffeId),
+    Unregistered,
+}
+
+impl Principal {
+    pub const UNREGISTERED: &'static str = "unregistered";
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Agent(id) => id.as_str(),
+            Self::Unregistered => Self::UNREGISTERED,
+        }
+    }
+
+    pub fn is_registered(&self) -> bool {
+        matches!(self, Self::Agent(_))
+    }
+}
+
+impl Ord for Principal {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for Principal {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for Principal {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Principal {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for Principal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// An agent involved in the incident.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AlertAgent {
-    /// SPIFFE ID, or `unregistered`.
-    pub id: String,
+    pub id: Principal,
     pub name: Option<String>,
     pub owner: Option<String>,
     pub environment: Option<String>,
@@ -126,6 +187,11 @@ impl Alert {
     /// A sample alert for encoder and sink tests.
     #[doc(hidden)]
     pub fn sample() -> Self {
+        let agent = |id: &str| {
+            #[expect(clippy::expect_used, reason = "constant, valid SPIFFE IDs")]
+            let id = SpiffeId::parse(id).expect("valid SPIFFE ID");
+            Principal::Agent(id)
+        };
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_335_000_123);
         Self {
             uid: "a1b2c3d4e5f60718".into(),
@@ -138,14 +204,14 @@ impl Alert {
             count: 1,
             agents: vec![
                 AlertAgent {
-                    id: "spiffe://example.org/agent/research-bot".into(),
+                    id: agent("spiffe://example.org/agent/research-bot"),
                     name: Some("research-bot".into()),
                     owner: Some("ml-platform@example.org".into()),
                     environment: Some("prod".into()),
                     session: Some("research-bot/4242-1234".into()),
                 },
                 AlertAgent {
-                    id: "spiffe://example.org/agent/billing-bot".into(),
+                    id: agent("spiffe://example.org/agent/billing-bot"),
                     name: Some("billing-bot".into()),
                     owner: Some("finance@example.org".into()),
                     environment: Some("prod".into()),
@@ -169,12 +235,7 @@ impl Alert {
                     seen_as: vec!["env:OPENAI_API_KEY".into()],
                 }),
             },
-            tags: Tags {
-                owasp: vec!["ASI03"],
-                threats: vec!["T3", "T9"],
-                maestro: vec!["L4", "L7"],
-                nist: vec!["MEASURE 2.7", "MANAGE 4.1"],
-            },
+            tags: super::rules::CREDENTIAL_REUSE.tags,
         }
     }
 }

@@ -16,6 +16,7 @@ pub use container::{ContainerInfo, Runtime, parse_cgroup_path};
 pub use policy::{EgressRule, EgressRuleError, GlobList, Policy};
 pub use registry::{
     Agent, ConfigError, Credentials, DEFAULT_AGENTS_DIR, Match, Origin, Registry, RegistryError,
+    create_agents_dir,
 };
 pub use selector::{Glob, SelectorSet, Workload};
 pub use spiffe::{SpiffeId, SpiffeIdError};

@@ -27,6 +27,34 @@ use super::{
 /// Where registrations live unless configured otherwise.
 pub const DEFAULT_AGENTS_DIR: &str = "/etc/agentid/agents.d";
 
+/// Creates the agents directory when it does not exist yet, with its missing parents:
+/// `0755` whatever the umask (registrations are configuration, not secrets, and
+/// `agentid audit export` reads them unprivileged). A fresh machine then starts with an
+/// empty registry instead of a registry error. This holds for a configured directory as
+/// much as for the default one: a typo'd path shows up as an empty registry in
+/// `agentid status`, which names the directory. An existing directory is left as it is.
+///
+/// Returns whether it created the directory. When creation fails (a read-only `/etc`),
+/// the caller logs it, and loading the registry reports the missing directory as before.
+pub fn create_agents_dir(dir: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if dir.exists() {
+        return Ok(false);
+    }
+    // Outermost missing ancestor first, each chmod'ed explicitly: the daemon runs under
+    // umask 077, which would otherwise leave them 0700.
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o755).create(d) {
+            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?,
+            // Another process made it meanwhile: theirs, left as it is.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 /// One invalid thing in a registration file, located precisely enough to fix it
 /// without searching: `agents.d/bot.toml:7: agent.id: "…": trust domain must be lowercase`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -573,6 +601,33 @@ cgroup = "/agents/*"
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_missing_agents_dir_is_created_0755_with_its_parents_and_loads_empty() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = temp_dir("create-agents");
+        let dir = root.join("etc/agentid/agents.d");
+        assert!(super::create_agents_dir(&dir).unwrap());
+        for d in [root.join("etc"), root.join("etc/agentid"), dir.clone()] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o755, "{}", d.display());
+        }
+        let r = Registry::load_dir(&dir);
+        assert!(
+            r.agents().is_empty() && r.errors().is_empty(),
+            "{:?}",
+            r.errors()
+        );
+        // An existing directory is the user's: not created again, not chmod'ed.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!super::create_agents_dir(&dir).unwrap());
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        // Under a regular file it cannot be created: the error is returned, not hidden.
+        write(&root, "file", "");
+        assert!(super::create_agents_dir(&root.join("file/agents.d")).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct Process {
     /// Boot-clock ns of the exit, once exited.
     #[serde(skip)]
     pub exited_ns: Option<u64>,
+    /// The cgroup it was in before its last move (what it left, for identity-escape).
+    #[serde(skip)]
+    pub moved_from: Option<String>,
 }
 
 /// How an event changed the process it is about: tells the identity stage when to decide
@@ -116,17 +119,20 @@ impl ProcessTable {
         self.live.values()
     }
 
-    /// Every live process that predates the daemon's probes, as the exec the probes would
-    /// have reported (command line and environment from `/proc`, see
-    /// [`seed::seeded_exec`]), for the credential scan. Not for [`Self::apply`]: the table
-    /// already holds these processes. This process itself is left out (the kernel drops
-    /// its own activity too). Each event's environment is a secret: scan it and drop it.
-    pub fn seeded_execs(&self) -> impl Iterator<Item = Event> + '_ {
+    /// Every live process that predates the daemon's probes, by pid, for
+    /// [`Self::seeded_exec`]. This process itself is left out (the kernel drops its own
+    /// activity too).
+    pub fn seeded_pids(&self) -> Vec<u32> {
         let me = std::process::id();
-        self.live
-            .values()
-            .filter(move |p| p.pid != me)
-            .filter_map(seed::seeded_exec)
+        self.live.keys().copied().filter(|&pid| pid != me).collect()
+    }
+
+    /// A live process as the exec the probes would have reported (command line and
+    /// environment from `/proc`, see `seed::seeded_exec`), for the credential scan; `None`
+    /// when unknown, a kernel thread, or gone. Not for [`Self::apply`]: the table already
+    /// holds the process. The event's environment is a secret: scan it and drop it.
+    pub fn seeded_exec(&self, pid: u32) -> Option<Event> {
+        self.live.get(&pid).and_then(seed::seeded_exec)
     }
 
     /// Rewrites every live process's arguments (secret redaction after `/proc` seeding).
@@ -203,6 +209,7 @@ impl ProcessTable {
             cgroup_id: event.cgroup_id,
             cgroup,
             exited_ns: None,
+            moved_from: None,
         };
         // A live entry under this pid is a process whose exit we missed: replaced.
         self.live.insert(event.pid, child);
@@ -240,6 +247,7 @@ impl ProcessTable {
                 cgroup_id: event.cgroup_id,
                 cgroup: cgroup.clone(),
                 exited_ns: None,
+                moved_from: None,
             };
             self.live.insert(event.pid, p);
         }
@@ -284,7 +292,7 @@ impl ProcessTable {
         let cgroup = self.cgroup_path(event.cgroup_id);
         let p = self.live.get_mut(&event.pid)?;
         p.cgroup_id = event.cgroup_id;
-        p.cgroup = cgroup;
+        p.moved_from = Some(std::mem::replace(&mut p.cgroup, cgroup));
         Some(Change::Moved)
     }
 

@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// Every process readable now. Kernel threads (no exe) are kept: they are processes too.
-pub fn all(host: &HostIds, resolver: &mut Resolver) -> Vec<Process> {
+pub(crate) fn all(host: &HostIds, resolver: &mut Resolver) -> Vec<Process> {
     let Ok(iter) = procfs::process::all_processes() else {
         return Vec::new();
     };
@@ -19,7 +19,7 @@ pub fn all(host: &HostIds, resolver: &mut Resolver) -> Vec<Process> {
 }
 
 /// One process by pid, or `None` when it is gone.
-pub fn one(host: &HostIds, resolver: &mut Resolver, pid: u32) -> Option<Process> {
+pub(crate) fn one(host: &HostIds, resolver: &mut Resolver, pid: u32) -> Option<Process> {
     let p = ProcProcess::new(i32::try_from(pid).ok()?).ok()?;
     read(host, resolver, &p)
 }
@@ -58,6 +58,7 @@ fn read(host: &HostIds, resolver: &mut Resolver, p: &ProcProcess) -> Option<Proc
         cgroup_id,
         cgroup,
         exited_ns: None,
+        moved_from: None,
     })
 }
 
@@ -89,7 +90,7 @@ fn read_capped(path: &std::path::Path, cap: usize) -> std::io::Result<(Zeroizing
 ///
 /// For the scanner only: it describes a process the table already holds, so it must not
 /// be applied to the process table as a new exec.
-pub fn seeded_exec(p: &Process) -> Option<Event> {
+pub(super) fn seeded_exec(p: &Process) -> Option<Event> {
     use agentid_ebpf::EXEC_AREA_CAP;
 
     if p.exe.is_empty() {

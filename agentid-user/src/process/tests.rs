@@ -216,9 +216,10 @@ fn seeded_processes_read_back_as_their_exec() {
     // The child is exec'd once its /proc/PID/exe is sleep (spawn returns after exec).
     let mut t = table();
     t.seed_from_proc();
-    let events: Vec<Event> = t.seeded_execs().filter(|e| e.pid == pid).collect();
+    let events: Vec<Event> = t.seeded_exec(pid).into_iter().collect();
+    assert!(t.seeded_pids().contains(&pid));
     assert!(
-        t.seeded_execs().all(|e| e.pid != std::process::id()),
+        !t.seeded_pids().contains(&std::process::id()),
         "this process is left out"
     );
     let _ = child.kill();
@@ -248,5 +249,5 @@ fn seeded_processes_read_back_as_their_exec() {
     assert_eq!(entries[0], format!("A_FILLER={deep}").as_bytes());
     assert_eq!(entries[1], b"ZZ_MARKER=seeded-marker");
     // Gone now: nothing to read, no event.
-    assert!(t.seeded_execs().all(|e| e.pid != pid));
+    assert!(t.seeded_exec(pid).is_none());
 }

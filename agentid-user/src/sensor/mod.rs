@@ -85,7 +85,6 @@ impl std::fmt::Debug for Sensor {
     }
 }
 
-/// Tracepoints attached by category/name (fixed syscall layouts).
 /// Hands the heap freed by loading back to the kernel. Parsing the kernel's BTF (ours for
 /// struct offsets, aya's for relocations) peaks at ~50 MiB of small allocations that are
 /// all freed by now, but glibc keeps freed memory inside the heap: without this the daemon
@@ -105,6 +104,7 @@ const POLL_EVERY: Duration = Duration::from_millis(10);
 /// record asks for one, so nothing can be left unread.
 const IDLE_AFTER: Duration = Duration::from_millis(4 * agentid_ebpf::WAKE_EVERY_NS / 1_000_000);
 
+/// Tracepoints attached by category/name (fixed syscall layouts).
 const TRACEPOINTS: [(&str, &str); 2] = [
     ("syscalls", "sys_enter_openat"),
     ("syscalls", "sys_exit_openat"),

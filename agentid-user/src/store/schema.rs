@@ -55,11 +55,11 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
-pub fn version() -> i64 {
+pub(crate) fn version() -> i64 {
     i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
 }
 
-pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > version() {
         return Err(StoreError::TooNew {

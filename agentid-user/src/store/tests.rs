@@ -12,9 +12,9 @@ fn temp_store() -> (tempdir::Dir, Store) {
 
 mod tempdir {
     /// A unique directory removed on drop (std only; tests need nothing more).
-    pub struct Dir(pub std::path::PathBuf);
+    pub(crate) struct Dir(pub std::path::PathBuf);
     impl Dir {
-        pub fn new() -> Self {
+        pub(crate) fn new() -> Self {
             static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let p = std::env::temp_dir().join(format!("agentid-store-{}-{n}", std::process::id()));

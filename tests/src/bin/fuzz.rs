@@ -12,6 +12,10 @@
     clippy::expect_used,
     reason = "a driver whose own failures are fatal and rare"
 )]
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test helper binary in a package whose targets share one dependency list"
+)]
 use std::{
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},

@@ -20,6 +20,10 @@
 //!   20% connect cycles, and 50 execs of `/bin/true` a second
 //! - `hold N`               fork N children that sleep forever, print `ready`, then wait
 //!   for stdin to close (the caller kills the children)
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test helper binary in a package whose targets share one dependency list"
+)]
 use std::{
     io::Write as _,
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -131,11 +135,14 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             println!("{:.0}", f64::from(n) / start.elapsed().as_secs_f64());
             Ok(0)
         }
+        // Connects, moves itself into the cgroup whose `cgroup.procs` is given, connects
+        // again (to a second address when one is given).
         "move-connect" => {
             let addr: SocketAddr = arg(2)?.parse()?;
+            let after: SocketAddr = args.get(3).map_or(Ok(addr), |a| a.parse())?;
             drop(TcpStream::connect(addr)?);
             std::fs::write(arg(1)?, std::process::id().to_string())?;
-            drop(TcpStream::connect(addr)?);
+            drop(TcpStream::connect(after)?);
             Ok(0)
         }
         "spawn-into" => {

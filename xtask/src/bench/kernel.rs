@@ -19,7 +19,7 @@ use super::{
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Cond {
+pub(crate) enum Cond {
     NoTracer,
     Agentid,
     Auditd,
@@ -27,9 +27,9 @@ pub enum Cond {
 }
 
 impl Cond {
-    pub const ALL: [Self; 4] = [Self::NoTracer, Self::Agentid, Self::Auditd, Self::Bpftrace];
+    pub(crate) const ALL: [Self; 4] = [Self::NoTracer, Self::Agentid, Self::Auditd, Self::Bpftrace];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::NoTracer => "no tracer",
             Self::Agentid => "agentid",
@@ -40,7 +40,7 @@ impl Cond {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Sizes {
+pub(crate) struct Sizes {
     pub connects: u32,
     pub execs: u32,
     pub mixed_rounds: u32,
@@ -126,7 +126,7 @@ fn workloads(sizes: Sizes, udp: SocketAddr) -> Vec<Workload> {
 /// A loopback UDP socket that receives (and drops) the workloads' datagrams. TCP needs no
 /// peer here: the workloads accept their own connections, so that no other thread's
 /// scheduling sits in the measured path.
-pub fn udp_sink() -> anyhow::Result<(SocketAddr, UdpSocket)> {
+pub(crate) fn udp_sink() -> anyhow::Result<(SocketAddr, UdpSocket)> {
     let udp = UdpSocket::bind("127.0.0.1:0").context("UDP sink")?;
     Ok((udp.local_addr()?, udp))
 }
@@ -406,7 +406,7 @@ fn run_workload(ctx: &Ctx, cg: &BenchCgroup, w: &Workload) -> anyhow::Result<Sam
     clippy::too_many_lines,
     reason = "the interleaved measurement loop, then its report"
 )]
-pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
+pub(crate) fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
     let (udp, _udp_sink) = udp_sink()?;
     let workloads = workloads(sizes, udp);
     // One per workload, in the same order.

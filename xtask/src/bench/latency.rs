@@ -42,7 +42,7 @@ fn run_true(cg: &BenchCgroup, key: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(ctx: &Ctx, trials: usize) -> anyhow::Result<Value> {
+pub(crate) fn run(ctx: &Ctx, trials: usize) -> anyhow::Result<Value> {
     let a = BenchCgroup::new("cred-a")?;
     let b = BenchCgroup::new("cred-b")?;
     let mut d = Daemon::start(

@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     pub quick: bool,
     pub out: Option<PathBuf>,
 }
@@ -211,7 +211,7 @@ fn machine() -> Value {
     })
 }
 
-pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let target = target_dir(root);
     let plan = plan(opts.quick);

@@ -39,7 +39,7 @@ fn rate(v: &Value) -> String {
     clippy::many_single_char_names,
     reason = "one report written top to bottom, section by section"
 )]
-pub fn markdown(r: &Value) -> String {
+pub(crate) fn markdown(r: &Value) -> String {
     let mut s = String::new();
     let m = &r["machine"];
     let o = &r["overhead"];

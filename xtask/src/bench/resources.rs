@@ -16,7 +16,7 @@ use super::{
 };
 
 #[derive(Debug, Clone, Copy)]
-pub struct Sizes {
+pub(crate) struct Sizes {
     pub live_processes: u32,
     pub events_per_s: u32,
     pub seconds: u64,
@@ -28,7 +28,7 @@ fn total_events(status: &Value) -> u64 {
         .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
 }
 
-pub fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
+pub(crate) fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
     let (udp, _udp_sink) = udp_sink()?;
     // The sleepers start before the daemon, so it seeds them from /proc.
     let hold_cg = BenchCgroup::new("hold")?;

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 /// Median, min and max of a set of samples.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub median: f64,
     pub min: f64,
     pub max: f64,
@@ -13,7 +13,7 @@ pub struct Summary {
 
 impl Summary {
     /// `None` for no samples (a condition that could not run).
-    pub fn of(samples: &[f64]) -> Option<Self> {
+    pub(crate) fn of(samples: &[f64]) -> Option<Self> {
         let median = median(samples)?;
         let (min, max) = spread(samples)?;
         Some(Self {
@@ -24,7 +24,7 @@ impl Summary {
         })
     }
 
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({ "median": self.median, "min": self.min, "max": self.max, "n": self.n })
     }
 }
@@ -36,7 +36,7 @@ fn sorted(samples: &[f64]) -> Vec<f64> {
 }
 
 /// The middle value; the mean of the two middle values for an even count.
-pub fn median(samples: &[f64]) -> Option<f64> {
+pub(crate) fn median(samples: &[f64]) -> Option<f64> {
     let v = sorted(samples);
     let n = v.len();
     match n {
@@ -47,7 +47,7 @@ pub fn median(samples: &[f64]) -> Option<f64> {
 }
 
 /// (min, max).
-pub fn spread(samples: &[f64]) -> Option<(f64, f64)> {
+pub(crate) fn spread(samples: &[f64]) -> Option<(f64, f64)> {
     let v = sorted(samples);
     Some((*v.first()?, *v.last()?))
 }
@@ -55,7 +55,7 @@ pub fn spread(samples: &[f64]) -> Option<(f64, f64)> {
 /// The `p`-th percentile (0–100), nearest-rank: the smallest sample with at least `p`% of
 /// the samples at or below it. With few samples p99 is simply the maximum, which is the
 /// honest answer.
-pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
+pub(crate) fn percentile(samples: &[f64], p: f64) -> Option<f64> {
     let v = sorted(samples);
     if v.is_empty() || !(0.0..=100.0).contains(&p) {
         return None;
@@ -71,7 +71,7 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
 }
 
 /// `value / baseline`; `None` when the baseline is zero or either is missing.
-pub fn ratio(value: Option<f64>, baseline: Option<f64>) -> Option<f64> {
+pub(crate) fn ratio(value: Option<f64>, baseline: Option<f64>) -> Option<f64> {
     match (value, baseline) {
         (Some(v), Some(b)) if b > 0.0 && v.is_finite() => Some(v / b),
         _ => None,
@@ -83,7 +83,7 @@ pub fn ratio(value: Option<f64>, baseline: Option<f64>) -> Option<f64> {
     clippy::cast_precision_loss,
     reason = "event counts and byte sizes far below 2^52"
 )]
-pub fn f(n: u64) -> f64 {
+pub(crate) fn f(n: u64) -> f64 {
     n as f64
 }
 

@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 /// The cgroup v2 hierarchy's mount point (pure or hybrid), from `/proc/self/mountinfo`.
-pub fn cgroup_v2_root() -> anyhow::Result<PathBuf> {
+pub(crate) fn cgroup_v2_root() -> anyhow::Result<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
     for line in info.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
@@ -31,14 +31,14 @@ pub fn cgroup_v2_root() -> anyhow::Result<PathBuf> {
 
 /// A child cgroup for one workload run, removed (its processes killed) when dropped.
 #[derive(Debug)]
-pub struct BenchCgroup {
+pub(crate) struct BenchCgroup {
     pub dir: PathBuf,
     /// Relative to the hierarchy root, as registrations' `cgroup` selectors take it.
     pub rel: String,
 }
 
 impl BenchCgroup {
-    pub fn new(name: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(name: &str) -> anyhow::Result<Self> {
         let leaf = format!("agentid-bench-{name}-{}", std::process::id());
         let dir = cgroup_v2_root()?.join(&leaf);
         if dir.exists() {
@@ -52,7 +52,7 @@ impl BenchCgroup {
     }
 
     /// A command whose process joins this cgroup before it execs.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
         let procs = self.dir.join("cgroup.procs");
         // SAFETY: the hook only opens and writes one file, which a freshly forked
@@ -64,7 +64,7 @@ impl BenchCgroup {
     }
 
     /// Kills every process in the cgroup.
-    pub fn kill_all(&self) {
+    pub(crate) fn kill_all(&self) {
         if fs::write(self.dir.join("cgroup.kill"), b"1").is_ok() {
             return;
         }
@@ -94,7 +94,7 @@ impl Drop for BenchCgroup {
 
 /// Waits for `child` with `wait4`, returning its exit status and the CPU time (user +
 /// system, s) of it and every descendant it waited for.
-pub fn wait_with_cpu(child: &Child) -> anyhow::Result<(i32, f64)> {
+pub(crate) fn wait_with_cpu(child: &Child) -> anyhow::Result<(i32, f64)> {
     let pid = libc::pid_t::try_from(child.id()).context("pid")?;
     let mut status = 0;
     // SAFETY: rusage is plain old data; all zeroes is a valid value.
@@ -119,12 +119,12 @@ pub fn wait_with_cpu(child: &Child) -> anyhow::Result<(i32, f64)> {
 }
 
 /// Whether a `wait4` status is a normal exit with code 0.
-pub fn exited_ok(status: i32) -> bool {
+pub(crate) fn exited_ok(status: i32) -> bool {
     libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
 }
 
 /// CPU time (user + system, s) of a live process, from `/proc/PID/stat`.
-pub fn proc_cpu_s(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn proc_cpu_s(pid: u32) -> anyhow::Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised comm, which may itself hold spaces.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
@@ -139,7 +139,7 @@ pub fn proc_cpu_s(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// A `VmXxx:` figure of `/proc/PID/status`, in KiB.
-pub fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -150,7 +150,7 @@ pub fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
 
 /// The real daemon on a temporary config, state dir and socket.
 #[derive(Debug)]
-pub struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     pub dir: PathBuf,
     bin: PathBuf,
@@ -160,7 +160,7 @@ pub struct Daemon {
 impl Daemon {
     /// Writes a default config (plus a registration per `(name, cgroup)`) under `dir`,
     /// starts the daemon and waits until its API answers.
-    pub fn start(bin: &Path, dir: &Path, agents: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub(crate) fn start(bin: &Path, dir: &Path, agents: &[(&str, &str)]) -> anyhow::Result<Self> {
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir.join("agents")).context("daemon dir")?;
         fs::write(
@@ -220,15 +220,15 @@ impl Daemon {
         })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub fn alerts_file(&self) -> PathBuf {
+    pub(crate) fn alerts_file(&self) -> PathBuf {
         self.dir.join("alerts.jsonl")
     }
 
-    pub fn store_path(&self) -> PathBuf {
+    pub(crate) fn store_path(&self) -> PathBuf {
         self.dir.join("state/agentid.db")
     }
 
@@ -239,7 +239,7 @@ impl Daemon {
     }
 
     /// Fails when the daemon has exited: a crash is a failed bench, never a missing row.
-    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("agentid daemon died ({status}):\n{}", self.log_tail());
         }
@@ -247,7 +247,7 @@ impl Daemon {
     }
 
     /// `agentid --json ARGS` against this daemon.
-    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Value> {
+    pub(crate) fn cli(&self, args: &[&str]) -> anyhow::Result<Value> {
         let out = Command::new(&self.bin)
             .arg("--socket")
             .arg(self.dir.join("agentid.sock"))
@@ -265,7 +265,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits (the daemon flushes its store on the way out).
-    pub fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<()> {
         self.check_alive()?;
         signal(self.pid(), libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_mins(1);
@@ -293,7 +293,7 @@ impl Drop for Daemon {
     }
 }
 
-pub fn signal(pid: u32, sig: i32) {
+pub(crate) fn signal(pid: u32, sig: i32) {
     if let Ok(pid) = libc::pid_t::try_from(pid) {
         // SAFETY: signalling a child we started.
         unsafe { libc::kill(pid, sig) };

@@ -109,9 +109,9 @@ pub fn alert(alert: &Alert) -> String {
         &join(
             t.owasp
                 .iter()
-                .chain(&t.threats)
-                .chain(&t.maestro)
-                .chain(&t.nist)
+                .chain(t.threats)
+                .chain(t.maestro)
+                .chain(t.nist)
                 .copied(),
         ),
     );

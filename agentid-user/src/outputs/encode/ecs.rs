@@ -30,9 +30,9 @@ pub fn alert(alert: &Alert) -> Value {
     let tags: Vec<&str> = t
         .owasp
         .iter()
-        .chain(&t.threats)
-        .chain(&t.maestro)
-        .chain(&t.nist)
+        .chain(t.threats)
+        .chain(t.maestro)
+        .chain(t.nist)
         .copied()
         .collect();
     let mut v = json!({

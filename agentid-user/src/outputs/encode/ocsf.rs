@@ -32,10 +32,13 @@ pub fn severity(s: Severity) -> (u8, &'static str) {
     }
 }
 
+/// Every event carries `device` and `actor`: the `host` profile's attributes (a strict
+/// validator rejects them in Network Activity and Detection Finding without it).
 fn metadata() -> Value {
     json!({
         "product": {"name": "agentid", "vendor_name": "agentid", "version": PRODUCT_VERSION},
         "version": SCHEMA_VERSION,
+        "profiles": ["host"],
     })
 }
 
@@ -64,11 +67,12 @@ fn evidence_process(p: &ProcessEvidence) -> Value {
         proc.insert("file".into(), file_of(exe));
     }
     proc.insert("user".into(), json!({"uid": p.uid.to_string()}));
-    if let Some(cg) = &p.cgroup {
-        // OCSF has no cgroup attribute; the container object's path is the closest.
-        proc.insert("container".into(), json!({"name": cg}));
-    }
-    json!({"process": proc, "data": {"acting_for": p.acting_for, "argv": p.argv}})
+    // OCSF 1.8 has no cgroup attribute (and `process` no `container`; a cgroup is not a
+    // container name anyway): it goes with the evidence's other free-form data.
+    json!({
+        "process": proc,
+        "data": {"acting_for": p.acting_for, "argv": p.argv, "cgroup": p.cgroup},
+    })
 }
 
 /// A Detection Finding (class 2004) for one incident: activity Create on its first
@@ -92,7 +96,8 @@ pub fn detection_finding(alert: &Alert, ctx: &EncodeContext) -> Value {
     evidences.extend(alert.evidence.connections.iter().map(|c| {
         json!({
             "dst_endpoint": {"ip": c.dst_ip.to_string(), "port": c.dst_port},
-            "connection_info": {"protocol_name": c.protocol},
+            // Evidence connections are connects and sends: outbound.
+            "connection_info": {"protocol_name": c.protocol, "direction_id": 2, "direction": "Outbound"},
         })
     }));
     let mut v = json!({
@@ -131,7 +136,9 @@ pub fn detection_finding(alert: &Alert, ctx: &EncodeContext) -> Value {
         }},
     });
     if let Some(c) = &alert.evidence.credential {
-        v["session"] = json!({"credential_uid": c.fingerprint});
+        // The session the activity came from, per the actor (`host` profile): OCSF 1.8 has
+        // no top-level `session` in a finding.
+        v["actor"] = json!({"session": {"credential_uid": c.fingerprint}});
     }
     if ctx.ocsf_ai_agent
         && let Some(a) = alert.agents.first()

@@ -46,7 +46,10 @@ fn ocsf_detection_finding_fields() {
     );
     assert_eq!(v["is_alert"], true);
     assert_eq!(v["status_id"], 1);
-    assert_eq!(v["session"]["credential_uid"], "openai:3f9a0c1d2e4b");
+    assert_eq!(
+        v["actor"]["session"]["credential_uid"],
+        "openai:3f9a0c1d2e4b"
+    );
     assert_eq!(v["evidences"][0]["process"]["pid"], 4242);
     assert_eq!(
         v["unmapped"]["agentid"]["agents"][1]["id"],
@@ -100,6 +103,7 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
         },
     };
     AttributedEvent {
+        transition: None,
         event: Event {
             kind,
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_335_000_500),
@@ -130,6 +134,7 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
             lineage: vec![],
             session_root: None,
             delegation_declared: true,
+            escaped_to: None,
         }),
         exe: Some("/usr/bin/curl".into()),
         loginuid: None,
@@ -422,7 +427,7 @@ proptest! {
         a.uid = id.clone();
         a.title = title.clone();
         a.description = desc.clone();
-        a.agents[0].id = id.clone();
+        // Agent ids are validated SPIFFE IDs (`Principal`), so no hostile id reaches here.
         a.agents[0].session = Some(session.clone());
         a.evidence.processes[0].argv.push(arg.clone());
         a.evidence.credential.as_mut().unwrap().fingerprint = fp.clone();
@@ -430,7 +435,7 @@ proptest! {
         // JSON encodings parse and keep the strings.
         let o: Value = serde_json::from_str(&ocsf::detection_finding(&a, &ctx()).to_string()).unwrap();
         prop_assert_eq!(o["finding_info"]["title"].as_str(), Some(title.as_str()));
-        prop_assert_eq!(o["session"]["credential_uid"].as_str(), Some(fp.as_str()));
+        prop_assert_eq!(o["actor"]["session"]["credential_uid"].as_str(), Some(fp.as_str()));
         let e: Value = serde_json::from_str(&ecs::alert(&a).to_string()).unwrap();
         prop_assert_eq!(e["message"].as_str(), Some(desc.as_str()));
 
@@ -468,4 +473,116 @@ proptest! {
             prop_assert_eq!(&p.msg, &payload);
         }
     }
+}
+
+/// Every OCSF class agentid emits, as the sinks write it: a new and an updated Detection
+/// Finding (process and connection evidence, a credential), process launch and
+/// termination, connect and send.
+fn one_record_of_each_ocsf_class(ctx: &EncodeContext) -> Vec<Value> {
+    let new = Alert::sample();
+    let mut updated = Alert::sample();
+    updated.count = 3;
+    updated.evidence.connections.push(ConnectionEvidence {
+        dst_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        dst_port: 443,
+        protocol: "tcp".into(),
+    });
+    let mut records = vec![
+        ocsf::detection_finding(&new, ctx),
+        ocsf::detection_finding(&updated, ctx),
+    ];
+    for kind in [
+        EventKind::Exec,
+        EventKind::Exit,
+        EventKind::Connect,
+        EventKind::Send,
+    ] {
+        records.extend(ocsf::activity(&event(kind), ctx));
+    }
+    let classes: Vec<&Value> = records.iter().map(|r| &r["class_uid"]).collect();
+    assert_eq!(classes, [2004, 2004, 1007, 1007, 4001, 4001]);
+    records
+}
+
+/// The validator (scripts/ocsf-validate.py) over `records`: its exit code and report.
+/// `None` (with the reason printed) when the Python environment is missing and the run
+/// does not require it; CI (`AGENTID_REQUIRE_BPF=1`) fails instead of skipping.
+fn ocsf_validate(records: &[Value]) -> Option<(Option<i32>, String)> {
+    use std::io::Write as _;
+    let venv = std::env::var_os("AGENTID_TEST_VENV")
+        .map_or_else(|| "/opt/agentid-test-venv".into(), std::path::PathBuf::from);
+    let python = venv.join("bin/python3");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ocsf-validate.py");
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import jsonschema, ocsf_json_schema"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        let why = format!(
+            "no OCSF validator at {} ({probe:?}): run scripts/setup.sh",
+            python.display()
+        );
+        assert!(
+            std::env::var_os("AGENTID_REQUIRE_BPF").is_none_or(|v| v != "1"),
+            "{why}"
+        );
+        eprintln!("SKIPPED: {why}; set AGENTID_REQUIRE_BPF=1 to fail instead");
+        return None;
+    }
+    let mut child = std::process::Command::new(&python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for r in records {
+        writeln!(stdin, "{r}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.code(), report))
+}
+
+/// A strict consumer (a security data lake that rejects invalid OCSF) keeps every record:
+/// each class validates against the official OCSF 1.8.0 schema.
+#[test]
+fn every_ocsf_class_validates_against_the_official_schema() {
+    let records = one_record_of_each_ocsf_class(&EncodeContext {
+        ocsf_ai_agent: false,
+        ..ctx()
+    });
+    let Some((code, report)) = ocsf_validate(&records) else {
+        return;
+    };
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("6 events checked, 0 invalid"), "{report}");
+}
+
+/// `ocsf_ai_agent = true` adds OCSF 1.9's draft `ai_agent` object to records that claim
+/// 1.8.0, where it does not exist: a strict 1.8 validator rejects exactly that attribute
+/// and nothing else (the README says so; the option is off by default for this reason).
+#[test]
+fn the_ocsf_ai_agent_option_adds_only_the_draft_attribute() {
+    let records = one_record_of_each_ocsf_class(&ctx());
+    let Some((code, report)) = ocsf_validate(&records) else {
+        return;
+    };
+    assert_eq!(code, Some(1), "{report}");
+    let problems: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.contains("events checked"))
+        .collect();
+    assert_eq!(problems.len(), records.len(), "{report}");
+    assert!(
+        problems.iter().all(|l| l.ends_with(
+            ": (root): Additional properties are not allowed ('ai_agent' was unexpected)"
+        )),
+        "{report}"
+    );
 }

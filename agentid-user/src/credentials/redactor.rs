@@ -1,0 +1,297 @@
+//! Secrets out first: the one place where an event's secrets are found and removed.
+//!
+//! [`Redactor::scan`] runs on every event *before* anything else sees it (the pipeline
+//! calls it first): an exec's environment is scanned and cleared, every argument holding a
+//! secret is redacted in place (`--token=[REDACTED openai:3f9a…]`), and a credential file
+//! an agent opens is read, fingerprinted and dropped. What leaves is [`Findings`]: keyed
+//! fingerprints and where they were seen, never a value. Detection downstream is pure over
+//! the attributed event and these findings; all file and `/proc` I/O of the credential
+//! path happens here.
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use super::{
+    FingerprintKey, Observation, Scanner, Source, is_well_known_credential_path,
+    read_credential_file,
+};
+use crate::{
+    event::{Detail, Event},
+    identity::Registry,
+};
+
+/// Credential files remembered (by path, inode, mtime and size) before the cache starts again.
+const FILE_CACHE_MAX: usize = 4096;
+
+/// A credential file an event opened: where it really is and who owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedFile {
+    /// Absolute (a relative path is resolved against the process's working directory).
+    pub path: PathBuf,
+    /// The file's owner uid: an agent reading another user's file is a finding.
+    pub owner: u32,
+}
+
+/// What the redactor found in one event: fingerprints only.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Findings {
+    /// Credentials in the exec's environment and arguments, or in the opened file.
+    pub observations: Vec<Observation>,
+    /// Set when the event opened a credential file holding at least one credential.
+    pub file: Option<OpenedFile>,
+}
+
+/// Owns the scanner (and its key) and the credential-file reader with its cache.
+#[derive(Debug)]
+pub struct Redactor {
+    scanner: Scanner,
+    /// Findings by (path, inode, mtime, size): a file opened again and unchanged is not
+    /// read again.
+    file_cache: HashMap<(PathBuf, u64, i64, u64), Vec<Observation>>,
+}
+
+impl Redactor {
+    pub fn new(key: FingerprintKey) -> Self {
+        Self {
+            scanner: Scanner::new(key),
+            file_cache: HashMap::new(),
+        }
+    }
+
+    /// Scans `event` and removes its secrets in place. `registry` says which files agents
+    /// declared as their credential files (besides the well-known ones).
+    pub fn scan(&mut self, event: &mut Event, registry: &Registry) -> Findings {
+        match &mut event.detail {
+            Detail::Exec { argv, env, .. } => {
+                let mut observations = self.scanner.scan_env(env.entries());
+                env.clear();
+                observations.extend(self.redact(argv));
+                Findings {
+                    observations,
+                    file: None,
+                }
+            }
+            Detail::Open { path, .. } => self.credential_file(path, event.pid, registry),
+            _ => Findings::default(),
+        }
+    }
+
+    /// Redacts secrets in a command line (an exec's, or one read from `/proc`); returns
+    /// what was found there.
+    pub fn redact(&self, argv: &mut [String]) -> Vec<Observation> {
+        let arg_bytes: Vec<&[u8]> = argv.iter().map(String::as_bytes).collect();
+        let found = self.scanner.scan_argv(&arg_bytes);
+        redact_args(argv, &found);
+        found
+    }
+
+    /// A file open: when the file is a credential file (well known, or declared by an
+    /// agent's `credentials.files`), its content is read (no symlinks, size-capped),
+    /// fingerprinted and dropped. Two paths holding the same token are one credential.
+    fn credential_file(&mut self, path: &str, pid: u32, registry: &Registry) -> Findings {
+        let Some(path) = absolute(path, pid) else {
+            return Findings::default();
+        };
+        let text = path.to_string_lossy();
+        let declared = registry
+            .agents()
+            .iter()
+            .any(|a| a.credentials.owns_file(&text));
+        if !declared && !is_well_known_credential_path(&text, &[]) {
+            return Findings::default();
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return Findings::default();
+        };
+        if !meta.file_type().is_file() {
+            return Findings::default();
+        }
+        let key = (path.clone(), meta.ino(), meta.mtime(), meta.len());
+        let observations = if let Some(cached) = self.file_cache.get(&key) {
+            cached.clone()
+        } else {
+            let Ok(content) = read_credential_file(&path) else {
+                return Findings::default();
+            };
+            let found = self.scanner.scan_file_content(&path, &content);
+            drop(content);
+            if self.file_cache.len() >= FILE_CACHE_MAX {
+                self.file_cache.clear();
+            }
+            self.file_cache.insert(key, found.clone());
+            found
+        };
+        let file = (!observations.is_empty()).then(|| OpenedFile {
+            path,
+            owner: meta.uid(),
+        });
+        Findings { observations, file }
+    }
+}
+
+/// Replaces each argument that held a secret: `--flag=` prefixes are kept so the
+/// command line stays readable.
+fn redact_args(argv: &mut [String], found: &[Observation]) {
+    for o in found {
+        let Source::Arg { index, .. } = &o.source else {
+            continue;
+        };
+        let Some(arg) = argv.get_mut(*index) else {
+            continue;
+        };
+        let keep = if arg.starts_with('-') {
+            arg.find('=').map_or(0, |i| i + 1)
+        } else {
+            0
+        };
+        *arg = format!("{}[REDACTED {}]", &arg[..keep], o.fingerprint);
+    }
+}
+
+/// An opened path made absolute: relative paths are resolved against the process's
+/// working directory (read once, from `/proc`; `None` if the process is gone).
+fn absolute(path: &str, pid: u32) -> Option<PathBuf> {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return Some(p.to_owned());
+    }
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    Some(cwd.join(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::PermissionsExt as _, time::SystemTime};
+
+    use super::*;
+    use crate::event::{EventKind, SecretEnv};
+
+    const KEY: &str = "sk-proj-Zq8X2mN4vB7cL1kJ9hG3fD5sA0pO6iU8yT2rE4wQ";
+
+    fn event(detail: Detail) -> Event {
+        Event {
+            kind: EventKind::Exec,
+            time: SystemTime::UNIX_EPOCH,
+            ktime_ns: 0,
+            proc_start_ns: None,
+            pid: std::process::id(),
+            ppid: None,
+            tid: 0,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 0,
+            cgroup: None,
+            comm: String::new(),
+            detail,
+        }
+    }
+
+    fn exec(argv: &[&str], env: &str) -> Event {
+        event(Detail::Exec {
+            filename: "/bin/true".into(),
+            argv: argv.iter().map(|a| (*a).to_owned()).collect(),
+            argv_truncated: false,
+            argv_missing: false,
+            scan_incomplete: None,
+            loginuid: None,
+            env: SecretEnv::new(env.as_bytes()),
+        })
+    }
+
+    fn redactor() -> Redactor {
+        Redactor::new(FingerprintKey::ephemeral().unwrap())
+    }
+
+    #[test]
+    fn exec_secrets_are_fingerprinted_and_gone() {
+        let mut r = redactor();
+        let registry = Registry::default();
+        let flag = format!("--api-key={KEY}");
+        let mut ev = exec(
+            &["tool", &flag, KEY],
+            &format!("HOME=/root\0OPENAI_API_KEY={KEY}\0"),
+        );
+        let found = r.scan(&mut ev, &registry);
+        // One credential, seen three times, under one fingerprint.
+        assert_eq!(found.observations.len(), 3, "{:?}", found.observations);
+        let fp = &found.observations[0].fingerprint;
+        assert!(found.observations.iter().all(|o| &o.fingerprint == fp));
+        assert_eq!(found.file, None);
+        let Detail::Exec { argv, env, .. } = &ev.detail else {
+            unreachable!()
+        };
+        assert_eq!(argv[0], "tool");
+        assert_eq!(argv[1], format!("--api-key=[REDACTED {fp}]"));
+        assert_eq!(argv[2], format!("[REDACTED {fp}]"));
+        assert_eq!(env.entries().count(), 0, "the environment is cleared");
+        // Canary: the value is nowhere in what leaves.
+        let shown = format!("{ev:?} {found:?} {}", serde_json::to_string(&ev).unwrap());
+        assert!(!shown.contains(KEY), "{shown}");
+    }
+
+    #[test]
+    fn clean_exec_is_untouched() {
+        let mut r = redactor();
+        let mut ev = exec(&["ls", "-l", "/tmp"], "HOME=/root\0PATH=/bin\0");
+        let found = r.scan(&mut ev, &Registry::default());
+        assert_eq!(found, Findings::default());
+        let Detail::Exec { argv, .. } = &ev.detail else {
+            unreachable!()
+        };
+        assert_eq!(argv, &["ls", "-l", "/tmp"]);
+    }
+
+    #[test]
+    fn declared_credential_file_is_read_once_per_version() {
+        let dir = std::env::temp_dir().join(format!("agentid-redactor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, format!("{KEY}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let registry = Registry::parse_str(
+            &format!(
+                "[[agent]]\nid = \"spiffe://t.example/agent/a\"\n[[agent.selectors]]\nuid = 1\n\
+                 [agent.credentials]\nfiles = [\"{}/*\"]\n",
+                dir.display()
+            ),
+            "t.toml",
+        );
+        assert!(registry.errors().is_empty(), "{:?}", registry.errors());
+        let mut r = redactor();
+        let open = |p: &Path| {
+            event(Detail::Open {
+                path: p.to_string_lossy().into_owned(),
+                open_flags: 0,
+            })
+        };
+        let first = r.scan(&mut open(&file), &registry);
+        assert_eq!(first.observations.len(), 1);
+        let opened = first.file.clone().unwrap();
+        assert_eq!(opened.path, file);
+        assert_eq!(opened.owner, std::fs::metadata(&file).unwrap().uid());
+        // The same version again comes from the cache with the same verdict.
+        assert_eq!(r.scan(&mut open(&file), &registry), first);
+        assert_eq!(r.file_cache.len(), 1);
+        // An undeclared, not well-known file is not read at all.
+        let other = std::env::temp_dir().join(format!("agentid-other-{}", std::process::id()));
+        std::fs::write(&other, KEY).unwrap();
+        assert_eq!(r.scan(&mut open(&other), &registry), Findings::default());
+        // A declared path that is a symlink is refused (the reader never follows links).
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+        assert_eq!(r.scan(&mut open(&link), &registry), Findings::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_file(&other).unwrap();
+    }
+
+    #[test]
+    fn seeded_command_lines_are_redacted() {
+        let r = redactor();
+        let mut argv = vec!["curl".to_owned(), "-H".to_owned(), KEY.to_owned()];
+        let found = r.redact(&mut argv);
+        assert_eq!(found.len(), 1);
+        assert!(argv[2].starts_with("[REDACTED openai:"), "{argv:?}");
+    }
+}

@@ -1,0 +1,73 @@
+//! `egress-violation`: a connection or send outside the agent's `egress` allowlist.
+use super::Rule;
+use crate::{
+    detect::{Evidence, Incidents, incidents::AlertDraft, seen::Seen},
+    event::{Detail, EventKind},
+};
+
+rule!(
+    unit EgressViolation,
+    EGRESS_VIOLATION,
+    "egress-violation",
+    Medium,
+    "A connection outside the agent's egress allowlist.",
+    ["ASI02"],
+    ["T2"],
+    ["L4"],
+    ["MEASURE 2.4"]
+);
+
+impl Rule for EgressViolation {
+    fn on_event(&mut self, seen: &Seen<'_>, book: &mut Incidents) {
+        let Some(agent) = seen.agent else { return };
+        let ev = &seen.event.event;
+        let (
+            EventKind::Connect | EventKind::Send,
+            Detail::Sock {
+                dst_ip, dst_port, ..
+            },
+        ) = (ev.kind, &ev.detail)
+        else {
+            return;
+        };
+        let dst = if dst_ip.is_ipv6() {
+            format!("[{dst_ip}]:{dst_port}")
+        } else {
+            format!("{dst_ip}:{dst_port}")
+        };
+        let Some((owner, own)) = seen.policy_owners().find(|(owner, _)| {
+            owner.policy.egress.is_some() && !owner.policy.allows_egress(*dst_ip, *dst_port)
+        }) else {
+            return;
+        };
+        let a = seen.alert_agent();
+        let (subject, whose) = if own {
+            (vec![agent.id.as_str(), &dst], "its".to_owned())
+        } else {
+            (
+                vec![owner.id.as_str(), &dst, "for", agent.id.as_str()],
+                format!("{}'s", owner.id),
+            )
+        };
+        let mut draft = AlertDraft::new(
+            &EGRESS_VIOLATION,
+            &subject,
+            ev.time,
+            format!(
+                "{} connected to {dst} outside {whose} egress allowlist",
+                a.label()
+            ),
+            format!(
+                "{} {dst} is not in the egress policy of {}",
+                ev.kind, owner.id
+            ),
+        );
+        draft.agents = vec![a];
+        draft.evidence = Evidence {
+            processes: vec![seen.process()],
+            connections: seen.connection().into_iter().collect(),
+            credential: None,
+        };
+        book.raise(draft);
+    }
+}

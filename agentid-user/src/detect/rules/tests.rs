@@ -1,0 +1,418 @@
+//! Each rule in isolation, without a kernel: an attributed event made by hand, the
+//! findings the redactor would hand over, the rule's verdict. And the catalogue against the
+//! README's detections table.
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use super::*;
+use crate::{
+    attribution::{AgentRef, AttributedEvent, ProcIdentity},
+    credentials::{Findings, FingerprintKey, Observation, OpenedFile, Scanner},
+    detect::{Alert, Detector, Principal},
+    event::{Detail, Event, EventKind, Protocol, SecretEnv},
+    identity::Registry,
+};
+
+const A: &str = "spiffe://t.example/agent/alpha";
+const B: &str = "spiffe://t.example/agent/beta";
+const KEY: &str = "sk-proj-Zq8X2mN4vB7cL1kJ9hG3fD5sA0pO6iU8yT2rE4wQ";
+
+fn registry(extra_a: &str, extra_b: &str) -> Registry {
+    let r = Registry::parse_str(
+        &format!(
+            "[[agent]]\nid = \"{A}\"\nname = \"alpha\"\n[[agent.selectors]]\nuid = 1001\n{extra_a}\n\
+             [[agent]]\nid = \"{B}\"\nname = \"beta\"\n[[agent.selectors]]\nuid = 1002\n{extra_b}\n"
+        ),
+        "t.toml",
+    );
+    assert!(r.errors().is_empty(), "{:?}", r.errors());
+    r
+}
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+fn event(agent: Option<&str>, kind: EventKind, detail: Detail) -> AttributedEvent {
+    let mut identity = ProcIdentity::unregistered();
+    identity.agent = agent.map(|id| AgentRef {
+        id: id.to_owned(),
+        name: id.rsplit('/').next().map(str::to_owned),
+        owner: None,
+        environment: None,
+    });
+    AttributedEvent {
+        transition: None,
+        event: Event {
+            kind,
+            time: at(0),
+            ktime_ns: 0,
+            proc_start_ns: None,
+            pid: 4242,
+            ppid: Some(1),
+            tid: 4242,
+            uid: 1001,
+            gid: 1001,
+            cgroup_id: 7,
+            cgroup: Some("/agents/x".into()),
+            comm: "tool".into(),
+            detail,
+        },
+        exec_id: None,
+        parent_exec_id: None,
+        identity: Arc::new(identity),
+        exe: Some("/usr/bin/tool".into()),
+        loginuid: None,
+    }
+}
+
+fn exec(agent: Option<&str>, filename: &str) -> AttributedEvent {
+    event(
+        agent,
+        EventKind::Exec,
+        Detail::Exec {
+            filename: filename.into(),
+            argv: vec![filename.into()],
+            argv_truncated: false,
+            argv_missing: false,
+            scan_incomplete: None,
+            loginuid: None,
+            env: SecretEnv::new(b""),
+        },
+    )
+}
+
+fn connect(agent: Option<&str>, ip: &str, port: u16) -> AttributedEvent {
+    event(
+        agent,
+        EventKind::Connect,
+        Detail::Sock {
+            dst_ip: ip.parse::<IpAddr>().unwrap(),
+            dst_port: port,
+            protocol: Protocol::Tcp,
+        },
+    )
+}
+
+/// The findings of an exec carrying `KEY` in its environment, under `key`.
+fn holding(key: FingerprintKey) -> Findings {
+    let entry = format!("OPENAI_API_KEY={KEY}");
+    let observations: Vec<Observation> =
+        Scanner::new(key).scan_env(std::iter::once(entry.as_bytes()));
+    assert_eq!(observations.len(), 1);
+    Findings {
+        observations,
+        file: None,
+    }
+}
+
+fn run(d: &mut Detector, ev: &AttributedEvent, f: &Findings, r: &Registry) -> Vec<Alert> {
+    d.observe(ev, f, r).alerts
+}
+
+fn rules_of(alerts: &[Alert]) -> Vec<&'static str> {
+    alerts.iter().map(|a| a.rule).collect()
+}
+
+#[test]
+fn credential_reuse_needs_two_registered_agents_not_declared_shared() {
+    let key = FingerprintKey::ephemeral().unwrap();
+    let f = holding(key);
+    let r = registry("", "");
+    let mut d = Detector::new(None);
+    d.set_registry(&r);
+    // One agent, twice: its own credential.
+    assert!(run(&mut d, &exec(Some(A), "/bin/a"), &f, &r).is_empty());
+    assert!(run(&mut d, &exec(Some(A), "/bin/a"), &f, &r).is_empty());
+    // A second agent: one incident naming both, at high.
+    let out = d.observe(&exec(Some(B), "/bin/b"), &f, &r);
+    assert_eq!(rules_of(&out.alerts), ["credential-reuse"]);
+    let alert = &out.alerts[0];
+    assert_eq!(alert.severity, Severity::High);
+    let ids: Vec<&str> = alert.agents.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, [A, B]);
+    assert_eq!(alert.agents[0].id, Principal::Agent(A.parse().unwrap()));
+    let cred = alert.evidence.credential.as_ref().unwrap();
+    assert_eq!(cred.seen_as, ["env:OPENAI_API_KEY"]);
+    assert!(cred.fingerprint.starts_with("openai:"));
+    // The store's sighting names the principal.
+    assert_eq!(out.credentials.len(), 1);
+    assert_eq!(
+        out.credentials[0].agent,
+        Principal::Agent(B.parse().unwrap())
+    );
+    // Seen again: the same incident, counted.
+    let again = run(&mut d, &exec(Some(B), "/bin/b"), &f, &r);
+    assert_eq!(again[0].uid, alert.uid);
+    assert_eq!(again[0].count, 2);
+    // Canary: no value in any alert.
+    assert!(!serde_json::to_string(&again).unwrap().contains(KEY));
+}
+
+#[test]
+fn credential_reuse_declared_shared_is_quiet() {
+    let key = FingerprintKey::ephemeral().unwrap();
+    let f = holding(key);
+    let r = registry(&format!("[agent.credentials]\nshared_with = [\"{B}\"]"), "");
+    let mut d = Detector::new(None);
+    d.set_registry(&r);
+    assert!(run(&mut d, &exec(Some(A), "/bin/a"), &f, &r).is_empty());
+    assert!(run(&mut d, &exec(Some(B), "/bin/b"), &f, &r).is_empty());
+}
+
+#[test]
+fn credential_stale_by_age_and_by_revocation() {
+    let key = FingerprintKey::ephemeral().unwrap();
+    let f = holding(key);
+    let r = registry("[agent.policy]\ncredential_max_age = \"1h\"", "");
+    let mut d = Detector::new(None);
+    let mut young = exec(Some(A), "/bin/a");
+    assert!(run(&mut d, &young, &f, &r).is_empty());
+    young.event.time = at(3599);
+    assert!(run(&mut d, &young, &f, &r).is_empty(), "within the max age");
+    young.event.time = at(3601);
+    let stale = run(&mut d, &young, &f, &r);
+    assert_eq!(rules_of(&stale), ["credential-stale"]);
+    assert!(
+        stale[0].description.contains("credential_max_age"),
+        "{}",
+        stale[0].description
+    );
+    // Beta has no max age; revoking the fingerprint makes its next use stale.
+    assert!(
+        run(&mut d, &exec(Some(B), "/bin/b"), &f, &r)
+            .iter()
+            .all(|a| a.rule != "credential-stale")
+    );
+    let prefix = f.observations[0].fingerprint.to_string().parse().unwrap();
+    d.revoke(prefix);
+    let revoked = run(&mut d, &exec(Some(B), "/bin/b"), &f, &r);
+    let stale: Vec<_> = revoked
+        .iter()
+        .filter(|a| a.rule == "credential-stale")
+        .collect();
+    assert_eq!(stale.len(), 1);
+    assert!(stale[0].description.contains("revoked"));
+}
+
+#[test]
+fn shadow_agent_in_a_watched_scope_and_with_a_registered_credential() {
+    let r = registry("", "");
+    let watch = GlobList::new(&["/agents/**"]).unwrap();
+    let mut d = Detector::new(Some(watch));
+    // Unregistered, in the watched scope: medium.
+    let out = run(&mut d, &exec(None, "/bin/sh"), &Findings::default(), &r);
+    assert_eq!(rules_of(&out), ["shadow-agent"]);
+    assert_eq!(out[0].severity, Severity::Medium);
+    assert_eq!(out[0].agents[0].id, Principal::Unregistered);
+    // A registered agent there is not a shadow; nor is an unregistered one elsewhere.
+    assert!(run(&mut d, &exec(Some(A), "/bin/sh"), &Findings::default(), &r).is_empty());
+    let mut outside = exec(None, "/bin/sh");
+    outside.event.cgroup = Some("/system.slice/cron.service".into());
+    assert!(run(&mut d, &outside, &Findings::default(), &r).is_empty());
+    // Unregistered, outside, holding alpha's credential: high.
+    let key = FingerprintKey::ephemeral().unwrap();
+    let f = holding(key);
+    assert!(run(&mut d, &exec(Some(A), "/bin/a"), &f, &r).is_empty());
+    let out = run(&mut d, &outside, &f, &r);
+    assert_eq!(rules_of(&out), ["shadow-agent"]);
+    assert_eq!(out[0].severity, Severity::High);
+    let ids: Vec<&str> = out[0].agents.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, [A, "unregistered"]);
+}
+
+#[test]
+fn human_privilege_root_login_session_and_a_humans_file() {
+    let r = registry("", "[[agent.selectors]]\nuid = 0");
+    let mut d = Detector::new(None);
+    let mut root = exec(Some(A), "/bin/a");
+    root.event.uid = 0;
+    let out = run(&mut d, &root, &Findings::default(), &r);
+    assert_eq!(rules_of(&out), ["human-privilege"]);
+    assert_eq!(out[0].title, "alpha runs as root");
+    assert_eq!(out[0].severity, Severity::Medium);
+    // Beta declares uid 0: quiet.
+    let mut declared = exec(Some(B), "/bin/b");
+    declared.event.uid = 0;
+    assert!(run(&mut d, &declared, &Findings::default(), &r).is_empty());
+    // Inside a human's login session.
+    let mut login = exec(Some(A), "/bin/a");
+    login.loginuid = Some(1000);
+    // As alpha's declared uid: quiet; as another uid: the human's session shows.
+    assert!(run(&mut d, &login, &Findings::default(), &r).is_empty());
+    login.event.uid = 1500;
+    let out = run(&mut d, &login, &Findings::default(), &r);
+    assert_eq!(
+        out[0].title,
+        "alpha runs as uid 1500 inside the login session of uid 1000"
+    );
+    // Another user's credential file under /home: high; the agent's own file: quiet.
+    let key = FingerprintKey::ephemeral().unwrap();
+    let mut f = holding(key);
+    let open = event(
+        Some(A),
+        EventKind::Open,
+        Detail::Open {
+            path: "/home/alice/.aws/credentials".into(),
+            open_flags: 0,
+        },
+    );
+    f.file = Some(OpenedFile {
+        path: PathBuf::from("/home/alice/.aws/credentials"),
+        owner: 1000,
+    });
+    let out = run(&mut d, &open, &f, &r);
+    let hp: Vec<_> = out.iter().filter(|a| a.rule == "human-privilege").collect();
+    assert_eq!(hp.len(), 1);
+    assert_eq!(hp[0].severity, Severity::High);
+    assert_eq!(
+        hp[0].evidence.credential.as_ref().unwrap().seen_as,
+        ["file:/home/alice/.aws/credentials"]
+    );
+    f.file = Some(OpenedFile {
+        path: PathBuf::from("/home/alpha/.aws/credentials"),
+        owner: 1001,
+    });
+    assert!(
+        run(&mut d, &open, &f, &r)
+            .iter()
+            .all(|a| a.rule != "human-privilege")
+    );
+}
+
+#[test]
+fn egress_and_tools_policies() {
+    let r = registry(
+        "[agent.policy]\negress = [\"127.0.0.1:8080\"]\ntools = [\"/usr/bin/git\"]",
+        "",
+    );
+    let mut d = Detector::new(None);
+    let none = Findings::default();
+    assert!(run(&mut d, &connect(Some(A), "127.0.0.1", 8080), &none, &r).is_empty());
+    let out = run(&mut d, &connect(Some(A), "127.0.0.1", 9090), &none, &r);
+    assert_eq!(rules_of(&out), ["egress-violation"]);
+    assert_eq!(
+        out[0].title,
+        "alpha connected to 127.0.0.1:9090 outside its egress allowlist"
+    );
+    assert_eq!(out[0].evidence.connections[0].dst_port, 9090);
+    let out = run(&mut d, &connect(Some(A), "::1", 443), &none, &r);
+    assert!(out[0].title.contains("[::1]:443"), "{}", out[0].title);
+    // Beta has no policy: unrestricted.
+    assert!(run(&mut d, &connect(Some(B), "127.0.0.1", 9090), &none, &r).is_empty());
+    assert!(run(&mut d, &exec(Some(A), "/usr/bin/git"), &none, &r).is_empty());
+    let out = run(&mut d, &exec(Some(A), "/usr/bin/curl"), &none, &r);
+    assert_eq!(rules_of(&out), ["tool-violation"]);
+    assert_eq!(out[0].severity, Severity::Low);
+    assert!(run(&mut d, &exec(Some(B), "/usr/bin/curl"), &none, &r).is_empty());
+}
+
+#[test]
+fn undeclared_delegation_unless_declared() {
+    let r = registry("", "");
+    let mut d = Detector::new(None);
+    let mut handed = exec(Some(B), "/bin/b");
+    let mut identity = (*handed.identity).clone();
+    identity.acting_for = vec![A.to_owned()];
+    identity.delegation_declared = false;
+    handed.identity = Arc::new(identity.clone());
+    let out = run(&mut d, &handed, &Findings::default(), &r);
+    assert_eq!(rules_of(&out), ["undeclared-delegation"]);
+    let ids: Vec<&str> = out[0].agents.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, [A, B]);
+    identity.delegation_declared = true;
+    handed.identity = Arc::new(identity);
+    assert!(run(&mut d, &handed, &Findings::default(), &r).is_empty());
+}
+
+#[test]
+fn telemetry_gap_once_per_growth_and_delivery_loss_per_sink() {
+    let mut d = Detector::new(None);
+    assert!(d.telemetry_gap(0, &[], at(0)).is_none());
+    let gap = d
+        .telemetry_gap(5, &[("exec", 5), ("fork", 0)], at(1))
+        .unwrap();
+    assert_eq!(gap.rule, "telemetry-gap");
+    assert!(
+        gap.description.starts_with("5 kernel events were lost"),
+        "{}",
+        gap.description
+    );
+    assert!(
+        gap.description.ends_with("totals: exec 5"),
+        "{}",
+        gap.description
+    );
+    assert!(d.telemetry_gap(5, &[("exec", 5)], at(2)).is_none());
+    assert_eq!(d.telemetry_gap(7, &[("exec", 7)], at(3)).unwrap().count, 2);
+    let loss = d.delivery_loss("siem", 3, "SpoolFull", at(4));
+    assert_eq!((loss.rule, loss.count), ("delivery-loss", 1));
+    assert_eq!(d.delivery_loss("siem", 9, "SpoolFull", at(5)).count, 2);
+    assert_eq!(d.delivery_loss("other", 1, "SpoolFull", at(5)).count, 1);
+    assert_eq!(d.alerts().count(), 3);
+}
+
+#[test]
+fn catalogue_is_complete_and_unique() {
+    let mut ids: Vec<&str> = CATALOGUE.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), CATALOGUE.len());
+    for rule in all(None) {
+        assert!(
+            info(rule.info().id).is_some(),
+            "{} not in CATALOGUE",
+            rule.info().id
+        );
+    }
+    assert_eq!(info("credential-reuse"), Some(&CREDENTIAL_REUSE));
+    assert_eq!(
+        CREDENTIAL_REUSE.tag_line(),
+        "ASI03 · T3 T9 · L4 L7 · MEASURE 2.7, MANAGE 4.1"
+    );
+    assert_eq!(TELEMETRY_GAP.tag_line(), "T8 · L5 · MEASURE 2.4");
+}
+
+/// The README's detections table is the catalogue: same rules, in order, with each
+/// rule's default severity first and its tags.
+#[test]
+fn readme_table_matches_the_catalogue() {
+    let readme = include_str!("../../../../README.md");
+    let table = readme
+        .split("## Detections")
+        .nth(1)
+        .and_then(|s| s.split("\n\n").nth(1))
+        .unwrap();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(2)
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), CATALOGUE.len(), "{table}");
+    for (row, rule) in rows.iter().zip(CATALOGUE) {
+        assert_eq!(row.len(), 4, "{row:?}");
+        assert_eq!(row[0], format!("`{}`", rule.id));
+        assert_eq!(
+            row[2].split('/').next(),
+            Some(rule.severity.as_str()),
+            "{}: the first severity is the default",
+            rule.id
+        );
+        assert_eq!(row[3], rule.tag_line(), "{}", rule.id);
+    }
+}
+
+#[test]
+fn principal_is_a_bare_string_on_the_wire() {
+    let agent = Principal::Agent(A.parse().unwrap());
+    assert_eq!(serde_json::to_value(&agent).unwrap(), A);
+    assert_eq!(
+        serde_json::to_value(Principal::Unregistered).unwrap(),
+        "unregistered"
+    );
+    assert!(Principal::Unregistered > agent, "sorts as its string");
+}

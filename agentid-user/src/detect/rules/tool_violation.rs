@@ -1,0 +1,59 @@
+//! `tool-violation`: an exec outside the agent's `tools` allowlist.
+use super::Rule;
+use crate::{
+    detect::{Evidence, Incidents, incidents::AlertDraft, seen::Seen},
+    event::Detail,
+};
+
+rule!(
+    unit ToolViolation,
+    TOOL_VIOLATION,
+    "tool-violation",
+    Low,
+    "An exec outside the agent's tools allowlist.",
+    ["ASI02"],
+    ["T2"],
+    ["L4"],
+    ["MEASURE 2.4"]
+);
+
+impl Rule for ToolViolation {
+    fn on_event(&mut self, seen: &Seen<'_>, book: &mut Incidents) {
+        let ev = &seen.event.event;
+        let Detail::Exec { filename, .. } = &ev.detail else {
+            return;
+        };
+        let Some(agent) = seen.agent else { return };
+        let Some((owner, own)) = seen
+            .policy_owners()
+            .find(|(owner, _)| owner.policy.tools.is_some() && !owner.policy.allows_tool(filename))
+        else {
+            return;
+        };
+        let a = seen.alert_agent();
+        let (subject, whose) = if own {
+            (vec![agent.id.as_str(), filename], "its".to_owned())
+        } else {
+            (
+                vec![owner.id.as_str(), filename, "for", agent.id.as_str()],
+                format!("{}'s", owner.id),
+            )
+        };
+        let mut draft = AlertDraft::new(
+            &TOOL_VIOLATION,
+            &subject,
+            ev.time,
+            format!(
+                "{} ran {filename} outside {whose} tools allowlist",
+                a.label()
+            ),
+            format!("{filename} is not in the tools policy of {}", owner.id),
+        );
+        draft.agents = vec![a];
+        draft.evidence = Evidence {
+            processes: vec![seen.process()],
+            ..Evidence::default()
+        };
+        book.raise(draft);
+    }
+}
