@@ -10,7 +10,7 @@
 //! waits on a timer. A failed exec never gets here.
 use agentid_ebpf::{
     ARGV_LEN, CHUNK_LEN, ENV_LEN, EXEC_AREA_CAP, ExecChunkRecord, ExecRecord, ExitRecord,
-    FILENAME_LEN, ForkRecord, Header, MAX_CHUNKS, chunk_stream, exec_flags, kind,
+    FILENAME_LEN, ForkRecord, MAX_CHUNKS, chunk_stream, exec_flags, kind,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
@@ -18,7 +18,8 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
     },
-    macros::raw_tracepoint,
+    macros::{map, raw_tracepoint},
+    maps::PerCpuArray,
     programs::RawTracePointContext,
 };
 
@@ -69,16 +70,16 @@ unsafe fn copy_head<const N: usize>(dst: *mut u8, area: Area) -> Option<u32> {
     (rc == 0).then_some(n)
 }
 
-/// Sends `area`'s bytes from `first` up to [`EXEC_AREA_CAP`] as chunk records. Returns the
-/// exec flags to set: `fault` when a chunk could not be read, `CHUNK_DROPPED` when the ring
-/// buffer was full; either stops the area (userspace sees the gap by the flag and by the
-/// missing bytes).
+/// Sends `area`'s bytes from `first` up to [`EXEC_AREA_CAP`] as chunk records. Notes the
+/// exec flags to set in `EXEC_CHUNK_FLAGS`: `fault` when a chunk could not be read,
+/// `CHUNK_DROPPED` when the ring buffer was full; either stops the area (userspace sees the
+/// gap by the flag and by the missing bytes).
 ///
 /// The loop is bounded by a constant and every chunk's offset is a constant of its
 /// iteration (not a sum of earlier lengths), so the verifier's states at the loop head
 /// match and prune on 6.1 as on newer kernels.
 #[inline(always)]
-fn send_chunks(ids: (u32, u32, u64), stream: u32, area: Area, first: usize, fault: u32) -> u32 {
+fn send_chunks(ids: (u32, u32, u64), stream: u32, area: Area, first: usize, fault: u32) {
     let (tgid, tid, start_ns) = ids;
     let end = if area.len > EXEC_AREA_CAP as u64 {
         EXEC_AREA_CAP as u64
@@ -98,23 +99,24 @@ fn send_chunks(ids: (u32, u32, u64), stream: u32, area: Area, first: usize, faul
         };
         let Some(mut entry) = EVENTS.reserve::<ExecChunkRecord>(0) else {
             count_drop(kind::EXEC_CHUNK);
-            return exec_flags::CHUNK_DROPPED;
+            note_chunk_flag(exec_flags::CHUNK_DROPPED);
+            return;
         };
         let rec = entry.as_mut_ptr();
         // SAFETY: `rec` is a reserved record and `data` holds CHUNK_LEN >= n bytes; the
         // source is user memory read through the checked helper.
         let rc = unsafe {
-            (*rec).header = Header {
-                kind: kind::EXEC_CHUNK,
-                reserved: 0,
-                ktime_ns: bpf_ktime_get_boot_ns(),
-                tgid,
-                tid,
-                uid: 0,
-                gid: 0,
-                cgroup_id: 0,
-                comm: [0; 16],
-            };
+            // Field by field: a struct store becomes a memset call the verifier walks
+            // for every chunk of every path.
+            (*rec).header.kind = kind::EXEC_CHUNK;
+            (*rec).header.reserved = 0;
+            (*rec).header.ktime_ns = bpf_ktime_get_boot_ns();
+            (*rec).header.tgid = tgid;
+            (*rec).header.tid = tid;
+            (*rec).header.uid = 0;
+            (*rec).header.gid = 0;
+            (*rec).header.cgroup_id = 0;
+            (*rec).header.comm = [0; 16];
             (*rec).start_ns = start_ns;
             (*rec).stream = stream;
             (*rec).offset = off as u32;
@@ -128,12 +130,29 @@ fn send_chunks(ids: (u32, u32, u64), stream: u32, area: Area, first: usize, faul
         };
         if rc != 0 {
             entry.discard(0);
-            return fault;
+            note_chunk_flag(fault);
+            return;
         }
         // No wakeup: the exec record right after these asks for one.
         entry.submit(u64::from(BPF_RB_NO_WAKEUP));
     }
-    0
+}
+
+/// The exec flags the chunk loops set, kept in a per-CPU map rather than a register:
+/// read back from the map they are an unknown value to the verifier, so the paths that
+/// left the loops early (a fault, a full ring) and those that did not converge and are
+/// verified once. As constants in a register they stayed apart, and the exec record's
+/// code after the loops was verified again for every combination: on 6.1 that exceeded
+/// the verifier's budget.
+#[map(name = "EXEC_CHUNK_FLAGS")]
+static EXEC_CHUNK_FLAGS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn note_chunk_flag(flag: u32) {
+    if let Some(slot) = EXEC_CHUNK_FLAGS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *slot |= flag };
+    }
 }
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
@@ -154,13 +173,17 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 
     // The areas' tails first (see the module doc), then the exec record.
     let ids = (tgid, tid, start_ns);
-    let mut chunk_flags = 0;
+    if let Some(slot) = EXEC_CHUNK_FLAGS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *slot = 0 };
+    }
     if let Some(a) = argv_area {
-        chunk_flags |= send_chunks(ids, chunk_stream::ARGV, a, ARGV_LEN, exec_flags::ARGV_FAULT);
+        send_chunks(ids, chunk_stream::ARGV, a, ARGV_LEN, exec_flags::ARGV_FAULT);
     }
     if let Some(a) = env_area {
-        chunk_flags |= send_chunks(ids, chunk_stream::ENV, a, ENV_LEN, exec_flags::ENV_FAULT);
+        send_chunks(ids, chunk_stream::ENV, a, ENV_LEN, exec_flags::ENV_FAULT);
     }
+    let chunk_flags = EXEC_CHUNK_FLAGS.get(0).copied().unwrap_or(0);
 
     emit::<ExecRecord>(kind::EXEC, tgid, tid, |rec| {
         // SAFETY: `rec` is a reserved record; kernel pointers are read through helpers only.
