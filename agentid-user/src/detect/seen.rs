@@ -111,6 +111,24 @@ impl<'a> Seen<'a> {
     }
 }
 
+/// A policy violation's incident subject and how its title names the policy: the agent's
+/// own (`its`), or that of an agent it acts for (a separate incident per pair).
+pub(crate) fn policy_subject<'a>(
+    agent: &'a Agent,
+    owner: &'a Agent,
+    own: bool,
+    what: &'a str,
+) -> (Vec<&'a str>, String) {
+    if own {
+        (vec![agent.id.as_str(), what], "its".to_owned())
+    } else {
+        (
+            vec![owner.id.as_str(), what, "for", agent.id.as_str()],
+            format!("{}'s", owner.id),
+        )
+    }
+}
+
 impl AlertAgent {
     pub fn unregistered() -> Self {
         Self {

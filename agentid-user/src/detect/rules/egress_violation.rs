@@ -1,7 +1,11 @@
 //! `egress-violation`: a connection or send outside the agent's `egress` allowlist.
 use super::Rule;
 use crate::{
-    detect::{Evidence, Incidents, incidents::AlertDraft, seen::Seen},
+    detect::{
+        Evidence, Incidents,
+        incidents::AlertDraft,
+        seen::{self, Seen},
+    },
     event::{Detail, EventKind},
 };
 
@@ -41,14 +45,7 @@ impl Rule for EgressViolation {
             return;
         };
         let a = seen.alert_agent();
-        let (subject, whose) = if own {
-            (vec![agent.id.as_str(), &dst], "its".to_owned())
-        } else {
-            (
-                vec![owner.id.as_str(), &dst, "for", agent.id.as_str()],
-                format!("{}'s", owner.id),
-            )
-        };
+        let (subject, whose) = seen::policy_subject(agent, owner, own, &dst);
         let mut draft = AlertDraft::new(
             &EGRESS_VIOLATION,
             &subject,

@@ -114,17 +114,22 @@ fn run(d: &mut Detector, ev: &AttributedEvent, f: &Findings, r: &Registry) -> Ve
     d.observe(ev, f, r).alerts
 }
 
+/// A key's findings, the two agents' registry and a detector that knows it.
+fn rig(extra_a: &str, extra_b: &str) -> (Findings, Registry, Detector) {
+    let findings = holding(FingerprintKey::ephemeral().unwrap());
+    let registry = registry(extra_a, extra_b);
+    let mut detector = Detector::new(None);
+    detector.set_registry(&registry);
+    (findings, registry, detector)
+}
+
 fn rules_of(alerts: &[Alert]) -> Vec<&'static str> {
     alerts.iter().map(|a| a.rule).collect()
 }
 
 #[test]
 fn credential_reuse_needs_two_registered_agents_not_declared_shared() {
-    let key = FingerprintKey::ephemeral().unwrap();
-    let f = holding(key);
-    let r = registry("", "");
-    let mut d = Detector::new(None);
-    d.set_registry(&r);
+    let (f, r, mut d) = rig("", "");
     // One agent, twice: its own credential.
     assert!(run(&mut d, &exec(Some(A), "/bin/a"), &f, &r).is_empty());
     assert!(run(&mut d, &exec(Some(A), "/bin/a"), &f, &r).is_empty());
@@ -155,21 +160,14 @@ fn credential_reuse_needs_two_registered_agents_not_declared_shared() {
 
 #[test]
 fn credential_reuse_declared_shared_is_quiet() {
-    let key = FingerprintKey::ephemeral().unwrap();
-    let f = holding(key);
-    let r = registry(&format!("[agent.credentials]\nshared_with = [\"{B}\"]"), "");
-    let mut d = Detector::new(None);
-    d.set_registry(&r);
+    let (f, r, mut d) = rig(&format!("[agent.credentials]\nshared_with = [\"{B}\"]"), "");
     assert!(run(&mut d, &exec(Some(A), "/bin/a"), &f, &r).is_empty());
     assert!(run(&mut d, &exec(Some(B), "/bin/b"), &f, &r).is_empty());
 }
 
 #[test]
 fn credential_stale_by_age_and_by_revocation() {
-    let key = FingerprintKey::ephemeral().unwrap();
-    let f = holding(key);
-    let r = registry("[agent.policy]\ncredential_max_age = \"1h\"", "");
-    let mut d = Detector::new(None);
+    let (f, r, mut d) = rig("[agent.policy]\ncredential_max_age = \"1h\"", "");
     let mut young = exec(Some(A), "/bin/a");
     assert!(run(&mut d, &young, &f, &r).is_empty());
     young.event.time = at(3599);

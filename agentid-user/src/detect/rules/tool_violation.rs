@@ -1,7 +1,11 @@
 //! `tool-violation`: an exec outside the agent's `tools` allowlist.
 use super::Rule;
 use crate::{
-    detect::{Evidence, Incidents, incidents::AlertDraft, seen::Seen},
+    detect::{
+        Evidence, Incidents,
+        incidents::AlertDraft,
+        seen::{self, Seen},
+    },
     event::Detail,
 };
 
@@ -31,14 +35,7 @@ impl Rule for ToolViolation {
             return;
         };
         let a = seen.alert_agent();
-        let (subject, whose) = if own {
-            (vec![agent.id.as_str(), filename], "its".to_owned())
-        } else {
-            (
-                vec![owner.id.as_str(), filename, "for", agent.id.as_str()],
-                format!("{}'s", owner.id),
-            )
-        };
+        let (subject, whose) = seen::policy_subject(agent, owner, own, filename);
         let mut draft = AlertDraft::new(
             &TOOL_VIOLATION,
             &subject,
