@@ -303,6 +303,7 @@ async fn stale_credential_after_max_age_or_revocation() {
                 argv: vec![],
                 argv_truncated: false,
                 argv_missing: false,
+                scan_incomplete: None,
                 loginuid: None,
                 env: agentid::event::SecretEnv::new(
                     format!("OPENAI_API_KEY={revoked}\0").as_bytes(),

@@ -85,13 +85,17 @@ async fn exec_reports_filename_argv_ppid_uid_and_exit_code() {
     );
 }
 
+/// Every argument now, not the first 16 (they were all a blind spot before: a key as the
+/// 40th argument was never scanned).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_argv_is_bounded_and_flagged() {
+async fn long_argv_is_captured_whole() {
     let Some(mut sensor) = sensor_or_skip("argv") else {
         return;
     };
     let cg = TestCgroup::new("argv");
-    let many: Vec<String> = (0..40).map(|i| format!("a{i}")).collect();
+    // 40 short arguments and one of 3000 bytes: past the exec record's own 1 KiB.
+    let mut many: Vec<String> = (0..40).map(|i| format!("a{i}")).collect();
+    many.push("z".repeat(3000));
     let status = cg
         .command("/bin/true")
         .args(&many)
@@ -106,15 +110,143 @@ async fn long_argv_is_bounded_and_flagged() {
     let Detail::Exec {
         argv,
         argv_truncated,
+        scan_incomplete,
         ..
     } = &exec.detail
     else {
         unreachable!()
     };
-    assert!(argv_truncated);
-    assert_eq!(argv.len(), agentid_ebpf::MAX_ARGS);
+    assert!(!argv_truncated, "{argv:?}");
+    assert_eq!(*scan_incomplete, None);
+    assert_eq!(argv.len(), 42);
+    assert_eq!(argv[0], "/bin/true");
     assert_eq!(argv[1], "a0");
-    assert_eq!(argv[15], "a14");
+    assert_eq!(argv[40], "a39");
+    assert_eq!(argv[41], "z".repeat(3000));
+}
+
+/// An environment of `filler` bytes of harmless variables, then `key`: the key sits
+/// past the first `filler` bytes of the environment area.
+fn padded_env(filler: usize, key: &str) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let mut used = 0;
+    let mut i = 0;
+    while used < filler {
+        // Kubernetes-like service variables, ~60 bytes each.
+        let name = format!("SVC_{i:05}_SERVICE_HOST");
+        let value = format!("10.96.{}.{}:{:032}", i / 250, i % 250, i);
+        used += name.len() + value.len() + 2;
+        env.push((name, value));
+        i += 1;
+    }
+    // `Command` passes its environment sorted by name: this one comes last.
+    env.push(("ZZ_AGENT_MARKER".into(), key.into()));
+    env
+}
+
+fn env_entries(exec: &Event) -> Vec<String> {
+    let Detail::Exec { env, .. } = &exec.detail else {
+        unreachable!()
+    };
+    env.entries()
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect()
+}
+
+/// A variable after 24 KiB and after 200 KiB of environment is captured, in order, with
+/// every variable before it, and the exec is not flagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_past_4k_is_captured_whole() {
+    let Some(mut sensor) = sensor_or_skip("wholeenv") else {
+        return;
+    };
+    for filler in [24 * 1024, 200 * 1024] {
+        let cg = TestCgroup::new("wholeenv");
+        let vars = padded_env(filler, &format!("marker-after-{filler}"));
+        let status = cg
+            .command("/bin/true")
+            .env_clear()
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .status()
+            .expect("spawn true");
+        assert!(status.success());
+        let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+            count(ev, EventKind::Exit) >= 1
+        })
+        .await;
+        let exec = exec_of(&events, "/bin/true").expect("exec event");
+        let Detail::Exec {
+            scan_incomplete, ..
+        } = &exec.detail
+        else {
+            unreachable!()
+        };
+        assert_eq!(*scan_incomplete, None, "filler {filler}");
+        let entries = env_entries(exec);
+        let want: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(entries.len(), want.len(), "filler {filler}");
+        // Compared as a whole without printing ~200 KiB on failure.
+        assert!(entries == want, "filler {filler}: environment differs");
+        assert_eq!(
+            entries.last().map(String::as_str),
+            Some(format!("ZZ_AGENT_MARKER=marker-after-{filler}").as_str())
+        );
+    }
+}
+
+/// An agent that pushes its key past the capture cap does not get a silent pass: the exec
+/// is flagged (`env-beyond-cap`, `argv-beyond-cap`) and what was captured is exactly the
+/// first `EXEC_AREA_CAP` bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn areas_past_the_cap_are_flagged_not_silent() {
+    let Some(mut sensor) = sensor_or_skip("overcap") else {
+        return;
+    };
+    let cg = TestCgroup::new("overcap");
+    // A single string may be at most 128 KiB (MAX_ARG_STRLEN): three of 100 KB each.
+    let big = "v".repeat(100_000);
+    let status = cg
+        .command("/bin/true")
+        .env_clear()
+        .env("BIG_A", &big)
+        .env("BIG_B", &big)
+        .env("BIG_C", &big)
+        .env("ZZ_AGENT_MARKER", "beyond")
+        .args([&big, &big, &big])
+        .status()
+        .expect("spawn true");
+    assert!(status.success());
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Exit) >= 1
+    })
+    .await;
+    let exec = exec_of(&events, "/bin/true").expect("exec event");
+    let Detail::Exec {
+        argv,
+        argv_truncated,
+        env,
+        scan_incomplete,
+        ..
+    } = &exec.detail
+    else {
+        unreachable!()
+    };
+    let reasons: Vec<&str> = scan_incomplete.expect("flagged").reasons().collect();
+    assert_eq!(reasons, ["argv-beyond-cap", "env-beyond-cap"]);
+    assert!(argv_truncated);
+    assert_eq!(env.len(), agentid_ebpf::EXEC_AREA_CAP);
+    // "/bin/true", two whole 100 KB arguments, and the start of the third.
+    assert_eq!(argv.len(), 4);
+    assert_eq!(argv[1], big);
+    assert_eq!(argv[2], big);
+    assert!(big.starts_with(&argv[3]) && argv[3].len() < big.len());
+    let json = serde_json::to_value(exec).expect("json");
+    assert_eq!(
+        json["scan_incomplete"],
+        serde_json::json!(["argv-beyond-cap", "env-beyond-cap"])
+    );
+    // Sorted by name, the marker comes after the 300 KB of BIG_*: beyond the cap.
+    assert!(!env_entries(exec).iter().any(|e| e.contains("AGENT_MARKER")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +472,11 @@ async fn completeness_10k_connects_1k_execs() {
     assert_eq!(count(&events, EventKind::Connect), CONNECTS);
     assert_eq!(true_execs, EXECS);
     let drops = sensor.drops().expect("drop counters");
-    assert_eq!(drops, [0; 7], "ring-buffer drops per kind");
+    assert_eq!(
+        drops,
+        [0; agentid_ebpf::kind::COUNT as usize],
+        "ring-buffer drops per kind"
+    );
     assert_eq!(sensor.decode_errors(), 0);
     eprintln!(
         "completeness: {} connects, {} execs captured; drops {:?}",
@@ -393,7 +529,10 @@ async fn records_made_while_the_reader_is_busy_are_not_stranded() {
     })
     .await;
     assert_eq!(seen + count(&rest, EventKind::Connect), CONNECTS);
-    assert_eq!(sensor.drops().expect("drop counters"), [0; 7]);
+    assert_eq!(
+        sensor.drops().expect("drop counters"),
+        [0; agentid_ebpf::kind::COUNT as usize]
+    );
 }
 
 /// `agentid trace --json --cgroup X` end to end: the binary, its JSON, its filter.

@@ -1,5 +1,8 @@
 //! Maps, the load-time config and the common header shared by every program.
-use agentid_ebpf::{Config, Header, RINGBUF_BYTES, WAKE_EVERY_NS, kind};
+use agentid_ebpf::{
+    Config, ExecRecord, ExitRecord, ForkRecord, Header, OpenRecord, RINGBUF_BYTES, SockRecord,
+    WAKE_EVERY_NS, kind,
+};
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{
@@ -90,4 +93,43 @@ pub unsafe fn fill_header(header: *mut Header, kind: u32, tgid: u32, tid: u32) {
         (*header).cgroup_id = bpf_get_current_cgroup_id();
         (*header).comm = bpf_get_current_comm().unwrap_or([0; 16]);
     }
+}
+
+/// A record the programs put in the ring buffer.
+///
+/// # Safety
+/// Implementors are `#[repr(C)]` and start with a [`Header`] at offset 0.
+pub unsafe trait Record: 'static {}
+// Each: `#[repr(C)]` with `header: Header` as the first field (asserted in the ABI crate).
+// SAFETY: starts with a Header, as `Record` requires.
+unsafe impl Record for ExecRecord {}
+// SAFETY: as above.
+unsafe impl Record for ForkRecord {}
+// SAFETY: as above.
+unsafe impl Record for ExitRecord {}
+// SAFETY: as above.
+unsafe impl Record for SockRecord {}
+// SAFETY: as above.
+unsafe impl Record for OpenRecord {}
+
+/// The reserve / fill / submit sequence every probe shares: reserves a `T` in the ring
+/// buffer, fills its header, lets `fill` write the rest in place (no stack copy: records
+/// are larger than the BPF stack), and submits it with at most one reader wakeup per CPU
+/// per [`WAKE_EVERY_NS`]. A full ring buffer is counted under `kind`, never silent.
+/// Returns whether the record was sent.
+#[inline(always)]
+pub fn emit<T: Record>(kind: u32, tgid: u32, tid: u32, fill: impl FnOnce(*mut T)) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        count_drop(kind);
+        return false;
+    };
+    let rec = entry.as_mut_ptr();
+    let header = rec.cast::<Header>();
+    // SAFETY: `rec` is a reserved record of `T`, which starts with a Header (`Record`).
+    unsafe { fill_header(header, kind, tgid, tid) };
+    fill(rec);
+    // SAFETY: as above; the header was filled just now.
+    let flags = wake_flags(unsafe { (*header).ktime_ns });
+    entry.submit(flags);
+    true
 }

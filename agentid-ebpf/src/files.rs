@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::common::{EVENTS, config, count_drop, current_ids, fill_header, wake_flags};
+use crate::common::{config, current_ids, emit};
 
 #[map(name = "OPEN_CGROUPS")]
 static OPEN_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
@@ -70,26 +70,20 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
     if ret < 0 {
         return 0;
     }
-    let Some(mut entry) = EVENTS.reserve::<OpenRecord>(0) else {
-        count_drop(kind::OPEN);
-        return 0;
-    };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` is a reserved record; the path is read from user memory by the helper.
-    unsafe {
-        fill_header(&raw mut (*rec).header, kind::OPEN, tgid, tid);
-        (*rec).flags = pending.flags;
-        (*rec).dfd = pending.dfd;
-        (*rec).reserved = 0;
-        let n = bpf_probe_read_user_str(
-            (*rec).path.as_mut_ptr().cast(),
-            PATH_LEN as u32,
-            pending.path as *const _,
-        );
-        (*rec).path_len = if n > 0 { n as u32 - 1 } else { 0 };
-    }
-    // SAFETY: `rec` is the reserved record; its header was filled above.
-    let flags = wake_flags(unsafe { (*rec).header.ktime_ns });
-    entry.submit(flags);
+    emit::<OpenRecord>(kind::OPEN, tgid, tid, |rec| {
+        // SAFETY: `rec` is a reserved record; the path is read from user memory by the
+        // checked helper.
+        unsafe {
+            (*rec).flags = pending.flags;
+            (*rec).dfd = pending.dfd;
+            (*rec).reserved = 0;
+            let n = bpf_probe_read_user_str(
+                (*rec).path.as_mut_ptr().cast(),
+                PATH_LEN as u32,
+                pending.path as *const _,
+            );
+            (*rec).path_len = if n > 0 { n as u32 - 1 } else { 0 };
+        }
+    });
     0
 }

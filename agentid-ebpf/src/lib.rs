@@ -11,14 +11,26 @@
 pub const COMM_LEN: usize = 16;
 /// Bytes of the exec'd path kept (NUL included); longer paths are flagged truncated.
 pub const FILENAME_LEN: usize = 256;
-/// Bytes of NUL-separated arguments kept per exec.
+/// Bytes of NUL-separated arguments carried in the [`ExecRecord`] itself; the rest of the
+/// argument area follows in [`ExecChunkRecord`]s.
 pub const ARGV_LEN: usize = 1024;
-/// Arguments kept per exec: the kernel sends what fits in [`ARGV_LEN`] bytes, userspace
-/// keeps this many and flags the rest as truncated.
-pub const MAX_ARGS: usize = 16;
-/// Bytes of NUL-separated `NAME=value` environment entries kept per exec. The environment
-/// is where agents carry their credentials; userspace fingerprints it and drops it.
+/// Bytes of NUL-separated `NAME=value` environment entries carried in the [`ExecRecord`]
+/// itself; the rest follows in [`ExecChunkRecord`]s. The environment is where agents carry
+/// their credentials; userspace fingerprints it and drops it.
 pub const ENV_LEN: usize = 4096;
+/// Bytes of each of an exec's two string areas (arguments, environment) captured in all:
+/// the record's first part plus chunks. Beyond it the exec is flagged (`*_TRUNCATED`).
+/// The kernel itself allows a quarter of the stack limit (2 MiB by default) for both, in
+/// strings of at most 128 KiB; 256 KiB each covers any real environment (a busy
+/// Kubernetes namespace's service variables are tens of KiB) at a bounded ring cost.
+pub const EXEC_AREA_CAP: usize = 256 * 1024;
+/// Data bytes per [`ExecChunkRecord`].
+pub const CHUNK_LEN: usize = 16 * 1024;
+/// Chunks per area at most: what covers `EXEC_AREA_CAP` past the smaller first part.
+pub const MAX_CHUNKS: usize = (EXEC_AREA_CAP - ARGV_LEN).div_ceil(CHUNK_LEN);
+/// Arguments an exec can carry within [`EXEC_AREA_CAP`] (each takes at least its NUL);
+/// userspace never returns more.
+pub const MAX_ARGS: usize = EXEC_AREA_CAP;
 
 /// Name of the ring buffer map carrying every record.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -49,22 +61,39 @@ pub mod kind {
     pub const CONNECT: u32 = 4;
     pub const SEND: u32 = 5;
     pub const OPEN: u32 = 6;
+    /// Part of an exec's argument or environment area past what its [`super::ExecRecord`]
+    /// holds. Submitted before that exec record, so a reader has every chunk of an exec
+    /// when its exec record arrives.
+    pub const EXEC_CHUNK: u32 = 7;
     /// One past the highest kind: the length of the drop-counter array.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// `ExecRecord::flags` bits.
 pub mod exec_flags {
-    /// The argument strings were longer than [`super::ARGV_LEN`] bytes: only their first
-    /// `ARGV_LEN` bytes are in the record. (Userspace also flags more than
-    /// [`super::MAX_ARGS`] arguments; the kernel does not count them.)
+    /// More than [`super::EXEC_AREA_CAP`] bytes of arguments (the rest is not seen).
     pub const ARGV_TRUNCATED: u32 = 1;
     /// The path did not fit in [`super::FILENAME_LEN`].
     pub const FILENAME_TRUNCATED: u32 = 2;
     /// The new image's argument memory could not be read (no argv in the record).
     pub const ARGV_MISSING: u32 = 4;
-    /// More than [`super::ENV_LEN`] bytes of environment (the rest is not seen).
+    /// More than [`super::EXEC_AREA_CAP`] bytes of environment (the rest is not seen).
     pub const ENV_TRUNCATED: u32 = 8;
+    /// The environment's first part could not be read (no environment in the record).
+    pub const ENV_MISSING: u32 = 16;
+    /// A chunk of the argument area could not be read; no later argument chunk was sent.
+    pub const ARGV_FAULT: u32 = 32;
+    /// A chunk of the environment could not be read; no later environment chunk was sent.
+    pub const ENV_FAULT: u32 = 64;
+    /// The ring buffer had no room for a chunk (counted under `kind::EXEC_CHUNK`); no
+    /// later chunk of that area was sent.
+    pub const CHUNK_DROPPED: u32 = 128;
+}
+
+/// `ExecChunkRecord::stream` values.
+pub mod chunk_stream {
+    pub const ARGV: u32 = 0;
+    pub const ENV: u32 = 1;
 }
 
 /// Common header of every record.
@@ -84,18 +113,17 @@ pub struct Header {
     pub comm: [u8; COMM_LEN],
 }
 
-/// A successful exec, recorded at `sched_process_exec`: the new image is in place, and its
-/// argument and environment strings are read from its memory
-/// (`mm->arg_start..arg_end`, `mm->env_start..env_end`) in one copy each. Nothing is
-/// captured at `execve` entry, so a failed exec leaves no record.
+/// A successful exec (`sched_process_exec`): the new image's arguments and environment as
+/// the kernel laid them out on its stack (`mm->arg_start..arg_end`, `env_start..env_end`).
+/// This record holds the first [`ARGV_LEN`] / [`ENV_LEN`] bytes of each; the rest, up to
+/// [`EXEC_AREA_CAP`], arrives in [`ExecChunkRecord`]s submitted just before this record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecRecord {
     pub header: Header,
     /// tgid of the real parent at exec time.
     pub ppid: u32,
-    /// The new image's argument count (`linux_binprm::argc`), whether or not all of
-    /// them fit in `argv`.
+    /// Number of arguments, as counted by the kernel (`linux_binprm::argc`).
     pub argc: u32,
     /// Valid bytes in `argv`: NUL-terminated strings back to back.
     pub argv_len: u32,
@@ -111,11 +139,35 @@ pub struct ExecRecord {
     pub envc: u32,
     /// Valid bytes in `env`.
     pub env_len: u32,
+    /// Bytes of the whole argument area and of the whole environment area (capped at
+    /// `u32::MAX`): what `argv`/`env` plus the chunks should add up to, up to the cap.
+    pub argv_total: u32,
+    pub env_total: u32,
     pub filename: [u8; FILENAME_LEN],
     pub argv: [u8; ARGV_LEN],
     /// NUL-terminated `NAME=value` strings back to back. Secret material: userspace
     /// fingerprints it, then zeroes it; it is never stored or printed.
     pub env: [u8; ENV_LEN],
+}
+
+/// Bytes `offset..offset + len` of one string area of the exec of (`header.tgid`,
+/// `start_ns`). Only `kind`, `ktime_ns`, `tgid` and `tid` of the header are filled (the
+/// exec record carries the rest); the others are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecChunkRecord {
+    pub header: Header,
+    /// The exec'ing process's `start_boottime`, as in its [`ExecRecord`].
+    pub start_ns: u64,
+    /// [`chunk_stream::ARGV`] or [`chunk_stream::ENV`].
+    pub stream: u32,
+    /// Where `data` starts in the area.
+    pub offset: u32,
+    /// Valid bytes in `data`.
+    pub len: u32,
+    pub reserved: u32,
+    /// Secret material when the stream is the environment: userspace wipes it after use.
+    pub data: [u8; CHUNK_LEN],
 }
 
 /// A new process (not a thread) was forked.
@@ -228,24 +280,128 @@ impl Config {
     };
 }
 
-// No implicit padding: each size is the plain sum of its fields.
+// The layout both sides rely on, checked at compile time: every field at its offset and no
+// implicit padding (each size is the plain sum of its fields). The kernel writes records
+// field by field and userspace reads them from raw bytes, so a drift here is a silent
+// misread; these asserts make it a build failure instead.
 const _: () = {
-    assert!(size_of::<Header>() == 4 + 4 + 8 + 4 * 4 + 8 + COMM_LEN);
-    assert!(
-        size_of::<ExecRecord>()
-            == size_of::<Header>() + 8 * 4 + 8 + FILENAME_LEN + ARGV_LEN + ENV_LEN
-    );
-    assert!(size_of::<ForkRecord>() == size_of::<Header>() + 16);
-    assert!(size_of::<ExitRecord>() == size_of::<Header>() + 16);
-    assert!(size_of::<SockRecord>() == size_of::<Header>() + 8 + 16);
+    use core::mem::offset_of;
+    const H: usize = size_of::<Header>();
+
+    assert!(offset_of!(Header, kind) == 0);
+    assert!(offset_of!(Header, reserved) == 4);
+    assert!(offset_of!(Header, ktime_ns) == 8);
+    assert!(offset_of!(Header, tgid) == 16);
+    assert!(offset_of!(Header, tid) == 20);
+    assert!(offset_of!(Header, uid) == 24);
+    assert!(offset_of!(Header, gid) == 28);
+    assert!(offset_of!(Header, cgroup_id) == 32);
+    assert!(offset_of!(Header, comm) == 40);
+    assert!(H == 40 + COMM_LEN);
+
+    assert!(offset_of!(ExecRecord, header) == 0);
+    assert!(offset_of!(ExecRecord, ppid) == H);
+    assert!(offset_of!(ExecRecord, argc) == H + 4);
+    assert!(offset_of!(ExecRecord, argv_len) == H + 8);
+    assert!(offset_of!(ExecRecord, filename_len) == H + 12);
+    assert!(offset_of!(ExecRecord, flags) == H + 16);
+    assert!(offset_of!(ExecRecord, loginuid) == H + 20);
+    assert!(offset_of!(ExecRecord, start_ns) == H + 24);
+    assert!(offset_of!(ExecRecord, envc) == H + 32);
+    assert!(offset_of!(ExecRecord, env_len) == H + 36);
+    assert!(offset_of!(ExecRecord, argv_total) == H + 40);
+    assert!(offset_of!(ExecRecord, env_total) == H + 44);
+    assert!(offset_of!(ExecRecord, filename) == H + 48);
+    assert!(offset_of!(ExecRecord, argv) == H + 48 + FILENAME_LEN);
+    assert!(offset_of!(ExecRecord, env) == H + 48 + FILENAME_LEN + ARGV_LEN);
+    assert!(size_of::<ExecRecord>() == H + 48 + FILENAME_LEN + ARGV_LEN + ENV_LEN);
+
+    assert!(offset_of!(ExecChunkRecord, header) == 0);
+    assert!(offset_of!(ExecChunkRecord, start_ns) == H);
+    assert!(offset_of!(ExecChunkRecord, stream) == H + 8);
+    assert!(offset_of!(ExecChunkRecord, offset) == H + 12);
+    assert!(offset_of!(ExecChunkRecord, len) == H + 16);
+    assert!(offset_of!(ExecChunkRecord, reserved) == H + 20);
+    assert!(offset_of!(ExecChunkRecord, data) == H + 24);
+    assert!(size_of::<ExecChunkRecord>() == H + 24 + CHUNK_LEN);
+
+    assert!(offset_of!(ForkRecord, header) == 0);
+    assert!(offset_of!(ForkRecord, parent_tgid) == H);
+    assert!(offset_of!(ForkRecord, child_tgid) == H + 4);
+    assert!(offset_of!(ForkRecord, child_start_ns) == H + 8);
+    assert!(size_of::<ForkRecord>() == H + 16);
+
+    assert!(offset_of!(ExitRecord, header) == 0);
+    assert!(offset_of!(ExitRecord, status) == H);
+    assert!(offset_of!(ExitRecord, reserved) == H + 4);
+    assert!(offset_of!(ExitRecord, start_ns) == H + 8);
+    assert!(size_of::<ExitRecord>() == H + 16);
+
+    assert!(offset_of!(SockRecord, header) == 0);
+    assert!(offset_of!(SockRecord, family) == H);
+    assert!(offset_of!(SockRecord, protocol) == H + 2);
+    assert!(offset_of!(SockRecord, port) == H + 4);
+    assert!(offset_of!(SockRecord, reserved) == H + 6);
+    assert!(offset_of!(SockRecord, addr) == H + 8);
+    assert!(size_of::<SockRecord>() == H + 8 + 16);
+
+    assert!(offset_of!(OpenRecord, header) == 0);
+    assert!(offset_of!(OpenRecord, flags) == H);
+    assert!(offset_of!(OpenRecord, path_len) == H + 4);
+    assert!(offset_of!(OpenRecord, dfd) == H + 8);
+    assert!(offset_of!(OpenRecord, reserved) == H + 12);
+    assert!(offset_of!(OpenRecord, path) == H + 16);
+    assert!(size_of::<OpenRecord>() == H + 16 + PATH_LEN);
+
+    assert!(offset_of!(Config, self_tgid) == 0);
+    assert!(offset_of!(Config, exit_has_group_dead) == 4);
+    assert!(offset_of!(Config, task_pid_off) == 8);
+    assert!(offset_of!(Config, task_tgid_off) == 12);
+    assert!(offset_of!(Config, task_real_parent_off) == 16);
+    assert!(offset_of!(Config, task_exit_code_off) == 20);
+    assert!(offset_of!(Config, binprm_filename_off) == 24);
+    assert!(offset_of!(Config, task_start_boottime_off) == 28);
+    assert!(offset_of!(Config, task_loginuid_off) == 32);
+    assert!(offset_of!(Config, reserved) == 36);
+    assert!(offset_of!(Config, task_mm_off) == 40);
+    assert!(offset_of!(Config, mm_arg_start_off) == 44);
+    assert!(offset_of!(Config, mm_arg_end_off) == 48);
+    assert!(offset_of!(Config, mm_env_start_off) == 52);
+    assert!(offset_of!(Config, mm_env_end_off) == 56);
+    assert!(offset_of!(Config, binprm_argc_off) == 60);
+    assert!(offset_of!(Config, binprm_envc_off) == 64);
+    assert!(offset_of!(Config, reserved2) == 68);
     assert!(size_of::<Config>() == 18 * 4);
-    assert!(size_of::<OpenRecord>() == size_of::<Header>() + 16 + PATH_LEN);
-    assert!(size_of::<Header>().is_multiple_of(8) && size_of::<ExecRecord>().is_multiple_of(8));
+
+    // Ring-buffer records are 8-byte aligned; sizes that are multiples of 8 keep every
+    // record's fields aligned in place.
+    assert!(H.is_multiple_of(8) && size_of::<ExecRecord>().is_multiple_of(8));
+    assert!(size_of::<ExecChunkRecord>().is_multiple_of(8));
     assert!(size_of::<SockRecord>().is_multiple_of(8) && size_of::<ForkRecord>().is_multiple_of(8));
+    assert!(size_of::<ExitRecord>().is_multiple_of(8) && size_of::<OpenRecord>().is_multiple_of(8));
+    // The chunk length is a power of two (the kernel bounds a read's size with a mask) and
+    // every chunk offset fits the record's u32.
+    assert!(CHUNK_LEN.is_power_of_two() && EXEC_AREA_CAP < u32::MAX as usize);
+    assert!(ARGV_LEN <= ENV_LEN && ARGV_LEN + MAX_CHUNKS * CHUNK_LEN >= EXEC_AREA_CAP);
 };
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: repr(C), integers only, no padding (asserted above): any bytes are a valid value.
+    // Each record: repr(C), integers and byte arrays only, no padding (asserted above).
+    // SAFETY: any bytes are a valid value, so aya may read it out of maps and globals.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Header {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExecRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExecChunkRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ForkRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExitRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OpenRecord {}
 }

@@ -4,7 +4,7 @@
 use agentid_ebpf::{SockRecord, kind};
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use crate::common::{EVENTS, config, count_drop, current_ids, fill_header, wake_flags};
+use crate::common::{config, current_ids, emit};
 
 /// Return value that lets the socket call proceed.
 const ALLOW: i32 = 1;
@@ -13,69 +13,63 @@ const AF_INET6: u16 = 10;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    emit(&ctx, kind::CONNECT, AF_INET);
+    sock(&ctx, kind::CONNECT, AF_INET);
     ALLOW
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    emit(&ctx, kind::CONNECT, AF_INET6);
+    sock(&ctx, kind::CONNECT, AF_INET6);
     ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    emit(&ctx, kind::SEND, AF_INET);
+    sock(&ctx, kind::SEND, AF_INET);
     ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    emit(&ctx, kind::SEND, AF_INET6);
+    sock(&ctx, kind::SEND, AF_INET6);
     ALLOW
 }
 
 #[inline(always)]
-fn emit(ctx: &SockAddrContext, kind: u32, family: u16) {
+fn sock(ctx: &SockAddrContext, kind: u32, family: u16) {
     let (tgid, tid) = current_ids();
     if tgid == config().self_tgid {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<SockRecord>(0) else {
-        count_drop(kind);
-        return;
-    };
-    let rec = entry.as_mut_ptr();
     let sa = ctx.sock_addr;
-    // SAFETY: `rec` is a reserved record; `sa` is the verifier-checked context.
-    unsafe {
-        fill_header(&raw mut (*rec).header, kind, tgid, tid);
-        (*rec).family = family;
-        (*rec).protocol = (*sa).protocol as u16;
-        // user_port holds the port in network byte order in its low 16 bits.
-        (*rec).port = u16::from_be((*sa).user_port as u16);
-        (*rec).reserved = 0;
-        (*rec).addr = [0; 16];
-        if family == AF_INET {
-            let ip = (*sa).user_ip4.to_ne_bytes();
-            (*rec).addr[0] = ip[0];
-            (*rec).addr[1] = ip[1];
-            (*rec).addr[2] = ip[2];
-            (*rec).addr[3] = ip[3];
-        } else {
-            // Four separate 32-bit loads: the verifier only allows aligned u32 context reads.
-            let w0 = (*sa).user_ip6[0].to_ne_bytes();
-            let w1 = (*sa).user_ip6[1].to_ne_bytes();
-            let w2 = (*sa).user_ip6[2].to_ne_bytes();
-            let w3 = (*sa).user_ip6[3].to_ne_bytes();
-            let addr = &mut (*rec).addr;
-            addr[0..4].copy_from_slice(&w0);
-            addr[4..8].copy_from_slice(&w1);
-            addr[8..12].copy_from_slice(&w2);
-            addr[12..16].copy_from_slice(&w3);
+    emit::<SockRecord>(kind, tgid, tid, |rec| {
+        // SAFETY: `rec` is a reserved record; `sa` is the verifier-checked context.
+        unsafe {
+            (*rec).family = family;
+            (*rec).protocol = (*sa).protocol as u16;
+            // user_port holds the port in network byte order in its low 16 bits.
+            (*rec).port = u16::from_be((*sa).user_port as u16);
+            (*rec).reserved = 0;
+            (*rec).addr = [0; 16];
+            if family == AF_INET {
+                let ip = (*sa).user_ip4.to_ne_bytes();
+                (*rec).addr[0] = ip[0];
+                (*rec).addr[1] = ip[1];
+                (*rec).addr[2] = ip[2];
+                (*rec).addr[3] = ip[3];
+            } else {
+                // Four separate 32-bit loads: the verifier only allows aligned u32 context
+                // reads.
+                let w0 = (*sa).user_ip6[0].to_ne_bytes();
+                let w1 = (*sa).user_ip6[1].to_ne_bytes();
+                let w2 = (*sa).user_ip6[2].to_ne_bytes();
+                let w3 = (*sa).user_ip6[3].to_ne_bytes();
+                let addr = &mut (*rec).addr;
+                addr[0..4].copy_from_slice(&w0);
+                addr[4..8].copy_from_slice(&w1);
+                addr[8..12].copy_from_slice(&w2);
+                addr[12..16].copy_from_slice(&w3);
+            }
         }
-    }
-    // SAFETY: `rec` is the reserved record; its header was filled above.
-    let flags = wake_flags(unsafe { (*rec).header.ktime_ns });
-    entry.submit(flags);
+    });
 }

@@ -101,6 +101,16 @@ impl SecretEnv {
         Self(zeroize::Zeroizing::new(bytes.to_vec()))
     }
 
+    /// Takes a buffer that is already zeroed on drop (no copy left behind).
+    pub fn from_zeroizing(bytes: zeroize::Zeroizing<Vec<u8>>) -> Self {
+        Self(bytes)
+    }
+
+    /// Bytes held (sizes are not secret).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// The `NAME=value` entries.
     pub fn entries(&self) -> impl Iterator<Item = &[u8]> {
         self.0.split(|&b| b == 0).filter(|e| !e.is_empty())
@@ -122,14 +132,88 @@ impl std::fmt::Debug for SecretEnv {
     }
 }
 
+/// Why an exec's arguments or environment were not captured whole: one or more reasons,
+/// serialised as a list of stable names (`"env-beyond-cap"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ScanIncomplete(u8);
+
+impl ScanIncomplete {
+    /// More arguments than the capture cap.
+    pub const ARGV_BEYOND_CAP: Self = Self(1);
+    /// More environment than the capture cap.
+    pub const ENV_BEYOND_CAP: Self = Self(2);
+    /// Part of the argument memory could not be read.
+    pub const ARGV_UNREADABLE: Self = Self(4);
+    /// Part of the environment memory could not be read.
+    pub const ENV_UNREADABLE: Self = Self(8);
+    /// Captured parts never arrived (ring buffer full, or dropped by the reader's bound).
+    pub const CHUNKS_LOST: Self = Self(16);
+    /// The process was seeded from `/proc` and its `environ`/`cmdline` could not be read
+    /// (it exited, or its memory is not readable).
+    pub const PROC_UNREADABLE: Self = Self(32);
+
+    const NAMES: [(Self, &'static str); 6] = [
+        (Self::ARGV_BEYOND_CAP, "argv-beyond-cap"),
+        (Self::ENV_BEYOND_CAP, "env-beyond-cap"),
+        (Self::ARGV_UNREADABLE, "argv-unreadable"),
+        (Self::ENV_UNREADABLE, "env-unreadable"),
+        (Self::CHUNKS_LOST, "chunks-lost"),
+        (Self::PROC_UNREADABLE, "proc-unreadable"),
+    ];
+
+    /// `a` with `b`'s reasons added.
+    #[must_use]
+    pub const fn with(self, b: Self) -> Self {
+        Self(self.0 | b.0)
+    }
+
+    pub const fn contains(self, b: Self) -> bool {
+        self.0 & b.0 == b.0
+    }
+
+    /// The reasons' stable names, in a fixed order.
+    pub fn reasons(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMES
+            .into_iter()
+            .filter(move |(r, _)| self.contains(*r))
+            .map(|(_, name)| name)
+    }
+
+    /// `Some` of the union of `reasons`, `None` when there are none.
+    pub fn from_reasons(reasons: impl IntoIterator<Item = Self>) -> Option<Self> {
+        let all = reasons.into_iter().fold(Self(0), Self::with);
+        (all.0 != 0).then_some(all)
+    }
+}
+
+impl std::fmt::Display for ScanIncomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.reasons().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(r)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for ScanIncomplete {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.reasons())
+    }
+}
+
 /// Kind-specific fields, flattened into the event's JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Detail {
     Exec {
         filename: String,
+        /// Every argument, up to the capture cap (`agentid_ebpf::EXEC_AREA_CAP` bytes).
         argv: Vec<String>,
-        /// More than 16 arguments or 1 KiB of them; `argv` holds the first ones.
+        /// Not every argument was captured (beyond the cap, unreadable or lost on the
+        /// way); `argv` holds the first ones.
         argv_truncated: bool,
         /// No argv was captured (the exec began before the probes attached).
         argv_missing: bool,
@@ -138,6 +222,10 @@ pub enum Detail {
         /// The environment (never serialised; emptied after fingerprinting).
         #[serde(skip)]
         env: SecretEnv,
+        /// Set when part of the arguments or the environment could not be captured, so the
+        /// credential scan did not see the whole exec; `None` when it saw everything.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        scan_incomplete: Option<ScanIncomplete>,
     },
     /// `pid` is the new child, `ppid` the forking process.
     Fork {},

@@ -247,6 +247,30 @@ impl Attributor {
             .map(|(_, id)| Arc::clone(id))
     }
 
+    /// Attributes an event about a process the table already holds *without* applying it:
+    /// the process's current identity, nothing changed. For events that describe a known
+    /// process rather than something it did, such as a seeded process's exec rebuilt from
+    /// `/proc` for the credential scan. An orphan when the process is unknown.
+    pub fn attribute_current(&self, table: &ProcessTable, mut event: Event) -> AttributedEvent {
+        let Some(process) = table.get(event.pid) else {
+            return AttributedEvent::orphan(event);
+        };
+        let Some(identity) = self.identity_of(process) else {
+            return AttributedEvent::orphan(event);
+        };
+        event.cgroup = Some(process.cgroup.clone());
+        AttributedEvent {
+            exe: Some(process.exe.clone()),
+            loginuid: process.loginuid,
+            exec_id: Some(process.exec_id.clone()),
+            parent_exec_id: process.parent_exec_id.clone(),
+            event,
+            identity,
+            // Nothing changed hands: the process is as it was.
+            transition: None,
+        }
+    }
+
     /// Applies an event to the table and attributes it.
     pub fn attribute(
         &mut self,

@@ -485,6 +485,7 @@ pub fn sample_event(agent: &str, i: u32) -> crate::attribution::AttributedEvent 
                 ],
                 argv_truncated: false,
                 argv_missing: false,
+                scan_incomplete: None,
                 env: crate::event::SecretEnv::default(),
                 loginuid: Some(1001),
             },

@@ -194,6 +194,7 @@ mod tests {
             argv: argv.iter().map(|a| (*a).to_owned()).collect(),
             argv_truncated: false,
             argv_missing: false,
+            scan_incomplete: None,
             loginuid: None,
             env: SecretEnv::new(env.as_bytes()),
         })

@@ -6,6 +6,7 @@
 mod alerts;
 mod heartbeat;
 mod lock;
+mod seeded;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -137,6 +138,8 @@ impl Daemon {
         if let Some(gap) = unclean {
             report_unclean_stop(&shared, &gap);
         }
+        // Processes already running carry credentials too: scanned as if seen to start.
+        seeded::scan(&shared);
         // Before the API answers: whoever saw it answer may stop the daemon at once.
         let signals = Signals {
             term: signal(SignalKind::terminate()).context("SIGTERM handler")?,

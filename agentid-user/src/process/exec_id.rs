@@ -20,6 +20,12 @@ pub fn ns_to_ticks(ns: u64) -> u64 {
     ns / (1_000_000_000 / USER_HZ)
 }
 
+/// The start of `ticks` in ns since boot (the tick's first ns): the inverse of
+/// [`ns_to_ticks`] for the process-identity purposes here.
+pub fn ticks_to_ns(ticks: u64) -> u64 {
+    ticks.saturating_mul(1_000_000_000 / USER_HZ)
+}
+
 /// The host part of every exec id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostIds {

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
-pub use exec_id::{ExecId, HostIds, ns_to_ticks};
+pub use exec_id::{ExecId, HostIds, ns_to_ticks, ticks_to_ns};
 
 use crate::{
     cgroup::Resolver,
@@ -117,6 +117,22 @@ impl ProcessTable {
 
     pub fn live(&self) -> impl Iterator<Item = &Process> {
         self.live.values()
+    }
+
+    /// Every live process that predates the daemon's probes, by pid, for
+    /// [`Self::seeded_exec`]. This process itself is left out (the kernel drops its own
+    /// activity too).
+    pub fn seeded_pids(&self) -> Vec<u32> {
+        let me = std::process::id();
+        self.live.keys().copied().filter(|&pid| pid != me).collect()
+    }
+
+    /// A live process as the exec the probes would have reported (command line and
+    /// environment from `/proc`, see `seed::seeded_exec`), for the credential scan; `None`
+    /// when unknown, a kernel thread, or gone. Not for [`Self::apply`]: the table already
+    /// holds the process. The event's environment is a secret: scan it and drop it.
+    pub fn seeded_exec(&self, pid: u32) -> Option<Event> {
+        self.live.get(&pid).and_then(seed::seeded_exec)
     }
 
     /// Rewrites every live process's arguments (secret redaction after `/proc` seeding).

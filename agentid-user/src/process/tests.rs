@@ -55,6 +55,7 @@ fn exec(pid: u32, ppid: u32, start_s: u64, file: &str) -> Event {
             argv: vec![file.into(), "--x".into()],
             argv_truncated: false,
             argv_missing: false,
+            scan_incomplete: None,
             loginuid: Some(1000),
             env: crate::event::SecretEnv::default(),
         },
@@ -196,4 +197,57 @@ fn seeding_reads_this_process_with_its_parent_link() {
     );
     let parent = t.get(me.ppid).expect("parent seeded");
     assert_eq!(me.parent_exec_id.as_ref(), Some(&parent.exec_id));
+}
+
+/// A process that predates the daemon is scanned from `/proc` just like an exec: its whole
+/// command line and environment (well past the 4 KiB the exec record holds), and a process
+/// gone (or a pid reused) since seeding yields nothing rather than another's secrets.
+#[test]
+fn seeded_processes_read_back_as_their_exec() {
+    let deep = "x".repeat(30_000);
+    let mut child = std::process::Command::new("/bin/sleep")
+        .arg("30")
+        .env_clear()
+        .env("A_FILLER", &deep)
+        .env("ZZ_MARKER", "seeded-marker")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // The child is exec'd once its /proc/PID/exe is sleep (spawn returns after exec).
+    let mut t = table();
+    t.seed_from_proc();
+    let events: Vec<Event> = t.seeded_exec(pid).into_iter().collect();
+    assert!(t.seeded_pids().contains(&pid));
+    assert!(
+        !t.seeded_pids().contains(&std::process::id()),
+        "this process is left out"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let [ev] = &events[..] else {
+        panic!("one seeded exec for the child: {events:?}")
+    };
+    assert_eq!(ev.kind, EventKind::Exec);
+    assert_eq!(ev.ppid, Some(std::process::id()));
+    let p = t.get(pid).unwrap();
+    assert_eq!(ev.proc_start_ns.map(ns_to_ticks), Some(p.start_ticks));
+    let Detail::Exec {
+        filename,
+        argv,
+        env,
+        scan_incomplete,
+        ..
+    } = &ev.detail
+    else {
+        panic!("not an exec")
+    };
+    assert!(filename.ends_with("sleep"), "{filename}");
+    assert_eq!(argv, &["/bin/sleep", "30"]);
+    assert_eq!(*scan_incomplete, None);
+    let entries: Vec<&[u8]> = env.entries().collect();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0], format!("A_FILLER={deep}").as_bytes());
+    assert_eq!(entries[1], b"ZZ_MARKER=seeded-marker");
+    // Gone now: nothing to read, no event.
+    assert!(t.seeded_exec(pid).is_none());
 }

@@ -6,11 +6,12 @@ use std::{
 };
 
 use agentid_ebpf::{
-    ARGV_LEN, ENV_LEN, ExecRecord, ExitRecord, FILENAME_LEN, ForkRecord, Header, MAX_ARGS,
-    OpenRecord, PATH_LEN, SockRecord, exec_flags, kind,
+    ARGV_LEN, CHUNK_LEN, ENV_LEN, EXEC_AREA_CAP, ExecChunkRecord, ExecRecord, ExitRecord,
+    FILENAME_LEN, ForkRecord, Header, MAX_ARGS, OpenRecord, PATH_LEN, SockRecord, exec_flags, kind,
 };
 
-use crate::event::{Detail, Event, EventKind, Protocol, SecretEnv};
+use super::reassemble::Reassembler;
+use crate::event::{Detail, Event, EventKind, Protocol, ScanIncomplete, SecretEnv};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -30,6 +31,8 @@ pub enum DecodeError {
     },
     #[error("unknown address family {0}")]
     BadFamily(u16),
+    #[error("exec chunk record outside a reassembling decoder")]
+    ChunkWithoutDecoder,
 }
 
 /// Records that may be read from any bytes: `repr(C)`, integers and byte arrays only.
@@ -47,6 +50,9 @@ impl Record for ForkRecord {
 }
 impl Record for ExitRecord {
     const NAME: &'static str = "exit record";
+}
+impl Record for ExecChunkRecord {
+    const NAME: &'static str = "exec chunk record";
 }
 impl Record for OpenRecord {
     const NAME: &'static str = "open record";
@@ -95,6 +101,30 @@ fn with_exec<R>(bytes: &[u8], f: impl FnOnce(&ExecRecord) -> R) -> Result<R, Dec
     Ok(out)
 }
 
+/// Runs `f` on the chunk record in `bytes`, in place when aligned (as ring-buffer records
+/// are), else on a copy that is wiped afterwards (an environment chunk is secret).
+fn with_chunk<R>(bytes: &[u8], f: impl FnOnce(&ExecChunkRecord) -> R) -> Result<R, DecodeError> {
+    let need = size_of::<ExecChunkRecord>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            what: ExecChunkRecord::NAME,
+            len: bytes.len(),
+            need,
+        });
+    }
+    if bytes.as_ptr().align_offset(align_of::<ExecChunkRecord>()) == 0 {
+        #[expect(clippy::cast_ptr_alignment, reason = "alignment checked just above")]
+        // SAFETY: length and alignment checked; `ExecChunkRecord` is plain data valid for
+        // any bit pattern, and the borrow does not outlive `bytes`.
+        let r = unsafe { &*bytes.as_ptr().cast::<ExecChunkRecord>() };
+        return Ok(f(r));
+    }
+    let mut r: ExecChunkRecord = read(bytes)?;
+    let out = f(&r);
+    zeroize::Zeroize::zeroize(&mut r.data);
+    Ok(out)
+}
+
 /// Maps kernel boot-time stamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -130,13 +160,75 @@ fn clock_ns(clock: libc::clockid_t) -> u128 {
     u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u128::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
-/// Decodes one ring-buffer record.
+/// Decodes one ring-buffer record on its own. An exec whose areas continue in chunk
+/// records decodes with what its record holds and is flagged (`scan_incomplete`); chunk
+/// records themselves need a [`Decoder`].
 pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
+    decode_with(bytes, clock, None)?.ok_or(DecodeError::ChunkWithoutDecoder)
+}
+
+/// Decodes a stream of ring-buffer records, reassembling each exec's arguments and
+/// environment from the chunk records sent ahead of it.
+#[derive(Debug)]
+pub struct Decoder {
+    clock: Clock,
+    chunks: Reassembler,
+}
+
+impl Decoder {
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            clock,
+            chunks: Reassembler::default(),
+        }
+    }
+
+    /// The next event, or `None` for a record that only feeds a later one (a chunk).
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Option<Event>, DecodeError> {
+        decode_with(bytes, &self.clock, Some(&mut self.chunks))
+    }
+
+    /// The reassembly state (pending chunks, evictions).
+    pub fn reassembler(&self) -> &Reassembler {
+        &self.chunks
+    }
+}
+
+fn decode_with(
+    bytes: &[u8],
+    clock: &Clock,
+    chunks: Option<&mut Reassembler>,
+) -> Result<Option<Event>, DecodeError> {
     let header: Header = read(bytes)?;
     let (kind, parent, pid, start, detail) = match header.kind {
+        kind::EXEC_CHUNK => {
+            let Some(chunks) = chunks else {
+                return Err(DecodeError::ChunkWithoutDecoder);
+            };
+            with_chunk(bytes, |r| {
+                let len = r.len as usize;
+                if len > CHUNK_LEN {
+                    return Err(DecodeError::BadLength {
+                        field: "chunk",
+                        len,
+                        max: CHUNK_LEN,
+                    });
+                }
+                chunks.chunk(
+                    header.tgid,
+                    r.start_ns,
+                    header.ktime_ns,
+                    r.stream,
+                    r.offset,
+                    &r.data[..len],
+                )
+            })??;
+            return Ok(None);
+        }
         kind::EXEC => {
-            let (ppid, start, detail) =
-                with_exec(bytes, |r| (r.ppid, Some(r.start_ns), exec_detail(r)))?;
+            let (ppid, start, detail) = with_exec(bytes, |r| {
+                (r.ppid, Some(r.start_ns), exec_detail(r, chunks))
+            })?;
             (EventKind::Exec, Some(ppid), header.tgid, start, detail?)
         }
         kind::FORK => {
@@ -188,7 +280,7 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };
-    Ok(Event {
+    Ok(Some(Event {
         kind,
         time: clock.wall(header.ktime_ns),
         ktime_ns: header.ktime_ns,
@@ -202,7 +294,7 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
         cgroup: None,
         comm: c_string(&header.comm),
         detail,
-    })
+    }))
 }
 
 /// Text up to the first NUL, invalid UTF-8 replaced (never dropped).
@@ -211,7 +303,7 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
+fn exec_detail(r: &ExecRecord, chunks: Option<&mut Reassembler>) -> Result<Detail, DecodeError> {
     let filename_len = r.filename_len as usize;
     if filename_len > FILENAME_LEN {
         return Err(DecodeError::BadLength {
@@ -236,7 +328,41 @@ fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
             max: ENV_LEN,
         });
     }
-    let argv_bytes = &r.argv[..argv_len];
+    // What the areas should add up to: their whole length, up to the cap.
+    let expected = [r.argv_total, r.env_total].map(|t| (t as usize).min(EXEC_AREA_CAP));
+    let first: [&[u8]; 2] = [&r.argv[..argv_len], &r.env[..env_len]];
+    // Without a decoder there are no chunks: an empty reassembler shows the gap.
+    let mut none = Reassembler::default();
+    let ([argv_area, env_area], duplicate) =
+        chunks
+            .unwrap_or(&mut none)
+            .complete(r.header.tgid, r.start_ns, first, expected);
+    let flag = |f: u32, reason: ScanIncomplete| (r.flags & f != 0).then_some(reason);
+    let scan_incomplete = ScanIncomplete::from_reasons(
+        [
+            flag(exec_flags::ARGV_TRUNCATED, ScanIncomplete::ARGV_BEYOND_CAP),
+            flag(exec_flags::ENV_TRUNCATED, ScanIncomplete::ENV_BEYOND_CAP),
+            flag(
+                exec_flags::ARGV_MISSING | exec_flags::ARGV_FAULT,
+                ScanIncomplete::ARGV_UNREADABLE,
+            ),
+            flag(
+                exec_flags::ENV_MISSING | exec_flags::ENV_FAULT,
+                ScanIncomplete::ENV_UNREADABLE,
+            ),
+            flag(exec_flags::CHUNK_DROPPED, ScanIncomplete::CHUNKS_LOST),
+            // A gap the kernel did not explain by a read fault: chunks lost on the way.
+            (argv_area.gap && r.flags & (exec_flags::ARGV_MISSING | exec_flags::ARGV_FAULT) == 0
+                || env_area.gap
+                    && r.flags & (exec_flags::ENV_MISSING | exec_flags::ENV_FAULT) == 0
+                || duplicate)
+                .then_some(ScanIncomplete::CHUNKS_LOST),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+
+    let argv_bytes = &argv_area.bytes[..];
     let mut argv: Vec<String> = argv_bytes
         .split(|&b| b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -245,17 +371,20 @@ fn exec_detail(r: &ExecRecord) -> Result<Detail, DecodeError> {
     if argv_bytes.last() == Some(&0) {
         argv.pop();
     }
-    // The kernel sends as many strings as fit in ARGV_LEN bytes (many short arguments can be
-    // more than MAX_ARGS): keep MAX_ARGS and flag the rest as truncated.
+    // Each argument takes at least its NUL, so the cap bounds the count; a record that
+    // claims more (garbled or hostile) is cut there and flagged rather than trusted.
     let over = argv.len() > MAX_ARGS;
     argv.truncate(MAX_ARGS);
+    let argv_cut =
+        r.flags & (exec_flags::ARGV_TRUNCATED | exec_flags::ARGV_FAULT) != 0 || argv_area.gap;
     Ok(Detail::Exec {
         filename: c_string(&r.filename[..filename_len]),
         argv,
-        argv_truncated: over || r.flags & exec_flags::ARGV_TRUNCATED != 0,
+        argv_truncated: over || argv_cut,
         argv_missing: r.flags & exec_flags::ARGV_MISSING != 0,
         loginuid: (r.loginuid != u32::MAX).then_some(r.loginuid),
-        env: SecretEnv::new(&r.env[..env_len]),
+        env: SecretEnv::from_zeroizing(env_area.bytes),
+        scan_incomplete,
     })
 }
 
@@ -332,6 +461,8 @@ mod tests {
             start_ns: 123,
             envc: 2,
             env_len: 0,
+            argv_total: 0,
+            env_total: 0,
             filename: [0; FILENAME_LEN],
             argv: [0; ARGV_LEN],
             env: [0; ENV_LEN],
@@ -368,6 +499,7 @@ mod tests {
                 argv_missing: false,
                 loginuid: None,
                 env: SecretEnv::new(b"HOME=/root\0OPENAI_API_KEY=canary\0"),
+                scan_incomplete: None,
             }
         );
         let Detail::Exec { env, .. } = &e.detail else {
@@ -594,6 +726,140 @@ mod tests {
         assert_eq!(v["kind"], "exec");
         assert_eq!(v["argv"], serde_json::json!(["echo", "hi"]));
         assert_eq!(v["time"], "2023-11-14T22:13:25.000000000Z");
+    }
+
+    fn chunk_record(stream: u32, offset: usize, data: &[u8]) -> ExecChunkRecord {
+        let mut c = ExecChunkRecord {
+            header: header(kind::EXEC_CHUNK),
+            start_ns: 123,
+            stream,
+            offset: u32::try_from(offset).unwrap_or(0),
+            len: u32::try_from(data.len()).unwrap_or(0),
+            reserved: 0,
+            data: [0; CHUNK_LEN],
+        };
+        c.data[..data.len()].copy_from_slice(data);
+        c
+    }
+
+    /// An environment of `n` bytes of `K<i>=v` entries with `key` as the last one.
+    fn long_env(n: usize, key: &[u8]) -> Vec<u8> {
+        let mut env = Vec::new();
+        let mut i = 0;
+        while env.len() < n {
+            env.extend_from_slice(format!("K{i}=v\0").as_bytes());
+            i += 1;
+        }
+        env.extend_from_slice(key);
+        env.push(0);
+        env
+    }
+
+    #[test]
+    fn chunks_then_the_exec_record_decode_to_the_whole_environment() {
+        use agentid_ebpf::chunk_stream;
+        let env = long_env(40 * 1024, b"OPENAI_API_KEY=canary-deep");
+        let mut r = exec_record(&[b"echo"], 0);
+        r.env.copy_from_slice(&env[..ENV_LEN]);
+        r.env_len = u32::try_from(ENV_LEN).unwrap_or(0);
+        r.env_total = u32::try_from(env.len()).unwrap_or(0);
+        let mut d = Decoder::new(clock());
+        // The kernel sends them in order; the reader must not depend on it.
+        let chunks: Vec<_> = env[ENV_LEN..].chunks(CHUNK_LEN).enumerate().collect();
+        for (i, data) in chunks.iter().rev() {
+            let c = chunk_record(chunk_stream::ENV, ENV_LEN + i * CHUNK_LEN, data);
+            assert_eq!(d.decode(&bytes_of(&c)), Ok(None));
+        }
+        let e = d.decode(&bytes_of(&r)).unwrap().expect("an exec event");
+        let Detail::Exec {
+            env: got,
+            scan_incomplete,
+            ..
+        } = &e.detail
+        else {
+            panic!("not exec")
+        };
+        assert_eq!(*scan_incomplete, None);
+        assert_eq!(got.len(), env.len());
+        assert_eq!(
+            got.entries().last(),
+            Some(&b"OPENAI_API_KEY=canary-deep"[..])
+        );
+        assert_eq!(d.reassembler().pending(), 0);
+        // Without its chunks (lost on the way), the same record is flagged.
+        let e = d.decode(&bytes_of(&r)).unwrap().expect("an exec event");
+        let Detail::Exec {
+            scan_incomplete, ..
+        } = &e.detail
+        else {
+            panic!("not exec")
+        };
+        assert_eq!(*scan_incomplete, Some(ScanIncomplete::CHUNKS_LOST));
+        // A chunk alone is not an event, and needs a decoder.
+        let c = chunk_record(chunk_stream::ENV, ENV_LEN, b"x");
+        assert_eq!(
+            decode(&bytes_of(&c), &clock()),
+            Err(DecodeError::ChunkWithoutDecoder)
+        );
+        let mut bad = c;
+        bad.len = u32::try_from(CHUNK_LEN + 1).unwrap_or(0);
+        assert!(matches!(
+            d.decode(&bytes_of(&bad)),
+            Err(DecodeError::BadLength { .. })
+        ));
+    }
+
+    #[test]
+    fn kernel_flags_name_why_the_scan_is_incomplete() {
+        for (flags, want) in [
+            (exec_flags::ENV_TRUNCATED, vec!["env-beyond-cap"]),
+            (exec_flags::ARGV_TRUNCATED, vec!["argv-beyond-cap"]),
+            (exec_flags::ENV_FAULT, vec!["env-unreadable"]),
+            (
+                exec_flags::ENV_FAULT | exec_flags::ENV_MISSING,
+                vec!["env-unreadable"],
+            ),
+            (exec_flags::ENV_MISSING, vec!["env-unreadable"]),
+            (exec_flags::ARGV_FAULT, vec!["argv-unreadable"]),
+            (exec_flags::CHUNK_DROPPED, vec!["chunks-lost"]),
+            (
+                exec_flags::ENV_TRUNCATED | exec_flags::CHUNK_DROPPED,
+                vec!["env-beyond-cap", "chunks-lost"],
+            ),
+        ] {
+            let r = exec_record(&[b"echo"], flags);
+            let e = decode(&bytes_of(&r), &clock()).unwrap();
+            let Detail::Exec {
+                scan_incomplete, ..
+            } = &e.detail
+            else {
+                panic!("not exec")
+            };
+            let got: Vec<&str> = scan_incomplete.expect("flagged").reasons().collect();
+            assert_eq!(got, want, "flags {flags:#x}");
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["scan_incomplete"], serde_json::json!(want));
+        }
+        // A gap the kernel explains by a read fault is that, not lost chunks.
+        for (flags, want) in [
+            (exec_flags::ENV_FAULT, "env-unreadable"),
+            (0, "chunks-lost"),
+        ] {
+            let mut r = exec_record(&[b"echo"], flags);
+            r.env_total = 50_000;
+            let e = decode(&bytes_of(&r), &clock()).unwrap();
+            let Detail::Exec {
+                scan_incomplete, ..
+            } = &e.detail
+            else {
+                panic!("not exec")
+            };
+            let got: Vec<&str> = scan_incomplete.expect("flagged").reasons().collect();
+            assert_eq!(got, [want], "flags {flags:#x}");
+        }
+        let r = exec_record(&[b"echo"], exec_flags::FILENAME_TRUNCATED);
+        let v = serde_json::to_value(decode(&bytes_of(&r), &clock()).unwrap()).unwrap();
+        assert!(v.get("scan_incomplete").is_none(), "{v}");
     }
 
     proptest::proptest! {

@@ -2,6 +2,7 @@
 //! typed [`Event`]s. Programs stay attached exactly as long as the [`Sensor`] lives.
 pub mod decode;
 mod kernel;
+pub mod reassemble;
 
 use std::{
     fs::File,
@@ -17,7 +18,7 @@ use aya::{
 };
 use tokio::io::unix::AsyncFd;
 
-pub use decode::{Clock, DecodeError, decode};
+pub use decode::{Clock, DecodeError, Decoder, decode};
 
 use crate::{cgroup, event::Event};
 
@@ -68,7 +69,7 @@ pub struct Sensor {
     drops: PerCpuArray<MapData, u64>,
     open_cgroups: aya::maps::HashMap<MapData, u64, u8>,
     _ebpf: Ebpf,
-    clock: Clock,
+    decoder: Decoder,
     received: KindCounts,
     decode_errors: u64,
     /// When the last read returned records (drives timer polling, see `next_events`).
@@ -204,7 +205,7 @@ impl Sensor {
             drops,
             open_cgroups,
             _ebpf: ebpf,
-            clock: Clock::now(),
+            decoder: Decoder::new(Clock::now()),
             received: KindCounts::default(),
             decode_errors: 0,
             last_read: None,
@@ -216,7 +217,7 @@ impl Sensor {
         let start = out.len();
         let Self {
             ring,
-            clock,
+            decoder,
             received,
             decode_errors,
             last_read,
@@ -232,10 +233,17 @@ impl Sensor {
             // `WAKE_EVERY_NS`), so sleeping is safe.
             let polling = last_read.is_some_and(|at| at.elapsed() < IDLE_AFTER);
             if !polling {
-                Self::drain_ring(ring.get_mut(), clock, received, decode_errors, out);
-                if out.len() > start {
+                let read = Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out);
+                if read > 0 {
                     *last_read = Some(Instant::now());
+                }
+                if out.len() > start {
                     return Ok(());
+                }
+                if read > 0 {
+                    // Only chunks so far: their exec record may have been submitted
+                    // without a wakeup, so keep polling instead of sleeping.
+                    continue;
                 }
             }
             let ready = if polling {
@@ -245,17 +253,28 @@ impl Sensor {
             } else {
                 Some(ring.readable_mut().await)
             };
-            match ready {
+            let read = match ready {
                 Some(guard) => {
                     let mut guard = guard?;
-                    Self::drain_ring(guard.get_inner_mut(), clock, received, decode_errors, out);
+                    let read = Self::drain_ring(
+                        guard.get_inner_mut(),
+                        decoder,
+                        received,
+                        decode_errors,
+                        out,
+                    );
                     // Only clears if no new readiness arrived since the guard was taken.
                     guard.clear_ready();
+                    read
                 }
-                None => Self::drain_ring(ring.get_mut(), clock, received, decode_errors, out),
+                None => Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out),
+            };
+            // Any record read counts, chunks included: a read of chunks only is followed
+            // by their exec record, which may come without a wakeup.
+            if read > 0 {
+                *last_read = Some(Instant::now());
             }
             if out.len() > start {
-                *last_read = Some(Instant::now());
                 return Ok(());
             }
         }
@@ -265,15 +284,13 @@ impl Sensor {
     pub fn drain(&mut self, out: &mut Vec<Event>) {
         let Self {
             ring,
-            clock,
+            decoder,
             received,
             decode_errors,
             last_read,
             ..
         } = self;
-        let start = out.len();
-        Self::drain_ring(ring.get_mut(), clock, received, decode_errors, out);
-        if out.len() > start {
+        if Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out) > 0 {
             // A read like any other: `next_events` keeps polling after it.
             *last_read = Some(Instant::now());
         }
@@ -281,18 +298,25 @@ impl Sensor {
 
     fn drain_ring(
         ring: &mut RingBuf<MapData>,
-        clock: &Clock,
+        decoder: &mut Decoder,
         received: &mut KindCounts,
         decode_errors: &mut u64,
         out: &mut Vec<Event>,
-    ) {
+    ) -> usize {
+        let mut read = 0;
         while let Some(item) = ring.next() {
-            match decode(&item, clock) {
-                Ok(event) => {
+            read += 1;
+            match decoder.decode(&item) {
+                Ok(Some(event)) => {
                     if let Some(n) = received.get_mut(event.kind.abi() as usize) {
                         *n += 1;
                     }
                     out.push(event);
+                }
+                Ok(None) => {
+                    if let Some(n) = received.get_mut(kind::EXEC_CHUNK as usize) {
+                        *n += 1;
+                    }
                 }
                 Err(e) => {
                     *decode_errors += 1;
@@ -300,6 +324,7 @@ impl Sensor {
                 }
             }
         }
+        read
     }
 
     /// Reports file opens in this cgroup from now on (agents' credential files).

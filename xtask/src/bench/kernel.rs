@@ -56,7 +56,28 @@ pub(crate) struct Sizes {
 struct Workload {
     name: &'static str,
     args: Vec<String>,
+    /// Added to the workload's environment (which its execs inherit).
+    env: Vec<(String, String)>,
     expected: BTreeMap<&'static str, u64>,
+}
+
+/// Bytes of extra environment of the "exec storm, 24 KiB environment" workload: past the
+/// exec record's own 4 KiB, so every exec also sends chunk records (a Kubernetes pod in
+/// a busy namespace carries this much in service variables).
+const BIG_ENV_BYTES: usize = 24 * 1024;
+
+/// ~`bytes` of `*_SERVICE_HOST`-like variables.
+fn big_env(bytes: usize) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let mut used = 0;
+    while used < bytes {
+        let i = env.len();
+        let name = format!("BENCH_SVC_{i:04}_SERVICE_HOST");
+        let value = format!("10.96.{}.{}", i / 250, i % 250);
+        used += name.len() + value.len() + 2;
+        env.push((name, value));
+    }
+    env
 }
 
 fn workloads(sizes: Sizes, udp: SocketAddr) -> Vec<Workload> {
@@ -78,16 +99,25 @@ fn workloads(sizes: Sizes, udp: SocketAddr) -> Vec<Workload> {
         Workload {
             name: "connect storm",
             args: vec!["storm".into(), c.to_string()],
+            env: Vec::new(),
             expected: counts(0, 0, c, 0),
         },
         Workload {
             name: "exec storm",
             args: vec!["exec".into(), e.to_string(), "/bin/true".into()],
+            env: Vec::new(),
+            expected: counts(e, e, 0, 0),
+        },
+        Workload {
+            name: "exec storm, 24 KiB environment",
+            args: vec!["exec".into(), e.to_string(), "/bin/true".into()],
+            env: big_env(BIG_ENV_BYTES),
             expected: counts(e, e, 0, 0),
         },
         Workload {
             name: "mixed agent",
             args: vec!["mixed".into(), m.to_string(), udp.to_string()],
+            env: Vec::new(),
             expected: counts(m, m, 4 * m, 4 * m),
         },
     ]
@@ -359,6 +389,7 @@ fn run_workload(ctx: &Ctx, cg: &BenchCgroup, w: &Workload) -> anyhow::Result<Sam
     let child = cg
         .command(&ctx.workload)
         .args(&w.args)
+        .envs(w.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -378,7 +409,8 @@ fn run_workload(ctx: &Ctx, cg: &BenchCgroup, w: &Workload) -> anyhow::Result<Sam
 pub(crate) fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
     let (udp, _udp_sink) = udp_sink()?;
     let workloads = workloads(sizes, udp);
-    let names: Vec<String> = ["connect", "exec", "mixed"]
+    // One per workload, in the same order.
+    let names: Vec<String> = ["connect", "exec", "exec-env", "mixed"]
         .iter()
         .map(|n| format!("bench-{n}"))
         .collect();

@@ -104,7 +104,8 @@ pub(crate) fn markdown(r: &Value) -> String {
     let _ = writeln!(
         s,
         "\nSizes: connect storm {} loopback connect/close cycles; exec storm {} fork+exec of \
-         `/bin/true`; mixed {} rounds of (exec `/bin/true` or `/bin/echo`, 4 connects, 4 UDP \
+         `/bin/true` (also with 24 KiB more environment, past the exec record's own 4 KiB, so \
+         each exec sends chunk records too); mixed {} rounds of (exec `/bin/true` or `/bin/echo`, 4 connects, 4 UDP \
          sends). agentid ring-buffer drops over all runs: {}; store queue drops: {}.\n",
         sizes["connects"],
         sizes["execs"],

@@ -79,6 +79,7 @@ fn exec(agent: Option<&str>, filename: &str) -> AttributedEvent {
             argv: vec![filename.into()],
             argv_truncated: false,
             argv_missing: false,
+            scan_incomplete: None,
             loginuid: None,
             env: SecretEnv::new(b""),
         },

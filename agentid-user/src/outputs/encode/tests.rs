@@ -83,6 +83,7 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
             argv: vec!["curl".into(), "https://x".into()],
             argv_truncated: false,
             argv_missing: false,
+            scan_incomplete: None,
             loginuid: None,
             env: crate::event::SecretEnv::default(),
         },
