@@ -105,9 +105,11 @@ const POLL_EVERY: Duration = Duration::from_millis(10);
 /// record asks for one, so nothing can be left unread.
 const IDLE_AFTER: Duration = Duration::from_millis(4 * agentid_ebpf::WAKE_EVERY_NS / 1_000_000);
 
-const TRACEPOINTS: [(&str, &str); 2] = [
+const TRACEPOINTS: [(&str, &str); 4] = [
     ("syscalls", "sys_enter_openat"),
     ("syscalls", "sys_exit_openat"),
+    ("syscalls", "sys_enter_socket"),
+    ("syscalls", "sys_exit_socket"),
 ];
 /// Raw tracepoints (kernel pointers read with BTF offsets).
 const RAW_TRACEPOINTS: [&str; 3] = [
