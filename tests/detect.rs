@@ -787,3 +787,44 @@ async fn exec_into_a_registered_binary_hands_off_or_is_ambiguous() {
     );
     let _ = std::fs::remove_dir_all(mcp.parent().expect("dir"));
 }
+
+/// A registered agent opening a raw ICMP socket and a packet socket talks past the connect
+/// hooks: `raw-socket`, once per kind of socket; an unregistered process doing the same
+/// raises nothing (it has no egress policy to bypass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_socket_in_an_agent_is_seen() {
+    let (a, u) = (TestCgroup::new("raw-a"), TestCgroup::new("raw-u"));
+    let regs = reg("alpha", &a, "", "");
+    let Some(mut rig) = Rig::new("raw-socket", &regs, None) else {
+        return;
+    };
+    for cg in [&a, &u] {
+        let mut cmd = cg.command(WORKLOAD);
+        cmd.env_clear().args(["raw-sockets"]);
+        assert!(cmd.status().expect("spawn").success());
+    }
+    let (events, alerts) = rig.run_until_exits(&[a.id, u.id], 2).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event.kind == EventKind::Socket)
+            .count(),
+        4,
+        "two sockets reported per process, netlink not"
+    );
+    let raw = incidents(&alerts, "raw-socket");
+    assert_eq!(raw.len(), 2, "{raw:#?}");
+    assert!(
+        raw.iter()
+            .all(|r| r.agents[0].id == "spiffe://test.example/agent/alpha")
+    );
+    let titles: Vec<&str> = raw.iter().map(|r| r.title.as_str()).collect();
+    assert!(
+        titles.contains(&"alpha opened a raw inet socket"),
+        "{titles:?}"
+    );
+    assert!(
+        titles.contains(&"alpha opened a raw packet socket"),
+        "{titles:?}"
+    );
+}

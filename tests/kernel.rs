@@ -717,3 +717,43 @@ fn sensor_or_skip_sync(name: &str) -> bool {
 }
 
 use std::os::unix::process::CommandExt as _;
+
+/// A raw ICMP socket and a packet socket are reported (they talk past the connect hooks);
+/// a netlink socket, also `SOCK_RAW`, is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_and_packet_sockets_are_reported() {
+    let Some(mut sensor) = sensor_or_skip("rawsock") else {
+        return;
+    };
+    let cg = TestCgroup::new("rawsock");
+    let status = cg
+        .command(WORKLOAD)
+        .args(["raw-sockets"])
+        .status()
+        .expect("spawn");
+    assert!(status.success());
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Exit) >= 1
+    })
+    .await;
+    let sockets: Vec<&Detail> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Socket)
+        .map(|e| &e.detail)
+        .collect();
+    assert_eq!(
+        sockets,
+        vec![
+            &Detail::Socket {
+                family: agentid::event::SocketFamily::Inet,
+                sock_type: 3,
+                protocol: 1
+            },
+            &Detail::Socket {
+                family: agentid::event::SocketFamily::Packet,
+                sock_type: 3,
+                protocol: u32::from(0x0003_u16.to_be())
+            },
+        ]
+    );
+}

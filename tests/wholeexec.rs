@@ -263,6 +263,28 @@ fn keys_deep_in_the_exec_are_caught_and_never_leave() {
         serde_json::json!(["env-beyond-cap"]),
         "{over}"
     );
+    // ...and never a silent flag: `credential-scan-incomplete` names the process.
+    let incomplete = d.cli_until(&["alerts", "--rule", "credential-scan-incomplete"], |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x["evidence"]["processes"][0]["pid"] == over["pid"])
+        })
+    });
+    let alert = incomplete
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x["evidence"]["processes"][0]["pid"] == over["pid"])
+        })
+        .expect("the alert")
+        .clone();
+    assert_eq!(alert["severity"], "medium");
+    assert!(
+        alert["description"]
+            .as_str()
+            .is_some_and(|t| t.contains("env-beyond-cap")),
+        "{alert}"
+    );
 
     let mut outputs = vec![
         alerts.to_string(),

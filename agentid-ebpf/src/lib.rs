@@ -65,8 +65,10 @@ pub mod kind {
     /// holds. Submitted before that exec record, so a reader has every chunk of an exec
     /// when its exec record arrives.
     pub const EXEC_CHUNK: u32 = 7;
+    /// A raw IP or packet socket was created ([`super::SocketRecord`]).
+    pub const SOCKET: u32 = 8;
     /// One past the highest kind: the length of the drop-counter array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// `ExecRecord::flags` bits.
@@ -209,6 +211,22 @@ pub struct SockRecord {
     pub addr: [u8; 16],
 }
 
+/// A raw IP socket (`SOCK_RAW` on `AF_INET`/`AF_INET6`) or a packet socket (`AF_PACKET`)
+/// created: what is sent through it bypasses the cgroup connect/sendmsg hooks, so its
+/// creation is what can be seen. Other families (netlink, unix) are not reported.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketRecord {
+    pub header: Header,
+    /// `AF_INET` (2), `AF_INET6` (10) or `AF_PACKET` (17).
+    pub family: u32,
+    /// `SOCK_RAW` (3), `SOCK_DGRAM` (2) for cooked packet sockets; flags masked off.
+    pub sock_type: u32,
+    /// The protocol argument (an IP protocol number, or an ethertype in network order).
+    pub protocol: u32,
+    pub reserved: u32,
+}
+
 /// A successful `openat` by a task in a watched cgroup (see [`OPEN_CGROUPS_MAP`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -345,6 +363,13 @@ const _: () = {
     assert!(offset_of!(SockRecord, addr) == H + 8);
     assert!(size_of::<SockRecord>() == H + 8 + 16);
 
+    assert!(offset_of!(SocketRecord, header) == 0);
+    assert!(offset_of!(SocketRecord, family) == H);
+    assert!(offset_of!(SocketRecord, sock_type) == H + 4);
+    assert!(offset_of!(SocketRecord, protocol) == H + 8);
+    assert!(offset_of!(SocketRecord, reserved) == H + 12);
+    assert!(size_of::<SocketRecord>() == H + 16);
+
     assert!(offset_of!(OpenRecord, header) == 0);
     assert!(offset_of!(OpenRecord, flags) == H);
     assert!(offset_of!(OpenRecord, path_len) == H + 4);
@@ -404,4 +429,6 @@ mod user {
     unsafe impl aya::Pod for super::SockRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OpenRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketRecord {}
 }

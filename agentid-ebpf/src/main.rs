@@ -14,6 +14,8 @@ mod files;
 mod net;
 #[cfg(target_arch = "bpf")]
 mod process;
+#[cfg(target_arch = "bpf")]
+mod sock;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -14,16 +14,19 @@ pub enum EventKind {
     Send,
     /// A file opened by a process in a registered agent's cgroup.
     Open,
+    /// A raw IP or packet socket created (traffic through it bypasses the connect hooks).
+    Socket,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Open,
         Self::Exec,
         Self::Fork,
         Self::Exit,
         Self::Connect,
         Self::Send,
+        Self::Socket,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +37,7 @@ impl EventKind {
             Self::Connect => "connect",
             Self::Send => "send",
             Self::Open => "open",
+            Self::Socket => "socket",
         }
     }
 
@@ -47,6 +51,7 @@ impl EventKind {
             Self::Connect => kind::CONNECT,
             Self::Send => kind::SEND,
             Self::Open => kind::OPEN,
+            Self::Socket => kind::SOCKET,
         }
     }
 }
@@ -204,6 +209,39 @@ impl Serialize for ScanIncomplete {
     }
 }
 
+/// The address family of a raw or packet socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketFamily {
+    Inet,
+    Inet6,
+    Packet,
+    #[serde(untagged)]
+    Other(u32),
+}
+
+impl SocketFamily {
+    pub fn from_abi(family: u32) -> Self {
+        match family {
+            2 => Self::Inet,
+            10 => Self::Inet6,
+            17 => Self::Packet,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl std::fmt::Display for SocketFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inet => f.write_str("inet"),
+            Self::Inet6 => f.write_str("inet6"),
+            Self::Packet => f.write_str("packet"),
+            Self::Other(n) => write!(f, "family {n}"),
+        }
+    }
+}
+
 /// Kind-specific fields, flattened into the event's JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -243,6 +281,14 @@ pub enum Detail {
         dst_ip: IpAddr,
         dst_port: u16,
         protocol: Protocol,
+    },
+    /// A raw IP (`SOCK_RAW`) or packet socket created.
+    Socket {
+        family: SocketFamily,
+        /// `SOCK_RAW` (3) or, for packet sockets, `SOCK_DGRAM` (2).
+        sock_type: u32,
+        /// The protocol argument as passed (IP protocol number, or ethertype).
+        protocol: u32,
     },
 }
 

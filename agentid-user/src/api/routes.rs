@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(
             msg,
-            "unknown kind \"opne\": expected open, exec, fork, exit, connect or send"
+            "unknown kind \"opne\": expected open, exec, fork, exit, connect, send or socket"
         );
         for kind in EventKind::ALL {
             let ok = Params {

@@ -219,6 +219,9 @@ pub struct EventRecord {
     pub argv_missing: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loginuid: Option<u32>,
+    /// Why the arguments or environment were not scanned whole, when they were not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_incomplete: Option<Vec<String>>,
     // exit
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -236,6 +239,11 @@ pub struct EventRecord {
     pub dst_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    // socket (raw IP or packet; `protocol` above carries its protocol argument)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sock_type: Option<u32>,
     // attribution
     pub exec_id: Option<ExecId>,
     pub parent_exec_id: Option<ExecId>,

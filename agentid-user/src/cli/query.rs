@@ -57,7 +57,7 @@ pub enum QueryCommand {
     Events {
         #[arg(long)]
         agent: Option<String>,
-        #[arg(long, value_parser = ["exec", "fork", "exit", "connect", "send", "open"])]
+        #[arg(long, value_parser = ["exec", "fork", "exit", "connect", "send", "open", "socket"])]
         kind: Option<String>,
         #[arg(long)]
         since: Option<String>,
@@ -358,6 +358,12 @@ fn event_line(e: &EventRecord) -> String {
             _ => String::new(),
         },
         EventKind::Fork => format!("child of {}", opt(e.ppid)),
+        EventKind::Socket => format!(
+            "{} type {} protocol {}",
+            opt(e.family.as_deref()),
+            opt(e.sock_type),
+            e.protocol.map_or_else(|| "-".into(), |p| p.to_string())
+        ),
         EventKind::Open => opt(e.path.as_deref()),
     };
     let chain = if e.acting_for.is_empty() {

@@ -184,6 +184,11 @@ pub fn write_row(out: &mut impl Write, a: &AttributedEvent) -> io::Result<()> {
         }
         Detail::Fork {} => format!("child {}", e.pid),
         Detail::Open { path, open_flags } => format!("{} (flags {open_flags:#o})", printable(path)),
+        Detail::Socket {
+            family,
+            sock_type,
+            protocol,
+        } => format!("{family} type {sock_type} protocol {protocol}"),
         Detail::Exit {
             exit_code: Some(c), ..
         } => format!("code {c}"),

@@ -7,11 +7,12 @@ use std::{
 
 use agentid_ebpf::{
     ARGV_LEN, CHUNK_LEN, ENV_LEN, EXEC_AREA_CAP, ExecChunkRecord, ExecRecord, ExitRecord,
-    FILENAME_LEN, ForkRecord, Header, MAX_ARGS, OpenRecord, PATH_LEN, SockRecord, exec_flags, kind,
+    FILENAME_LEN, ForkRecord, Header, MAX_ARGS, OpenRecord, PATH_LEN, SockRecord, SocketRecord,
+    exec_flags, kind,
 };
 
 use super::reassemble::Reassembler;
-use crate::event::{Detail, Event, EventKind, Protocol, ScanIncomplete, SecretEnv};
+use crate::event::{Detail, Event, EventKind, Protocol, ScanIncomplete, SecretEnv, SocketFamily};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -58,6 +59,9 @@ impl Record for OpenRecord {
     const NAME: &'static str = "open record";
 }
 impl Record for SockRecord {
+    const NAME: &'static str = "connect/send record";
+}
+impl Record for SocketRecord {
     const NAME: &'static str = "socket record";
 }
 
@@ -253,22 +257,13 @@ fn decode_with(
                 exit_detail(r.status),
             )
         }
-        kind::OPEN => {
-            let r: OpenRecord = read(bytes)?;
-            let len = r.path_len as usize;
-            if len > PATH_LEN {
-                return Err(DecodeError::BadLength {
-                    field: "path",
-                    len,
-                    max: PATH_LEN,
-                });
-            }
-            let detail = Detail::Open {
-                path: c_string(&r.path[..len]),
-                open_flags: r.flags,
-            };
-            (EventKind::Open, None, header.tgid, None, detail)
-        }
+        kind::OPEN => (
+            EventKind::Open,
+            None,
+            header.tgid,
+            None,
+            open_detail(&read(bytes)?)?,
+        ),
         k @ (kind::CONNECT | kind::SEND) => {
             let r: SockRecord = read(bytes)?;
             let kind = if k == kind::CONNECT {
@@ -278,6 +273,13 @@ fn decode_with(
             };
             (kind, None, header.tgid, None, sock_detail(&r)?)
         }
+        kind::SOCKET => (
+            EventKind::Socket,
+            None,
+            header.tgid,
+            None,
+            socket_detail(&read(bytes)?),
+        ),
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Some(Event {
@@ -401,6 +403,29 @@ fn exit_detail(status: u32) -> Detail {
             exit_code: None,
             signal: Some(signal),
         }
+    }
+}
+
+fn open_detail(r: &OpenRecord) -> Result<Detail, DecodeError> {
+    let len = r.path_len as usize;
+    if len > PATH_LEN {
+        return Err(DecodeError::BadLength {
+            field: "path",
+            len,
+            max: PATH_LEN,
+        });
+    }
+    Ok(Detail::Open {
+        path: c_string(&r.path[..len]),
+        open_flags: r.flags,
+    })
+}
+
+fn socket_detail(r: &SocketRecord) -> Detail {
+    Detail::Socket {
+        family: SocketFamily::from_abi(r.family),
+        sock_type: r.sock_type,
+        protocol: r.protocol,
     }
 }
 

@@ -105,9 +105,11 @@ const POLL_EVERY: Duration = Duration::from_millis(10);
 const IDLE_AFTER: Duration = Duration::from_millis(4 * agentid_ebpf::WAKE_EVERY_NS / 1_000_000);
 
 /// Tracepoints attached by category/name (fixed syscall layouts).
-const TRACEPOINTS: [(&str, &str); 2] = [
+const TRACEPOINTS: [(&str, &str); 4] = [
     ("syscalls", "sys_enter_openat"),
     ("syscalls", "sys_exit_openat"),
+    ("syscalls", "sys_enter_socket"),
+    ("syscalls", "sys_exit_socket"),
 ];
 /// Raw tracepoints (kernel pointers read with BTF offsets).
 const RAW_TRACEPOINTS: [&str; 3] = [

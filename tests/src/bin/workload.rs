@@ -157,6 +157,29 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             let status = cmd.status()?;
             Ok(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
         }
+        // Creates (and closes) a raw ICMP socket, a packet socket and a netlink socket: the
+        // first two talk past the connect hooks, the third is ordinary (`ip`, systemd).
+        "raw-sockets" => {
+            let eth_p_all = i32::from(0x0003_u16.to_be());
+            for (family, ty, proto) in [
+                (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+                (
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    eth_p_all,
+                ),
+                (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE),
+            ] {
+                // SAFETY: plain syscall; the descriptor is closed right away.
+                let fd = unsafe { libc::socket(family, ty, proto) };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+                // SAFETY: closing the descriptor just created.
+                unsafe { libc::close(fd) };
+            }
+            Ok(0)
+        }
         "wait-connect" => {
             let addr: SocketAddr = arg(1)?.parse()?;
             let mut line = String::new();

@@ -44,11 +44,13 @@ macro_rules! rule {
 
 mod ambiguous_identity;
 mod credential_reuse;
+mod credential_scan_incomplete;
 mod credential_stale;
 mod delivery_loss;
 mod egress_violation;
 mod human_privilege;
 mod identity_escape;
+mod raw_socket;
 mod shadow_agent;
 mod telemetry_gap;
 mod tool_violation;
@@ -56,11 +58,13 @@ mod undeclared_delegation;
 
 pub use ambiguous_identity::{AMBIGUOUS_IDENTITY, AmbiguousIdentity};
 pub use credential_reuse::{CREDENTIAL_REUSE, CredentialReuse};
+pub use credential_scan_incomplete::{CREDENTIAL_SCAN_INCOMPLETE, CredentialScanIncomplete};
 pub use credential_stale::{CREDENTIAL_STALE, CredentialStale};
 pub use delivery_loss::{DELIVERY_LOSS, DeliveryLoss, delivery_loss};
 pub use egress_violation::{EGRESS_VIOLATION, EgressViolation};
 pub use human_privilege::{HUMAN_PRIVILEGE, HumanPrivilege};
 pub use identity_escape::{IDENTITY_ESCAPE, IdentityEscape};
+pub use raw_socket::{RAW_SOCKET, RawSocket};
 pub use shadow_agent::{SHADOW_AGENT, ShadowAgent};
 pub use telemetry_gap::{TELEMETRY_GAP, TelemetryGap};
 pub use tool_violation::{TOOL_VIOLATION, ToolViolation};
@@ -105,7 +109,7 @@ pub trait Described {
 }
 
 /// Every rule, in the README's order.
-pub const CATALOGUE: [&RuleInfo; 11] = [
+pub const CATALOGUE: [&RuleInfo; 13] = [
     &CREDENTIAL_REUSE,
     &CREDENTIAL_STALE,
     &SHADOW_AGENT,
@@ -113,6 +117,8 @@ pub const CATALOGUE: [&RuleInfo; 11] = [
     &UNDECLARED_DELEGATION,
     &IDENTITY_ESCAPE,
     &AMBIGUOUS_IDENTITY,
+    &CREDENTIAL_SCAN_INCOMPLETE,
+    &RAW_SOCKET,
     &EGRESS_VIOLATION,
     &TOOL_VIOLATION,
     &TELEMETRY_GAP,
@@ -154,6 +160,8 @@ pub fn all(watch: Option<GlobList>) -> Vec<Box<dyn Rule>> {
         Box::new(UndeclaredDelegation),
         Box::new(IdentityEscape),
         Box::new(AmbiguousIdentity),
+        Box::new(CredentialScanIncomplete),
+        Box::new(RawSocket),
     ]
 }
 

@@ -184,9 +184,10 @@ pub fn activity(ev: &AttributedEvent) -> Option<String> {
         EventKind::Exit => ("process-terminate", "Process terminated"),
         EventKind::Connect => ("network-open", "Connection opened"),
         EventKind::Send => ("network-traffic", "Datagram sent"),
-        // File opens stay in the store and audit log; SIEM activity streams carry
+        // File opens and raw-socket creations stay in the store and audit log (a
+        // registered agent's raw socket is an alert); SIEM activity streams carry
         // process and network activity only.
-        EventKind::Fork | EventKind::Open => return None,
+        EventKind::Fork | EventKind::Open | EventKind::Socket => return None,
     };
     let mut ext = Ext::default();
     ext.kv("rt", &epoch_ms(e.time).to_string());

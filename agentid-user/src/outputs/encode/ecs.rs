@@ -125,9 +125,10 @@ pub fn activity(ev: &AttributedEvent) -> Option<Value> {
         EventKind::Exit => ("process", &["end"]),
         EventKind::Connect => ("network", &["connection", "start"]),
         EventKind::Send => ("network", &["connection", "info"]),
-        // File opens stay in the store and audit log; SIEM activity streams carry
+        // File opens and raw-socket creations stay in the store and audit log (a
+        // registered agent's raw socket is an alert); SIEM activity streams carry
         // process and network activity only.
-        EventKind::Fork | EventKind::Open => return None,
+        EventKind::Fork | EventKind::Open | EventKind::Socket => return None,
     };
     let mut proc = Map::new();
     proc.insert("pid".into(), json!(e.pid));

@@ -96,6 +96,11 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
             path: "/etc/bot/token".into(),
             open_flags: 0,
         },
+        EventKind::Socket => Detail::Socket {
+            family: crate::event::SocketFamily::Packet,
+            sock_type: 3,
+            protocol: 0x0300,
+        },
         EventKind::Connect | EventKind::Send => Detail::Sock {
             dst_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
             dst_port: 8443,
