@@ -5,6 +5,10 @@
     reason = "test harness: a failed step is a failed test"
 )]
 #![expect(
+    clippy::await_holding_lock,
+    reason = "ALONE orders whole tests; each test's future runs on its own thread (block_on)"
+)]
+#![expect(
     unused_crate_dependencies,
     reason = "this package's targets share one dependency list and each test file uses a few of it"
 )]
@@ -12,6 +16,7 @@ use std::{
     io::{BufRead, BufReader, Read},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket},
     process::Stdio,
+    sync::{PoisonError, RwLock},
     time::Duration,
 };
 
@@ -20,6 +25,12 @@ use agentid_tests::{TestCgroup, agentid_bin, collect_until, sensor_or_skip};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_agentid-workload");
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The completeness test measures the reader keeping up with a 10k-connect burst, so it
+/// runs alone (write lock; every other test here takes a read lock). Beside the other
+/// tests' sensors and workloads it was seen to stop receiving records after 5-7k (not
+/// yet explained; it passes alone and beside any single other test).
+static ALONE: RwLock<()> = RwLock::new(());
 
 fn count(events: &[Event], kind: EventKind) -> usize {
     events.iter().filter(|e| e.kind == kind).count()
@@ -33,6 +44,7 @@ fn exec_of<'a>(events: &'a [Event], filename: &str) -> Option<&'a Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_reports_filename_argv_ppid_uid_and_exit_code() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     let Some(mut sensor) = sensor_or_skip("exec") else {
         return;
     };
@@ -89,6 +101,7 @@ async fn exec_reports_filename_argv_ppid_uid_and_exit_code() {
 /// 40th argument was never scanned).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_argv_is_captured_whole() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     let Some(mut sensor) = sensor_or_skip("argv") else {
         return;
     };
@@ -157,6 +170,7 @@ fn env_entries(exec: &Event) -> Vec<String> {
 /// every variable before it, and the exec is not flagged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_past_4k_is_captured_whole() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     let Some(mut sensor) = sensor_or_skip("wholeenv") else {
         return;
     };
@@ -199,6 +213,7 @@ async fn environment_past_4k_is_captured_whole() {
 /// first `EXEC_AREA_CAP` bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn areas_past_the_cap_are_flagged_not_silent() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     let Some(mut sensor) = sensor_or_skip("overcap") else {
         return;
     };
@@ -251,6 +266,7 @@ async fn areas_past_the_cap_are_flagged_not_silent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_reports_processes_not_threads_and_exit_codes() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     let Some(mut sensor) = sensor_or_skip("fork") else {
         return;
     };
@@ -312,6 +328,7 @@ async fn fork_reports_processes_not_threads_and_exit_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_process_reports_signal() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     let Some(mut sensor) = sensor_or_skip("signal") else {
         return;
     };
@@ -343,6 +360,7 @@ async fn killed_process_reports_signal() {
 }
 
 async fn connect_case(name: &str, bind: &str) {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     let Some(mut sensor) = sensor_or_skip(name) else {
         return;
     };
@@ -375,16 +393,19 @@ async fn connect_case(name: &str, bind: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_connect_ipv4() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     connect_case("tcp4", "127.0.0.1:0").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_connect_ipv6() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     connect_case("tcp6", "[::1]:0").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_sendto_ipv4_and_ipv6() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     let Some(mut sensor) = sensor_or_skip("udp") else {
         return;
     };
@@ -435,6 +456,7 @@ async fn udp_sendto_ipv4_and_ipv6() {
 async fn completeness_10k_connects_1k_execs() {
     const CONNECTS: usize = 10_000;
     const EXECS: usize = 1_000;
+    let _alone = ALONE.write().unwrap_or_else(PoisonError::into_inner);
     let Some(mut sensor) = sensor_or_skip("complete") else {
         return;
     };
@@ -494,6 +516,7 @@ async fn completeness_10k_connects_1k_execs() {
 #[tokio::test(flavor = "current_thread")]
 async fn records_made_while_the_reader_is_busy_are_not_stranded() {
     const CONNECTS: usize = 3_000;
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     let Some(mut sensor) = sensor_or_skip("busy-reader") else {
         return;
     };
@@ -695,6 +718,7 @@ fn trace_cli_json_for_one_cgroup() {
 /// Not root → one clear error line, non-zero exit, no backtrace.
 #[test]
 fn trace_without_root_fails_with_one_line() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     let out = std::process::Command::new(agentid_bin())
         .arg("trace")
         .uid(65534)
@@ -722,16 +746,20 @@ use std::os::unix::process::CommandExt as _;
 /// a netlink socket, also `SOCK_RAW`, is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_and_packet_sockets_are_reported() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
     let Some(mut sensor) = sensor_or_skip("rawsock") else {
         return;
     };
     let cg = TestCgroup::new("rawsock");
-    let status = cg
+    let out = cg
         .command(WORKLOAD)
         .args(["raw-sockets"])
-        .status()
+        .output()
         .expect("spawn");
-    assert!(status.success());
+    assert!(out.status.success(), "{out:?}");
+    // A kernel without packet sockets (Debian's module, not loadable in the guest) makes
+    // only the raw IP one.
+    let packet = !String::from_utf8_lossy(&out.stdout).contains("no-packet");
     let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
         count(ev, EventKind::Exit) >= 1
     })
@@ -741,19 +769,17 @@ async fn raw_and_packet_sockets_are_reported() {
         .filter(|e| e.kind == EventKind::Socket)
         .map(|e| &e.detail)
         .collect();
-    assert_eq!(
-        sockets,
-        vec![
-            &Detail::Socket {
-                family: agentid::event::SocketFamily::Inet,
-                sock_type: 3,
-                protocol: 1
-            },
-            &Detail::Socket {
-                family: agentid::event::SocketFamily::Packet,
-                sock_type: 3,
-                protocol: u32::from(0x0003_u16.to_be())
-            },
-        ]
-    );
+    let mut expected = vec![Detail::Socket {
+        family: agentid::event::SocketFamily::Inet,
+        sock_type: 3,
+        protocol: 1,
+    }];
+    if packet {
+        expected.push(Detail::Socket {
+            family: agentid::event::SocketFamily::Packet,
+            sock_type: 3,
+            protocol: u32::from(0x0003_u16.to_be()),
+        });
+    }
+    assert_eq!(sockets, expected.iter().collect::<Vec<_>>());
 }
