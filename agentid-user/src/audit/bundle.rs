@@ -102,15 +102,8 @@ impl fmt::Display for BundleReport {
     }
 }
 
-/// Writes the bundle for `agent_id` (records with `ts` in `since..=until`) to `out`.
-pub fn export_bundle(
-    dir: &Path,
-    agent_id: &str,
-    since: Option<SystemTime>,
-    until: Option<SystemTime>,
-    registration: Option<Value>,
-    out: &Path,
-) -> Result<ExportSummary, AuditError> {
+/// Every whole record of the log in `dir`, with where it is (`file:line`).
+fn read_records(dir: &Path) -> Result<(Vec<Value>, Vec<String>), AuditError> {
     let files = log_files(dir)?;
     if files.is_empty() {
         return Err(AuditError::NoLog(dir.to_owned()));
@@ -135,6 +128,19 @@ pub fn export_bundle(
             locations.push(format!("{name}:{}", i + 1));
         }
     }
+    Ok((records, locations))
+}
+
+/// Writes the bundle for `agent_id` (records with `ts` in `since..=until`) to `out`.
+pub fn export_bundle(
+    dir: &Path,
+    agent_id: &str,
+    since: Option<SystemTime>,
+    until: Option<SystemTime>,
+    registration: Option<Value>,
+    out: &Path,
+) -> Result<ExportSummary, AuditError> {
+    let (records, locations) = read_records(dir)?;
     let relevant = relevant_records(&records, agent_id, since, until);
     let (Some(&first), Some(&last)) = (relevant.first(), relevant.last()) else {
         return Err(AuditError::Bundle {

@@ -15,8 +15,8 @@ use serde_json::Value;
 use super::client::Client;
 use crate::{
     api::types::{
-        AgentDetail, Agents, AlertRecord, CredentialRow, EventRecord, Lagged, ProcessView, Revoked,
-        Status,
+        AgentDetail, Agents, AlertRecord, CredentialRow, EventRecord, Lagged, ProcessView,
+        RegistryStatus, Revoked, Status,
     },
     attribution::AgentRef,
     event::EventKind,
@@ -426,14 +426,20 @@ fn print_status(v: &Status) -> anyhow::Result<()> {
     }
     writeln!(o, "events:    {line}")?;
     writeln!(o, "processes:  {} live", v.processes.live)?;
+    print_registry(&mut o, &v.registry)?;
+    writeln!(o, "alerts:     {}", v.alerts)?;
+    print_outputs(&mut o, v)
+}
+
+fn print_registry(o: &mut impl std::io::Write, r: &RegistryStatus) -> std::io::Result<()> {
     writeln!(
         o,
         "registry:   {} agents from {} ({} errors)",
-        v.registry.agents,
-        clean(&v.registry.dir.display().to_string()),
-        v.registry.errors.len()
+        r.agents,
+        clean(&r.dir.display().to_string()),
+        r.errors.len()
     )?;
-    for i in &v.registry.ambiguous {
+    for i in &r.ambiguous {
         writeln!(
             o,
             "  ambiguous: pid {} ({}) matches {}",
@@ -442,7 +448,7 @@ fn print_status(v: &Status) -> anyhow::Result<()> {
             clean(&i.detail.join(", "))
         )?;
     }
-    for i in &v.registry.escaped {
+    for i in &r.escaped {
         writeln!(
             o,
             "  escaped:   pid {} ({}) left for {}",
@@ -451,10 +457,14 @@ fn print_status(v: &Status) -> anyhow::Result<()> {
             clean(&i.detail.join(", "))
         )?;
     }
-    for e in &v.registry.errors {
+    for e in &r.errors {
         writeln!(o, "            ! {}", clean(e))?;
     }
-    writeln!(o, "alerts:     {}", v.alerts)?;
+    Ok(())
+}
+
+/// The store, the audit log and the sinks: where the evidence goes, and whether it got there.
+fn print_outputs(o: &mut impl std::io::Write, v: &Status) -> anyhow::Result<()> {
     let st = &v.store;
     writeln!(
         o,

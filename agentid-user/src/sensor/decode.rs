@@ -13,6 +13,7 @@ use agentid_ebpf::{
 
 use super::reassemble::Reassembler;
 use crate::event::{Detail, Event, EventKind, Protocol, ScanIncomplete, SecretEnv, SocketFamily};
+use crate::sys;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -138,8 +139,8 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Self {
-        let boot = clock_ns(libc::CLOCK_BOOTTIME);
-        let real = clock_ns(libc::CLOCK_REALTIME);
+        let boot = sys::clock_ns(sys::CLOCK_BOOTTIME);
+        let real = sys::clock_ns(libc::CLOCK_REALTIME);
         Self {
             boot_epoch_ns: real.saturating_sub(boot),
         }
@@ -152,16 +153,6 @@ impl Clock {
         let nanos = u32::try_from(ns % 1_000_000_000).unwrap_or(0);
         SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)
     }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out-pointer.
-    unsafe { libc::clock_gettime(clock, &raw mut ts) };
-    u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u128::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// Decodes one ring-buffer record on its own. An exec whose areas continue in chunk
@@ -198,6 +189,35 @@ impl Decoder {
     }
 }
 
+/// Hands a chunk record to the reassembler; its exec record will pick it up.
+fn take_chunk(
+    bytes: &[u8],
+    header: &Header,
+    chunks: Option<&mut Reassembler>,
+) -> Result<(), DecodeError> {
+    let Some(chunks) = chunks else {
+        return Err(DecodeError::ChunkWithoutDecoder);
+    };
+    with_chunk(bytes, |r| {
+        let len = r.len as usize;
+        if len > CHUNK_LEN {
+            return Err(DecodeError::BadLength {
+                field: "chunk",
+                len,
+                max: CHUNK_LEN,
+            });
+        }
+        chunks.chunk(
+            header.tgid,
+            r.start_ns,
+            header.ktime_ns,
+            r.stream,
+            r.offset,
+            &r.data[..len],
+        )
+    })?
+}
+
 fn decode_with(
     bytes: &[u8],
     clock: &Clock,
@@ -206,27 +226,7 @@ fn decode_with(
     let header: Header = read(bytes)?;
     let (kind, parent, pid, start, detail) = match header.kind {
         kind::EXEC_CHUNK => {
-            let Some(chunks) = chunks else {
-                return Err(DecodeError::ChunkWithoutDecoder);
-            };
-            with_chunk(bytes, |r| {
-                let len = r.len as usize;
-                if len > CHUNK_LEN {
-                    return Err(DecodeError::BadLength {
-                        field: "chunk",
-                        len,
-                        max: CHUNK_LEN,
-                    });
-                }
-                chunks.chunk(
-                    header.tgid,
-                    r.start_ns,
-                    header.ktime_ns,
-                    r.stream,
-                    r.offset,
-                    &r.data[..len],
-                )
-            })??;
+            take_chunk(bytes, &header, chunks)?;
             return Ok(None);
         }
         kind::EXEC => {

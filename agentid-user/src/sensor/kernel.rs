@@ -96,14 +96,6 @@ pub fn tracefs() -> Result<PathBuf, SensorError> {
 fn mount(source: &str, target: &str, fstype: &str) -> Result<(), SensorError> {
     let c = |s: &str| std::ffi::CString::new(s).map_err(|e| SensorError::Tracefs(e.to_string()));
     let (src, tgt, fs) = (c(source)?, c(target)?, c(fstype)?);
-    // SAFETY: valid NUL-terminated strings, no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(SensorError::Tracefs(format!(
-            "mounting {fstype} on {target}: {}",
-            std::io::Error::last_os_error()
-        )))
-    }
+    crate::sys::mount(&src, &tgt, &fs)
+        .map_err(|e| SensorError::Tracefs(format!("mounting {fstype} on {target}: {e}")))
 }

@@ -90,11 +90,7 @@ impl std::fmt::Debug for Sensor {
 /// all freed by now, but glibc keeps freed memory inside the heap: without this the daemon
 /// would carry it as resident memory for its whole life.
 fn release_freed_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free pages to the kernel; no allocation is touched.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::sys::malloc_trim();
 }
 
 /// Timer poll while records flow: a record submitted without a wakeup waits at most this.
@@ -120,11 +116,50 @@ const RAW_TRACEPOINTS: [&str; 3] = [
 /// cgroup socket-address hooks, attached at the cgroup v2 root.
 const SOCK_HOOKS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
+/// Loads and attaches every program: tracepoints, raw tracepoints, and the cgroup socket
+/// hooks at the cgroup v2 root.
+fn attach_all(ebpf: &mut Ebpf) -> Result<(), SensorError> {
+    for (category, name) in TRACEPOINTS {
+        let prog: &mut TracePoint = program(ebpf, name)?;
+        prog.load()
+            .map_err(|source| SensorError::Program { name, source })?;
+        prog.attach(category, name)
+            .map_err(|source| SensorError::Program { name, source })?;
+    }
+    for name in RAW_TRACEPOINTS {
+        let prog: &mut RawTracePoint = program(ebpf, name)?;
+        prog.load()
+            .map_err(|source| SensorError::Program { name, source })?;
+        prog.attach(name)
+            .map_err(|source| SensorError::Program { name, source })?;
+    }
+    let root = cgroup::v2_root()?;
+    let root_fd = File::open(&root).map_err(|source| cgroup::CgroupError::Io {
+        path: root.clone(),
+        source,
+    })?;
+    for name in SOCK_HOOKS {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        prog.load()
+            .map_err(|source| SensorError::Program { name, source })?;
+        // AllowMultiple so other tools' hooks keep working. aya turns it into the
+        // BPF_F_ALLOW_MULTI flag on bpf_link_create, which newer kernels reject with
+        // EINVAL for cgroup links; such links are always multi-attach, so retry without.
+        if prog
+            .attach(&root_fd, CgroupAttachMode::AllowMultiple)
+            .is_err()
+        {
+            prog.attach(&root_fd, CgroupAttachMode::Single)
+                .map_err(|source| SensorError::Program { name, source })?;
+        }
+    }
+    Ok(())
+}
+
 impl Sensor {
     /// Loads and attaches every program. Must run inside a tokio runtime.
     pub fn load(opts: &SensorOptions) -> Result<Self, SensorError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if crate::sys::geteuid() != 0 {
             return Err(SensorError::NotRoot);
         }
         if PROGRAMS.is_empty() {
@@ -137,40 +172,7 @@ impl Sensor {
             .override_global(CONFIG_GLOBAL, &config, true)
             .load(PROGRAMS)?;
 
-        for (category, name) in TRACEPOINTS {
-            let prog: &mut TracePoint = program(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|source| SensorError::Program { name, source })?;
-            prog.attach(category, name)
-                .map_err(|source| SensorError::Program { name, source })?;
-        }
-        for name in RAW_TRACEPOINTS {
-            let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|source| SensorError::Program { name, source })?;
-            prog.attach(name)
-                .map_err(|source| SensorError::Program { name, source })?;
-        }
-        let root = cgroup::v2_root()?;
-        let root_fd = File::open(&root).map_err(|source| cgroup::CgroupError::Io {
-            path: root.clone(),
-            source,
-        })?;
-        for name in SOCK_HOOKS {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|source| SensorError::Program { name, source })?;
-            // AllowMultiple so other tools' hooks keep working. aya turns it into the
-            // BPF_F_ALLOW_MULTI flag on bpf_link_create, which newer kernels reject with
-            // EINVAL for cgroup links; such links are always multi-attach, so retry without.
-            if prog
-                .attach(&root_fd, CgroupAttachMode::AllowMultiple)
-                .is_err()
-            {
-                prog.attach(&root_fd, CgroupAttachMode::Single)
-                    .map_err(|source| SensorError::Program { name, source })?;
-            }
-        }
+        attach_all(&mut ebpf)?;
 
         let ring = ebpf.take_map(EVENTS_MAP).ok_or(SensorError::Map {
             name: EVENTS_MAP,
