@@ -519,13 +519,8 @@ fn build_initramfs(run: &GuestRun<'_>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Boots the guest, streams its console (also to `console.log`), returns the guest test
-/// binary's exit code.
-pub(crate) fn run_guest(run: &GuestRun<'_>) -> anyhow::Result<i32> {
-    fs::create_dir_all(run.work_dir)?;
-    let initramfs = build_initramfs(run)?;
-    let log_path = run.work_dir.join("console.log");
-    let mut log = fs::File::create(&log_path)?;
+/// QEMU under TCG with the host's root shared read-only over 9p, the console on stdio.
+fn qemu_command(run: &GuestRun<'_>, initramfs: &Path) -> Command {
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args([
         "-machine",
@@ -552,9 +547,20 @@ pub(crate) fn run_guest(run: &GuestRun<'_>) -> anyhow::Result<i32> {
     .arg("-kernel")
     .arg(&run.kernel.vmlinuz)
     .arg("-initrd")
-    .arg(&initramfs)
+    .arg(initramfs)
     .stdin(Stdio::null())
     .stdout(Stdio::piped());
+    qemu
+}
+
+/// Boots the guest, streams its console (also to `console.log`), returns the guest test
+/// binary's exit code.
+pub(crate) fn run_guest(run: &GuestRun<'_>) -> anyhow::Result<i32> {
+    fs::create_dir_all(run.work_dir)?;
+    let initramfs = build_initramfs(run)?;
+    let log_path = run.work_dir.join("console.log");
+    let mut log = fs::File::create(&log_path)?;
+    let mut qemu = qemu_command(run, &initramfs);
     eprintln!(
         "xtask: booting {} under QEMU (TCG, 2 vCPUs, 2 GiB); console: {}",
         run.kernel.vmlinuz.display(),

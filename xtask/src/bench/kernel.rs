@@ -173,6 +173,49 @@ tracepoint:syscalls:sys_enter_execve { printf("%d %s execve %s\n", pid, comm, st
 tracepoint:syscalls:sys_enter_connect { printf("%d %s connect\n", pid, comm); }
 "#;
 
+/// auditd in the foreground with the benchmark's rules, once it registered with the kernel.
+fn start_auditd(ctx: &Ctx) -> anyhow::Result<Tracer> {
+    ctx.tools.auditd.clone().map_err(anyhow::Error::msg)?;
+    fs::create_dir_all("/var/log/audit")?;
+    // Foreground (-n) so that this process owns its lifetime; `-s enable` turns
+    // kernel auditing on while it runs.
+    let mut child = Command::new("auditd")
+        .args(["-n", "-s", "enable"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning auditd")?;
+    // auditd registers itself with the kernel as the audit daemon; wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            bail!("auditd exited at start ({status}): {}", err.trim());
+        }
+        let st = Command::new("auditctl").arg("-s").output()?;
+        let text = String::from_utf8_lossy(&st.stdout);
+        if text.contains(&format!("pid {}", child.id())) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("auditd did not register with the kernel within 10 s: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Err(e) = auditctl("-a") {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    Ok(Tracer::Auditd(child))
+}
+
 fn start(
     ctx: &Ctx,
     cond: Cond,
@@ -194,47 +237,7 @@ fn start(
                 &agents,
             )?))
         }
-        Cond::Auditd => {
-            ctx.tools.auditd.clone().map_err(anyhow::Error::msg)?;
-            fs::create_dir_all("/var/log/audit")?;
-            // Foreground (-n) so that this process owns its lifetime; `-s enable` turns
-            // kernel auditing on while it runs.
-            let mut child = Command::new("auditd")
-                .args(["-n", "-s", "enable"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("spawning auditd")?;
-            // auditd registers itself with the kernel as the audit daemon; wait for it.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(status) = child.try_wait()? {
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                    }
-                    bail!("auditd exited at start ({status}): {}", err.trim());
-                }
-                let st = Command::new("auditctl").arg("-s").output()?;
-                let text = String::from_utf8_lossy(&st.stdout);
-                if text.contains(&format!("pid {}", child.id())) {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    bail!("auditd did not register with the kernel within 10 s: {text}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if let Err(e) = auditctl("-a") {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e);
-            }
-            Ok(Tracer::Auditd(child))
-        }
+        Cond::Auditd => start_auditd(ctx),
         Cond::Bpftrace => {
             ctx.tools.bpftrace.clone().map_err(anyhow::Error::msg)?;
             let out = ctx.scratch.join("bpftrace.out");
