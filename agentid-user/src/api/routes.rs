@@ -325,14 +325,8 @@ async fn events(
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let p = params(q)?;
-    let live = p.follow.unwrap_or(false).then(|| s.events.subscribe());
-    if live.is_some() {
-        committed(&s).await;
-    }
-    let sq = store_query(&p);
-    let history = with_store(&s, move |st| st.events(&sq)).await?;
-    let history: Vec<Value> = history.into_iter().map(|r| r.body).collect();
-    Ok(respond(history, live, p.agent, p.kind))
+    let filter = p.kind.clone();
+    history_then_live(&s, &p, &s.events, Store::events, filter).await
 }
 
 async fn alerts(
@@ -340,14 +334,27 @@ async fn alerts(
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let p = params(q)?;
-    let live = p.follow.unwrap_or(false).then(|| s.alerts.subscribe());
+    let filter = p.rule.clone();
+    history_then_live(&s, &p, &s.alerts, Store::alerts, filter).await
+}
+
+/// The stored history, then (with `follow`) the live stream: subscribed first and the
+/// store committed, so nothing falls between the two.
+async fn history_then_live(
+    s: &Arc<Shared>,
+    p: &Params,
+    channel: &tokio::sync::broadcast::Sender<Live>,
+    fetch: fn(&Store, &store::Query) -> Result<Vec<store::EventRow>, store::StoreError>,
+    filter: Option<String>,
+) -> Result<Response, ApiError> {
+    let live = p.follow.unwrap_or(false).then(|| channel.subscribe());
     if live.is_some() {
-        committed(&s).await;
+        committed(s).await;
     }
-    let sq = store_query(&p);
-    let history = with_store(&s, move |st| st.alerts(&sq)).await?;
+    let sq = store_query(p);
+    let history = with_store(s, move |st| fetch(st, &sq)).await?;
     let history: Vec<Value> = history.into_iter().map(|r| r.body).collect();
-    Ok(respond(history, live, p.agent, p.rule))
+    Ok(respond(history, live, p.agent.clone(), filter))
 }
 
 /// Waits until everything the event loop sent to the store so far is committed. The

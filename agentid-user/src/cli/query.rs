@@ -201,12 +201,7 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             since,
             follow,
         } => {
-            let q = query(&[
-                ("agent", agent),
-                ("kind", kind),
-                ("since", since_ns(since.as_deref())?),
-                ("follow", follow.then(|| "true".into())),
-            ]);
+            let q = history_query(agent, ("kind", kind), since.as_deref(), follow)?;
             stream_or_list(client, &format!("/v1/events{q}"), follow, json, event_line).await
         }
         QueryCommand::Alerts {
@@ -215,12 +210,7 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             since,
             follow,
         } => {
-            let q = query(&[
-                ("agent", agent),
-                ("rule", rule),
-                ("since", since_ns(since.as_deref())?),
-                ("follow", follow.then(|| "true".into())),
-            ]);
+            let q = history_query(agent, ("rule", rule), since.as_deref(), follow)?;
             stream_or_list(client, &format!("/v1/alerts{q}"), follow, json, alert_line).await
         }
         QueryCommand::Credentials {
@@ -253,6 +243,21 @@ async fn revoke(client: &Client, fingerprint: String, json: bool) -> anyhow::Res
 }
 
 /// Events or alerts: a listing, or (following) the history then live items as lines.
+/// The query string of `events`/`alerts`: agent, their own filter, since, follow.
+fn history_query(
+    agent: Option<String>,
+    filter: (&'static str, Option<String>),
+    since: Option<&str>,
+    follow: bool,
+) -> anyhow::Result<String> {
+    Ok(query(&[
+        ("agent", agent),
+        filter,
+        ("since", since_ns(since)?),
+        ("follow", follow.then(|| "true".into())),
+    ]))
+}
+
 async fn stream_or_list<T: DeserializeOwned>(
     client: &Client,
     path: &str,
@@ -439,23 +444,15 @@ fn print_registry(o: &mut impl std::io::Write, r: &RegistryStatus) -> std::io::R
         clean(&r.dir.display().to_string()),
         r.errors.len()
     )?;
-    for i in &r.ambiguous {
-        writeln!(
-            o,
-            "  ambiguous: pid {} ({}) matches {}",
-            i.pid,
-            clean(&i.agent),
-            clean(&i.detail.join(", "))
-        )?;
-    }
-    for i in &r.escaped {
-        writeln!(
-            o,
-            "  escaped:   pid {} ({}) left for {}",
-            i.pid,
-            clean(&i.agent),
-            clean(&i.detail.join(", "))
-        )?;
+    let issues = [
+        ("ambiguous", "matches", &r.ambiguous),
+        ("escaped", "left for", &r.escaped),
+    ];
+    for (what, verb, list) in issues {
+        for i in list {
+            let (pid, agent, detail) = (i.pid, clean(&i.agent), clean(&i.detail.join(", ")));
+            writeln!(o, "  {what:<10} pid {pid} ({agent}) {verb} {detail}")?;
+        }
     }
     for e in &r.errors {
         writeln!(o, "            ! {}", clean(e))?;
