@@ -259,16 +259,8 @@ impl Attributor {
             return AttributedEvent::orphan(event);
         };
         event.cgroup = Some(process.cgroup.clone());
-        AttributedEvent {
-            exe: Some(process.exe.clone()),
-            loginuid: process.loginuid,
-            exec_id: Some(process.exec_id.clone()),
-            parent_exec_id: process.parent_exec_id.clone(),
-            event,
-            identity,
-            // Nothing changed hands: the process is as it was.
-            transition: None,
-        }
+        // Nothing changed hands: the process is as it was.
+        AttributedEvent::of(process, event, identity, None)
     }
 
     /// Applies an event to the table and attributes it.
@@ -317,15 +309,7 @@ impl Attributor {
         if change == Change::Exited {
             self.identities.remove(&process.pid);
         }
-        AttributedEvent {
-            transition,
-            exe: Some(process.exe.clone()),
-            loginuid: process.loginuid,
-            exec_id: Some(process.exec_id.clone()),
-            parent_exec_id: process.parent_exec_id.clone(),
-            event,
-            identity,
-        }
+        AttributedEvent::of(process, event, identity, transition)
     }
 
     /// Decides a process's identity from the registry, given the identity it comes from:
@@ -456,6 +440,24 @@ fn short_name(agent: &Agent) -> &str {
 }
 
 impl AttributedEvent {
+    /// An event of a known process, with the identity decided for it.
+    fn of(
+        process: &Process,
+        event: Event,
+        identity: Arc<ProcIdentity>,
+        transition: Option<Transition>,
+    ) -> Self {
+        Self {
+            exe: Some(process.exe.clone()),
+            loginuid: process.loginuid,
+            exec_id: Some(process.exec_id.clone()),
+            parent_exec_id: process.parent_exec_id.clone(),
+            event,
+            identity,
+            transition,
+        }
+    }
+
     /// An event whose process could not be known (gone before `/proc` could be read).
     fn orphan(event: Event) -> Self {
         Self {

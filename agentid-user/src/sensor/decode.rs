@@ -85,48 +85,43 @@ fn read<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
 /// the environment. In place saves copying and wiping ~5 KiB per exec (a third of the
 /// decoder's time).
 fn with_exec<R>(bytes: &[u8], f: impl FnOnce(&ExecRecord) -> R) -> Result<R, DecodeError> {
-    let need = size_of::<ExecRecord>();
-    if bytes.len() < need {
-        return Err(DecodeError::Short {
-            what: ExecRecord::NAME,
-            len: bytes.len(),
-            need,
-        });
-    }
-    if bytes.as_ptr().align_offset(align_of::<ExecRecord>()) == 0 {
-        #[expect(clippy::cast_ptr_alignment, reason = "alignment checked just above")]
-        // SAFETY: length and alignment checked; `ExecRecord` is plain data valid for any
-        // bit pattern, and the borrow does not outlive `bytes`.
-        let r = unsafe { &*bytes.as_ptr().cast::<ExecRecord>() };
-        return Ok(f(r));
-    }
-    let mut r: ExecRecord = read(bytes)?;
-    let out = f(&r);
-    zeroize::Zeroize::zeroize(&mut r.env);
-    Ok(out)
+    with_secret_record(bytes, f, |r: &mut ExecRecord| {
+        zeroize::Zeroize::zeroize(&mut r.env);
+    })
 }
 
 /// Runs `f` on the chunk record in `bytes`, in place when aligned (as ring-buffer records
 /// are), else on a copy that is wiped afterwards (an environment chunk is secret).
 fn with_chunk<R>(bytes: &[u8], f: impl FnOnce(&ExecChunkRecord) -> R) -> Result<R, DecodeError> {
-    let need = size_of::<ExecChunkRecord>();
+    with_secret_record(bytes, f, |r: &mut ExecChunkRecord| {
+        zeroize::Zeroize::zeroize(&mut r.data);
+    })
+}
+
+/// Runs `f` on the record of type `T` in `bytes`: in place when aligned, else on a copy
+/// that `wipe` clears afterwards (the record holds secret bytes).
+fn with_secret_record<T: Record, R>(
+    bytes: &[u8],
+    f: impl FnOnce(&T) -> R,
+    wipe: impl FnOnce(&mut T),
+) -> Result<R, DecodeError> {
+    let need = size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
-            what: ExecChunkRecord::NAME,
+            what: T::NAME,
             len: bytes.len(),
             need,
         });
     }
-    if bytes.as_ptr().align_offset(align_of::<ExecChunkRecord>()) == 0 {
-        #[expect(clippy::cast_ptr_alignment, reason = "alignment checked just above")]
-        // SAFETY: length and alignment checked; `ExecChunkRecord` is plain data valid for
-        // any bit pattern, and the borrow does not outlive `bytes`.
-        let r = unsafe { &*bytes.as_ptr().cast::<ExecChunkRecord>() };
+    if bytes.as_ptr().align_offset(align_of::<T>()) == 0 {
+        // SAFETY: length and alignment checked; every `Record` is plain data valid for any
+        // bit pattern, and the borrow does not outlive `bytes`.
+        let r = unsafe { &*bytes.as_ptr().cast::<T>() };
         return Ok(f(r));
     }
-    let mut r: ExecChunkRecord = read(bytes)?;
+    let mut r: T = read(bytes)?;
     let out = f(&r);
-    zeroize::Zeroize::zeroize(&mut r.data);
+    wipe(&mut r);
     Ok(out)
 }
 
