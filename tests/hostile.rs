@@ -10,10 +10,9 @@
 use std::{
     ffi::OsStr,
     fmt::Write as _,
-    io::{BufRead, BufReader},
     os::unix::{ffi::OsStrExt as _, fs::symlink},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -24,7 +23,7 @@ use agentid::{
     identity::Registry,
     pipeline::Pipeline,
 };
-use agentid_tests::{TestCgroup, agentid_bin, attributed_until, sensor_or_skip};
+use agentid_tests::{TestCgroup, attributed_until, sensor_or_skip, trace::Trace};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_agentid-workload");
 const AGENT: &str = "spiffe://test.example/agent/hostile";
@@ -132,26 +131,20 @@ fn hostile_strings_stay_one_event_per_line() {
     symlink("/bin/true", &exe).expect("symlink");
 
     let spawn_trace = |json: bool| {
-        let mut cmd = Command::new(agentid_bin());
-        cmd.arg("trace");
+        let mut args: Vec<&OsStr> = Vec::new();
         if json {
-            cmd.arg("--json");
+            args.push(OsStr::new("--json"));
         }
-        let mut child = cmd
-            .args(["--cgroup", &cg.rel, "--agents-dir"])
-            .arg(&agents)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn trace");
-        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        err.read_line(&mut line).expect("stderr");
-        assert!(line.contains("probes attached"), "{line}");
-        (child, err)
+        args.extend([
+            OsStr::new("--cgroup"),
+            OsStr::new(cg.rel.as_str()),
+            OsStr::new("--agents-dir"),
+            agents.as_os_str(),
+        ]);
+        Trace::start(args)
     };
-    let (mut json, _json_err) = spawn_trace(true);
-    let (mut table, _table_err) = spawn_trace(false);
+    let json = spawn_trace(true);
+    let table = spawn_trace(false);
 
     let long_arg = "A".repeat(3000);
     let st = cg
@@ -185,15 +178,13 @@ fn hostile_strings_stay_one_event_per_line() {
             .success()
     );
 
-    let read_until_marker = |child: &mut std::process::Child, is_json: bool| -> Vec<String> {
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let read_until_marker = |trace: Trace, is_json: bool| -> Vec<String> {
         let mut lines = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            assert!(Instant::now() < deadline, "no marker in: {lines:#?}");
-            let mut buf = Vec::new();
-            let n = out.read_until(b'\n', &mut buf).expect("read");
-            assert!(n > 0, "trace ended early: {lines:#?}");
+            let buf = trace
+                .next_line(deadline)
+                .unwrap_or_else(|| panic!("trace ended early: {lines:#?}"));
             let l = String::from_utf8(buf).expect("output is UTF-8");
             // The marker echo's exit is the last event we wait for.
             let done = if is_json {
@@ -206,13 +197,11 @@ fn hostile_strings_stay_one_event_per_line() {
                 break;
             }
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGINT) };
-        let _ = child.wait();
+        let _ = trace.stop();
         lines
     };
-    let json_lines = read_until_marker(&mut json, true);
-    let table_lines = read_until_marker(&mut table, false);
+    let json_lines = read_until_marker(json, true);
+    let table_lines = read_until_marker(table, false);
 
     let mut saw_hostile = false;
     for l in &json_lines {

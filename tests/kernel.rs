@@ -13,15 +13,13 @@
     reason = "this package's targets share one dependency list and each test file uses a few of it"
 )]
 use std::{
-    io::{BufRead, BufReader, Read},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket},
-    process::Stdio,
     sync::{PoisonError, RwLock},
     time::Duration,
 };
 
 use agentid::event::{Detail, Event, EventKind, Protocol};
-use agentid_tests::{TestCgroup, agentid_bin, collect_until, sensor_or_skip};
+use agentid_tests::{TestCgroup, agentid_bin, collect_until, sensor_or_skip, trace::Trace};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_agentid-workload");
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -581,17 +579,13 @@ fn trace_cli_json_for_one_cgroup() {
         ),
     )
     .expect("registration");
-    let mut trace = std::process::Command::new(agentid_bin())
-        .args(["trace", "--json", "--cgroup", &cg.rel, "--agents-dir"])
-        .arg(&agents_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn agentid trace");
-    let mut stderr = BufReader::new(trace.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("read stderr");
-    assert!(line.contains("probes attached"), "unexpected: {line}");
+    let trace = Trace::start([
+        std::ffi::OsStr::new("--json"),
+        std::ffi::OsStr::new("--cgroup"),
+        std::ffi::OsStr::new(cg.rel.as_str()),
+        std::ffi::OsStr::new("--agents-dir"),
+        agents_dir.as_os_str(),
+    ]);
 
     let tcp4 = TcpListener::bind("127.0.0.1:0").expect("listener");
     let tcp6 = TcpListener::bind("[::1]:0").expect("listener");
@@ -625,15 +619,11 @@ fn trace_cli_json_for_one_cgroup() {
 
     // The last workload's exit tells us everything before it was emitted; wait for it
     // in the output rather than sleeping.
-    let mut stdout = BufReader::new(trace.stdout.take().expect("stdout"));
     let mut events: Vec<serde_json::Value> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let mut l = String::new();
-        assert!(
-            stdout.read_line(&mut l).expect("read stdout") > 0,
-            "trace ended early"
-        );
-        let v: serde_json::Value = serde_json::from_str(&l).expect("JSON line");
+        let l = trace.next_line(deadline).expect("trace ended early");
+        let v: serde_json::Value = serde_json::from_slice(&l).expect("JSON line");
         let done = v["kind"] == "exit"
             && v["exit_code"] == 0
             && events.iter().any(|e| e["kind"] == "fork");
@@ -642,14 +632,8 @@ fn trace_cli_json_for_one_cgroup() {
             break;
         }
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(i32::try_from(trace.id()).expect("pid"), libc::SIGINT) };
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).expect("rest");
-    let status = trace.wait().expect("wait");
+    let (status, _rest, summary) = trace.stop();
     assert!(status.success(), "trace exit status {status}");
-    let mut summary = String::new();
-    stderr.read_to_string(&mut summary).expect("summary");
     assert!(
         summary.contains("connect=") && summary.contains("drops 0"),
         "summary: {summary}"

@@ -92,6 +92,9 @@ enum Task {
     },
 }
 
+/// Wall-clock limit on the host test run (`cargo test --workspace`).
+const HOST_TEST_LIMIT_MINS: u64 = 30;
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,6 +129,39 @@ fn status(mut cmd: Command) -> anyhow::Result<()> {
         bail!("{shown} failed: {st}");
     }
     Ok(())
+}
+
+/// Like [`status`], but a run that outlives `limit` is killed (its whole process group: test
+/// binaries and the tracers they spawned) and reported, so one hung test fails CI in minutes
+/// with its name on screen instead of eating the whole CI budget.
+fn status_within(mut cmd: Command, limit: Duration) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("spawning {shown}"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().context("waiting for the test run")? {
+            if !st.success() {
+                bail!("{shown} failed: {st}");
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let pgid = i32::try_from(child.id()).context("pid")?;
+            // SAFETY: signalling the process group we created above.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            bail!(
+                "{shown} still running after {} min: killed (a test hung; the last test \
+                 named \"has been running for over 60 seconds\" above is the one)",
+                limit.as_secs() / 60
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn setup() -> anyhow::Result<()> {
@@ -204,7 +240,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let mut test = cargo();
             test.args(["test", "--workspace", "--"]).args(&args);
-            status(test)?;
+            // The host tests take ~5 minutes on 2 cores; 30 is a hang, not a slow machine.
+            status_within(test, Duration::from_mins(HOST_TEST_LIMIT_MINS))?;
             // Then the kernel tests again on each other kernel (about 3.5 minutes each under
             // TCG): Debian 12's default kernel unless AGENTID_TEST_KERNELS says otherwise.
             let kernels = guest_kernels();
