@@ -620,7 +620,7 @@ fn trace_cli_json_for_one_cgroup() {
     // The last workload's exit tells us everything before it was emitted; wait for it
     // in the output rather than sleeping.
     let mut events: Vec<serde_json::Value> = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
     loop {
         let l = trace.next_line(deadline).expect("trace ended early");
         let v: serde_json::Value = serde_json::from_slice(&l).expect("JSON line");

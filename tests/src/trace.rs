@@ -66,7 +66,9 @@ impl Trace {
                 if n == 0 {
                     break;
                 }
-                sink.lock().expect("stderr buffer").extend_from_slice(&chunk[..n]);
+                sink.lock()
+                    .expect("stderr buffer")
+                    .extend_from_slice(&chunk[..n]);
             }
         });
         let trace = Self {
@@ -75,7 +77,7 @@ impl Trace {
             stderr,
             stderr_thread: Some(stderr_thread),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         while !trace.stderr_text().contains("probes attached") {
             assert!(
                 Instant::now() < deadline,

@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 /// time in clock ticks since boot — the same value `/proc/PID/stat` reports, so a process
 /// seen first through `/proc` and later through kernel events gets the same id, also after
 /// a daemon restart. An exec keeps the id (same process, new image).
+///
+/// A tick is 10 ms: a pid reused within the same tick (a fast fork loop, or an agent steering
+/// `ns_last_pid`) would get the id of the process before it. The process table sees that
+/// collision (the earlier process is still in its exited set) and gives the newcomer
+/// `host:boot:start:pid.SUB`, `SUB` being the ns within the tick from the kernel's start
+/// time, so two processes never share an id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ExecId(String);
@@ -53,6 +59,18 @@ impl HostIds {
 
     pub fn exec_id(&self, start_ticks: u64, pid: u32) -> ExecId {
         ExecId(format!("{}:{}:{start_ticks}:{pid}", self.host, self.boot))
+    }
+
+    /// The id of a process whose `host:boot:start:pid` an earlier process already had.
+    pub fn reused_exec_id(&self, start_ns: u64, pid: u32) -> ExecId {
+        let tick_ns = 1_000_000_000 / USER_HZ;
+        ExecId(format!(
+            "{}:{}:{}:{pid}.{}",
+            self.host,
+            self.boot,
+            start_ns / tick_ns,
+            start_ns % tick_ns
+        ))
     }
 }
 

@@ -196,7 +196,7 @@ impl ProcessTable {
         let parent = self.known_or_read(ppid).cloned();
         let child = Process {
             pid: event.pid,
-            exec_id: self.host.exec_id(start_ticks, event.pid),
+            exec_id: self.new_exec_id(event, start_ticks),
             ppid,
             parent_exec_id: parent.as_ref().map(|p| p.exec_id.clone()),
             start_ticks,
@@ -234,7 +234,7 @@ impl ProcessTable {
             let parent_exec_id = self.known_or_read(ppid).map(|p| p.exec_id.clone());
             let p = Process {
                 pid: event.pid,
-                exec_id: self.host.exec_id(start_ticks, event.pid),
+                exec_id: self.new_exec_id(event, start_ticks),
                 ppid,
                 parent_exec_id,
                 start_ticks,
@@ -269,6 +269,20 @@ impl ProcessTable {
             p.ppid = ppid;
         }
         if same { Change::Exec } else { Change::New }
+    }
+
+    /// The exec id of a process first seen in `event`, unique even when the pid was reused
+    /// within one clock tick (see [`ExecId`]).
+    fn new_exec_id(&self, event: &Event, start_ticks: u64) -> ExecId {
+        let id = self.host.exec_id(start_ticks, event.pid);
+        let taken = self
+            .exited
+            .get(&event.pid)
+            .is_some_and(|p| p.start_ticks == start_ticks);
+        match event.proc_start_ns {
+            Some(ns) if taken => self.host.reused_exec_id(ns, event.pid),
+            _ => id,
+        }
     }
 
     fn exit(&mut self, event: &Event) -> Option<&Process> {

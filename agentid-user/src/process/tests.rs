@@ -165,6 +165,35 @@ fn pid_reuse_gets_a_new_exec_id() {
 }
 
 #[test]
+fn a_pid_reused_within_one_clock_tick_still_gets_a_new_exec_id() {
+    let mut t = table();
+    t.apply(&exec(PARENT, GRANDPARENT, 1, "/bin/a"));
+    let first = t.apply(&fork(CHILD, PARENT, 2)).unwrap().0.exec_id.clone();
+    t.apply(&exit(CHILD));
+    // 3 ms later: the same 10 ms tick, so /proc would show the same start time.
+    let mut again = fork(CHILD, PARENT, 2);
+    again.proc_start_ns = again.proc_start_ns.map(|ns| ns + 3_000_000);
+    let (p, change) = t.apply(&again).unwrap();
+    assert_eq!(change, Change::New);
+    assert_ne!(p.exec_id, first);
+    assert!(
+        p.exec_id.as_str().ends_with(&format!(":{CHILD}.3000000")),
+        "{}",
+        p.exec_id
+    );
+    let second = p.exec_id.clone();
+    // Its exec keeps the disambiguated id.
+    let (p, change) = t
+        .apply(&{
+            let mut e = exec(CHILD, PARENT, 2, "/bin/c");
+            e.proc_start_ns = again.proc_start_ns;
+            e
+        })
+        .unwrap();
+    assert_eq!((change, &p.exec_id), (Change::Exec, &second));
+}
+
+#[test]
 fn a_cgroup_change_is_reported_as_moved() {
     let mut t = table();
     t.apply(&exec(PARENT, GRANDPARENT, 1, "/bin/a"));
