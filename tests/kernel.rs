@@ -767,3 +767,84 @@ async fn raw_and_packet_sockets_are_reported() {
     }
     assert_eq!(sockets, expected.iter().collect::<Vec<_>>());
 }
+
+/// Every open names the file the kernel actually opened, by device and inode as `stat`
+/// reports them, whatever the path went through: the file itself, a symlink, a hard link
+/// and `/proc/self/fd/N` all report the same inode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_report_the_inode_actually_opened() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(mut sensor) = sensor_or_skip("inode") else {
+        return;
+    };
+    let cg = TestCgroup::new("inode");
+    sensor.watch_opens(cg.id).expect("watch opens");
+    let dir = tempdir("inode");
+    let (file, link, hard) = (dir.0.join("file"), dir.0.join("link"), dir.0.join("hard"));
+    std::fs::write(&file, "x").expect("write");
+    std::os::unix::fs::symlink(&file, &link).expect("symlink");
+    std::fs::hard_link(&file, &hard).expect("hard link");
+    for path in [&file, &link, &hard] {
+        let status = cg
+            .command("/bin/cat")
+            .arg(path)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("cat");
+        assert!(status.success());
+    }
+    let status = cg
+        .command("/bin/sh")
+        .args(["-c", "exec 3<\"$1\" && /bin/cat /proc/self/fd/3", "sh"])
+        .arg(&link)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Exit) >= 4
+    })
+    .await;
+    let meta = std::fs::metadata(&file).expect("stat");
+    let expected = Some(agentid::event::FileId::of(&meta));
+    let opened = |p: &str| {
+        events
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Detail::Open { path, inode, .. } if path == p => Some(*inode),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // The symlink is opened twice: by `cat`, and by the shell for fd 3.
+    for (p, times) in [(&file, 1), (&link, 2), (&hard, 1)] {
+        let p = p.to_str().expect("utf8");
+        assert_eq!(opened(p), vec![expected; times], "{p}");
+    }
+    assert_eq!(opened("/proc/self/fd/3"), [expected]);
+    // Another file is another inode.
+    let libc = events.iter().find_map(|e| match &e.detail {
+        Detail::Open { path, inode, .. } if path.ends_with(".so.6") => Some(*inode),
+        _ => None,
+    });
+    assert!(
+        libc.flatten().is_some_and(|i| Some(i) != expected),
+        "{libc:?}"
+    );
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+fn tempdir(name: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!("agentid-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    TempDir(dir)
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -2,9 +2,16 @@
 //!
 //! Only cgroups userspace put in `OPEN_CGROUPS` (those of registered agents) are reported:
 //! every open on a host is far too many records, an agent's are few.
-use agentid_ebpf::{OpenRecord, PATH_LEN, kind};
+//!
+//! Each record names the file actually opened by device and inode, read from the fd the
+//! syscall returned: the path string is whatever the program passed (a symlink, a hard
+//! link, a bind mount, `/proc/self/fd/N`), the inode is what it got.
+use agentid_ebpf::{Config, OpenRecord, PATH_LEN, kind};
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, generated::bpf_probe_read_user_str},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel,
+        generated::bpf_probe_read_user_str,
+    },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap},
     programs::TracePointContext,
@@ -70,13 +77,15 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
     if ret < 0 {
         return 0;
     }
+    let (dev, ino) = opened_file(&config(), ret as u64);
     emit::<OpenRecord>(kind::OPEN, tgid, tid, |rec| {
         // SAFETY: `rec` is a reserved record; the path is read from user memory by the
         // checked helper.
         unsafe {
             (*rec).flags = pending.flags;
             (*rec).dfd = pending.dfd;
-            (*rec).reserved = 0;
+            (*rec).dev = dev;
+            (*rec).ino = ino;
             let n = bpf_probe_read_user_str(
                 (*rec).path.as_mut_ptr().cast(),
                 PATH_LEN as u32,
@@ -86,4 +95,57 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
         }
     });
     0
+}
+
+/// `(s_dev, i_ino)` of the file behind the current task's `fd`: `task->files->fdt->fd[fd]
+/// ->f_inode`, then `i_ino` and `i_sb->s_dev`. `(0, 0)` when any step cannot be read (the
+/// offsets are missing, or the fd is past the table).
+#[inline(always)]
+fn opened_file(cfg: &Config, fd: u64) -> (u32, u64) {
+    if cfg.file_inode_off == 0 {
+        return (0, 0);
+    }
+    // SAFETY: helper without preconditions; the task is only read through checked helpers.
+    let task = unsafe { bpf_get_current_task() } as usize;
+    let files = read_u64(task, cfg.task_files_off) as usize;
+    if files == 0 {
+        return (0, 0);
+    }
+    let fdt = read_u64(files, cfg.files_fdt_off) as usize;
+    if fdt == 0 || fd >= u64::from(read_u32(fdt, cfg.fdtable_max_fds_off)) {
+        return (0, 0);
+    }
+    let fds = read_u64(fdt, cfg.fdtable_fd_off) as usize;
+    if fds == 0 {
+        return (0, 0);
+    }
+    let file = read_u64(fds + fd as usize * 8, 0) as usize;
+    if file == 0 {
+        return (0, 0);
+    }
+    let inode = read_u64(file, cfg.file_inode_off) as usize;
+    if inode == 0 {
+        return (0, 0);
+    }
+    let sb = read_u64(inode, cfg.inode_sb_off) as usize;
+    let dev = if sb == 0 {
+        0
+    } else {
+        read_u32(sb, cfg.sb_dev_off)
+    };
+    (dev, read_u64(inode, cfg.inode_ino_off))
+}
+
+/// A u32 field of a kernel struct, 0 when unreadable.
+#[inline(always)]
+fn read_u32(base: usize, off: u32) -> u32 {
+    // SAFETY: kernel memory read through the checked helper.
+    unsafe { bpf_probe_read_kernel((base + off as usize) as *const u32) }.unwrap_or(0)
+}
+
+/// A u64 field of a kernel struct, 0 when unreadable.
+#[inline(always)]
+fn read_u64(base: usize, off: u32) -> u64 {
+    // SAFETY: kernel memory read through the checked helper.
+    unsafe { bpf_probe_read_kernel((base + off as usize) as *const u64) }.unwrap_or(0)
 }

@@ -200,7 +200,7 @@ impl Daemon {
         }
     }
 
-    /// Once a second: new agent cgroups, counters and rates, lost-telemetry alerts,
+    /// Once a second: new agent cgroups, changed credential files, counters and rates, lost-telemetry alerts,
     /// held-back incident updates, and a changed agents directory.
     fn on_tick(&mut self) {
         if let Err(e) = self.heartbeat.beat(SystemTime::now()) {
@@ -209,6 +209,9 @@ impl Daemon {
         if self.last_cgroup_walk.elapsed() >= CGROUP_WALK {
             self.last_cgroup_walk = Instant::now();
             self.watch_agent_cgroups(Vec::new());
+        }
+        if let Ok(mut pipeline) = self.shared.pipeline.lock() {
+            pipeline.refresh_files();
         }
         let shared = &self.shared;
         let drops = self.sensor.drops().unwrap_or_default();

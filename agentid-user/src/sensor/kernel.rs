@@ -66,6 +66,14 @@ pub fn probe_config(self_tgid: u32) -> Result<Config, SensorError> {
         binprm_argc_off: offset("linux_binprm", "argc")?,
         binprm_envc_off: offset("linux_binprm", "envc")?,
         reserved2: 0,
+        task_files_off: offset("task_struct", "files")?,
+        files_fdt_off: offset("files_struct", "fdt")?,
+        fdtable_fd_off: offset("fdtable", "fd")?,
+        fdtable_max_fds_off: offset("fdtable", "max_fds")?,
+        file_inode_off: offset("file", "f_inode")?,
+        inode_ino_off: offset("inode", "i_ino")?,
+        inode_sb_off: offset("inode", "i_sb")?,
+        sb_dev_off: offset("super_block", "s_dev")?,
     })
 }
 
