@@ -833,6 +833,49 @@ async fn opens_report_the_inode_actually_opened() {
     );
 }
 
+/// The raw `open` and `openat2` system calls (no libc uses them for `fopen`, an agent
+/// hiding a read could) are reported like `openat`, with the inode opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_and_openat2_are_reported_too() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(mut sensor) = sensor_or_skip("opensys") else {
+        return;
+    };
+    let cg = TestCgroup::new("opensys");
+    sensor.watch_opens(cg.id).expect("watch opens");
+    let dir = tempdir("opensys");
+    let file = dir.0.join("file");
+    std::fs::write(&file, "x").expect("write");
+    let out = cg
+        .command(WORKLOAD)
+        .arg("open-syscalls")
+        .arg(&file)
+        .output()
+        .expect("spawn");
+    assert!(out.status.success(), "{out:?}");
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Exit) >= 1
+    })
+    .await;
+    let expected = Some(agentid::event::FileId::of(
+        &std::fs::metadata(&file).expect("stat"),
+    ));
+    let opens: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.detail {
+            Detail::Open { path, inode, .. } if path == file.to_str().expect("utf8") => {
+                Some(*inode)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        opens,
+        [expected, expected],
+        "one open each way: {events:#?}"
+    );
+}
+
 /// A scratch directory removed on drop.
 struct TempDir(std::path::PathBuf);
 

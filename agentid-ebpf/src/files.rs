@@ -1,4 +1,5 @@
-//! File opens by tasks in watched cgroups: where agents read their credential files.
+//! File opens (`openat`, `open`, `openat2`) by tasks in watched cgroups: where agents
+//! read their credential files.
 //!
 //! Only cgroups userspace put in `OPEN_CGROUPS` (those of registered agents) are reported:
 //! every open on a host is far too many records, an agent's are few.
@@ -10,7 +11,7 @@ use agentid_ebpf::{Config, OpenRecord, PATH_LEN, kind};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel,
-        generated::bpf_probe_read_user_str,
+        bpf_probe_read_user, generated::bpf_probe_read_user_str,
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap},
@@ -22,7 +23,7 @@ use crate::common::{config, current_ids, emit};
 #[map(name = "OPEN_CGROUPS")]
 static OPEN_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
-/// `openat` arguments from entry, by thread, until the exit says whether it succeeded.
+/// `open`/`openat`/`openat2` arguments from entry, by thread, until the exit says whether it succeeded.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PendingOpen {
@@ -34,18 +35,32 @@ pub struct PendingOpen {
 #[map(name = "PENDING_OPEN")]
 static PENDING_OPEN: LruHashMap<u32, PendingOpen> = LruHashMap::with_max_entries(4096, 0);
 
-#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
-pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+/// `AT_FDCWD`: what `open(2)` resolves relative paths against.
+const AT_FDCWD: i32 = -100;
+
+/// Notes an open's arguments for its exit when the task is in a watched cgroup.
+#[inline(always)]
+fn on_enter(path: u64, flags: u64, dfd: i64) {
     let (tgid, tid) = current_ids();
     if tgid == config().self_tgid {
-        return 0;
+        return;
     }
     // SAFETY: helper without preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: map lookup of a plain key.
     if unsafe { OPEN_CGROUPS.get(&cgroup) }.is_none() {
-        return 0;
+        return;
     }
+    let pending = PendingOpen {
+        path,
+        flags: flags as u32,
+        dfd: dfd as i32,
+    };
+    let _ = PENDING_OPEN.insert(&tid, &pending, 0);
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     // openat(dfd, filename, flags, mode): fixed syscall-tracepoint offsets.
     // SAFETY: fixed offsets inside the syscall tracepoint record.
     let (dfd, path, flags) = unsafe {
@@ -55,27 +70,76 @@ pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
             ctx.read_at::<u64>(32).unwrap_or(0),
         )
     };
-    let pending = PendingOpen {
-        path,
-        flags: flags as u32,
-        dfd: dfd as i32,
+    on_enter(path, flags, dfd);
+    0
+}
+
+/// `open(2)`: glibc never calls it on x86-64, but a program can (`syscall(SYS_open, …)`),
+/// and one that wants to read a credential file unseen would.
+#[tracepoint(category = "syscalls", name = "sys_enter_open")]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    // open(filename, flags, mode).
+    // SAFETY: fixed offsets inside the syscall tracepoint record.
+    let (path, flags) = unsafe {
+        (
+            ctx.read_at::<u64>(16).unwrap_or(0),
+            ctx.read_at::<u64>(24).unwrap_or(0),
+        )
     };
-    let _ = PENDING_OPEN.insert(&tid, &pending, 0);
+    on_enter(path, flags, i64::from(AT_FDCWD));
+    0
+}
+
+/// `openat2(2)`: the flags are the first field of the `open_how` it points to.
+#[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
+pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+    // openat2(dfd, filename, how, usize).
+    // SAFETY: fixed offsets inside the syscall tracepoint record.
+    let (dfd, path, how) = unsafe {
+        (
+            ctx.read_at::<i64>(16).unwrap_or(0),
+            ctx.read_at::<u64>(24).unwrap_or(0),
+            ctx.read_at::<u64>(32).unwrap_or(0),
+        )
+    };
+    // SAFETY: user memory read through the checked helper.
+    let flags = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
+    on_enter(path, flags, dfd);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_open")]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
+pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx);
+    0
+}
+
+/// A successful open noted at entry: the record, with the inode behind the returned fd.
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext) {
     let (tgid, tid) = current_ids();
     // SAFETY: map lookup of a plain key.
     let Some(pending) = (unsafe { PENDING_OPEN.get(&tid) }).copied() else {
-        return 0;
+        return;
     };
     let _ = PENDING_OPEN.remove(&tid);
+    // Every syscall exit tracepoint has the return value at the same offset.
     // SAFETY: fixed offset inside the syscall tracepoint record.
     let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(-1);
     if ret < 0 {
-        return 0;
+        return;
     }
     let (dev, ino) = opened_file(&config(), ret as u64);
     emit::<OpenRecord>(kind::OPEN, tgid, tid, |rec| {
@@ -94,7 +158,6 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
             (*rec).path_len = if n > 0 { n as u32 - 1 } else { 0 };
         }
     });
-    0
 }
 
 /// `(s_dev, i_ino)` of the file behind the current task's `fd`: `task->files->fdt->fd[fd]

@@ -227,12 +227,12 @@ pub struct SocketRecord {
     pub reserved: u32,
 }
 
-/// A successful `openat` by a task in a watched cgroup (see [`OPEN_CGROUPS_MAP`]).
+/// A successful `open`, `openat` or `openat2` by a task in a watched cgroup (see [`OPEN_CGROUPS_MAP`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OpenRecord {
     pub header: Header,
-    /// `openat` flags (`O_RDONLY`, `O_WRONLY`, ...).
+    /// Open flags (`O_RDONLY`, `O_WRONLY`, ...).
     pub flags: u32,
     /// Valid bytes in `path`, without the NUL.
     pub path_len: u32,
@@ -278,7 +278,7 @@ pub struct Config {
     pub binprm_argc_off: u32,
     pub binprm_envc_off: u32,
     pub reserved2: u32,
-    /// The file an `openat` returned, by fd: `task_struct::files` → `files_struct::fdt`
+    /// The file an open returned, by fd: `task_struct::files` → `files_struct::fdt`
     /// → `fdtable::{fd, max_fds}` → `file::f_inode` → `inode::{i_ino, i_sb}` →
     /// `super_block::s_dev`. 0 in `file_inode_off` disables the lookup.
     pub task_files_off: u32,

@@ -101,9 +101,13 @@ const POLL_EVERY: Duration = Duration::from_millis(10);
 const IDLE_AFTER: Duration = Duration::from_millis(4 * agentid_ebpf::WAKE_EVERY_NS / 1_000_000);
 
 /// Tracepoints attached by category/name (fixed syscall layouts).
-const TRACEPOINTS: [(&str, &str); 4] = [
+const TRACEPOINTS: [(&str, &str); 8] = [
     ("syscalls", "sys_enter_openat"),
     ("syscalls", "sys_exit_openat"),
+    ("syscalls", "sys_enter_open"),
+    ("syscalls", "sys_exit_open"),
+    ("syscalls", "sys_enter_openat2"),
+    ("syscalls", "sys_exit_openat2"),
     ("syscalls", "sys_enter_socket"),
     ("syscalls", "sys_exit_socket"),
 ];
