@@ -245,7 +245,9 @@ impl std::fmt::Display for SocketFamily {
 /// A file by what it is, not by a name: device (userspace `st_dev` form, as `stat`
 /// reports it) and inode number. Every path that reaches the same file — a symlink, a hard
 /// link, a bind mount, `/proc/PID/fd/N` — gives the same `FileId`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 pub struct FileId {
     pub dev: u64,
     pub ino: u64,
