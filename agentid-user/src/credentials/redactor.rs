@@ -323,12 +323,25 @@ mod tests {
         let other = std::env::temp_dir().join(format!("agentid-other-{}", std::process::id()));
         std::fs::write(&other, KEY).unwrap();
         assert_eq!(r.scan(&mut open(&other), &registry), Findings::default());
-        // A declared path that is a symlink is refused (the reader never follows links).
+        // A declared path that is a symlink to another file is not that file: nothing.
         let link = dir.join("link");
         std::os::unix::fs::symlink(&other, &link).unwrap();
         assert_eq!(r.scan(&mut open(&link), &registry), Findings::default());
+        // The declared file under a name no pattern matches (a hard link) is recognised by
+        // the inode opened, and says which name was used.
+        let hard = std::env::temp_dir().join(format!("agentid-hard-{}", std::process::id()));
+        let _ = std::fs::remove_file(&hard);
+        std::fs::hard_link(&file, &hard).unwrap();
+        let found = r.scan(&mut open(&hard), &registry);
+        assert_eq!(found.observations, first.observations);
+        let opened = found.file.unwrap();
+        assert_eq!(
+            (opened.path, opened.via),
+            (file.clone(), Some(hard.clone()))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_file(&other).unwrap();
+        std::fs::remove_file(&hard).unwrap();
     }
 
     #[test]

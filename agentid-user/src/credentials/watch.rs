@@ -124,6 +124,22 @@ impl FileWatch {
             inotify: inotify.as_ref(),
             budget: SCAN_BUDGET,
         };
+        let well_known = |p: &Path| is_well_known_credential_path(&p.to_string_lossy(), &[]);
+        // The well-known places first: a declared `**` glob over a large tree spends the
+        // budget only on itself. `/home` itself is watched for new users' homes.
+        scan.watch(Path::new("/home"));
+        for home in homes() {
+            // Watched so that a `.aws` or `.config/gcloud` made later is seen.
+            scan.watch(&home);
+            scan.watch(&home.join(".config"));
+            for dir in [".aws", ".kube", ".ssh"] {
+                scan.walk(&home.join(dir), 0, &well_known);
+            }
+            scan.walk(&home.join(".config/gcloud"), MAX_DEPTH, &well_known);
+        }
+        for secrets in ["/run/secrets", "/var/run/secrets"] {
+            scan.walk(Path::new(secrets), MAX_DEPTH, &well_known);
+        }
         let patterns: Vec<&str> = registry
             .agents()
             .iter()
@@ -140,22 +156,6 @@ impl FileWatch {
         for pattern in patterns {
             let (prefix, depth) = literal_prefix(pattern);
             scan.walk(&prefix, depth, &declared);
-        }
-        let well_known = |p: &Path| is_well_known_credential_path(&p.to_string_lossy(), &[]);
-        for home in homes() {
-            scan.watch(&home);
-            for (dir, depth) in [
-                (".aws", 1),
-                (".kube", 1),
-                (".ssh", 1),
-                (".config", 0),
-                (".config/gcloud", MAX_DEPTH),
-            ] {
-                scan.walk(&home.join(dir), depth, &well_known);
-            }
-        }
-        for secrets in ["/run/secrets", "/var/run/secrets"] {
-            scan.walk(Path::new(secrets), MAX_DEPTH, &well_known);
         }
         self.scanned = scan.files;
         self.inotify = inotify;
