@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::common::{config, current_ids, emit};
+use crate::common::{current_ids, emit, is_self};
 
 #[map(name = "OPEN_CGROUPS")]
 static OPEN_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
@@ -30,7 +30,7 @@ static PENDING_OPEN: LruHashMap<u32, PendingOpen> = LruHashMap::with_max_entries
 #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
-    if tgid == config().self_tgid {
+    if is_self(tgid) {
         return 0;
     }
     // SAFETY: helper without preconditions.
