@@ -159,7 +159,10 @@ impl Config {
         if let Some(dir) = &self.pin_dir
             && !dir.is_absolute()
         {
-            return Err(format!("pin_dir: {} must be an absolute path", dir.display()));
+            return Err(format!(
+                "pin_dir: {} must be an absolute path",
+                dir.display()
+            ));
         }
         for (name, p) in [
             ("state_dir", &self.state_dir),

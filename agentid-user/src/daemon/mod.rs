@@ -5,8 +5,8 @@
 //! reloads the configuration's registry. The agents directory is also polled for changes.
 mod alerts;
 mod heartbeat;
-mod pinned;
 mod lock;
+mod pinned;
 mod seeded;
 
 use std::{

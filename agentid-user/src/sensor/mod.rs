@@ -156,14 +156,17 @@ const RAW_TRACEPOINTS: [&str; 3] = [
 const SOCK_HOOKS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
 /// Takes the link `id` out of its program as an [`FdLink`] (which can be pinned). A link
-/// the kernel made without a bpf_link (perf events before 5.15, cgroup hooks before 5.7)
+/// the kernel made without a `bpf_link` (perf events before 5.15, cgroup hooks before 5.7)
 /// cannot: then the whole set is loaded again unpinned.
 macro_rules! take_fd_link {
     ($prog:expr, $id:expr, $name:expr, $out:expr) => {
         if let Some(out) = $out.as_mut() {
             let link = $prog
                 .take_link($id)
-                .map_err(|source| SensorError::Program { name: $name, source })?;
+                .map_err(|source| SensorError::Program {
+                    name: $name,
+                    source,
+                })?;
             let link = FdLink::try_from(link).map_err(|e| SensorError::Pin {
                 dir: PathBuf::new(),
                 detail: format!("{}: the kernel made no pinnable link ({e})", $name),
@@ -234,7 +237,10 @@ struct Loaded {
 }
 
 /// Loads the programs and attaches them; with `pin`, pins links and maps under it.
-fn load_fresh(config: &agentid_ebpf::Config, pin: Option<&pins::PinSet>) -> Result<Loaded, SensorError> {
+fn load_fresh(
+    config: &agentid_ebpf::Config,
+    pin: Option<&pins::PinSet>,
+) -> Result<Loaded, SensorError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(CONFIG_GLOBAL, config, true)
         .load(PROGRAMS)?;
@@ -242,7 +248,11 @@ fn load_fresh(config: &agentid_ebpf::Config, pin: Option<&pins::PinSet>) -> Resu
     attach_all(&mut ebpf, links.as_mut())?;
     let maps = PINNED_MAPS
         .iter()
-        .map(|name| ebpf.take_map(name).map(|m| (*name, m)).ok_or_else(|| missing(name)))
+        .map(|name| {
+            ebpf.take_map(name)
+                .map(|m| (*name, m))
+                .ok_or_else(|| missing(name))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let (links, origin) = match (pin, links) {
         (Some(set), Some(links)) => (set.pin(links, &maps)?, Origin::Pinned),
@@ -263,7 +273,7 @@ fn load_pinned(config: &agentid_ebpf::Config, set: &pins::PinSet) -> Result<Load
         return Ok(Loaded {
             ebpf: None,
             maps: resumed.maps,
-            links: resumed._links,
+            links: resumed.links,
             origin: Origin::Resumed,
         });
     }
@@ -331,7 +341,8 @@ impl Sensor {
         let pins = set.filter(|_| origin != Origin::Unpinned);
         tracing::debug!(fd = ring.as_raw_fd(), ?config, ?origin, "sensor attached");
         if let Some(set) = &pins {
-            tracing::info!(pin_dir = %set.dir().display(), ?origin, "probes pinned");
+            // The path in the message: test harnesses find the set there to clean it up.
+            tracing::info!("probes pinned at {} ({origin:?})", set.dir().display());
         }
         // SAFETY: the RingBuf owns its map fd, which stays open (and is never replaced)
         // for as long as the AsyncFd holds it.
@@ -491,6 +502,12 @@ impl Sensor {
                 Err(e) => tracing::warn!(error = %e, "cannot unpin the probes"),
             }
         }
+    }
+
+    /// Lets go of the programs as a killed process would: the pinned set stays, recording,
+    /// for the next [`Sensor::load`] on the same pin dir to resume.
+    pub fn leave_pinned(mut self) {
+        self.pins = None;
     }
 
     /// Every program the sensor attaches, by name.

@@ -47,7 +47,7 @@ pub struct PinSet {
 pub(crate) struct Resumed {
     pub(crate) maps: Vec<(&'static str, Map)>,
     /// Held so that the set stays whole while this daemon runs (the pins hold them too).
-    pub(crate) _links: Vec<PinnedLink>,
+    pub(crate) links: Vec<PinnedLink>,
 }
 
 impl PinSet {
@@ -110,10 +110,7 @@ impl PinSet {
                     .map_err(|e| format!("map {name}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Resumed {
-            maps,
-            _links: links,
-        })
+        Ok(Resumed { maps, links })
     }
 
     /// Pins every link and map, first under a temporary name then renamed into place, so
@@ -128,9 +125,7 @@ impl PinSet {
             dir: self.dir.clone(),
             detail: what,
         };
-        let tmp = self
-            .base
-            .join(format!(".partial-{}", std::process::id()));
+        let tmp = self.base.join(format!(".partial-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(|e| err(format!("creating {}: {e}", tmp.display())))?;
         let mut pinned = Vec::with_capacity(links.len());
