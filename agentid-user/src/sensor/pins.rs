@@ -114,7 +114,7 @@ impl PinSet {
     }
 
     /// Pins every link and map, first under a temporary name then renamed into place, so
-    /// a set under the final name is always whole. Returns the links (their pins keep the
+    /// a set under the final name is always whole. (No dots in names: bpffs refuses them.) Returns the links (their pins keep the
     /// programs attached; dropping them changes nothing).
     pub(crate) fn pin(
         &self,
@@ -125,7 +125,7 @@ impl PinSet {
             dir: self.dir.clone(),
             detail: what,
         };
-        let tmp = self.base.join(format!(".partial-{}", std::process::id()));
+        let tmp = self.base.join(format!("partial-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(|e| err(format!("creating {}: {e}", tmp.display())))?;
         let mut pinned = Vec::with_capacity(links.len());
