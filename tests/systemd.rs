@@ -317,7 +317,15 @@ fn stops_cleanly() {
     let log = journal();
     assert!(log.contains("API listening"), "{log}");
     // Pinned under the sandbox (bpffs under /sys stays writable), unpinned by the stop.
-    assert!(log.contains("probes pinned at"), "{log}");
+    assert!(
+        log.contains("probes pinned at"),
+        "{log}\nbpf mounts: {:?}",
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("bpf"))
+            .collect::<Vec<_>>()
+    );
     assert!(log.contains("probes unpinned"), "{log}");
     let left: Vec<_> = std::fs::read_dir("/sys/fs/bpf/agentid")
         .map(|d| d.flatten().map(|e| e.path()).collect())

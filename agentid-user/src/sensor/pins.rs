@@ -27,6 +27,25 @@ use super::SensorError;
 /// with different state directories never share or remove each other's set).
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/agentid";
 
+/// Where bpffs is mounted by convention.
+const BPFFS: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mounts bpffs on `/sys/fs/bpf` when a pin dir under it finds none there (a minimal
+/// system; systemd mounts it at boot), as the sensor mounts tracefs.
+fn ensure_bpffs(base: &Path) -> Result<(), String> {
+    if !base.starts_with(BPFFS) {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|e| e.to_string());
+    match crate::sys::fs_magic(&c(BPFFS)?) {
+        Ok(BPF_FS_MAGIC) => Ok(()),
+        found => crate::sys::mount(&c("bpf")?, &c(BPFFS)?, &c("bpf")?)
+            .map_err(|e| format!("{BPFFS} is no bpffs ({found:?}) and mounting one failed: {e}")),
+    }
+}
+
 /// A link taken out of its program, to be pinned or kept.
 pub(crate) type Link = (&'static str, FdLink);
 
@@ -125,6 +144,7 @@ impl PinSet {
             dir: self.dir.clone(),
             detail: what,
         };
+        ensure_bpffs(&self.base).map_err(err)?;
         let tmp = self.base.join(format!("partial-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(|e| err(format!("creating {}: {e}", tmp.display())))?;
