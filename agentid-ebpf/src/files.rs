@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::common::{current_ids, emit, is_self};
+use crate::common::{config, current_ids, emit, is_self};
 
 #[map(name = "OPEN_CGROUPS")]
 static OPEN_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
