@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{AuditLog, AuditOptions, Checkpoint};
+use super::{AuditLog, AuditOptions, Checkpoint, DiskPolicy};
 use crate::{attribution::AttributedEvent, detect::Alert, health::WriteHealth, queue};
 
 enum Record {
@@ -60,6 +60,7 @@ impl AuditWriter {
         dir: &Path,
         key_path: &Path,
         opts: AuditOptions,
+        disk: DiskPolicy,
         anchors: Option<AnchorPublisher>,
     ) -> anyhow::Result<Self> {
         let mut log = AuditLog::open_with_key_file(dir, key_path, opts).with_context(|| {
@@ -69,6 +70,11 @@ impl AuditWriter {
                 key_path.display()
             )
         })?;
+        // Compressing and pruning what an earlier run left: a failure costs disk, not
+        // records, so it is reported and the log goes on.
+        if let Err(e) = log.set_disk_policy(disk) {
+            tracing::warn!(error = %e, "audit log compression or retention");
+        }
         let publish = move |log: &mut AuditLog| {
             for cp in log.take_anchors() {
                 if let Some(p) = &anchors {
