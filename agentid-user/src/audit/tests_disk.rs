@@ -299,3 +299,90 @@ fn retention_by_age_prunes_only_old_archives() {
     assert!(r.first_seq <= Some(seq), "{r}");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// The disk budget: store and audit log together at most 256 bytes per connect event
+/// (sizes, not timings: deterministic). Also: the store gives every event back whole.
+#[test]
+fn store_and_audit_stay_within_256_bytes_per_connect_event() {
+    use crate::{
+        outputs::fanout::{Output as _, StoreOutput},
+        store::{Query, Retention, Store},
+    };
+    const N: u32 = 50_000;
+    let root = tmpdir("budget");
+    let audit_dir = root.join("audit");
+    let store_dir = root.join("store");
+    fs::create_dir_all(&store_dir).unwrap();
+    let store = Store::open(&store_dir.join("agentid.db")).unwrap();
+    let writer = store
+        .writer(Retention {
+            max_age: Duration::from_hours(1_000_000),
+            max_bytes: u64::MAX,
+        })
+        .unwrap();
+    let mut out = StoreOutput(writer.clone());
+    let mut log = AuditLog::open(
+        &audit_dir,
+        key(1),
+        AuditOptions {
+            rotate_bytes: 1 << 20,
+            ..opts()
+        },
+    )
+    .unwrap();
+    log.set_disk_policy(COMPRESS).unwrap();
+    for i in 0..N {
+        let e = sample_connect("research-bot", i);
+        let json: std::sync::Arc<str> = serde_json::to_string(&e).unwrap().into();
+        out.event(&e, &json);
+        log.append_event(&e).unwrap();
+        if i % 1000 == 999 {
+            log.checkpoint().unwrap();
+        }
+    }
+    log.close().unwrap();
+    writer.flush().unwrap();
+    drop(out);
+    drop(writer);
+    let events = store
+        .events(&Query {
+            limit: Some(N),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(events.len(), N as usize);
+    for (i, row) in events.iter().enumerate().step_by(997) {
+        let i = u32::try_from(i).unwrap();
+        let want = serde_json::to_value(sample_connect("research-bot", i)).unwrap();
+        assert_eq!(row.body, want, "event {i} comes back whole");
+    }
+    drop(store);
+    // What the disk holds once the WAL is folded in.
+    {
+        let c = rusqlite::Connection::open(store_dir.join("agentid.db")).unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    }
+    let store_bytes = dir_bytes(&store_dir);
+    let audit_bytes = dir_bytes(&audit_dir);
+    let per = |b: u64| b / u64::from(N);
+    println!(
+        "disk per connect event: store {} B, audit {} B, together {} B",
+        per(store_bytes),
+        per(audit_bytes),
+        per(store_bytes + audit_bytes)
+    );
+    assert!(verify(&audit_dir, Some(pk(1))).unwrap().is_ok());
+    assert!(
+        store_bytes + audit_bytes <= 256 * u64::from(N),
+        "store {store_bytes} + audit {audit_bytes} bytes for {N} events: over 256 per event"
+    );
+    fs::remove_dir_all(&root).unwrap();
+}
