@@ -76,6 +76,9 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The WAL is reset after each checkpoint, but its file keeps its largest size unless
+    // limited: a burst would leave it big for good.
+    conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
     Ok(conn)
 }
 

@@ -75,6 +75,10 @@ const QUEUE: usize = 65_536;
 const BATCH_MAX: usize = 4096;
 const BATCH_WAIT: Duration = Duration::from_millis(50);
 const RETENTION_EVERY: Duration = Duration::from_mins(1);
+/// Under load retention runs sooner: once the events written since the last run may
+/// amount to this share of the size budget, so the store overshoots it by little however
+/// fast events arrive.
+const RETENTION_SHARE: u64 = 16;
 
 impl Writer {
     /// `dir` holds the database: probed for the cause when writes fail.
@@ -122,6 +126,9 @@ fn run(
     retention: Retention,
 ) {
     let mut last_retention = Instant::now();
+    // Bytes written since the last retention run (bodies and a row's overhead): an
+    // upper bound of the growth, compact rows being smaller.
+    let mut grown: u64 = 0;
     let mut batch = Vec::with_capacity(BATCH_MAX);
     let mut contexts = Contexts::default();
     while let Ok(first) = rx.recv() {
@@ -147,6 +154,13 @@ fn run(
             })
             .collect();
         let records = batch.len() as u64;
+        grown += batch
+            .iter()
+            .map(|op| match op {
+                StoreOp::Event { body, .. } => body.len() as u64 + 64,
+                _ => 0,
+            })
+            .sum::<u64>();
         match commit(&mut conn, &mut batch, &mut waiters, &mut contexts) {
             Ok(n) => {
                 stats.written.fetch_add(n, Ordering::Relaxed);
@@ -164,17 +178,21 @@ fn run(
                 stats.health.failed(&e, records);
             }
         }
-        for w in waiters {
-            let _ = w.send(());
-        }
         // While writes fail, so would retention's deletes: the failure is reported already.
-        if last_retention.elapsed() >= RETENTION_EVERY && stats.health.degraded().is_none() {
+        let due = last_retention.elapsed() >= RETENTION_EVERY
+            || grown >= retention.max_bytes / RETENTION_SHARE;
+        if due && stats.health.degraded().is_none() {
             last_retention = Instant::now();
+            grown = 0;
             if let Err(e) = enforce_retention(&conn, retention) {
                 tracing::warn!(error = %e, "store retention failed");
             }
             // Contexts no event uses any more were deleted.
             contexts.known.clear();
+        }
+        // Answered after retention too: a flushed store is within its budget.
+        for w in waiters {
+            let _ = w.send(());
         }
     }
 }
