@@ -53,6 +53,8 @@ pub struct AuditLog {
     anchors: Vec<Checkpoint>,
     last_ts: String,
     disk: DiskPolicy,
+    /// The seq of the log's first record on disk (after pruning, the first kept).
+    first_seq: u64,
 }
 
 /// What becomes of closed archives. A log opened alone keeps them plain and forever; the
@@ -104,6 +106,12 @@ impl AuditLog {
             tear = cut_torn_tail(last)?;
         }
         let (head, unsigned_from) = scan_back(dir, &files, &public_key)?;
+        let first_seq = files
+            .first()
+            .map(|p| first_record(p))
+            .transpose()?
+            .flatten()
+            .map(|(seq, _)| seq);
         let path = dir.join(CURRENT_FILE);
         let file = open_append(&path)?;
         let file_bytes = file.metadata().map_err(AuditError::io(&path))?.len();
@@ -132,7 +140,9 @@ impl AuditLog {
             anchors: Vec::new(),
             last_ts: String::new(),
             disk: DiskPolicy::default(),
+            first_seq: 0,
         };
+        log.first_seq = first_seq.unwrap_or(log.next_seq);
         // A crash between the rotate record and the rename: finish the rotation, so a
         // rotate record is always the last of its file.
         if log.last_type.as_deref() == Some("rotate") && log.file_bytes > 0 {
@@ -262,6 +272,7 @@ impl AuditLog {
         for p in &due {
             fs::remove_file(p).map_err(AuditError::io(p))?;
         }
+        self.first_seq = kept.0;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(AuditError::io(&self.dir))?;
@@ -350,6 +361,11 @@ impl AuditLog {
             self.write_checkpoint(true)?;
         }
         self.sync()
+    }
+
+    /// The seq of the first record on disk: `next_seq() - first_seq()` records are held.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
     }
 
     /// The seq the next record will get.
@@ -514,11 +530,11 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
 
 /// The seq and `prev` of a file's first record.
 fn first_record(path: &Path) -> Result<Option<(u64, String)>, AuditError> {
-    let data = segments::read(path)?;
-    let Some(line) = data.split(|&b| b == b'\n').find(|l| !l.is_empty()) else {
+    let line = segments::first_line(path)?;
+    if line.is_empty() {
         return Ok(None);
-    };
-    let v: Value = serde_json::from_slice(line).map_err(|e| AuditError::Corrupt {
+    }
+    let v: Value = serde_json::from_slice(&line).map_err(|e| AuditError::Corrupt {
         path: path.to_owned(),
         line: 1,
         reason: format!("not a record ({e})"),

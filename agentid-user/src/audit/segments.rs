@@ -44,6 +44,24 @@ pub(super) fn read(path: &Path) -> Result<Vec<u8>, AuditError> {
     Ok(out)
 }
 
+/// A log file's first line (without decompressing the rest).
+pub(super) fn first_line(path: &Path) -> Result<Vec<u8>, AuditError> {
+    use std::io::BufRead as _;
+    let file = File::open(path).map_err(AuditError::io(path))?;
+    let mut line = Vec::new();
+    let read = if is_compressed(path) {
+        zstd::stream::read::Decoder::new(file)
+            .and_then(|d| io::BufReader::new(d).read_until(b'\n', &mut line))
+    } else {
+        io::BufReader::new(file).read_until(b'\n', &mut line)
+    };
+    read.map_err(AuditError::io(path))?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    Ok(line)
+}
+
 pub(super) fn is_compressed(path: &Path) -> bool {
     file_name(path).ends_with(COMPRESSED_SUFFIX)
 }

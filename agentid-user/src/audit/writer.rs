@@ -30,6 +30,8 @@ pub struct AuditStats {
     /// Failed appends (each a lost record) and checkpoints.
     pub errors: AtomicU64,
     pub health: WriteHealth,
+    /// Records the log holds on disk (after pruning): for bytes per record.
+    pub held: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -88,6 +90,7 @@ impl AuditWriter {
             dropped: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             health: WriteHealth::new("audit log", dir),
+            held: AtomicU64::new(0),
         });
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
@@ -117,6 +120,9 @@ impl AuditWriter {
                         thread_stats.health.failed(&e, 0);
                     }
                     publish(&mut log);
+                    thread_stats
+                        .held
+                        .store(log.next_seq() - log.first_seq(), Ordering::Relaxed);
                 }
                 if let Err(e) = log.finish() {
                     tracing::error!(error = %e, "closing the audit log");
