@@ -328,6 +328,11 @@ impl AuditLog {
         if now.saturating_duration_since(self.last_checkpoint_at) >= self.opts.checkpoint_interval {
             self.last_checkpoint_at = now;
             written = self.checkpoint()?;
+            // Age retention on a log too quiet to rotate. A failure costs disk, not
+            // records: reported, and tried again at the next checkpoint.
+            if let Err(e) = self.prune(SystemTime::now()) {
+                tracing::warn!(error = %e, "pruning the audit log");
+            }
         }
         if let Fsync::Interval(every) = self.opts.fsync
             && self.dirty

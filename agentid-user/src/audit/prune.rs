@@ -45,7 +45,8 @@ const SIGNED_PREFIX: &[u8] = b"agentid-audit-prune\n";
 /// When closed archives go. `audit.log` itself is never pruned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditRetention {
-    /// An archive whose newest record is older than this is removed.
+    /// An archive closed longer ago than this (its file's mtime: when it was closed, or
+    /// compressed just after) is removed.
     pub max_age: Duration,
     /// The oldest archives are removed while the log (archives, `audit.log` and the key
     /// chain) is larger than this.
