@@ -245,7 +245,7 @@ impl AuditLog {
             .flatten()
             .unwrap_or_else(|| (self.next_seq, self.prev.clone()));
         let last = pruned.last().map(|p| (p.last_seq, p.last_hash.as_str()));
-        if last != Some((kept.0 - 1, kept.1.as_str())) {
+        if last != kept.0.checked_sub(1).map(|s| (s, kept.1.as_str())) {
             return Err(AuditError::Corrupt {
                 path: self.dir.clone(),
                 line: 0,

@@ -120,9 +120,10 @@ impl AuditWriter {
                         thread_stats.health.failed(&e, 0);
                     }
                     publish(&mut log);
-                    thread_stats
-                        .held
-                        .store(log.next_seq() - log.first_seq(), Ordering::Relaxed);
+                    thread_stats.held.store(
+                        log.next_seq().saturating_sub(log.first_seq()),
+                        Ordering::Relaxed,
+                    );
                 }
                 if let Err(e) = log.finish() {
                     tracing::error!(error = %e, "closing the audit log");
