@@ -58,6 +58,26 @@ impl Default for Retention {
     }
 }
 
+/// The audit log's retention: closed archives (compressed) go when older than `max_age`,
+/// and the oldest go while the log is larger than `max_size_mb`; a signed prune record
+/// says what went.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditRetention {
+    #[serde(with = "humantime_serde_compat")]
+    pub max_age: Duration,
+    pub max_size_mb: u64,
+}
+
+impl Default for AuditRetention {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_hours(90 * 24),
+            max_size_mb: 2048,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -83,6 +103,7 @@ pub struct Config {
     /// Audit log fsync policy: `interval` (once a second, ~95k records/s) or `record`
     /// (every record, ~800 records/s on a VM disk; a crash loses nothing).
     pub audit_fsync: AuditFsync,
+    pub audit_retention: AuditRetention,
     /// SIEM sinks (`[[sinks]]`), each with its own spool under `STATE/spool/NAME`.
     pub sinks: Vec<crate::outputs::SinkConfig>,
     /// Pin the kernel programs and the ring buffer in bpffs, so that a killed daemon
@@ -109,6 +130,7 @@ impl Default for Config {
             audit_fsync: AuditFsync::Interval,
             pin: true,
             pin_dir: None,
+            audit_retention: AuditRetention::default(),
         }
     }
 }
@@ -182,6 +204,12 @@ impl Config {
         }
         if self.retention.max_age.is_zero() {
             return Err("retention.max_age: must be longer than 0s".into());
+        }
+        if self.audit_retention.max_size_mb == 0 {
+            return Err("audit_retention.max_size_mb: must be at least 1".into());
+        }
+        if self.audit_retention.max_age.is_zero() {
+            return Err("audit_retention.max_age: must be longer than 0s".into());
         }
         Ok(())
     }

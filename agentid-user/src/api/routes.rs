@@ -84,6 +84,18 @@ async fn with_store<T: Send + 'static>(
     .map_err(internal)?
 }
 
+/// Bytes of the files in `dir` (not recursive; 0 for what cannot be read).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
 async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
     let received = s.counters.received();
@@ -98,6 +110,7 @@ async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
         drops.insert(k.as_str().to_owned(), s.counters.drops[i].load(Relaxed));
     }
     let store_bytes = with_store(&s, Store::size_bytes).await?;
+    let store_events = with_store(&s, Store::events_held).await?;
     let view = s.view();
     let config = s
         .config
@@ -105,16 +118,22 @@ async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
         .map_err(|_| internal("config lock poisoned"))?
         .clone();
     let outputs = s.output_stats.get();
-    let audit = outputs
-        .and_then(|o| o.audit.as_ref())
-        .map(|a| types::AuditStatus {
-            dir: config.state_dir.join("audit"),
+    let audit = outputs.and_then(|o| o.audit.as_ref()).map(|a| {
+        let dir = config.state_dir.join("audit");
+        let bytes = dir_bytes(&dir);
+        let records = a.held.load(Relaxed);
+        types::AuditStatus {
             appended: a.appended.load(Relaxed),
             dropped: a.dropped.load(Relaxed),
             errors: a.errors.load(Relaxed),
             lost: a.health.lost.load(Relaxed),
             degraded: a.health.degraded(),
-        });
+            bytes,
+            records,
+            bytes_per_record: bytes.checked_div(records).unwrap_or(0),
+            dir,
+        }
+    });
     let sinks = outputs.map(|o| o.sinks.stats()).unwrap_or_default();
     let w = &s.writer_stats;
     Ok(Json(types::Status {
@@ -153,6 +172,8 @@ async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
             errors: w.errors.load(Relaxed),
             lost: w.health.lost.load(Relaxed),
             degraded: w.health.degraded(),
+            events: store_events,
+            bytes_per_event: store_bytes.checked_div(store_events).unwrap_or(0),
         },
         alerts_file: config.alerts_file,
         audit,

@@ -104,6 +104,11 @@ pub struct StoreStatus {
     pub lost: u64,
     /// Why writes are failing, while they are.
     pub degraded: Option<String>,
+    /// Events held, and bytes on disk per event held.
+    #[serde(default)]
+    pub events: u64,
+    #[serde(default)]
+    pub bytes_per_event: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +119,14 @@ pub struct AuditStatus {
     pub errors: u64,
     pub lost: u64,
     pub degraded: Option<String>,
+    /// The log on disk (compressed archives, `audit.log`, the pruned key chain), the
+    /// records it holds, and bytes per record.
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub records: u64,
+    #[serde(default)]
+    pub bytes_per_record: u64,
 }
 
 /// One registered agent with its live counts (`GET /v1/agents`, `/v1/agent`).

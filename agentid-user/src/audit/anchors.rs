@@ -280,7 +280,7 @@ fn log_checkpoints(dir: &Path) -> Result<(BTreeMap<u64, Checkpoint>, Option<u64>
     let mut in_log = BTreeMap::new();
     let mut first_seq = None;
     for path in log_files(dir)? {
-        let data = fs::read(&path).map_err(AuditError::io(&path))?;
+        let data = super::segments::read(&path)?;
         for line in data.split(|&b| b == b'\n') {
             let Ok(v) = serde_json::from_slice::<Value>(line) else {
                 continue;
@@ -331,7 +331,11 @@ pub fn check_anchors(
 ) -> Result<AnchorCheck, AuditError> {
     let (in_log, first_seq) = log_checkpoints(dir)?;
     let mut keys: HashSet<String> = given.iter().map(public_key_base64).collect();
-    for cp in in_log.values() {
+    // The log's checkpoints, and those of pruned archives (their key chain).
+    let pruned = super::prune::read_key_chain(dir)?
+        .into_iter()
+        .map(|(c, _)| c);
+    for cp in in_log.values().cloned().chain(pruned) {
         keys.insert(cp.public_key.clone());
         keys.extend(cp.next_public_key.clone());
     }

@@ -111,7 +111,7 @@ fn read_records(dir: &Path) -> Result<(Vec<Value>, Vec<String>), AuditError> {
     let mut records = Vec::new();
     let mut locations = Vec::new();
     for path in &files {
-        let data = fs::read(path).map_err(AuditError::io(path))?;
+        let data = super::segments::read(path)?;
         let name = file_name(path);
         // Only whole lines: a torn last line is no record.
         let whole = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -170,9 +170,11 @@ pub fn export_bundle(
         .filter_map(|&i| records[i].get("seq").and_then(Value::as_u64))
         .collect();
     let facts = Facts::of(relevant.iter().map(|&i| &records[i]));
-    let key_chain: Vec<Checkpoint> = records[..first]
-        .iter()
-        .filter_map(Checkpoint::from_record)
+    // The hand-overs of pruned archives first, then those of the log before the segment.
+    let key_chain: Vec<Checkpoint> = super::prune::read_key_chain(dir)?
+        .into_iter()
+        .map(|(c, _)| c)
+        .chain(records[..first].iter().filter_map(Checkpoint::from_record))
         .collect();
     let bundle = json!({
         "format": FORMAT,

@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 
 use super::{
     AuditError, AuditOptions, CURRENT_FILE, Checkpoint, Fsync, GENESIS, archive_name,
-    archive_number, encode_record, file_name, key, log_files, now_rfc3339, public_key_base64,
-    sign_checkpoint_next,
+    archive_number, encode_record, file_name, key, log_files, now_rfc3339,
+    prune::{self, AuditRetention},
+    public_key_base64, segments, sign_checkpoint_next,
 };
 use crate::{attribution::AttributedEvent, detect::Alert, sys};
 
@@ -51,6 +52,18 @@ pub struct AuditLog {
     /// Checkpoints written and not yet taken by [`AuditLog::take_anchors`].
     anchors: Vec<Checkpoint>,
     last_ts: String,
+    disk: DiskPolicy,
+    /// The seq of the log's first record on disk (after pruning, the first kept).
+    first_seq: u64,
+}
+
+/// What becomes of closed archives. A log opened alone keeps them plain and forever; the
+/// daemon compresses them and applies its retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiskPolicy {
+    /// Compress each archive once closed (`audit-NNNNNN.log.zst`).
+    pub compress: bool,
+    pub retention: Option<AuditRetention>,
 }
 
 /// The key file of a forward-secure log and the chain's first public key.
@@ -80,18 +93,25 @@ impl AuditLog {
             .create(dir)
             .map_err(AuditError::io(dir))?;
         let public_key = public_key_base64(&key.verifying_key());
+        segments::recover(dir)?;
         let files = log_files(dir)?;
         let next_archive = files
             .iter()
-            .filter_map(|p| archive_number(&file_name(p)))
+            .filter_map(|p| archive_number(&file_name(p)).map(|(n, _)| n))
             .max()
             .map_or(1, |n| n + 1);
 
         let mut tear = None;
-        if let Some(last) = files.last() {
+        if let Some(last) = files.last().filter(|p| !segments::is_compressed(p)) {
             tear = cut_torn_tail(last)?;
         }
         let (head, unsigned_from) = scan_back(dir, &files, &public_key)?;
+        let first_seq = files
+            .first()
+            .map(|p| first_record(p))
+            .transpose()?
+            .flatten()
+            .map(|(seq, _)| seq);
         let path = dir.join(CURRENT_FILE);
         let file = open_append(&path)?;
         let file_bytes = file.metadata().map_err(AuditError::io(&path))?.len();
@@ -119,7 +139,10 @@ impl AuditLog {
             uncommitted: false,
             anchors: Vec::new(),
             last_ts: String::new(),
+            disk: DiskPolicy::default(),
+            first_seq: 0,
         };
+        log.first_seq = first_seq.unwrap_or(log.next_seq);
         // A crash between the rotate record and the rename: finish the rotation, so a
         // rotate record is always the last of its file.
         if log.last_type.as_deref() == Some("rotate") && log.file_bytes > 0 {
@@ -188,6 +211,74 @@ impl AuditLog {
         Ok(log)
     }
 
+    /// Sets what becomes of closed archives, and applies it now: compresses archives
+    /// still plain, prunes what the retention says is due.
+    pub fn set_disk_policy(&mut self, disk: DiskPolicy) -> Result<(), AuditError> {
+        self.disk = disk;
+        if disk.compress {
+            segments::compress_plain(&self.dir)?;
+        }
+        self.prune(SystemTime::now())?;
+        Ok(())
+    }
+
+    /// Removes the archives the retention says are due, after writing the signed prune
+    /// record that names them (see [`super::prune`]). Returns the record's seq.
+    pub fn prune(&mut self, now: SystemTime) -> Result<Option<u64>, AuditError> {
+        let Some(policy) = self.disk.retention else {
+            return Ok(None);
+        };
+        let due = prune::due(&self.dir, &policy, now)?;
+        if due.is_empty() {
+            return Ok(None);
+        }
+        let pruned = due
+            .iter()
+            .map(|p| prune::describe(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The first kept record: the next file's first, or the next one written.
+        let kept = log_files(&self.dir)?
+            .into_iter()
+            .find(|p| !due.contains(p))
+            .map(|p| first_record(&p))
+            .transpose()?
+            .flatten()
+            .unwrap_or_else(|| (self.next_seq, self.prev.clone()));
+        let last = pruned.last().map(|p| (p.last_seq, p.last_hash.as_str()));
+        if last != kept.0.checked_sub(1).map(|s| (s, kept.1.as_str())) {
+            return Err(AuditError::Corrupt {
+                path: self.dir.clone(),
+                line: 0,
+                reason: format!(
+                    "the archives to prune do not chain to seq {}: nothing pruned; run \
+                     `agentid audit verify`",
+                    kept.0
+                ),
+            });
+        }
+        let key_chain = prune::extend_key_chain(&self.dir, &pruned)?;
+        let body = prune::record(
+            &self.key,
+            &self.public_key,
+            kept.0,
+            &kept.1,
+            &pruned,
+            &policy,
+            key_chain,
+        );
+        let seq = self.write_record("prune", &body)?;
+        self.write_checkpoint(false)?;
+        self.sync()?;
+        for p in &due {
+            fs::remove_file(p).map_err(AuditError::io(p))?;
+        }
+        self.first_seq = kept.0;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(AuditError::io(&self.dir))?;
+        Ok(Some(seq))
+    }
+
     /// The checkpoints written since the last call, for publishing off the host.
     pub fn take_anchors(&mut self) -> Vec<Checkpoint> {
         std::mem::take(&mut self.anchors)
@@ -237,6 +328,11 @@ impl AuditLog {
         if now.saturating_duration_since(self.last_checkpoint_at) >= self.opts.checkpoint_interval {
             self.last_checkpoint_at = now;
             written = self.checkpoint()?;
+            // Age retention on a log too quiet to rotate. A failure costs disk, not
+            // records: reported, and tried again at the next checkpoint.
+            if let Err(e) = self.prune(SystemTime::now()) {
+                tracing::warn!(error = %e, "pruning the audit log");
+            }
         }
         if let Fsync::Interval(every) = self.opts.fsync
             && self.dirty
@@ -270,6 +366,11 @@ impl AuditLog {
             self.write_checkpoint(true)?;
         }
         self.sync()
+    }
+
+    /// The seq of the first record on disk: `next_seq() - first_seq()` records are held.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
     }
 
     /// The seq the next record will get.
@@ -408,6 +509,16 @@ impl AuditLog {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(AuditError::io(&self.dir))?;
+        // The archive is closed for good: compress it. A failure leaves it plain (every
+        // reader takes both forms) and the next open tries again.
+        if self.disk.compress
+            && let Err(e) = segments::compress(&self.dir, &to)
+        {
+            tracing::warn!(error = %e, "compressing audit archive {}", to.display());
+        }
+        if let Err(e) = self.prune(SystemTime::now()) {
+            tracing::warn!(error = %e, "pruning the audit log");
+        }
         Ok(())
     }
 }
@@ -420,6 +531,22 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
         .custom_flags(sys::O_NOFOLLOW | sys::O_CLOEXEC)
         .open(path)
         .map_err(AuditError::io(path))
+}
+
+/// The seq and `prev` of a file's first record.
+fn first_record(path: &Path) -> Result<Option<(u64, String)>, AuditError> {
+    let line = segments::first_line(path)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(&line).map_err(|e| AuditError::Corrupt {
+        path: path.to_owned(),
+        line: 1,
+        reason: format!("not a record ({e})"),
+    })?;
+    Ok(v.get("seq")
+        .and_then(Value::as_u64)
+        .zip(v.get("prev").and_then(Value::as_str).map(str::to_owned)))
 }
 
 /// The seq and hash of a line that parses as a record.
@@ -481,7 +608,7 @@ fn scan_back(
     let mut head = None;
     let mut oldest_seq = None;
     for path in files.iter().rev() {
-        let data = fs::read(path).map_err(AuditError::io(path))?;
+        let data = segments::read(path)?;
         for (i, line) in data
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())

@@ -5,8 +5,9 @@
 //! # Format
 //! A directory of JSON-lines files. The daemon always appends to `audit.log`; when it grows
 //! past [`AuditOptions::rotate_bytes`] it ends with a `rotate` record and is renamed to
-//! `audit-NNNNNN.log` (numbered in order), and a new `audit.log` continues the chain. Each
-//! line is one record in canonical JSON (see [`canonical`]):
+//! `audit-NNNNNN.log` (numbered in order), and a new `audit.log` continues the chain. A
+//! closed archive is then compressed to `audit-NNNNNN.log.zst` (see [`segments`]); every
+//! reader takes either form. Each line is one record in canonical JSON (see [`canonical`]):
 //!
 //! ```json
 //! {"body":{..},"hash":"<hex>","prev":"<hex>","seq":7,"ts":"2025-..Z","type":"event"}
@@ -44,8 +45,12 @@ mod anchors;
 mod bundle;
 mod key;
 mod log;
+mod prune;
+mod segments;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_disk;
 mod verify;
 mod writer;
 
@@ -64,7 +69,8 @@ use sha2::{Digest as _, Sha256};
 pub use anchors::{AnchorCheck, Anchors, check_anchors, start_key};
 pub use bundle::{BundleReport, ExportSummary, export_bundle, verify_bundle};
 pub use key::{chain_origin, load_key, load_or_create_key};
-pub use log::AuditLog;
+pub use log::{AuditLog, DiskPolicy};
+pub use prune::{AuditRetention, KEY_CHAIN_FILE};
 pub use verify::{Damage, DamageKind, KeySource, VerifyOptions, VerifyReport, verify, verify_with};
 pub use writer::{AnchorPublisher, AuditStats, AuditWriter};
 
@@ -408,9 +414,12 @@ fn now_rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_nanos(crate::event::rfc3339_range(t)).to_string()
 }
 
-/// The log's files, oldest first: `audit-NNNNNN.log` by number, then `audit.log`.
+/// The log's files, oldest first: archives by number (`audit-NNNNNN.log`, or
+/// `audit-NNNNNN.log.zst` once compressed), then `audit.log`. An archive present in both
+/// forms (a crash between the compressed file's rename and the original's removal) is
+/// read from the original.
 fn log_files(dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
-    let mut archives = Vec::new();
+    let mut archives = std::collections::BTreeMap::new();
     let mut current = None;
     for entry in std::fs::read_dir(dir).map_err(AuditError::io(dir))? {
         let entry = entry.map_err(AuditError::io(dir))?;
@@ -418,22 +427,29 @@ fn log_files(dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
         let Some(name) = name.to_str() else { continue };
         if name == CURRENT_FILE {
             current = Some(entry.path());
-        } else if let Some(n) = archive_number(name) {
-            archives.push((n, entry.path()));
+        } else if let Some((n, compressed)) = archive_number(name) {
+            let slot = archives.entry(n).or_insert((compressed, entry.path()));
+            if slot.0 && !compressed {
+                *slot = (compressed, entry.path());
+            }
         }
     }
-    archives.sort();
-    let mut files: Vec<PathBuf> = archives.into_iter().map(|(_, p)| p).collect();
+    let mut files: Vec<PathBuf> = archives.into_values().map(|(_, p)| p).collect();
     files.extend(current);
     Ok(files)
 }
 
-fn archive_number(name: &str) -> Option<u64> {
+/// The number of an archive and whether it is the compressed form.
+fn archive_number(name: &str) -> Option<(u64, bool)> {
+    let (name, compressed) = match name.strip_suffix(segments::COMPRESSED_SUFFIX) {
+        Some(plain) => (plain, true),
+        None => (name, false),
+    };
     let digits = name.strip_prefix("audit-")?.strip_suffix(".log")?;
     if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    Some((digits.parse().ok()?, compressed))
 }
 
 fn archive_name(n: u64) -> String {
@@ -515,4 +531,33 @@ pub fn sample_event(agent: &str, i: u32) -> crate::attribution::AttributedEvent 
         exe: None,
         loginuid: None,
     }
+}
+
+/// A typical connect event of an agent's process (the bulk of a busy host's events) for
+/// the disk budget: process `i / 64` of 32 in turn, each connecting to one of a few hundred
+/// addresses.
+#[doc(hidden)]
+pub fn sample_connect(agent: &str, i: u32) -> crate::attribution::AttributedEvent {
+    use crate::event::{Detail, EventKind, Protocol};
+    let mut e = sample_event(agent, (i / 64) % 32);
+    e.event.kind = EventKind::Connect;
+    e.event.time = SystemTime::UNIX_EPOCH
+        + Duration::from_micros(1_764_335_000_123_456 + u64::from(i) * 1_731);
+    e.event.tid = e.event.pid + i % 3;
+    e.event.detail = Detail::Sock {
+        dst_ip: std::net::IpAddr::from([
+            10,
+            20,
+            (i % 7) as u8,
+            (i.wrapping_mul(2_654_435_761) % 251) as u8,
+        ]),
+        dst_port: if i.is_multiple_of(5) { 53 } else { 443 },
+        protocol: if i.is_multiple_of(5) {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        },
+    };
+    e.exe = Some("/usr/bin/python3".into());
+    e
 }

@@ -1,13 +1,13 @@
 //! Offline verification: recompute every hash, the chain, seq continuity and the
 //! checkpoint signatures, and name the first damaged record and the kind of damage.
-use std::{collections::HashSet, fmt, fs, path::Path};
+use std::{collections::HashSet, fmt, path::Path};
 
 use ed25519_dalek::VerifyingKey;
 use serde_json::Value;
 
 use super::{
-    AuditError, GENESIS, canonical, check_signature, file_name, log_files, parse_public_key,
-    public_key_base64, record_hash,
+    AuditError, GENESIS, canonical, check_signature, file_name, log_files, parse_public_key, prune,
+    public_key_base64, record_hash, segments,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,6 +104,9 @@ pub struct VerifyReport {
     /// Things worth knowing that are not damage: tears recorded after crashes, a torn last
     /// line, a chain that starts after genesis because old files were removed.
     pub notes: Vec<String>,
+    /// The log starts after its beginning because records before this seq were pruned by
+    /// policy (a signed prune record in the log says so).
+    pub pruned_before: Option<u64>,
     pub damage: Option<Damage>,
 }
 
@@ -169,7 +172,7 @@ pub fn verify_with(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Aud
     let last_file = files.len() - 1;
     for (fi, path) in files.iter().enumerate() {
         let name = file_name(path);
-        let data = fs::read(path).map_err(AuditError::io(path))?;
+        let data = segments::read(path)?;
         let mut lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
         // `split` yields what follows the last '\n': empty for a whole file.
         let rest = lines.pop().unwrap_or_default();
@@ -189,10 +192,51 @@ pub fn verify_with(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Aud
             }
         }
     }
-    let mut report = check_chain(&items, opts.pubkey, true, opts.expect_closed);
+    let (start, key_chain_damage) = match opts.pubkey {
+        Some(k) => walk_key_chain(dir, k)?,
+        None => (None, None),
+    };
+    let mut report = check_chain(&items, start, true, opts.expect_closed);
+    if let Some(d) = key_chain_damage {
+        report.damage = Some(d);
+    }
     report.files = files.len();
     report.notes.extend(notes);
     Ok(report)
+}
+
+/// Walks the key chain of pruned checkpoints (`audit-keys.jsonl`) from `given` to the key
+/// of the first checkpoint still in the log. Starts where `given` signs (the pinned first
+/// key, or a key the anchors already led to); a hand-over that does not verify is damage.
+fn walk_key_chain(
+    dir: &Path,
+    given: VerifyingKey,
+) -> Result<(Option<VerifyingKey>, Option<Damage>), AuditError> {
+    let chain = prune::read_key_chain(dir)?;
+    let ours = public_key_base64(&given);
+    let Some(from) = chain.iter().position(|(c, _)| c.public_key == ours) else {
+        return Ok((Some(given), None));
+    };
+    let mut key = given;
+    for (cp, location) in &chain[from..] {
+        let next = cp.next_public_key.as_deref();
+        if !check_signature(&key, &cp.head, cp.seq_to, next, &cp.signature) {
+            let d = Damage {
+                kind: DamageKind::BadSignature,
+                seq: Some(cp.seq),
+                until: None,
+                location: location.clone(),
+                detail: "a pruned checkpoint's hand-over does not verify with the key the chain \
+                         from the given key leads to"
+                    .into(),
+            };
+            return Ok((Some(key), Some(d)));
+        }
+        if let Some(n) = next {
+            key = parse_public_key(n)?;
+        }
+    }
+    Ok((Some(key), None))
 }
 
 /// One parsed record, reduced to what the chain checks need.
@@ -260,7 +304,7 @@ impl Item {
         } else if record_hash(v).as_deref() != Some(item.hash.as_str()) {
             item.problem = Some("content does not match its hash".into());
         }
-        if matches!(item.ty.as_str(), "checkpoint" | "tear" | "rotate") {
+        if matches!(item.ty.as_str(), "checkpoint" | "tear" | "rotate" | "prune") {
             item.body = v.get("body").cloned();
         }
         item
@@ -293,6 +337,7 @@ pub(super) fn check_chain(
             KeySource::None
         },
         notes: Vec::new(),
+        pruned_before: None,
         damage: None,
     };
     let seqs: HashSet<u64> = items.iter().filter_map(|i| i.seq).collect();
@@ -303,6 +348,7 @@ pub(super) fn check_chain(
     let mut anchor_pos = 0usize;
     let mut anchor_seq = report.first_seq.unwrap_or(1).saturating_sub(1);
     let mut last_checkpoint_pos: Option<usize> = None;
+    let mut missing_start: Option<Damage> = None;
     let damage = |kind, seq, until, item: &Item, detail: String| Damage {
         kind,
         seq,
@@ -396,12 +442,54 @@ pub(super) fn check_chain(
                 break;
             }
         } else if from_genesis && item.prev != GENESIS {
-            report.notes.push(format!(
-                "the chain starts at seq {seq}, not at its beginning: older files were removed \
-                 (records before it cannot be checked)"
-            ));
+            // Only a signed prune record in the log explains a later start: the records
+            // before it were pruned by policy. Anything else is records missing.
+            let prune = items.iter().filter(|i| i.ty == "prune").rev().find(|i| {
+                let b = i.body.as_ref();
+                b.and_then(|b| b.get("first_seq")).and_then(Value::as_u64) == Some(seq)
+                    && b.and_then(|b| b.get("prev")).and_then(Value::as_str)
+                        == Some(item.prev.as_str())
+            });
+            if let Some(prune) = prune {
+                report.pruned_before = Some(seq);
+                let b = prune.body.as_ref();
+                let n = b
+                    .and_then(|b| b.get("segments"))
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                report.notes.push(format!(
+                    "pruned by policy: the records before seq {seq} were removed ({n} archive(s) in \
+                     the last prune, signed prune record at seq {}); the kept part starts at seq \
+                     {seq}",
+                    prune.seq.unwrap_or_default()
+                ));
+            } else {
+                // Reported after the walk: damage the signatures show is named first.
+                missing_start = Some(damage(
+                    DamageKind::Deleted,
+                    Some(seq.saturating_sub(1)),
+                    None,
+                    item,
+                    format!(
+                        "the log starts at seq {seq}: the records before it are missing, and \
+                         no signed prune record says they were pruned by policy"
+                    ),
+                ));
+            }
         }
 
+        if item.ty == "prune"
+            && let Some(detail) = prune_problem(item, chain_key)
+        {
+            report.damage = Some(damage(
+                DamageKind::BadSignature,
+                Some(seq),
+                None,
+                item,
+                detail,
+            ));
+            break;
+        }
         if item.ty == "checkpoint" {
             report.checkpoints += 1;
             let body = item.body.as_ref();
@@ -525,6 +613,9 @@ pub(super) fn check_chain(
         }
     }
 
+    if report.damage.is_none() {
+        report.damage = missing_start;
+    }
     report.unsigned_tail = last_checkpoint_pos.map_or(items.len(), |p| items.len() - p - 1) as u64;
     report.closed = items.last().is_some_and(|i| {
         i.ty == "checkpoint"
@@ -552,6 +643,30 @@ pub(super) fn check_chain(
         });
     }
     report
+}
+
+/// Why a prune record cannot be trusted: its signature does not verify with the key it
+/// names, or that is not the key the chain has reached (the key the next checkpoint signs
+/// with).
+fn prune_problem(item: &Item, chain_key: Option<VerifyingKey>) -> Option<String> {
+    let body = item.body.as_ref()?;
+    let Some(pk) = body
+        .get("public_key")
+        .and_then(Value::as_str)
+        .and_then(|k| parse_public_key(k).ok())
+    else {
+        return Some("prune record without a valid public_key".into());
+    };
+    if let Some(k) = chain_key
+        && k != pk
+    {
+        return Some(format!(
+            "prune record signed with {}, but the key chain is at {} here",
+            public_key_base64(&pk),
+            public_key_base64(&k)
+        ));
+    }
+    (!prune::signature_ok(body, &pk)).then(|| "prune record signature does not verify".into())
 }
 
 /// Whether `line` is the canonical encoding of its record.

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{AuditLog, AuditOptions, Checkpoint};
+use super::{AuditLog, AuditOptions, Checkpoint, DiskPolicy};
 use crate::{attribution::AttributedEvent, detect::Alert, health::WriteHealth, queue};
 
 enum Record {
@@ -30,6 +30,8 @@ pub struct AuditStats {
     /// Failed appends (each a lost record) and checkpoints.
     pub errors: AtomicU64,
     pub health: WriteHealth,
+    /// Records the log holds on disk (after pruning): for bytes per record.
+    pub held: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -60,6 +62,7 @@ impl AuditWriter {
         dir: &Path,
         key_path: &Path,
         opts: AuditOptions,
+        disk: DiskPolicy,
         anchors: Option<AnchorPublisher>,
     ) -> anyhow::Result<Self> {
         let mut log = AuditLog::open_with_key_file(dir, key_path, opts).with_context(|| {
@@ -69,6 +72,11 @@ impl AuditWriter {
                 key_path.display()
             )
         })?;
+        // Compressing and pruning what an earlier run left: a failure costs disk, not
+        // records, so it is reported and the log goes on.
+        if let Err(e) = log.set_disk_policy(disk) {
+            tracing::warn!(error = %e, "audit log compression or retention");
+        }
         let publish = move |log: &mut AuditLog| {
             for cp in log.take_anchors() {
                 if let Some(p) = &anchors {
@@ -82,6 +90,7 @@ impl AuditWriter {
             dropped: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             health: WriteHealth::new("audit log", dir),
+            held: AtomicU64::new(0),
         });
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
@@ -111,6 +120,10 @@ impl AuditWriter {
                         thread_stats.health.failed(&e, 0);
                     }
                     publish(&mut log);
+                    thread_stats.held.store(
+                        log.next_seq().saturating_sub(log.first_seq()),
+                        Ordering::Relaxed,
+                    );
                 }
                 if let Err(e) = log.finish() {
                     tracing::error!(error = %e, "closing the audit log");

@@ -497,6 +497,16 @@ fn print_outputs(o: &mut impl std::io::Write, v: &Status) -> anyhow::Result<()> 
                 clean(d)
             )?;
         }
+        writeln!(
+            o,
+            "disk:       {} B/event (store {} B for {} events, audit {} B for {} records, {} KiB)",
+            st.bytes_per_event + au.bytes_per_record,
+            st.bytes_per_event,
+            st.events,
+            au.bytes_per_record,
+            au.records,
+            au.bytes / 1024
+        )?;
     }
     for sink in &v.sinks {
         // One JSON object per sink, keys sorted, as before the types.

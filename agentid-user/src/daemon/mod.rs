@@ -327,6 +327,11 @@ fn start_outputs(
         SinkManager::start(&config.sinks, &ctx).context("starting the sinks")?;
     // Every checkpoint goes to every sink as it is made: anchors off the host.
     let anchors = (!config.sinks.is_empty()).then(|| sinks.anchor_publisher());
+    let max_bytes = config
+        .audit_retention
+        .max_size_mb
+        .saturating_mul(1024 * 1024);
+    let defaults = crate::audit::AuditOptions::default();
     let audit = AuditWriter::start(
         &config.state_dir.join("audit"),
         &config.state_dir.join("audit.key"),
@@ -337,7 +342,16 @@ fn start_outputs(
                 }
                 crate::config::AuditFsync::Record => crate::audit::Fsync::EveryRecord,
             },
-            ..crate::audit::AuditOptions::default()
+            // Archives of at most an eighth of the budget, so pruning is fine-grained.
+            rotate_bytes: defaults.rotate_bytes.min((max_bytes / 8).max(64 * 1024)),
+            ..defaults
+        },
+        crate::audit::DiskPolicy {
+            compress: true,
+            retention: Some(crate::audit::AuditRetention {
+                max_age: config.audit_retention.max_age,
+                max_bytes,
+            }),
         },
         anchors,
     )?;

@@ -4,6 +4,7 @@
 //! Writes never happen on the event path: [`Store::writer`] hands records to a dedicated
 //! thread that commits them in batches (one transaction per batch). Readers use their own
 //! connection; WAL lets them read while the writer writes.
+mod compact;
 mod schema;
 mod writer;
 
@@ -75,6 +76,9 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The WAL is reset after each checkpoint, but its file keeps its largest size unless
+    // limited: a burst would leave it big for good.
+    conn.pragma_update(None, "journal_size_limit", 16 * 1024 * 1024)?;
     Ok(conn)
 }
 
@@ -106,21 +110,66 @@ impl Store {
         Ok(u64::try_from(pages * size).unwrap_or(0))
     }
 
+    /// Events held, from the ends of the id range: retention deletes the oldest only, so
+    /// the range has no holes to speak of, and this costs two index lookups, not a scan.
+    pub fn events_held(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT coalesce(max(id) - min(id) + 1, 0) FROM events",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     pub fn events(&self, q: &Query) -> Result<Vec<EventRow>, StoreError> {
-        let mut sql = String::from("SELECT id, body FROM events WHERE 1=1");
+        let mut sql = String::from(
+            "SELECT e.id, e.body, e.ts_ns, e.kind, e.pid, c.body FROM events e \
+             LEFT JOIN contexts c ON c.id = e.ctx WHERE 1=1",
+        );
         let mut args: Vec<Value> = Vec::new();
-        push_filters(&mut sql, &mut args, q, "ts_ns");
+        if let Some(agent) = &q.agent {
+            sql.push_str(
+                " AND (e.agent = ?1 OR e.ctx IN (SELECT id FROM contexts WHERE agent = ?1))",
+            );
+            args.push(Value::Text(agent.clone()));
+        }
+        let unfiltered = Query {
+            agent: None,
+            ..q.clone()
+        };
+        push_filters(&mut sql, &mut args, &unfiltered, "e.ts_ns", "e.id");
         if let Some(kind) = &q.kind {
-            sql.push_str(" AND kind = ?");
+            sql.push_str(" AND e.kind = ?");
             args.push(Value::Text(kind.clone()));
         }
-        self.rows(sql, args, q)
+        let limit = q.limit.unwrap_or(1000).min(100_000);
+        let sql = format!("SELECT * FROM ({sql} ORDER BY 1 DESC LIMIT {limit}) ORDER BY 1 ASC");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params_from_iter(args), |r| {
+            let id: i64 = r.get(0)?;
+            let body: String = r.get(1)?;
+            let ts: i64 = r.get(2)?;
+            let kind: String = r.get(3)?;
+            let pid: i64 = r.get(4)?;
+            let ctx: Option<String> = r.get(5)?;
+            Ok((id, body, ts, kind, pid, ctx))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, body, ts, kind, pid, ctx) = row?;
+            let body = match ctx {
+                Some(ctx) => compact::merge(&body, Some(&ctx), ts, &kind, pid),
+                None => serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+            };
+            out.push(EventRow { id, body });
+        }
+        Ok(out)
     }
 
     pub fn alerts(&self, q: &Query) -> Result<Vec<EventRow>, StoreError> {
         let mut sql = String::from("SELECT rowid, body FROM alerts WHERE 1=1");
         let mut args: Vec<Value> = Vec::new();
-        push_filters(&mut sql, &mut args, q, "last_ns");
+        push_filters(&mut sql, &mut args, q, "last_ns", "rowid");
         if let Some(rule) = &q.rule {
             sql.push_str(" AND rule = ?");
             args.push(Value::Text(rule.clone()));
@@ -205,7 +254,7 @@ impl Store {
     }
 }
 
-fn push_filters(sql: &mut String, args: &mut Vec<Value>, q: &Query, ts: &str) {
+fn push_filters(sql: &mut String, args: &mut Vec<Value>, q: &Query, ts: &str, rowid: &str) {
     if let Some(agent) = &q.agent {
         sql.push_str(" AND agent = ?");
         args.push(Value::Text(agent.clone()));
@@ -215,7 +264,7 @@ fn push_filters(sql: &mut String, args: &mut Vec<Value>, q: &Query, ts: &str) {
         args.push(Value::Integer(i64::try_from(since).unwrap_or(i64::MAX)));
     }
     if let Some(after) = q.after_id {
-        sql.push_str(" AND rowid > ?");
+        let _ = write!(sql, " AND {rowid} > ?");
         args.push(Value::Integer(after));
     }
 }

@@ -53,6 +53,21 @@ const MIGRATIONS: &[&str] = &[
         sources TEXT NOT NULL,
         PRIMARY KEY (fingerprint, agent)
      );",
+    // 2: compact events. What an event shares with the other events of its process (agent,
+    // session, lineage, exec ids, uid, cgroup, comm, ..) is stored once in `contexts`;
+    // the row keeps what is its own. Rows of version 1 keep their whole body (ctx NULL).
+    "CREATE TABLE contexts (
+        id INTEGER PRIMARY KEY,
+        hash INTEGER NOT NULL,
+        agent TEXT,
+        body TEXT NOT NULL
+     );
+     CREATE INDEX contexts_hash ON contexts(hash);
+     CREATE INDEX contexts_agent ON contexts(agent) WHERE agent IS NOT NULL;
+     ALTER TABLE events ADD COLUMN ctx INTEGER;
+     CREATE INDEX events_ctx ON events(ctx) WHERE ctx IS NOT NULL;
+     DROP INDEX events_agent;
+     CREATE INDEX events_agent ON events(agent, ts_ns) WHERE agent IS NOT NULL;",
 ];
 
 pub(crate) fn version() -> i64 {

@@ -13,7 +13,7 @@ use std::{
 
 use rusqlite::{Connection, params};
 
-use super::{Retention, StoreError};
+use super::{Retention, StoreError, compact};
 use crate::{health::WriteHealth, queue};
 
 /// One write. Bodies are JSON already serialised by the caller.
@@ -75,6 +75,10 @@ const QUEUE: usize = 65_536;
 const BATCH_MAX: usize = 4096;
 const BATCH_WAIT: Duration = Duration::from_millis(50);
 const RETENTION_EVERY: Duration = Duration::from_mins(1);
+/// Under load retention runs sooner: once the events written since the last run may
+/// amount to this share of the size budget, so the store overshoots it by little however
+/// fast events arrive.
+const RETENTION_SHARE: u64 = 16;
 
 impl Writer {
     /// `dir` holds the database: probed for the cause when writes fail.
@@ -122,7 +126,11 @@ fn run(
     retention: Retention,
 ) {
     let mut last_retention = Instant::now();
+    // Bytes written since the last retention run (bodies and a row's overhead): an
+    // upper bound of the growth, compact rows being smaller.
+    let mut grown: u64 = 0;
     let mut batch = Vec::with_capacity(BATCH_MAX);
+    let mut contexts = Contexts::default();
     while let Ok(first) = rx.recv() {
         batch.push(first);
         let deadline = Instant::now() + BATCH_WAIT;
@@ -146,7 +154,14 @@ fn run(
             })
             .collect();
         let records = batch.len() as u64;
-        match commit(&mut conn, &mut batch, &mut waiters) {
+        grown += batch
+            .iter()
+            .map(|op| match op {
+                StoreOp::Event { body, .. } => body.len() as u64 + 64,
+                _ => 0,
+            })
+            .sum::<u64>();
+        match commit(&mut conn, &mut batch, &mut waiters, &mut contexts) {
             Ok(n) => {
                 stats.written.fetch_add(n, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -163,15 +178,21 @@ fn run(
                 stats.health.failed(&e, records);
             }
         }
-        for w in waiters {
-            let _ = w.send(());
-        }
         // While writes fail, so would retention's deletes: the failure is reported already.
-        if last_retention.elapsed() >= RETENTION_EVERY && stats.health.degraded().is_none() {
+        let due = last_retention.elapsed() >= RETENTION_EVERY
+            || grown >= retention.max_bytes / RETENTION_SHARE;
+        if due && stats.health.degraded().is_none() {
             last_retention = Instant::now();
+            grown = 0;
             if let Err(e) = enforce_retention(&conn, retention) {
                 tracing::warn!(error = %e, "store retention failed");
             }
+            // Contexts no event uses any more were deleted.
+            contexts.known.clear();
+        }
+        // Answered after retention too: a flushed store is within its budget.
+        for w in waiters {
+            let _ = w.send(());
         }
     }
 }
@@ -180,12 +201,16 @@ fn commit(
     conn: &mut Connection,
     batch: &mut Vec<StoreOp>,
     waiters: &mut Vec<mpsc::Sender<()>>,
+    contexts: &mut Contexts,
 ) -> Result<u64, rusqlite::Error> {
     let tx = conn.transaction()?;
     let mut n = 0;
     {
         let mut ev = tx.prepare_cached(
             "INSERT INTO events (ts_ns, kind, pid, exec_id, agent, session, body) VALUES (?,?,?,?,?,?,?)",
+        )?;
+        let mut ev_compact = tx.prepare_cached(
+            "INSERT INTO events (ts_ns, kind, pid, body, ctx) VALUES (?,?,?,?,?)",
         )?;
         // Per-agent and per-session counters are summed over the batch first and written
         // once per key: one statement per event instead of three (most of a batch is a
@@ -217,7 +242,16 @@ fn commit(
                     body,
                 } => {
                     let ts = i64::try_from(ts_ns).unwrap_or(i64::MAX);
-                    ev.execute(params![ts, kind, pid, exec_id, agent, session, body])?;
+                    let split = compact::split(&body, ts_ns, kind, pid, agent.as_deref());
+                    match split.map(|s| contexts.id(&tx, &s, agent.as_deref()).map(|id| (s, id))) {
+                        Some(Ok((s, Some(ctx)))) => {
+                            ev_compact.execute(params![ts, kind, pid, s.row, ctx])?;
+                        }
+                        Some(Err(e)) => return Err(e),
+                        _ => {
+                            ev.execute(params![ts, kind, pid, exec_id, agent, session, body])?;
+                        }
+                    }
                     counters.add(agent, session, root_exec_id, ts);
                 }
                 StoreOp::Alert {
@@ -262,6 +296,55 @@ fn commit(
     }
     tx.commit()?;
     Ok(n)
+}
+
+/// Context ids by (agent, context text): most events are of a process seen a moment ago.
+#[derive(Debug, Default)]
+struct Contexts {
+    known: HashMap<(Option<String>, String), i64>,
+}
+
+/// Contexts remembered at most; beyond, the cache starts again (a lookup is one indexed
+/// query).
+const CONTEXTS_CACHED: usize = 4096;
+
+impl Contexts {
+    /// The id of the context (stored now if new); `None` on a hash collision with another
+    /// context, whose event is then stored whole.
+    fn id(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        split: &compact::Split,
+        agent: Option<&str>,
+    ) -> Result<Option<i64>, rusqlite::Error> {
+        let key = (agent.map(str::to_owned), split.context.clone());
+        if let Some(&id) = self.known.get(&key) {
+            return Ok(Some(id));
+        }
+        let mut find = tx.prepare_cached("SELECT id, agent, body FROM contexts WHERE hash = ?")?;
+        let mut rows = find.query([split.hash])?;
+        let mut found = None;
+        while let Some(r) = rows.next()? {
+            let (id, a, body): (i64, Option<String>, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            if a.as_deref() == agent && body == split.context {
+                found = Some(id);
+                break;
+            }
+        }
+        drop(rows);
+        let id = if let Some(id) = found {
+            id
+        } else {
+            tx.prepare_cached("INSERT INTO contexts (hash, agent, body) VALUES (?, ?, ?)")?
+                .execute(params![split.hash, agent, split.context])?;
+            tx.last_insert_rowid()
+        };
+        if self.known.len() >= CONTEXTS_CACHED {
+            self.known.clear();
+        }
+        self.known.insert(key, id);
+        Ok(Some(id))
+    }
 }
 
 /// Per-agent and per-session counters of one batch.
@@ -376,5 +459,9 @@ pub(super) fn enforce_retention(
             [],
         )?;
     }
+    conn.execute(
+        "DELETE FROM contexts WHERE NOT EXISTS (SELECT 1 FROM events WHERE events.ctx = contexts.id)",
+        [],
+    )?;
     Ok(())
 }

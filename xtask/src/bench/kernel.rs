@@ -337,8 +337,10 @@ fn stop(tracer: Tracer, names: &[String]) -> anyhow::Result<Option<Capture>> {
             let out = Command::new("sqlite3")
                 .arg(&db)
                 .arg(
-                    "SELECT agent, kind, count(*) FROM events WHERE agent IS NOT NULL \
-                     AND kind != 'open' GROUP BY agent, kind",
+                    // Compact rows keep their agent in their context.
+                    "SELECT coalesce(e.agent, c.agent) AS a, e.kind, count(*) FROM events e \
+                     LEFT JOIN contexts c ON c.id = e.ctx WHERE a IS NOT NULL \
+                     AND e.kind != 'open' GROUP BY a, e.kind",
                 )
                 .output()
                 .context("running sqlite3 on the daemon's store")?;

@@ -1,0 +1,107 @@
+//! The compact event encoding: an event's JSON split into what it shares with the other
+//! events of its process (the *context*, stored once) and what is its own (the row), and
+//! merged back on read into the same JSON object.
+//!
+//! A connect event is ~650 bytes of JSON, ~560 of them the same for every event of the
+//! process (agent, session, lineage, exec ids, uid, cgroup, comm, ..); its row keeps ~70
+//! (address, port, protocol, tid). `kind`, `time` and `pid` are columns already and leave
+//! the body when the columns give them back exactly. Keys this module does not name stay
+//! in the row, so fields added to events later need nothing here.
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
+
+/// Keys of the event JSON that describe the process rather than the event.
+const CONTEXT_KEYS: &[&str] = &[
+    "ppid",
+    "uid",
+    "gid",
+    "cgroup_id",
+    "cgroup",
+    "comm",
+    "exec_id",
+    "parent_exec_id",
+    "agent",
+    "ambiguous",
+    "session",
+    "acting_for",
+    "lineage",
+    "escaped_to",
+];
+
+/// An event body split for storage.
+#[derive(Debug)]
+pub(super) struct Split {
+    /// The context's canonical text (sorted keys).
+    pub context: String,
+    /// What is left for the row.
+    pub row: String,
+    /// Identifies (agent, context): the lookup key, checked against the text.
+    pub hash: i64,
+}
+
+fn rfc3339(ts_ns: u64) -> String {
+    humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ts_ns)).to_string()
+}
+
+/// Splits `body` (an event's JSON object); `None` when it is not an object.
+pub(super) fn split(
+    body: &str,
+    ts_ns: u64,
+    kind: &str,
+    pid: u32,
+    agent: Option<&str>,
+) -> Option<Split> {
+    let Ok(Value::Object(mut row)) = serde_json::from_str::<Value>(body) else {
+        return None;
+    };
+    let mut context = Map::new();
+    for k in CONTEXT_KEYS {
+        if let Some(v) = row.remove(*k) {
+            context.insert((*k).to_owned(), v);
+        }
+    }
+    if row.get("kind").and_then(Value::as_str) == Some(kind) {
+        row.remove("kind");
+    }
+    if row.get("pid").and_then(Value::as_u64) == Some(u64::from(pid)) {
+        row.remove("pid");
+    }
+    if row.get("time").and_then(Value::as_str) == Some(rfc3339(ts_ns).as_str()) {
+        row.remove("time");
+    }
+    let context = Value::Object(context).to_string();
+    let mut h = Sha256::new();
+    h.update(agent.unwrap_or_default().as_bytes());
+    h.update([0]);
+    h.update(context.as_bytes());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    Some(Split {
+        context,
+        row: Value::Object(row).to_string(),
+        hash: i64::from_be_bytes(first),
+    })
+}
+
+/// The event's JSON object again, from its row, its context and its columns.
+pub(super) fn merge(row: &str, context: Option<&str>, ts_ns: i64, kind: &str, pid: i64) -> Value {
+    let mut obj = match serde_json::from_str::<Value>(row) {
+        Ok(Value::Object(m)) => m,
+        Ok(other) => return other,
+        Err(_) => return Value::String(row.to_owned()),
+    };
+    if let Some(Ok(Value::Object(ctx))) = context.map(serde_json::from_str::<Value>) {
+        for (k, v) in ctx {
+            obj.entry(k).or_insert(v);
+        }
+    }
+    obj.entry("kind")
+        .or_insert_with(|| Value::String(kind.to_owned()));
+    obj.entry("pid").or_insert_with(|| Value::from(pid));
+    obj.entry("time")
+        .or_insert_with(|| Value::String(rfc3339(u64::try_from(ts_ns).unwrap_or(0))));
+    Value::Object(obj)
+}
