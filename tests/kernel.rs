@@ -872,7 +872,7 @@ async fn the_raw_open_syscall_is_reported_too() {
     assert_eq!(opens, [expected], "{events:#?}");
 }
 
-/// A scratch directory removed on drop.
+/// A scratch directory (or a pin dir) removed on drop, also when the test fails.
 struct TempDir(std::path::PathBuf);
 
 fn tempdir(name: &str) -> TempDir {
@@ -886,4 +886,51 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Pinned programs outlive their reader: records made while no process holds the
+/// sensor wait in the pinned ring buffer, and the next load resumes the set and reads
+/// them. Dropping the resumed sensor (anything but a kill) unpins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_probes_record_without_a_reader_and_are_resumed() {
+    use agentid::sensor::{Origin, Sensor, SensorOptions};
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
+    if sensor_or_skip("pinned").is_none() {
+        return;
+    }
+    let base = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/agentid-test-kernel-{}",
+        std::process::id()
+    ));
+    let _guard = TempDir(base.clone());
+    let opts = SensorOptions {
+        pin_dir: Some(base.clone()),
+        ..SensorOptions::default()
+    };
+    let sensor = Sensor::load(&opts).expect("pinned load");
+    assert_eq!(sensor.origin(), Origin::Pinned);
+    sensor.leave_pinned();
+    assert!(base.is_dir(), "the set stays without a reader");
+
+    let cg = TestCgroup::new("pinned");
+    cg.echo("recorded-without-a-reader");
+    let mut sensor = Sensor::load(&opts).expect("resumed load");
+    assert_eq!(sensor.origin(), Origin::Resumed);
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        exec_of(ev, "/bin/echo").is_some()
+    })
+    .await;
+    let exec = exec_of(&events, "/bin/echo").expect("the exec made while nobody read");
+    let Detail::Exec { argv, .. } = &exec.detail else {
+        panic!("not an exec: {exec:?}");
+    };
+    assert_eq!(
+        argv.get(1).map(String::as_str),
+        Some("recorded-without-a-reader")
+    );
+    drop(sensor);
+    let left: Vec<_> = std::fs::read_dir(&base)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "dropping the sensor unpins: {left:?}");
 }

@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::common::{config, current_ids, emit};
+use crate::common::{config, current_ids, emit, is_self};
 
 #[map(name = "OPEN_CGROUPS")]
 static OPEN_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
@@ -42,7 +42,7 @@ const AT_FDCWD: i32 = -100;
 #[inline(always)]
 fn on_enter(path: u64, flags: u64, dfd: i64) {
     let (tgid, tid) = current_ids();
-    if tgid == config().self_tgid {
+    if is_self(tgid) {
         return;
     }
     // SAFETY: helper without preconditions.

@@ -39,6 +39,11 @@ pub const DROPS_MAP: &str = "DROPS";
 /// Name of the hash map of cgroup ids whose file opens are reported (userspace fills it
 /// with the cgroups of registered agents: credential files are read there).
 pub const OPEN_CGROUPS_MAP: &str = "OPEN_CGROUPS";
+/// Name of the one-entry array holding the tgid of the daemon reading the ring buffer: its
+/// own activity is dropped in the kernel. The daemon writes it at every start (the pinned
+/// programs outlive the daemon that loaded them); the exit program clears it when that
+/// process exits, so a pid reused while no daemon runs is never skipped.
+pub const SELF_MAP: &str = "SELF";
 /// Bytes of an opened path kept (NUL included).
 pub const PATH_LEN: usize = 256;
 
@@ -254,8 +259,9 @@ pub struct OpenRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// The agentid process itself: its own activity is dropped in the kernel.
-    pub self_tgid: u32,
+    /// Was the daemon's own tgid; now in the [`SELF_MAP`] map, which the daemon rewrites on
+    /// every start (pinned programs outlive the daemon that loaded them).
+    pub reserved0: u32,
     /// 1 when `sched_process_exit` passes `group_dead` (6.x kernels); else the exit of
     /// the thread-group leader stands for the process exit.
     pub exit_has_group_dead: u32,
@@ -293,7 +299,7 @@ pub struct Config {
 
 impl Config {
     pub const ZERO: Self = Self {
-        self_tgid: 0,
+        reserved0: 0,
         exit_has_group_dead: 0,
         task_pid_off: 0,
         task_tgid_off: 0,
@@ -403,7 +409,7 @@ const _: () = {
     assert!(offset_of!(OpenRecord, path) == H + 24);
     assert!(size_of::<OpenRecord>() == H + 24 + PATH_LEN);
 
-    assert!(offset_of!(Config, self_tgid) == 0);
+    assert!(offset_of!(Config, reserved0) == 0);
     assert!(offset_of!(Config, exit_has_group_dead) == 4);
     assert!(offset_of!(Config, task_pid_off) == 8);
     assert!(offset_of!(Config, task_tgid_off) == 12);

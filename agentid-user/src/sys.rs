@@ -126,6 +126,18 @@ pub fn mount(source: &CStr, target: &CStr, fstype: &CStr) -> io::Result<()> {
     }
 }
 
+/// The magic number of the filesystem holding `path` (`statfs(2)` `f_type`).
+pub fn fs_magic(path: &CStr) -> io::Result<i64> {
+    // SAFETY: all-zero is a valid `statfs`; the kernel fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated; `st` is valid for writes for the call.
+    if unsafe { libc::statfs(path.as_ptr(), &raw mut st) } == 0 {
+        Ok(st.f_type)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Fills `buf` with bytes from the kernel's CSPRNG: `getrandom(2)`, or `/dev/urandom` where
 /// that system call is unavailable (an old kernel, or a seccomp filter that denies it).
 pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {

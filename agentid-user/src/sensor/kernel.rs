@@ -29,7 +29,7 @@ impl Readable for Bytes {
 }
 
 /// Builds the programs' [`Config`] for this kernel.
-pub fn probe_config(self_tgid: u32) -> Result<Config, SensorError> {
+pub fn probe_config() -> Result<Config, SensorError> {
     let raw = std::fs::read(VMLINUX_BTF)
         .map_err(|e| SensorError::Btf(format!("{VMLINUX_BTF}: {e} (kernel built without BTF?)")))?;
     let btf = TypeInformation::new(&Bytes(raw))
@@ -47,7 +47,7 @@ pub fn probe_config(self_tgid: u32) -> Result<Config, SensorError> {
         }
     };
     Ok(Config {
-        self_tgid,
+        reserved0: 0,
         exit_has_group_dead: u32::from(exit_has_group_dead()?),
         task_pid_off: offset("task_struct", "pid")?,
         task_tgid_off: offset("task_struct", "tgid")?,
