@@ -1,5 +1,5 @@
-//! File opens (`openat`, `open`, `openat2`) by tasks in watched cgroups: where agents
-//! read their credential files.
+//! File opens (`openat`, `open`) by tasks in watched cgroups: where agents read their
+//! credential files.
 //!
 //! Only cgroups userspace put in `OPEN_CGROUPS` (those of registered agents) are reported:
 //! every open on a host is far too many records, an agent's are few.
@@ -11,7 +11,7 @@ use agentid_ebpf::{Config, OpenRecord, PATH_LEN, kind};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel,
-        bpf_probe_read_user, generated::bpf_probe_read_user_str,
+        generated::bpf_probe_read_user_str,
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap},
@@ -23,7 +23,7 @@ use crate::common::{config, current_ids, emit, is_self};
 #[map(name = "OPEN_CGROUPS")]
 static OPEN_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
-/// `open`/`openat`/`openat2` arguments from entry, by thread, until the exit says whether it succeeded.
+/// `open`/`openat` arguments from entry, by thread, until the exit says whether it succeeded.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PendingOpen {
@@ -90,24 +90,6 @@ pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `openat2(2)`: the flags are the first field of the `open_how` it points to.
-#[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
-pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    // openat2(dfd, filename, how, usize).
-    // SAFETY: fixed offsets inside the syscall tracepoint record.
-    let (dfd, path, how) = unsafe {
-        (
-            ctx.read_at::<i64>(16).unwrap_or(0),
-            ctx.read_at::<u64>(24).unwrap_or(0),
-            ctx.read_at::<u64>(32).unwrap_or(0),
-        )
-    };
-    // SAFETY: user memory read through the checked helper.
-    let flags = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
-    on_enter(path, flags, dfd);
-    0
-}
-
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
     on_exit(&ctx);
@@ -116,12 +98,6 @@ pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_open")]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
-pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
     on_exit(&ctx);
     0
 }

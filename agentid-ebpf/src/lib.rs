@@ -232,7 +232,7 @@ pub struct SocketRecord {
     pub reserved: u32,
 }
 
-/// A successful `open`, `openat` or `openat2` by a task in a watched cgroup (see [`OPEN_CGROUPS_MAP`]).
+/// A successful `open` or `openat` by a task in a watched cgroup (see [`OPEN_CGROUPS_MAP`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OpenRecord {

@@ -307,7 +307,7 @@ pub enum Detail {
         /// Terminating signal when it was killed.
         signal: Option<u32>,
     },
-    /// A file opened (kind open): the path as passed to `open`/`openat`/`openat2` (relative paths are
+    /// A file opened (kind open): the path as passed to `open`/`openat` (relative paths are
     /// relative to the process's working directory or `dfd`), and the file the kernel
     /// actually opened, whatever the path went through.
     Open {

@@ -139,14 +139,14 @@ const POLL_EVERY: Duration = Duration::from_millis(10);
 /// record asks for one, so nothing can be left unread.
 const IDLE_AFTER: Duration = Duration::from_millis(4 * agentid_ebpf::WAKE_EVERY_NS / 1_000_000);
 
-/// Tracepoints attached by category/name (fixed syscall layouts).
-const TRACEPOINTS: [(&str, &str); 8] = [
+/// Tracepoints attached by category/name (fixed syscall layouts). `openat2` is not among
+/// them: attaching its pair made the reader stop receiving records mid-burst on Linux 6.18
+/// (`completeness_10k_connects_1k_execs`), not yet understood.
+const TRACEPOINTS: [(&str, &str); 6] = [
     ("syscalls", "sys_enter_openat"),
     ("syscalls", "sys_exit_openat"),
     ("syscalls", "sys_enter_open"),
     ("syscalls", "sys_exit_open"),
-    ("syscalls", "sys_enter_openat2"),
-    ("syscalls", "sys_exit_openat2"),
     ("syscalls", "sys_enter_socket"),
     ("syscalls", "sys_exit_socket"),
 ];

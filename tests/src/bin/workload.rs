@@ -9,8 +9,8 @@
 //!   `cgroup.procs` is PROCS, connect again
 //! - `spawn-into PROCS PROG [ARGS..]`  fork a child that joins PROCS' cgroup and execs PROG
 //! - `wait-connect ADDR`    read one line from stdin, then connect to ADDR
-//! - `open-syscalls PATH`   open PATH read-only with the raw `open` and `openat2` system
-//!   calls (not the `openat` every libc uses), closing each
+//! - `open-syscall PATH`    open PATH read-only with the raw `open` system call (not the
+//!   `openat` every libc uses), and close it
 //!
 //! Benchmark modes (`cargo xtask bench`):
 //! - `storm N`              N loopback TCP connect/accept/close cycles against its own
@@ -188,34 +188,16 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             }
             Ok(0)
         }
-        "open-syscalls" => {
+        "open-syscall" => {
             let path = std::ffi::CString::new(arg(1)?.as_str())?;
-            // `struct open_how { u64 flags, mode, resolve; }`: O_RDONLY, nothing else.
-            let how = [0u64; 3];
-            // SAFETY: plain syscalls on a NUL-terminated path and an `open_how` that
-            // outlive them; each descriptor is closed right away.
-            let fds = unsafe {
-                [
-                    libc::syscall(libc::SYS_open, path.as_ptr(), libc::O_RDONLY),
-                    libc::syscall(
-                        libc::SYS_openat2,
-                        libc::AT_FDCWD,
-                        path.as_ptr(),
-                        how.as_ptr(),
-                        size_of_val(&how),
-                    ),
-                ]
+            // SAFETY: a plain syscall on a NUL-terminated path that outlives it.
+            let fd = unsafe { libc::syscall(libc::SYS_open, path.as_ptr(), libc::O_RDONLY) };
+            let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0);
+            let Some(fd) = fd else {
+                return Err(std::io::Error::last_os_error().into());
             };
-            for fd in fds {
-                let Ok(fd) = i32::try_from(fd) else {
-                    return Err(std::io::Error::last_os_error().into());
-                };
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error().into());
-                }
-                // SAFETY: closing a descriptor just opened.
-                unsafe { libc::close(fd) };
-            }
+            // SAFETY: closing the descriptor just opened.
+            unsafe { libc::close(fd) };
             Ok(0)
         }
         "wait-connect" => {
