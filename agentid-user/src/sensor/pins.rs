@@ -32,17 +32,17 @@ const BPFFS: &str = "/sys/fs/bpf";
 /// `BPF_FS_MAGIC`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Mounts bpffs on `/sys/fs/bpf` when a pin dir under it finds none there (a minimal
-/// system; systemd mounts it at boot), as the sensor mounts tracefs.
-fn ensure_bpffs(base: &Path) -> Result<(), String> {
+/// A pin dir under `/sys/fs/bpf` needs bpffs there (systemd mounts it at boot; the unit
+/// mounts it too). The daemon does not mount it itself: its sandbox refuses mount(2).
+fn check_bpffs(base: &Path) -> Result<(), String> {
     if !base.starts_with(BPFFS) {
         return Ok(());
     }
-    let c = |s: &str| std::ffi::CString::new(s).map_err(|e| e.to_string());
-    match crate::sys::fs_magic(&c(BPFFS)?) {
+    let path = std::ffi::CString::new(BPFFS).map_err(|e| e.to_string())?;
+    match crate::sys::fs_magic(&path) {
         Ok(BPF_FS_MAGIC) => Ok(()),
-        found => crate::sys::mount(&c("bpf")?, &c(BPFFS)?, &c("bpf")?)
-            .map_err(|e| format!("{BPFFS} is no bpffs ({found:?}) and mounting one failed: {e}")),
+        Ok(_) => Err(format!("no bpffs is mounted on {BPFFS}")),
+        Err(e) => Err(format!("{BPFFS}: {e}")),
     }
 }
 
@@ -144,7 +144,7 @@ impl PinSet {
             dir: self.dir.clone(),
             detail: what,
         };
-        ensure_bpffs(&self.base).map_err(err)?;
+        check_bpffs(&self.base).map_err(err)?;
         let tmp = self.base.join(format!("partial-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(|e| err(format!("creating {}: {e}", tmp.display())))?;
