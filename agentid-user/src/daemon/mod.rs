@@ -496,6 +496,9 @@ fn reload_registry(shared: &Shared, dir: &Path) {
     for e in new.errors() {
         tracing::warn!("agent registry: {e}");
     }
+    for w in new.warnings() {
+        tracing::warn!("agent registry: warning: {w}");
+    }
     tracing::info!(
         agents = new.agents().len(),
         errors = new.errors().len(),

@@ -40,7 +40,7 @@ impl Rule for EgressViolation {
             format!("{dst_ip}:{dst_port}")
         };
         let Some((owner, own)) = seen.policy_owners().find(|(owner, _)| {
-            owner.policy.egress.is_some() && !owner.policy.allows_egress(*dst_ip, *dst_port)
+            owner.policy.egress.is_some() && !owner.policy.allows_egress(*dst_ip, *dst_port, &[])
         }) else {
             return;
         };
