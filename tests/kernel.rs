@@ -383,7 +383,8 @@ async fn connect_case(name: &str, bind: &str) {
             Detail::Sock {
                 dst_ip: addr.ip(),
                 dst_port: addr.port(),
-                protocol: Protocol::Tcp
+                protocol: Protocol::Tcp,
+                dst_names: Vec::new(),
             }
         );
     }
@@ -438,12 +439,14 @@ async fn udp_sendto_ipv4_and_ipv6() {
             &Detail::Sock {
                 dst_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 dst_port: p4,
-                protocol: Protocol::Udp
+                protocol: Protocol::Udp,
+                dst_names: Vec::new(),
             },
             &Detail::Sock {
                 dst_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
                 dst_port: p6,
-                protocol: Protocol::Udp
+                protocol: Protocol::Udp,
+                dst_names: Vec::new(),
             },
         ]
     );

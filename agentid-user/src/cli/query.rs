@@ -355,7 +355,12 @@ fn event_line(e: &EventRecord) -> String {
                     Err(_) => "-".into(),
                 },
             );
-            format!("{protocol} {ip}:{}", opt(e.dst_port))
+            match e.dst_names.as_deref() {
+                Some(names) if !names.is_empty() => {
+                    format!("{protocol} {ip}:{} ({})", opt(e.dst_port), names.join(", "))
+                }
+                _ => format!("{protocol} {ip}:{}", opt(e.dst_port)),
+            }
         }
         EventKind::Exit => match (e.exit_code, e.signal) {
             (Some(c), _) => format!("code {c}"),

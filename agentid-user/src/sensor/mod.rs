@@ -14,7 +14,9 @@ use agentid_ebpf::{CONFIG_GLOBAL, DROPS_MAP, EVENTS_MAP, OPEN_CGROUPS_MAP, kind}
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint, TracePoint,
+    },
 };
 use tokio::io::unix::AsyncFd;
 
@@ -60,6 +62,8 @@ pub type KindCounts = [u64; kind::COUNT as usize];
 pub struct SensorOptions {
     /// The process whose own activity the kernel drops (default: this process).
     pub self_tgid: Option<u32>,
+    /// How long names learned from the agents' DNS are held.
+    pub dns: crate::dns::DnsOptions,
 }
 
 /// Attached kernel programs and the ring buffer they write to.
@@ -115,6 +119,11 @@ const RAW_TRACEPOINTS: [&str; 3] = [
 ];
 /// cgroup socket-address hooks, attached at the cgroup v2 root.
 const SOCK_HOOKS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// cgroup packet hooks, attached at the cgroup v2 root: the DNS of watched cgroups.
+const SKB_HOOKS: [(&str, CgroupSkbAttachType); 2] = [
+    ("dns_egress", CgroupSkbAttachType::Egress),
+    ("dns_ingress", CgroupSkbAttachType::Ingress),
+];
 
 /// Loads and attaches every program: tracepoints, raw tracepoints, and the cgroup socket
 /// hooks at the cgroup v2 root.
@@ -150,6 +159,19 @@ fn attach_all(ebpf: &mut Ebpf) -> Result<(), SensorError> {
             .is_err()
         {
             prog.attach(&root_fd, CgroupAttachMode::Single)
+                .map_err(|source| SensorError::Program { name, source })?;
+        }
+    }
+    for (name, attach_type) in SKB_HOOKS {
+        let prog: &mut CgroupSkb = program(ebpf, name)?;
+        prog.load()
+            .map_err(|source| SensorError::Program { name, source })?;
+        // As for the socket hooks: multi-attach, or what the kernel accepts for links.
+        if prog
+            .attach(&root_fd, attach_type, CgroupAttachMode::AllowMultiple)
+            .is_err()
+        {
+            prog.attach(&root_fd, attach_type, CgroupAttachMode::Single)
                 .map_err(|source| SensorError::Program { name, source })?;
         }
     }
@@ -209,7 +231,7 @@ impl Sensor {
             drops,
             open_cgroups,
             _ebpf: ebpf,
-            decoder: Decoder::new(Clock::now()),
+            decoder: Decoder::with_dns(Clock::now(), opts.dns),
             received: KindCounts::default(),
             decode_errors: 0,
             last_read: None,
@@ -318,7 +340,12 @@ impl Sensor {
                     out.push(event);
                 }
                 Ok(None) => {
-                    if let Some(n) = received.get_mut(kind::EXEC_CHUNK as usize) {
+                    // A chunk or a DNS record: counted under its own kind.
+                    let k = item
+                        .get(..4)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map_or(kind::EXEC_CHUNK, u32::from_ne_bytes);
+                    if let Some(n) = received.get_mut(k as usize) {
                         *n += 1;
                     }
                 }
@@ -348,6 +375,7 @@ impl Sensor {
             .map(|(_, n)| *n)
             .chain(RAW_TRACEPOINTS)
             .chain(SOCK_HOOKS)
+            .chain(SKB_HOOKS.iter().map(|(n, _)| *n))
             .collect()
     }
 

@@ -61,6 +61,7 @@ fn ocsf_detection_finding_fields() {
         dst_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
         dst_port: 443,
         protocol: "tcp".into(),
+        dst_names: vec!["api.example.test".into()],
     });
     let v = ocsf::detection_finding(
         &a,
@@ -105,6 +106,7 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
             dst_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
             dst_port: 8443,
             protocol: Protocol::Tcp,
+            dst_names: vec!["api.example.test".into()],
         },
     };
     AttributedEvent {
@@ -491,6 +493,7 @@ fn one_record_of_each_ocsf_class(ctx: &EncodeContext) -> Vec<Value> {
         dst_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
         dst_port: 443,
         protocol: "tcp".into(),
+        dst_names: Vec::new(),
     });
     let mut records = vec![
         ocsf::detection_finding(&new, ctx),
