@@ -116,7 +116,10 @@ impl Daemon {
         let registry = Arc::new(load_registry(&config.agents_dir));
         let root = cgroup::v2_root().context("finding the cgroup v2 hierarchy")?;
         let mut pipeline = Pipeline::new(Arc::clone(&registry), root, fingerprint_key(config)?);
-        let sensor = Sensor::load(&SensorOptions::default())?;
+        let sensor = Sensor::load(&SensorOptions {
+            dns: config.dns.options(),
+            ..SensorOptions::default()
+        })?;
         let seeded = pipeline.seed();
         tracing::info!(
             processes = seeded,
