@@ -26,7 +26,11 @@ use agentid::{
     pipeline::Pipeline,
     sensor::Sensor,
 };
-use agentid_tests::{TestCgroup, sensor_or_skip};
+use agentid_tests::{
+    TestCgroup,
+    daemon::{Daemon, registration},
+    sensor_or_skip,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const ALLOWED: &str = "allowed.agentid.test";
@@ -421,4 +425,149 @@ socket.create_connection((target, port), 10).close()
         "{egress:#?}"
     );
     drop(listener);
+}
+
+/// The agent's work: curl to the allowed name, Python to the other name, both through its
+/// own resolver.
+fn agent_work(dns: &Dnsmasq, cg: &TestCgroup, pa: u16, po: u16) {
+    let url = format!("http://{ALLOWED}:{pa}/");
+    let out = dns
+        .agent(
+            cg,
+            "curl",
+            &["-sS", "-o", "/dev/null", "--max-time", "10", &url],
+        )
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    python_connect(dns, cg, OUTSIDE, po);
+}
+
+fn python_connect(dns: &Dnsmasq, cg: &TestCgroup, host: &str, port: u16) {
+    let out = dns
+        .agent(
+            cg,
+            PYTHON,
+            &[
+                "-c",
+                "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 10).close()",
+                host,
+                &port.to_string(),
+            ],
+        )
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn connects_named(v: &serde_json::Value, name: &str) -> usize {
+    v.as_array().map_or(0, |a| {
+        a.iter()
+            .filter(|e| e["kind"] == "connect" && e["dst_names"] == serde_json::json!([name]))
+            .count()
+    })
+}
+
+/// Learn, then enforce: `policy suggest` after a monitored run prints a policy that,
+/// pasted back as the registration, makes a replay of the same work raise no alert. The
+/// daemon's `connections` show the names.
+#[test]
+fn policy_suggest_pasted_back_makes_a_replay_alert_free() {
+    let cg = TestCgroup::new("dns-suggest");
+    let dns = Dnsmasq::start(
+        "suggest",
+        &[
+            (ALLOWED, lo(1)),
+            (OUTSIDE, lo(2)),
+            ("witness.agentid.test", lo(4)),
+        ],
+    );
+    let (pa, po, pw) = (http_server(lo(1)), http_server(lo(2)), http_server(lo(4)));
+    let dir = Daemon::dir("dns-suggest");
+    let id = "spiffe://test.example/agent/learner";
+    let base = registration("learner", &cg);
+    std::fs::write(dir.join("agents/a.toml"), &base).expect("reg");
+    let Some(d) = Daemon::start(&dir) else { return };
+
+    agent_work(&dns, &cg, pa, po);
+    let conns = d.cli_until(&["connections", "--agent", id], |v| {
+        connects_named(v, ALLOWED) >= 1 && connects_named(v, OUTSIDE) >= 1
+    });
+    assert!(connects_named(&conns, ALLOWED) >= 1, "{conns:#}");
+
+    let out = Command::new(agentid_tests::agentid_bin())
+        .arg("--socket")
+        .arg(dir.join("agentid.sock"))
+        .args(["policy", "suggest", "--agent", id, "--since", "1h"])
+        .output()
+        .expect("suggest");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let suggested = String::from_utf8(out.stdout).expect("utf-8");
+    for want in [
+        format!("\"{ALLOWED}:{pa}\""),
+        format!("\"{OUTSIDE}:{po}\""),
+        format!("\"{}:53\"", lo(53)),
+        format!("\"{PYTHON}\""),
+    ] {
+        assert!(
+            suggested.contains(&want),
+            "{want} missing from:\n{suggested}"
+        );
+    }
+
+    // Pasted back: the registration now carries the suggested policy.
+    std::fs::write(dir.join("agents/a.toml"), format!("{base}{suggested}")).expect("reg");
+    let reloads = |d: &Daemon| d.log_text().matches("registry reloaded").count();
+    let before = reloads(&d);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(i32::try_from(d.child.id()).expect("pid"), libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reloads(&d) <= before {
+        assert!(Instant::now() < deadline, "no reload:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = d.log_text();
+    assert!(
+        !log.contains("agent registry:"),
+        "the suggestion must load cleanly:\n{log}"
+    );
+
+    // The replay, then a witness outside the policy: once its alert is in, every alert
+    // of the replay would be too.
+    agent_work(&dns, &cg, pa, po);
+    python_connect(&dns, &cg, "witness.agentid.test", pw);
+    let alerts = d.cli_until(&["alerts", "--agent", id], |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter().any(|x| {
+                x["title"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("witness.agentid.test"))
+            })
+        })
+    });
+    let policy_alerts: Vec<&serde_json::Value> = alerts
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|a| a["rule"] == "egress-violation" || a["rule"] == "tool-violation")
+        .collect();
+    assert_eq!(
+        policy_alerts.len(),
+        1,
+        "only the witness: {policy_alerts:#?}"
+    );
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
 }
