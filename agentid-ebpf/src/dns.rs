@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    common::{count_drop, current_ids, wake_flags},
+    common::{count_drop, wake_flags},
     files::OPEN_CGROUPS,
 };
 
@@ -109,15 +109,11 @@ fn dns(ctx: &SkBuffContext, direction: u32) {
         (*header).kind = kind::DNS;
         (*header).reserved = 0;
         (*header).ktime_ns = now;
-        // On egress the sender is usually the current task; on ingress the current task
-        // is whoever runs the softirq, so no task is named.
-        let (tgid, tid) = if direction == dns_dir::EGRESS {
-            current_ids()
-        } else {
-            (0, 0)
-        };
-        (*header).tgid = tgid;
-        (*header).tid = tid;
+        // No task is named: on ingress the current task is whoever runs the softirq, and
+        // cgroup_skb programs may not ask for it at all before 6.3 (no
+        // bpf_get_current_pid_tgid there). The socket's cgroup is what names the agent.
+        (*header).tgid = 0;
+        (*header).tid = 0;
         (*header).uid = 0;
         (*header).gid = 0;
         (*header).cgroup_id = cgroup;

@@ -245,7 +245,7 @@ pub struct SocketRecord {
 /// by a socket of a watched cgroup (see [`OPEN_CGROUPS_MAP`]): the DNS the agents
 /// themselves do. Written by the `cgroup_skb` programs, which see the packet, not the
 /// task: only `kind`, `ktime_ns` and `cgroup_id` (the socket's cgroup) of the header are
-/// meaningful on ingress.
+/// filled, the rest is zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DnsRecord {
