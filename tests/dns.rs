@@ -373,8 +373,10 @@ def answer(txid):
             + struct.pack('>HHHIH', 0xc00c, 1, 1, 3600, 4) + socket.inet_aton(target))
 client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 client.bind(('127.0.0.1', 0))
+client.settimeout(10)
 server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 server.bind((fake, 53))
+server.settimeout(10)
 # 1. an answer nobody asked for, from port 53
 server.sendto(answer(0x1234), client.getsockname())
 client.recv(512)

@@ -808,6 +808,7 @@ import socket, struct, sys
 resolver, target, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 name = b''.join(bytes([len(l)]) + l.encode() for l in 'api.kernel-dns.test'.split('.')) + b'\0'
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
 s.connect((resolver, 53))
 s.send(struct.pack('>HHHHHH', 0x2a2a, 0x0100, 1, 0, 0, 0) + name + struct.pack('>HH', 1, 1))
 s.recv(512)
