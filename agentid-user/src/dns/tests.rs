@@ -329,3 +329,35 @@ fn garbage_and_cut_messages_are_counted_not_fatal() {
     assert_eq!(n.stats().unparsed, 2);
     assert!(n.names(AGENT, ip([10, 0, 0, 3]), 2 * SEC).is_empty());
 }
+
+#[test]
+fn tcp_answers_in_one_segment_are_read_past_their_length_prefix() {
+    let tcp = |msg: &[u8]| {
+        let mut framed = u16::try_from(msg.len()).unwrap().to_be_bytes().to_vec();
+        framed.extend_from_slice(msg);
+        framed
+    };
+    let mut n = Names::new(DnsOptions::default());
+    let mut q = record(
+        dns_dir::EGRESS,
+        AGENT,
+        SEC,
+        (CLIENT, 40000),
+        (RESOLVER, 53),
+        &tcp(&query(4, "tcp.test")),
+    );
+    q.protocol = 6;
+    n.record(&q);
+    let reply = answer(4, "tcp.test", &[], &[("tcp.test", [10, 0, 0, 4], 300)]);
+    let mut a = record(
+        dns_dir::INGRESS,
+        AGENT,
+        SEC,
+        (RESOLVER, 53),
+        (CLIENT, 40000),
+        &tcp(&reply),
+    );
+    a.protocol = 6;
+    n.record(&a);
+    assert_eq!(n.names(AGENT, ip([10, 0, 0, 4]), 2 * SEC), ["tcp.test"]);
+}
