@@ -255,8 +255,9 @@ fn every_route_answers_in_its_type() {
     // /v1/status.
     let (status, raw) = api.until::<Status>("/v1/status", |s| s.events["exec"] >= 3);
     same_json(&status, &raw, "/v1/status");
-    // 4 syscall tracepoints (openat, socket), 3 raw tracepoints, 4 cgroup socket hooks.
-    assert_eq!(status.probes.len(), 13, "{:?}", status.probes);
+    // 8 syscall tracepoints (open, openat, openat2, socket), 3 raw tracepoints, 4 cgroup
+    // socket hooks, 2 cgroup packet hooks (DNS).
+    assert_eq!(status.probes.len(), 17, "{:?}", status.probes);
     assert!(status.probes.iter().any(|p| p == "sys_exit_socket"));
     assert_eq!(status.registry.agents, 2);
     assert!(status.registry.errors.is_empty());

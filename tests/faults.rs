@@ -570,14 +570,19 @@ fn state_dir_turning_read_only_at_runtime_degrades_once_and_recovers_after_resta
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Killing the daemon leaves a mark: the next start raises one `telemetry-gap` naming the
-/// window and the process an agent started inside it; a clean stop and start raise none.
+/// Killing a daemon that runs without pinned probes (`pin = false`) leaves a mark: the
+/// next start raises one `telemetry-gap` naming the window and the process an agent started
+/// inside it; a clean stop and start raise none.
 #[test]
-fn sigkill_leaves_a_telemetry_gap_naming_the_window() {
+fn sigkill_without_pins_leaves_a_telemetry_gap_naming_the_window() {
     let dir = Daemon::dir("blind");
+    let mut config = std::fs::read_to_string(dir.join("agentid.toml")).expect("config");
+    config.push_str("pin = false\n");
+    std::fs::write(dir.join("agentid.toml"), config).expect("config");
     let a = TestCgroup::new("blind-a");
     std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
     let Some(d) = Daemon::start(&dir) else { return };
+    assert_eq!(d.pin_dir(), None, "pin = false pins nothing");
     let first_pid = d.child.id();
     // A clean stop leaves no mark.
     assert!(d.stop().success());
@@ -633,5 +638,60 @@ fn sigkill_leaves_a_telemetry_gap_naming_the_window() {
     let _ = unseen.kill();
     let _ = unseen.wait();
     assert!(d.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The agent that kills the daemon to act unseen: the pinned probes keep recording while
+/// no daemon runs, so its exec and connection made meanwhile reach the store, attributed
+/// to it, once the daemon is back — and no gap is claimed, since nothing was lost. A clean
+/// stop then unpins: nothing is left recording.
+#[test]
+fn sigkill_within_the_buffer_loses_nothing_and_a_clean_stop_unpins() {
+    let dir = Daemon::dir("pinned");
+    let a = TestCgroup::new("pinned-a");
+    std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
+    let Some(d) = Daemon::start(&dir) else { return };
+    let pins = d.pin_dir().expect("probes pinned by default").to_owned();
+    assert!(pins.is_dir(), "{}", pins.display());
+    let killed = d.child.id();
+    d.kill9();
+
+    // While nobody reads, the agent runs something and connects.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let status = a
+        .command(WORKLOAD)
+        .args(["connect", &addr, "1"])
+        .status()
+        .expect("connect while down");
+    assert!(status.success(), "{status}");
+    a.echo("while-the-daemon-was-down");
+
+    let Some(d) = Daemon::start(&dir) else { return };
+    assert_eq!(d.pin_dir(), Some(pins.as_path()), "the same set, resumed");
+    assert!(d.log_text().contains("(Resumed)"), "{}", d.log_text());
+    let port: u64 = listener.local_addr().expect("addr").port().into();
+    d.cli_until(&["events", "--agent", ALPHA, "--kind", "exec"], |v| {
+        v.as_array().is_some_and(|e| {
+            e.iter()
+                .any(|e| e["argv"][1].as_str() == Some("while-the-daemon-was-down"))
+        })
+    });
+    d.cli_until(&["connections", "--agent", ALPHA], |v| {
+        v.as_array()
+            .is_some_and(|c| c.iter().any(|c| c["dst_port"] == port))
+    });
+    let gaps = d.cli(&["alerts", "--rule", "telemetry-gap"]);
+    assert_eq!(
+        gaps.as_array().map(Vec::len),
+        Some(0),
+        "nothing was lost while pid {killed} was down: {gaps:#}"
+    );
+
+    let log = std::sync::Arc::clone(&d.log);
+    assert!(d.stop().success());
+    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    assert!(log.contains("probes unpinned"), "{log}");
+    assert!(!pins.exists(), "a clean stop leaves nothing pinned");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -866,3 +866,174 @@ socket.create_connection((target, port), 10).close()
     assert!(conn(&u).is_empty(), "an unwatched cgroup's DNS is not seen");
     drop(target);
 }
+
+/// Every open names the file the kernel actually opened, by device and inode as `stat`
+/// reports them, whatever the path went through: the file itself, a symlink, a hard link
+/// and `/proc/self/fd/N` all report the same inode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_report_the_inode_actually_opened() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(mut sensor) = sensor_or_skip("inode") else {
+        return;
+    };
+    let cg = TestCgroup::new("inode");
+    sensor.watch_opens(cg.id).expect("watch opens");
+    let dir = tempdir("inode");
+    let (file, link, hard) = (dir.0.join("file"), dir.0.join("link"), dir.0.join("hard"));
+    std::fs::write(&file, "x").expect("write");
+    std::os::unix::fs::symlink(&file, &link).expect("symlink");
+    std::fs::hard_link(&file, &hard).expect("hard link");
+    for path in [&file, &link, &hard] {
+        let status = cg
+            .command("/bin/cat")
+            .arg(path)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("cat");
+        assert!(status.success());
+    }
+    let status = cg
+        .command("/bin/sh")
+        .args(["-c", "exec 3<\"$1\" && /bin/cat /proc/self/fd/3", "sh"])
+        .arg(&link)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Exit) >= 4
+    })
+    .await;
+    let meta = std::fs::metadata(&file).expect("stat");
+    let expected = Some(agentid::event::FileId::of(&meta));
+    let opened = |p: &str| {
+        events
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Detail::Open { path, inode, .. } if path == p => Some(*inode),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // The symlink is opened twice: by `cat`, and by the shell for fd 3.
+    for (p, times) in [(&file, 1), (&link, 2), (&hard, 1)] {
+        let p = p.to_str().expect("utf8");
+        assert_eq!(opened(p), vec![expected; times], "{p}");
+    }
+    assert_eq!(opened("/proc/self/fd/3"), [expected]);
+    // Another file is another inode.
+    let libc = events.iter().find_map(|e| match &e.detail {
+        Detail::Open { path, inode, .. } if path.ends_with(".so.6") => Some(*inode),
+        _ => None,
+    });
+    assert!(
+        libc.flatten().is_some_and(|i| Some(i) != expected),
+        "{libc:?}"
+    );
+}
+
+/// The raw `open` and `openat2` system calls (no libc uses them for `fopen`, an agent
+/// hiding a read could) are reported like `openat`, with the inode opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_and_openat2_are_reported_too() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(mut sensor) = sensor_or_skip("opensys") else {
+        return;
+    };
+    let cg = TestCgroup::new("opensys");
+    sensor.watch_opens(cg.id).expect("watch opens");
+    let dir = tempdir("opensys");
+    let file = dir.0.join("file");
+    std::fs::write(&file, "x").expect("write");
+    let out = cg
+        .command(WORKLOAD)
+        .arg("open-syscalls")
+        .arg(&file)
+        .output()
+        .expect("spawn");
+    assert!(out.status.success(), "{out:?}");
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Exit) >= 1
+    })
+    .await;
+    let expected = Some(agentid::event::FileId::of(
+        &std::fs::metadata(&file).expect("stat"),
+    ));
+    let opens: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.detail {
+            Detail::Open { path, inode, .. } if path == file.to_str().expect("utf8") => {
+                Some(*inode)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        opens,
+        [expected, expected],
+        "one open each way: {events:#?}"
+    );
+}
+
+/// A scratch directory (or a pin dir) removed on drop, also when the test fails.
+struct TempDir(std::path::PathBuf);
+
+fn tempdir(name: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!("agentid-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    TempDir(dir)
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pinned programs outlive their reader: records made while no process holds the
+/// sensor wait in the pinned ring buffer, and the next load resumes the set and reads
+/// them. Dropping the resumed sensor (anything but a kill) unpins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_probes_record_without_a_reader_and_are_resumed() {
+    use agentid::sensor::{Origin, Sensor, SensorOptions};
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
+    if sensor_or_skip("pinned").is_none() {
+        return;
+    }
+    let base = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/agentid-test-kernel-{}",
+        std::process::id()
+    ));
+    let _guard = TempDir(base.clone());
+    let opts = SensorOptions {
+        pin_dir: Some(base.clone()),
+        ..SensorOptions::default()
+    };
+    let sensor = Sensor::load(&opts).expect("pinned load");
+    assert_eq!(sensor.origin(), Origin::Pinned);
+    sensor.leave_pinned();
+    assert!(base.is_dir(), "the set stays without a reader");
+
+    let cg = TestCgroup::new("pinned");
+    cg.echo("recorded-without-a-reader");
+    let mut sensor = Sensor::load(&opts).expect("resumed load");
+    assert_eq!(sensor.origin(), Origin::Resumed);
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        exec_of(ev, "/bin/echo").is_some()
+    })
+    .await;
+    let exec = exec_of(&events, "/bin/echo").expect("the exec made while nobody read");
+    let Detail::Exec { argv, .. } = &exec.detail else {
+        panic!("not an exec: {exec:?}");
+    };
+    assert_eq!(
+        argv.get(1).map(String::as_str),
+        Some("recorded-without-a-reader")
+    );
+    drop(sensor);
+    let left: Vec<_> = std::fs::read_dir(&base)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "dropping the sensor unpins: {left:?}");
+}

@@ -5,7 +5,11 @@
     reason = "this package's targets share one dependency list and each test file uses a few of it"
 )]
 use agentid::detect::Detector;
-use agentid_tests::{TestCgroup, sensor_or_skip};
+use agentid_tests::{
+    TestCgroup,
+    daemon::{Daemon, registration},
+    sensor_or_skip,
+};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_agentid-workload");
 
@@ -50,3 +54,40 @@ async fn a_ring_buffer_overflow_raises_telemetry_gap() {
 }
 
 // ---- the daemon under faults ---------------------------------------------------------------
+
+/// The agent that kills the daemon and floods the kernel before it is back: more exec
+/// records than the pinned ring buffer holds. The next start resumes the set, finds its
+/// drop counters grown, and raises one `telemetry-gap` naming the window and the loss.
+#[test]
+fn an_overflow_while_the_daemon_is_down_is_a_gap_counting_the_loss() {
+    let dir = Daemon::dir("downflood");
+    let a = TestCgroup::new("downflood-a");
+    std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
+    let Some(d) = Daemon::start(&dir) else { return };
+    let killed = d.child.id();
+    assert!(d.pin_dir().is_some(), "probes pinned by default");
+    d.kill9();
+    let mut cmd = a.command(WORKLOAD);
+    cmd.env_clear().args(["exec", "6000", "/bin/true"]);
+    assert!(cmd.status().expect("spawn").success());
+
+    let Some(d) = Daemon::start(&dir) else { return };
+    let gaps = d.cli_until(&["alerts", "--rule", "telemetry-gap"], |v| {
+        v.as_array().is_some_and(|a| !a.is_empty())
+    });
+    let gaps = gaps.as_array().expect("alerts");
+    assert_eq!(gaps.len(), 1, "{gaps:#?}");
+    let desc = gaps[0]["description"].as_str().expect("description");
+    assert!(
+        desc.contains(&format!("(pid {killed}) stopped without a clean shutdown")),
+        "{desc}"
+    );
+    assert!(
+        desc.contains("kernel events were lost (ring buffer full) from "),
+        "{desc}"
+    );
+    let pins = d.pin_dir().map(std::path::Path::to_owned);
+    assert!(d.stop().success());
+    assert!(pins.is_none_or(|p| !p.exists()), "a clean stop unpins");
+    let _ = std::fs::remove_dir_all(&dir);
+}

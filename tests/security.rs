@@ -432,6 +432,8 @@ fn the_sandboxed_daemon_still_traces() {
     let Some(d) = Daemon::adopt(child, &dir) else {
         return;
     };
+    // bpffs stays writable under the unit's restrictions: the probes are pinned.
+    assert!(d.pin_dir().is_some(), "not pinned: {}", d.log_text());
     // The daemon really runs restricted.
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).expect("status");
     let field = |k: &str| {

@@ -316,6 +316,24 @@ fn stops_cleanly() {
     assert_eq!(unit_property("agentid.service", "ExecMainStatus"), "0");
     let log = journal();
     assert!(log.contains("API listening"), "{log}");
+    // Pinned under the sandbox (bpffs under /sys stays writable), unpinned by the stop.
+    assert!(
+        log.contains("probes pinned at"),
+        "{log}\nbpf mounts: {:?}",
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("bpf"))
+            .collect::<Vec<_>>()
+    );
+    assert!(log.contains("probes unpinned"), "{log}");
+    let left: Vec<_> = std::fs::read_dir("/sys/fs/bpf/agentid")
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "a clean stop leaves nothing pinned: {left:?}"
+    );
     // Nothing the sandbox refused: no error, no EPERM from the system-call filter.
     for bad in ["ERROR", "Operation not permitted", "panicked"] {
         assert!(!log.contains(bad), "{bad} in the daemon's journal:\n{log}");

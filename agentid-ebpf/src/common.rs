@@ -10,7 +10,7 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 
 /// Written by userspace before load (`EbpfLoader::set_global`).
@@ -23,6 +23,27 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 /// Boot-clock ns of the last ring-buffer wakeup each CPU asked for.
 #[map(name = "LAST_WAKE")]
 static LAST_WAKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The daemon's tgid (see `agentid_ebpf::SELF_MAP`); 0: no daemon, nothing skipped.
+#[map(name = "SELF")]
+static SELF: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether `tgid` is the daemon itself, whose own activity is not reported.
+#[inline(always)]
+pub fn is_self(tgid: u32) -> bool {
+    SELF.get(0).is_some_and(|me| *me == tgid && tgid != 0)
+}
+
+/// The daemon process exited (killed or stopped): nothing is skipped any more, so a
+/// process that later gets the same pid is seen.
+#[inline(always)]
+pub fn forget_self() {
+    if let Some(me) = SELF.get_ptr_mut(0) {
+        // SAFETY: a valid map slot; a racing writer is a new daemon writing its own tgid,
+        // which only happens once this one is gone.
+        unsafe { *me = 0 };
+    }
+}
 
 #[map(name = "DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);

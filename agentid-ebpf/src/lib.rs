@@ -39,6 +39,11 @@ pub const DROPS_MAP: &str = "DROPS";
 /// Name of the hash map of cgroup ids whose file opens are reported (userspace fills it
 /// with the cgroups of registered agents: credential files are read there).
 pub const OPEN_CGROUPS_MAP: &str = "OPEN_CGROUPS";
+/// Name of the one-entry array holding the tgid of the daemon reading the ring buffer: its
+/// own activity is dropped in the kernel. The daemon writes it at every start (the pinned
+/// programs outlive the daemon that loaded them); the exit program clears it when that
+/// process exits, so a pid reused while no daemon runs is never skipped.
+pub const SELF_MAP: &str = "SELF";
 /// Bytes of an opened path kept (NUL included).
 pub const PATH_LEN: usize = 256;
 
@@ -270,18 +275,23 @@ pub struct DnsRecord {
     pub payload: [u8; DNS_LEN],
 }
 
-/// A successful `openat` by a task in a watched cgroup (see [`OPEN_CGROUPS_MAP`]).
+/// A successful `open`, `openat` or `openat2` by a task in a watched cgroup (see [`OPEN_CGROUPS_MAP`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OpenRecord {
     pub header: Header,
-    /// `openat` flags (`O_RDONLY`, `O_WRONLY`, ...).
+    /// Open flags (`O_RDONLY`, `O_WRONLY`, ...).
     pub flags: u32,
     /// Valid bytes in `path`, without the NUL.
     pub path_len: u32,
     /// The directory fd the path is relative to (`AT_FDCWD` = -100), as passed.
     pub dfd: i32,
-    pub reserved: u32,
+    /// Device of the file actually opened (`inode->i_sb->s_dev`, the kernel's
+    /// `major << 20 | minor` form), 0 when it could not be read; with `ino` it names the
+    /// file whatever path (symlink, hard link, bind mount, `/proc/PID/fd/N`) reached it.
+    pub dev: u32,
+    /// Inode number of the file actually opened (`inode->i_ino`), 0 when unreadable.
+    pub ino: u64,
     pub path: [u8; PATH_LEN],
 }
 
@@ -292,8 +302,9 @@ pub struct OpenRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// The agentid process itself: its own activity is dropped in the kernel.
-    pub self_tgid: u32,
+    /// Was the daemon's own tgid; now in the [`SELF_MAP`] map, which the daemon rewrites on
+    /// every start (pinned programs outlive the daemon that loaded them).
+    pub reserved0: u32,
     /// 1 when `sched_process_exit` passes `group_dead` (6.x kernels); else the exit of
     /// the thread-group leader stands for the process exit.
     pub exit_has_group_dead: u32,
@@ -316,11 +327,22 @@ pub struct Config {
     pub binprm_argc_off: u32,
     pub binprm_envc_off: u32,
     pub reserved2: u32,
+    /// The file an open returned, by fd: `task_struct::files` → `files_struct::fdt`
+    /// → `fdtable::{fd, max_fds}` → `file::f_inode` → `inode::{i_ino, i_sb}` →
+    /// `super_block::s_dev`. 0 in `file_inode_off` disables the lookup.
+    pub task_files_off: u32,
+    pub files_fdt_off: u32,
+    pub fdtable_fd_off: u32,
+    pub fdtable_max_fds_off: u32,
+    pub file_inode_off: u32,
+    pub inode_ino_off: u32,
+    pub inode_sb_off: u32,
+    pub sb_dev_off: u32,
 }
 
 impl Config {
     pub const ZERO: Self = Self {
-        self_tgid: 0,
+        reserved0: 0,
         exit_has_group_dead: 0,
         task_pid_off: 0,
         task_tgid_off: 0,
@@ -338,6 +360,14 @@ impl Config {
         binprm_argc_off: 0,
         binprm_envc_off: 0,
         reserved2: 0,
+        task_files_off: 0,
+        files_fdt_off: 0,
+        fdtable_fd_off: 0,
+        fdtable_max_fds_off: 0,
+        file_inode_off: 0,
+        inode_ino_off: 0,
+        inode_sb_off: 0,
+        sb_dev_off: 0,
     };
 }
 
@@ -417,9 +447,10 @@ const _: () = {
     assert!(offset_of!(OpenRecord, flags) == H);
     assert!(offset_of!(OpenRecord, path_len) == H + 4);
     assert!(offset_of!(OpenRecord, dfd) == H + 8);
-    assert!(offset_of!(OpenRecord, reserved) == H + 12);
-    assert!(offset_of!(OpenRecord, path) == H + 16);
-    assert!(size_of::<OpenRecord>() == H + 16 + PATH_LEN);
+    assert!(offset_of!(OpenRecord, dev) == H + 12);
+    assert!(offset_of!(OpenRecord, ino) == H + 16);
+    assert!(offset_of!(OpenRecord, path) == H + 24);
+    assert!(size_of::<OpenRecord>() == H + 24 + PATH_LEN);
 
     assert!(offset_of!(DnsRecord, header) == 0);
     assert!(offset_of!(DnsRecord, direction) == H);
@@ -436,7 +467,7 @@ const _: () = {
     assert!(size_of::<DnsRecord>() == H + 56 + DNS_LEN);
     assert!(size_of::<DnsRecord>().is_multiple_of(8) && DNS_LEN.is_power_of_two());
 
-    assert!(offset_of!(Config, self_tgid) == 0);
+    assert!(offset_of!(Config, reserved0) == 0);
     assert!(offset_of!(Config, exit_has_group_dead) == 4);
     assert!(offset_of!(Config, task_pid_off) == 8);
     assert!(offset_of!(Config, task_tgid_off) == 12);
@@ -454,7 +485,15 @@ const _: () = {
     assert!(offset_of!(Config, binprm_argc_off) == 60);
     assert!(offset_of!(Config, binprm_envc_off) == 64);
     assert!(offset_of!(Config, reserved2) == 68);
-    assert!(size_of::<Config>() == 18 * 4);
+    assert!(offset_of!(Config, task_files_off) == 72);
+    assert!(offset_of!(Config, files_fdt_off) == 76);
+    assert!(offset_of!(Config, fdtable_fd_off) == 80);
+    assert!(offset_of!(Config, fdtable_max_fds_off) == 84);
+    assert!(offset_of!(Config, file_inode_off) == 88);
+    assert!(offset_of!(Config, inode_ino_off) == 92);
+    assert!(offset_of!(Config, inode_sb_off) == 96);
+    assert!(offset_of!(Config, sb_dev_off) == 100);
+    assert!(size_of::<Config>() == 26 * 4);
 
     // Ring-buffer records are 8-byte aligned; sizes that are multiples of 8 keep every
     // record's fields aligned in place.

@@ -4,7 +4,7 @@
 use agentid_ebpf::{SockRecord, kind};
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use crate::common::{config, current_ids, emit};
+use crate::common::{current_ids, emit, is_self};
 
 /// Return value that lets the socket call proceed.
 const ALLOW: i32 = 1;
@@ -38,7 +38,7 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn sock(ctx: &SockAddrContext, kind: u32, family: u16) {
     let (tgid, tid) = current_ids();
-    if tgid == config().self_tgid {
+    if is_self(tgid) {
         return;
     }
     let sa = ctx.sock_addr;

@@ -23,7 +23,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 
-use crate::common::{EVENTS, config, count_drop, current_ids, emit};
+use crate::common::{EVENTS, config, count_drop, current_ids, emit, forget_self, is_self};
 
 /// One of the new image's string areas in its memory.
 #[derive(Clone, Copy)]
@@ -160,7 +160,7 @@ fn note_chunk_flag(flag: u32) {
 pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let cfg = config();
     let (tgid, tid) = current_ids();
-    if tgid == cfg.self_tgid {
+    if is_self(tgid) {
         return 0;
     }
     let bprm: u64 = ctx.arg(2);
@@ -299,7 +299,7 @@ unsafe fn parent_tgid(real_parent_off: u32, tgid_off: u32) -> u32 {
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let cfg = config();
     let (tgid, tid) = current_ids();
-    if tgid == cfg.self_tgid {
+    if is_self(tgid) {
         return 0;
     }
     let child: u64 = ctx.arg(1);
@@ -332,15 +332,18 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let cfg = config();
     let (tgid, tid) = current_ids();
-    if tgid == cfg.self_tgid {
-        return 0;
-    }
     let whole_process = if cfg.exit_has_group_dead != 0 {
         let group_dead: u64 = ctx.arg(1);
         group_dead & 0xff != 0
     } else {
         tgid == tid
     };
+    if is_self(tgid) {
+        if whole_process {
+            forget_self();
+        }
+        return 0;
+    }
     if !whole_process {
         return 0;
     }

@@ -4,7 +4,7 @@
 use agentid_ebpf::{SocketRecord, kind};
 use aya_ebpf::{macros::map, macros::tracepoint, maps::LruHashMap, programs::TracePointContext};
 
-use crate::common::{config, current_ids, emit};
+use crate::common::{current_ids, emit, is_self};
 
 const AF_INET: u64 = 2;
 const AF_INET6: u64 = 10;
@@ -28,7 +28,7 @@ static PENDING_SOCKET: LruHashMap<u32, PendingSocket> = LruHashMap::with_max_ent
 #[tracepoint(category = "syscalls", name = "sys_enter_socket")]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
-    if tgid == config().self_tgid {
+    if is_self(tgid) {
         return 0;
     }
     // socket(family, type, protocol): fixed syscall-tracepoint offsets.

@@ -85,6 +85,12 @@ pub struct Config {
     pub audit_fsync: AuditFsync,
     /// SIEM sinks (`[[sinks]]`), each with its own spool under `STATE/spool/NAME`.
     pub sinks: Vec<crate::outputs::SinkConfig>,
+    /// Pin the kernel programs and the ring buffer in bpffs, so that a killed daemon
+    /// leaves them recording and the next start reads what waited. A clean stop unpins.
+    pub pin: bool,
+    /// Where this daemon's pins live. Default: `/sys/fs/bpf/agentid/state-HASH`, HASH of
+    /// `state_dir` (daemons with different state dirs never share a set).
+    pub pin_dir: Option<PathBuf>,
     /// Names learned from the agents' own DNS (`[dns]`).
     pub dns: Dns,
 }
@@ -136,6 +142,8 @@ impl Default for Config {
             sinks: Vec::new(),
             audit_fsync: AuditFsync::Interval,
             dns: Dns::default(),
+            pin: true,
+            pin_dir: None,
         }
     }
 }
@@ -173,7 +181,24 @@ impl Config {
         Ok(config)
     }
 
+    /// Where the sensor pins its programs; `None` with `pin = false`.
+    pub fn pin_path(&self) -> Option<PathBuf> {
+        self.pin.then(|| {
+            self.pin_dir
+                .clone()
+                .unwrap_or_else(|| crate::sensor::pins::default_pin_dir(&self.state_dir))
+        })
+    }
+
     fn validate(&self) -> Result<(), String> {
+        if let Some(dir) = &self.pin_dir
+            && !dir.is_absolute()
+        {
+            return Err(format!(
+                "pin_dir: {} must be an absolute path",
+                dir.display()
+            ));
+        }
         for (name, p) in [
             ("state_dir", &self.state_dir),
             ("socket", &self.socket),

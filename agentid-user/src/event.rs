@@ -242,6 +242,40 @@ impl std::fmt::Display for SocketFamily {
     }
 }
 
+/// A file by what it is, not by a name: device (userspace `st_dev` form, as `stat`
+/// reports it) and inode number. Every path that reaches the same file — a symlink, a hard
+/// link, a bind mount, `/proc/PID/fd/N` — gives the same `FileId`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// From the kernel's `s_dev` (`major << 20 | minor`) and `i_ino`; `None` when the
+    /// kernel could not read them (both 0).
+    pub fn from_kernel(s_dev: u32, ino: u64) -> Option<Self> {
+        if ino == 0 {
+            return None;
+        }
+        let (major, minor) = (s_dev >> 20, s_dev & 0xf_ffff);
+        Some(Self {
+            dev: libc::makedev(major, minor),
+            ino,
+        })
+    }
+
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
 /// Kind-specific fields, flattened into the event's JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -273,9 +307,16 @@ pub enum Detail {
         /// Terminating signal when it was killed.
         signal: Option<u32>,
     },
-    /// A file opened (kind open): the path as passed to `openat` (relative paths are
-    /// relative to the process's working directory or `dfd`).
-    Open { path: String, open_flags: u32 },
+    /// A file opened (kind open): the path as passed to `open`/`openat`/`openat2` (relative paths are
+    /// relative to the process's working directory or `dfd`), and the file the kernel
+    /// actually opened, whatever the path went through.
+    Open {
+        path: String,
+        open_flags: u32,
+        /// `None` when the kernel could not say (then only the path is known).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        inode: Option<FileId>,
+    },
     /// A `connect` (kind connect) or an unconnected `sendto`/`sendmsg` (kind send).
     Sock {
         dst_ip: IpAddr,

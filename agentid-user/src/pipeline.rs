@@ -47,7 +47,14 @@ impl Pipeline {
             redactor.redact(argv);
         });
         self.attributor.seed(&self.table, &self.registry);
+        self.redactor.watch_mut().scan(&self.registry);
         n
+    }
+
+    /// Keeps the credential-file inodes current when no open asks (a daemon timer): a
+    /// rescan only when inotify or the registry said something changed.
+    pub fn refresh_files(&mut self) {
+        self.redactor.watch_mut().refresh(&self.registry);
     }
 
     /// The first stage, for fingerprinting a value under the pipeline's key (an operator's
@@ -63,6 +70,7 @@ impl Pipeline {
     /// Swaps in a new registry and decides every live process's identity again under it.
     pub fn set_registry(&mut self, registry: Arc<Registry>) {
         self.registry = registry;
+        self.redactor.watch_mut().invalidate();
         self.attributor = Attributor::new();
         self.attributor.seed(&self.table, &self.registry);
     }

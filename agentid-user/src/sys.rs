@@ -126,6 +126,18 @@ pub fn mount(source: &CStr, target: &CStr, fstype: &CStr) -> io::Result<()> {
     }
 }
 
+/// The magic number of the filesystem holding `path` (`statfs(2)` `f_type`).
+pub fn fs_magic(path: &CStr) -> io::Result<i64> {
+    // SAFETY: all-zero is a valid `statfs`; the kernel fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated; `st` is valid for writes for the call.
+    if unsafe { libc::statfs(path.as_ptr(), &raw mut st) } == 0 {
+        Ok(st.f_type)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Fills `buf` with bytes from the kernel's CSPRNG: `getrandom(2)`, or `/dev/urandom` where
 /// that system call is unavailable (an old kernel, or a seccomp filter that denies it).
 pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
@@ -171,6 +183,64 @@ pub fn malloc_trim() {
     // SAFETY: malloc_trim only releases free memory of the allocator; no pointer is passed.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// An inotify instance (non-blocking, close-on-exec) watching directories for entries
+/// created, removed, renamed or re-owned: how the credential-file watch learns that a file
+/// it knows by inode was replaced, before anyone opens the new one.
+#[derive(Debug)]
+pub struct Inotify(std::os::fd::OwnedFd);
+
+impl Inotify {
+    pub fn new() -> io::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: no pointers; the returned fd is checked before it is owned.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        Ok(Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches the directory `dir` (a symlink is not followed).
+    pub fn watch_dir(&self, dir: &Path) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mask = libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_MOVED_FROM
+            | libc::IN_MOVED_TO
+            | libc::IN_ATTRIB
+            | libc::IN_DELETE_SELF
+            | libc::IN_MOVE_SELF
+            | libc::IN_ONLYDIR
+            | libc::IN_DONT_FOLLOW;
+        // SAFETY: the fd is ours and `path` is NUL-terminated for the call.
+        let wd = unsafe { libc::inotify_add_watch(self.0.as_raw_fd(), path.as_ptr(), mask) };
+        if wd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads and discards every queued event; whether there was any (a queue overflow
+    /// counts as one).
+    pub fn drain(&self) -> bool {
+        let mut buf = [0u8; 4096];
+        let mut any = false;
+        loop {
+            // SAFETY: `buf` is valid for writes of its length for the call.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                any = true;
+            } else {
+                return any;
+            }
+        }
     }
 }
 

@@ -17,6 +17,70 @@ pub struct Daemon {
     pub dir: PathBuf,
     /// Everything the daemon logged.
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Its pinned probes, removed when the test ends however it ends.
+    pins: PinGuard,
+}
+
+/// A daemon's pin set (`PIN_DIR/abi-HASH`, as its log names it): removed on drop — also
+/// when a test fails — unless the test killed the daemon to restart it on the same set.
+/// Every set a test process saw is checked once more at exit: one still there is a leak,
+/// and fails the test binary.
+#[derive(Debug, Default)]
+pub struct PinGuard {
+    dir: Option<PathBuf>,
+    keep: bool,
+}
+
+static SEEN_PINS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn check_pins_at_exit() {
+    let seen = SEEN_PINS.lock().map(|s| s.clone()).unwrap_or_default();
+    let leaked: Vec<_> = seen.iter().filter(|d| d.exists()).collect();
+    if leaked.is_empty() {
+        return;
+    }
+    for d in &leaked {
+        let _ = std::fs::remove_dir_all(d);
+        let _ = d.parent().map(std::fs::remove_dir);
+    }
+    eprintln!("LEAK: daemons' pinned probes were left behind: {leaked:?}");
+    // SAFETY: ends the process at once, as exit would, with a failing status.
+    unsafe { libc::_exit(1) };
+}
+
+impl PinGuard {
+    /// Takes the set named in a daemon's start-up log (none when pinning is off).
+    fn from_log(log: &str) -> Self {
+        let dir = log.lines().find_map(|l| {
+            let rest = &l[l.find("probes pinned at ")? + "probes pinned at ".len()..];
+            Some(PathBuf::from(rest.split(" (").next()?.trim()))
+        });
+        if let Some(d) = &dir {
+            static AT_EXIT: std::sync::Once = std::sync::Once::new();
+            // SAFETY: registers a plain function.
+            AT_EXIT.call_once(|| unsafe {
+                libc::atexit(check_pins_at_exit);
+            });
+            if let Ok(mut seen) = SEEN_PINS.lock() {
+                seen.push(d.clone());
+            }
+        }
+        Self { dir, keep: false }
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.dir.as_ref().filter(|_| !self.keep) {
+            let _ = std::fs::remove_dir_all(d);
+            // The per-state-dir directory holding it, once empty.
+            let _ = d.parent().map(std::fs::remove_dir);
+        }
+    }
 }
 
 pub fn registration(name: &str, cg: &TestCgroup) -> String {
@@ -88,10 +152,12 @@ impl Daemon {
                 }
             }
         });
+        let pins = PinGuard::from_log(&shared.lock().map(|l| l.clone()).unwrap_or_default());
         Some(Self {
             child,
             dir: dir.to_owned(),
             log: shared,
+            pins,
         })
     }
 
@@ -161,10 +227,18 @@ impl Daemon {
             .expect("cli")
     }
 
-    /// SIGKILL: no flush, no final checkpoint, the socket left behind.
+    /// SIGKILL: no flush, no final checkpoint, the socket left behind — and the pinned
+    /// probes left recording, for the next start on this directory to resume (its own
+    /// guard removes them).
     pub fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.pins.keep = true;
+    }
+
+    /// Where the daemon pinned its probes (`None`: pinning off or impossible).
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.dir()
     }
 
     /// Whether the daemon process is still running.

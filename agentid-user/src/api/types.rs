@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     attribution::AgentRef,
-    event::{EventKind, Protocol},
+    event::{EventKind, FileId, Protocol},
     outputs::SinkStats,
     process::{ExecId, Process},
 };
@@ -232,6 +232,9 @@ pub struct EventRecord {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_flags: Option<u32>,
+    /// The file actually opened (device, inode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<FileId>,
     // connect, send
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst_ip: Option<IpAddr>,
@@ -424,8 +427,34 @@ mod tests {
             (e.kind, e.filename.as_deref()),
             (EventKind::Exec, Some("/bin/sh"))
         );
-        let mut renamed = exec;
+        let mut renamed = exec.clone();
         renamed["file_name"] = renamed["filename"].take();
         assert!(serde_json::from_value::<EventRecord>(renamed).is_err());
+        // An open carries the file actually opened, as the event serialises it.
+        let detail = crate::event::Detail::Open {
+            path: "/tmp/link".into(),
+            open_flags: 0,
+            inode: Some(FileId { dev: 2049, ino: 7 }),
+        };
+        let mut open = exec;
+        for k in [
+            "filename",
+            "argv",
+            "argv_truncated",
+            "argv_missing",
+            "loginuid",
+        ] {
+            open.as_object_mut().unwrap().remove(k);
+        }
+        open["kind"] = "open".into();
+        open.as_object_mut().unwrap().extend(
+            serde_json::to_value(&detail)
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let e: EventRecord = serde_json::from_value(open).unwrap();
+        assert_eq!(e.inode, Some(FileId { dev: 2049, ino: 7 }));
     }
 }

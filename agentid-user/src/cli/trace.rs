@@ -183,7 +183,20 @@ pub fn write_row(out: &mut impl Write, a: &AttributedEvent) -> io::Result<()> {
             format!("{} [{}]{more}", printable(filename), args.join(" "))
         }
         Detail::Fork {} => format!("child {}", e.pid),
-        Detail::Open { path, open_flags } => format!("{} (flags {open_flags:#o})", printable(path)),
+        Detail::Open {
+            path,
+            open_flags,
+            inode,
+        } => match inode {
+            Some(i) => format!(
+                "{} (flags {open_flags:#o}, dev {}:{} ino {})",
+                printable(path),
+                libc::major(i.dev),
+                libc::minor(i.dev),
+                i.ino
+            ),
+            None => format!("{} (flags {open_flags:#o})", printable(path)),
+        },
         Detail::Socket {
             family,
             sock_type,

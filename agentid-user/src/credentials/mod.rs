@@ -16,6 +16,7 @@ mod fingerprint;
 mod key;
 mod redactor;
 mod revocations;
+mod watch;
 
 use std::{fmt, path::PathBuf};
 
@@ -28,6 +29,7 @@ pub use fingerprint::{Fingerprint, FingerprintPrefix, ParseFingerprintError};
 pub use key::FingerprintKey;
 pub use redactor::{Findings, OpenedFile, Redactor};
 pub use revocations::{RevocationError, Revocations};
+pub use watch::{FileWatch, Watched};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredError {

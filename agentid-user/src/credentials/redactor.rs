@@ -16,9 +16,10 @@ use std::{
 use super::{
     FingerprintKey, Observation, Scanner, Source, is_well_known_credential_path,
     read_credential_file,
+    watch::{FileWatch, Watched},
 };
 use crate::{
-    event::{Detail, Event},
+    event::{Detail, Event, FileId},
     identity::Registry,
 };
 
@@ -28,8 +29,11 @@ const FILE_CACHE_MAX: usize = 4096;
 /// A credential file an event opened: where it really is and who owns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenedFile {
-    /// Absolute (a relative path is resolved against the process's working directory).
+    /// Where the file is (the path it is known by), absolute.
     pub path: PathBuf,
+    /// The path the program passed, made absolute, when it differs from `path`: a
+    /// symlink, a hard link, a bind mount or `/proc/PID/fd/N` reached the same inode.
+    pub via: Option<PathBuf>,
     /// The file's owner uid: an agent reading another user's file is a finding.
     pub owner: u32,
 }
@@ -50,6 +54,8 @@ pub struct Redactor {
     /// Findings by (path, inode, mtime, size): a file opened again and unchanged is not
     /// read again.
     file_cache: HashMap<(PathBuf, u64, i64, u64), Vec<Observation>>,
+    /// Which inodes are credential files.
+    watch: FileWatch,
 }
 
 impl Redactor {
@@ -57,7 +63,13 @@ impl Redactor {
         Self {
             scanner: Scanner::new(key),
             file_cache: HashMap::new(),
+            watch: FileWatch::default(),
         }
+    }
+
+    /// The inode watch: rescanned when the registry changes, refreshed on a timer.
+    pub fn watch_mut(&mut self) -> &mut FileWatch {
+        &mut self.watch
     }
 
     /// Scans `event` and removes its secrets in place. `registry` says which files agents
@@ -73,7 +85,9 @@ impl Redactor {
                     file: None,
                 }
             }
-            Detail::Open { path, .. } => self.credential_file(path, event.pid, registry),
+            Detail::Open { path, inode, .. } => {
+                self.credential_file(path, *inode, event.pid, registry)
+            }
             _ => Findings::default(),
         }
     }
@@ -90,23 +104,42 @@ impl Redactor {
     /// A file open: when the file is a credential file (well known, or declared by an
     /// agent's `credentials.files`), its content is read (no symlinks, size-capped),
     /// fingerprinted and dropped. Two paths holding the same token are one credential.
-    fn credential_file(&mut self, path: &str, pid: u32, registry: &Registry) -> Findings {
-        let Some(path) = absolute(path, pid) else {
-            return Findings::default();
+    ///
+    /// The file is recognised first by the inode the kernel says was opened (whatever
+    /// path reached it), then by the path passed (a `.env` anywhere, or an old kernel
+    /// without the inode); a file recognised by its path is remembered by inode.
+    fn credential_file(
+        &mut self,
+        passed: &str,
+        inode: Option<FileId>,
+        pid: u32,
+        registry: &Registry,
+    ) -> Findings {
+        let via = absolute(passed, pid);
+        let known = inode.and_then(|id| self.watch.recognise(id, registry));
+        let by_name = known.is_none();
+        let path = match known {
+            Some(w) => w.path,
+            None => match &via {
+                Some(p) if is_credential_path(p, registry) => p.clone(),
+                _ => return Findings::default(),
+            },
         };
-        let text = path.to_string_lossy();
-        let declared = registry
-            .agents()
-            .iter()
-            .any(|a| a.credentials.owns_file(&text));
-        if !declared && !is_well_known_credential_path(&text, &[]) {
-            return Findings::default();
-        }
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             return Findings::default();
         };
-        if !meta.file_type().is_file() {
+        // Replaced since it was opened (or the name now leads elsewhere): not what was read.
+        if !meta.file_type().is_file() || inode.is_some_and(|id| id != FileId::of(&meta)) {
             return Findings::default();
+        }
+        if let Some(id) = inode.filter(|_| by_name) {
+            self.watch.learn(
+                id,
+                Watched {
+                    path: path.clone(),
+                    owner: meta.uid(),
+                },
+            );
         }
         let key = (path.clone(), meta.ino(), meta.mtime(), meta.len());
         let observations = if let Some(cached) = self.file_cache.get(&key) {
@@ -124,6 +157,7 @@ impl Redactor {
             found
         };
         let file = (!observations.is_empty()).then(|| OpenedFile {
+            via: via.filter(|v| *v != path),
             path,
             owner: meta.uid(),
         });
@@ -148,6 +182,16 @@ fn redact_args(argv: &mut [String], found: &[Observation]) {
         };
         *arg = format!("{}[REDACTED {}]", &arg[..keep], o.fingerprint);
     }
+}
+
+/// Whether `path` names a credential file: declared by an agent, or well known.
+fn is_credential_path(path: &Path, registry: &Registry) -> bool {
+    let text = path.to_string_lossy();
+    registry
+        .agents()
+        .iter()
+        .any(|a| a.credentials.owns_file(&text))
+        || is_well_known_credential_path(&text, &[])
 }
 
 /// An opened path made absolute: relative paths are resolved against the process's
@@ -264,6 +308,7 @@ mod tests {
             event(Detail::Open {
                 path: p.to_string_lossy().into_owned(),
                 open_flags: 0,
+                inode: std::fs::metadata(p).ok().map(|m| FileId::of(&m)),
             })
         };
         let first = r.scan(&mut open(&file), &registry);
@@ -278,12 +323,25 @@ mod tests {
         let other = std::env::temp_dir().join(format!("agentid-other-{}", std::process::id()));
         std::fs::write(&other, KEY).unwrap();
         assert_eq!(r.scan(&mut open(&other), &registry), Findings::default());
-        // A declared path that is a symlink is refused (the reader never follows links).
+        // A declared path that is a symlink to another file is not that file: nothing.
         let link = dir.join("link");
         std::os::unix::fs::symlink(&other, &link).unwrap();
         assert_eq!(r.scan(&mut open(&link), &registry), Findings::default());
+        // The declared file under a name no pattern matches (a hard link) is recognised by
+        // the inode opened, and says which name was used.
+        let hard = std::env::temp_dir().join(format!("agentid-hard-{}", std::process::id()));
+        let _ = std::fs::remove_file(&hard);
+        std::fs::hard_link(&file, &hard).unwrap();
+        let found = r.scan(&mut open(&hard), &registry);
+        assert_eq!(found.observations, first.observations);
+        let opened = found.file.unwrap();
+        assert_eq!(
+            (opened.path, opened.via),
+            (file.clone(), Some(hard.clone()))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_file(&other).unwrap();
+        std::fs::remove_file(&hard).unwrap();
     }
 
     #[test]

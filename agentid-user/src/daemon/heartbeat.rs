@@ -18,6 +18,10 @@ struct Pulse {
     started_ns: u64,
     alive_ns: u64,
     clean: bool,
+    /// The kernel's drop counters (all kinds) at the last pulse: what a resumed pinned set
+    /// counts beyond it was lost while no daemon read.
+    #[serde(default)]
+    drops: u64,
 }
 
 /// A previous run that did not stop cleanly.
@@ -26,6 +30,8 @@ pub(crate) struct UncleanStop {
     pub(crate) pid: u32,
     /// Its last pulse: nothing after this was watched until this start.
     pub(crate) last_alive: SystemTime,
+    /// Its drop counters' total at that pulse.
+    pub(crate) drops: u64,
 }
 
 #[derive(Debug)]
@@ -54,9 +60,11 @@ impl Heartbeat {
                 Ok(p) => Some(UncleanStop {
                     pid: p.pid,
                     last_alive: UNIX_EPOCH + Duration::from_nanos(p.alive_ns),
+                    drops: p.drops,
                 }),
                 Err(_) => Some(UncleanStop {
                     pid: 0,
+                    drops: 0,
                     last_alive: std::fs::metadata(&path)
                         .and_then(|m| m.modified())
                         .unwrap_or(UNIX_EPOCH),
@@ -72,15 +80,17 @@ impl Heartbeat {
                 started_ns: ns(now),
                 alive_ns: ns(now),
                 clean: false,
+                drops: 0,
             },
         };
         beat.write()?;
         Ok((beat, previous))
     }
 
-    /// Records that the daemon is alive now (call every tick).
-    pub(crate) fn beat(&mut self, now: SystemTime) -> std::io::Result<()> {
+    /// Records that the daemon is alive now, with the kernel's drop total (every tick).
+    pub(crate) fn beat(&mut self, now: SystemTime, drops: u64) -> std::io::Result<()> {
         self.pulse.alive_ns = ns(now);
+        self.pulse.drops = drops;
         self.write()
     }
 
@@ -158,12 +168,12 @@ mod tests {
         // First start ever: nothing before.
         let (mut hb, prev) = Heartbeat::start(&d, at(0)).unwrap();
         assert_eq!(prev, None);
-        hb.beat(at(5)).unwrap();
+        hb.beat(at(5), 0).unwrap();
         hb.stop(at(6)).unwrap();
         let (mut hb, prev) = Heartbeat::start(&d, at(10)).unwrap();
         assert_eq!(prev, None, "clean stop");
-        hb.beat(at(11)).unwrap();
-        hb.beat(at(12)).unwrap();
+        hb.beat(at(11), 3).unwrap();
+        hb.beat(at(12), 7).unwrap();
         // Killed: never stopped. The next start names the last pulse.
         drop(hb);
         let (_hb, prev) = Heartbeat::start(&d, at(40)).unwrap();
@@ -171,7 +181,8 @@ mod tests {
             prev,
             Some(UncleanStop {
                 pid: std::process::id(),
-                last_alive: at(12)
+                last_alive: at(12),
+                drops: 7,
             })
         );
         std::fs::remove_dir_all(&d).unwrap();

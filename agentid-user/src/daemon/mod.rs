@@ -6,6 +6,7 @@
 mod alerts;
 mod heartbeat;
 mod lock;
+mod pinned;
 mod seeded;
 
 use std::{
@@ -118,6 +119,7 @@ impl Daemon {
         let mut pipeline = Pipeline::new(Arc::clone(&registry), root, fingerprint_key(config)?);
         let sensor = Sensor::load(&SensorOptions {
             dns: config.dns.options(),
+            pin_dir: config.pin_path(),
             ..SensorOptions::default()
         })?;
         let seeded = pipeline.seed();
@@ -138,9 +140,8 @@ impl Daemon {
         ));
         let _ = shared.store_writer.set(writer.clone());
         let sink_drops = start_outputs(config, &shared, &writer)?;
-        if let Some(gap) = unclean {
-            report_unclean_stop(&shared, &gap);
-        }
+        let drops_now: u64 = sensor.drops().unwrap_or_default().iter().sum();
+        pinned::report_start(&shared, sensor.origin(), drops_now, unclean.as_ref());
         // Processes already running carry credentials too: scanned as if seen to start.
         seeded::scan(&shared);
         // Before the API answers: whoever saw it answer may stop the daemon at once.
@@ -203,18 +204,21 @@ impl Daemon {
         }
     }
 
-    /// Once a second: new agent cgroups, counters and rates, lost-telemetry alerts,
+    /// Once a second: new agent cgroups, changed credential files, counters and rates, lost-telemetry alerts,
     /// held-back incident updates, and a changed agents directory.
     fn on_tick(&mut self) {
-        if let Err(e) = self.heartbeat.beat(SystemTime::now()) {
+        let drops = self.sensor.drops().unwrap_or_default();
+        if let Err(e) = self.heartbeat.beat(SystemTime::now(), drops.iter().sum()) {
             tracing::warn!(error = %e, "cannot write the heartbeat file");
         }
         if self.last_cgroup_walk.elapsed() >= CGROUP_WALK {
             self.last_cgroup_walk = Instant::now();
             self.watch_agent_cgroups(Vec::new());
         }
+        if let Ok(mut pipeline) = self.shared.pipeline.lock() {
+            pipeline.refresh_files();
+        }
         let shared = &self.shared;
-        let drops = self.sensor.drops().unwrap_or_default();
         shared
             .counters
             .set(&self.sensor.received(), &drops, self.sensor.decode_errors());
@@ -273,6 +277,8 @@ impl Daemon {
     async fn shutdown(mut self) -> anyhow::Result<()> {
         self.sensor.drain(&mut self.batch);
         handle_batch(&self.shared, &mut self.batch);
+        // A clean stop leaves nothing recording: the next start begins afresh.
+        self.sensor.unpin();
         drop(self.sensor);
         self.api.abort();
         let outputs = lock(&self.shared.outputs).take();
@@ -292,31 +298,6 @@ impl Daemon {
 
     fn watch_agent_cgroups(&mut self, seen: Vec<u64>) {
         watch_agent_cgroups(&self.shared, &mut self.sensor, &mut self.watched, seen);
-    }
-}
-
-/// Killed, crashed or powered off: the window nothing watched is never silent. Raised
-/// through the outputs (started first), before the API answers.
-fn report_unclean_stop(shared: &Shared, gap: &heartbeat::UncleanStop) {
-    let now = SystemTime::now();
-    let unseen = shared
-        .pipeline
-        .lock()
-        .ok()
-        .map(|p| heartbeat::started_in(&p.table, gap.last_alive, now))
-        .unwrap_or_default();
-    let alert = shared
-        .detector
-        .lock()
-        .ok()
-        .map(|mut d| d.daemon_down(gap.pid, gap.last_alive, now, unseen));
-    if let Some(alert) = alert {
-        tracing::warn!(
-            previous_pid = gap.pid,
-            "previous run stopped uncleanly: {}",
-            alert.description
-        );
-        alerts::emit_alert(shared, &alert);
     }
 }
 

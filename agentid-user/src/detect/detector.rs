@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use super::{
     Alert, Incidents,
-    rules::{self, Rule, TelemetryGap},
+    rules::{self, DownLoss, Rule, TelemetryGap},
     seen::Seen,
     sightings::{CredentialSighting, Sightings},
 };
@@ -96,6 +96,12 @@ impl Detector {
         alert
     }
 
+    /// Drops already accounted for at start (a resumed pinned set carries its counters):
+    /// only growth beyond them raises `telemetry-gap`.
+    pub fn drops_baseline(&mut self, total_drops: u64) {
+        self.gap.set_baseline(total_drops);
+    }
+
     /// Raises `telemetry-gap` for the window a previous run left unwatched (it stopped
     /// without a clean shutdown), naming the processes that started inside it.
     pub fn daemon_down(
@@ -103,9 +109,11 @@ impl Detector {
         pid: u32,
         last_alive: SystemTime,
         now: SystemTime,
+        loss: DownLoss,
         started_unseen: Vec<super::ProcessEvidence>,
     ) -> Alert {
-        let alert = TelemetryGap::daemon_down(pid, last_alive, now, started_unseen, &mut self.book);
+        let alert =
+            TelemetryGap::daemon_down(pid, last_alive, now, loss, started_unseen, &mut self.book);
         self.book.take_raised();
         alert
     }

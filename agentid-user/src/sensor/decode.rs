@@ -13,7 +13,9 @@ use agentid_ebpf::{
 
 use super::reassemble::Reassembler;
 use crate::dns::{DnsOptions, Names};
-use crate::event::{Detail, Event, EventKind, Protocol, ScanIncomplete, SecretEnv, SocketFamily};
+use crate::event::{
+    Detail, Event, EventKind, FileId, Protocol, ScanIncomplete, SecretEnv, SocketFamily,
+};
 use crate::sys;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -454,6 +456,7 @@ fn open_detail(r: &OpenRecord) -> Result<Detail, DecodeError> {
     Ok(Detail::Open {
         path: c_string(&r.path[..len]),
         open_flags: r.flags,
+        inode: FileId::from_kernel(r.dev, r.ino),
     })
 }
 

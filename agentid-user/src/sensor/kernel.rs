@@ -29,7 +29,7 @@ impl Readable for Bytes {
 }
 
 /// Builds the programs' [`Config`] for this kernel.
-pub fn probe_config(self_tgid: u32) -> Result<Config, SensorError> {
+pub fn probe_config() -> Result<Config, SensorError> {
     let raw = std::fs::read(VMLINUX_BTF)
         .map_err(|e| SensorError::Btf(format!("{VMLINUX_BTF}: {e} (kernel built without BTF?)")))?;
     let btf = TypeInformation::new(&Bytes(raw))
@@ -47,7 +47,7 @@ pub fn probe_config(self_tgid: u32) -> Result<Config, SensorError> {
         }
     };
     Ok(Config {
-        self_tgid,
+        reserved0: 0,
         exit_has_group_dead: u32::from(exit_has_group_dead()?),
         task_pid_off: offset("task_struct", "pid")?,
         task_tgid_off: offset("task_struct", "tgid")?,
@@ -66,6 +66,14 @@ pub fn probe_config(self_tgid: u32) -> Result<Config, SensorError> {
         binprm_argc_off: offset("linux_binprm", "argc")?,
         binprm_envc_off: offset("linux_binprm", "envc")?,
         reserved2: 0,
+        task_files_off: offset("task_struct", "files")?,
+        files_fdt_off: offset("files_struct", "fdt")?,
+        fdtable_fd_off: offset("fdtable", "fd")?,
+        fdtable_max_fds_off: offset("fdtable", "max_fds")?,
+        file_inode_off: offset("file", "f_inode")?,
+        inode_ino_off: offset("inode", "i_ino")?,
+        inode_sb_off: offset("inode", "i_sb")?,
+        sb_dev_off: offset("super_block", "s_dev")?,
     })
 }
 

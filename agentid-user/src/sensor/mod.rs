@@ -2,20 +2,24 @@
 //! typed [`Event`]s. Programs stay attached exactly as long as the [`Sensor`] lives.
 pub mod decode;
 mod kernel;
+pub mod pins;
 pub mod reassemble;
 
 use std::{
     fs::File,
     os::fd::AsRawFd,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use agentid_ebpf::{CONFIG_GLOBAL, DROPS_MAP, EVENTS_MAP, OPEN_CGROUPS_MAP, kind};
+use agentid_ebpf::{CONFIG_GLOBAL, DROPS_MAP, EVENTS_MAP, OPEN_CGROUPS_MAP, SELF_MAP, kind};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, Map, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint,
+        TracePoint,
+        links::{FdLink, PinnedLink},
     },
 };
 use tokio::io::unix::AsyncFd;
@@ -51,6 +55,8 @@ pub enum SensorError {
     },
     #[error("eBPF map {name}: {detail}")]
     Map { name: &'static str, detail: String },
+    #[error("pinning under {dir}: {detail}")]
+    Pin { dir: PathBuf, detail: String },
     #[error("reading the ring buffer: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -64,7 +70,25 @@ pub struct SensorOptions {
     pub self_tgid: Option<u32>,
     /// How long names learned from the agents' DNS are held.
     pub dns: crate::dns::DnsOptions,
+    /// Pin the programs and maps under this directory (see [`pins`]), resuming a set a
+    /// killed daemon left there. `None`: nothing outlives this sensor.
+    pub pin_dir: Option<PathBuf>,
 }
+
+/// How the sensor's programs came to be attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Loaded now, nothing pinned (pinning off, or the kernel cannot pin a link).
+    Unpinned,
+    /// Loaded now and pinned: a kill leaves them recording.
+    Pinned,
+    /// A pinned set left by a previous daemon (killed or crashed), still recording: what
+    /// it recorded meanwhile is in the ring buffer.
+    Resumed,
+}
+
+/// Maps pinned beside the links: what a resumed daemon reads or writes.
+const PINNED_MAPS: [&str; 4] = [EVENTS_MAP, DROPS_MAP, OPEN_CGROUPS_MAP, SELF_MAP];
 
 /// Attached kernel programs and the ring buffer they write to.
 pub struct Sensor {
@@ -72,12 +96,26 @@ pub struct Sensor {
     ring: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     open_cgroups: aya::maps::HashMap<MapData, u64, u8>,
-    _ebpf: Ebpf,
+    /// Links of a pinned set (held; the pins keep the programs attached).
+    _links: Vec<PinnedLink>,
+    /// `None` for a resumed set: its programs are held by their pinned links.
+    _ebpf: Option<Ebpf>,
+    pins: Option<pins::PinSet>,
+    origin: Origin,
     decoder: Decoder,
     received: KindCounts,
     decode_errors: u64,
     /// When the last read returned records (drives timer polling, see `next_events`).
     last_read: Option<Instant>,
+}
+
+/// Any exit that runs destructors (an error, a panic that unwinds) is no kill: the pinned
+/// set goes with it. Only a process that dies without them (SIGKILL, abort, power loss)
+/// leaves the programs recording for the next start.
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        self.unpin();
+    }
 }
 
 impl std::fmt::Debug for Sensor {
@@ -105,9 +143,13 @@ const POLL_EVERY: Duration = Duration::from_millis(10);
 const IDLE_AFTER: Duration = Duration::from_millis(4 * agentid_ebpf::WAKE_EVERY_NS / 1_000_000);
 
 /// Tracepoints attached by category/name (fixed syscall layouts).
-const TRACEPOINTS: [(&str, &str); 4] = [
+const TRACEPOINTS: [(&str, &str); 8] = [
     ("syscalls", "sys_enter_openat"),
     ("syscalls", "sys_exit_openat"),
+    ("syscalls", "sys_enter_open"),
+    ("syscalls", "sys_exit_open"),
+    ("syscalls", "sys_enter_openat2"),
+    ("syscalls", "sys_exit_openat2"),
     ("syscalls", "sys_enter_socket"),
     ("syscalls", "sys_exit_socket"),
 ];
@@ -125,22 +167,48 @@ const SKB_HOOKS: [(&str, CgroupSkbAttachType); 2] = [
     ("dns_ingress", CgroupSkbAttachType::Ingress),
 ];
 
+/// Takes the link `id` out of its program as an [`FdLink`] (which can be pinned). A link
+/// the kernel made without a `bpf_link` (perf events before 5.15, cgroup hooks before 5.7)
+/// cannot: then the whole set is loaded again unpinned.
+macro_rules! take_fd_link {
+    ($prog:expr, $id:expr, $name:expr, $out:expr) => {
+        if let Some(out) = $out.as_mut() {
+            let link = $prog
+                .take_link($id)
+                .map_err(|source| SensorError::Program {
+                    name: $name,
+                    source,
+                })?;
+            let link = FdLink::try_from(link).map_err(|e| SensorError::Pin {
+                dir: PathBuf::new(),
+                detail: format!("{}: the kernel made no pinnable link ({e})", $name),
+            })?;
+            out.push(($name, link));
+        }
+    };
+}
+
 /// Loads and attaches every program: tracepoints, raw tracepoints, and the cgroup socket
-/// hooks at the cgroup v2 root.
-fn attach_all(ebpf: &mut Ebpf) -> Result<(), SensorError> {
+/// hooks at the cgroup v2 root. With `links`, every link is taken out of its program into
+/// it, to be pinned: a program added here is pinned like the others.
+fn attach_all(ebpf: &mut Ebpf, mut links: Option<&mut Vec<pins::Link>>) -> Result<(), SensorError> {
     for (category, name) in TRACEPOINTS {
         let prog: &mut TracePoint = program(ebpf, name)?;
         prog.load()
             .map_err(|source| SensorError::Program { name, source })?;
-        prog.attach(category, name)
+        let id = prog
+            .attach(category, name)
             .map_err(|source| SensorError::Program { name, source })?;
+        take_fd_link!(prog, id, name, links);
     }
     for name in RAW_TRACEPOINTS {
         let prog: &mut RawTracePoint = program(ebpf, name)?;
         prog.load()
             .map_err(|source| SensorError::Program { name, source })?;
-        prog.attach(name)
+        let id = prog
+            .attach(name)
             .map_err(|source| SensorError::Program { name, source })?;
+        take_fd_link!(prog, id, name, links);
     }
     let root = cgroup::v2_root()?;
     let root_fd = File::open(&root).map_err(|source| cgroup::CgroupError::Io {
@@ -154,28 +222,99 @@ fn attach_all(ebpf: &mut Ebpf) -> Result<(), SensorError> {
         // AllowMultiple so other tools' hooks keep working. aya turns it into the
         // BPF_F_ALLOW_MULTI flag on bpf_link_create, which newer kernels reject with
         // EINVAL for cgroup links; such links are always multi-attach, so retry without.
-        if prog
-            .attach(&root_fd, CgroupAttachMode::AllowMultiple)
-            .is_err()
-        {
-            prog.attach(&root_fd, CgroupAttachMode::Single)
-                .map_err(|source| SensorError::Program { name, source })?;
-        }
+        let id = match prog.attach(&root_fd, CgroupAttachMode::AllowMultiple) {
+            Ok(id) => id,
+            Err(_) => prog
+                .attach(&root_fd, CgroupAttachMode::Single)
+                .map_err(|source| SensorError::Program { name, source })?,
+        };
+        take_fd_link!(prog, id, name, links);
     }
     for (name, attach_type) in SKB_HOOKS {
         let prog: &mut CgroupSkb = program(ebpf, name)?;
         prog.load()
             .map_err(|source| SensorError::Program { name, source })?;
         // As for the socket hooks: multi-attach, or what the kernel accepts for links.
-        if prog
-            .attach(&root_fd, attach_type, CgroupAttachMode::AllowMultiple)
-            .is_err()
-        {
-            prog.attach(&root_fd, attach_type, CgroupAttachMode::Single)
-                .map_err(|source| SensorError::Program { name, source })?;
-        }
+        let id = match prog.attach(&root_fd, attach_type, CgroupAttachMode::AllowMultiple) {
+            Ok(id) => id,
+            Err(_) => prog
+                .attach(&root_fd, attach_type, CgroupAttachMode::Single)
+                .map_err(|source| SensorError::Program { name, source })?,
+        };
+        take_fd_link!(prog, id, name, links);
     }
     Ok(())
+}
+
+fn missing(name: &'static str) -> SensorError {
+    SensorError::Map {
+        name,
+        detail: "missing".into(),
+    }
+}
+
+/// Loaded programs and the maps the sensor uses, by name.
+struct Loaded {
+    ebpf: Option<Ebpf>,
+    maps: Vec<(&'static str, Map)>,
+    links: Vec<PinnedLink>,
+    origin: Origin,
+}
+
+/// Loads the programs and attaches them; with `pin`, pins links and maps under it.
+fn load_fresh(
+    config: &agentid_ebpf::Config,
+    pin: Option<&pins::PinSet>,
+) -> Result<Loaded, SensorError> {
+    let mut ebpf = EbpfLoader::new()
+        .override_global(CONFIG_GLOBAL, config, true)
+        .load(PROGRAMS)?;
+    let mut links = pin.map(|_| Vec::new());
+    attach_all(&mut ebpf, links.as_mut())?;
+    let maps = PINNED_MAPS
+        .iter()
+        .map(|name| {
+            ebpf.take_map(name)
+                .map(|m| (*name, m))
+                .ok_or_else(|| missing(name))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (links, origin) = match (pin, links) {
+        (Some(set), Some(links)) => (set.pin(links, &maps)?, Origin::Pinned),
+        _ => (Vec::new(), Origin::Unpinned),
+    };
+    Ok(Loaded {
+        ebpf: Some(ebpf),
+        maps,
+        links,
+        origin,
+    })
+}
+
+/// Resumes the pinned set under `set` if a whole one is there, else loads and pins anew;
+/// a kernel that cannot pin gets the programs unpinned (said in the log).
+fn load_pinned(config: &agentid_ebpf::Config, set: &pins::PinSet) -> Result<Loaded, SensorError> {
+    if let Some(resumed) = set.resume(&Sensor::program_names(), &PINNED_MAPS)? {
+        return Ok(Loaded {
+            ebpf: None,
+            maps: resumed.maps,
+            links: resumed.links,
+            origin: Origin::Resumed,
+        });
+    }
+    match load_fresh(config, Some(set)) {
+        Err(SensorError::Pin { dir, detail }) => {
+            tracing::warn!(
+                dir = %set.dir().display(),
+                "cannot pin the probes ({detail}{}); running unpinned: a kill of the daemon \
+                 leaves a blind window until the next start",
+                if dir.as_os_str().is_empty() { String::new() } else { format!(" at {}", dir.display()) }
+            );
+            let _ = set.remove();
+            load_fresh(config, None)
+        }
+        other => other,
+    }
 }
 
 impl Sensor {
@@ -188,40 +327,48 @@ impl Sensor {
             return Err(SensorError::NotBuilt);
         }
         let self_tgid = opts.self_tgid.unwrap_or_else(std::process::id);
-        let config = kernel::probe_config(self_tgid)?;
+        let config = kernel::probe_config()?;
         kernel::tracefs()?;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(CONFIG_GLOBAL, &config, true)
-            .load(PROGRAMS)?;
-
-        attach_all(&mut ebpf)?;
-
-        let ring = ebpf.take_map(EVENTS_MAP).ok_or(SensorError::Map {
-            name: EVENTS_MAP,
-            detail: "missing".into(),
-        })?;
-        let ring = RingBuf::try_from(ring).map_err(|e| SensorError::Map {
-            name: EVENTS_MAP,
-            detail: e.to_string(),
-        })?;
-        let drops = ebpf.take_map(DROPS_MAP).ok_or(SensorError::Map {
-            name: DROPS_MAP,
-            detail: "missing".into(),
-        })?;
-        let drops = PerCpuArray::try_from(drops).map_err(|e| SensorError::Map {
-            name: DROPS_MAP,
-            detail: e.to_string(),
-        })?;
-        let open_cgroups = ebpf.take_map(OPEN_CGROUPS_MAP).ok_or(SensorError::Map {
-            name: OPEN_CGROUPS_MAP,
-            detail: "missing".into(),
-        })?;
-        let open_cgroups =
-            aya::maps::HashMap::try_from(open_cgroups).map_err(|e| SensorError::Map {
-                name: OPEN_CGROUPS_MAP,
+        let set = opts
+            .pin_dir
+            .as_deref()
+            .map(|base| pins::PinSet::new(base, PROGRAMS));
+        let loaded = match &set {
+            Some(set) => load_pinned(&config, set)?,
+            None => load_fresh(&config, None)?,
+        };
+        let Loaded {
+            ebpf,
+            mut maps,
+            links,
+            origin,
+        } = loaded;
+        let mut take = |name: &'static str| {
+            maps.iter()
+                .position(|(n, _)| *n == name)
+                .map(|i| maps.swap_remove(i).1)
+                .ok_or_else(|| missing(name))
+        };
+        let map_err = |name: &'static str| {
+            move |e: aya::maps::MapError| SensorError::Map {
+                name,
                 detail: e.to_string(),
-            })?;
-        tracing::debug!(fd = ring.as_raw_fd(), ?config, "sensor attached");
+            }
+        };
+        let ring = RingBuf::try_from(take(EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?;
+        let drops = PerCpuArray::try_from(take(DROPS_MAP)?).map_err(map_err(DROPS_MAP))?;
+        let open_cgroups = aya::maps::HashMap::try_from(take(OPEN_CGROUPS_MAP)?)
+            .map_err(map_err(OPEN_CGROUPS_MAP))?;
+        let mut me: Array<MapData, u32> =
+            Array::try_from(take(SELF_MAP)?).map_err(map_err(SELF_MAP))?;
+        // From here on the kernel skips this process, whoever loaded the programs.
+        me.set(0, self_tgid, 0).map_err(map_err(SELF_MAP))?;
+        let pins = set.filter(|_| origin != Origin::Unpinned);
+        tracing::debug!(fd = ring.as_raw_fd(), ?config, ?origin, "sensor attached");
+        if let Some(set) = &pins {
+            // The path in the message: test harnesses find the set there to clean it up.
+            tracing::info!("probes pinned at {} ({origin:?})", set.dir().display());
+        }
         // SAFETY: the RingBuf owns its map fd, which stays open (and is never replaced)
         // for as long as the AsyncFd holds it.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
@@ -230,7 +377,10 @@ impl Sensor {
             ring,
             drops,
             open_cgroups,
+            _links: links,
             _ebpf: ebpf,
+            pins,
+            origin,
             decoder: Decoder::with_dns(Clock::now(), opts.dns),
             received: KindCounts::default(),
             decode_errors: 0,
@@ -366,6 +516,28 @@ impl Sensor {
                 name: OPEN_CGROUPS_MAP,
                 detail: e.to_string(),
             })
+    }
+
+    /// How the programs came to be attached (resumed: a previous daemon's pinned set).
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// A clean stop: removes the pinned set, so the programs detach with this sensor and
+    /// nothing records while no daemon runs. Without it (killed, crashed) they stay.
+    pub fn unpin(&mut self) {
+        if let Some(set) = self.pins.take() {
+            match set.remove() {
+                Ok(()) => tracing::info!(pin_dir = %set.dir().display(), "probes unpinned"),
+                Err(e) => tracing::warn!(error = %e, "cannot unpin the probes"),
+            }
+        }
+    }
+
+    /// Lets go of the programs as a killed process would: the pinned set stays, recording,
+    /// for the next [`Sensor::load`] on the same pin dir to resume.
+    pub fn leave_pinned(mut self) {
+        self.pins = None;
     }
 
     /// Every program the sensor attaches, by name.

@@ -9,6 +9,8 @@
 //!   `cgroup.procs` is PROCS, connect again
 //! - `spawn-into PROCS PROG [ARGS..]`  fork a child that joins PROCS' cgroup and execs PROG
 //! - `wait-connect ADDR`    read one line from stdin, then connect to ADDR
+//! - `open-syscalls PATH`   open PATH read-only with the raw `open` and `openat2` system
+//!   calls (not the `openat` every libc uses), closing each
 //!
 //! Benchmark modes (`cargo xtask bench`):
 //! - `storm N`              N loopback TCP connect/accept/close cycles against its own
@@ -182,6 +184,36 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
                     return Err(e.into());
                 }
                 // SAFETY: closing the descriptor just created.
+                unsafe { libc::close(fd) };
+            }
+            Ok(0)
+        }
+        "open-syscalls" => {
+            let path = std::ffi::CString::new(arg(1)?.as_str())?;
+            // `struct open_how { u64 flags, mode, resolve; }`: O_RDONLY, nothing else.
+            let how = [0u64; 3];
+            // SAFETY: plain syscalls on a NUL-terminated path and an `open_how` that
+            // outlive them; each descriptor is closed right away.
+            let fds = unsafe {
+                [
+                    libc::syscall(libc::SYS_open, path.as_ptr(), libc::O_RDONLY),
+                    libc::syscall(
+                        libc::SYS_openat2,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        how.as_ptr(),
+                        size_of_val(&how),
+                    ),
+                ]
+            };
+            for fd in fds {
+                let Ok(fd) = i32::try_from(fd) else {
+                    return Err(std::io::Error::last_os_error().into());
+                };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+                // SAFETY: closing a descriptor just opened.
                 unsafe { libc::close(fd) };
             }
             Ok(0)

@@ -66,7 +66,9 @@ fn uid(seen: &Seen<'_>, book: &mut Incidents) {
     book.raise(draft);
 }
 
-/// A credential file under `/home` or `/root`, owned by another uid, read by an agent.
+/// A credential file under `/home` or `/root`, owned by another uid, read by an agent
+/// that does not declare it as its own (`credentials.files`). The file is the one the
+/// kernel says was opened, whatever path reached it (`via`).
 fn file(seen: &Seen<'_>, book: &mut Incidents) {
     let (Some(agent), Some(file)) = (seen.agent, &seen.findings.file) else {
         return;
@@ -74,9 +76,14 @@ fn file(seen: &Seen<'_>, book: &mut Incidents) {
     let ev = &seen.event.event;
     let text = file.path.to_string_lossy();
     let human_home = text.starts_with("/home/") || text.starts_with("/root/");
-    if !human_home || file.owner == ev.uid {
+    if !human_home || file.owner == ev.uid || agent.credentials.owns_file(&text) {
         return;
     }
+    let through = file
+        .via
+        .as_ref()
+        .map(|v| format!(" through {}", v.display()))
+        .unwrap_or_default();
     let a = seen.alert_agent();
     let mut draft = AlertDraft::new(
         &HUMAN_PRIVILEGE,
@@ -84,7 +91,7 @@ fn file(seen: &Seen<'_>, book: &mut Incidents) {
         ev.time,
         format!("{} read a human's credential file {text}", a.label()),
         format!(
-            "{} (uid {}) opened {text}, owned by uid {}",
+            "{} (uid {}) opened {text}{through}, owned by uid {}",
             agent.id, ev.uid, file.owner
         ),
     );

@@ -66,7 +66,7 @@ pub use human_privilege::{HUMAN_PRIVILEGE, HumanPrivilege};
 pub use identity_escape::{IDENTITY_ESCAPE, IdentityEscape};
 pub use raw_socket::{RAW_SOCKET, RawSocket};
 pub use shadow_agent::{SHADOW_AGENT, ShadowAgent};
-pub use telemetry_gap::{TELEMETRY_GAP, TelemetryGap};
+pub use telemetry_gap::{DownLoss, TELEMETRY_GAP, TelemetryGap};
 pub use tool_violation::{TOOL_VIOLATION, ToolViolation};
 pub use undeclared_delegation::{UNDECLARED_DELEGATION, UndeclaredDelegation};
 

@@ -23,6 +23,16 @@ rule!(
 /// Processes named in a daemon-down alert's evidence at most.
 const MAX_UNSEEN_EVIDENCE: usize = 64;
 
+/// What a window without a daemon cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownLoss {
+    /// Nothing recorded: the probes went with the daemon (not pinned).
+    Unwatched,
+    /// The pinned probes kept recording, but the ring buffer overflowed: this many
+    /// kernel events were lost (their drop counters grew while no daemon read).
+    Lost(u64),
+}
+
 /// Remembers how many drops were already alerted, so each growth is one update.
 #[derive(Debug, Default)]
 pub struct TelemetryGap {
@@ -30,6 +40,11 @@ pub struct TelemetryGap {
 }
 
 impl TelemetryGap {
+    /// Drops already accounted for (a resumed pinned set carries its counters).
+    pub fn set_baseline(&mut self, total_drops: u64) {
+        self.drops_alerted = total_drops;
+    }
+
     /// Raises (or updates) the incident when the drop counters grew since the last call.
     pub fn check(
         &mut self,
@@ -69,6 +84,7 @@ impl TelemetryGap {
         pid: u32,
         last_alive: SystemTime,
         now: SystemTime,
+        loss: DownLoss,
         mut started_unseen: Vec<ProcessEvidence>,
         book: &mut Incidents,
     ) -> Alert {
@@ -81,16 +97,28 @@ impl TelemetryGap {
             .map_or(0, |d| d.as_nanos());
         let from = humantime::format_rfc3339_millis(last_alive);
         let to = humantime::format_rfc3339_millis(now);
+        let span = humantime::format_duration(Duration::from_secs(window.as_secs()));
+        let (title, what) = match loss {
+            DownLoss::Unwatched => (
+                "agentid was not running: events were not seen",
+                format!("nothing was watched from {from} to {to} ({span})"),
+            ),
+            DownLoss::Lost(n) => (
+                "agentid was not running: kernel events were lost",
+                format!(
+                    "its pinned probes kept recording, but {n} kernel events were lost (ring \
+                     buffer full) from {from} to {to} ({span})"
+                ),
+            ),
+        };
         let mut draft = AlertDraft::new(
             &TELEMETRY_GAP,
             &["daemon", &alive_ns.to_string()],
             now,
-            "agentid was not running: events were not seen".into(),
+            title.into(),
             format!(
-                "the daemon (pid {pid}) stopped without a clean shutdown; nothing was watched \
-                 from {from} to {to} ({}); {} processes still running started in that window",
-                humantime::format_duration(Duration::from_secs(window.as_secs())),
-                started
+                "the daemon (pid {pid}) stopped without a clean shutdown; {what}; {started} \
+                 processes still running started in that window"
             ),
         );
         draft.evidence = Evidence {

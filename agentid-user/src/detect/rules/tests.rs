@@ -256,12 +256,14 @@ fn human_privilege_root_login_session_and_a_humans_file() {
         Some(A),
         EventKind::Open,
         Detail::Open {
-            path: "/home/alice/.aws/credentials".into(),
+            path: "/tmp/innocent".into(),
             open_flags: 0,
+            inode: None,
         },
     );
     f.file = Some(OpenedFile {
         path: PathBuf::from("/home/alice/.aws/credentials"),
+        via: Some(PathBuf::from("/tmp/innocent")),
         owner: 1000,
     });
     let out = run(&mut d, &open, &f, &r);
@@ -272,8 +274,16 @@ fn human_privilege_root_login_session_and_a_humans_file() {
         hp[0].evidence.credential.as_ref().unwrap().seen_as,
         ["file:/home/alice/.aws/credentials"]
     );
+    assert!(
+        hp[0]
+            .description
+            .contains("opened /home/alice/.aws/credentials through /tmp/innocent,"),
+        "{}",
+        hp[0].description
+    );
     f.file = Some(OpenedFile {
         path: PathBuf::from("/home/alpha/.aws/credentials"),
+        via: None,
         owner: 1001,
     });
     assert!(

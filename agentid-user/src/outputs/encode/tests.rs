@@ -100,6 +100,7 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
         EventKind::Open => Detail::Open {
             path: "/etc/bot/token".into(),
             open_flags: 0,
+            inode: None,
         },
         EventKind::Socket => Detail::Socket {
             family: crate::event::SocketFamily::Packet,
