@@ -256,8 +256,8 @@ fn every_route_answers_in_its_type() {
     let (status, raw) = api.until::<Status>("/v1/status", |s| s.events["exec"] >= 3);
     same_json(&status, &raw, "/v1/status");
     // 6 syscall tracepoints (open, openat, socket), 3 raw tracepoints, 4 cgroup socket
-    // hooks.
-    assert_eq!(status.probes.len(), 13, "{:?}", status.probes);
+    // hooks, 2 cgroup packet hooks (DNS).
+    assert_eq!(status.probes.len(), 15, "{:?}", status.probes);
     assert!(status.probes.iter().any(|p| p == "sys_exit_socket"));
     assert_eq!(status.registry.agents, 2);
     assert!(status.registry.errors.is_empty());

@@ -383,7 +383,8 @@ async fn connect_case(name: &str, bind: &str) {
             Detail::Sock {
                 dst_ip: addr.ip(),
                 dst_port: addr.port(),
-                protocol: Protocol::Tcp
+                protocol: Protocol::Tcp,
+                dst_names: Vec::new(),
             }
         );
     }
@@ -438,12 +439,14 @@ async fn udp_sendto_ipv4_and_ipv6() {
             &Detail::Sock {
                 dst_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 dst_port: p4,
-                protocol: Protocol::Udp
+                protocol: Protocol::Udp,
+                dst_names: Vec::new(),
             },
             &Detail::Sock {
                 dst_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
                 dst_port: p6,
-                protocol: Protocol::Udp
+                protocol: Protocol::Udp,
+                dst_names: Vec::new(),
             },
         ]
     );
@@ -766,6 +769,102 @@ async fn raw_and_packet_sockets_are_reported() {
         });
     }
     assert_eq!(sockets, expected.iter().collect::<Vec<_>>());
+}
+
+/// The DNS programs (`cgroup_skb` ingress and egress): a watched cgroup's query and the
+/// answer it gets are copied, so its connect to the answered address carries the name; an
+/// unwatched cgroup's DNS is not copied. The resolver is this test, on a loopback address
+/// of its own (no resolver package needed, so it runs on the guest kernels too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_of_a_watched_cgroup_names_its_connects() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(mut sensor) = sensor_or_skip("dns") else {
+        return;
+    };
+    let x = u8::try_from(std::process::id() % 250).expect("byte");
+    let (resolver_ip, target_ip) = (Ipv4Addr::new(127, 78, x, 53), Ipv4Addr::new(127, 78, x, 1));
+    let resolver = UdpSocket::bind((resolver_ip, 53)).expect("resolver on port 53");
+    resolver.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let target = TcpListener::bind((target_ip, 0)).expect("target");
+    let port = target.local_addr().expect("addr").port();
+    // Answers each query with `target_ip` (copying its id and question).
+    let answering = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        for _ in 0..2 {
+            let Ok((n, from)) = resolver.recv_from(&mut buf) else {
+                return;
+            };
+            let mut a = buf[..n].to_vec();
+            a[2] = 0x81;
+            a[3] = 0x80;
+            a[7] = 1; // one answer
+            a.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            a.extend_from_slice(&target_ip.octets());
+            let _ = resolver.send_to(&a, from);
+        }
+    });
+    let script = r"
+import socket, struct, sys
+resolver, target, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+name = b''.join(bytes([len(l)]) + l.encode() for l in 'api.kernel-dns.test'.split('.')) + b'\0'
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+s.connect((resolver, 53))
+s.send(struct.pack('>HHHHHH', 0x2a2a, 0x0100, 1, 0, 0, 0) + name + struct.pack('>HH', 1, 1))
+s.recv(512)
+socket.create_connection((target, port), 10).close()
+";
+    let run = |cg: &TestCgroup| {
+        let out = cg
+            .command("/usr/bin/python3")
+            .args([
+                "-c",
+                script,
+                &resolver_ip.to_string(),
+                &target_ip.to_string(),
+                &port.to_string(),
+            ])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "python3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (watched, unwatched) = (TestCgroup::new("dns-w"), TestCgroup::new("dns-u"));
+    sensor.watch_opens(watched.id).expect("watch");
+    let named = |cg: &TestCgroup| {
+        let cgroup = cg.id;
+        move |ev: &[Event]| {
+            ev.iter().any(|e| {
+                e.cgroup_id == cgroup
+                    && matches!(&e.detail, Detail::Sock { dst_port, .. } if *dst_port == port)
+            })
+        }
+    };
+    // One cgroup at a time: collecting one drops the other's events.
+    run(&watched);
+    let w = collect_until(&mut sensor, watched.id, TIMEOUT, named(&watched)).await;
+    let conn = |events: &[Event]| {
+        events
+            .iter()
+            .find_map(|e| match &e.detail {
+                Detail::Sock {
+                    dst_port,
+                    dst_names,
+                    ..
+                } if *dst_port == port && e.kind == EventKind::Connect => Some(dst_names.clone()),
+                _ => None,
+            })
+            .expect("the connect")
+    };
+    assert_eq!(conn(&w), ["api.kernel-dns.test"]);
+    run(&unwatched);
+    let u = collect_until(&mut sensor, unwatched.id, TIMEOUT, named(&unwatched)).await;
+    let _ = answering.join();
+    assert!(conn(&u).is_empty(), "an unwatched cgroup's DNS is not seen");
+    drop(target);
 }
 
 /// Every open names the file the kernel actually opened, by device and inode as `stat`

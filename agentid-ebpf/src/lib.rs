@@ -47,6 +47,18 @@ pub const SELF_MAP: &str = "SELF";
 /// Bytes of an opened path kept (NUL included).
 pub const PATH_LEN: usize = 256;
 
+/// Bytes of a DNS message kept in a [`DnsRecord`] (the rest is cut: an answer's first
+/// 1 KiB holds its question and dozens of addresses).
+pub const DNS_LEN: usize = 1024;
+
+/// `DnsRecord::direction` values.
+pub mod dns_dir {
+    /// Sent by the watched socket (a query, or an answer it serves).
+    pub const EGRESS: u32 = 0;
+    /// Delivered to the watched socket (an answer, or a query it serves).
+    pub const INGRESS: u32 = 1;
+}
+
 /// Name of the load-time global holding [`Config`].
 pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// Size of the ring buffer. 16 MiB holds ~200k connect records or ~12k exec records, so a
@@ -72,8 +84,10 @@ pub mod kind {
     pub const EXEC_CHUNK: u32 = 7;
     /// A raw IP or packet socket was created ([`super::SocketRecord`]).
     pub const SOCKET: u32 = 8;
+    /// A DNS message to or from a socket of a watched cgroup ([`super::DnsRecord`]).
+    pub const DNS: u32 = 9;
     /// One past the highest kind: the length of the drop-counter array.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// `ExecRecord::flags` bits.
@@ -230,6 +244,35 @@ pub struct SocketRecord {
     /// The protocol argument (an IP protocol number, or an ethertype in network order).
     pub protocol: u32,
     pub reserved: u32,
+}
+
+/// A UDP datagram or the first bytes of a TCP segment from or to port 53, sent or received
+/// by a socket of a watched cgroup (see [`OPEN_CGROUPS_MAP`]): the DNS the agents
+/// themselves do. Written by the `cgroup_skb` programs, which see the packet, not the
+/// task: only `kind`, `ktime_ns` and `cgroup_id` (the socket's cgroup) of the header are
+/// filled, the rest is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsRecord {
+    pub header: Header,
+    /// [`dns_dir::EGRESS`] or [`dns_dir::INGRESS`].
+    pub direction: u32,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// 6 TCP (the payload starts with the 2-byte length prefix), 17 UDP.
+    pub protocol: u16,
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// Valid bytes in `payload`.
+    pub len: u32,
+    /// Bytes of payload the packet carried (more than `len` when cut at [`DNS_LEN`]).
+    pub orig_len: u32,
+    pub reserved: u32,
+    /// Network byte order; IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub payload: [u8; DNS_LEN],
 }
 
 /// A successful `open` or `openat` by a task in a watched cgroup (see [`OPEN_CGROUPS_MAP`]).
@@ -409,6 +452,21 @@ const _: () = {
     assert!(offset_of!(OpenRecord, path) == H + 24);
     assert!(size_of::<OpenRecord>() == H + 24 + PATH_LEN);
 
+    assert!(offset_of!(DnsRecord, header) == 0);
+    assert!(offset_of!(DnsRecord, direction) == H);
+    assert!(offset_of!(DnsRecord, family) == H + 4);
+    assert!(offset_of!(DnsRecord, protocol) == H + 6);
+    assert!(offset_of!(DnsRecord, sport) == H + 8);
+    assert!(offset_of!(DnsRecord, dport) == H + 10);
+    assert!(offset_of!(DnsRecord, len) == H + 12);
+    assert!(offset_of!(DnsRecord, orig_len) == H + 16);
+    assert!(offset_of!(DnsRecord, reserved) == H + 20);
+    assert!(offset_of!(DnsRecord, saddr) == H + 24);
+    assert!(offset_of!(DnsRecord, daddr) == H + 40);
+    assert!(offset_of!(DnsRecord, payload) == H + 56);
+    assert!(size_of::<DnsRecord>() == H + 56 + DNS_LEN);
+    assert!(size_of::<DnsRecord>().is_multiple_of(8) && DNS_LEN.is_power_of_two());
+
     assert!(offset_of!(Config, reserved0) == 0);
     assert!(offset_of!(Config, exit_has_group_dead) == 4);
     assert!(offset_of!(Config, task_pid_off) == 8);
@@ -470,4 +528,6 @@ mod user {
     unsafe impl aya::Pod for super::OpenRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SocketRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsRecord {}
 }

@@ -9,6 +9,8 @@
 #[cfg(target_arch = "bpf")]
 mod common;
 #[cfg(target_arch = "bpf")]
+mod dns;
+#[cfg(target_arch = "bpf")]
 mod files;
 #[cfg(target_arch = "bpf")]
 mod net;

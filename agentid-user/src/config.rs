@@ -112,6 +112,40 @@ pub struct Config {
     /// Where this daemon's pins live. Default: `/sys/fs/bpf/agentid/state-HASH`, HASH of
     /// `state_dir` (daemons with different state dirs never share a set).
     pub pin_dir: Option<PathBuf>,
+    /// Names learned from the agents' own DNS (`[dns]`).
+    pub dns: Dns,
+}
+
+/// `[dns]`: how long a name the agent resolved stays attached to its addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// At least this long, whatever the answer's TTL.
+    #[serde(with = "humantime_serde_compat")]
+    pub min_hold: Duration,
+    /// This much longer than the TTL (or `min_hold`): clients cache a little longer.
+    #[serde(with = "humantime_serde_compat")]
+    pub grace: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        let d = crate::dns::DnsOptions::default();
+        Self {
+            min_hold: d.min_hold,
+            grace: d.grace,
+        }
+    }
+}
+
+impl Dns {
+    pub fn options(&self) -> crate::dns::DnsOptions {
+        let Self { min_hold, grace } = self;
+        crate::dns::DnsOptions {
+            min_hold: *min_hold,
+            grace: *grace,
+        }
+    }
 }
 
 impl Default for Config {
@@ -128,6 +162,7 @@ impl Default for Config {
             fleet_key_file: None,
             sinks: Vec::new(),
             audit_fsync: AuditFsync::Interval,
+            dns: Dns::default(),
             pin: true,
             pin_dir: None,
             audit_retention: AuditRetention::default(),

@@ -322,6 +322,9 @@ pub enum Detail {
         dst_ip: IpAddr,
         dst_port: u16,
         protocol: Protocol,
+        /// The names this cgroup's own DNS resolved to `dst_ip` (held for the TTL, at
+        /// least `[dns] min_hold`, plus `grace`); empty when it resolved none.
+        dst_names: Vec<String>,
     },
     /// A raw IP (`SOCK_RAW`) or packet socket created.
     Socket {

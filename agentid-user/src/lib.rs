@@ -26,6 +26,7 @@ pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod detect;
+pub mod dns;
 pub mod event;
 pub mod health;
 pub mod identity;

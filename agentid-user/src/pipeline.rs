@@ -97,5 +97,8 @@ pub fn load_registry(dir: &Path) -> Registry {
     for e in registry.errors() {
         tracing::warn!("agent registry: {e}");
     }
+    for w in registry.warnings() {
+        tracing::warn!("agent registry: warning: {w}");
+    }
     registry
 }

@@ -255,6 +255,9 @@ pub struct EventRecord {
     pub dst_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
+    /// The names the agent's own DNS resolved to `dst_ip` (connect, send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_names: Option<Vec<String>>,
     // socket (raw IP or packet; `protocol` above carries its protocol argument)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,

@@ -76,12 +76,32 @@ pub enum QueryCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Policy help: `policy suggest --agent ID` prints the `[agent.policy]` that would
+    /// have allowed everything the agent did (learn in monitor mode, then enforce).
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// Credential fingerprints and the agents that used them (never the secret).
     Credentials {
         #[arg(long)]
         agent: Option<String>,
         #[command(subcommand)]
         action: Option<CredentialsAction>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PolicyAction {
+    /// Print an `[agent.policy]` (egress by name where its DNS said, else by address;
+    /// tools) that allows everything this agent did, ready to paste.
+    Suggest {
+        /// The agent (SPIFFE ID).
+        #[arg(long)]
+        agent: String,
+        /// `24h` (default), `7d`, or an RFC 3339 time.
+        #[arg(long, default_value = "24h")]
+        since: String,
     },
 }
 
@@ -213,6 +233,9 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             let q = history_query(agent, ("rule", rule), since.as_deref(), follow)?;
             stream_or_list(client, &format!("/v1/alerts{q}"), follow, json, alert_line).await
         }
+        QueryCommand::Policy {
+            action: PolicyAction::Suggest { agent, since },
+        } => suggest(client, agent, &since, json).await,
         QueryCommand::Credentials {
             action: Some(CredentialsAction::Revoke { fingerprint }),
             ..
@@ -225,6 +248,33 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             show(client, &path, json, print_credentials).await
         }
     }
+}
+
+/// The agent's exec, connect and send events since `since` (the store's newest 100,000 of
+/// each kind at most), reduced to a policy.
+async fn suggest(client: &Client, agent: String, since: &str, json: bool) -> anyhow::Result<()> {
+    let since_q = since_ns(Some(since))?;
+    let mut events: Vec<EventRecord> = Vec::new();
+    for kind in ["exec", "connect", "send"] {
+        let q = query(&[
+            ("agent", Some(agent.clone())),
+            ("kind", Some(kind.into())),
+            ("since", since_q.clone()),
+            ("limit", Some("100000".into())),
+        ]);
+        events.extend(typed::<Vec<EventRecord>>(
+            client.get(&format!("/v1/events{q}")).await?,
+        )?);
+    }
+    let s = crate::identity::suggest::Suggestion::from_events(&events);
+    let mut out = std::io::stdout().lock();
+    if json {
+        let v = serde_json::json!({"egress": s.egress, "tools": s.tools, "events": s.events});
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        out.write_all(s.to_toml(&agent, since).as_bytes())?;
+    }
+    Ok(())
 }
 
 async fn revoke(client: &Client, fingerprint: String, json: bool) -> anyhow::Result<()> {
@@ -355,7 +405,12 @@ fn event_line(e: &EventRecord) -> String {
                     Err(_) => "-".into(),
                 },
             );
-            format!("{protocol} {ip}:{}", opt(e.dst_port))
+            match e.dst_names.as_deref() {
+                Some(names) if !names.is_empty() => {
+                    format!("{protocol} {ip}:{} ({})", opt(e.dst_port), names.join(", "))
+                }
+                _ => format!("{protocol} {ip}:{}", opt(e.dst_port)),
+            }
         }
         EventKind::Exit => match (e.exit_code, e.signal) {
             (Some(c), _) => format!("code {c}"),

@@ -213,10 +213,18 @@ pub fn write_row(out: &mut impl Write, a: &AttributedEvent) -> io::Result<()> {
             dst_ip,
             dst_port,
             protocol,
-        } => match dst_ip {
-            std::net::IpAddr::V6(ip) => format!("{protocol} [{ip}]:{dst_port}"),
-            std::net::IpAddr::V4(ip) => format!("{protocol} {ip}:{dst_port}"),
-        },
+            dst_names,
+        } => {
+            let dst = match dst_ip {
+                std::net::IpAddr::V6(ip) => format!("{protocol} [{ip}]:{dst_port}"),
+                std::net::IpAddr::V4(ip) => format!("{protocol} {ip}:{dst_port}"),
+            };
+            if dst_names.is_empty() {
+                dst
+            } else {
+                format!("{dst} ({})", dst_names.join(", "))
+            }
+        }
     };
     writeln!(
         out,

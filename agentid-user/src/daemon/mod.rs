@@ -118,6 +118,7 @@ impl Daemon {
         let root = cgroup::v2_root().context("finding the cgroup v2 hierarchy")?;
         let mut pipeline = Pipeline::new(Arc::clone(&registry), root, fingerprint_key(config)?);
         let sensor = Sensor::load(&SensorOptions {
+            dns: config.dns.options(),
             pin_dir: config.pin_path(),
             ..SensorOptions::default()
         })?;
@@ -492,6 +493,9 @@ fn reload_registry(shared: &Shared, dir: &Path) {
     let new = pipeline.registry().reload_keeping_last_good(dir);
     for e in new.errors() {
         tracing::warn!("agent registry: {e}");
+    }
+    for w in new.warnings() {
+        tracing::warn!("agent registry: warning: {w}");
     }
     tracing::info!(
         agents = new.agents().len(),

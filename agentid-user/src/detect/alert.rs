@@ -132,6 +132,9 @@ pub struct ConnectionEvidence {
     pub dst_ip: std::net::IpAddr,
     pub dst_port: u16,
     pub protocol: String,
+    /// The names the agent's own DNS resolved to `dst_ip`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dst_names: Vec<String>,
 }
 
 /// A credential as evidence: never the value, only its keyed fingerprint.

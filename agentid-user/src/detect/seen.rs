@@ -101,10 +101,12 @@ impl<'a> Seen<'a> {
                 dst_ip,
                 dst_port,
                 protocol,
+                dst_names,
             } => Some(ConnectionEvidence {
                 dst_ip: *dst_ip,
                 dst_port: *dst_port,
                 protocol: protocol.to_string(),
+                dst_names: dst_names.clone(),
             }),
             _ => None,
         }

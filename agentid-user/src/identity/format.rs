@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::{
     container,
-    policy::{EgressRule, GlobList, Policy},
+    policy::{Dest, EgressRule, GlobList, Policy},
     registry::{Agent, ConfigError, Credentials, Origin},
     selector::{Glob, SelectorSet},
     spiffe::SpiffeId,
@@ -73,6 +73,7 @@ struct Checker<'a> {
     text: &'a str,
     origin: &'a str,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
@@ -85,6 +86,15 @@ impl Checker<'_> {
             .matches('\n')
             .count()
             + 1
+    }
+
+    fn warn(&mut self, span: &Range<usize>, field: &str, message: impl fmt::Display) {
+        self.warnings.push(ConfigError {
+            file: self.origin.to_owned(),
+            line: self.line(span.start),
+            field: field.to_owned(),
+            message: message.to_string(),
+        });
     }
 
     fn error(&mut self, span: &Range<usize>, field: &str, message: impl fmt::Display) {
@@ -141,11 +151,16 @@ impl Checker<'_> {
 }
 
 /// Parses and validates one file: its agents, or every error found in it.
-pub(super) fn parse_file(text: &str, origin: &str) -> Result<Vec<Agent>, Vec<ConfigError>> {
+/// `Ok` carries the warnings too.
+pub(super) fn parse_file(
+    text: &str,
+    origin: &str,
+) -> Result<(Vec<Agent>, Vec<ConfigError>), Vec<ConfigError>> {
     let mut ck = Checker {
         text,
         origin,
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
     // Syntax first: a syntax error has no meaningful field, and the parsed tree
     // locates the field of a schema error (which serde reports by span only).
@@ -185,7 +200,7 @@ pub(super) fn parse_file(text: &str, origin: &str) -> Result<Vec<Agent>, Vec<Con
         }
     }
     if ck.errors.is_empty() {
-        Ok(agents)
+        Ok((agents, ck.warnings))
     } else {
         Err(ck.errors)
     }
@@ -345,7 +360,22 @@ fn check_policy(ck: &mut Checker<'_>, raw: &RawPolicy) -> Policy {
         egress: egress.as_ref().map(|rules| {
             rules
                 .iter()
-                .filter_map(|r| ck.value(r, "agent.policy.egress", EgressRule::parse))
+                .filter_map(|r| {
+                    let rule = ck.value(r, "agent.policy.egress", EgressRule::parse)?;
+                    if let Dest::Name(p) = &rule.dest
+                        && let Some(zone) = p.open_zone()
+                    {
+                        ck.warn(
+                            &r.span(),
+                            "agent.policy.egress",
+                            format_args!(
+                                "{:?}: a wildcard over {zone}, where anyone can create names, allows strangers' hosts too",
+                                r.get_ref()
+                            ),
+                        );
+                    }
+                    Some(rule)
+                })
                 .collect()
         }),
         tools: tools

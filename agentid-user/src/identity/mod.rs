@@ -13,7 +13,8 @@ pub mod selector;
 pub mod spiffe;
 
 pub use container::{ContainerInfo, Runtime, parse_cgroup_path};
-pub use policy::{EgressRule, EgressRuleError, GlobList, Policy};
+pub mod suggest;
+pub use policy::{Dest, EgressRule, EgressRuleError, GlobList, NamePattern, Policy, Wildcard};
 pub use registry::{
     Agent, ConfigError, Credentials, DEFAULT_AGENTS_DIR, Match, Origin, Registry, RegistryError,
     create_agents_dir,

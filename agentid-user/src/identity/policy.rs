@@ -12,7 +12,9 @@ use super::spiffe::SpiffeId;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EgressRuleError {
-    #[error("expected ADDRESS:PORT, ADDRESS:*, [IPV6]:PORT or a CIDR in place of ADDRESS")]
+    #[error(
+        "expected HOST:PORT or HOST:*, where HOST is a name, *.NAME, **.NAME, an address, [IPV6] or a CIDR"
+    )]
     Shape,
     #[error("an IPv6 address needs brackets: [{0}]:PORT")]
     UnbracketedV6(String),
@@ -20,19 +22,183 @@ pub enum EgressRuleError {
     Address(String),
     #[error("{0:?} is not a port (1-65535) or '*'")]
     Port(String),
+    #[error("{0:?} is not a host name: {1}")]
+    Name(String, &'static str),
 }
 
-/// One allowed destination: a network (a single address is a /32 or /128) and a port,
-/// or any port.
+/// Where a rule allows connections to: a network (a single address is a /32 or /128) or
+/// a DNS name pattern, matched against the names the agent itself resolved to the
+/// destination address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Dest {
+    Net(IpNet),
+    Name(NamePattern),
+}
+
+/// How much of the name a pattern's wildcard covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wildcard {
+    /// `api.example.org`: that name only.
+    Exact,
+    /// `*.example.org`: exactly one label below, not `example.org` itself.
+    OneLabel,
+    /// `**.example.org`: any depth below, not `example.org` itself.
+    AnyDepth,
+}
+
+/// A DNS name pattern: lowercase, no trailing dot; `base` is the name after the wildcard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamePattern {
+    pub wildcard: Wildcard,
+    pub base: String,
+}
+
+/// Zones where anyone can create names (cloud storage, CDNs, app hosts, wildcard-DNS
+/// services): a wildcard over them allows every stranger's host too.
+const OPEN_ZONES: &[&str] = &[
+    "amazonaws.com",
+    "cloudfront.net",
+    "azurewebsites.net",
+    "blob.core.windows.net",
+    "cloudapp.net",
+    "appspot.com",
+    "googleusercontent.com",
+    "storage.googleapis.com",
+    "firebaseapp.com",
+    "web.app",
+    "herokuapp.com",
+    "github.io",
+    "githubusercontent.com",
+    "gitlab.io",
+    "netlify.app",
+    "vercel.app",
+    "pages.dev",
+    "workers.dev",
+    "ngrok.io",
+    "ngrok-free.app",
+    "nip.io",
+    "sslip.io",
+];
+
+impl NamePattern {
+    /// Parses `api.example.org`, `*.example.org`, `**.example.org` (any case, trailing
+    /// dot accepted).
+    pub fn parse(s: &str) -> Result<Self, EgressRuleError> {
+        let bad = |why| EgressRuleError::Name(s.to_owned(), why);
+        let lower = s.to_ascii_lowercase();
+        let name = lower.strip_suffix('.').unwrap_or(&lower);
+        let (wildcard, base) = if let Some(b) = name.strip_prefix("**.") {
+            (Wildcard::AnyDepth, b)
+        } else if let Some(b) = name.strip_prefix("*.") {
+            (Wildcard::OneLabel, b)
+        } else {
+            (Wildcard::Exact, name)
+        };
+        if base.contains('*') {
+            return Err(bad(
+                "a wildcard may only be the whole first label: *.NAME (one label) or **.NAME (any depth)",
+            ));
+        }
+        check_name(base).map_err(bad)?;
+        Ok(Self {
+            wildcard,
+            base: base.to_owned(),
+        })
+    }
+
+    /// Whether `name` (lowercase, no trailing dot, as learned from DNS) matches.
+    pub fn matches(&self, name: &str) -> bool {
+        let Self { wildcard, base } = self;
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let below = || {
+            name.len() > base.len() + 1
+                && name.ends_with(base.as_str())
+                && name.as_bytes()[name.len() - base.len() - 1] == b'.'
+        };
+        match wildcard {
+            Wildcard::Exact => name.eq_ignore_ascii_case(base),
+            Wildcard::OneLabel => below() && !name[..name.len() - base.len() - 1].contains('.'),
+            Wildcard::AnyDepth => below(),
+        }
+    }
+
+    /// For a wildcard over a zone anyone can create names in, that zone.
+    pub fn open_zone(&self) -> Option<&'static str> {
+        if self.wildcard == Wildcard::Exact {
+            return None;
+        }
+        if !self.base.contains('.') {
+            // `*.com`: a whole top-level domain
+            return Some("a top-level domain");
+        }
+        OPEN_ZONES.iter().copied().find(|z| {
+            self.base == *z
+                || (self.base.ends_with(z)
+                    && self.base.as_bytes()[self.base.len() - z.len() - 1] == b'.'
+                    && *z == "amazonaws.com")
+        })
+    }
+}
+
+impl fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.wildcard {
+            Wildcard::Exact => {}
+            Wildcard::OneLabel => f.write_str("*.")?,
+            Wildcard::AnyDepth => f.write_str("**.")?,
+        }
+        f.write_str(&self.base)
+    }
+}
+
+/// A host name as DNS carries it: labels of 1-63 letters, digits, `-` or `_`, not
+/// starting or ending with `-`, at most 253 characters, not all-numeric at the end
+/// (that would be a mistyped address).
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label");
+        }
+        if label.len() > 63 {
+            return Err("a label is longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("only letters, digits, '-' and '_' (use punycode for other characters)");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label starts or ends with '-'");
+        }
+    }
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("the last label is numeric (not an address either)");
+    }
+    Ok(())
+}
+
+/// One allowed destination and a port, or any port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EgressRule {
-    pub net: IpNet,
+    pub dest: Dest,
     /// `None` for `*` (any port).
     pub port: Option<u16>,
 }
 
 impl EgressRule {
-    /// Parses `10.0.0.0/8:443`, `127.0.0.1:8080`, `[::1]:*`, `[2001:db8::/32]:443`.
+    /// Parses `10.0.0.0/8:443`, `127.0.0.1:8080`, `[::1]:*`, `[2001:db8::/32]:443`,
+    /// `api.example.org:443`, `*.example.org:443`, `**.example.org:*`.
     pub fn parse(s: &str) -> Result<Self, EgressRuleError> {
         let (addr, port) = if let Some(rest) = s.strip_prefix('[') {
             let (addr, port) = rest.split_once("]:").ok_or(EgressRuleError::Shape)?;
@@ -44,13 +210,24 @@ impl EgressRule {
             }
             (addr, port)
         };
-        let net = if addr.contains('/') {
+        let is_name = !s.starts_with('[')
+            && !addr.contains('/')
+            && addr.parse::<IpAddr>().is_err()
+            && addr.bytes().any(|b| b.is_ascii_alphabetic() || b == b'*');
+        let dest = if is_name {
+            Dest::Name(NamePattern::parse(addr)?)
+        } else if addr.contains('/') {
             // trunc(): `10.1.2.3/8` means the network, as the reader surely meant.
-            addr.parse::<IpNet>().ok().map(|n| n.trunc())
+            addr.parse::<IpNet>()
+                .ok()
+                .map(|n| Dest::Net(n.trunc()))
+                .ok_or_else(|| EgressRuleError::Address(addr.to_owned()))?
         } else {
-            addr.parse::<IpAddr>().ok().map(IpNet::from)
-        }
-        .ok_or_else(|| EgressRuleError::Address(addr.to_owned()))?;
+            addr.parse::<IpAddr>()
+                .ok()
+                .map(|a| Dest::Net(IpNet::from(a)))
+                .ok_or_else(|| EgressRuleError::Address(addr.to_owned()))?
+        };
         let port = match port {
             "*" => None,
             p => Some(
@@ -60,26 +237,36 @@ impl EgressRule {
                     .ok_or_else(|| EgressRuleError::Port(p.to_owned()))?,
             ),
         };
-        Ok(Self { net, port })
+        Ok(Self { dest, port })
     }
 
-    /// Whether a connection to `ip:port` is allowed by this rule. IPv4-mapped IPv6
-    /// addresses (`::ffff:10.0.0.1`, what a dual-stack socket reports) are matched as
-    /// the IPv4 address they carry, so a v4 rule covers them.
-    pub fn allows(&self, ip: IpAddr, port: u16) -> bool {
+    /// Whether a connection to `ip:port` is allowed by this rule, `names` being the
+    /// names the agent resolved to `ip`. IPv4-mapped IPv6 addresses
+    /// (`::ffff:10.0.0.1`, what a dual-stack socket reports) are matched as the IPv4
+    /// address they carry, so a v4 rule covers them.
+    pub fn allows(&self, ip: IpAddr, port: u16, names: &[String]) -> bool {
         let ip = ip.to_canonical();
-        self.net.contains(&ip) && self.port.is_none_or(|p| p == port)
+        let dest = match &self.dest {
+            Dest::Net(net) => net.contains(&ip),
+            Dest::Name(p) => names.iter().any(|n| p.matches(n)),
+        };
+        dest && self.port.is_none_or(|p| p == port)
     }
 }
 
 impl fmt::Display for EgressRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let host = self.net.max_prefix_len() == self.net.prefix_len();
-        match (self.net, host) {
-            (IpNet::V4(n), true) => write!(f, "{}", n.addr())?,
-            (IpNet::V4(n), false) => write!(f, "{n}")?,
-            (IpNet::V6(n), true) => write!(f, "[{}]", n.addr())?,
-            (IpNet::V6(n), false) => write!(f, "[{n}]")?,
+        match &self.dest {
+            Dest::Name(p) => write!(f, "{p}")?,
+            Dest::Net(net) => {
+                let host = net.max_prefix_len() == net.prefix_len();
+                match (net, host) {
+                    (IpNet::V4(n), true) => write!(f, "{}", n.addr())?,
+                    (IpNet::V4(n), false) => write!(f, "{n}")?,
+                    (IpNet::V6(n), true) => write!(f, "[{}]", n.addr())?,
+                    (IpNet::V6(n), false) => write!(f, "[{n}]")?,
+                }
+            }
         }
         match self.port {
             Some(p) => write!(f, ":{p}"),
@@ -156,10 +343,11 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn allows_egress(&self, ip: IpAddr, port: u16) -> bool {
+    /// `names`: what the agent's own DNS answers said `ip` was (may be empty).
+    pub fn allows_egress(&self, ip: IpAddr, port: u16, names: &[String]) -> bool {
         self.egress
             .as_ref()
-            .is_none_or(|rules| rules.iter().any(|r| r.allows(ip, port)))
+            .is_none_or(|rules| rules.iter().any(|r| r.allows(ip, port, names)))
     }
 
     pub fn allows_tool(&self, exe: &str) -> bool {
@@ -192,6 +380,10 @@ mod tests {
             ("0.0.0.0/0:*", "0.0.0.0/0:*"),
             ("[::1]:*", "[::1]:*"),
             ("[2001:db8::/32]:53", "[2001:db8::/32]:53"),
+            ("API.Example.ORG.:443", "api.example.org:443"),
+            ("*.example.org:443", "*.example.org:443"),
+            ("**.Example.org:*", "**.example.org:*"),
+            ("localhost:8080", "localhost:8080"),
         ] {
             assert_eq!(EgressRule::parse(s).unwrap().to_string(), shown, "{s}");
         }
@@ -199,7 +391,40 @@ mod tests {
             ("10.0.0.1", E::Shape),
             ("::1:443", E::UnbracketedV6("::1".into())),
             ("[::1]443", E::Shape),
-            ("example.org:443", E::Address("example.org".into())),
+            (
+                "exa mple.org:443",
+                E::Name(
+                    "exa mple.org".into(),
+                    "only letters, digits, '-' and '_' (use punycode for other characters)",
+                ),
+            ),
+            (
+                "a.*.example.org:443",
+                E::Name(
+                    "a.*.example.org".into(),
+                    "a wildcard may only be the whole first label: *.NAME (one label) or **.NAME (any depth)",
+                ),
+            ),
+            (
+                "*example.org:443",
+                E::Name(
+                    "*example.org".into(),
+                    "a wildcard may only be the whole first label: *.NAME (one label) or **.NAME (any depth)",
+                ),
+            ),
+            (
+                "*:443",
+                E::Name(
+                    "*".into(),
+                    "a wildcard may only be the whole first label: *.NAME (one label) or **.NAME (any depth)",
+                ),
+            ),
+            (
+                "-x.example.org:443",
+                E::Name("-x.example.org".into(), "a label starts or ends with '-'"),
+            ),
+            ("a..org:443", E::Name("a..org".into(), "empty label")),
+            ("10.0.0.300:443", E::Address("10.0.0.300".into())),
             ("10.0.0.0/33:443", E::Address("10.0.0.0/33".into())),
             ("10.0.0.1:http", E::Port("http".into())),
             ("10.0.0.1:65536", E::Port("65536".into())),
@@ -212,23 +437,62 @@ mod tests {
     #[test]
     fn egress_rules_match_network_and_port() {
         let r = EgressRule::parse("10.0.0.0/8:443").unwrap();
-        assert!(r.allows(ip("10.200.3.4"), 443));
-        assert!(!r.allows(ip("10.200.3.4"), 80));
-        assert!(!r.allows(ip("11.0.0.1"), 443));
+        assert!(r.allows(ip("10.200.3.4"), 443, &[]));
+        assert!(!r.allows(ip("10.200.3.4"), 80, &[]));
+        assert!(!r.allows(ip("11.0.0.1"), 443, &[]));
         // a dual-stack socket's view of an IPv4 peer
-        assert!(r.allows(ip("::ffff:10.0.0.1"), 443));
-        assert!(!r.allows(ip("::1"), 443));
+        assert!(r.allows(ip("::ffff:10.0.0.1"), 443, &[]));
+        assert!(!r.allows(ip("::1"), 443, &[]));
 
         let any = EgressRule::parse("[::1]:*").unwrap();
-        assert!(any.allows(ip("::1"), 1));
-        assert!(any.allows(ip("::1"), 65535));
-        assert!(!any.allows(ip("127.0.0.1"), 1));
+        assert!(any.allows(ip("::1"), 1, &[]));
+        assert!(any.allows(ip("::1"), 65535, &[]));
+        assert!(!any.allows(ip("127.0.0.1"), 1, &[]));
+    }
+
+    #[test]
+    fn name_patterns_match_names_the_agent_resolved() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let exact = EgressRule::parse("api.example.org:443").unwrap();
+        assert!(exact.allows(ip("10.0.0.1"), 443, &names(&["api.example.org"])));
+        assert!(exact.allows(ip("10.0.0.1"), 443, &names(&["API.example.org."])));
+        assert!(!exact.allows(ip("10.0.0.1"), 80, &names(&["api.example.org"])));
+        assert!(!exact.allows(ip("10.0.0.1"), 443, &names(&["x.api.example.org"])));
+        // an address alone never matches a name rule
+        assert!(!exact.allows(ip("10.0.0.1"), 443, &[]));
+
+        let one = EgressRule::parse("*.example.org:*").unwrap();
+        assert!(one.allows(ip("10.0.0.1"), 1, &names(&["a.example.org"])));
+        assert!(!one.allows(ip("10.0.0.1"), 1, &names(&["a.b.example.org"])));
+        assert!(!one.allows(ip("10.0.0.1"), 1, &names(&["example.org"])));
+        assert!(!one.allows(ip("10.0.0.1"), 1, &names(&["aexample.org"])));
+
+        let deep = EgressRule::parse("**.example.org:443").unwrap();
+        assert!(deep.allows(ip("10.0.0.1"), 443, &names(&["a.b.c.example.org"])));
+        assert!(deep.allows(ip("10.0.0.1"), 443, &names(&["evil.test", "a.example.org"])));
+        assert!(!deep.allows(ip("10.0.0.1"), 443, &names(&["example.org"])));
+        assert!(!deep.allows(ip("10.0.0.1"), 443, &names(&["example.org.evil.test"])));
+    }
+
+    #[test]
+    fn wildcards_over_open_zones_are_flagged() {
+        let zone = |s: &str| match EgressRule::parse(s).unwrap().dest {
+            super::Dest::Name(p) => p.open_zone(),
+            super::Dest::Net(_) => None,
+        };
+        assert_eq!(zone("*.amazonaws.com:443"), Some("amazonaws.com"));
+        assert_eq!(zone("**.s3.amazonaws.com:443"), Some("amazonaws.com"));
+        assert_eq!(zone("*.nip.io:*"), Some("nip.io"));
+        assert_eq!(zone("**.com:443"), Some("a top-level domain"));
+        assert_eq!(zone("nip.io:443"), None);
+        assert_eq!(zone("*.example.org:443"), None);
+        assert_eq!(zone("*.myapp.herokuapp.com:443"), None);
     }
 
     #[test]
     fn policy_lists_absent_vs_empty() {
         let open = Policy::default();
-        assert!(open.allows_egress(ip("1.2.3.4"), 443));
+        assert!(open.allows_egress(ip("1.2.3.4"), 443, &[]));
         assert!(open.allows_tool("/bin/sh"));
 
         let closed = Policy {
@@ -236,7 +500,7 @@ mod tests {
             tools: Some(GlobList::new::<&str>(&[]).unwrap()),
             ..Policy::default()
         };
-        assert!(!closed.allows_egress(ip("1.2.3.4"), 443));
+        assert!(!closed.allows_egress(ip("1.2.3.4"), 443, &[]));
         assert!(!closed.allows_tool("/bin/sh"));
 
         let some = Policy {
@@ -247,8 +511,8 @@ mod tests {
             tools: Some(GlobList::new(&["/usr/bin/git", "/usr/bin/python3*"]).unwrap()),
             ..Policy::default()
         };
-        assert!(some.allows_egress(ip("127.0.0.1"), 8080));
-        assert!(!some.allows_egress(ip("127.0.0.1"), 8081));
+        assert!(some.allows_egress(ip("127.0.0.1"), 8080, &[]));
+        assert!(!some.allows_egress(ip("127.0.0.1"), 8081, &[]));
         assert!(some.allows_tool("/usr/bin/git"));
         assert!(some.allows_tool("/usr/bin/python3.12"));
         assert!(!some.allows_tool("/usr/bin/python3/../../sbin/x"));

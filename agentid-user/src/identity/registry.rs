@@ -153,6 +153,8 @@ pub struct Registry {
     // (looked up once per event by the detector).
     by_id: rustc_hash::FxHashMap<SpiffeId, usize>,
     errors: Vec<RegistryError>,
+    /// Valid but probably unmeant (a wildcard over a zone anyone can create names in).
+    warnings: Vec<ConfigError>,
     needs_exe_sha256: bool,
 }
 
@@ -189,6 +191,7 @@ impl Registry {
                     agents: self.agents.clone(),
                     by_id: self.by_id.clone(),
                     errors: vec![e],
+                    warnings: self.warnings.clone(),
                     needs_exe_sha256: self.needs_exe_sha256,
                 };
             }
@@ -252,7 +255,10 @@ impl Registry {
     /// Adds one file's agents, all or nothing.
     fn add_file(&mut self, text: &str, origin: &str) {
         let agents = match parse_file(text, origin) {
-            Ok(agents) => agents,
+            Ok((agents, warnings)) => {
+                self.warnings.extend(warnings);
+                agents
+            }
             Err(errors) => {
                 self.errors
                     .extend(errors.into_iter().map(RegistryError::Invalid));
@@ -299,6 +305,11 @@ impl Registry {
     }
 
     /// Problems found while loading, in file order.
+    /// Valid entries that are probably not what was meant, located like errors.
+    pub fn warnings(&self) -> &[ConfigError] {
+        &self.warnings
+    }
+
     pub fn errors(&self) -> &[RegistryError] {
         &self.errors
     }
@@ -387,6 +398,31 @@ shared_with = ["spiffe://example.org/agent/other"]
     }
 
     #[test]
+    fn egress_names_load_and_open_zone_wildcards_warn() {
+        let reg = Registry::parse_str(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\negress = [\n  \"API.example.org.:443\",\n  \"*.s3.amazonaws.com:443\",\n  \"**.example.org:*\",\n]\n",
+            "bot.toml",
+        );
+        assert!(reg.errors().is_empty(), "{:?}", reg.errors());
+        let names = ["api.example.org".to_owned()];
+        let p = &reg.agents()[0].policy;
+        assert!(p.allows_egress("10.9.9.9".parse::<IpAddr>().unwrap(), 443, &names));
+        assert!(!p.allows_egress("10.9.9.9".parse::<IpAddr>().unwrap(), 443, &[]));
+        let warnings: Vec<String> = reg.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            [
+                "bot.toml:8: agent.policy.egress: \"*.s3.amazonaws.com:443\": a wildcard over amazonaws.com, where anyone can create names, allows strangers' hosts too"
+            ]
+        );
+
+        let e = only_error(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\negress = [\n  \"a.*.example.org:443\",\n]\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (7, "agent.policy.egress"));
+    }
+
+    #[test]
     fn loads_the_documented_example() {
         let reg = Registry::parse_str(GOOD, "bot.toml");
         assert!(reg.errors().is_empty(), "{:?}", reg.errors());
@@ -406,8 +442,8 @@ shared_with = ["spiffe://example.org/agent/other"]
         assert_eq!(agent.origin.to_string(), "bot.toml:2");
         let p = &agent.policy;
         assert_eq!(p.egress.as_ref().map(Vec::len), Some(3));
-        assert!(p.allows_egress("10.1.2.3".parse::<IpAddr>().unwrap(), 443));
-        assert!(!p.allows_egress("10.1.2.3".parse::<IpAddr>().unwrap(), 80));
+        assert!(p.allows_egress("10.1.2.3".parse::<IpAddr>().unwrap(), 443, &[]));
+        assert!(!p.allows_egress("10.1.2.3".parse::<IpAddr>().unwrap(), 80, &[]));
         assert!(p.allows_tool("/usr/bin/python3.11"));
         assert!(!p.allows_tool("/bin/sh"));
         assert_eq!(p.credential_max_age, Some(Duration::from_hours(1)));

@@ -95,6 +95,7 @@ fn connect(pid: u32, cgroup_id: u64) -> Event {
             dst_ip: IpAddr::from([127, 0, 0, 1]),
             dst_port: 80,
             protocol: Protocol::Tcp,
+            dst_names: Vec::new(),
         },
     );
     e.cgroup_id = cgroup_id;

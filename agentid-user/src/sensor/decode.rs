@@ -6,12 +6,13 @@ use std::{
 };
 
 use agentid_ebpf::{
-    ARGV_LEN, CHUNK_LEN, ENV_LEN, EXEC_AREA_CAP, ExecChunkRecord, ExecRecord, ExitRecord,
-    FILENAME_LEN, ForkRecord, Header, MAX_ARGS, OpenRecord, PATH_LEN, SockRecord, SocketRecord,
-    exec_flags, kind,
+    ARGV_LEN, CHUNK_LEN, DnsRecord, ENV_LEN, EXEC_AREA_CAP, ExecChunkRecord, ExecRecord,
+    ExitRecord, FILENAME_LEN, ForkRecord, Header, MAX_ARGS, OpenRecord, PATH_LEN, SockRecord,
+    SocketRecord, exec_flags, kind,
 };
 
 use super::reassemble::Reassembler;
+use crate::dns::{DnsOptions, Names};
 use crate::event::{
     Detail, Event, EventKind, FileId, Protocol, ScanIncomplete, SecretEnv, SocketFamily,
 };
@@ -66,6 +67,9 @@ impl Record for SockRecord {
 }
 impl Record for SocketRecord {
     const NAME: &'static str = "socket record";
+}
+impl Record for DnsRecord {
+    const NAME: &'static str = "dns record";
 }
 
 fn read<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -165,19 +169,51 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
 pub struct Decoder {
     clock: Clock,
     chunks: Reassembler,
+    /// What the agents' own DNS said: names for the connects that follow, in ring order.
+    names: Names,
 }
 
 impl Decoder {
     pub fn new(clock: Clock) -> Self {
+        Self::with_dns(clock, DnsOptions::default())
+    }
+
+    pub fn with_dns(clock: Clock, dns: DnsOptions) -> Self {
         Self {
             clock,
             chunks: Reassembler::default(),
+            names: Names::new(dns),
         }
     }
 
-    /// The next event, or `None` for a record that only feeds a later one (a chunk).
+    /// The next event, or `None` for a record that only feeds a later one (a chunk, a
+    /// DNS message). A connect or send gets the names its cgroup resolved its address
+    /// from.
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Option<Event>, DecodeError> {
-        decode_with(bytes, &self.clock, Some(&mut self.chunks))
+        let header: Header = read(bytes)?;
+        if header.kind == kind::DNS {
+            let r: DnsRecord = read(bytes)?;
+            self.names.record(&r);
+            return Ok(None);
+        }
+        let mut event = decode_with(bytes, &self.clock, Some(&mut self.chunks))?;
+        if let Some(Event {
+            detail: Detail::Sock {
+                dst_ip, dst_names, ..
+            },
+            cgroup_id,
+            ktime_ns,
+            ..
+        }) = &mut event
+        {
+            *dst_names = self.names.names(*cgroup_id, *dst_ip, *ktime_ns);
+        }
+        Ok(event)
+    }
+
+    /// The DNS learning counters.
+    pub fn dns_stats(&self) -> crate::dns::DnsStats {
+        self.names.stats()
     }
 
     /// The reassembly state (pending chunks, evictions).
@@ -269,6 +305,11 @@ fn decode_with(
                 EventKind::Send
             };
             (kind, None, header.tgid, None, sock_detail(&r)?)
+        }
+        kind::DNS => {
+            // Only a Decoder learns from DNS records; alone they decode to nothing.
+            let _: DnsRecord = read(bytes)?;
+            return Ok(None);
         }
         kind::SOCKET => (
             EventKind::Socket,
@@ -437,6 +478,7 @@ fn sock_detail(r: &SockRecord) -> Result<Detail, DecodeError> {
         dst_ip,
         dst_port: r.port,
         protocol: Protocol::from_ip_proto(r.protocol),
+        dst_names: Vec::new(),
     })
 }
 
@@ -700,7 +742,8 @@ mod tests {
             Detail::Sock {
                 dst_ip: "127.0.0.1".parse().unwrap(),
                 dst_port: 8080,
-                protocol: Protocol::Tcp
+                protocol: Protocol::Tcp,
+                dst_names: Vec::new(),
             }
         );
         s.header.kind = kind::SEND;
@@ -714,7 +757,8 @@ mod tests {
             Detail::Sock {
                 dst_ip: "::1".parse().unwrap(),
                 dst_port: 8080,
-                protocol: Protocol::Udp
+                protocol: Protocol::Udp,
+                dst_names: Vec::new(),
             }
         );
         s.family = 1;

@@ -17,7 +17,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint,
+        TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
@@ -67,6 +68,8 @@ pub type KindCounts = [u64; kind::COUNT as usize];
 pub struct SensorOptions {
     /// The process whose own activity the kernel drops (default: this process).
     pub self_tgid: Option<u32>,
+    /// How long names learned from the agents' DNS are held.
+    pub dns: crate::dns::DnsOptions,
     /// Pin the programs and maps under this directory (see [`pins`]), resuming a set a
     /// killed daemon left there. `None`: nothing outlives this sensor.
     pub pin_dir: Option<PathBuf>,
@@ -158,6 +161,11 @@ const RAW_TRACEPOINTS: [&str; 3] = [
 ];
 /// cgroup socket-address hooks, attached at the cgroup v2 root.
 const SOCK_HOOKS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// cgroup packet hooks, attached at the cgroup v2 root: the DNS of watched cgroups.
+const SKB_HOOKS: [(&str, CgroupSkbAttachType); 2] = [
+    ("dns_egress", CgroupSkbAttachType::Egress),
+    ("dns_ingress", CgroupSkbAttachType::Ingress),
+];
 
 /// Takes the link `id` out of its program as an [`FdLink`] (which can be pinned). A link
 /// the kernel made without a `bpf_link` (perf events before 5.15, cgroup hooks before 5.7)
@@ -218,6 +226,19 @@ fn attach_all(ebpf: &mut Ebpf, mut links: Option<&mut Vec<pins::Link>>) -> Resul
             Ok(id) => id,
             Err(_) => prog
                 .attach(&root_fd, CgroupAttachMode::Single)
+                .map_err(|source| SensorError::Program { name, source })?,
+        };
+        take_fd_link!(prog, id, name, links);
+    }
+    for (name, attach_type) in SKB_HOOKS {
+        let prog: &mut CgroupSkb = program(ebpf, name)?;
+        prog.load()
+            .map_err(|source| SensorError::Program { name, source })?;
+        // As for the socket hooks: multi-attach, or what the kernel accepts for links.
+        let id = match prog.attach(&root_fd, attach_type, CgroupAttachMode::AllowMultiple) {
+            Ok(id) => id,
+            Err(_) => prog
+                .attach(&root_fd, attach_type, CgroupAttachMode::Single)
                 .map_err(|source| SensorError::Program { name, source })?,
         };
         take_fd_link!(prog, id, name, links);
@@ -360,7 +381,7 @@ impl Sensor {
             _ebpf: ebpf,
             pins,
             origin,
-            decoder: Decoder::new(Clock::now()),
+            decoder: Decoder::with_dns(Clock::now(), opts.dns),
             received: KindCounts::default(),
             decode_errors: 0,
             last_read: None,
@@ -469,7 +490,12 @@ impl Sensor {
                     out.push(event);
                 }
                 Ok(None) => {
-                    if let Some(n) = received.get_mut(kind::EXEC_CHUNK as usize) {
+                    // A chunk or a DNS record: counted under its own kind.
+                    let k = item
+                        .get(..4)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map_or(kind::EXEC_CHUNK, u32::from_ne_bytes);
+                    if let Some(n) = received.get_mut(k as usize) {
                         *n += 1;
                     }
                 }
@@ -521,6 +547,7 @@ impl Sensor {
             .map(|(_, n)| *n)
             .chain(RAW_TRACEPOINTS)
             .chain(SOCK_HOOKS)
+            .chain(SKB_HOOKS.iter().map(|(n, _)| *n))
             .collect()
     }
 

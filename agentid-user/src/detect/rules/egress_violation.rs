@@ -28,19 +28,28 @@ impl Rule for EgressViolation {
         let (
             EventKind::Connect | EventKind::Send,
             Detail::Sock {
-                dst_ip, dst_port, ..
+                dst_ip,
+                dst_port,
+                dst_names,
+                ..
             },
         ) = (ev.kind, &ev.detail)
         else {
             return;
         };
-        let dst = if dst_ip.is_ipv6() {
+        let addr = if dst_ip.is_ipv6() {
             format!("[{dst_ip}]:{dst_port}")
         } else {
             format!("{dst_ip}:{dst_port}")
         };
+        // Named by the host the agent asked for, when its DNS said.
+        let dst = match dst_names.as_slice() {
+            [] => addr,
+            names => format!("{}:{dst_port} ({addr})", names.join(", ")),
+        };
         let Some((owner, own)) = seen.policy_owners().find(|(owner, _)| {
-            owner.policy.egress.is_some() && !owner.policy.allows_egress(*dst_ip, *dst_port)
+            owner.policy.egress.is_some()
+                && !owner.policy.allows_egress(*dst_ip, *dst_port, dst_names)
         }) else {
             return;
         };

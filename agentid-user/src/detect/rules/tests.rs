@@ -94,6 +94,7 @@ fn connect(agent: Option<&str>, ip: &str, port: u16) -> AttributedEvent {
             dst_ip: ip.parse::<IpAddr>().unwrap(),
             dst_port: port,
             protocol: Protocol::Tcp,
+            dst_names: Vec::new(),
         },
     )
 }

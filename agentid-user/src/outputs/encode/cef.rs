@@ -133,6 +133,9 @@ pub fn alert(alert: &Alert) -> String {
         }
         ext.kv("dpt", &c.dst_port.to_string());
         ext.kv("proto", &c.protocol);
+        if let Some(name) = c.dst_names.first() {
+            ext.kv("dhost", name);
+        }
     }
     ext.custom("agentId", &join(alert.agents.iter().map(|a| a.id.as_str())));
     ext.custom(
@@ -202,7 +205,11 @@ pub fn activity(ev: &AttributedEvent) -> Option<String> {
             dst_ip,
             dst_port,
             protocol,
+            dst_names,
         } => {
+            if let Some(name) = dst_names.first() {
+                ext.kv("dhost", name);
+            }
             if dst_ip.is_ipv4() {
                 ext.kv("dst", &dst_ip.to_string());
             } else {

@@ -112,6 +112,9 @@ pub fn alert(alert: &Alert) -> Value {
     }
     if let Some(c) = alert.evidence.connections.first() {
         v["destination"] = json!({"ip": c.dst_ip.to_string(), "port": c.dst_port});
+        if let Some(name) = c.dst_names.first() {
+            v["destination"]["domain"] = json!(name);
+        }
         v["network"] = json!({"transport": c.protocol, "direction": "egress"});
     }
     v
@@ -184,9 +187,13 @@ pub fn activity(ev: &AttributedEvent) -> Option<Value> {
         dst_ip,
         dst_port,
         protocol,
+        dst_names,
     } = &e.detail
     {
         v["destination"] = json!({"ip": dst_ip.to_string(), "port": dst_port});
+        if let Some(name) = dst_names.first() {
+            v["destination"]["domain"] = json!(name);
+        }
         v["network"] = json!({"transport": protocol.to_string(), "direction": "egress"});
     }
     Some(v)

@@ -97,7 +97,7 @@ pub fn detection_finding(alert: &Alert, ctx: &EncodeContext) -> Value {
         .collect();
     evidences.extend(alert.evidence.connections.iter().map(|c| {
         json!({
-            "dst_endpoint": {"ip": c.dst_ip.to_string(), "port": c.dst_port},
+            "dst_endpoint": dst_endpoint(c),
             // Evidence connections are connects and sends: outbound.
             "connection_info": {"protocol_name": c.protocol, "direction_id": 2, "direction": "Outbound"},
         })
@@ -264,6 +264,7 @@ pub fn network_activity(ev: &AttributedEvent, ctx: &EncodeContext) -> Option<Val
         dst_ip,
         dst_port,
         protocol,
+        ref dst_names,
     } = ev.event.detail
     else {
         return None;
@@ -271,6 +272,9 @@ pub fn network_activity(ev: &AttributedEvent, ctx: &EncodeContext) -> Option<Val
     let mut v = base(CLASS_NETWORK_ACTIVITY, 4, activity_id, activity, ev, ctx);
     v["actor"] = json!({"process": event_process(ev)});
     v["dst_endpoint"] = json!({"ip": dst_ip.to_string(), "port": dst_port});
+    if let Some(name) = dst_names.first() {
+        v["dst_endpoint"]["hostname"] = json!(name);
+    }
     v["connection_info"] =
         json!({"protocol_name": protocol.to_string(), "direction_id": 2, "direction": "Outbound"});
     Some(v)
@@ -312,4 +316,13 @@ pub fn audit_checkpoint(cp: &Checkpoint, ctx: &EncodeContext) -> Value {
 /// The OCSF event for an activity record, whichever class fits.
 pub fn activity(ev: &AttributedEvent, ctx: &EncodeContext) -> Option<Value> {
     process_activity(ev, ctx).or_else(|| network_activity(ev, ctx))
+}
+
+/// An alert connection's `dst_endpoint`, with the host name the agent resolved.
+fn dst_endpoint(c: &crate::detect::ConnectionEvidence) -> Value {
+    let mut v = json!({"ip": c.dst_ip.to_string(), "port": c.dst_port});
+    if let Some(name) = c.dst_names.first() {
+        v["hostname"] = json!(name);
+    }
+    v
 }

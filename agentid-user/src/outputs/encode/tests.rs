@@ -61,6 +61,7 @@ fn ocsf_detection_finding_fields() {
         dst_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
         dst_port: 443,
         protocol: "tcp".into(),
+        dst_names: vec!["api.example.test".into()],
     });
     let v = ocsf::detection_finding(
         &a,
@@ -73,6 +74,10 @@ fn ocsf_detection_finding_fields() {
     assert_eq!(v["type_uid"], 200_402);
     assert_eq!(v["count"], 3);
     assert_eq!(v["evidences"][1]["dst_endpoint"]["port"], 443);
+    assert_eq!(
+        v["evidences"][1]["dst_endpoint"]["hostname"],
+        "api.example.test"
+    );
     assert!(v.get("ai_agent").is_none());
 }
 
@@ -106,6 +111,7 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
             dst_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
             dst_port: 8443,
             protocol: Protocol::Tcp,
+            dst_names: vec!["api.example.test".into()],
         },
     };
     AttributedEvent {
@@ -166,6 +172,7 @@ fn ocsf_activity_classes() {
         (4001.into(), 1.into())
     );
     assert_eq!(v["dst_endpoint"]["port"], 8443);
+    assert_eq!(v["dst_endpoint"]["hostname"], "api.example.test");
     assert_eq!(v["actor"]["process"]["pid"], 4242);
     let v = ocsf::activity(&event(EventKind::Send), &ctx()).unwrap();
     assert_eq!(v["type_uid"], 400_106);
@@ -197,6 +204,7 @@ fn ecs_fields() {
     assert_eq!(v["event"]["kind"], "event");
     assert_eq!(v["event"]["category"][0], "network");
     assert_eq!(v["destination"]["port"], 8443);
+    assert_eq!(v["destination"]["domain"], "api.example.test");
     assert_eq!(v["network"]["transport"], "tcp");
     assert_eq!(
         v["gen_ai"]["agent"]["id"],
@@ -219,7 +227,7 @@ fn cef_sample_and_escaping() {
     assert_eq!(cef::escape_ext("a=b\\c\nd\re|f"), "a\\=b\\\\c\\nd\\re|f");
     let ev = cef::activity(&event(EventKind::Connect)).unwrap();
     assert!(ev.contains("|network-open|Connection opened|1|"));
-    assert!(ev.contains("dst=192.0.2.7 dpt=8443 proto=tcp"));
+    assert!(ev.contains("dhost=api.example.test dst=192.0.2.7 dpt=8443 proto=tcp"));
 }
 
 /// Regression (found by `cargo xtask fuzz`, target `encode`): a time after year 9999 made
@@ -492,6 +500,7 @@ fn one_record_of_each_ocsf_class(ctx: &EncodeContext) -> Vec<Value> {
         dst_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
         dst_port: 443,
         protocol: "tcp".into(),
+        dst_names: Vec::new(),
     });
     let mut records = vec![
         ocsf::detection_finding(&new, ctx),
