@@ -557,6 +557,7 @@ pub fn sample_connect(agent: &str, i: u32) -> crate::attribution::AttributedEven
         } else {
             Protocol::Tcp
         },
+        dst_names: Vec::new(),
     };
     e.exe = Some("/usr/bin/python3".into());
     e
