@@ -39,6 +39,10 @@ const PYTHON: &str = "/usr/bin/python3";
 
 /// A loopback address of this test run: `127.77.X.n`, X from the pid, so parallel runs
 /// (other worktrees, other test binaries) do not meet.
+/// One resolver address per test binary: the tests that start a `dnsmasq` on it take
+/// turns (held for the whole test, so a failing one cannot leave the next racing it).
+static RESOLVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn lo(n: u8) -> Ipv4Addr {
     let x = u8::try_from(std::process::id() % 250).expect("pid byte");
     Ipv4Addr::new(127, 77, x, n)
@@ -51,10 +55,15 @@ struct Dnsmasq {
     dir: PathBuf,
     /// A `resolv.conf` naming it, for the agents' mount namespaces.
     resolv: PathBuf,
+    /// This test's turn on the resolver address, given back after the kill in `drop`.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Dnsmasq {
     fn start(test: &str, records: &[(&str, Ipv4Addr)]) -> Self {
+        let turn = RESOLVER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = std::env::temp_dir().join(format!("agentid-dns-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
@@ -84,7 +93,12 @@ impl Dnsmasq {
             .stderr(Stdio::null())
             .spawn()
             .expect("dnsmasq (scripts/setup.sh installs dnsmasq-base)");
-        let mut d = Self { child, dir, resolv };
+        let mut d = Self {
+            child,
+            dir,
+            resolv,
+            _turn: turn,
+        };
         d.wait_ready(records.first().map_or(ALLOWED, |r| r.0));
         d
     }
