@@ -13,7 +13,7 @@ use aya_ebpf::{
 use crate::common::{config, current_ids, emit};
 
 #[map(name = "OPEN_CGROUPS")]
-static OPEN_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+pub static OPEN_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
 /// `openat` arguments from entry, by thread, until the exit says whether it succeeded.
 #[repr(C)]

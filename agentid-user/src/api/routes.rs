@@ -157,6 +157,7 @@ async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
         alerts_file: config.alerts_file,
         audit,
         sinks,
+        tls: s.tls_targets.read().map(|t| t.clone()).unwrap_or_default(),
     }))
 }
 

@@ -331,6 +331,23 @@ fn short_time(t: &str) -> String {
     t.get(..23).unwrap_or(t).replace('T', " ")
 }
 
+/// `POST api.openai.com /v1/chat (HTTP/2, credentials in authorization)`.
+fn request_line(e: &EventRecord) -> String {
+    let creds = e
+        .credential_headers
+        .as_deref()
+        .filter(|h| !h.is_empty())
+        .map(|h| format!(", credentials in {}", joined(h, " ")))
+        .unwrap_or_default();
+    format!(
+        "{} {} {} (HTTP/{}{creds})",
+        opt(e.method.as_deref()),
+        opt(e.host.as_deref()),
+        opt(e.path.as_deref()),
+        opt(e.http_version.as_deref()),
+    )
+}
+
 fn event_line(e: &EventRecord) -> String {
     let detail = match e.kind {
         EventKind::Exec => format!(
@@ -370,6 +387,7 @@ fn event_line(e: &EventRecord) -> String {
             e.protocol.map_or_else(|| "-".into(), |p| p.to_string())
         ),
         EventKind::Open => opt(e.path.as_deref()),
+        EventKind::Request => request_line(e),
     };
     let chain = if e.acting_for.is_empty() {
         String::new()

@@ -7,8 +7,8 @@ use std::{
 
 use agentid_ebpf::{
     ARGV_LEN, CHUNK_LEN, ENV_LEN, EXEC_AREA_CAP, ExecChunkRecord, ExecRecord, ExitRecord,
-    FILENAME_LEN, ForkRecord, Header, MAX_ARGS, OpenRecord, PATH_LEN, SockRecord, SocketRecord,
-    exec_flags, kind,
+    FILENAME_LEN, ForkRecord, Header, MAX_ARGS, OpenRecord, PATH_LEN, RequestRecord, SockRecord,
+    SocketRecord, exec_flags, kind,
 };
 
 use super::reassemble::Reassembler;
@@ -35,6 +35,8 @@ pub enum DecodeError {
     BadFamily(u16),
     #[error("exec chunk record outside a reassembling decoder")]
     ChunkWithoutDecoder,
+    #[error("request record holds no HTTP request")]
+    NotARequest,
 }
 
 /// Records that may be read from any bytes: `repr(C)`, integers and byte arrays only.
@@ -64,6 +66,9 @@ impl Record for SockRecord {
 }
 impl Record for SocketRecord {
     const NAME: &'static str = "socket record";
+}
+impl Record for RequestRecord {
+    const NAME: &'static str = "request record";
 }
 
 fn read<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -275,6 +280,14 @@ fn decode_with(
             None,
             socket_detail(&read(bytes)?),
         ),
+        kind::REQUEST => {
+            // In place (ring-buffer records are aligned), else on a copy wiped after.
+            let detail = with_secret_record(bytes, super::request::detail, |r: &mut RequestRecord| {
+                zeroize::Zeroize::zeroize(&mut r.data);
+            })?
+            .ok_or(DecodeError::NotARequest)?;
+            (EventKind::Request, None, header.tgid, None, detail)
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Some(Event {

@@ -3,6 +3,8 @@
 pub mod decode;
 mod kernel;
 pub mod reassemble;
+pub mod request;
+mod tls;
 
 use std::{
     fs::File,
@@ -14,11 +16,12 @@ use agentid_ebpf::{CONFIG_GLOBAL, DROPS_MAP, EVENTS_MAP, OPEN_CGROUPS_MAP, kind}
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint, UProbe},
 };
 use tokio::io::unix::AsyncFd;
 
 pub use decode::{Clock, DecodeError, Decoder, decode};
+pub use tls::{TlsTarget, is_tls_library};
 
 use crate::{cgroup, event::Event};
 
@@ -68,7 +71,8 @@ pub struct Sensor {
     ring: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     open_cgroups: aya::maps::HashMap<MapData, u64, u8>,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    tls: tls::TlsAttacher,
     decoder: Decoder,
     received: KindCounts,
     decode_errors: u64,
@@ -115,6 +119,8 @@ const RAW_TRACEPOINTS: [&str; 3] = [
 ];
 /// cgroup socket-address hooks, attached at the cgroup v2 root.
 const SOCK_HOOKS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// Entry uprobes on TLS libraries (attached per file by [`tls::TlsAttacher`]).
+const UPROBES: [&str; 2] = [tls::WRITE_PROGRAM, tls::H2_PROGRAM];
 
 /// Loads and attaches every program: tracepoints, raw tracepoints, and the cgroup socket
 /// hooks at the cgroup v2 root.
@@ -153,6 +159,11 @@ fn attach_all(ebpf: &mut Ebpf) -> Result<(), SensorError> {
                 .map_err(|source| SensorError::Program { name, source })?;
         }
     }
+    for name in UPROBES {
+        let prog: &mut UProbe = program(ebpf, name)?;
+        prog.load()
+            .map_err(|source| SensorError::Program { name, source })?;
+    }
     Ok(())
 }
 
@@ -173,6 +184,8 @@ impl Sensor {
             .load(PROGRAMS)?;
 
         attach_all(&mut ebpf)?;
+        let mut tls = tls::TlsAttacher::default();
+        tls.attach_system(&mut ebpf);
 
         let ring = ebpf.take_map(EVENTS_MAP).ok_or(SensorError::Map {
             name: EVENTS_MAP,
@@ -208,7 +221,8 @@ impl Sensor {
             ring,
             drops,
             open_cgroups,
-            _ebpf: ebpf,
+            ebpf,
+            tls,
             decoder: Decoder::new(Clock::now()),
             received: KindCounts::default(),
             decode_errors: 0,
@@ -341,6 +355,17 @@ impl Sensor {
             })
     }
 
+    /// Puts the TLS request probes on the libraries process `pid` maps and on its
+    /// executable, where not done yet (a registered agent's own copies).
+    pub fn watch_tls_of(&mut self, pid: u32) {
+        self.tls.attach_process(&mut self.ebpf, pid);
+    }
+
+    /// The files the TLS request probes went to, with any failure.
+    pub fn tls_targets(&self) -> &[TlsTarget] {
+        self.tls.targets()
+    }
+
     /// Every program the sensor attaches, by name.
     pub fn program_names() -> Vec<&'static str> {
         TRACEPOINTS
@@ -348,6 +373,7 @@ impl Sensor {
             .map(|(_, n)| *n)
             .chain(RAW_TRACEPOINTS)
             .chain(SOCK_HOOKS)
+            .chain(UPROBES)
             .collect()
     }
 
