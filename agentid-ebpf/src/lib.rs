@@ -273,7 +273,15 @@ pub mod request_source {
     /// `nghttp2_submit_request{,2}(session, pri, nva, nvlen, ...)`: header fields before
     /// HPACK compression, in [`super::H2_SLOT`] slots.
     pub const NGHTTP2: u32 = 3;
+    /// Or'ed into `SSL_WRITE`/`SSL_WRITE_EX`: a later write on a connection whose request
+    /// head did not end with its write (`\r\n\r\n` not at the end), so the head may go
+    /// on here: a header split across writes is still seen. At most
+    /// [`super::CONTINUATION_WRITES`] follow one request line.
+    pub const CONTINUATION: u32 = 0x100;
 }
+
+/// Writes captured after a request line whose write did not end the head.
+pub const CONTINUATION_WRITES: u32 = 2;
 
 /// An HTTP request's head leaving a process in a watched cgroup through its TLS library,
 /// seen by an entry uprobe before encryption. For `SSL_write*`, `data` holds the first

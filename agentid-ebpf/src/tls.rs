@@ -7,7 +7,7 @@
 //! `OPEN_CGROUPS` (registered agents' cgroups) and only what looks like a request head, so
 //! a TLS-heavy server elsewhere on the host costs one trap and a map lookup per write.
 use agentid_ebpf::{
-    H2_FIELDS, H2_NAME_AT, H2_NAME_LEN, H2_SLOT, H2_VALUE_AT, H2_VALUE_LEN, REQUEST_LEN,
+    CONTINUATION_WRITES, H2_FIELDS, H2_NAME_AT, H2_NAME_LEN, H2_SLOT, H2_VALUE_AT, H2_VALUE_LEN, REQUEST_LEN,
     RequestRecord, kind, request_source,
 };
 use aya_ebpf::{
@@ -16,7 +16,8 @@ use aya_ebpf::{
         generated::{bpf_get_attach_cookie, bpf_probe_read_user},
     },
     EbpfContext as _,
-    macros::uprobe,
+    macros::{map, uprobe},
+    maps::LruHashMap,
     programs::ProbeContext,
 };
 
@@ -24,6 +25,20 @@ use crate::{
     common::{config, current_ids, emit},
     files::OPEN_CGROUPS,
 };
+
+/// A connection of a process: its TLS library handle and the process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnKey {
+    conn: u64,
+    tgid: u32,
+    pad: u32,
+}
+
+/// Connections whose last request line did not end its write's head, with the writes
+/// still to capture after it (see `request_source::CONTINUATION`).
+#[map(name = "TLS_CONTINUE")]
+static TLS_CONTINUE: LruHashMap<ConnKey, u32> = LruHashMap::with_max_entries(4096, 0);
 
 /// Whether the current process is one whose requests are reported; returns its ids.
 #[inline(always)]
@@ -83,17 +98,43 @@ pub fn tls_write(ctx: ProbeContext) -> u32 {
     } else {
         raw_len
     };
-    if len < 8 {
+    if len < 4 {
         return 0;
     }
+    // A write shorter than 8 bytes cannot start a request line (its head is zeros) but
+    // may continue a head.
     let mut head = [0u8; 8];
-    // SAFETY: 8 bytes into a stack array of 8; the source is user memory read by the
-    // checked helper.
-    if unsafe { bpf_probe_read_user(head.as_mut_ptr().cast(), 8, buf as *const _) } != 0 {
+    let head_n = if len >= 8 { 8 } else { (len as u32) & 7 };
+    // SAFETY: at most 8 bytes into a stack array of 8; the source is user memory read by
+    // the checked helper.
+    if unsafe { bpf_probe_read_user(head.as_mut_ptr().cast(), head_n, buf as *const _) } != 0 {
         return 0;
     }
-    if !is_request_line(&head) {
-        return 0;
+    let key = ConnKey { conn, tgid, pad: 0 };
+    let mut source = source;
+    if is_request_line(&head) {
+        // The head ends with this write when its last four bytes are the blank line.
+        let mut tail = [0u8; 4];
+        // SAFETY: 4 bytes into a stack array of 4, from user memory via the checked helper.
+        let read = unsafe {
+            bpf_probe_read_user(tail.as_mut_ptr().cast(), 4, (buf + len - 4) as *const _)
+        };
+        if read == 0 && tail == *b"\r\n\r\n" {
+            let _ = TLS_CONTINUE.remove(&key);
+        } else {
+            let _ = TLS_CONTINUE.insert(&key, &CONTINUATION_WRITES, 0);
+        }
+    } else {
+        // SAFETY: map lookup of a plain key.
+        let Some(left) = (unsafe { TLS_CONTINUE.get(&key) }).copied() else {
+            return 0;
+        };
+        if left <= 1 {
+            let _ = TLS_CONTINUE.remove(&key);
+        } else {
+            let _ = TLS_CONTINUE.insert(&key, &(left - 1), 0);
+        }
+        source |= request_source::CONTINUATION;
     }
     emit::<RequestRecord>(kind::REQUEST, tgid, tid, |rec| {
         // Two constant-bounded cases keep the size provably within `data`.

@@ -322,6 +322,10 @@ pub enum Detail {
         /// Names of the header fields that carried a credential (lowercase), filled in by
         /// the credential stage.
         credential_headers: Vec<String>,
+        /// The head went on in a later write than its request line: this event holds the
+        /// fields of that later write (method, host and path are the request's).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        continued: bool,
         /// The header fields (never serialised; emptied after fingerprinting).
         #[serde(skip)]
         headers: SecretHeaders,

@@ -452,7 +452,7 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(
             msg,
-            "unknown kind \"opne\": expected open, exec, fork, exit, connect, send or socket"
+            "unknown kind \"opne\": expected open, exec, fork, exit, connect, send, socket or request"
         );
         for kind in EventKind::ALL {
             let ok = Params {

@@ -258,6 +258,8 @@ pub struct EventRecord {
     pub tls_fn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_headers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continued: Option<bool>,
     // attribution
     pub exec_id: Option<ExecId>,
     pub parent_exec_id: Option<ExecId>,

@@ -35,8 +35,6 @@ pub enum DecodeError {
     BadFamily(u16),
     #[error("exec chunk record outside a reassembling decoder")]
     ChunkWithoutDecoder,
-    #[error("request record holds no HTTP request")]
-    NotARequest,
 }
 
 /// Records that may be read from any bytes: `repr(C)`, integers and byte arrays only.
@@ -159,7 +157,7 @@ impl Clock {
 /// records decodes with what its record holds and is flagged (`scan_incomplete`); chunk
 /// records themselves need a [`Decoder`].
 pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
-    decode_with(bytes, clock, None)?.ok_or(DecodeError::ChunkWithoutDecoder)
+    decode_with(bytes, clock, None, None)?.ok_or(DecodeError::ChunkWithoutDecoder)
 }
 
 /// Decodes a stream of ring-buffer records, reassembling each exec's arguments and
@@ -168,6 +166,7 @@ pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
 pub struct Decoder {
     clock: Clock,
     chunks: Reassembler,
+    heads: super::request::Heads,
 }
 
 impl Decoder {
@@ -175,12 +174,18 @@ impl Decoder {
         Self {
             clock,
             chunks: Reassembler::default(),
+            heads: super::request::Heads::default(),
         }
     }
 
     /// The next event, or `None` for a record that only feeds a later one (a chunk).
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Option<Event>, DecodeError> {
-        decode_with(bytes, &self.clock, Some(&mut self.chunks))
+        decode_with(
+            bytes,
+            &self.clock,
+            Some(&mut self.chunks),
+            Some(&mut self.heads),
+        )
     }
 
     /// The reassembly state (pending chunks, evictions).
@@ -222,6 +227,7 @@ fn decode_with(
     bytes: &[u8],
     clock: &Clock,
     chunks: Option<&mut Reassembler>,
+    heads: Option<&mut super::request::Heads>,
 ) -> Result<Option<Event>, DecodeError> {
     let header: Header = read(bytes)?;
     let (kind, parent, pid, start, detail) = match header.kind {
@@ -282,10 +288,17 @@ fn decode_with(
         ),
         kind::REQUEST => {
             // In place (ring-buffer records are aligned), else on a copy wiped after.
-            let detail = with_secret_record(bytes, super::request::detail, |r: &mut RequestRecord| {
+            let parse = |r: &RequestRecord| match heads {
+                Some(heads) => heads.detail(header.tgid, r),
+                None => super::request::detail(r),
+            };
+            let detail = with_secret_record(bytes, parse, |r: &mut RequestRecord| {
                 zeroize::Zeroize::zeroize(&mut r.data);
-            })?
-            .ok_or(DecodeError::NotARequest)?;
+            })?;
+            // A continuation of a head that had ended (a body write) holds no request.
+            let Some(detail) = detail else {
+                return Ok(None);
+            };
             (EventKind::Request, None, header.tgid, None, detail)
         }
         other => return Err(DecodeError::UnknownKind(other)),

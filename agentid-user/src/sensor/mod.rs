@@ -332,7 +332,13 @@ impl Sensor {
                     out.push(event);
                 }
                 Ok(None) => {
-                    if let Some(n) = received.get_mut(kind::EXEC_CHUNK as usize) {
+                    // A chunk, or a request continuation that held no head: counted
+                    // under its record kind (the header's first field).
+                    let k = item
+                        .get(..4)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map_or(kind::EXEC_CHUNK, u32::from_ne_bytes);
+                    if let Some(n) = received.get_mut(k as usize) {
                         *n += 1;
                     }
                 }

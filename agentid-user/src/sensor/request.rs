@@ -2,6 +2,8 @@
 //! parsed, query values dropped, and the header fields handed on as secret material for
 //! the credential stage. Input is untrusted: any bytes give a result or `None`, never a
 //! panic.
+use std::collections::HashMap;
+
 use agentid_ebpf::{
     H2_FIELDS, H2_NAME_AT, H2_NAME_LEN, H2_SLOT, H2_VALUE_AT, H2_VALUE_LEN, REQUEST_LEN,
     RequestRecord, request_source,
@@ -10,50 +12,124 @@ use zeroize::Zeroizing;
 
 use crate::event::{Detail, SecretHeaders, TlsFn};
 
-/// The request in `r`, or `None` when it is not one (a capture that failed, or garbage).
-pub fn detail(r: &RequestRecord) -> Option<Detail> {
-    match r.source {
-        request_source::SSL_WRITE | request_source::SSL_WRITE_EX => {
-            let n = (r.captured as usize).min(REQUEST_LEN);
-            let tls_fn = if r.source == request_source::SSL_WRITE {
-                TlsFn::SslWrite
-            } else {
-                TlsFn::SslWriteEx
+/// Connections with a request head still open: kept at most this many.
+const PENDING_MAX: usize = 1024;
+
+/// A request head that did not end with its write: what the next write on the connection
+/// continues. The unfinished last line is secret material (it may be half a header).
+#[derive(Debug)]
+struct Pending {
+    method: String,
+    host: Option<String>,
+    path: String,
+    http_version: String,
+    tail: Zeroizing<Vec<u8>>,
+}
+
+/// Request heads split across writes, by (process, connection).
+#[derive(Debug, Default)]
+pub struct Heads {
+    pending: HashMap<(u32, u64), Pending>,
+}
+
+impl Heads {
+    /// The request in `r` of process `tgid`, or `None` when it holds none (a capture that
+    /// failed, garbage, or a continuation of a head that had already ended).
+    pub fn detail(&mut self, tgid: u32, r: &RequestRecord) -> Option<Detail> {
+        let continuation = r.source & request_source::CONTINUATION != 0;
+        let source = r.source & !request_source::CONTINUATION;
+        let tls_fn = match source {
+            request_source::SSL_WRITE => TlsFn::SslWrite,
+            request_source::SSL_WRITE_EX => TlsFn::SslWriteEx,
+            request_source::NGHTTP2 => return Some(h2(&r.data, r.captured as usize)),
+            _ => return None,
+        };
+        let n = (r.captured as usize).min(REQUEST_LEN);
+        let data = r.data.get(..n)?;
+        let key = (tgid, r.conn);
+        // The whole write was captured: only then can the next write go on from its end.
+        let whole = u64::from(r.captured) == r.total_len;
+        if continuation {
+            let pending = self.pending.remove(&key)?;
+            let mut joined = Zeroizing::new(Vec::with_capacity(pending.tail.len() + data.len()));
+            joined.extend_from_slice(&pending.tail);
+            joined.extend_from_slice(data);
+            let (fields, host, rest) = header_fields(&joined);
+            let detail = Detail::Request {
+                method: pending.method.clone(),
+                host: pending.host.clone().or(host),
+                path: pending.path.clone(),
+                http_version: pending.http_version.clone(),
+                tls_fn,
+                credential_headers: Vec::new(),
+                continued: true,
+                headers: SecretHeaders::from_zeroizing(fields),
             };
-            http1(r.data.get(..n)?, tls_fn)
+            if let Some(tail) = rest.filter(|_| whole) {
+                self.keep(key, Pending {
+                    tail: Zeroizing::new(tail.to_vec()),
+                    ..pending
+                });
+            }
+            return Some(detail);
         }
-        request_source::NGHTTP2 => Some(h2(&r.data, r.captured as usize)),
-        _ => None,
+        let (detail, rest) = http1_with_rest(data, tls_fn)?;
+        self.pending.remove(&key);
+        if let (Some(tail), true) = (rest, whole)
+            && let Detail::Request {
+                method,
+                host,
+                path,
+                http_version,
+                ..
+            } = &detail
+        {
+            self.keep(key, Pending {
+                method: method.clone(),
+                host: host.clone(),
+                path: path.clone(),
+                http_version: http_version.clone(),
+                tail: Zeroizing::new(tail.to_vec()),
+            });
+        }
+        Some(detail)
     }
+
+    fn keep(&mut self, key: (u32, u64), pending: Pending) {
+        if self.pending.len() >= PENDING_MAX {
+            self.pending.clear();
+        }
+        self.pending.insert(key, pending);
+    }
+}
+
+/// The request in `r` on its own (no continuation across records).
+pub fn detail(r: &RequestRecord) -> Option<Detail> {
+    Heads::default().detail(0, r)
 }
 
 /// An HTTP/1.x request head: the request line, then header lines up to the blank line.
 /// Only lines ended by a line feed inside the capture are kept.
 pub fn http1(head: &[u8], tls_fn: TlsFn) -> Option<Detail> {
-    let mut lines = head.split_inclusive(|&b| b == b'\n');
-    let first = lines.next()?;
-    let first = first.strip_suffix(b"\n").unwrap_or(first);
-    let first = first.strip_suffix(b"\r").unwrap_or(first);
-    let mut parts = first.splitn(3, |&b| b == b' ');
-    let method = parts.next()?;
-    if method.is_empty() || !method.iter().all(u8::is_ascii_uppercase) {
-        return None;
-    }
-    let target = parts.next().unwrap_or_default();
-    let version = parts
-        .next()
-        .and_then(|v| v.strip_prefix(b"HTTP/"))
-        .map_or_else(String::new, |v| String::from_utf8_lossy(v).into_owned());
+    http1_with_rest(head, tls_fn).map(|(d, _)| d)
+}
+
+/// Header lines up to the blank line: the `name: value` fields (secret), the first `Host`,
+/// and — when the blank line was not reached — the unfinished last line (possibly empty).
+fn header_fields(bytes: &[u8]) -> (Zeroizing<Vec<u8>>, Option<String>, Option<&[u8]>) {
     // Sized up front: a reallocation would leave an unwiped copy behind.
-    let mut fields = Zeroizing::new(Vec::with_capacity(head.len()));
+    let mut fields = Zeroizing::new(Vec::with_capacity(bytes.len()));
     let mut host = None;
-    for line in lines {
-        let Some(line) = line.strip_suffix(b"\n") else {
-            break; // cut by the capture
+    let mut rest = bytes;
+    loop {
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            return (fields, host, Some(rest)); // cut by the write's end
         };
+        let line = &rest[..nl];
+        rest = &rest[nl + 1..];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            break; // end of the head: the body is never looked at
+            return (fields, host, None); // end of the head: the body is never looked at
         }
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
@@ -64,15 +140,41 @@ pub fn http1(head: &[u8], tls_fn: TlsFn) -> Option<Detail> {
         }
         push_field(&mut fields, name, value);
     }
-    Some(Detail::Request {
+}
+
+fn http1_with_rest(head: &[u8], tls_fn: TlsFn) -> Option<(Detail, Option<&[u8]>)> {
+    let mut lines = head.split_inclusive(|&b| b == b'\n');
+    let first = lines.next()?;
+    let line = first.strip_suffix(b"\n").unwrap_or(first);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let method = parts.next()?;
+    if method.is_empty() || !method.iter().all(u8::is_ascii_uppercase) {
+        return None;
+    }
+    let target = parts.next().unwrap_or_default();
+    let version = parts
+        .next()
+        .and_then(|v| v.strip_prefix(b"HTTP/"))
+        .map_or_else(String::new, |v| String::from_utf8_lossy(v).into_owned());
+    // The request line itself must end inside the capture for fields to follow.
+    let after = head.get(first.len()..).unwrap_or_default();
+    let (fields, host, rest) = if first.ends_with(b"\n") {
+        header_fields(after)
+    } else {
+        (Zeroizing::new(Vec::new()), None, None)
+    };
+    let detail = Detail::Request {
         method: String::from_utf8_lossy(method).into_owned(),
         host,
         path: path_without_query_values(target),
         http_version: version,
         tls_fn,
         credential_headers: Vec::new(),
+        continued: false,
         headers: SecretHeaders::from_zeroizing(fields),
-    })
+    };
+    Some((detail, rest))
 }
 
 /// HTTP/2 header fields from nghttp2 slots: pseudo-headers give method, authority and
@@ -103,6 +205,7 @@ fn h2(data: &[u8], captured: usize) -> Detail {
         http_version: "2".to_owned(),
         tls_fn: TlsFn::Nghttp2,
         credential_headers: Vec::new(),
+        continued: false,
         headers: SecretHeaders::from_zeroizing(fields),
     }
 }
@@ -186,6 +289,39 @@ mod tests {
         // The capture ended mid-line: that line is not a field.
         let cut = b"GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer sk-cut";
         assert_eq!(fields(&http1(cut, TlsFn::SslWrite).expect("request")), ["Host: h"]);
+    }
+
+    fn record(source: u32, conn: u64, data: &[u8], total: u64) -> Box<RequestRecord> {
+        // SAFETY: all-zero bytes are a valid record (integers and byte arrays only).
+        let mut r: Box<RequestRecord> = Box::new(unsafe { std::mem::zeroed() });
+        r.source = source;
+        r.conn = conn;
+        r.captured = u32::try_from(data.len()).expect("short");
+        r.total_len = total;
+        r.data[..data.len()].copy_from_slice(data);
+        r
+    }
+
+    #[test]
+    fn a_head_split_across_writes_is_continued() {
+        let mut heads = Heads::default();
+        let first = b"GET /split HTTP/1.1\r\nHost: evil.example\r\nAuthori";
+        let r = record(request_source::SSL_WRITE_EX, 9, first, first.len() as u64);
+        assert_eq!(fields(&heads.detail(7, &r).expect("request")), ["Host: evil.example"]);
+        let second = b"zation: Bearer tok\r\n\r\nbody";
+        let c = request_source::SSL_WRITE_EX | request_source::CONTINUATION;
+        let r = record(c, 9, second, second.len() as u64);
+        let d = heads.detail(7, &r).expect("continued");
+        assert_eq!(fields(&d), ["Authorization: Bearer tok"]);
+        let Detail::Request { continued, host, path, .. } = &d else { panic!() };
+        assert!(continued);
+        assert_eq!((host.as_deref(), path.as_str()), (Some("evil.example"), "/split"));
+        // The head ended: a further write on the connection is not a head.
+        assert!(heads.detail(7, &r).is_none());
+        // Another connection's continuation never joins this one.
+        let r = record(request_source::SSL_WRITE_EX, 9, first, first.len() as u64);
+        heads.detail(7, &r);
+        assert!(heads.detail(7, &record(c, 10, second, 30)).is_none());
     }
 
     #[test]
