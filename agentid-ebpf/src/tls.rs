@@ -58,6 +58,11 @@ fn watched() -> Option<(u32, u32)> {
 /// Methods are matched by shape, not by list, so an unusual verb is not a way around it.
 #[inline(always)]
 fn is_request_line(head: &[u8; 8]) -> bool {
+    // The HTTP/2 connection preface (`PRI * HTTP/2.0`) has the shape but is no request:
+    // HTTP/2 headers come HPACK-coded after it, and nghttp2's probe sees them plain.
+    if *head == *b"PRI * HT" {
+        return false;
+    }
     let mut i = 0;
     while i < 8 {
         let c = head[i];

@@ -57,7 +57,7 @@ pub enum QueryCommand {
     Events {
         #[arg(long)]
         agent: Option<String>,
-        #[arg(long, value_parser = ["exec", "fork", "exit", "connect", "send", "open", "socket"])]
+        #[arg(long, value_parser = ["exec", "fork", "exit", "connect", "send", "open", "socket", "request"])]
         kind: Option<String>,
         #[arg(long)]
         since: Option<String>,

@@ -153,6 +153,10 @@ fn http1_with_rest(head: &[u8], tls_fn: TlsFn) -> Option<(Detail, Option<&[u8]>)
         return None;
     }
     let target = parts.next().unwrap_or_default();
+    // The HTTP/2 connection preface, not a request (the kernel filters it too).
+    if method == b"PRI" && target == b"*" {
+        return None;
+    }
     let version = parts
         .next()
         .and_then(|v| v.strip_prefix(b"HTTP/"))
@@ -328,6 +332,7 @@ mod tests {
     fn not_a_request_line() {
         assert!(http1(b"hello world\r\n", TlsFn::SslWrite).is_none());
         assert!(http1(b"", TlsFn::SslWrite).is_none());
+        assert!(http1(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", TlsFn::SslWrite).is_none());
     }
 
     #[test]
