@@ -7,7 +7,12 @@
     unused_crate_dependencies,
     reason = "this package's targets share one dependency list and each test file uses a few of it"
 )]
+#![expect(
+    clippy::expect_used,
+    reason = "the server and file helpers are test steps: a failed step is a failed test"
+)]
 use std::{
+    fmt::Write as _,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -52,7 +57,9 @@ impl TlsServer {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("server dir");
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
             .args(["-subj", "/CN=api.openai.com"])
             .args([
                 "-addext",
@@ -64,7 +71,11 @@ impl TlsServer {
             .arg(dir.join("cert.pem"))
             .output()
             .expect("openssl req");
-        assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::write(dir.join("server.js"), SERVER_JS).expect("server.js");
         let mut child = Command::new("node")
             .arg(dir.join("server.js"))
@@ -80,7 +91,11 @@ impl TlsServer {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let mut server = Self { child, dir, port: 0 };
+        let mut server = Self {
+            child,
+            dir,
+            port: 0,
+        };
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the TLS server never said its port");
@@ -189,7 +204,6 @@ fn node(cg: &TestCgroup, server: &TlsServer, args: &[&str]) {
     );
 }
 
-
 fn by_path<'a>(events: &'a [Value], path: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["path"] == path).collect()
 }
@@ -217,25 +231,32 @@ fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
     reason = "one end-to-end scenario, read top to bottom"
 )]
 fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
-    let (a, b, c) = (
+    let (alpha, beta_cg, unwatched) = (
         TestCgroup::new("tls-a"),
         TestCgroup::new("tls-b"),
         TestCgroup::new("tls-unwatched"),
     );
     let dir = Daemon::dir("tls");
-    std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("reg");
-    std::fs::write(dir.join("agents/b.toml"), registration("beta", &b)).expect("reg");
+    std::fs::write(dir.join("agents/a.toml"), registration("alpha", &alpha)).expect("reg");
+    std::fs::write(dir.join("agents/b.toml"), registration("beta", &beta_cg)).expect("reg");
     let mut config = std::fs::read_to_string(dir.join("agentid.toml")).expect("config");
-    config.push_str(&format!(
+    let _ = write!(
+        config,
         "[[sinks]]\ntype = \"file\"\npath = \"{}/sink.jsonl\"\nformat = \"ocsf\"\ninclude_activity = true\n",
         dir.display()
-    ));
+    );
     std::fs::write(dir.join("agentid.toml"), config).expect("config");
     let server = TlsServer::start("e2e");
-    let Some(d) = Daemon::start(&dir) else { return };
+    let Some(daemon) = Daemon::start(&dir) else {
+        return;
+    };
     let beta = "spiffe://test.example/agent/beta";
 
-    let nonce = format!("{:x}{:x}", std::process::id(), Instant::now().elapsed().as_nanos());
+    let nonce = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    );
     // One key per client (so each sighting is told apart) and one shared with alpha's env.
     let shared = format!("sk-proj-CANARYshared{nonce}Q7x9Lm2Np4Rt6Vw8Yz");
     let h2_key = format!("sk-proj-CANARYh2{nonce}Q7x9Lm2Np4Rt6Vw8YzAb");
@@ -257,34 +278,62 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
     ];
 
     // Agents' cgroups get their file-open (and TLS) watch once an event of theirs is seen.
-    for cg in [&a, &b] {
+    for cg in [&alpha, &beta_cg] {
         cg.echo("hello");
     }
-    d.cli_until(&["events", "--agent", beta, "--kind", "exec"], |v| {
+    daemon.cli_until(&["events", "--agent", beta, "--kind", "exec"], |v| {
         v.as_array().is_some_and(|e| !e.is_empty())
     });
     // Not registered: its requests are never reported.
-    curl(&c, &server, "--http1.1", "api.openai.com", "/v1/unwatched", &format!("Authorization: Bearer {unwatched_key}"));
+    curl(
+        &unwatched,
+        &server,
+        "--http1.1",
+        "api.openai.com",
+        "/v1/unwatched",
+        &format!("Authorization: Bearer {unwatched_key}"),
+    );
 
-    let st = a
+    let st = alpha
         .command("/bin/true")
         .env_clear()
         .env("OPENAI_API_KEY", &shared)
         .status()
         .expect("alpha");
     assert!(st.success());
-    let q = format!("/v1/curl1?key={query_secret}&beta=true");
-    curl(&b, &server, "--http1.1", "api.openai.com", &q, &format!("Authorization: Bearer {shared}"));
-    curl(&b, &server, "--http2", "api.openai.com", "/v1/curl2", &format!("x-api-key: {h2_key}"));
-    python(&b, &server, PY_HTTP_CLIENT, &["/v1/py", &py_key]);
-    python(&b, &server, PY_SPLIT, &["/v1/split", &split_key]);
-    node(&b, &server, &["/v1/node", &node_key]);
+    let curl1 = format!("/v1/curl1?key={query_secret}&beta=true");
+    curl(
+        &beta_cg,
+        &server,
+        "--http1.1",
+        "api.openai.com",
+        &curl1,
+        &format!("Authorization: Bearer {shared}"),
+    );
+    curl(
+        &beta_cg,
+        &server,
+        "--http2",
+        "api.openai.com",
+        "/v1/curl2",
+        &format!("x-api-key: {h2_key}"),
+    );
+    python(&beta_cg, &server, PY_HTTP_CLIENT, &["/v1/py", &py_key]);
+    python(&beta_cg, &server, PY_SPLIT, &["/v1/split", &split_key]);
+    node(&beta_cg, &server, &["/v1/node", &node_key]);
 
-    let expected = ["/v1/curl1?key=&beta=", "/v1/curl2", "/v1/py", "/v1/split", "/v1/node"];
-    let events = d.cli_until(&["events", "--kind", "request", "--agent", beta], |v| {
+    let expected = [
+        "/v1/curl1?key=&beta=",
+        "/v1/curl2",
+        "/v1/py",
+        "/v1/split",
+        "/v1/node",
+    ];
+    let events = daemon.cli_until(&["events", "--kind", "request", "--agent", beta], |v| {
         v.as_array().is_some_and(|e| {
             expected.iter().all(|p| e.iter().any(|x| x["path"] == *p))
-                && e.iter().any(|x| x["path"] == "/v1/split" && x["continued"] == true)
+                && e.iter()
+                    .any(|x| x["path"] == "/v1/split" && x["continued"] == true)
         })
     });
     let events = events.as_array().expect("events").clone();
@@ -298,25 +347,31 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
             .iter()
             .flat_map(|e| e["credential_headers"].as_array().into_iter().flatten())
             .collect();
-        assert!(!creds.is_empty(), "{path}: no credential header found: {mine:#?}");
+        assert!(
+            !creds.is_empty(),
+            "{path}: no credential header found: {mine:#?}"
+        );
     }
     assert_eq!(by_path(&events, "/v1/curl2")[0]["http_version"], "2");
     assert_eq!(by_path(&events, "/v1/curl2")[0]["tls_fn"], "nghttp2");
     assert_eq!(by_path(&events, "/v1/py")[0]["tls_fn"], "ssl_write_ex");
-    assert_eq!(by_path(&events, "/v1/curl1?key=&beta=")[0]["tls_fn"], "ssl_write");
+    assert_eq!(
+        by_path(&events, "/v1/curl1?key=&beta=")[0]["tls_fn"],
+        "ssl_write"
+    );
     // Only HTTP requests: the non-HTTP write and the unwatched cgroup gave nothing.
     for e in &events {
         let path = e["path"].as_str().unwrap_or_default();
         assert!(expected.contains(&path), "unexpected request event: {e:#}");
     }
-    let all = d.cli(&["events", "--kind", "request"]);
+    let all = daemon.cli(&["events", "--kind", "request"]);
     assert!(
         !all.to_string().contains("/v1/unwatched"),
         "an unregistered cgroup's request was reported: {all:#}"
     );
 
     // alpha's env key in beta's header: one credential, one reuse naming both.
-    let alerts = d.cli_until(&["alerts", "--rule", "credential-reuse"], |v| {
+    let alerts = daemon.cli_until(&["alerts", "--rule", "credential-reuse"], |v| {
         v.as_array().is_some_and(|a| !a.is_empty())
     });
     let alerts = alerts.as_array().expect("alerts");
@@ -329,7 +384,7 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
         .collect();
     agents.sort_unstable();
     assert_eq!(agents, ["spiffe://test.example/agent/alpha", beta]);
-    let creds = d.cli_until(&["credentials"], |v| {
+    let creds = daemon.cli_until(&["credentials"], |v| {
         v.to_string().contains("tls:api.openai.com authorization")
             && v.to_string().contains("tls:api.openai.com x-api-key")
     });
@@ -343,27 +398,46 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
         .unwrap_or_default()
         .contains("\"class_uid\":4002")
     {
-        assert!(Instant::now() < deadline, "the sink never got an HTTP Activity");
+        assert!(
+            Instant::now() < deadline,
+            "the sink never got an HTTP Activity"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
     // Canaries: in no answer, file or log.
     let mut haystack = vec![
-        ("events".to_owned(), d.cli(&["events"]).to_string().into_bytes()),
-        ("alerts".to_owned(), d.cli(&["alerts"]).to_string().into_bytes()),
+        (
+            "events".to_owned(),
+            daemon.cli(&["events"]).to_string().into_bytes(),
+        ),
+        (
+            "alerts".to_owned(),
+            daemon.cli(&["alerts"]).to_string().into_bytes(),
+        ),
         ("credentials".to_owned(), creds.to_string().into_bytes()),
-        ("status".to_owned(), d.cli(&["status"]).to_string().into_bytes()),
+        (
+            "status".to_owned(),
+            daemon.cli(&["status"]).to_string().into_bytes(),
+        ),
     ];
-    let log = d.log.clone();
-    assert!(d.stop().success());
-    haystack.push(("daemon log".into(), log.lock().expect("log").clone().into_bytes()));
+    let log = daemon.log.clone();
+    assert!(daemon.stop().success());
+    haystack.push((
+        "daemon log".into(),
+        log.lock().expect("log").clone().into_bytes(),
+    ));
     haystack.extend(files_under(&dir));
     assert!(haystack.iter().any(|(n, _)| n.ends_with("agentid.db")));
     assert!(haystack.iter().any(|(n, _)| n.ends_with("audit.log")));
     for secret in secrets {
         for (name, bytes) in &haystack {
             let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
-            assert!(!found, "a canary secret leaked into {name}: {}", &secret[..20]);
+            assert!(
+                !found,
+                "a canary secret leaked into {name}: {}",
+                &secret[..20]
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -7,15 +7,15 @@
 //! `OPEN_CGROUPS` (registered agents' cgroups) and only what looks like a request head, so
 //! a TLS-heavy server elsewhere on the host costs one trap and a map lookup per write.
 use agentid_ebpf::{
-    CONTINUATION_WRITES, H2_FIELDS, H2_NAME_AT, H2_NAME_LEN, H2_SLOT, H2_VALUE_AT, H2_VALUE_LEN, REQUEST_LEN,
-    RequestRecord, kind, request_source,
+    CONTINUATION_WRITES, H2_FIELDS, H2_NAME_AT, H2_NAME_LEN, H2_SLOT, H2_VALUE_AT, H2_VALUE_LEN,
+    REQUEST_LEN, RequestRecord, kind, request_source,
 };
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_cgroup_id,
         generated::{bpf_get_attach_cookie, bpf_probe_read_user},
     },
-    EbpfContext as _,
     macros::{map, uprobe},
     maps::LruHashMap,
     programs::ProbeContext,
@@ -227,7 +227,11 @@ pub fn h2_request(ctx: ProbeContext) -> u32 {
                 } else {
                     (nv.valuelen as u32) & 255
                 };
-                let value_len = if nv.valuelen > 0xffff { 0xffff } else { nv.valuelen as u16 };
+                let value_len = if nv.valuelen > 0xffff {
+                    0xffff
+                } else {
+                    nv.valuelen as u16
+                };
                 *slot = name_n as u8;
                 *slot.add(1) = 0;
                 *slot.add(2) = value_len as u8;

@@ -87,7 +87,12 @@ mod tests {
 
     fn fps(entry: &[u8]) -> Vec<(CredKind, [u8; 32])> {
         field(&key(), entry)
-            .map(|(_, f)| f.into_vec().into_iter().map(|(k, fp)| (k, fp.hmac)).collect())
+            .map(|(_, f)| {
+                f.into_vec()
+                    .into_iter()
+                    .map(|(k, fp)| (k, fp.hmac))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -108,16 +113,21 @@ mod tests {
 
     #[test]
     fn basic_gives_the_password() {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(b"x-access-token:hunter2hunter2");
+        let b64 =
+            base64::engine::general_purpose::STANDARD.encode(b"x-access-token:hunter2hunter2");
         let entry = format!("Proxy-Authorization: Basic {b64}");
-        let pw = key().fingerprint(CredKind::Password, b"hunter2hunter2").hmac;
+        let pw = key()
+            .fingerprint(CredKind::Password, b"hunter2hunter2")
+            .hmac;
         assert_eq!(fps(entry.as_bytes()), [(CredKind::Password, pw)]);
     }
 
     #[test]
     fn sigv4_gives_the_access_key_id_only() {
         let entry = b"Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20250101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=abcdef0123456789";
-        let id = key().fingerprint(CredKind::Aws, b"AKIAIOSFODNN7EXAMPLE").hmac;
+        let id = key()
+            .fingerprint(CredKind::Aws, b"AKIAIOSFODNN7EXAMPLE")
+            .hmac;
         assert_eq!(fps(entry), [(CredKind::Aws, id)]);
     }
 

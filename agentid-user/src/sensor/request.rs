@@ -66,10 +66,13 @@ impl Heads {
                 headers: SecretHeaders::from_zeroizing(fields),
             };
             if let Some(tail) = rest.filter(|_| whole) {
-                self.keep(key, Pending {
-                    tail: Zeroizing::new(tail.to_vec()),
-                    ..pending
-                });
+                self.keep(
+                    key,
+                    Pending {
+                        tail: Zeroizing::new(tail.to_vec()),
+                        ..pending
+                    },
+                );
             }
             return Some(detail);
         }
@@ -84,13 +87,16 @@ impl Heads {
                 ..
             } = &detail
         {
-            self.keep(key, Pending {
-                method: method.clone(),
-                host: host.clone(),
-                path: path.clone(),
-                http_version: http_version.clone(),
-                tail: Zeroizing::new(tail.to_vec()),
-            });
+            self.keep(
+                key,
+                Pending {
+                    method: method.clone(),
+                    host: host.clone(),
+                    path: path.clone(),
+                    http_version: http_version.clone(),
+                    tail: Zeroizing::new(tail.to_vec()),
+                },
+            );
         }
         Some(detail)
     }
@@ -288,11 +294,18 @@ mod tests {
         assert_eq!(http_version, "1.1");
         assert_eq!(
             fields(&d),
-            ["Host: API.openai.com:443", "Authorization: Bearer abc", "Content-Length: 9"]
+            [
+                "Host: API.openai.com:443",
+                "Authorization: Bearer abc",
+                "Content-Length: 9"
+            ]
         );
         // The capture ended mid-line: that line is not a field.
         let cut = b"GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer sk-cut";
-        assert_eq!(fields(&http1(cut, TlsFn::SslWrite).expect("request")), ["Host: h"]);
+        assert_eq!(
+            fields(&http1(cut, TlsFn::SslWrite).expect("request")),
+            ["Host: h"]
+        );
     }
 
     fn record(source: u32, conn: u64, data: &[u8], total: u64) -> Box<RequestRecord> {
@@ -311,15 +324,29 @@ mod tests {
         let mut heads = Heads::default();
         let first = b"GET /split HTTP/1.1\r\nHost: evil.example\r\nAuthori";
         let r = record(request_source::SSL_WRITE_EX, 9, first, first.len() as u64);
-        assert_eq!(fields(&heads.detail(7, &r).expect("request")), ["Host: evil.example"]);
+        assert_eq!(
+            fields(&heads.detail(7, &r).expect("request")),
+            ["Host: evil.example"]
+        );
         let second = b"zation: Bearer tok\r\n\r\nbody";
         let c = request_source::SSL_WRITE_EX | request_source::CONTINUATION;
         let r = record(c, 9, second, second.len() as u64);
         let d = heads.detail(7, &r).expect("continued");
         assert_eq!(fields(&d), ["Authorization: Bearer tok"]);
-        let Detail::Request { continued, host, path, .. } = &d else { panic!() };
+        let Detail::Request {
+            continued,
+            host,
+            path,
+            ..
+        } = &d
+        else {
+            panic!()
+        };
         assert!(continued);
-        assert_eq!((host.as_deref(), path.as_str()), (Some("evil.example"), "/split"));
+        assert_eq!(
+            (host.as_deref(), path.as_str()),
+            (Some("evil.example"), "/split")
+        );
         // The head ended: a further write on the connection is not a head.
         assert!(heads.detail(7, &r).is_none());
         // Another connection's continuation never joins this one.
@@ -357,11 +384,10 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((method.as_str(), host.as_deref(), path.as_str()), (
-            "GET",
-            Some("api.github.com"),
-            "/user?access_token="
-        ));
+        assert_eq!(
+            (method.as_str(), host.as_deref(), path.as_str()),
+            ("GET", Some("api.github.com"), "/user?access_token=")
+        );
         assert_eq!(fields(&d), ["authorization: token abc"]);
     }
 

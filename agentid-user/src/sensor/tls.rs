@@ -188,9 +188,18 @@ fn attach_functions(ebpf: &mut Ebpf, path: &Path) -> TlsTarget {
     };
     let write = request_source::SSL_WRITE;
     let write_ex = request_source::SSL_WRITE_EX;
-    note("SSL_write", attach_one(ebpf, WRITE_PROGRAM, "SSL_write", write, path));
-    if !note("SSL_write_ex2", attach_one(ebpf, WRITE_PROGRAM, "SSL_write_ex2", write_ex, path)) {
-        note("SSL_write_ex", attach_one(ebpf, WRITE_PROGRAM, "SSL_write_ex", write_ex, path));
+    note(
+        "SSL_write",
+        attach_one(ebpf, WRITE_PROGRAM, "SSL_write", write, path),
+    );
+    if !note(
+        "SSL_write_ex2",
+        attach_one(ebpf, WRITE_PROGRAM, "SSL_write_ex2", write_ex, path),
+    ) {
+        note(
+            "SSL_write_ex",
+            attach_one(ebpf, WRITE_PROGRAM, "SSL_write_ex", write_ex, path),
+        );
     }
     let h2 = request_source::NGHTTP2;
     for symbol in ["nghttp2_submit_request", "nghttp2_submit_request2"] {

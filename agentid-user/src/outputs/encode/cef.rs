@@ -214,10 +214,7 @@ pub fn activity(ev: &AttributedEvent) -> Option<String> {
             ext.kv("proto", &protocol.to_string());
         }
         Detail::Request {
-            method,
-            host,
-            path,
-            ..
+            method, host, path, ..
         } => {
             ext.kv("requestMethod", method);
             if let Some(h) = host {
