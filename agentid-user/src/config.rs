@@ -85,6 +85,10 @@ pub struct Config {
     pub audit_fsync: AuditFsync,
     /// SIEM sinks (`[[sinks]]`), each with its own spool under `STATE/spool/NAME`.
     pub sinks: Vec<crate::outputs::SinkConfig>,
+    /// Where each service's credentials may be sent (`credential-misdirected`): a
+    /// credential kind (`openai`, `github`, ...) → domains, replacing that kind's
+    /// built-in list.
+    pub service_domains: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for Config {
@@ -101,6 +105,7 @@ impl Default for Config {
             fleet_key_file: None,
             sinks: Vec::new(),
             audit_fsync: AuditFsync::Interval,
+            service_domains: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -152,6 +157,7 @@ impl Config {
         if let Err(e) = crate::identity::GlobList::new(&self.watch_cgroups) {
             return Err(format!("watch_cgroups: {e}"));
         }
+        crate::detect::rules::ServiceDomains::with_overrides(&self.service_domains)?;
         if self.retention.max_size_mb == 0 {
             return Err("retention.max_size_mb: must be at least 1".into());
         }

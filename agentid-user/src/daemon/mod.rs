@@ -412,7 +412,9 @@ fn build_detector(
     } else {
         Some(GlobList::new(&config.watch_cgroups).context("watch_cgroups")?)
     };
-    let mut detector = Detector::new(watch);
+    let domains = crate::detect::rules::ServiceDomains::with_overrides(&config.service_domains)
+        .map_err(anyhow::Error::msg)?;
+    let mut detector = Detector::with_service_domains(watch, domains);
     detector.set_registry(registry);
     for prefix in Revocations::new(&config.state_dir)
         .load()
