@@ -434,6 +434,15 @@ fn print_status(v: &Status) -> anyhow::Result<()> {
         humantime::format_duration(Duration::from_secs(v.uptime_s))
     )?;
     writeln!(o, "probes:     {} attached", v.probes.len())?;
+    for t in &v.tls {
+        let path = clean(&t.path.display().to_string());
+        if !t.attached.is_empty() {
+            writeln!(o, "  tls       {path}: {}", clean(&t.attached.join(", ")))?;
+        }
+        if let Some(e) = &t.error {
+            writeln!(o, "  tls       {path}: ! {}", clean(e))?;
+        }
+    }
     let mut line = String::new();
     for (k, n) in &v.events {
         // Rates print as JSON numbers (`0.0`), as they always have.
