@@ -1,5 +1,5 @@
 //! `credential-misdirected`: a credential of a known service presented, in a request
-//! header sent over TLS, to a host outside that service's domains — an OpenAI key sent to
+//! header sent over TLS, to a host outside that service's domains — an `OpenAI` key sent to
 //! `evil.example`. Exfiltration in progress; no issuer-side anchor reports it.
 use std::collections::BTreeMap;
 
