@@ -470,3 +470,93 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A keep-alive HTTPS loop (Python `http.client` and one curl run with many URLs) whose
+/// own CPU time is measured by the client processes themselves (`getrusage`).
+const PY_BENCH: &str = r#"
+import http.client, resource, ssl, subprocess, sys, os
+cert, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ctx = ssl.create_default_context(cafile=cert)
+c = http.client.HTTPSConnection('127.0.0.1', port, context=ctx, timeout=10)
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+for i in range(n):
+    c.request('GET', '/bench', headers={'Host': 'api.openai.com', 'authorization': 'Bearer bench-token-not-secret'})
+    c.getresponse().read()
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+cfg = sys.argv[4]
+with open(cfg, 'w') as f:
+    for i in range(n):
+        f.write('url = \"https://api.openai.com:%d/bench\"\noutput = \"/dev/null\"\n' % port)
+subprocess.run(['curl', '-sS', '--http1.1', '--cacert', cert, '--resolve', 'api.openai.com:%d:127.0.0.1' % port,
+                '-H', 'Authorization: Bearer bench-token-not-secret', '-K', cfg], check=True, timeout=120)
+r2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+print((r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime), r2.ru_utime + r2.ru_stime)
+"#;
+
+/// Client CPU seconds (Python loop, curl loop), the best of three runs.
+fn bench_once(cg: &TestCgroup, server: &TlsServer, n: u32) -> (f64, f64) {
+    let cfg = server.dir.join("curl.cfg");
+    let mut best = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        let out = cg
+            .command("timeout")
+            .args(["300", "/usr/bin/python3", "-c", PY_BENCH])
+            .arg(server.cert())
+            .arg(server.port.to_string())
+            .arg(n.to_string())
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .output()
+            .expect("bench client");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut it = text
+            .split_whitespace()
+            .map(|x| x.parse::<f64>().expect("cpu"));
+        let (py, curl) = (it.next().expect("py"), it.next().expect("curl"));
+        best = (best.0.min(py), best.1.min(curl));
+    }
+    best
+}
+
+/// Overhead of the TLS probes on an agent's HTTPS client: the same keep-alive loops
+/// without agentid and with the daemon watching the client's cgroup. Goal ≤ 1.05× client
+/// CPU; reported, not asserted (timings on a shared machine are noise).
+#[test]
+#[ignore = "benchmark: run explicitly (cargo test --test tls -- --ignored)"]
+fn bench_tls_client_overhead() {
+    let n = 2000;
+    let cg = TestCgroup::new("tls-bench");
+    let server = TlsServer::start("bench");
+    let base = bench_once(&cg, &server, n);
+    let dir = Daemon::dir("tls-bench");
+    std::fs::write(dir.join("agents/bench.toml"), registration("bench", &cg)).expect("reg");
+    let Some(daemon) = Daemon::start(&dir) else {
+        return;
+    };
+    cg.echo("watch-me");
+    daemon.cli_until(
+        &[
+            "events",
+            "--kind",
+            "exec",
+            "--agent",
+            "spiffe://test.example/agent/bench",
+        ],
+        |v| v.as_array().is_some_and(|e| !e.is_empty()),
+    );
+    let traced = bench_once(&cg, &server, n);
+    let requests = daemon.cli(&["status"])["events"]["request"].clone();
+    assert!(daemon.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "TLS client CPU for {n} keep-alive requests (best of 3): python {:.3}s → {:.3}s ({:.3}×), \
+         curl {:.3}s → {:.3}s ({:.3}×); request events {requests}",
+        base.0,
+        traced.0,
+        traced.0 / base.0,
+        base.1,
+        traced.1,
+        traced.1 / base.1
+    );
+}
