@@ -256,9 +256,19 @@ fn every_route_answers_in_its_type() {
     let (status, raw) = api.until::<Status>("/v1/status", |s| s.events["exec"] >= 3);
     same_json(&status, &raw, "/v1/status");
     // 6 syscall tracepoints (open, openat, socket), 3 raw tracepoints, 4 cgroup socket
-    // hooks, 2 cgroup packet hooks (DNS).
-    assert_eq!(status.probes.len(), 15, "{:?}", status.probes);
+    // hooks, 2 cgroup packet hooks (DNS), 2 TLS uprobes.
+    assert_eq!(status.probes.len(), 17, "{:?}", status.probes);
     assert!(status.probes.iter().any(|p| p == "sys_exit_socket"));
+    assert!(status.probes.iter().any(|p| p == "tls_write"));
+    // The system's libssl got the TLS request probes.
+    assert!(
+        status
+            .tls
+            .iter()
+            .any(|t| t.error.is_none() && t.attached.iter().any(|f| f == "SSL_write")),
+        "{:?}",
+        status.tls
+    );
     assert_eq!(status.registry.agents, 2);
     assert!(status.registry.errors.is_empty());
     assert_eq!(status.pid, d.child.id());

@@ -1033,3 +1033,164 @@ async fn pinned_probes_record_without_a_reader_and_are_resumed() {
         .unwrap_or_default();
     assert!(left.is_empty(), "dropping the sensor unpins: {left:?}");
 }
+
+/// `openssl s_server` on loopback with a throwaway self-signed certificate; killed and its
+/// directory removed on drop.
+struct SServer {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl SServer {
+    fn start(name: &str) -> Self {
+        use std::io::BufRead as _;
+        let dir = std::env::temp_dir().join(format!("agentid-k-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=api.openai.com"])
+            .args(["-addext", "subjectAltName=DNS:api.openai.com"])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .output()
+            .expect("openssl req");
+        assert!(out.status.success(), "{out:?}");
+        // A free port: bound, then released for the server.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(dir.join("cert.pem"))
+            .arg("-key")
+            .arg(dir.join("key.pem"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("s_server");
+        let err = child.stderr.take().expect("stderr");
+        let server = Self { child, dir, port };
+        // Ready once it accepts: probe with connects, with a deadline.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        std::thread::spawn(move || for _ in std::io::BufReader::new(err).lines() {});
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s_server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// `curl --http1.1` in `cg` with a credential header; its outcome is not the point
+    /// (the request head is written before any answer), but it must not hang.
+    fn curl(&self, cg: &TestCgroup, path: &str) {
+        let status = cg
+            .command("timeout")
+            .args([
+                "10",
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--http1.1",
+                "--cacert",
+            ])
+            .arg(self.dir.join("cert.pem"))
+            .arg("--resolve")
+            .arg(format!("api.openai.com:{}:127.0.0.1", self.port))
+            .args(["-H", "Authorization: Bearer test-token-not-secret"])
+            .arg(format!("https://api.openai.com:{}{path}", self.port))
+            .stdin(std::process::Stdio::null())
+            .status()
+            .expect("curl");
+        assert!(status.success(), "curl {path}: {status}");
+    }
+}
+
+impl Drop for SServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The TLS write probe reports a request head from a watched cgroup (the request line
+/// parsed, query values dropped, the header fields handed on) and nothing from another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_request_head_is_captured_in_watched_cgroups_only() {
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(mut sensor) = sensor_or_skip("tls") else {
+        return;
+    };
+    assert!(
+        sensor
+            .tls_targets()
+            .iter()
+            .any(|t| t.attached.iter().any(|f| f == "SSL_write")),
+        "no libssl probed: {:?}",
+        sensor.tls_targets()
+    );
+    let (watched, other) = (TestCgroup::new("tls-watched"), TestCgroup::new("tls-other"));
+    sensor.watch_opens(watched.id).expect("watch");
+    let server = SServer::start("tls");
+    // The unwatched request first: by the time the watched one arrives, it would have too.
+    server.curl(&other, "/other");
+    server.curl(&watched, "/v1/models?key=q");
+    let events = collect_until(&mut sensor, watched.id, TIMEOUT, |ev| {
+        count(ev, EventKind::Request) >= 1
+    })
+    .await;
+    let request = events
+        .iter()
+        .find(|e| e.kind == EventKind::Request)
+        .expect("request");
+    let Detail::Request {
+        method,
+        host,
+        path,
+        http_version,
+        tls_fn,
+        headers,
+        ..
+    } = &request.detail
+    else {
+        panic!("{request:?}");
+    };
+    assert_eq!(method, "GET");
+    assert_eq!(host.as_deref(), Some("api.openai.com"));
+    assert_eq!(path, "/v1/models?key=");
+    assert_eq!(http_version, "1.1");
+    assert_eq!(*tls_fn, agentid::event::TlsFn::SslWrite);
+    assert!(
+        headers
+            .entries()
+            .any(|h| h == b"Authorization: Bearer test-token-not-secret"),
+        "{} header bytes",
+        headers.len()
+    );
+    // This sensor's programs report only its own watched cgroup: every request record it
+    // decoded is the watched one's (the other cgroup's, sent first, never came).
+    let mut rest = Vec::new();
+    sensor.drain(&mut rest);
+    assert_eq!(
+        sensor.received()[agentid_ebpf::kind::REQUEST as usize],
+        1,
+        "{:?}",
+        rest.iter()
+            .filter(|e| e.kind == EventKind::Request)
+            .collect::<Vec<_>>()
+    );
+}

@@ -1,7 +1,7 @@
 //! Maps, the load-time config and the common header shared by every program.
 use agentid_ebpf::{
     Config, DnsRecord, ExecRecord, ExitRecord, ForkRecord, Header, OpenRecord, RINGBUF_BYTES,
-    SockRecord, SocketRecord, WAKE_EVERY_NS, kind,
+    RequestRecord, SockRecord, SocketRecord, WAKE_EVERY_NS, kind,
 };
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
@@ -136,6 +136,7 @@ unsafe impl Record for OpenRecord {}
 unsafe impl Record for SocketRecord {}
 // SAFETY: as above.
 unsafe impl Record for DnsRecord {}
+unsafe impl Record for RequestRecord {}
 
 /// The reserve / fill / submit sequence every probe shares: reserves a `T` in the ring
 /// buffer, fills its header, lets `fill` write the rest in place (no stack copy: records

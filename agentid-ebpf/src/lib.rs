@@ -86,8 +86,11 @@ pub mod kind {
     pub const SOCKET: u32 = 8;
     /// A DNS message to or from a socket of a watched cgroup ([`super::DnsRecord`]).
     pub const DNS: u32 = 9;
+    /// The head of an HTTP request a watched process handed to its TLS library
+    /// ([`super::RequestRecord`]).
+    pub const REQUEST: u32 = 10;
     /// One past the highest kind: the length of the drop-counter array.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// `ExecRecord::flags` bits.
@@ -295,6 +298,64 @@ pub struct OpenRecord {
     pub path: [u8; PATH_LEN],
 }
 
+/// Bytes of an HTTP/1 request head copied from a TLS write (the request line and headers of
+/// an SDK request are 0.6–1.5 KiB; a body beyond this is never copied).
+pub const REQUEST_LEN: usize = 4096;
+/// Header fields of an HTTP/2 request copied (`nghttp2_nv` entries), one slot each.
+pub const H2_FIELDS: usize = 32;
+/// Bytes of one HTTP/2 field slot in [`RequestRecord::data`]: a 4-byte length prefix
+/// (name length `u8` capped, pad `u8`, value length `u16` capped, little endian), the name
+/// at [`H2_NAME_AT`] and the value at [`H2_VALUE_AT`].
+pub const H2_SLOT: usize = 256;
+/// Name bytes kept per HTTP/2 field (longer names are cut; credential header names are short).
+pub const H2_NAME_LEN: usize = 60;
+pub const H2_NAME_AT: usize = 4;
+/// Value bytes kept per HTTP/2 field: a longer value is flagged (its real length is in the
+/// slot) and never fingerprinted, since a cut secret is not the secret.
+pub const H2_VALUE_LEN: usize = 192;
+pub const H2_VALUE_AT: usize = H2_SLOT - H2_VALUE_LEN;
+
+/// `RequestRecord::source` values: which library function handed over the request. Also
+/// the uprobe's attach cookie, which tells the program how to read the length argument.
+pub mod request_source {
+    /// OpenSSL-family `SSL_write(ssl, buf, int num)`.
+    pub const SSL_WRITE: u32 = 1;
+    /// `SSL_write_ex(ssl, buf, size_t num, ...)` / `SSL_write_ex2`.
+    pub const SSL_WRITE_EX: u32 = 2;
+    /// `nghttp2_submit_request{,2}(session, pri, nva, nvlen, ...)`: header fields before
+    /// HPACK compression, in [`super::H2_SLOT`] slots.
+    pub const NGHTTP2: u32 = 3;
+    /// Or'ed into `SSL_WRITE`/`SSL_WRITE_EX`: a later write on a connection whose request
+    /// head did not end with its write (`\r\n\r\n` not at the end), so the head may go
+    /// on here: a header split across writes is still seen. At most
+    /// [`super::CONTINUATION_WRITES`] follow one request line.
+    pub const CONTINUATION: u32 = 0x100;
+}
+
+/// Writes captured after a request line whose write did not end the head.
+pub const CONTINUATION_WRITES: u32 = 2;
+
+/// An HTTP request's head leaving a process in a watched cgroup through its TLS library,
+/// seen by an entry uprobe before encryption. For `SSL_write*`, `data` holds the first
+/// `captured` bytes of a buffer that began with an HTTP/1.x request line; for nghttp2 it
+/// holds `captured` header-field slots. Secret material (it carries `Authorization`):
+/// userspace fingerprints the credentials, keeps names only, and wipes its copies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RequestRecord {
+    pub header: Header,
+    /// A [`request_source`] value.
+    pub source: u32,
+    /// Bytes (`SSL_write*`) or fields (nghttp2) in `data`.
+    pub captured: u32,
+    /// The whole write's length, or the request's field count (nghttp2).
+    pub total_len: u64,
+    /// The connection's library handle (`SSL *` or `nghttp2_session *`): tells requests on
+    /// one connection apart from another's within a process.
+    pub conn: u64,
+    pub data: [u8; H2_FIELDS * H2_SLOT],
+}
+
 /// Load-time configuration, written by userspace into the `CONFIG` global before load.
 ///
 /// Kernel struct layouts differ between kernels and Rust has no CO-RE, so every offset
@@ -467,6 +528,18 @@ const _: () = {
     assert!(size_of::<DnsRecord>() == H + 56 + DNS_LEN);
     assert!(size_of::<DnsRecord>().is_multiple_of(8) && DNS_LEN.is_power_of_two());
 
+    assert!(offset_of!(RequestRecord, header) == 0);
+    assert!(offset_of!(RequestRecord, source) == H);
+    assert!(offset_of!(RequestRecord, captured) == H + 4);
+    assert!(offset_of!(RequestRecord, total_len) == H + 8);
+    assert!(offset_of!(RequestRecord, conn) == H + 16);
+    assert!(offset_of!(RequestRecord, data) == H + 24);
+    assert!(size_of::<RequestRecord>() == H + 24 + H2_FIELDS * H2_SLOT);
+    assert!(size_of::<RequestRecord>().is_multiple_of(8));
+    assert!(REQUEST_LEN.is_power_of_two() && REQUEST_LEN <= H2_FIELDS * H2_SLOT);
+    assert!(H2_NAME_AT + H2_NAME_LEN <= H2_VALUE_AT && H2_VALUE_LEN < 1 << 16);
+    assert!(H2_NAME_LEN < 64 && H2_VALUE_LEN < 256);
+
     assert!(offset_of!(Config, reserved0) == 0);
     assert!(offset_of!(Config, exit_has_group_dead) == 4);
     assert!(offset_of!(Config, task_pid_off) == 8);
@@ -530,4 +603,5 @@ mod user {
     unsafe impl aya::Pod for super::SocketRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsRecord {}
+    unsafe impl aya::Pod for super::RequestRecord {}
 }

@@ -1,7 +1,7 @@
 //! agentid's kernel programs. Built only for `bpfel-unknown-none` (by agentid-user's build
 //! script); on the host this is an empty binary so workspace-wide `cargo check` works.
 //!
-//! Only tracepoints, raw tracepoints and cgroup socket hooks are used: kprobes, fentry and
+//! Only tracepoints, raw tracepoints, cgroup socket hooks and entry uprobes are used: kprobes, fentry and
 //! LSM programs are not available on every kernel we run on, and tracepoints are the
 //! stable interface anyway.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
@@ -18,6 +18,8 @@ mod net;
 mod process;
 #[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
+mod tls;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

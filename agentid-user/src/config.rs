@@ -114,6 +114,10 @@ pub struct Config {
     pub pin_dir: Option<PathBuf>,
     /// Names learned from the agents' own DNS (`[dns]`).
     pub dns: Dns,
+    /// Where each service's credentials may be sent (`credential-misdirected`): a
+    /// credential kind (`openai`, `github`, ...) → domains, replacing that kind's
+    /// built-in list.
+    pub service_domains: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// `[dns]`: how long a name the agent resolved stays attached to its addresses.
@@ -166,6 +170,7 @@ impl Default for Config {
             pin: true,
             pin_dir: None,
             audit_retention: AuditRetention::default(),
+            service_domains: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -234,6 +239,7 @@ impl Config {
         if let Err(e) = crate::identity::GlobList::new(&self.watch_cgroups) {
             return Err(format!("watch_cgroups: {e}"));
         }
+        crate::detect::rules::ServiceDomains::with_overrides(&self.service_domains)?;
         if self.retention.max_size_mb == 0 {
             return Err("retention.max_size_mb: must be at least 1".into());
         }

@@ -16,10 +16,13 @@ pub enum EventKind {
     Open,
     /// A raw IP or packet socket created (traffic through it bypasses the connect hooks).
     Socket,
+    /// An HTTP request head sent through a TLS library by a process in a registered
+    /// agent's cgroup (read before encryption).
+    Request,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Open,
         Self::Exec,
         Self::Fork,
@@ -27,6 +30,7 @@ impl EventKind {
         Self::Connect,
         Self::Send,
         Self::Socket,
+        Self::Request,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +42,7 @@ impl EventKind {
             Self::Send => "send",
             Self::Open => "open",
             Self::Socket => "socket",
+            Self::Request => "request",
         }
     }
 
@@ -52,6 +57,7 @@ impl EventKind {
             Self::Send => kind::SEND,
             Self::Open => kind::OPEN,
             Self::Socket => kind::SOCKET,
+            Self::Request => kind::REQUEST,
         }
     }
 }
@@ -275,6 +281,25 @@ impl FileId {
         }
     }
 }
+/// The library call that handed a request over (`tls_fn` in an event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsFn {
+    /// OpenSSL-family `SSL_write`.
+    SslWrite,
+    /// `SSL_write_ex` / `SSL_write_ex2`.
+    SslWriteEx,
+    /// `nghttp2_submit_request{,2}` (HTTP/2, before header compression).
+    Nghttp2,
+}
+
+/// An HTTP request's header fields, as captured: `name: value` entries, NUL-separated.
+///
+/// Secret material (`Authorization` and friends), with the same rules as [`SecretEnv`]:
+/// never serialised, `Debug` shows the size only, zeroed on drop, emptied by the credential
+/// stage once fingerprinted. Only complete fields are held: a field the capture cut is
+/// not here, so a cut secret is never fingerprinted as if it were the secret.
+pub type SecretHeaders = SecretEnv;
 
 /// Kind-specific fields, flattened into the event's JSON object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -325,6 +350,28 @@ pub enum Detail {
         /// The names this cgroup's own DNS resolved to `dst_ip` (held for the TTL, at
         /// least `[dns] min_hold`, plus `grace`); empty when it resolved none.
         dst_names: Vec<String>,
+    },
+    /// An HTTP request sent through a TLS library (kind request).
+    Request {
+        method: String,
+        /// `Host` (HTTP/1) or `:authority` (HTTP/2), port removed; `None` when absent.
+        host: Option<String>,
+        /// The request target with query values dropped (`/v1/x?key=&beta=`): they may
+        /// hold secrets.
+        path: String,
+        /// `"1.1"`, `"1.0"` or `"2"`.
+        http_version: String,
+        tls_fn: TlsFn,
+        /// Names of the header fields that carried a credential (lowercase), filled in by
+        /// the credential stage.
+        credential_headers: Vec<String>,
+        /// The head went on in a later write than its request line: this event holds the
+        /// fields of that later write (method, host and path are the request's).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        continued: bool,
+        /// The header fields (never serialised; emptied after fingerprinting).
+        #[serde(skip)]
+        headers: SecretHeaders,
     },
     /// A raw IP (`SOCK_RAW`) or packet socket created.
     Socket {

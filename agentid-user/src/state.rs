@@ -161,6 +161,8 @@ pub struct Shared {
     pub events: broadcast::Sender<Live>,
     pub alerts: broadcast::Sender<Live>,
     pub probes: Vec<&'static str>,
+    /// The files the TLS request probes are attached to (or failed on), for `status`.
+    pub tls_targets: RwLock<Vec<crate::sensor::TlsTarget>>,
 }
 
 impl Shared {
@@ -196,6 +198,7 @@ impl Shared {
             events,
             alerts,
             probes,
+            tls_targets: RwLock::new(Vec::new()),
         }
     }
 

@@ -140,7 +140,9 @@ pub fn check_trace_output(a: &AttributedEvent) {
 }
 
 fn decode_seeds() -> Vec<Vec<u8>> {
-    use agentid_ebpf::{ExecRecord, ExitRecord, ForkRecord, SockRecord, kind};
+    use agentid_ebpf::{
+        ExecRecord, ExitRecord, ForkRecord, RequestRecord, SockRecord, kind, request_source,
+    };
     fn bytes<T: Copy>(r: &T) -> Vec<u8> {
         // SAFETY: the record types are repr(C) without padding (checked at compile time in
         // agentid-ebpf), so every byte is initialised.
@@ -175,12 +177,26 @@ fn decode_seeds() -> Vec<Vec<u8>> {
     let mut sock6 = sock;
     sock6.header.kind = kind::SEND;
     sock6.family = 10;
+    // SAFETY: as above.
+    let mut request: Box<RequestRecord> = Box::new(unsafe { std::mem::zeroed() });
+    request.header.kind = kind::REQUEST;
+    request.source = request_source::SSL_WRITE_EX;
+    let head =
+        b"POST /v1/x?key=v HTTP/1.1\r\nHost: api.openai.com\r\nAuthorization: Bearer t\r\n\r\n";
+    request.data[..head.len()].copy_from_slice(head);
+    request.captured = u32::try_from(head.len()).unwrap_or(0);
+    request.total_len = u64::from(request.captured);
+    let mut h2 = request.clone();
+    h2.source = request_source::NGHTTP2;
+    h2.captured = 3;
     vec![
         bytes(&exec),
         bytes(&fork),
         bytes(&exit),
         bytes(&sock),
         bytes(&sock6),
+        bytes(&*request),
+        bytes(&*h2),
     ]
 }
 

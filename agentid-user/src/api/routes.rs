@@ -178,6 +178,7 @@ async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
         alerts_file: config.alerts_file,
         audit,
         sinks,
+        tls: s.tls_targets.read().map(|t| t.clone()).unwrap_or_default(),
     }))
 }
 
@@ -472,7 +473,7 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(
             msg,
-            "unknown kind \"opne\": expected open, exec, fork, exit, connect, send or socket"
+            "unknown kind \"opne\": expected open, exec, fork, exit, connect, send, socket or request"
         );
         for kind in EventKind::ALL {
             let ok = Params {

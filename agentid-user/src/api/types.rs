@@ -65,6 +65,9 @@ pub struct Status {
     /// `null` once the audit writer is closed (shutdown).
     pub audit: Option<AuditStatus>,
     pub sinks: Vec<SinkStats>,
+    /// Files the TLS request probes are attached to, or failed on (with the reason).
+    #[serde(default)]
+    pub tls: Vec<crate::sensor::TlsTarget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +266,19 @@ pub struct EventRecord {
     pub family: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sock_type: Option<u32>,
+    // request (`path` above carries its path, query values dropped)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_headers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continued: Option<bool>,
     // attribution
     pub exec_id: Option<ExecId>,
     pub parent_exec_id: Option<ExecId>,

@@ -57,7 +57,7 @@ pub enum QueryCommand {
     Events {
         #[arg(long)]
         agent: Option<String>,
-        #[arg(long, value_parser = ["exec", "fork", "exit", "connect", "send", "open", "socket"])]
+        #[arg(long, value_parser = ["exec", "fork", "exit", "connect", "send", "open", "socket", "request"])]
         kind: Option<String>,
         #[arg(long)]
         since: Option<String>,
@@ -381,6 +381,23 @@ fn short_time(t: &str) -> String {
     t.get(..23).unwrap_or(t).replace('T', " ")
 }
 
+/// `POST api.openai.com /v1/chat (HTTP/2, credentials in authorization)`.
+fn request_line(e: &EventRecord) -> String {
+    let creds = e
+        .credential_headers
+        .as_deref()
+        .filter(|h| !h.is_empty())
+        .map(|h| format!(", credentials in {}", joined(h, " ")))
+        .unwrap_or_default();
+    format!(
+        "{} {} {} (HTTP/{}{creds})",
+        opt(e.method.as_deref()),
+        opt(e.host.as_deref()),
+        opt(e.path.as_deref()),
+        opt(e.http_version.as_deref()),
+    )
+}
+
 fn event_line(e: &EventRecord) -> String {
     let detail = match e.kind {
         EventKind::Exec => format!(
@@ -425,6 +442,7 @@ fn event_line(e: &EventRecord) -> String {
             e.protocol.map_or_else(|| "-".into(), |p| p.to_string())
         ),
         EventKind::Open => opt(e.path.as_deref()),
+        EventKind::Request => request_line(e),
     };
     let chain = if e.acting_for.is_empty() {
         String::new()
@@ -471,6 +489,15 @@ fn print_status(v: &Status) -> anyhow::Result<()> {
         humantime::format_duration(Duration::from_secs(v.uptime_s))
     )?;
     writeln!(o, "probes:     {} attached", v.probes.len())?;
+    for t in &v.tls {
+        let path = clean(&t.path.display().to_string());
+        if !t.attached.is_empty() {
+            writeln!(o, "  tls       {path}: {}", clean(&t.attached.join(", ")))?;
+        }
+        if let Some(e) = &t.error {
+            writeln!(o, "  tls       {path}: ! {}", clean(e))?;
+        }
+    }
     let mut line = String::new();
     for (k, n) in &v.events {
         // Rates print as JSON numbers (`0.0`), as they always have.

@@ -202,6 +202,27 @@ pub fn write_row(out: &mut impl Write, a: &AttributedEvent) -> io::Result<()> {
             sock_type,
             protocol,
         } => format!("{family} type {sock_type} protocol {protocol}"),
+        Detail::Request {
+            method,
+            host,
+            path,
+            http_version,
+            credential_headers,
+            ..
+        } => {
+            let creds = if credential_headers.is_empty() {
+                String::new()
+            } else {
+                format!(", credentials in {}", credential_headers.join(" "))
+            };
+            format!(
+                "{} {} {} (HTTP/{}{creds})",
+                printable(method),
+                printable(host.as_deref().unwrap_or("-")),
+                printable(path),
+                printable(http_version)
+            )
+        }
         Detail::Exit {
             exit_code: Some(c), ..
         } => format!("code {c}"),

@@ -303,7 +303,7 @@ pub(super) fn secret_name(name: &[u8]) -> Option<CredKind> {
 
 /// Whether a value named secret is worth fingerprinting: long enough, not a boolean or
 /// placeholder word, not a path or URL (a reference to a secret, not a secret).
-fn non_trivial(v: &[u8], kind: CredKind) -> bool {
+pub(super) fn non_trivial(v: &[u8], kind: CredKind) -> bool {
     const WORDS: &[&str] = &[
         "true",
         "false",
@@ -371,6 +371,10 @@ impl Found {
                 self.0.push((kind, fp));
             }
         }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub(super) fn into_vec(self) -> Vec<(CredKind, Fingerprint)> {

@@ -13,6 +13,7 @@
 mod detect;
 mod files;
 mod fingerprint;
+mod headers;
 mod key;
 mod redactor;
 mod revocations;
@@ -103,6 +104,9 @@ pub enum Source {
     Arg { index: usize, flag: Option<String> },
     /// A file whose content held the credential.
     File { path: PathBuf },
+    /// A header of an HTTP request sent over TLS: the request's host (empty when it named
+    /// none) and the header's lowercase name.
+    Tls { host: String, header: String },
 }
 
 /// One credential seen at one place.
@@ -190,6 +194,32 @@ impl Scanner {
                 source: Source::Arg { index, flag },
             })
             .collect()
+    }
+
+    /// Scans an HTTP request's header fields (`name: value` entries) sent to `host`.
+    pub fn scan_headers<'a>(
+        &self,
+        host: &str,
+        fields: impl Iterator<Item = &'a [u8]>,
+    ) -> Vec<Observation> {
+        let mut out = Vec::new();
+        for entry in fields {
+            let Some((header, found)) = headers::field(&self.key, entry) else {
+                continue;
+            };
+            let source = Source::Tls {
+                host: host.to_owned(),
+                header,
+            };
+            for (kind, fingerprint) in found.into_vec() {
+                out.push(Observation {
+                    kind,
+                    fingerprint,
+                    source: source.clone(),
+                });
+            }
+        }
+        out
     }
 
     /// Scans the content of a credential file (see [`read_credential_file`]).

@@ -88,6 +88,27 @@ impl Redactor {
             Detail::Open { path, inode, .. } => {
                 self.credential_file(path, *inode, event.pid, registry)
             }
+            Detail::Request {
+                host,
+                headers,
+                credential_headers,
+                ..
+            } => {
+                let host = host.as_deref().unwrap_or_default();
+                let observations = self.scanner.scan_headers(host, headers.entries());
+                headers.clear();
+                for o in &observations {
+                    if let Source::Tls { header, .. } = &o.source
+                        && !credential_headers.contains(header)
+                    {
+                        credential_headers.push(header.clone());
+                    }
+                }
+                Findings {
+                    observations,
+                    file: None,
+                }
+            }
             _ => Findings::default(),
         }
     }

@@ -30,7 +30,7 @@ use crate::{
     config::Config,
     credentials::{FingerprintKey, Revocations},
     detect::Detector,
-    event::Event,
+    event::{Detail, Event},
     identity::GlobList,
     outputs::{
         DropNotice, OutputContext, SinkManager,
@@ -139,6 +139,7 @@ impl Daemon {
             Sensor::program_names(),
         ));
         let _ = shared.store_writer.set(writer.clone());
+        set_tls_targets(&shared, sensor.tls_targets());
         let sink_drops = start_outputs(config, &shared, &writer)?;
         let drops_now: u64 = sensor.drops().unwrap_or_default().iter().sum();
         pinned::report_start(&shared, sensor.origin(), drops_now, unclean.as_ref());
@@ -193,8 +194,17 @@ impl Daemon {
     }
 
     fn on_batch(&mut self) {
-        let seen = handle_batch(&self.shared, &mut self.batch);
+        let Seen {
+            agent_cgroups: seen,
+            tls_pids,
+        } = handle_batch(&self.shared, &mut self.batch);
         self.shared.view_changed();
+        if !tls_pids.is_empty() {
+            for pid in tls_pids {
+                self.sensor.watch_tls_of(pid);
+            }
+            set_tls_targets(&self.shared, self.sensor.tls_targets());
+        }
         let new: Vec<u64> = seen
             .into_iter()
             .filter(|id| !self.watched.contains(id))
@@ -400,7 +410,9 @@ fn build_detector(
     } else {
         Some(GlobList::new(&config.watch_cgroups).context("watch_cgroups")?)
     };
-    let mut detector = Detector::new(watch);
+    let domains = crate::detect::rules::ServiceDomains::with_overrides(&config.service_domains)
+        .map_err(anyhow::Error::msg)?;
+    let mut detector = Detector::with_service_domains(watch, domains);
     detector.set_registry(registry);
     for prefix in Revocations::new(&config.state_dir)
         .load()
@@ -420,29 +432,53 @@ fn read_config(shared: &Shared) -> Config {
     shared.config.read().map(|c| c.clone()).unwrap_or_default()
 }
 
-/// Runs a batch through the pipeline; returns the cgroups that agents' events came from
-/// (their file opens are worth watching).
-fn handle_batch(shared: &Shared, batch: &mut Vec<Event>) -> Vec<u64> {
-    let mut agent_cgroups = Vec::new();
+/// What a batch showed of registered agents.
+#[derive(Default)]
+struct Seen {
+    /// The cgroups agents' events came from (their file opens are worth watching).
+    agent_cgroups: Vec<u64>,
+    /// Agent processes that exec'd or opened a TLS library: their copies of the library
+    /// (or a Node executable) get the TLS request probes.
+    tls_pids: Vec<u32>,
+}
+
+/// Runs a batch through the pipeline; returns what it showed of agents.
+fn handle_batch(shared: &Shared, batch: &mut Vec<Event>) -> Seen {
+    let mut seen = Seen::default();
     if batch.is_empty() {
-        return agent_cgroups;
+        return seen;
     }
     let Ok(mut pipeline) = shared.pipeline.lock() else {
-        return agent_cgroups;
+        return seen;
     };
     let Ok(mut detector) = shared.detector.lock() else {
-        return agent_cgroups;
+        return seen;
     };
     for event in batch.drain(..) {
         let (attributed, findings) = pipeline.process(event);
         let out = detector.observe(&attributed, &findings, pipeline.registry());
         if attributed.agent.is_some() {
-            agent_cgroups.push(attributed.event.cgroup_id);
+            seen.agent_cgroups.push(attributed.event.cgroup_id);
+            let tls = match &attributed.event.detail {
+                Detail::Exec { .. } => true,
+                Detail::Open { path, .. } => crate::sensor::is_tls_library(path),
+                _ => false,
+            };
+            if tls && !seen.tls_pids.contains(&attributed.event.pid) {
+                seen.tls_pids.push(attributed.event.pid);
+            }
         }
         record(shared, &attributed);
         alerts::record_detection(shared, &out);
     }
-    agent_cgroups
+    seen
+}
+
+/// The TLS probe targets, for `status`.
+fn set_tls_targets(shared: &Shared, targets: &[crate::sensor::TlsTarget]) {
+    if let Ok(mut t) = shared.tls_targets.write() {
+        targets.clone_into(&mut t);
+    }
 }
 
 /// Watches file opens in every cgroup a registered agent lives in or may start in: those

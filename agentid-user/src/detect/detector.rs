@@ -34,8 +34,13 @@ pub struct Detector {
 impl Detector {
     /// `watch`: cgroup globs where an unregistered workload is a shadow agent.
     pub fn new(watch: Option<GlobList>) -> Self {
+        Self::with_service_domains(watch, rules::ServiceDomains::default())
+    }
+
+    /// A detector whose `credential-misdirected` rule uses `domains`.
+    pub fn with_service_domains(watch: Option<GlobList>, domains: rules::ServiceDomains) -> Self {
         Self {
-            rules: rules::all(watch),
+            rules: rules::all(watch, domains),
             book: Incidents::default(),
             sightings: Sightings::default(),
             gap: TelemetryGap::default(),

@@ -68,6 +68,7 @@ fn source_label(s: &Source) -> String {
         } => format!("arg:{index}:{f}"),
         Source::Arg { index, flag: None } => format!("arg:{index}"),
         Source::File { path } => format!("file:{}", path.display()),
+        Source::Tls { host, header } => format!("tls:{host} {header}"),
     }
 }
 

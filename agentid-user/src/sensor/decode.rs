@@ -7,8 +7,8 @@ use std::{
 
 use agentid_ebpf::{
     ARGV_LEN, CHUNK_LEN, DnsRecord, ENV_LEN, EXEC_AREA_CAP, ExecChunkRecord, ExecRecord,
-    ExitRecord, FILENAME_LEN, ForkRecord, Header, MAX_ARGS, OpenRecord, PATH_LEN, SockRecord,
-    SocketRecord, exec_flags, kind,
+    ExitRecord, FILENAME_LEN, ForkRecord, Header, MAX_ARGS, OpenRecord, PATH_LEN, RequestRecord,
+    SockRecord, SocketRecord, exec_flags, kind,
 };
 
 use super::reassemble::Reassembler;
@@ -70,6 +70,9 @@ impl Record for SocketRecord {
 }
 impl Record for DnsRecord {
     const NAME: &'static str = "dns record";
+}
+impl Record for RequestRecord {
+    const NAME: &'static str = "request record";
 }
 
 fn read<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -160,7 +163,7 @@ impl Clock {
 /// records decodes with what its record holds and is flagged (`scan_incomplete`); chunk
 /// records themselves need a [`Decoder`].
 pub fn decode(bytes: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
-    decode_with(bytes, clock, None)?.ok_or(DecodeError::ChunkWithoutDecoder)
+    decode_with(bytes, clock, None, None)?.ok_or(DecodeError::ChunkWithoutDecoder)
 }
 
 /// Decodes a stream of ring-buffer records, reassembling each exec's arguments and
@@ -171,6 +174,7 @@ pub struct Decoder {
     chunks: Reassembler,
     /// What the agents' own DNS said: names for the connects that follow, in ring order.
     names: Names,
+    heads: super::request::Heads,
 }
 
 impl Decoder {
@@ -183,6 +187,7 @@ impl Decoder {
             clock,
             chunks: Reassembler::default(),
             names: Names::new(dns),
+            heads: super::request::Heads::default(),
         }
     }
 
@@ -196,7 +201,12 @@ impl Decoder {
             self.names.record(&r);
             return Ok(None);
         }
-        let mut event = decode_with(bytes, &self.clock, Some(&mut self.chunks))?;
+        let mut event = decode_with(
+            bytes,
+            &self.clock,
+            Some(&mut self.chunks),
+            Some(&mut self.heads),
+        )?;
         if let Some(Event {
             detail: Detail::Sock {
                 dst_ip, dst_names, ..
@@ -255,6 +265,7 @@ fn decode_with(
     bytes: &[u8],
     clock: &Clock,
     chunks: Option<&mut Reassembler>,
+    heads: Option<&mut super::request::Heads>,
 ) -> Result<Option<Event>, DecodeError> {
     let header: Header = read(bytes)?;
     let (kind, parent, pid, start, detail) = match header.kind {
@@ -318,6 +329,21 @@ fn decode_with(
             None,
             socket_detail(&read(bytes)?),
         ),
+        kind::REQUEST => {
+            // In place (ring-buffer records are aligned), else on a copy wiped after.
+            let parse = |r: &RequestRecord| match heads {
+                Some(heads) => heads.detail(header.tgid, r),
+                None => super::request::detail(r),
+            };
+            let detail = with_secret_record(bytes, parse, |r: &mut RequestRecord| {
+                zeroize::Zeroize::zeroize(&mut r.data);
+            })?;
+            // A continuation of a head that had ended (a body write) holds no request.
+            let Some(detail) = detail else {
+                return Ok(None);
+            };
+            (EventKind::Request, None, header.tgid, None, detail)
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Some(Event {

@@ -4,6 +4,8 @@ pub mod decode;
 mod kernel;
 pub mod pins;
 pub mod reassemble;
+pub mod request;
+mod tls;
 
 use std::{
     fs::File,
@@ -18,13 +20,14 @@ use aya::{
     maps::{Array, Map, MapData, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, RawTracePoint,
-        TracePoint,
+        TracePoint, UProbe,
         links::{FdLink, PinnedLink},
     },
 };
 use tokio::io::unix::AsyncFd;
 
 pub use decode::{Clock, DecodeError, Decoder, decode};
+pub use tls::{TlsTarget, is_tls_library};
 
 use crate::{cgroup, event::Event};
 
@@ -99,7 +102,11 @@ pub struct Sensor {
     /// Links of a pinned set (held; the pins keep the programs attached).
     _links: Vec<PinnedLink>,
     /// `None` for a resumed set: its programs are held by their pinned links.
-    _ebpf: Option<Ebpf>,
+    ebpf: Option<Ebpf>,
+    /// A resumed set's TLS uprobe programs, from their pins (a fresh set's are in `ebpf`):
+    /// uprobe attachments are made per library file, so they are made again at each start.
+    resumed_uprobes: tls::ResumedUprobes,
+    tls: tls::TlsAttacher,
     pins: Option<pins::PinSet>,
     origin: Origin,
     decoder: Decoder,
@@ -243,8 +250,17 @@ fn attach_all(ebpf: &mut Ebpf, mut links: Option<&mut Vec<pins::Link>>) -> Resul
         };
         take_fd_link!(prog, id, name, links);
     }
+    for name in UPROBES {
+        let prog: &mut UProbe = program(ebpf, name)?;
+        prog.load()
+            .map_err(|source| SensorError::Program { name, source })?;
+    }
     Ok(())
 }
+
+/// Entry uprobes on TLS libraries: loaded here, attached per library file by
+/// [`tls::TlsAttacher`]; in a pinned set the programs (not their attachments) are pinned.
+const UPROBES: [&str; 2] = [tls::WRITE_PROGRAM, tls::H2_PROGRAM];
 
 fn missing(name: &'static str) -> SensorError {
     SensorError::Map {
@@ -256,6 +272,7 @@ fn missing(name: &'static str) -> SensorError {
 /// Loaded programs and the maps the sensor uses, by name.
 struct Loaded {
     ebpf: Option<Ebpf>,
+    resumed_uprobes: tls::ResumedUprobes,
     maps: Vec<(&'static str, Map)>,
     links: Vec<PinnedLink>,
     origin: Origin,
@@ -280,11 +297,23 @@ fn load_fresh(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let (links, origin) = match (pin, links) {
-        (Some(set), Some(links)) => (set.pin(links, &maps)?, Origin::Pinned),
+        (Some(set), Some(links)) => {
+            let mut uprobes = Vec::with_capacity(UPROBES.len());
+            for (name, prog) in ebpf.programs_mut() {
+                if let Some(&name) = UPROBES.iter().find(|n| **n == name) {
+                    let prog: &mut UProbe = prog
+                        .try_into()
+                        .map_err(|source| SensorError::Program { name, source })?;
+                    uprobes.push((name, prog));
+                }
+            }
+            (set.pin(links, &maps, &mut uprobes)?, Origin::Pinned)
+        }
         _ => (Vec::new(), Origin::Unpinned),
     };
     Ok(Loaded {
         ebpf: Some(ebpf),
+        resumed_uprobes: tls::ResumedUprobes::default(),
         maps,
         links,
         origin,
@@ -294,9 +323,10 @@ fn load_fresh(
 /// Resumes the pinned set under `set` if a whole one is there, else loads and pins anew;
 /// a kernel that cannot pin gets the programs unpinned (said in the log).
 fn load_pinned(config: &agentid_ebpf::Config, set: &pins::PinSet) -> Result<Loaded, SensorError> {
-    if let Some(resumed) = set.resume(&Sensor::program_names(), &PINNED_MAPS)? {
+    if let Some(resumed) = set.resume(&Sensor::linked_program_names(), &PINNED_MAPS, &UPROBES)? {
         return Ok(Loaded {
             ebpf: None,
+            resumed_uprobes: tls::ResumedUprobes(resumed.uprobes),
             maps: resumed.maps,
             links: resumed.links,
             origin: Origin::Resumed,
@@ -338,7 +368,8 @@ impl Sensor {
             None => load_fresh(&config, None)?,
         };
         let Loaded {
-            ebpf,
+            mut ebpf,
+            mut resumed_uprobes,
             mut maps,
             links,
             origin,
@@ -372,13 +403,20 @@ impl Sensor {
         // SAFETY: the RingBuf owns its map fd, which stays open (and is never replaced)
         // for as long as the AsyncFd holds it.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+        let mut tls = tls::TlsAttacher::default();
+        match ebpf.as_mut() {
+            Some(ebpf) => tls.attach_system(ebpf),
+            None => tls.attach_system(&mut resumed_uprobes),
+        }
         release_freed_heap();
         Ok(Self {
             ring,
             drops,
             open_cgroups,
             _links: links,
-            _ebpf: ebpf,
+            ebpf,
+            resumed_uprobes,
+            tls,
             pins,
             origin,
             decoder: Decoder::with_dns(Clock::now(), opts.dns),
@@ -542,6 +580,13 @@ impl Sensor {
 
     /// Every program the sensor attaches, by name.
     pub fn program_names() -> Vec<&'static str> {
+        let mut names = Self::linked_program_names();
+        names.extend(UPROBES);
+        names
+    }
+
+    /// The programs attached once, by one link each (what a pinned set pins as links).
+    fn linked_program_names() -> Vec<&'static str> {
         TRACEPOINTS
             .iter()
             .map(|(_, n)| *n)
@@ -549,6 +594,26 @@ impl Sensor {
             .chain(SOCK_HOOKS)
             .chain(SKB_HOOKS.iter().map(|(n, _)| *n))
             .collect()
+    }
+
+    /// Puts the TLS request probes on the libraries process `pid` maps and on its
+    /// executable, where not done yet (a registered agent's own copies).
+    pub fn watch_tls_of(&mut self, pid: u32) {
+        let Self {
+            ebpf,
+            resumed_uprobes,
+            tls,
+            ..
+        } = self;
+        match ebpf.as_mut() {
+            Some(ebpf) => tls.attach_process(ebpf, pid),
+            None => tls.attach_process(resumed_uprobes, pid),
+        }
+    }
+
+    /// The files the TLS request probes went to, with any failure.
+    pub fn tls_targets(&self) -> &[TlsTarget] {
+        self.tls.targets()
     }
 
     /// Records received and decoded, per kind.

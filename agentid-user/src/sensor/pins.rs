@@ -17,7 +17,10 @@ use std::{
 
 use aya::{
     maps::{Map, MapData},
-    programs::links::{FdLink, PinnedLink},
+    programs::{
+        ProbeKind, UProbe,
+        links::{FdLink, PinnedLink},
+    },
 };
 use sha2::{Digest as _, Sha256};
 
@@ -67,6 +70,8 @@ pub(crate) struct Resumed {
     pub(crate) maps: Vec<(&'static str, Map)>,
     /// Held so that the set stays whole while this daemon runs (the pins hold them too).
     pub(crate) links: Vec<PinnedLink>,
+    /// Programs pinned without a link (TLS uprobes: attached per library at each start).
+    pub(crate) uprobes: Vec<(&'static str, UProbe)>,
 }
 
 impl PinSet {
@@ -90,6 +95,10 @@ impl PinSet {
         dir.join(format!("map-{name}"))
     }
 
+    fn prog_path(dir: &Path, name: &str) -> PathBuf {
+        dir.join(format!("prog-{name}"))
+    }
+
     /// Opens the set if it is complete: every link in `programs`, every map in `maps`.
     /// Anything else under `base` (another build's set, an incomplete one, a partial pin
     /// left by a kill mid-way) is removed, so the caller starts fresh.
@@ -97,12 +106,13 @@ impl PinSet {
         &self,
         programs: &[&'static str],
         maps: &[&'static str],
+        uprobes: &[&'static str],
     ) -> Result<Option<Resumed>, SensorError> {
         self.remove_others()?;
         if !self.dir.is_dir() {
             return Ok(None);
         }
-        match self.open(programs, maps) {
+        match self.open(programs, maps, uprobes) {
             Ok(resumed) => Ok(Some(resumed)),
             Err(why) => {
                 tracing::warn!(dir = %self.dir.display(), "removing an incomplete pin set: {why}");
@@ -112,7 +122,12 @@ impl PinSet {
         }
     }
 
-    fn open(&self, programs: &[&'static str], maps: &[&'static str]) -> Result<Resumed, String> {
+    fn open(
+        &self,
+        programs: &[&'static str],
+        maps: &[&'static str],
+        uprobes: &[&'static str],
+    ) -> Result<Resumed, String> {
         let links = programs
             .iter()
             .map(|name| {
@@ -129,7 +144,19 @@ impl PinSet {
                     .map_err(|e| format!("map {name}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Resumed { maps, links })
+        let uprobes = uprobes
+            .iter()
+            .map(|name| {
+                UProbe::from_pin(Self::prog_path(&self.dir, name), ProbeKind::Entry)
+                    .map(|p| (*name, p))
+                    .map_err(|e| format!("program {name}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Resumed {
+            maps,
+            links,
+            uprobes,
+        })
     }
 
     /// Pins every link and map, first under a temporary name then renamed into place, so
@@ -139,6 +166,7 @@ impl PinSet {
         &self,
         links: Vec<Link>,
         maps: &[(&'static str, Map)],
+        uprobes: &mut [(&'static str, &mut UProbe)],
     ) -> Result<Vec<PinnedLink>, SensorError> {
         let err = |what: String| SensorError::Pin {
             dir: self.dir.clone(),
@@ -158,6 +186,10 @@ impl PinSet {
         for (name, map) in maps {
             map.pin(Self::map_path(&tmp, name))
                 .map_err(|e| err(format!("map {name}: {e}")))?;
+        }
+        for (name, prog) in uprobes.iter_mut() {
+            prog.pin(Self::prog_path(&tmp, name))
+                .map_err(|e| err(format!("program {name}: {e}")))?;
         }
         fs::rename(&tmp, &self.dir).map_err(|e| err(format!("renaming into place: {e}")))?;
         Ok(pinned)

@@ -43,6 +43,7 @@ macro_rules! rule {
 }
 
 mod ambiguous_identity;
+mod credential_misdirected;
 mod credential_reuse;
 mod credential_scan_incomplete;
 mod credential_stale;
@@ -57,6 +58,7 @@ mod tool_violation;
 mod undeclared_delegation;
 
 pub use ambiguous_identity::{AMBIGUOUS_IDENTITY, AmbiguousIdentity};
+pub use credential_misdirected::{CREDENTIAL_MISDIRECTED, CredentialMisdirected, ServiceDomains};
 pub use credential_reuse::{CREDENTIAL_REUSE, CredentialReuse};
 pub use credential_scan_incomplete::{CREDENTIAL_SCAN_INCOMPLETE, CredentialScanIncomplete};
 pub use credential_stale::{CREDENTIAL_STALE, CredentialStale};
@@ -109,9 +111,10 @@ pub trait Described {
 }
 
 /// Every rule, in the README's order.
-pub const CATALOGUE: [&RuleInfo; 13] = [
+pub const CATALOGUE: [&RuleInfo; 14] = [
     &CREDENTIAL_REUSE,
     &CREDENTIAL_STALE,
+    &CREDENTIAL_MISDIRECTED,
     &SHADOW_AGENT,
     &HUMAN_PRIVILEGE,
     &UNDECLARED_DELEGATION,
@@ -148,12 +151,14 @@ pub trait Rule: Described + fmt::Debug + Send {
 }
 
 /// The event rules, in the order they run (credentials first, as before the split).
-/// `watch`: cgroup globs where an unregistered workload is a shadow agent.
-pub fn all(watch: Option<GlobList>) -> Vec<Box<dyn Rule>> {
+/// `watch`: cgroup globs where an unregistered workload is a shadow agent; `domains`:
+/// where each service's credentials may go.
+pub fn all(watch: Option<GlobList>, domains: ServiceDomains) -> Vec<Box<dyn Rule>> {
     vec![
         Box::new(HumanPrivilege),
         Box::new(CredentialStale),
         Box::new(CredentialReuse),
+        Box::new(CredentialMisdirected { domains }),
         Box::new(ShadowAgent { watch }),
         Box::new(EgressViolation),
         Box::new(ToolViolation),

@@ -371,7 +371,7 @@ fn catalogue_is_complete_and_unique() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), CATALOGUE.len());
-    for rule in all(None) {
+    for rule in all(None, ServiceDomains::default()) {
         assert!(
             info(rule.info().id).is_some(),
             "{} not in CATALOGUE",

@@ -187,6 +187,7 @@ pub fn activity(ev: &AttributedEvent) -> Option<String> {
         EventKind::Exit => ("process-terminate", "Process terminated"),
         EventKind::Connect => ("network-open", "Connection opened"),
         EventKind::Send => ("network-traffic", "Datagram sent"),
+        EventKind::Request => ("http-request", "HTTP request sent"),
         // File opens and raw-socket creations stay in the store and audit log (a
         // registered agent's raw socket is an alert); SIEM activity streams carry
         // process and network activity only.
@@ -218,6 +219,15 @@ pub fn activity(ev: &AttributedEvent) -> Option<String> {
             }
             ext.kv("dpt", &dst_port.to_string());
             ext.kv("proto", &protocol.to_string());
+        }
+        Detail::Request {
+            method, host, path, ..
+        } => {
+            ext.kv("requestMethod", method);
+            if let Some(h) = host {
+                ext.kv("dhost", h);
+            }
+            ext.kv("request", path);
         }
         _ => {}
     }

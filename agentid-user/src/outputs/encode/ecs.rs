@@ -128,6 +128,7 @@ pub fn activity(ev: &AttributedEvent) -> Option<Value> {
         EventKind::Exit => ("process", &["end"]),
         EventKind::Connect => ("network", &["connection", "start"]),
         EventKind::Send => ("network", &["connection", "info"]),
+        EventKind::Request => ("web", &["access"]),
         // File opens and raw-socket creations stay in the store and audit log (a
         // registered agent's raw socket is an alert); SIEM activity streams carry
         // process and network activity only.
@@ -195,6 +196,23 @@ pub fn activity(ev: &AttributedEvent) -> Option<Value> {
             v["destination"]["domain"] = json!(name);
         }
         v["network"] = json!({"transport": protocol.to_string(), "direction": "egress"});
+    }
+    if let Detail::Request {
+        method,
+        host,
+        path,
+        http_version,
+        credential_headers,
+        ..
+    } = &e.detail
+    {
+        v["http"] = json!({"version": http_version, "request": {"method": method}});
+        let mut url = json!({"path": path});
+        if let Some(h) = host {
+            url["domain"] = json!(h);
+        }
+        v["url"] = url;
+        v["agentid"]["credential_headers"] = json!(credential_headers);
     }
     Some(v)
 }

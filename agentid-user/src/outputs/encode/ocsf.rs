@@ -21,6 +21,7 @@ pub const SCHEMA_VERSION: &str = "1.8.0";
 pub const CLASS_PROCESS_ACTIVITY: u32 = 1007;
 pub const CLASS_DETECTION_FINDING: u32 = 2004;
 pub const CLASS_NETWORK_ACTIVITY: u32 = 4001;
+pub const CLASS_HTTP_ACTIVITY: u32 = 4002;
 pub const CLASS_EVENT_LOG_ACTIVITY: u32 = 1008;
 
 /// OCSF `severity_id` and its caption.
@@ -203,6 +204,7 @@ fn base(
 ) -> Value {
     let class_name = match class {
         CLASS_PROCESS_ACTIVITY => "Process Activity",
+        CLASS_HTTP_ACTIVITY => "HTTP Activity",
         _ => "Network Activity",
     };
     let mut v = json!({
@@ -280,6 +282,42 @@ pub fn network_activity(ev: &AttributedEvent, ctx: &EncodeContext) -> Option<Val
     Some(v)
 }
 
+/// HTTP Activity (4002) for a request sent over TLS, its activity named by the method.
+/// The credential headers are named, never their values.
+pub fn http_activity(ev: &AttributedEvent, ctx: &EncodeContext) -> Option<Value> {
+    let Detail::Request {
+        method,
+        host,
+        path,
+        http_version,
+        credential_headers,
+        ..
+    } = &ev.event.detail
+    else {
+        return None;
+    };
+    let (activity_id, activity) = match method.as_str() {
+        "CONNECT" => (1, "Connect"),
+        "DELETE" => (2, "Delete"),
+        "GET" => (3, "Get"),
+        "HEAD" => (4, "Head"),
+        "OPTIONS" => (5, "Options"),
+        "POST" => (6, "Post"),
+        "PUT" => (7, "Put"),
+        "TRACE" => (8, "Trace"),
+        _ => (99, "Other"),
+    };
+    let mut v = base(CLASS_HTTP_ACTIVITY, 4, activity_id, activity, ev, ctx);
+    v["actor"] = json!({"process": event_process(ev)});
+    let mut url = json!({"path": path});
+    if let Some(h) = host {
+        url["hostname"] = json!(h);
+    }
+    v["http_request"] = json!({"http_method": method, "url": url, "version": http_version});
+    v["unmapped"]["agentid"]["credential_headers"] = json!(credential_headers);
+    Some(v)
+}
+
 /// Event Log Activity (1008, activity Other: "Checkpoint") for a signed audit checkpoint;
 /// the checkpoint itself is `unmapped.agentid.audit_checkpoint`, which `agentid audit
 /// verify --anchors` reads back.
@@ -315,7 +353,9 @@ pub fn audit_checkpoint(cp: &Checkpoint, ctx: &EncodeContext) -> Value {
 
 /// The OCSF event for an activity record, whichever class fits.
 pub fn activity(ev: &AttributedEvent, ctx: &EncodeContext) -> Option<Value> {
-    process_activity(ev, ctx).or_else(|| network_activity(ev, ctx))
+    process_activity(ev, ctx)
+        .or_else(|| network_activity(ev, ctx))
+        .or_else(|| http_activity(ev, ctx))
 }
 
 /// An alert connection's `dst_endpoint`, with the host name the agent resolved.

@@ -107,6 +107,16 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
             sock_type: 3,
             protocol: 0x0300,
         },
+        EventKind::Request => Detail::Request {
+            method: "POST".into(),
+            host: Some("api.openai.com".into()),
+            path: "/v1/chat/completions?key=".into(),
+            http_version: "1.1".into(),
+            tls_fn: crate::event::TlsFn::SslWriteEx,
+            credential_headers: vec!["authorization".into()],
+            continued: false,
+            headers: crate::event::SecretEnv::default(),
+        },
         EventKind::Connect | EventKind::Send => Detail::Sock {
             dst_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
             dst_port: 8443,
