@@ -136,6 +136,7 @@ unsafe impl Record for OpenRecord {}
 unsafe impl Record for SocketRecord {}
 // SAFETY: as above.
 unsafe impl Record for DnsRecord {}
+// SAFETY: as above.
 unsafe impl Record for RequestRecord {}
 
 /// The reserve / fill / submit sequence every probe shares: reserves a `T` in the ring

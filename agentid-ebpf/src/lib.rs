@@ -603,5 +603,6 @@ mod user {
     unsafe impl aya::Pod for super::SocketRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsRecord {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::RequestRecord {}
 }
