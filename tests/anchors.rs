@@ -11,32 +11,16 @@ use std::{
     fmt::Write as _,
     fs,
     path::Path,
-    process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use agentid::audit::{self, Checkpoint};
 use agentid_tests::{
-    TestCgroup, agentid_bin,
+    TestCgroup, agentid,
     daemon::{Daemon, has_exec_of, registration},
+    text,
 };
 use serde_json::{Value, json};
-
-fn agentid(args: &[&str]) -> Output {
-    Command::new(agentid_bin())
-        .args(args)
-        .output()
-        .expect("running agentid")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")

@@ -9,7 +9,6 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Output},
     time::Duration,
 };
 
@@ -17,7 +16,7 @@ use agentid::{
     audit::{self, AuditLog, AuditOptions, Fsync, public_key_base64, sample_event},
     detect::Alert,
 };
-use agentid_tests::agentid_bin;
+use agentid_tests::{agentid, text};
 
 const AGENT: &str = "spiffe://example.org/agent/research-bot";
 
@@ -26,22 +25,6 @@ fn tmpdir(name: &str) -> PathBuf {
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).expect("tmpdir");
     d
-}
-
-fn agentid(args: &[&str]) -> Output {
-    Command::new(agentid_bin())
-        .args(args)
-        .output()
-        .expect("running agentid")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A key and a closed log of 30 events, 2 alerts and 3 checkpoints over rotated files.

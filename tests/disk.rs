@@ -9,32 +9,16 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use agentid_tests::{
-    TestCgroup, agentid_bin,
+    TestCgroup, agentid,
     daemon::{Daemon, registration},
+    text,
 };
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_agentid-workload");
-
-fn agentid(args: &[&str]) -> Output {
-    Command::new(agentid_bin())
-        .args(args)
-        .output()
-        .expect("running agentid")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)

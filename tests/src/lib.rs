@@ -192,6 +192,24 @@ pub fn agentid_bin() -> PathBuf {
     bin
 }
 
+/// Runs the `agentid` CLI with `args` and waits for it (stdout and stderr captured).
+pub fn agentid(args: &[&str]) -> std::process::Output {
+    Command::new(agentid_bin())
+        .args(args)
+        .output()
+        .expect("running agentid")
+}
+
+/// A finished command's status and both outputs, for assertion messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Two agents (`a`, `b`) using one credential, a fake API key unique to `tag` and this test
 /// process: one `credential-reuse` alert per tag (and, both running as root,
 /// `human-privilege` ones).
