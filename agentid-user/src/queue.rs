@@ -86,6 +86,13 @@ impl<T> Receiver<T> {
         Ok(item)
     }
 
+    /// The next item if one is queued, without waiting.
+    pub fn try_recv(&self) -> Option<T> {
+        let item = self.rx.try_recv().ok()?;
+        self.depth.fetch_sub(1, Ordering::AcqRel);
+        Some(item)
+    }
+
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         let item = self.rx.recv_timeout(timeout)?;
         self.depth.fetch_sub(1, Ordering::AcqRel);

@@ -86,6 +86,10 @@ enum Task {
         /// A ~1-minute smoke run with small sizes.
         #[arg(long)]
         quick: bool,
+        /// Only the daemon-resources run, sampled by `perf record`: the daemon's time per
+        /// event by thread and by stage (`target/bench/profile.json`).
+        #[arg(long)]
+        profile: bool,
         /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -269,13 +273,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &root(),
                 &bench::Options {
                     quick: true,
+                    profile: false,
                     out: None,
                 },
             )
         }
-        Task::Bench { quick, out } => {
+        Task::Bench {
+            quick,
+            profile,
+            out,
+        } => {
             setup()?;
-            bench::run(&root(), &bench::Options { quick, out })
+            bench::run(
+                &root(),
+                &bench::Options {
+                    quick,
+                    profile,
+                    out,
+                },
+            )
         }
         Task::Fuzz {
             seconds,

@@ -294,6 +294,14 @@ impl AuditLog {
         self.append_json("event", serde_json::to_value(event)?)
     }
 
+    /// Appends an attributed event already in canonical JSON (the daemon's outputs encode
+    /// each event once, for the store, this log and the followers). Returns its seq.
+    pub fn append_event_text(&mut self, canonical_body: &str) -> Result<u64, AuditError> {
+        let seq = self.write_text("event", canonical_body)?;
+        self.after_append()?;
+        Ok(seq)
+    }
+
     /// Appends an alert: both its creation and every update (count, `last_seen`).
     pub fn append_alert(&mut self, alert: &Alert) -> Result<u64, AuditError> {
         self.append_json("alert", serde_json::to_value(alert)?)
@@ -313,11 +321,17 @@ impl AuditLog {
             return Err(AuditError::BadType(ty.to_owned()));
         }
         let seq = self.write_record(ty, &body)?;
+        self.after_append()?;
+        Ok(seq)
+    }
+
+    /// A checkpoint or a rotation when one is due.
+    fn after_append(&mut self) -> Result<(), AuditError> {
         self.maybe_checkpoint(Instant::now())?;
         if self.file_bytes >= self.opts.rotate_bytes {
             self.rotate()?;
         }
-        Ok(seq)
+        Ok(())
     }
 
     /// Writes a checkpoint if the interval has passed since the last one (and there is
@@ -458,6 +472,11 @@ impl AuditLog {
 
     /// One record, one `write`: a crashed daemon leaves whole lines or one torn last line.
     fn write_record(&mut self, ty: &str, body: &Value) -> Result<u64, AuditError> {
+        self.write_text(ty, &super::canonical(body))
+    }
+
+    /// [`Self::write_record`] for a body already in canonical JSON.
+    fn write_text(&mut self, ty: &str, body: &str) -> Result<u64, AuditError> {
         let seq = self.next_seq;
         let ts = now_rfc3339(SystemTime::now());
         let (mut line, hash) = encode_record(seq, &ts, ty, body, &self.prev);

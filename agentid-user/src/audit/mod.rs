@@ -55,7 +55,6 @@ mod verify;
 mod writer;
 
 use std::{
-    fmt::Write as _,
     io,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -247,66 +246,100 @@ impl Default for AuditOptions {
 /// sorts anyway: a dependency enabling `serde_json/preserve_order` anywhere in the build
 /// would silently turn `Map` into an insertion-ordered map and change every hash.
 pub fn canonical(value: &Value) -> String {
-    let mut out = String::new();
+    // An event is ~650 bytes: one allocation, no regrowth.
+    let mut out = Vec::with_capacity(1024);
     write_canonical(value, &mut out);
-    out
+    into_string(out)
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// [`canonical`] appended to `out`.
+pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_json_string(k, out);
-                out.push(':');
-                write_canonical(&map[k.as_str()], out);
+            out.push(b'{');
+            // The map iterates sorted already unless `preserve_order` is on (see above):
+            // sorting is then only a check.
+            if map.keys().is_sorted() {
+                write_members(map.iter(), out);
+            } else {
+                let mut members: Vec<(&String, &Value)> = map.iter().collect();
+                members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                write_members(members.into_iter(), out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(v, out);
             }
-            out.push(']');
+            out.push(b']');
         }
         Value::String(s) => write_json_string(s, out),
         // Scalars: serde_json's own rendering is already unique.
         Value::Null | Value::Bool(_) | Value::Number(_) => {
-            let _ = write!(out, "{value}");
+            let _ = serde_json::to_writer(&mut *out, value);
         }
     }
 }
 
-fn write_json_string(s: &str, out: &mut String) {
-    let _ = write!(out, "{}", Value::String(s.to_owned()));
+/// Sorted members of an object, without the braces.
+pub fn write_members<'a>(
+    members: impl Iterator<Item = (&'a String, &'a Value)>,
+    out: &mut Vec<u8>,
+) {
+    for (i, (k, v)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_string(k, out);
+        out.push(b':');
+        write_canonical(v, out);
+    }
 }
 
-/// The canonical line (without `\n`) and hash of a record.
-fn encode_record(seq: u64, ts: &str, ty: &str, body: &Value, prev: &str) -> (String, String) {
-    let mut body_text = String::new();
-    write_canonical(body, &mut body_text);
-    let mut ts_text = String::new();
-    write_json_string(ts, &mut ts_text);
-    let mut kind_text = String::new();
-    write_json_string(ty, &mut kind_text);
+fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    // Writing a `str` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Canonical JSON is built from `str`s and ASCII punctuation only.
+fn into_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// The canonical line (without `\n`) and hash of a record whose body is already in
+/// canonical form.
+fn encode_record(seq: u64, ts: &str, ty: &str, body_text: &str, prev: &str) -> (String, String) {
     // Keys in sorted order: body, (hash), prev, seq, ts, type — the same text
     // `canonical()` gives for the record as a `Value`, assembled without a second pass
     // over the body (a unit test holds the two equal).
-    let tail =
-        format!(",\"prev\":\"{prev}\",\"seq\":{seq},\"ts\":{ts_text},\"type\":{kind_text}}}");
-    let unhashed = format!("{{\"body\":{body_text}{tail}");
-    let hash = sha256_hex(unhashed.as_bytes());
-    let line = format!("{{\"body\":{body_text},\"hash\":\"{hash}\"{tail}");
-    (line, hash)
+    let mut tail = Vec::with_capacity(128);
+    tail.extend_from_slice(b",\"prev\":\"");
+    tail.extend_from_slice(prev.as_bytes());
+    tail.extend_from_slice(b"\",\"seq\":");
+    tail.extend_from_slice(seq.to_string().as_bytes());
+    tail.extend_from_slice(b",\"ts\":");
+    write_json_string(ts, &mut tail);
+    tail.extend_from_slice(b",\"type\":");
+    write_json_string(ty, &mut tail);
+    tail.push(b'}');
+    let mut h = Sha256::new();
+    h.update(b"{\"body\":");
+    h.update(body_text.as_bytes());
+    h.update(&tail);
+    let hash = hex::encode(h.finalize());
+    let mut line = Vec::with_capacity(body_text.len() + tail.len() + 96);
+    line.extend_from_slice(b"{\"body\":");
+    line.extend_from_slice(body_text.as_bytes());
+    line.extend_from_slice(b",\"hash\":\"");
+    line.extend_from_slice(hash.as_bytes());
+    line.push(b'"');
+    line.extend_from_slice(&tail);
+    (into_string(line), hash)
 }
 
 /// The hash a record should have: over its canonical form without `hash`.

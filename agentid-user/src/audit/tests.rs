@@ -114,11 +114,23 @@ fn canonical_is_sorted_and_matches_serde_json_default() {
 #[test]
 fn encoded_record_is_canonical_and_hash_covers_prev() {
     let body = json!({"k": [1, 2], "a": "x"});
-    let (line, hash) = encode_record(7, "2025-01-01T00:00:00Z", "event", &body, GENESIS);
+    let (line, hash) = encode_record(
+        7,
+        "2025-01-01T00:00:00Z",
+        "event",
+        &canonical(&body),
+        GENESIS,
+    );
     let v: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(canonical(&v), line);
     assert_eq!(record_hash(&v).unwrap(), hash);
-    let (_, other) = encode_record(7, "2025-01-01T00:00:00Z", "event", &body, &"1".repeat(64));
+    let (_, other) = encode_record(
+        7,
+        "2025-01-01T00:00:00Z",
+        "event",
+        &canonical(&body),
+        &"1".repeat(64),
+    );
     assert_ne!(hash, other);
 }
 
@@ -875,4 +887,29 @@ fn anchors_lead_the_pinned_key_past_removed_old_records() {
     assert_eq!(start_key(&dir, &parsed, first).unwrap(), first);
     write_lines(&dir, &all[5..]);
     assert_eq!(start_key(&dir, &parsed, pk(3)).unwrap(), pk(3));
+}
+
+#[test]
+fn an_event_encoded_once_is_the_record_append_event_writes() {
+    // The daemon appends the text it encoded for every output; a record must hash and
+    // verify exactly as one `append_event` encodes itself.
+    let dir = tmpdir("encoded-once");
+    let e = sample_event("research-bot", 1);
+    let json = crate::outputs::fanout::EventJson::new(&e).unwrap();
+    let mut log = AuditLog::open(&dir, key(1), opts()).unwrap();
+    log.append_event(&e).unwrap();
+    log.append_event_text(&json.text).unwrap();
+    log.close().unwrap();
+    let text = fs::read_to_string(dir.join("audit.log")).unwrap();
+    let bodies: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["type"] == "event")
+        .map(|r| r["body"].clone())
+        .collect();
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(canonical(&bodies[0]), canonical(&bodies[1]));
+    assert_eq!(canonical(&bodies[1]), *json.text);
+    let r = verify(&dir, Some(pk(1))).unwrap();
+    assert!(r.damage.is_none(), "{r}");
 }

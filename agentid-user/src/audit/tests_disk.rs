@@ -312,7 +312,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 #[test]
 fn store_and_audit_stay_within_256_bytes_per_connect_event() {
     use crate::{
-        outputs::fanout::{Output as _, StoreOutput},
+        outputs::fanout::{EventJson, Output as _, StoreOutput},
         store::{Query, Retention, Store},
     };
     const N: u32 = 50_000;
@@ -340,9 +340,10 @@ fn store_and_audit_stay_within_256_bytes_per_connect_event() {
     log.set_disk_policy(COMPRESS).unwrap();
     for i in 0..N {
         let e = sample_connect("research-bot", i);
-        let json: std::sync::Arc<str> = serde_json::to_string(&e).unwrap().into();
+        // As the daemon does: one encoding for the store and the audit log.
+        let json = EventJson::new(&e).unwrap();
         out.event(&e, &json);
-        log.append_event(&e).unwrap();
+        log.append_event_text(&json.text).unwrap();
         if i % 1000 == 999 {
             log.checkpoint().unwrap();
         }

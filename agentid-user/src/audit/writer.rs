@@ -19,6 +19,8 @@ use crate::{attribution::AttributedEvent, detect::Alert, health::WriteHealth, qu
 
 enum Record {
     Event(Box<AttributedEvent>),
+    /// An event already in canonical JSON.
+    EventText(Arc<str>),
     Alert(Box<Alert>),
 }
 
@@ -45,12 +47,16 @@ impl std::fmt::Debug for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Event(_) => "Record::Event",
+            Self::EventText(_) => "Record::EventText",
             Self::Alert(_) => "Record::Alert",
         })
     }
 }
 
 const QUEUE: usize = 65_536;
+
+/// How long the audit thread lets records gather after a busy spell before it looks again.
+const LINGER: Duration = Duration::from_millis(2);
 
 /// Where checkpoints go as they are made (never blocking the audit thread).
 pub type AnchorPublisher = Box<dyn Fn(&Checkpoint) + Send>;
@@ -106,9 +112,24 @@ impl AuditWriter {
                         thread_stats.health.failed(&e, 1);
                     }
                 };
+                // Whether the last look found records: then the next empty queue is met
+                // with a short sleep instead of a wait on the queue, which every send
+                // would interrupt (a futex wake per record for both threads).
+                let mut busy = false;
                 loop {
-                    match rx.recv_timeout(Duration::from_secs(1)) {
+                    let next = match rx.try_recv() {
+                        Some(r) => Ok(r),
+                        None if busy => {
+                            busy = false;
+                            std::thread::sleep(LINGER);
+                            continue;
+                        }
+                        None => rx.recv_timeout(Duration::from_secs(1)),
+                    };
+                    busy |= next.is_ok();
+                    match next {
                         Ok(Record::Event(e)) => count(log.append_event(&e)),
+                        Ok(Record::EventText(t)) => count(log.append_event_text(&t)),
                         Ok(Record::Alert(a)) => count(log.append_alert(&a)),
                         Err(queue::RecvTimeoutError::Timeout) => {}
                         Err(queue::RecvTimeoutError::Disconnected) => break,
@@ -148,6 +169,13 @@ impl AuditWriter {
 
     pub fn event(&self, e: &AttributedEvent) {
         self.send(Record::Event(Box::new(e.clone())));
+    }
+
+    /// An event the caller already encoded with [`crate::audit::canonical`] (of
+    /// `serde_json::to_value(event)`): the same record as [`Self::event`], without a second
+    /// encoding or a copy of the event.
+    pub fn event_text(&self, canonical: &Arc<str>) {
+        self.send(Record::EventText(Arc::clone(canonical)));
     }
 
     pub fn alert(&self, a: &Alert) {

@@ -38,11 +38,28 @@ pub const UPDATE_EVERY: Duration = Duration::from_secs(30);
 /// A shutdown step that may wait (flushing a queue, delivering a spool).
 pub type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// An event encoded once for every output: `serde_json::to_value` of the event and that
+/// value's canonical text (sorted keys, no whitespace) — the audit log's body as is, the
+/// store's split without parsing, the followers' line.
+#[derive(Debug, Clone)]
+pub struct EventJson {
+    pub value: serde_json::Value,
+    pub text: Arc<str>,
+}
+
+impl EventJson {
+    pub fn new(event: &AttributedEvent) -> serde_json::Result<Self> {
+        let value = serde_json::to_value(event)?;
+        let text = crate::audit::canonical(&value).into();
+        Ok(Self { value, text })
+    }
+}
+
 /// One destination. Every method has a default that ignores the item, so an output says
 /// only what it takes.
 pub trait Output: Send + fmt::Debug {
-    /// An attributed event (secrets already redacted), with its JSON wire form.
-    fn event(&mut self, _event: &AttributedEvent, _json: &Arc<str>) {}
+    /// An attributed event (secrets already redacted), with its JSON forms.
+    fn event(&mut self, _event: &AttributedEvent, _json: &EventJson) {}
     /// Every new state of an incident, as it happens.
     fn alert_state(&mut self, _alert: &Alert, _json: &Arc<str>) {}
     /// A published incident state: the first sighting, then throttled updates.
@@ -72,8 +89,8 @@ impl Fanout {
     }
 
     pub fn event(&mut self, event: &AttributedEvent) {
-        let json: Arc<str> = match serde_json::to_string(event) {
-            Ok(j) => j.into(),
+        let json = match EventJson::new(event) {
+            Ok(j) => j,
             Err(e) => {
                 tracing::warn!(error = %e, "unserialisable event");
                 return;
@@ -182,7 +199,7 @@ pub fn epoch_ns(t: SystemTime) -> u64 {
 pub struct StoreOutput(pub Writer);
 
 impl Output for StoreOutput {
-    fn event(&mut self, a: &AttributedEvent, json: &Arc<str>) {
+    fn event(&mut self, a: &AttributedEvent, json: &EventJson) {
         let root = a
             .session
             .as_ref()
@@ -196,7 +213,13 @@ impl Output for StoreOutput {
             agent: a.agent.as_ref().map(|ag| ag.id.clone()),
             session: a.session.clone(),
             root_exec_id: root,
-            body: json.to_string(),
+            body: Arc::clone(&json.text),
+            split: crate::store::split_value(
+                &json.value,
+                epoch_ns(a.event.time),
+                a.event.kind.as_str(),
+                a.event.pid,
+            ),
         });
     }
 
@@ -256,8 +279,8 @@ impl Output for AlertsFile {
 pub struct AuditOutput(pub AuditWriter);
 
 impl Output for AuditOutput {
-    fn event(&mut self, event: &AttributedEvent, _json: &Arc<str>) {
-        self.0.event(event);
+    fn event(&mut self, _event: &AttributedEvent, json: &EventJson) {
+        self.0.event_text(&json.text);
     }
 
     fn alert(&mut self, alert: &Alert, _json: &Arc<str>) {
@@ -283,7 +306,7 @@ pub struct SinksOutput {
 }
 
 impl Output for SinksOutput {
-    fn event(&mut self, event: &AttributedEvent, _json: &Arc<str>) {
+    fn event(&mut self, event: &AttributedEvent, _json: &EventJson) {
         self.sinks.submit_activity(event);
     }
 
@@ -313,12 +336,12 @@ pub struct Followers {
 }
 
 impl Output for Followers {
-    fn event(&mut self, a: &AttributedEvent, json: &Arc<str>) {
+    fn event(&mut self, a: &AttributedEvent, json: &EventJson) {
         // No follower is fine: send only fails when nobody listens.
         let _ = self.events.send(Live {
             agent: a.agent.as_ref().map(|ag| ag.id.clone()),
             kind: a.event.kind.as_str().to_owned(),
-            json: Arc::clone(json),
+            json: Arc::clone(&json.text),
         });
     }
 

@@ -9,7 +9,7 @@
 //! in the row, so fields added to events later need nothing here.
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 /// Keys of the event JSON that describe the process rather than the event.
@@ -32,58 +32,72 @@ const CONTEXT_KEYS: &[&str] = &[
 
 /// An event body split for storage.
 #[derive(Debug)]
-pub(super) struct Split {
+pub struct Split {
     /// The context's canonical text (sorted keys).
     pub context: String,
     /// What is left for the row.
     pub row: String,
-    /// Identifies (agent, context): the lookup key, checked against the text.
-    pub hash: i64,
+}
+
+impl Split {
+    /// Identifies (agent, context) in the `contexts` table: the lookup key, checked against
+    /// the text. Only needed when the writer's cache misses, so computed then.
+    pub fn hash(&self, agent: Option<&str>) -> i64 {
+        let mut h = Sha256::new();
+        h.update(agent.unwrap_or_default().as_bytes());
+        h.update([0]);
+        h.update(self.context.as_bytes());
+        let digest = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        i64::from_be_bytes(first)
+    }
 }
 
 fn rfc3339(ts_ns: u64) -> String {
     humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ts_ns)).to_string()
 }
 
-/// Splits `body` (an event's JSON object); `None` when it is not an object.
-pub(super) fn split(
-    body: &str,
-    ts_ns: u64,
-    kind: &str,
-    pid: u32,
-    agent: Option<&str>,
-) -> Option<Split> {
-    let Ok(Value::Object(mut row)) = serde_json::from_str::<Value>(body) else {
+/// Splits `body` (an event's JSON text); `None` when it is not an object.
+pub(super) fn split(body: &str, ts_ns: u64, kind: &str, pid: u32) -> Option<Split> {
+    let value = serde_json::from_str::<Value>(body).ok()?;
+    split_value(&value, ts_ns, kind, pid)
+}
+
+/// Splits an event's JSON object (as `serde_json::to_value` gave it: the daemon encodes
+/// each event once for all outputs, and splits it on its event loop so that the store's
+/// queue holds two short strings per event rather than a tree of JSON values); `None`
+/// when it is not an object.
+pub fn split_value(body: &Value, ts_ns: u64, kind: &str, pid: u32) -> Option<Split> {
+    let Value::Object(map) = body else {
         return None;
     };
-    let mut context = Map::new();
-    for k in CONTEXT_KEYS {
-        if let Some(v) = row.remove(*k) {
-            context.insert((*k).to_owned(), v);
-        }
-    }
-    if row.get("kind").and_then(Value::as_str) == Some(kind) {
-        row.remove("kind");
-    }
-    if row.get("pid").and_then(Value::as_u64) == Some(u64::from(pid)) {
-        row.remove("pid");
-    }
-    if row.get("time").and_then(Value::as_str) == Some(rfc3339(ts_ns).as_str()) {
-        row.remove("time");
-    }
-    let context = Value::Object(context).to_string();
-    let mut h = Sha256::new();
-    h.update(agent.unwrap_or_default().as_bytes());
-    h.update([0]);
-    h.update(context.as_bytes());
-    let digest = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    Some(Split {
-        context,
-        row: Value::Object(row).to_string(),
-        hash: i64::from_be_bytes(first),
-    })
+    let own = |k: &str, v: &Value| match k {
+        "kind" => v.as_str() != Some(kind),
+        "pid" => v.as_u64() != Some(u64::from(pid)),
+        "time" => v.as_str() != Some(rfc3339(ts_ns).as_str()),
+        _ => true,
+    };
+    let mut context = Vec::with_capacity(512);
+    context.push(b'{');
+    crate::audit::write_members(
+        map.iter()
+            .filter(|(k, _)| CONTEXT_KEYS.contains(&k.as_str())),
+        &mut context,
+    );
+    context.push(b'}');
+    let mut row = Vec::with_capacity(128);
+    row.push(b'{');
+    crate::audit::write_members(
+        map.iter()
+            .filter(|(k, v)| !CONTEXT_KEYS.contains(&k.as_str()) && own(k, v)),
+        &mut row,
+    );
+    row.push(b'}');
+    // Both are built from `str`s and JSON punctuation.
+    let context = String::from_utf8(context).ok()?;
+    let row = String::from_utf8(row).ok()?;
+    Some(Split { context, row })
 }
 
 /// The event's JSON object again, from its row, its context and its columns.

@@ -38,7 +38,10 @@ fn event(ts: u64, agent: Option<&str>, kind: &'static str) -> StoreOp {
         agent: agent.map(Into::into),
         session: agent.map(|a| format!("{a}/42-1")),
         root_exec_id: Some("h:b:1:42".into()),
-        body: serde_json::json!({"kind": kind, "ts": ts}).to_string(),
+        body: serde_json::json!({"kind": kind, "ts": ts})
+            .to_string()
+            .into(),
+        split: None,
     }
 }
 
@@ -289,7 +292,8 @@ fn retention_holds_the_size_budget_under_load() {
             agent: Some("spiffe://x/a".into()),
             session: None,
             root_exec_id: None,
-            body: serde_json::json!({"i": i, "pad": pad}).to_string(),
+            body: serde_json::json!({"i": i, "pad": pad}).to_string().into(),
+            split: None,
         });
         if i % 4096 == 0 {
             // The queue is bounded: let the writer keep up, as a real ring would.
@@ -324,4 +328,35 @@ fn retention_holds_the_size_budget_under_load() {
         .unwrap();
     assert!(left.len() < 40_000, "{} left", left.len());
     assert_eq!(left.last().unwrap().body["i"], n - 1, "the newest are kept");
+}
+
+#[test]
+fn the_shared_encoding_splits_as_the_text_does() {
+    // The daemon hands the store the value it encoded for every output; the split must be
+    // the one parsing the event's text gives (same context row, same event row).
+    let e = crate::audit::sample_connect("research-bot", 3);
+    let json = crate::outputs::fanout::EventJson::new(&e).unwrap();
+    let ts = crate::outputs::fanout::epoch_ns(e.event.time);
+    let kind = e.event.kind.as_str();
+    let shared = split_value(&json.value, ts, kind, e.event.pid).unwrap();
+    let text = serde_json::to_string(&e).unwrap();
+    let parsed = compact::split(&text, ts, kind, e.event.pid).unwrap();
+    assert_eq!(shared.context, parsed.context);
+    assert_eq!(shared.row, parsed.row);
+    assert!(
+        shared.context.contains("research-bot"),
+        "{}",
+        shared.context
+    );
+    assert!(
+        !shared.row.contains("\"time\""),
+        "time is a column: {}",
+        shared.row
+    );
+    assert_eq!(
+        shared.hash(Some("a")),
+        parsed.hash(Some("a")),
+        "the contexts table's key"
+    );
+    assert_ne!(shared.hash(Some("a")), shared.hash(Some("b")));
 }

@@ -27,7 +27,11 @@ pub enum StoreOp {
         agent: Option<String>,
         session: Option<String>,
         root_exec_id: Option<String>,
-        body: String,
+        /// The event's JSON text.
+        body: Arc<str>,
+        /// `body` already split by [`compact::split_value`], when the caller had the
+        /// event's JSON value at hand (the daemon does): spares parsing `body`.
+        split: Option<compact::Split>,
     },
     /// Insert or update (same uid = same incident).
     Alert {
@@ -74,6 +78,8 @@ pub struct Writer {
 const QUEUE: usize = 65_536;
 const BATCH_MAX: usize = 4096;
 const BATCH_WAIT: Duration = Duration::from_millis(50);
+/// How long the writer sleeps between looks at the queue while a batch fills.
+const FILL_STEP: Duration = Duration::from_millis(5);
 const RETENTION_EVERY: Duration = Duration::from_mins(1);
 /// Under load retention runs sooner: once the events written since the last run may
 /// amount to this share of the size budget, so the store overshoots it by little however
@@ -132,13 +138,25 @@ fn run(
     let mut batch = Vec::with_capacity(BATCH_MAX);
     let mut contexts = Contexts::default();
     while let Ok(first) = rx.recv() {
+        let mut flush = matches!(first, StoreOp::Flush(_));
         batch.push(first);
+        // The batch fills while this thread sleeps in short steps rather than waiting on
+        // the queue: a receiver parked on an empty queue is woken by every send, a futex
+        // round trip per event for both threads. A flush request ends the batch at once.
         let deadline = Instant::now() + BATCH_WAIT;
-        while batch.len() < BATCH_MAX {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+        'fill: while batch.len() < BATCH_MAX && !flush {
+            while let Some(op) = rx.try_recv() {
+                flush |= matches!(op, StoreOp::Flush(_));
+                batch.push(op);
+                if batch.len() >= BATCH_MAX || flush {
+                    break 'fill;
+                }
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            thread::sleep(left.min(FILL_STEP));
         }
         // Flushes are answered after the commit, whether it worked or not: nobody may wait
         // forever on a store that cannot write.
@@ -240,16 +258,17 @@ fn commit(
                     session,
                     root_exec_id,
                     body,
+                    split,
                 } => {
                     let ts = i64::try_from(ts_ns).unwrap_or(i64::MAX);
-                    let split = compact::split(&body, ts_ns, kind, pid, agent.as_deref());
+                    let split = split.or_else(|| compact::split(&body, ts_ns, kind, pid));
                     match split.map(|s| contexts.id(&tx, &s, agent.as_deref()).map(|id| (s, id))) {
                         Some(Ok((s, Some(ctx)))) => {
                             ev_compact.execute(params![ts, kind, pid, s.row, ctx])?;
                         }
                         Some(Err(e)) => return Err(e),
                         _ => {
-                            ev.execute(params![ts, kind, pid, exec_id, agent, session, body])?;
+                            ev.execute(params![ts, kind, pid, exec_id, agent, session, &*body])?;
                         }
                     }
                     counters.add(agent, session, root_exec_id, ts);
@@ -301,7 +320,10 @@ fn commit(
 /// Context ids by (agent, context text): most events are of a process seen a moment ago.
 #[derive(Debug, Default)]
 struct Contexts {
-    known: HashMap<(Option<String>, String), i64>,
+    /// By context text, then agent: the id.
+    known: rustc_hash::FxHashMap<String, Vec<(Option<String>, i64)>>,
+    /// Entries in `known`.
+    len: usize,
 }
 
 /// Contexts remembered at most; beyond, the cache starts again (a lookup is one indexed
@@ -317,12 +339,14 @@ impl Contexts {
         split: &compact::Split,
         agent: Option<&str>,
     ) -> Result<Option<i64>, rusqlite::Error> {
-        let key = (agent.map(str::to_owned), split.context.clone());
-        if let Some(&id) = self.known.get(&key) {
-            return Ok(Some(id));
+        if let Some(ids) = self.known.get(split.context.as_str())
+            && let Some((_, id)) = ids.iter().find(|(a, _)| a.as_deref() == agent)
+        {
+            return Ok(Some(*id));
         }
+        let hash = split.hash(agent);
         let mut find = tx.prepare_cached("SELECT id, agent, body FROM contexts WHERE hash = ?")?;
-        let mut rows = find.query([split.hash])?;
+        let mut rows = find.query([hash])?;
         let mut found = None;
         while let Some(r) = rows.next()? {
             let (id, a, body): (i64, Option<String>, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
@@ -336,13 +360,18 @@ impl Contexts {
             id
         } else {
             tx.prepare_cached("INSERT INTO contexts (hash, agent, body) VALUES (?, ?, ?)")?
-                .execute(params![split.hash, agent, split.context])?;
+                .execute(params![hash, agent, split.context])?;
             tx.last_insert_rowid()
         };
-        if self.known.len() >= CONTEXTS_CACHED {
+        if self.len >= CONTEXTS_CACHED {
             self.known.clear();
+            self.len = 0;
         }
-        self.known.insert(key, id);
+        self.known
+            .entry(split.context.clone())
+            .or_default()
+            .push((agent.map(str::to_owned), id));
+        self.len += 1;
         Ok(Some(id))
     }
 }

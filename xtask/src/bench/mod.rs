@@ -6,6 +6,7 @@
 //! something crashes (a workload, the daemon, a tracer that started and then died).
 mod kernel;
 mod latency;
+mod profile;
 mod report;
 mod resources;
 mod stats;
@@ -23,6 +24,9 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub quick: bool,
+    /// Only the daemon-resources section, sampled by `perf record`, with the per-stage
+    /// breakdown of the daemon's time per event.
+    pub profile: bool,
     pub out: Option<PathBuf>,
 }
 
@@ -240,10 +244,13 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         tools,
     };
     let machine = machine();
+    if opts.profile {
+        return profile_only(&ctx, &plan, &target, &machine, &scratch);
+    }
     eprintln!("bench: kernel-path overhead");
     let overhead = kernel::run(&ctx, plan.overhead)?;
     eprintln!("bench: daemon resources");
-    let resources = resources::run(&ctx, plan.resources)?;
+    let resources = resources::run(&ctx, plan.resources, None)?;
     eprintln!("bench: alert latency");
     let latency = latency::run(&ctx, plan.latency_trials)?;
     eprintln!("bench: userspace pipeline (criterion)");
@@ -278,5 +285,27 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         out.display(),
         md_path.display()
     );
+    Ok(())
+}
+
+/// `--profile`: the resources run under `perf record`, and where the time went.
+fn profile_only(
+    ctx: &Ctx,
+    plan: &Plan,
+    target: &Path,
+    machine: &Value,
+    scratch: &Path,
+) -> anyhow::Result<()> {
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let data = dir.join("perf.data");
+    eprintln!("bench: daemon resources under perf record");
+    let resources = resources::run(ctx, plan.resources, Some(&data))?;
+    let _ = std::fs::remove_dir_all(scratch);
+    let results = json!({"machine": machine, "resources": resources});
+    let out = dir.join("profile.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    println!("{}", report::profile_markdown(&results));
+    eprintln!("bench: {} and {}", out.display(), data.display());
     Ok(())
 }

@@ -180,3 +180,61 @@ pub(crate) fn markdown(r: &Value) -> String {
     );
     s
 }
+
+/// The `--profile` result: daemon resources and where its time per event went.
+pub(crate) fn profile_markdown(r: &Value) -> String {
+    let mut s = String::new();
+    let res = &r["resources"];
+    let p = &res["profile"];
+    let _ = writeln!(
+        s,
+        "Daemon at {:.0} events/s with {} live processes: {:.1}% of one core, {:.2} µs per event; \
+         max RSS under load {:.1} MiB.\n",
+        res["events_per_s"].as_f64().unwrap_or(0.0),
+        res["live_processes_in_table"],
+        res["daemon_cpu_percent"].as_f64().unwrap_or(0.0),
+        p["daemon_us_per_event"].as_f64().unwrap_or(0.0),
+        res["max_rss_under_load_mib"].as_f64().unwrap_or(0.0),
+    );
+    s.push_str("| mapping | RSS MiB |\n|---|---|\n");
+    for m in res["rss_by_mapping_mib"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "| `{}` | {:.1} |",
+            m["mapping"].as_str().unwrap_or_default(),
+            m["mib"].as_f64().unwrap_or(0.0)
+        );
+    }
+    s.push_str("\n| thread | share of daemon CPU | µs per event |\n|---|---|---|\n");
+    for t in p["threads"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1}% | {:.2} |",
+            t["thread"].as_str().unwrap_or_default(),
+            t["share_percent"].as_f64().unwrap_or(0.0),
+            t["us_per_event"].as_f64().unwrap_or(0.0)
+        );
+    }
+    s.push_str(
+        "\n| event-loop stage (inclusive) | share of daemon CPU | µs per event |\n|---|---|---|\n",
+    );
+    for t in p["stages"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1}% | {:.2} |",
+            t["stage"].as_str().unwrap_or_default(),
+            t["share_percent"].as_f64().unwrap_or(0.0),
+            t["us_per_event"].as_f64().unwrap_or(0.0)
+        );
+    }
+    s.push_str("\n| top functions (self) | share |\n|---|---|\n");
+    for t in p["top_self"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "| `{}` | {:.1}% |",
+            t["symbol"].as_str().unwrap_or_default(),
+            t["self_percent"].as_f64().unwrap_or(0.0)
+        );
+    }
+    s
+}

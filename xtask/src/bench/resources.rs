@@ -28,7 +28,13 @@ fn total_events(status: &Value) -> u64 {
         .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
 }
 
-pub(crate) fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
+/// With `profile`, the daemon is sampled by `perf record` into that file during the load
+/// and the result carries the per-stage breakdown.
+pub(crate) fn run(
+    ctx: &Ctx,
+    sizes: Sizes,
+    profile: Option<&std::path::Path>,
+) -> anyhow::Result<Value> {
     let (udp, _udp_sink) = udp_sink()?;
     // The sleepers start before the daemon, so it seeds them from /proc.
     let hold_cg = BenchCgroup::new("hold")?;
@@ -45,7 +51,7 @@ pub(crate) fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
     if ready.trim() != "ready" {
         bail!("the sleepers did not start: {ready:?}");
     }
-    let result = measure(ctx, sizes, &hold_cg, &rate_cg, udp);
+    let result = measure(ctx, sizes, &hold_cg, &rate_cg, udp, profile);
     hold_cg.kill_all();
     let _ = hold.wait();
     result
@@ -57,6 +63,7 @@ fn measure(
     hold_cg: &BenchCgroup,
     rate_cg: &BenchCgroup,
     udp: std::net::SocketAddr,
+    profile: Option<&std::path::Path>,
 ) -> anyhow::Result<Value> {
     let mut d = Daemon::start(
         &ctx.agentid,
@@ -81,6 +88,9 @@ fn measure(
         .stdout(Stdio::null())
         .spawn()
         .context("spawning the rate workload")?;
+    let recording = profile
+        .map(|data| super::profile::start(pid, data))
+        .transpose()?;
     // Resident memory under load, sampled: VmHWM also holds the load-time spike of parsing
     // the kernel's BTF (freed and trimmed before the daemon reports ready).
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -105,14 +115,20 @@ fn measure(
     std::thread::sleep(Duration::from_millis(1100));
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu_s = sys::proc_cpu_s(pid)? - cpu0;
+    let perf_data = recording.map(super::profile::Recording::stop).transpose()?;
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let load_rss_kib = sampler.join().unwrap_or(0);
     let hwm_kib = sys::proc_status_kib(pid, "VmHWM")?;
+    let rss_by_mapping = rss_by_mapping(pid);
     let rss_kib = sys::proc_status_kib(pid, "VmRSS")?;
     let after = d.cli(&["status"])?;
     d.check_alive()?;
     d.stop()?;
     let events = total_events(&after) - total_events(&before);
+    let breakdown = match perf_data {
+        Some(data) => super::profile::breakdown(&data, cpu_s, events)?,
+        None => Value::Null,
+    };
     let kernel_drops: u64 = after["drops"]
         .as_object()
         .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
@@ -131,5 +147,43 @@ fn measure(
         "max_rss_under_load_mib": f(load_rss_kib) / 1024.0,
         "kernel_drops": kernel_drops,
         "store_drops": after["store"]["dropped"].as_u64().unwrap_or(0),
+        "profile": breakdown,
+        "rss_by_mapping_mib": rss_by_mapping,
     }))
+}
+
+/// Resident memory by mapping (`[heap]`, anonymous, BPF maps, the binary), largest first,
+/// from `/proc/PID/smaps`: where the daemon's RSS goes.
+fn rss_by_mapping(pid: u32) -> Value {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Value::Null;
+    };
+    let mut by: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib: u64 = kib
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            *by.entry(name.clone()).or_default() += kib;
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.contains('-') && !w.ends_with(':'))
+        {
+            // A mapping header: address range, perms, offset, dev, inode, [path].
+            line.split_whitespace()
+                .nth(5)
+                .unwrap_or("[anon]")
+                .clone_into(&mut name);
+        }
+    }
+    let mut rows: Vec<(String, u64)> = by.into_iter().filter(|(_, k)| *k >= 1024).collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+    rows.into_iter()
+        .map(|(n, kib)| json!({"mapping": n, "mib": f(kib) / 1024.0}))
+        .collect()
 }
