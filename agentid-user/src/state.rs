@@ -253,6 +253,7 @@ mod tests {
             cgroup_id: 55,
             cgroup: None,
             comm: "bot".into(),
+            blocked: false,
             detail: Detail::Fork {},
         }
     }
