@@ -110,7 +110,7 @@ const PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// One byte of a label into its hash (FNV-1a over the lowercased bytes, from
 /// [`LABEL_SEED`]).
-#[inline(always)]
+#[inline]
 pub fn label_step(h: u64, b: u8) -> u64 {
     (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(PRIME)
 }
@@ -118,13 +118,13 @@ pub fn label_step(h: u64, b: u8) -> u64 {
 /// A name's suffix hash, built from its last label towards its first: starting from 0,
 /// each label's hash in turn, so the hash of `a.example.org` extends that of
 /// `example.org` and the kernel gets every suffix's hash in one pass.
-#[inline(always)]
+#[inline]
 pub fn suffix_step(s: u64, label: u64) -> u64 {
     (s.rotate_left(23) ^ label).wrapping_mul(PRIME)
 }
 
 /// An IPv4 address as the maps hold it: `::ffff:a.b.c.d`.
-#[inline(always)]
+#[inline]
 pub const fn v4_mapped(ip: [u8; 4]) -> [u8; 16] {
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ip[0], ip[1], ip[2], ip[3],

@@ -128,11 +128,12 @@ fn covers(ow: Wildcard, obase: &str, w: Wildcard, base: &str) -> bool {
         b.len() > o.len() + 1 && b.ends_with(o) && b.as_bytes()[b.len() - o.len() - 1] == b'.'
     };
     match (ow, w) {
-        (Wildcard::Exact, Wildcard::Exact) => obase == base,
+        (Wildcard::Exact, Wildcard::Exact) | (Wildcard::OneLabel, Wildcard::OneLabel) => {
+            obase == base
+        }
         (Wildcard::OneLabel, Wildcard::Exact) => {
             below(base, obase) && !base[..base.len() - obase.len() - 1].contains('.')
         }
-        (Wildcard::OneLabel, Wildcard::OneLabel) => obase == base,
         (Wildcard::AnyDepth, Wildcard::Exact) => below(base, obase),
         (Wildcard::AnyDepth, Wildcard::OneLabel | Wildcard::AnyDepth) => {
             obase == base || below(base, obase)

@@ -69,11 +69,7 @@ struct Daemon {
     /// cgroups whose file opens are watched.
     watched: HashSet<u64>,
     /// The enforcement last applied (agents by policy id, and their cgroups).
-    enforced: Option<(
-        BTreeMap<u32, String>,
-        BTreeMap<u64, u32>,
-        Vec<(u32, u32, u64)>,
-    )>,
+    enforced: Option<Enforced>,
     resolvers: Vec<std::net::IpAddr>,
     last_cgroup_walk: Instant,
     /// The agents directory as last read, and when it was last checked.
@@ -88,6 +84,14 @@ struct Daemon {
     /// Held for the daemon's life: one daemon per state directory.
     _state_lock: lock::StateLock,
 }
+
+/// What the kernel enforces, as last applied: the agents by policy id, their cgroups
+/// (id → policy id) and the allowed executables (policy, dev, inode).
+type Enforced = (
+    BTreeMap<u32, String>,
+    BTreeMap<u64, u32>,
+    Vec<(u32, u32, u64)>,
+);
 
 /// SIGTERM/SIGINT stop, SIGHUP reloads.
 struct Signals {
