@@ -425,7 +425,8 @@ fn tools_outside_the_policy_are_killed_before_they_run() {
 }
 
 /// Lifecycle: a daemon killed with SIGKILL leaves enforcement in force; a restart resumes the same
-/// set (same programs, no duplicates) and enforces the same; a clean stop removes it.
+/// set (same programs, no duplicates) and enforces the same; a registry reload lifts and
+/// restores it; a clean stop removes it.
 #[test]
 fn enforcement_outlives_a_killed_daemon_and_ends_with_a_clean_stop() {
     let cg = TestCgroup::new("enf-life");
@@ -468,6 +469,22 @@ fn enforcement_outlives_a_killed_daemon_and_ends_with_a_clean_stop() {
     );
     assert!(d.log_text().contains("Resumed"), "{}", d.log_text());
     assert_eq!(connect(po, lo(12)), "EPERM");
+
+    // A reload that drops `enforce` lifts it; one that brings it back restores it.
+    let reg = dir.join("agents/a.toml");
+    let text = std::fs::read_to_string(&reg).expect("reg");
+    std::fs::write(&reg, text.replace("enforce = true\n", "")).expect("reg");
+    d.cli_until(&["status"], |v| {
+        v["enforced"].as_array().is_some_and(Vec::is_empty)
+    });
+    assert_eq!(connect(po, lo(12)), "ok", "monitor mode after the reload");
+    std::fs::write(&reg, &text).expect("reg");
+    d.cli_until(&["status"], |v| enforced_cgroups(v) >= 1);
+    assert_eq!(
+        connect(po, lo(12)),
+        "EPERM",
+        "enforced again after the reload"
+    );
     d.stop();
     assert_eq!(
         connect(po, lo(12)),

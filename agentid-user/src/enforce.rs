@@ -272,6 +272,20 @@ mod tests {
     };
 
     #[test]
+    fn enforce_is_read_from_the_registration() {
+        let reg = crate::identity::Registry::parse_str(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\nenforce = true\negress = []\n",
+            "bot.toml",
+        );
+        assert!(reg.errors().is_empty(), "{:?}", reg.errors());
+        let p = &reg.agents()[0].policy;
+        assert!(p.enforce);
+        let plan = compile(reg.agents().iter().map(|a| (&a.id, &a.policy))).unwrap();
+        assert_eq!(plan.policies.values().copied().collect::<Vec<_>>(), [1]);
+        assert!(plan.nets.is_empty() && plan.names.is_empty());
+    }
+
+    #[test]
     fn suffix_hash_extends_from_the_last_label_and_ignores_case() {
         assert_eq!(
             suffix_hash(&["api", "example", "org"]),
