@@ -298,6 +298,7 @@ async fn stale_credential_after_max_age_or_revocation() {
             cgroup_id: 0,
             cgroup: None,
             comm: String::new(),
+            blocked: false,
             detail: agentid::event::Detail::Exec {
                 filename: "/bin/true".into(),
                 argv: vec![],

@@ -1194,3 +1194,77 @@ async fn tls_request_head_is_captured_in_watched_cgroups_only() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Enforcement decided in the kernel (`enforce = true`): a connect outside the policy
+/// fails with EPERM, one inside goes through, an exec outside `tools` is killed before
+/// it runs, a blocked connect is reported as such. What the verifier of each kernel must
+/// accept: the programs that decide.
+#[tokio::test]
+async fn enforcement_refuses_connects_and_kills_execs_outside_the_policy() {
+    use agentid::{
+        enforce::{compile, policy_id},
+        identity::{EgressRule, GlobList, Policy, SpiffeId},
+    };
+    let _beside = ALONE.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(mut sensor) = sensor_or_skip("enforce") else {
+        return;
+    };
+    let cg = TestCgroup::new("enforce");
+    let allowed = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let outside = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let (pa, po) = (
+        allowed.local_addr().expect("addr").port(),
+        outside.local_addr().expect("addr").port(),
+    );
+    let id = SpiffeId::parse("spiffe://test.example/agent/kernel-enforce").expect("id");
+    let policy = Policy {
+        enforce: true,
+        egress: Some(vec![
+            EgressRule::parse(&format!("127.0.0.1:{pa}")).expect("rule"),
+        ]),
+        tools: Some(GlobList::new(&["/usr/bin/python3*", "/bin/sh"]).expect("tools")),
+        ..Policy::default()
+    };
+    let plan = compile([(&id, &policy)]).expect("plan");
+    let cgroups = std::collections::BTreeMap::from([(cg.id, policy_id(&id))]);
+    sensor
+        .apply_enforcement(&plan, &cgroups, &[])
+        .expect("enforcement maps");
+    let connect = |port: u16| {
+        let out = cg
+            .command("/usr/bin/python3")
+            .args([
+                "-c",
+                "import errno,socket,sys\ntry:\n socket.create_connection(('127.0.0.1', int(sys.argv[1])), 5).close(); print('ok')\nexcept OSError as e: print(errno.errorcode.get(e.errno, e))",
+                &port.to_string(),
+            ])
+            .output()
+            .expect("python");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(connect(pa), "ok");
+    assert_eq!(connect(po), "EPERM");
+    let killed = cg
+        .command("/bin/sh")
+        .args(["-c", "/bin/true; exit 3"])
+        .status()
+        .expect("sh");
+    assert_eq!(
+        killed.code(),
+        Some(3),
+        "sh runs; its /bin/true is killed, not sh"
+    );
+    let events = collect_until(&mut sensor, cg.id, TIMEOUT, |ev| {
+        ev.iter().any(|e| e.kind == EventKind::Connect && e.blocked)
+            && ev.iter().any(|e| e.kind == EventKind::Exec && e.blocked)
+    })
+    .await;
+    let exec = events
+        .iter()
+        .find(|e| e.kind == EventKind::Exec && e.blocked)
+        .expect("blocked exec");
+    assert!(
+        matches!(&exec.detail, Detail::Exec { filename, .. } if filename == "/bin/true"),
+        "{exec:?}"
+    );
+}

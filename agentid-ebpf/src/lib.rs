@@ -59,6 +59,8 @@ pub mod dns_dir {
     pub const INGRESS: u32 = 1;
 }
 
+pub mod enforce;
+
 /// Name of the load-time global holding [`Config`].
 pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// Size of the ring buffer. 16 MiB holds ~200k connect records or ~12k exec records, so a
@@ -112,6 +114,15 @@ pub mod exec_flags {
     /// The ring buffer had no room for a chunk (counted under `kind::EXEC_CHUNK`); no
     /// later chunk of that area was sent.
     pub const CHUNK_DROPPED: u32 = 128;
+    /// The executable is outside the enforced agent's `tools`: the kernel sent the new
+    /// image `SIGKILL` before it ran an instruction of its own.
+    pub const BLOCKED: u32 = 256;
+}
+
+/// `SockRecord::flags` bits.
+pub mod sock_flags {
+    /// Outside the enforced agent's `egress`: the call failed with `EPERM`.
+    pub const BLOCKED: u16 = 1;
 }
 
 /// `ExecChunkRecord::stream` values.
@@ -228,7 +239,8 @@ pub struct SockRecord {
     pub protocol: u16,
     /// Destination port, host byte order.
     pub port: u16,
-    pub reserved: u16,
+    /// [`sock_flags`] bits.
+    pub flags: u16,
     /// Destination address in network byte order; IPv4 uses the first 4 bytes.
     pub addr: [u8; 16],
 }
@@ -363,9 +375,9 @@ pub struct RequestRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Was the daemon's own tgid; now in the [`SELF_MAP`] map, which the daemon rewrites on
-    /// every start (pinned programs outlive the daemon that loaded them).
-    pub reserved0: u32,
+    /// Seconds an address learned for enforcement is held past its TTL (`[dns] grace`).
+    /// (Was the daemon's own tgid; that is in the [`SELF_MAP`] map now.)
+    pub learn_grace_s: u32,
     /// 1 when `sched_process_exit` passes `group_dead` (6.x kernels); else the exit of
     /// the thread-group leader stands for the process exit.
     pub exit_has_group_dead: u32,
@@ -377,7 +389,8 @@ pub struct Config {
     pub task_start_boottime_off: u32,
     /// 0 when the kernel has no `task_struct::loginuid` (built without audit).
     pub task_loginuid_off: u32,
-    pub reserved: u32,
+    /// `linux_binprm::file`: the executable being run (its inode decides `tools`).
+    pub binprm_file_off: u32,
     /// `task_struct::mm`, and where the new image's argument and environment strings lie
     /// in its memory (`mm_struct::{arg,env}_{start,end}`): read once each at exec.
     pub task_mm_off: u32,
@@ -387,7 +400,8 @@ pub struct Config {
     pub mm_env_end_off: u32,
     pub binprm_argc_off: u32,
     pub binprm_envc_off: u32,
-    pub reserved2: u32,
+    /// Seconds an address learned for enforcement is held at least (`[dns] min_hold`).
+    pub learn_min_hold_s: u32,
     /// The file an open returned, by fd: `task_struct::files` → `files_struct::fdt`
     /// → `fdtable::{fd, max_fds}` → `file::f_inode` → `inode::{i_ino, i_sb}` →
     /// `super_block::s_dev`. 0 in `file_inode_off` disables the lookup.
@@ -403,7 +417,7 @@ pub struct Config {
 
 impl Config {
     pub const ZERO: Self = Self {
-        reserved0: 0,
+        learn_grace_s: 0,
         exit_has_group_dead: 0,
         task_pid_off: 0,
         task_tgid_off: 0,
@@ -412,7 +426,7 @@ impl Config {
         binprm_filename_off: 0,
         task_start_boottime_off: 0,
         task_loginuid_off: 0,
-        reserved: 0,
+        binprm_file_off: 0,
         task_mm_off: 0,
         mm_arg_start_off: 0,
         mm_arg_end_off: 0,
@@ -420,7 +434,7 @@ impl Config {
         mm_env_end_off: 0,
         binprm_argc_off: 0,
         binprm_envc_off: 0,
-        reserved2: 0,
+        learn_min_hold_s: 0,
         task_files_off: 0,
         files_fdt_off: 0,
         fdtable_fd_off: 0,
@@ -493,7 +507,7 @@ const _: () = {
     assert!(offset_of!(SockRecord, family) == H);
     assert!(offset_of!(SockRecord, protocol) == H + 2);
     assert!(offset_of!(SockRecord, port) == H + 4);
-    assert!(offset_of!(SockRecord, reserved) == H + 6);
+    assert!(offset_of!(SockRecord, flags) == H + 6);
     assert!(offset_of!(SockRecord, addr) == H + 8);
     assert!(size_of::<SockRecord>() == H + 8 + 16);
 
@@ -540,7 +554,7 @@ const _: () = {
     assert!(H2_NAME_AT + H2_NAME_LEN <= H2_VALUE_AT && H2_VALUE_LEN < 1 << 16);
     assert!(H2_NAME_LEN < 64 && H2_VALUE_LEN < 256);
 
-    assert!(offset_of!(Config, reserved0) == 0);
+    assert!(offset_of!(Config, learn_grace_s) == 0);
     assert!(offset_of!(Config, exit_has_group_dead) == 4);
     assert!(offset_of!(Config, task_pid_off) == 8);
     assert!(offset_of!(Config, task_tgid_off) == 12);
@@ -549,7 +563,7 @@ const _: () = {
     assert!(offset_of!(Config, binprm_filename_off) == 24);
     assert!(offset_of!(Config, task_start_boottime_off) == 28);
     assert!(offset_of!(Config, task_loginuid_off) == 32);
-    assert!(offset_of!(Config, reserved) == 36);
+    assert!(offset_of!(Config, binprm_file_off) == 36);
     assert!(offset_of!(Config, task_mm_off) == 40);
     assert!(offset_of!(Config, mm_arg_start_off) == 44);
     assert!(offset_of!(Config, mm_arg_end_off) == 48);
@@ -557,7 +571,7 @@ const _: () = {
     assert!(offset_of!(Config, mm_env_end_off) == 56);
     assert!(offset_of!(Config, binprm_argc_off) == 60);
     assert!(offset_of!(Config, binprm_envc_off) == 64);
-    assert!(offset_of!(Config, reserved2) == 68);
+    assert!(offset_of!(Config, learn_min_hold_s) == 68);
     assert!(offset_of!(Config, task_files_off) == 72);
     assert!(offset_of!(Config, files_fdt_off) == 76);
     assert!(offset_of!(Config, fdtable_fd_off) == 80);
@@ -605,4 +619,14 @@ mod user {
     unsafe impl aya::Pod for super::DnsRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RequestRecord {}
+    // SAFETY: as above (the enforcement map keys and values).
+    unsafe impl aya::Pod for super::enforce::NetKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::enforce::AddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::enforce::NameKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::enforce::NamePorts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::enforce::ExeKey {}
 }

@@ -13,6 +13,8 @@ mod dns;
 #[cfg(target_arch = "bpf")]
 mod files;
 #[cfg(target_arch = "bpf")]
+mod guard;
+#[cfg(target_arch = "bpf")]
 mod net;
 #[cfg(target_arch = "bpf")]
 mod process;

@@ -16,14 +16,52 @@ use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{
         bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
+        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_send_signal},
     },
     macros::{map, raw_tracepoint},
     maps::PerCpuArray,
     programs::RawTracePointContext,
 };
 
-use crate::common::{EVENTS, config, count_drop, current_ids, emit, forget_self, is_self};
+use crate::{
+    common::{EVENTS, config, count_drop, current_ids, emit, forget_self, is_self},
+    guard,
+};
+
+const SIGKILL: u32 = 9;
+
+/// Kills the new image when the enforced agent's `tools` does not list its executable
+/// (`bprm->file`, by device and inode): the signal is delivered before it returns to
+/// user space, so it never runs an instruction of its own. Returns whether it did.
+#[inline(always)]
+fn enforce_tools(cfg: &agentid_ebpf::Config, tgid: u32, bprm: u64) -> bool {
+    if cfg.binprm_file_off == 0 {
+        return false;
+    }
+    let file = read_u64(bprm as usize, cfg.binprm_file_off) as usize;
+    let inode = if file == 0 {
+        0
+    } else {
+        read_u64(file, cfg.file_inode_off) as usize
+    };
+    let (dev, ino) = if inode == 0 {
+        (0, 0)
+    } else {
+        let sb = read_u64(inode, cfg.inode_sb_off) as usize;
+        let dev = if sb == 0 {
+            0
+        } else {
+            read_u32(sb, cfg.sb_dev_off)
+        };
+        (dev, read_u64(inode, cfg.inode_ino_off))
+    };
+    if guard::exe_allowed(tgid, dev, ino) {
+        return false;
+    }
+    // SAFETY: helper without preconditions; it signals the current task.
+    unsafe { bpf_send_signal(SIGKILL) };
+    true
+}
 
 /// One of the new image's string areas in its memory.
 #[derive(Clone, Copy)]
@@ -183,6 +221,10 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     if let Some(a) = env_area {
         send_chunks(ids, chunk_stream::ENV, a, ENV_LEN, exec_flags::ENV_FAULT);
     }
+    // After the loops, so the verifier walks them once, not once per verdict.
+    if enforce_tools(&cfg, tgid, bprm) {
+        note_chunk_flag(exec_flags::BLOCKED);
+    }
     let chunk_flags = EXEC_CHUNK_FLAGS.get(0).copied().unwrap_or(0);
 
     emit::<ExecRecord>(kind::EXEC, tgid, tid, |rec| {
@@ -315,6 +357,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if child_pid != child_tgid || child_tgid == 0 {
         return 0;
     }
+    guard::inherit(tgid, child_tgid);
     emit::<ForkRecord>(kind::FORK, tgid, tid, |rec| {
         // SAFETY: `rec` is a reserved record.
         unsafe {
@@ -347,6 +390,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     if !whole_process {
         return 0;
     }
+    guard::forget(tgid);
     let task: u64 = ctx.arg(0);
     // SAFETY: kernel memory read through the checked helper.
     let status: u32 = unsafe {

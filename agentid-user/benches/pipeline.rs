@@ -223,7 +223,7 @@ impl Gen {
                     family: 2,
                     protocol: if udp { 17 } else { 6 },
                     port: if udp { 53 } else { 443 },
-                    reserved: 0,
+                    flags: 0,
                     addr,
                 }));
             }

@@ -130,6 +130,10 @@ pub struct Dns {
     /// This much longer than the TTL (or `min_hold`): clients cache a little longer.
     #[serde(with = "humantime_serde_compat")]
     pub grace: Duration,
+    /// The host's resolvers, to which enforced agents may send queries for allowed names
+    /// without an `egress` rule. Default: the `nameserver`s of `/etc/resolv.conf` and the
+    /// systemd-resolved stub `127.0.0.53`.
+    pub resolvers: Option<Vec<std::net::IpAddr>>,
 }
 
 impl Default for Dns {
@@ -138,13 +142,16 @@ impl Default for Dns {
         Self {
             min_hold: d.min_hold,
             grace: d.grace,
+            resolvers: None,
         }
     }
 }
 
 impl Dns {
     pub fn options(&self) -> crate::dns::DnsOptions {
-        let Self { min_hold, grace } = self;
+        let Self {
+            min_hold, grace, ..
+        } = self;
         crate::dns::DnsOptions {
             min_hold: *min_hold,
             grace: *grace,

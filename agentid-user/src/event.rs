@@ -406,6 +406,10 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     pub comm: String,
+    /// Refused by enforcement in the kernel (`enforce = true`): the connect or send failed
+    /// with `EPERM`, or the exec'd image was killed before it ran.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub blocked: bool,
     #[serde(flatten)]
     pub detail: Detail,
 }

@@ -27,6 +27,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod detect;
 pub mod dns;
+pub mod enforce;
 pub mod event;
 pub mod health;
 pub mod identity;

@@ -163,6 +163,8 @@ pub struct Shared {
     pub probes: Vec<&'static str>,
     /// The files the TLS request probes are attached to (or failed on), for `status`.
     pub tls_targets: RwLock<Vec<crate::sensor::TlsTarget>>,
+    /// The agents the kernel enforces, as last applied.
+    pub enforced: RwLock<Vec<crate::api::types::EnforcedAgent>>,
 }
 
 impl Shared {
@@ -199,6 +201,7 @@ impl Shared {
             alerts,
             probes,
             tls_targets: RwLock::new(Vec::new()),
+            enforced: RwLock::new(Vec::new()),
         }
     }
 
@@ -253,6 +256,7 @@ mod tests {
             cgroup_id: 55,
             cgroup: None,
             comm: "bot".into(),
+            blocked: false,
             detail: Detail::Fork {},
         }
     }

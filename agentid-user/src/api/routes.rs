@@ -179,6 +179,7 @@ async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
         audit,
         sinks,
         tls: s.tls_targets.read().map(|t| t.clone()).unwrap_or_default(),
+        enforced: s.enforced.read().map(|t| t.clone()).unwrap_or_default(),
     }))
 }
 

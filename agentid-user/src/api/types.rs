@@ -68,6 +68,19 @@ pub struct Status {
     /// Files the TLS request probes are attached to, or failed on (with the reason).
     #[serde(default)]
     pub tls: Vec<crate::sensor::TlsTarget>,
+    /// Agents whose policy the kernel enforces (`enforce = true`).
+    #[serde(default)]
+    pub enforced: Vec<EnforcedAgent>,
+}
+
+/// An agent under enforcement, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcedAgent {
+    pub id: String,
+    /// Its cgroups the kernel enforces by (processes are then followed by pid).
+    pub cgroups: usize,
+    /// `egress`, `tools`: the lists enforced (an absent list allows everything).
+    pub enforces: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -524,6 +524,7 @@ pub fn sample_event(agent: &str, i: u32) -> crate::attribution::AttributedEvent 
             cgroup_id: 7421,
             cgroup: Some(format!("/agents/{agent}")),
             comm: "python3".into(),
+            blocked: false,
             detail: Detail::Exec {
                 filename: "/usr/bin/python3".into(),
                 argv: vec![

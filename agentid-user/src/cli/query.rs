@@ -498,6 +498,15 @@ fn print_status(v: &Status) -> anyhow::Result<()> {
             writeln!(o, "  tls       {path}: ! {}", clean(e))?;
         }
     }
+    for a in &v.enforced {
+        writeln!(
+            o,
+            "enforced:   {} ({}; {} cgroups)",
+            clean(&a.id),
+            clean(&a.enforces.join(", ")),
+            a.cgroups
+        )?;
+    }
     let mut line = String::new();
     for (k, n) in &v.events {
         // Rates print as JSON numbers (`0.0`), as they always have.

@@ -249,6 +249,7 @@ mod tests {
             cgroup_id: 0,
             cgroup: None,
             comm: String::new(),
+            blocked: false,
             detail,
         }
     }

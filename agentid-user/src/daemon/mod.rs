@@ -10,7 +10,7 @@ mod pinned;
 mod seeded;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -68,6 +68,9 @@ struct Daemon {
     batch: Vec<Event>,
     /// cgroups whose file opens are watched.
     watched: HashSet<u64>,
+    /// The enforcement last applied (agents by policy id, and their cgroups).
+    enforced: Option<Enforced>,
+    resolvers: Vec<std::net::IpAddr>,
     last_cgroup_walk: Instant,
     /// The agents directory as last read, and when it was last checked.
     registry_stamp: Vec<(PathBuf, u64, SystemTime)>,
@@ -81,6 +84,14 @@ struct Daemon {
     /// Held for the daemon's life: one daemon per state directory.
     _state_lock: lock::StateLock,
 }
+
+/// What the kernel enforces, as last applied: the agents by policy id, their cgroups
+/// (id → policy id) and the allowed executables (policy, dev, inode).
+type Enforced = (
+    BTreeMap<u32, String>,
+    BTreeMap<u64, u32>,
+    Vec<(u32, u32, u64)>,
+);
 
 /// SIGTERM/SIGINT stop, SIGHUP reloads.
 struct Signals {
@@ -122,6 +133,24 @@ impl Daemon {
             pin_dir: config.pin_path(),
             ..SensorOptions::default()
         })?;
+        let enforcing: Vec<String> = registry
+            .agents()
+            .iter()
+            .filter(|a| a.policy.enforce)
+            .map(|a| a.id.to_string())
+            .collect();
+        if !enforcing.is_empty() && sensor.origin() == crate::sensor::Origin::Unpinned {
+            // Enforcement that a kill of the daemon would lift is not enforcement.
+            anyhow::bail!(
+                "{} registered with enforce = true, but the probes are not pinned ({}): enforcement must outlive the daemon; mount bpffs on /sys/fs/bpf and keep pin = true",
+                enforcing.join(", "),
+                if config.pin {
+                    "the kernel or bpffs cannot pin them, see the warning above"
+                } else {
+                    "pin = false"
+                }
+            );
+        }
         let seeded = pipeline.seed();
         tracing::info!(
             processes = seeded,
@@ -162,6 +191,12 @@ impl Daemon {
             config_path,
             batch: Vec::new(),
             watched: HashSet::new(),
+            enforced: None,
+            resolvers: config
+                .dns
+                .resolvers
+                .clone()
+                .unwrap_or_else(crate::enforce::host_resolvers),
             last_cgroup_walk: Instant::now(),
             registry_stamp,
             last_poll: Instant::now(),
@@ -243,6 +278,7 @@ impl Daemon {
                 self.registry_stamp = stamp;
                 reload_registry(shared, &dir);
                 shared.view_changed();
+                self.watch_agent_cgroups(Vec::new());
             }
         }
     }
@@ -254,6 +290,7 @@ impl Daemon {
         self.registry_stamp = dir_stamp(&dir);
         reload_registry(&self.shared, &dir);
         self.shared.view_changed();
+        self.watch_agent_cgroups(Vec::new());
     }
 
     /// Loss is never silent: counted by the sink, and an alert — at most one update per
@@ -288,6 +325,15 @@ impl Daemon {
         self.sensor.drain(&mut self.batch);
         handle_batch(&self.shared, &mut self.batch);
         // A clean stop leaves nothing recording: the next start begins afresh.
+        if let Some((agents, _, _)) = &self.enforced
+            && !agents.is_empty()
+        {
+            let ids: Vec<&str> = agents.values().map(String::as_str).collect();
+            tracing::info!(
+                agents = ?ids,
+                "enforcement removed with the probes (clean stop): these agents run unenforced until the next start"
+            );
+        }
         self.sensor.unpin();
         drop(self.sensor);
         self.api.abort();
@@ -307,7 +353,84 @@ impl Daemon {
     }
 
     fn watch_agent_cgroups(&mut self, seen: Vec<u64>) {
-        watch_agent_cgroups(&self.shared, &mut self.sensor, &mut self.watched, seen);
+        let cgroups = watch_agent_cgroups(&self.shared, &mut self.sensor, &mut self.watched, seen);
+        self.sync_enforcement(cgroups);
+    }
+
+    /// Brings the kernel's enforcement in line with the registry: the enforced agents'
+    /// policies, their cgroups (`cgroups`, from the walk just made) and the executables
+    /// their `tools` name today (a replaced binary is a new inode). Changes are logged.
+    fn sync_enforcement(&mut self, cgroups: BTreeMap<u64, u32>) {
+        let plan = {
+            let Ok(pipeline) = self.shared.pipeline.lock() else {
+                return;
+            };
+            let registry = pipeline.registry();
+            crate::enforce::compile(registry.agents().iter().map(|a| (&a.id, &a.policy)))
+        };
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::error!("enforcement not updated: {e}");
+                return;
+            }
+        };
+        if !plan.policies.is_empty() && self.sensor.origin() == crate::sensor::Origin::Unpinned {
+            tracing::error!(
+                "enforce = true is not applied: the probes are not pinned, so a kill of the daemon would lift it (restart with pinning)"
+            );
+            return;
+        }
+        let exes: Vec<(u32, u32, u64)> = plan.exes.iter().copied().collect();
+        let state = (plan.agents.clone(), cgroups, exes);
+        if self.enforced.as_ref() == Some(&state) {
+            return;
+        }
+        if let Err(e) = self
+            .sensor
+            .apply_enforcement(&plan, &state.1, &self.resolvers)
+        {
+            tracing::error!(error = %e, "cannot update the kernel's enforcement maps");
+            return;
+        }
+        let before = self
+            .enforced
+            .as_ref()
+            .map(|s| s.0.clone())
+            .unwrap_or_default();
+        for (pid, id) in &plan.agents {
+            if !before.contains_key(pid) {
+                tracing::info!(agent = %id, "enforcement on: egress and tools are enforced in the kernel");
+            }
+        }
+        for (pid, id) in &before {
+            if !plan.agents.contains_key(pid) {
+                tracing::info!(agent = %id, "enforcement lifted");
+            }
+        }
+        let shown = plan
+            .agents
+            .iter()
+            .map(|(pid, id)| {
+                let flags = plan.policies.get(pid).copied().unwrap_or(0);
+                let mut enforces = Vec::new();
+                if flags & agentid_ebpf::enforce::policy_flags::EGRESS != 0 {
+                    enforces.push("egress".to_owned());
+                }
+                if flags & agentid_ebpf::enforce::policy_flags::TOOLS != 0 {
+                    enforces.push("tools".to_owned());
+                }
+                crate::api::types::EnforcedAgent {
+                    id: id.clone(),
+                    cgroups: state.1.values().filter(|p| *p == pid).count(),
+                    enforces,
+                }
+            })
+            .collect();
+        if let Ok(mut e) = self.shared.enforced.write() {
+            *e = shown;
+        }
+        self.enforced = Some(state);
     }
 }
 
@@ -484,21 +607,32 @@ fn set_tls_targets(shared: &Shared, targets: &[crate::sensor::TlsTarget]) {
 /// Watches file opens in every cgroup a registered agent lives in or may start in: those
 /// named by `cgroup` selectors (found by walking the hierarchy, so an agent's first opens
 /// after it starts are seen) and those agents' events came from.
+///
+/// Returns the enforced agents' cgroups among them (id → policy id).
 fn watch_agent_cgroups(
     shared: &Shared,
     sensor: &mut Sensor,
     watched: &mut HashSet<u64>,
     seen: Vec<u64>,
-) {
+) -> BTreeMap<u64, u32> {
     let mut ids = seen;
+    let mut enforced = BTreeMap::new();
     if let Ok(mut pipeline) = shared.pipeline.lock() {
         let registry = Arc::clone(pipeline.registry());
         for (id, path) in pipeline.table.resolver().all() {
-            let named = registry
-                .agents()
-                .iter()
-                .flat_map(|a| a.selectors.iter())
-                .any(|s| s.cgroup.as_ref().is_some_and(|g| g.is_match(&path)));
+            let mut named = false;
+            for agent in registry.agents() {
+                if agent
+                    .selectors
+                    .iter()
+                    .any(|s| s.cgroup.as_ref().is_some_and(|g| g.is_match(&path)))
+                {
+                    named = true;
+                    if agent.policy.enforce {
+                        enforced.insert(id, crate::enforce::policy_id(&agent.id));
+                    }
+                }
+            }
             if named {
                 ids.push(id);
             }
@@ -511,6 +645,7 @@ fn watch_agent_cgroups(
             tracing::warn!(error = %e, cgroup_id = id, "cannot watch file opens");
         }
     }
+    enforced
 }
 
 /// An attributed event to every output.

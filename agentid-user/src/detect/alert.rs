@@ -173,6 +173,9 @@ pub struct Alert {
     pub agents: Vec<AlertAgent>,
     pub evidence: Evidence,
     pub tags: Tags,
+    /// Policy rules: `blocked` (enforced in the kernel) or `allowed` (monitor mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -239,6 +242,7 @@ impl Alert {
                 }),
             },
             tags: super::rules::CREDENTIAL_REUSE.tags,
+            action: None,
         }
     }
 }

@@ -20,6 +20,9 @@ pub struct AlertDraft {
     pub time: SystemTime,
     pub agents: Vec<AlertAgent>,
     pub evidence: Evidence,
+    /// For policy rules: what became of the action (`blocked` under enforcement,
+    /// `allowed` in monitor mode).
+    pub action: Option<&'static str>,
 }
 
 impl AlertDraft {
@@ -40,6 +43,7 @@ impl AlertDraft {
             time,
             agents: Vec::new(),
             evidence: Evidence::default(),
+            action: None,
         }
     }
 }
@@ -76,6 +80,7 @@ impl Incidents {
             time,
             agents,
             evidence,
+            action,
         } = draft;
         let uid = uid(rule.id, &subject);
         let alert = self.by_uid.entry(uid.clone()).or_insert_with(|| Alert {
@@ -90,6 +95,7 @@ impl Incidents {
             agents: Vec::new(),
             evidence: Evidence::default(),
             tags: rule.tags,
+            action,
         });
         alert.count += 1;
         alert.last_seen = alert.last_seen.max(time);
@@ -98,6 +104,7 @@ impl Incidents {
         alert.description = description;
         alert.agents = agents;
         alert.evidence = evidence;
+        alert.action = action;
         let alert = alert.clone();
         self.raised.push(alert.clone());
         alert

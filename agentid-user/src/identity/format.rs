@@ -57,6 +57,8 @@ struct RawPolicy {
     credential_max_age: Option<Spanned<String>>,
     #[serde(default)]
     accepts_delegation_from: Vec<Spanned<String>>,
+    #[serde(default)]
+    enforce: bool,
 }
 
 #[derive(Deserialize)]
@@ -355,8 +357,10 @@ fn check_policy(ck: &mut Checker<'_>, raw: &RawPolicy) -> Policy {
         tools,
         credential_max_age,
         accepts_delegation_from,
+        enforce,
     } = raw;
     Policy {
+        enforce: *enforce,
         egress: egress.as_ref().map(|rules| {
             rules
                 .iter()

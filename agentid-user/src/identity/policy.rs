@@ -340,6 +340,9 @@ pub struct Policy {
     pub tools: Option<GlobList>,
     pub credential_max_age: Option<Duration>,
     pub accepts_delegation_from: Vec<SpiffeId>,
+    /// `enforce = true`: `egress` and `tools` are enforced in the kernel (a connect or send
+    /// outside fails with `EPERM`, an exec outside is killed), not only alerted on.
+    pub enforce: bool,
 }
 
 impl Policy {

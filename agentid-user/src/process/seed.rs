@@ -142,6 +142,7 @@ pub(super) fn seeded_exec(p: &Process) -> Option<Event> {
         cgroup_id: p.cgroup_id,
         cgroup: Some(p.cgroup.clone()),
         comm: p.comm.clone(),
+        blocked: false,
         detail: Detail::Exec {
             filename: p.exe.clone(),
             argv,

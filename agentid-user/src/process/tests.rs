@@ -40,6 +40,7 @@ fn event(
         cgroup_id: 55,
         cgroup: None,
         comm: "bot".into(),
+        blocked: false,
         detail,
     }
 }

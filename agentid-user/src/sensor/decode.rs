@@ -346,9 +346,18 @@ fn decode_with(
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };
+    // Enforcement: the kernel refused the call or killed the new image.
+    let blocked = match header.kind {
+        kind::EXEC => with_exec(bytes, |r| r.flags & exec_flags::BLOCKED != 0)?,
+        kind::CONNECT | kind::SEND => {
+            read::<SockRecord>(bytes)?.flags & agentid_ebpf::sock_flags::BLOCKED != 0
+        }
+        _ => false,
+    };
     Ok(Some(Event {
         kind,
         time: clock.wall(header.ktime_ns),
+        blocked,
         ktime_ns: header.ktime_ns,
         proc_start_ns: start,
         pid,
@@ -758,7 +767,7 @@ mod tests {
             family: 2,
             protocol: 6,
             port: 8080,
-            reserved: 0,
+            flags: 0,
             addr: [0; 16],
         };
         s.addr[..4].copy_from_slice(&[127, 0, 0, 1]);

@@ -47,7 +47,7 @@ pub fn probe_config() -> Result<Config, SensorError> {
         }
     };
     Ok(Config {
-        reserved0: 0,
+        learn_grace_s: 0,
         exit_has_group_dead: u32::from(exit_has_group_dead()?),
         task_pid_off: offset("task_struct", "pid")?,
         task_tgid_off: offset("task_struct", "tgid")?,
@@ -57,7 +57,7 @@ pub fn probe_config() -> Result<Config, SensorError> {
         task_start_boottime_off: offset("task_struct", "start_boottime")?,
         // Absent without CONFIG_AUDIT: then no login uid is reported.
         task_loginuid_off: offset("task_struct", "loginuid").unwrap_or(0),
-        reserved: 0,
+        binprm_file_off: offset("linux_binprm", "file")?,
         task_mm_off: offset("task_struct", "mm")?,
         mm_arg_start_off: offset("mm_struct", "arg_start")?,
         mm_arg_end_off: offset("mm_struct", "arg_end")?,
@@ -65,7 +65,7 @@ pub fn probe_config() -> Result<Config, SensorError> {
         mm_env_end_off: offset("mm_struct", "env_end")?,
         binprm_argc_off: offset("linux_binprm", "argc")?,
         binprm_envc_off: offset("linux_binprm", "envc")?,
-        reserved2: 0,
+        learn_min_hold_s: 0,
         task_files_off: offset("task_struct", "files")?,
         files_fdt_off: offset("files_struct", "fdt")?,
         fdtable_fd_off: offset("fdtable", "fd")?,

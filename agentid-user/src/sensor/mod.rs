@@ -1,6 +1,7 @@
 //! The sensor: loads and attaches the kernel programs, and turns ring-buffer records into
 //! typed [`Event`]s. Programs stay attached exactly as long as the [`Sensor`] lives.
 pub mod decode;
+mod enforce;
 mod kernel;
 pub mod pins;
 pub mod reassemble;
@@ -91,7 +92,19 @@ pub enum Origin {
 }
 
 /// Maps pinned beside the links: what a resumed daemon reads or writes.
-const PINNED_MAPS: [&str; 4] = [EVENTS_MAP, DROPS_MAP, OPEN_CGROUPS_MAP, SELF_MAP];
+const PINNED_MAPS: [&str; 11] = [
+    EVENTS_MAP,
+    DROPS_MAP,
+    OPEN_CGROUPS_MAP,
+    SELF_MAP,
+    enforce::MAPS[0],
+    enforce::MAPS[1],
+    enforce::MAPS[2],
+    enforce::MAPS[3],
+    enforce::MAPS[4],
+    enforce::MAPS[5],
+    enforce::MAPS[6],
+];
 
 /// Attached kernel programs and the ring buffer they write to.
 pub struct Sensor {
@@ -99,6 +112,7 @@ pub struct Sensor {
     ring: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     open_cgroups: aya::maps::HashMap<MapData, u64, u8>,
+    enforce: enforce::EnforceMaps,
     /// Links of a pinned set (held; the pins keep the programs attached).
     _links: Vec<PinnedLink>,
     /// `None` for a resumed set: its programs are held by their pinned links.
@@ -357,7 +371,10 @@ impl Sensor {
             return Err(SensorError::NotBuilt);
         }
         let self_tgid = opts.self_tgid.unwrap_or_else(std::process::id);
-        let config = kernel::probe_config()?;
+        let mut config = kernel::probe_config()?;
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        config.learn_min_hold_s = secs(opts.dns.min_hold);
+        config.learn_grace_s = secs(opts.dns.grace);
         kernel::tracefs()?;
         let set = opts
             .pin_dir
@@ -390,6 +407,7 @@ impl Sensor {
         let drops = PerCpuArray::try_from(take(DROPS_MAP)?).map_err(map_err(DROPS_MAP))?;
         let open_cgroups = aya::maps::HashMap::try_from(take(OPEN_CGROUPS_MAP)?)
             .map_err(map_err(OPEN_CGROUPS_MAP))?;
+        let enforce = enforce::EnforceMaps::take(&mut take)?;
         let mut me: Array<MapData, u32> =
             Array::try_from(take(SELF_MAP)?).map_err(map_err(SELF_MAP))?;
         // From here on the kernel skips this process, whoever loaded the programs.
@@ -413,6 +431,7 @@ impl Sensor {
             ring,
             drops,
             open_cgroups,
+            enforce,
             _links: links,
             ebpf,
             resumed_uprobes,
@@ -554,6 +573,22 @@ impl Sensor {
                 name: OPEN_CGROUPS_MAP,
                 detail: e.to_string(),
             })
+    }
+
+    /// Makes the kernel enforce `plan` for the agents' cgroups `cgroups` (id → policy id),
+    /// with `resolvers` as the host's resolvers.
+    pub fn apply_enforcement(
+        &mut self,
+        plan: &crate::enforce::Plan,
+        cgroups: &std::collections::BTreeMap<u64, u32>,
+        resolvers: &[std::net::IpAddr],
+    ) -> Result<(), SensorError> {
+        self.enforce.apply(plan, cgroups, resolvers)
+    }
+
+    /// Puts process `tgid` under the enforced policy `policy` wherever it goes.
+    pub fn tag_enforced(&mut self, tgid: u32, policy: u32) -> Result<(), SensorError> {
+        self.enforce.tag(tgid, policy)
     }
 
     /// How the programs came to be attached (resumed: a previous daemon's pinned set).

@@ -49,7 +49,7 @@ impl Rule for EgressViolation {
         };
         let Some((owner, own)) = seen.policy_owners().find(|(owner, _)| {
             owner.policy.egress.is_some()
-                && !owner.policy.allows_egress(*dst_ip, *dst_port, dst_names)
+                && (ev.blocked || !owner.policy.allows_egress(*dst_ip, *dst_port, dst_names))
         }) else {
             return;
         };
@@ -69,6 +69,7 @@ impl Rule for EgressViolation {
             ),
         );
         draft.agents = vec![a];
+        draft.action = Some(if ev.blocked { "blocked" } else { "allowed" });
         draft.evidence = Evidence {
             processes: vec![seen.process()],
             connections: seen.connection().into_iter().collect(),

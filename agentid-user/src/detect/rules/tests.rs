@@ -60,6 +60,7 @@ fn event(agent: Option<&str>, kind: EventKind, detail: Detail) -> AttributedEven
             cgroup_id: 7,
             cgroup: Some("/agents/x".into()),
             comm: "tool".into(),
+            blocked: false,
             detail,
         },
         exec_id: None,

@@ -28,10 +28,9 @@ impl Rule for ToolViolation {
             return;
         };
         let Some(agent) = seen.agent else { return };
-        let Some((owner, own)) = seen
-            .policy_owners()
-            .find(|(owner, _)| owner.policy.tools.is_some() && !owner.policy.allows_tool(filename))
-        else {
+        let Some((owner, own)) = seen.policy_owners().find(|(owner, _)| {
+            owner.policy.tools.is_some() && (ev.blocked || !owner.policy.allows_tool(filename))
+        }) else {
             return;
         };
         let a = seen.alert_agent();
@@ -47,6 +46,7 @@ impl Rule for ToolViolation {
             format!("{filename} is not in the tools policy of {}", owner.id),
         );
         draft.agents = vec![a];
+        draft.action = Some(if ev.blocked { "blocked" } else { "allowed" });
         draft.evidence = Evidence {
             processes: vec![seen.process()],
             ..Evidence::default()

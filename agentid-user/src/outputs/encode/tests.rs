@@ -139,6 +139,7 @@ pub(crate) fn event(kind: EventKind) -> AttributedEvent {
             cgroup_id: 7,
             cgroup: Some("/agents/research-bot".into()),
             comm: "curl".into(),
+            blocked: false,
             detail,
         },
         exec_id: None,

@@ -1,0 +1,359 @@
+//! Enforcement plan: the policies of agents registered with `enforce = true`, compiled
+//! into the entries of the kernel's enforcement maps (`agentid_ebpf::enforce`). Pure: the
+//! sensor writes a plan into the maps, the daemon decides when.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::Path,
+};
+
+use agentid_ebpf::enforce::{
+    ExeKey, LABEL_SEED, MAX_NAME_PORTS, NET_KEY_FIXED_BITS, NameKey, NamePorts, NetKey, label_step,
+    name_kind, policy_flags, suffix_step, v4_mapped,
+};
+use ipnet::IpNet;
+use sha2::{Digest as _, Sha256};
+
+use crate::identity::{
+    SpiffeId,
+    policy::{Dest, GlobList, Policy, Wildcard},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "{agent}: name {name} allows more than {MAX_NAME_PORTS} different ports once the wildcards over it are counted; enforcement supports at most {MAX_NAME_PORTS}"
+    )]
+    TooManyPorts { agent: String, name: String },
+}
+
+/// The entries of the enforcement maps for a set of enforced agents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Policy id → `policy_flags`.
+    pub policies: BTreeMap<u32, u32>,
+    /// LPM prefix length and key.
+    pub nets: Vec<(u32, NetKey)>,
+    pub names: Vec<(NameKey, NamePorts)>,
+    pub exes: BTreeSet<(u32, u32, u64)>,
+    /// The agents' ids, by policy id (for `status` and the log).
+    pub agents: BTreeMap<u32, String>,
+}
+
+/// The kernel's id for an agent's policy: stable across restarts and reloads, so a
+/// resumed pin set and a reload find the same entries. Never 0.
+pub fn policy_id(agent: &SpiffeId) -> u32 {
+    let d = Sha256::digest(agent.to_string().as_bytes());
+    u32::from_le_bytes([d[0], d[1], d[2], d[3]]).max(1)
+}
+
+/// The kernel's hash of a DNS name's suffix made of `labels` (see
+/// `agentid_ebpf::enforce::suffix_step`).
+pub fn suffix_hash(labels: &[&str]) -> u64 {
+    labels.iter().rev().fold(0, |s, label| {
+        suffix_step(s, label.bytes().fold(LABEL_SEED, label_step))
+    })
+}
+
+/// A port rule: `None` is any port.
+type Ports = BTreeSet<Option<u16>>;
+
+/// Compiles the policies of enforced agents. Tools are resolved to executables by
+/// [`exes_of`] (file system access), separately.
+pub fn compile<'a>(
+    agents: impl IntoIterator<Item = (&'a SpiffeId, &'a Policy)>,
+) -> Result<Plan, PlanError> {
+    let mut plan = Plan::default();
+    for (id, policy) in agents {
+        if !policy.enforce {
+            continue;
+        }
+        let pid = policy_id(id);
+        let mut flags = 0;
+        if let Some(rules) = &policy.egress {
+            flags |= policy_flags::EGRESS;
+            let mut patterns: Vec<(Wildcard, &str, Option<u16>)> = Vec::new();
+            for rule in rules {
+                match &rule.dest {
+                    Dest::Net(net) => plan.nets.push(net_entry(pid, net, rule.port)),
+                    Dest::Name(p) => patterns.push((p.wildcard, p.base.as_str(), rule.port)),
+                }
+            }
+            let mut by_key: BTreeMap<(u32, &str), Ports> = BTreeMap::new();
+            for &(w, base, _) in &patterns {
+                let kind = match w {
+                    Wildcard::Exact => name_kind::EXACT,
+                    Wildcard::OneLabel => name_kind::ONE_LABEL,
+                    Wildcard::AnyDepth => name_kind::ANY_DEPTH,
+                };
+                // The kernel uses the most specific match only: merge in the ports of
+                // every pattern that matches all the names this one does.
+                let ports: Ports = patterns
+                    .iter()
+                    .filter(|&&(ow, obase, _)| covers(ow, obase, w, base))
+                    .map(|&(_, _, port)| port)
+                    .collect();
+                by_key.entry((kind, base)).or_default().extend(ports);
+            }
+            for ((kind, base), ports) in by_key {
+                let labels: Vec<&str> = base.split('.').collect();
+                let value = name_ports(&ports).ok_or_else(|| PlanError::TooManyPorts {
+                    agent: id.to_string(),
+                    name: base.to_owned(),
+                })?;
+                plan.names.push((
+                    NameKey {
+                        policy: pid,
+                        kind,
+                        hash: suffix_hash(&labels),
+                    },
+                    value,
+                ));
+            }
+        }
+        if let Some(tools) = &policy.tools {
+            flags |= policy_flags::TOOLS;
+            plan.exes
+                .extend(exes_of(tools).into_iter().map(|(dev, ino)| (pid, dev, ino)));
+        }
+        plan.policies.insert(pid, flags);
+        plan.agents.insert(pid, id.to_string());
+    }
+    Ok(plan)
+}
+
+/// Whether pattern `(ow, obase)` matches every name pattern `(w, base)` matches.
+fn covers(ow: Wildcard, obase: &str, w: Wildcard, base: &str) -> bool {
+    let below = |b: &str, o: &str| {
+        b.len() > o.len() + 1 && b.ends_with(o) && b.as_bytes()[b.len() - o.len() - 1] == b'.'
+    };
+    match (ow, w) {
+        (Wildcard::Exact, Wildcard::Exact) | (Wildcard::OneLabel, Wildcard::OneLabel) => {
+            obase == base
+        }
+        (Wildcard::OneLabel, Wildcard::Exact) => {
+            below(base, obase) && !base[..base.len() - obase.len() - 1].contains('.')
+        }
+        (Wildcard::AnyDepth, Wildcard::Exact) => below(base, obase),
+        (Wildcard::AnyDepth, Wildcard::OneLabel | Wildcard::AnyDepth) => {
+            obase == base || below(base, obase)
+        }
+        _ => false,
+    }
+}
+
+fn name_ports(ports: &Ports) -> Option<NamePorts> {
+    let mut v = NamePorts::default();
+    for p in ports {
+        match p {
+            None => v.any = 1,
+            Some(p) => {
+                let slot = v.ports.get_mut(v.count as usize)?;
+                *slot = *p;
+                v.count += 1;
+            }
+        }
+    }
+    Some(v)
+}
+
+fn net_entry(policy: u32, net: &IpNet, port: Option<u16>) -> (u32, NetKey) {
+    let (addr, bits) = match net {
+        IpNet::V4(n) => (v4_mapped(n.addr().octets()), 96 + u32::from(n.prefix_len())),
+        IpNet::V6(n) => (n.addr().octets(), u32::from(n.prefix_len())),
+    };
+    (
+        NET_KEY_FIXED_BITS + bits,
+        NetKey {
+            policy,
+            port: port.unwrap_or(0),
+            pad: 0,
+            addr,
+        },
+    )
+}
+
+/// An address as the enforcement maps hold it.
+pub fn map_addr(ip: IpAddr) -> [u8; 16] {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The executables (kernel `s_dev`, inode) that `tools` names today: each pattern's
+/// literal directory is walked (up to 6 levels for `**`) and every matching path is
+/// followed through symlinks to the file the kernel will run.
+pub fn exes_of(tools: &GlobList) -> BTreeSet<(u32, u64)> {
+    let mut out = BTreeSet::new();
+    for pattern in tools.patterns() {
+        let literal_end = pattern.find(['*', '?', '[', '{']).unwrap_or(pattern.len());
+        let dir = match pattern[..literal_end].rfind('/') {
+            Some(0) => "/",
+            Some(i) => &pattern[..i],
+            None => continue,
+        };
+        let depth = if pattern.contains("**") {
+            6
+        } else {
+            pattern[literal_end..].matches('/').count() + 1
+        };
+        if literal_end == pattern.len() {
+            add_exe(Path::new(pattern), &mut out);
+            continue;
+        }
+        walk(Path::new(dir), depth, tools, &mut out);
+    }
+    out
+}
+
+fn walk(dir: &Path, depth: usize, tools: &GlobList, out: &mut BTreeSet<(u32, u64)>) {
+    if depth == 0 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if let Some(s) = path.to_str()
+            && tools.is_match(s)
+        {
+            add_exe(&path, out);
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&path, depth - 1, tools, out);
+        }
+    }
+}
+
+fn add_exe(path: &Path, out: &mut BTreeSet<(u32, u64)>) {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.is_file()
+    {
+        let dev = meta.dev();
+        // The kernel's `s_dev` form: major << 20 | minor.
+        let s_dev = (libc::major(dev) << 20) | libc::minor(dev);
+        out.insert((s_dev, meta.ino()));
+    }
+}
+
+/// The host's resolvers: `nameserver` lines of `/etc/resolv.conf` and the
+/// systemd-resolved stub.
+pub fn host_resolvers() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    out.push(IpAddr::from([127, 0, 0, 53]));
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+impl Plan {
+    /// Executables of `ExeKey` form.
+    pub fn exe_keys(&self) -> impl Iterator<Item = ExeKey> + '_ {
+        self.exes
+            .iter()
+            .map(|&(policy, dev, ino)| ExeKey { policy, dev, ino })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{compile, covers, policy_id, suffix_hash};
+    use crate::identity::{
+        SpiffeId,
+        policy::{EgressRule, Policy, Wildcard},
+    };
+
+    #[test]
+    fn enforce_is_read_from_the_registration() {
+        let reg = crate::identity::Registry::parse_str(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\nenforce = true\negress = []\n",
+            "bot.toml",
+        );
+        assert!(reg.errors().is_empty(), "{:?}", reg.errors());
+        let p = &reg.agents()[0].policy;
+        assert!(p.enforce);
+        let plan = compile(reg.agents().iter().map(|a| (&a.id, &a.policy))).unwrap();
+        assert_eq!(plan.policies.values().copied().collect::<Vec<_>>(), [1]);
+        assert!(plan.nets.is_empty() && plan.names.is_empty());
+    }
+
+    #[test]
+    fn suffix_hash_extends_from_the_last_label_and_ignores_case() {
+        assert_eq!(
+            suffix_hash(&["api", "example", "org"]),
+            suffix_hash(&["API", "Example", "ORG"])
+        );
+        assert_ne!(
+            suffix_hash(&["api", "example", "org"]),
+            suffix_hash(&["example", "org"])
+        );
+        assert_ne!(suffix_hash(&["ab", "c"]), suffix_hash(&["a", "bc"]));
+    }
+
+    #[test]
+    fn wildcards_cover_what_they_match() {
+        assert!(covers(
+            Wildcard::AnyDepth,
+            "example.org",
+            Wildcard::Exact,
+            "a.b.example.org"
+        ));
+        assert!(covers(
+            Wildcard::OneLabel,
+            "example.org",
+            Wildcard::Exact,
+            "a.example.org"
+        ));
+        assert!(!covers(
+            Wildcard::OneLabel,
+            "example.org",
+            Wildcard::Exact,
+            "a.b.example.org"
+        ));
+        assert!(covers(
+            Wildcard::AnyDepth,
+            "org",
+            Wildcard::OneLabel,
+            "example.org"
+        ));
+        assert!(!covers(
+            Wildcard::Exact,
+            "example.org",
+            Wildcard::OneLabel,
+            "example.org"
+        ));
+    }
+
+    #[test]
+    fn compiles_only_enforced_policies_and_merges_ports() {
+        let id = SpiffeId::parse("spiffe://example.org/agent/x").unwrap();
+        let rules = ["api.example.org:443", "**.example.org:8443", "10.0.0.0/8:*"]
+            .iter()
+            .map(|r| EgressRule::parse(r).unwrap())
+            .collect();
+        let mut policy = Policy {
+            egress: Some(rules),
+            ..Policy::default()
+        };
+        assert!(compile([(&id, &policy)]).unwrap().policies.is_empty());
+        policy.enforce = true;
+        let plan = compile([(&id, &policy)]).unwrap();
+        assert_eq!(plan.policies.get(&policy_id(&id)), Some(&1));
+        assert_eq!(plan.nets.len(), 1);
+        assert_eq!(plan.nets[0].0, 64 + 96 + 8);
+        let exact = plan
+            .names
+            .iter()
+            .find(|(k, _)| k.hash == suffix_hash(&["api", "example", "org"]))
+            .unwrap();
+        assert_eq!((exact.1.count, &exact.1.ports[..2]), (2, &[443, 8443][..]));
+    }
+}

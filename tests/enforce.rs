@@ -1,0 +1,495 @@
+//! Enforcement in the kernel (`enforce = true`), on the real kernel with the real daemon,
+//! a real resolver (`dnsmasq` on a loopback address, the agents in mount namespaces whose
+//! `/etc/resolv.conf` names it; the host's is never touched) and real clients.
+#![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpListener, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use agentid_tests::{
+    TestCgroup,
+    daemon::{Daemon, registration},
+};
+use serde_json::Value;
+
+const ALLOWED: &str = "allowed.agentid.test";
+const OUTSIDE: &str = "outside.agentid.test";
+const PYTHON: &str = "/usr/bin/python3";
+
+/// One resolver address per test binary: tests take turns on it.
+static RESOLVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `127.78.X.n`, X from the pid: parallel runs do not meet.
+fn lo(n: u8) -> Ipv4Addr {
+    let x = u8::try_from(std::process::id() % 250).expect("pid byte");
+    Ipv4Addr::new(127, 78, x, n)
+}
+
+/// `dnsmasq` answering `records` (TTL 1 s) on `lo(53):53`, killed and its files removed
+/// on drop, however the test ends.
+struct Dnsmasq {
+    child: Child,
+    dir: PathBuf,
+    resolv: PathBuf,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Dnsmasq {
+    fn start(test: &str, records: &[(&str, Ipv4Addr)]) -> Self {
+        let turn = RESOLVER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = std::env::temp_dir().join(format!("agentid-enf-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(
+            &resolv,
+            format!("nameserver {}\noptions attempts:1 timeout:2\n", lo(53)),
+        )
+        .expect("resolv.conf");
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            "--local-ttl=1",
+        ])
+        .arg(format!("--listen-address={}", lo(53)))
+        .arg(format!("--pid-file={}", dir.join("pid").display()));
+        for (name, ip) in records {
+            cmd.arg(format!("--host-record={name},{ip}"));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (scripts/setup.sh installs dnsmasq-base)");
+        let mut d = Self {
+            child,
+            dir,
+            resolv,
+            _turn: turn,
+        };
+        d.wait_ready(records[0].0);
+        d
+    }
+
+    fn wait_ready(&mut self, name: &str) {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("udp");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut q = vec![0x51, 0x51, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            q.push(u8::try_from(label.len()).expect("label"));
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let mut buf = [0u8; 512];
+        loop {
+            let _ = sock.send_to(&q, (lo(53), 53));
+            if let Ok(n) = sock.recv(&mut buf)
+                && n > 12
+                && buf[..2] == [0x51, 0x51]
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("dnsmasq exited ({status}): is {} free?", lo(53));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not answer within 10 s"
+            );
+        }
+    }
+
+    /// Python running `script` in `cg`, in a mount namespace with this resolver.
+    fn python(&self, cg: &TestCgroup, script: &str, args: &[&str]) -> Output {
+        cg.command("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+            ])
+            .arg(&self.resolv)
+            .args([PYTHON, "-c", script])
+            .args(args)
+            .output()
+            .expect("python")
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP listener on `ip` answering each connection with an HTTP 200.
+fn server(ip: Ipv4Addr) -> u16 {
+    let l = TcpListener::bind((ip, 0)).expect("listener");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    port
+}
+
+/// Connects to `host:port` and prints `ok`, or the errno name of the failure
+/// (`EPERM`, or `DNS` when the name did not resolve).
+const CONNECT: &str = r"
+import errno, socket, sys
+try:
+    ip = socket.gethostbyname(sys.argv[1])
+except OSError as e:
+    print('DNS', e); sys.exit(0)
+try:
+    socket.create_connection((ip, int(sys.argv[2])), 10).close(); print('ok')
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e))
+";
+
+fn said(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout).trim(),
+        String::from_utf8_lossy(&o.stderr).trim()
+    )
+}
+
+fn daemon_dir(test: &str, extra: &str) -> PathBuf {
+    let dir = Daemon::dir(test);
+    let cfg = dir.join("agentid.toml");
+    let mut toml = std::fs::read_to_string(&cfg).expect("config");
+    toml.push_str(extra);
+    std::fs::write(&cfg, toml).expect("config");
+    dir
+}
+
+fn enforced_cgroups(v: &Value) -> u64 {
+    v["enforced"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter_map(|x| x["cgroups"].as_u64()).sum())
+}
+
+fn blocked_alert(v: &Value, rule: &str, what: &str) -> bool {
+    v.as_array().is_some_and(|a| {
+        a.iter().any(|x| {
+            x["rule"] == rule
+                && x["action"] == "blocked"
+                && x["title"].as_str().is_some_and(|t| t.contains(what))
+        })
+    })
+}
+
+/// Egress by name, in the kernel: the allowed name connects; a name outside is not even
+/// resolved (its query is refused); a raw address outside fails with EPERM and raises a
+/// `blocked` alert; 10,000 resolve-then-connect cycles on a 1 s TTL with no hold are never
+/// early; a forged answer the agent sends itself goes nowhere; moving to the root cgroup
+/// does not shed enforcement; an unregistered process and a monitor-mode agent are
+/// unaffected.
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one daemon, one resolver, every egress case in turn"
+)]
+fn egress_is_enforced_in_the_kernel_by_name_and_follows_the_process() {
+    let cg = TestCgroup::new("enf-egress");
+    let mon = TestCgroup::new("enf-monitor");
+    let other = TestCgroup::new("enf-unreg");
+    let dns = Dnsmasq::start("egress", &[(ALLOWED, lo(1)), (OUTSIDE, lo(2))]);
+    let (pa, po) = (server(lo(1)), server(lo(2)));
+    let dir = daemon_dir(
+        "enf-egress",
+        &format!(
+            "[dns]\nresolvers = [\"{}\"]\nmin_hold = \"0s\"\ngrace = \"0s\"\n",
+            lo(53)
+        ),
+    );
+    let id = "spiffe://test.example/agent/enforced";
+    std::fs::write(
+        dir.join("agents/a.toml"),
+        format!(
+            "{}[agent.policy]\nenforce = true\negress = [\"{ALLOWED}:{pa}\"]\n",
+            registration("enforced", &cg)
+        ),
+    )
+    .expect("reg");
+    std::fs::write(
+        dir.join("agents/m.toml"),
+        format!(
+            "{}[agent.policy]\negress = [\"{ALLOWED}:{pa}\"]\n",
+            registration("monitored", &mon)
+        ),
+    )
+    .expect("reg");
+    let Some(d) = Daemon::start(&dir) else { return };
+    let st = d.cli_until(&["status"], |v| enforced_cgroups(v) >= 1);
+    assert_eq!(st["enforced"][0]["id"], id, "{st:#}");
+
+    let ok = dns.python(&cg, CONNECT, &[ALLOWED, &pa.to_string()]);
+    assert_eq!(said(&ok), "ok", "the allowed name must connect");
+    let outside = dns.python(&cg, CONNECT, &[OUTSIDE, &po.to_string()]);
+    assert!(
+        said(&outside).starts_with("DNS"),
+        "a query for a name outside the policy must be refused: {}",
+        said(&outside)
+    );
+    let raw = dns.python(&cg, CONNECT, &[&lo(2).to_string(), &po.to_string()]);
+    assert_eq!(said(&raw), "EPERM", "a raw address outside the policy");
+    let alerts = d.cli_until(&["alerts", "--agent", id], |v| {
+        blocked_alert(v, "egress-violation", &lo(2).to_string())
+    });
+    assert!(blocked_alert(
+        &alerts,
+        "egress-violation",
+        &lo(2).to_string()
+    ));
+
+    // The race: resolve then connect at once, 10,000 times, on a 1 s TTL and no hold.
+    let race = dns.python(
+        &cg,
+        r"
+import socket, sys
+denied = 0
+for i in range(10000):
+    ip = socket.gethostbyname(sys.argv[1])
+    s = socket.socket()
+    try:
+        s.connect((ip, int(sys.argv[2])))
+    except PermissionError:
+        denied += 1
+    s.close()
+print(denied)
+",
+        &[ALLOWED, &pa.to_string()],
+    );
+    assert_eq!(said(&race), "0", "spurious denials in 10,000 cycles");
+
+    // Spoofing: a forged answer for the outside name, from a socket of its own on port 53.
+    let forged = dns.python(
+        &cg,
+        r"
+import errno, socket, sys
+srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+srv.bind((sys.argv[1], 53))
+cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+cli.bind(('127.0.0.1', 0))
+ans = bytes.fromhex('515181800001000100000000') + b'\x07allowed\x07agentid\x04test\x00' \
+    + bytes.fromhex('00010001c00c000100010000003c0004') + socket.inet_aton(sys.argv[2])
+try:
+    srv.sendto(ans, cli.getsockname()); r = 'sent'
+except OSError as e:
+    r = errno.errorcode.get(e.errno, str(e))
+try:
+    socket.create_connection((sys.argv[2], int(sys.argv[3])), 5).close(); print(r, 'ok')
+except OSError as e:
+    print(r, errno.errorcode.get(e.errno, e))
+",
+        &[&lo(9).to_string(), &lo(2).to_string(), &po.to_string()],
+    );
+    assert_eq!(
+        said(&forged),
+        "EPERM EPERM",
+        "a self-served answer is dropped and teaches nothing"
+    );
+
+    // Escape: into the root cgroup, then connect outside.
+    let root = agentid::cgroup::v2_root().expect("cgroup v2");
+    let escaped = dns.python(
+        &cg,
+        r"
+import errno, os, socket, sys
+open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid()))
+try:
+    socket.create_connection((sys.argv[2], int(sys.argv[3])), 5).close(); print('ok')
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e))
+",
+        &[
+            &root.display().to_string(),
+            &lo(2).to_string(),
+            &po.to_string(),
+        ],
+    );
+    assert_eq!(
+        said(&escaped),
+        "EPERM",
+        "a process that left its cgroup stays enforced"
+    );
+
+    // Others are never affected.
+    for (who, c) in [
+        ("monitor-mode agent", &mon),
+        ("unregistered process", &other),
+    ] {
+        let out = dns.python(c, CONNECT, &[OUTSIDE, &po.to_string()]);
+        assert_eq!(said(&out), "ok", "{who}");
+    }
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Tools: an allowed executable runs, one outside `tools` is killed before it can write a
+/// file, and an allowed binary replaced by a new file (a new inode) is allowed again once
+/// the daemon rescans.
+#[test]
+fn tools_outside_the_policy_are_killed_before_they_run() {
+    let cg = TestCgroup::new("enf-tools");
+    let dir = daemon_dir("enf-tools", "");
+    let tool_dir = dir.join("bin");
+    std::fs::create_dir_all(&tool_dir).expect("bin");
+    let tool = tool_dir.join("tool");
+    std::fs::copy("/usr/bin/true", &tool).expect("copy");
+    std::fs::write(
+        dir.join("agents/a.toml"),
+        format!(
+            "{}[agent.policy]\nenforce = true\ntools = [\"{PYTHON}*\", \"{}\"]\n",
+            registration("tools", &cg),
+            tool.display()
+        ),
+    )
+    .expect("reg");
+    let Some(d) = Daemon::start(&dir) else { return };
+    d.cli_until(&["status"], |v| enforced_cgroups(v) >= 1);
+    let marker = dir.join("written");
+    let run = |what: &Path| -> String {
+        let out = cg
+            .command(PYTHON)
+            .args([
+                "-c",
+                "import subprocess, sys; print(subprocess.run(sys.argv[1:]).returncode)",
+            ])
+            .arg(what)
+            .args(if what == Path::new("/usr/bin/touch") {
+                vec![marker.clone()]
+            } else {
+                vec![]
+            })
+            .output()
+            .expect("python");
+        said(&out)
+    };
+    assert_eq!(run(&tool), "0", "an allowed tool runs");
+    assert_eq!(
+        run(Path::new("/usr/bin/touch")),
+        "-9",
+        "a tool outside is killed"
+    );
+    assert!(!marker.exists(), "the killed tool must not have run");
+    let alerts = d.cli_until(
+        &["alerts", "--agent", "spiffe://test.example/agent/tools"],
+        |v| blocked_alert(v, "tool-violation", "/usr/bin/touch"),
+    );
+    assert!(blocked_alert(&alerts, "tool-violation", "/usr/bin/touch"));
+
+    // Replaced: a new file renamed over the allowed path.
+    let new = tool_dir.join("tool.new");
+    std::fs::copy("/usr/bin/true", &new).expect("copy");
+    std::fs::rename(&new, &tool).expect("rename");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if run(&tool) == "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replaced allowed tool was still refused after 15 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Lifecycle: a daemon killed with SIGKILL leaves enforcement in force; a restart resumes the same
+/// set (same programs, no duplicates) and enforces the same; a registry reload lifts and
+/// restores it; a clean stop removes it.
+#[test]
+fn enforcement_outlives_a_killed_daemon_and_ends_with_a_clean_stop() {
+    let cg = TestCgroup::new("enf-life");
+    let (pa, po) = (server(lo(11)), server(lo(12)));
+    let dir = daemon_dir("enf-life", "");
+    std::fs::write(
+        dir.join("agents/a.toml"),
+        format!(
+            "{}[agent.policy]\nenforce = true\negress = [\"{}:{pa}\"]\n",
+            registration("life", &cg),
+            lo(11)
+        ),
+    )
+    .expect("reg");
+    let connect = |port: u16, ip: Ipv4Addr| -> String {
+        let out = cg
+            .command(PYTHON)
+            .args(["-c", CONNECT, &ip.to_string(), &port.to_string()])
+            .output()
+            .expect("python");
+        said(&out)
+    };
+    let Some(d) = Daemon::start(&dir) else { return };
+    let first = d.cli_until(&["status"], |v| enforced_cgroups(v) >= 1);
+    assert_eq!(connect(pa, lo(11)), "ok");
+    assert_eq!(connect(po, lo(12)), "EPERM");
+    d.kill9();
+    assert_eq!(
+        connect(po, lo(12)),
+        "EPERM",
+        "enforcement must hold while no daemon runs"
+    );
+    assert_eq!(connect(pa, lo(11)), "ok");
+
+    let Some(d) = Daemon::start(&dir) else { return };
+    let again = d.cli_until(&["status"], |v| enforced_cgroups(v) >= 1);
+    assert_eq!(
+        again["probes"], first["probes"],
+        "the same programs, no duplicates"
+    );
+    assert!(d.log_text().contains("Resumed"), "{}", d.log_text());
+    assert_eq!(connect(po, lo(12)), "EPERM");
+
+    // A reload that drops `enforce` lifts it; one that brings it back restores it.
+    let reg = dir.join("agents/a.toml");
+    let text = std::fs::read_to_string(&reg).expect("reg");
+    std::fs::write(&reg, text.replace("enforce = true\n", "")).expect("reg");
+    d.cli_until(&["status"], |v| {
+        v["enforced"].as_array().is_some_and(Vec::is_empty)
+    });
+    assert_eq!(connect(po, lo(12)), "ok", "monitor mode after the reload");
+    std::fs::write(&reg, &text).expect("reg");
+    d.cli_until(&["status"], |v| enforced_cgroups(v) >= 1);
+    assert_eq!(
+        connect(po, lo(12)),
+        "EPERM",
+        "enforced again after the reload"
+    );
+    d.stop();
+    assert_eq!(
+        connect(po, lo(12)),
+        "ok",
+        "a clean stop removes enforcement"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
