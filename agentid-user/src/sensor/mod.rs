@@ -1,6 +1,7 @@
 //! The sensor: loads and attaches the kernel programs, and turns ring-buffer records into
 //! typed [`Event`]s. Programs stay attached exactly as long as the [`Sensor`] lives.
 pub mod decode;
+mod fill;
 mod kernel;
 pub mod pins;
 pub mod reassemble;
@@ -97,6 +98,8 @@ const PINNED_MAPS: [&str; 4] = [EVENTS_MAP, DROPS_MAP, OPEN_CGROUPS_MAP, SELF_MA
 pub struct Sensor {
     // Field order matters for drop: the ring buffer before the Ebpf that owns the programs.
     ring: AsyncFd<RingBuf<MapData>>,
+    /// The ring's positions, for its fill (`None`: the kernel refused the mapping).
+    fill: Option<fill::RingFill>,
     drops: PerCpuArray<MapData, u64>,
     open_cgroups: aya::maps::HashMap<MapData, u64, u8>,
     /// Links of a pinned set (held; the pins keep the programs attached).
@@ -396,6 +399,9 @@ impl Sensor {
         me.set(0, self_tgid, 0).map_err(map_err(SELF_MAP))?;
         let pins = set.filter(|_| origin != Origin::Unpinned);
         tracing::debug!(fd = ring.as_raw_fd(), ?config, ?origin, "sensor attached");
+        let fill = fill::RingFill::map(ring.as_raw_fd())
+            .inspect_err(|e| tracing::warn!(error = %e, "ring buffer fill not available"))
+            .ok();
         if let Some(set) = &pins {
             // The path in the message: test harnesses find the set there to clean it up.
             tracing::info!("probes pinned at {} ({origin:?})", set.dir().display());
@@ -411,6 +417,7 @@ impl Sensor {
         release_freed_heap();
         Ok(Self {
             ring,
+            fill,
             drops,
             open_cgroups,
             _links: links,
@@ -619,6 +626,13 @@ impl Sensor {
     /// Records received and decoded, per kind.
     pub fn received(&self) -> KindCounts {
         self.received
+    }
+
+    /// Bytes in the ring buffer not read yet, and the ring's size; `None` when the kernel
+    /// refused to map its positions.
+    pub fn ring_fill(&self) -> Option<(u64, u64)> {
+        let used = self.fill.as_ref()?.used_bytes();
+        Some((used, u64::from(agentid_ebpf::RINGBUF_BYTES)))
     }
 
     /// Records that could not be decoded (should stay 0: a non-zero value is an ABI bug).
