@@ -28,7 +28,8 @@ pkgs=(llvm-${LLVM_VER}-dev libpolly-${LLVM_VER}-dev libzstd-dev zlib1g-dev iprou
       systemd                         # the systemd guest boots the host's own systemd
       e2fsprogs mount                 # faults test: ext4 on a loop device (mkfs.ext4, e2fsck, losetup)
       dnsmasq-base                    # dns test: a real resolver (curl below is its client too)
-      openssl curl nodejs python3)    # tls test: throwaway certificate, TLS server (node) and clients
+      openssl curl nodejs python3     # tls test: throwaway certificate, TLS server (node) and clients
+      prometheus)                     # metrics test: a real Prometheus scrapes the daemon
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

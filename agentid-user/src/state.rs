@@ -59,13 +59,19 @@ pub struct Counters {
 
 impl Counters {
     pub fn set(&self, received: &KindCounts, drops: &KindCounts, undecodable: u64) {
-        for (slot, v) in self.received.iter().zip(received) {
-            slot.store(*v, Ordering::Relaxed);
-        }
+        self.set_received(received);
         for (slot, v) in self.drops.iter().zip(drops) {
             slot.store(*v, Ordering::Relaxed);
         }
         self.undecodable.store(undecodable, Ordering::Relaxed);
+    }
+
+    /// After each batch too, so that `received` is never behind `attributed` (which
+    /// counts as events are handled).
+    pub fn set_received(&self, received: &KindCounts) {
+        for (slot, v) in self.received.iter().zip(received) {
+            slot.store(*v, Ordering::Relaxed);
+        }
     }
 
     pub fn received(&self) -> [u64; K] {

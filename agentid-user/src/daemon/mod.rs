@@ -207,6 +207,9 @@ impl Daemon {
     }
 
     fn on_batch(&mut self) {
+        // Before the batch is handled: the received counts already include it, so no
+        // reader ever sees more events attributed than received.
+        self.shared.counters.set_received(&self.sensor.received());
         let Seen {
             agent_cgroups: seen,
             tls_pids,
