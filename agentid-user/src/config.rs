@@ -118,6 +118,9 @@ pub struct Config {
     /// credential kind (`openai`, `github`, ...) → domains, replacing that kind's
     /// built-in list.
     pub service_domains: std::collections::BTreeMap<String, Vec<String>>,
+    /// Serve Prometheus metrics (`/metrics`) on this TCP address. Off when absent; read at
+    /// start.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `[dns]`: how long a name the agent resolved stays attached to its addresses.
@@ -178,6 +181,7 @@ impl Default for Config {
             pin_dir: None,
             audit_retention: AuditRetention::default(),
             service_domains: std::collections::BTreeMap::new(),
+            metrics_listen: None,
         }
     }
 }
@@ -394,6 +398,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.sinks.len(), 1);
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        assert_eq!(parse("").unwrap().metrics_listen, None);
+        let c = parse("metrics_listen = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let e = parse("metrics_listen = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1: invalid socket address"), "{e}");
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod event;
 pub mod health;
 pub mod identity;
 pub mod keyfile;
+pub mod metrics;
 pub mod outputs;
 pub mod pipeline;
 pub mod process;

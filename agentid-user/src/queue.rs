@@ -40,6 +40,17 @@ pub struct Receiver<T> {
     depth: Arc<AtomicUsize>,
 }
 
+/// How many items wait in a queue, readable by whoever holds this (`status`, `/metrics`)
+/// at no cost to the queue's users: the count the bound is enforced with.
+#[derive(Debug, Clone)]
+pub struct Depth(Arc<AtomicUsize>);
+
+impl Depth {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A queue that refuses `try_send` once `capacity` items wait.
 pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let (tx, rx) = mpsc::channel();
@@ -55,6 +66,10 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
 }
 
 impl<T> Sender<T> {
+    pub fn depth(&self) -> Depth {
+        Depth(Arc::clone(&self.depth))
+    }
+
     /// Queues without blocking; gives the item back when the queue is full or the
     /// receiver is gone.
     pub fn try_send(&self, item: T) -> Result<(), T> {
@@ -110,6 +125,7 @@ mod tests {
         assert_eq!(tx.try_send(1), Ok(()));
         assert_eq!(tx.clone().try_send(2), Ok(()));
         assert_eq!(tx.try_send(3), Err(3));
+        assert_eq!(tx.depth().get(), 2);
         // Control messages pass a full queue.
         assert_eq!(tx.send_control(4), Ok(()));
         assert_eq!(rx.recv(), Ok(1));

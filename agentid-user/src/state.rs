@@ -11,7 +11,7 @@
 //! finished before its read); a reader concurrent with another's refresh may get the
 //! previous snapshot, at most one batch behind.
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     sync::{
         Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -28,7 +28,7 @@ use crate::{
     audit::AuditStats,
     config::Config,
     credentials::Revocations,
-    detect::Detector,
+    detect::{Detector, Severity},
     identity::Registry,
     outputs::{SinkMonitor, fanout::Fanout},
     pipeline::Pipeline,
@@ -46,21 +46,50 @@ pub struct Counters {
     pub drops: [AtomicU64; K],
     pub undecodable: AtomicU64,
     pub alerts: AtomicU64,
+    /// Events attributed to a registered agent, per kind (one increment per such event).
+    pub attributed: [AtomicU64; K],
+    /// Alerts raised (new incidents and their updates) by rule and severity: alerts are
+    /// rare, so a lock is no cost on the event path.
+    pub alerts_by_rule: Mutex<BTreeMap<(&'static str, Severity), u64>>,
+    /// Bytes in the ring buffer not read yet (sampled once a second), and its size (0
+    /// while the kernel refuses to show the fill).
+    pub ring_used_bytes: AtomicU64,
+    pub ring_size_bytes: AtomicU64,
 }
 
 impl Counters {
     pub fn set(&self, received: &KindCounts, drops: &KindCounts, undecodable: u64) {
-        for (slot, v) in self.received.iter().zip(received) {
-            slot.store(*v, Ordering::Relaxed);
-        }
+        self.set_received(received);
         for (slot, v) in self.drops.iter().zip(drops) {
             slot.store(*v, Ordering::Relaxed);
         }
         self.undecodable.store(undecodable, Ordering::Relaxed);
     }
 
+    /// After each batch too, so that `received` is never behind `attributed` (which
+    /// counts as events are handled).
+    pub fn set_received(&self, received: &KindCounts) {
+        for (slot, v) in self.received.iter().zip(received) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+    }
+
     pub fn received(&self) -> [u64; K] {
         std::array::from_fn(|i| self.received[i].load(Ordering::Relaxed))
+    }
+
+    /// An event attributed to a registered agent.
+    pub fn attributed(&self, kind: crate::event::EventKind) {
+        if let Some(slot) = self.attributed.get(kind.abi() as usize) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An alert raised (new or updated), whether or not the outputs' throttle publishes it.
+    pub fn alert_raised(&self, rule: &'static str, severity: Severity) {
+        if let Ok(mut by) = self.alerts_by_rule.lock() {
+            *by.entry((rule, severity)).or_default() += 1;
+        }
     }
 }
 

@@ -84,18 +84,6 @@ async fn with_store<T: Send + 'static>(
     .map_err(internal)?
 }
 
-/// Bytes of the files in `dir` (not recursive; 0 for what cannot be read).
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.metadata().ok())
-            .filter(std::fs::Metadata::is_file)
-            .map(|m| m.len())
-            .sum()
-    })
-}
-
 async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
     let received = s.counters.received();
@@ -120,7 +108,7 @@ async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
     let outputs = s.output_stats.get();
     let audit = outputs.and_then(|o| o.audit.as_ref()).map(|a| {
         let dir = config.state_dir.join("audit");
-        let bytes = dir_bytes(&dir);
+        let bytes = crate::audit::dir_bytes(&dir);
         let records = a.held.load(Relaxed);
         types::AuditStatus {
             appended: a.appended.load(Relaxed),

@@ -237,6 +237,19 @@ impl Default for AuditOptions {
     }
 }
 
+/// The audit log's size on disk: the files in its directory (archives, `audit.log`, the
+/// key chain; not recursive, 0 for what cannot be read).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
 /// Canonical JSON: object keys sorted by their UTF-8 bytes, no whitespace, strings and
 /// numbers as `serde_json` writes them (deterministic: integers verbatim, floats in their
 /// shortest round-trip form).

@@ -34,6 +34,8 @@ pub struct AuditStats {
     pub health: WriteHealth,
     /// Records the log holds on disk (after pruning): for bytes per record.
     pub held: AtomicU64,
+    /// Records waiting for the audit thread (the backlog).
+    pub queued: queue::Depth,
 }
 
 #[derive(Debug)]
@@ -97,6 +99,7 @@ impl AuditWriter {
             errors: AtomicU64::new(0),
             health: WriteHealth::new("audit log", dir),
             held: AtomicU64::new(0),
+            queued: tx.depth(),
         });
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()

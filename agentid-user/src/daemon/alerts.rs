@@ -53,6 +53,7 @@ pub(crate) fn check_drops(shared: &Shared, drops: &KindCounts) {
 /// An alert, new or updated: the store at once, the other outputs as the fan-out's
 /// throttle allows.
 pub(crate) fn emit_alert(shared: &Shared, alert: &Alert) {
+    shared.counters.alert_raised(alert.rule, alert.severity);
     if with_outputs(shared, |o| o.alert(alert)) == Some(true) {
         shared.counters.alerts.fetch_add(1, Ordering::Relaxed);
     }

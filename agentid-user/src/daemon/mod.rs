@@ -12,7 +12,7 @@ mod seeded;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -62,6 +62,8 @@ struct Daemon {
     writer: Writer,
     sensor: Sensor,
     api: JoinHandle<()>,
+    /// The `/metrics` server, when `metrics_listen` is set.
+    metrics: Option<JoinHandle<()>>,
     /// The socket bound at start (a reload does not move it).
     socket: PathBuf,
     config_path: Option<PathBuf>,
@@ -180,6 +182,16 @@ impl Daemon {
             int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
         };
+        // Before the API: a test (or an operator) that saw the API answer may scrape.
+        let metrics = match config.metrics_listen {
+            Some(addr) => {
+                // The fleet's gauges (connection, spool) join here as `metrics::Extra`s.
+                let server = crate::metrics::serve(Arc::clone(&shared), addr, Vec::new())?;
+                tracing::info!(%addr, "metrics listening on http://{addr}/metrics");
+                Some(server)
+            }
+            None => None,
+        };
         let api = crate::api::serve(Arc::clone(&shared))?;
         tracing::info!(socket = %config.socket.display(), "API listening");
         let mut daemon = Self {
@@ -187,6 +199,7 @@ impl Daemon {
             writer,
             sensor,
             api,
+            metrics,
             socket: config.socket.clone(),
             config_path,
             batch: Vec::new(),
@@ -229,6 +242,9 @@ impl Daemon {
     }
 
     fn on_batch(&mut self) {
+        // Before the batch is handled: the received counts already include it, so no
+        // reader ever sees more events attributed than received.
+        self.shared.counters.set_received(&self.sensor.received());
         let Seen {
             agent_cgroups: seen,
             tls_pids,
@@ -267,6 +283,16 @@ impl Daemon {
         shared
             .counters
             .set(&self.sensor.received(), &drops, self.sensor.decode_errors());
+        if let Some((used, size)) = self.sensor.ring_fill() {
+            shared
+                .counters
+                .ring_used_bytes
+                .store(used, Ordering::Relaxed);
+            shared
+                .counters
+                .ring_size_bytes
+                .store(size, Ordering::Relaxed);
+        }
         alerts::check_drops(shared, &drops);
         alerts::flush_updates(shared);
         shared.rates.sample(shared.counters.received());
@@ -337,6 +363,9 @@ impl Daemon {
         self.sensor.unpin();
         drop(self.sensor);
         self.api.abort();
+        if let Some(m) = &self.metrics {
+            m.abort();
+        }
         let outputs = lock(&self.shared.outputs).take();
         if let Some(outputs) = outputs {
             outputs.close().await;
@@ -581,6 +610,7 @@ fn handle_batch(shared: &Shared, batch: &mut Vec<Event>) -> Seen {
         let (attributed, findings) = pipeline.process(event);
         let out = detector.observe(&attributed, &findings, pipeline.registry());
         if attributed.agent.is_some() {
+            shared.counters.attributed(attributed.event.kind);
             seen.agent_cgroups.push(attributed.event.cgroup_id);
             let tls = match &attributed.event.detail {
                 Detail::Exec { .. } => true,

@@ -39,11 +39,25 @@ pub struct HostIds {
     pub boot: String,
 }
 
+/// The configured name, else the kernel's, else `localhost`.
+fn host_name(configured: Option<String>, kernel: Option<String>) -> String {
+    [configured, kernel]
+        .into_iter()
+        .flatten()
+        .map(|h| h.trim().to_owned())
+        .find(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 impl HostIds {
-    /// Reads the hostname and `/proc/sys/kernel/random/boot_id`.
+    /// Reads the host name (`AGENTID_HOST` when set and not empty, else the kernel's
+    /// hostname) and `/proc/sys/kernel/random/boot_id`. In a Kubernetes pod the kernel's
+    /// hostname is the pod's: the `DaemonSet` sets `AGENTID_HOST` to the node's name.
     pub fn current() -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned());
+        let host = host_name(
+            std::env::var("AGENTID_HOST").ok(),
+            std::fs::read_to_string("/proc/sys/kernel/hostname").ok(),
+        );
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map_or_else(
             |_| "00000000".to_owned(),
             |b| {
@@ -89,6 +103,16 @@ impl fmt::Display for ExecId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_configured_host_name_wins_over_the_kernels() {
+        let name = |c: Option<&str>, k: Option<&str>| {
+            host_name(c.map(str::to_owned), k.map(str::to_owned))
+        };
+        assert_eq!(name(Some("node-7"), Some("pod-abc\n")), "node-7");
+        assert_eq!(name(Some(" "), Some("pod-abc\n")), "pod-abc");
+        assert_eq!(name(None, None), "localhost");
+    }
 
     fn ids() -> HostIds {
         HostIds {

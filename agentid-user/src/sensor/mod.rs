@@ -2,6 +2,7 @@
 //! typed [`Event`]s. Programs stay attached exactly as long as the [`Sensor`] lives.
 pub mod decode;
 mod enforce;
+mod fill;
 mod kernel;
 pub mod pins;
 pub mod reassemble;
@@ -110,6 +111,8 @@ const PINNED_MAPS: [&str; 11] = [
 pub struct Sensor {
     // Field order matters for drop: the ring buffer before the Ebpf that owns the programs.
     ring: AsyncFd<RingBuf<MapData>>,
+    /// The ring's positions, for its fill (`None`: the kernel refused the mapping).
+    fill: Option<fill::RingFill>,
     drops: PerCpuArray<MapData, u64>,
     open_cgroups: aya::maps::HashMap<MapData, u64, u8>,
     enforce: enforce::EnforceMaps,
@@ -414,6 +417,9 @@ impl Sensor {
         me.set(0, self_tgid, 0).map_err(map_err(SELF_MAP))?;
         let pins = set.filter(|_| origin != Origin::Unpinned);
         tracing::debug!(fd = ring.as_raw_fd(), ?config, ?origin, "sensor attached");
+        let fill = fill::RingFill::map(ring.as_raw_fd())
+            .inspect_err(|e| tracing::warn!(error = %e, "ring buffer fill not available"))
+            .ok();
         if let Some(set) = &pins {
             // The path in the message: test harnesses find the set there to clean it up.
             tracing::info!("probes pinned at {} ({origin:?})", set.dir().display());
@@ -429,6 +435,7 @@ impl Sensor {
         release_freed_heap();
         Ok(Self {
             ring,
+            fill,
             drops,
             open_cgroups,
             enforce,
@@ -654,6 +661,13 @@ impl Sensor {
     /// Records received and decoded, per kind.
     pub fn received(&self) -> KindCounts {
         self.received
+    }
+
+    /// Bytes in the ring buffer not read yet, and the ring's size; `None` when the kernel
+    /// refused to map its positions.
+    pub fn ring_fill(&self) -> Option<(u64, u64)> {
+        let used = self.fill.as_ref()?.used_bytes();
+        Some((used, u64::from(agentid_ebpf::RINGBUF_BYTES)))
     }
 
     /// Records that could not be decoded (should stay 0: a non-zero value is an ABI bug).

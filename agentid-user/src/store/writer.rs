@@ -65,6 +65,8 @@ pub struct WriterStats {
     /// Failed batches; `health.lost` counts their records.
     pub errors: AtomicU64,
     pub health: WriteHealth,
+    /// Operations waiting for the writer thread (the backlog).
+    pub queued: queue::Depth,
 }
 
 /// Handle to the writer thread. Dropping every clone stops the thread after a last commit.
@@ -96,6 +98,7 @@ impl Writer {
             dropped: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             health: WriteHealth::new("store", dir),
+            queued: tx.depth(),
         });
         let thread_stats = Arc::clone(&stats);
         thread::Builder::new()
