@@ -118,6 +118,9 @@ pub struct Config {
     /// credential kind (`openai`, `github`, ...) → domains, replacing that kind's
     /// built-in list.
     pub service_domains: std::collections::BTreeMap<String, Vec<String>>,
+    /// Joining a fleet (`[fleet]`): credential sightings, presence, alerts and
+    /// revocations shared on NATS JetStream. Absent: this host stands alone.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// `[dns]`: how long a name the agent resolved stays attached to its addresses.
@@ -171,6 +174,7 @@ impl Default for Config {
             pin_dir: None,
             audit_retention: AuditRetention::default(),
             service_domains: std::collections::BTreeMap::new(),
+            fleet: None,
         }
     }
 }
@@ -240,6 +244,9 @@ impl Config {
             return Err(format!("watch_cgroups: {e}"));
         }
         crate::detect::rules::ServiceDomains::with_overrides(&self.service_domains)?;
+        if let Some(fleet) = &self.fleet {
+            fleet.validate(self.fleet_key_file.is_some())?;
+        }
         if self.retention.max_size_mb == 0 {
             return Err("retention.max_size_mb: must be at least 1".into());
         }
@@ -387,6 +394,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.sinks.len(), 1);
+    }
+
+    #[test]
+    fn fleet_needs_the_fleet_key() {
+        let e = parse("[fleet]\nservers = [\"nats://127.0.0.1:4222\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[fleet] needs fleet_key_file"), "{e}");
+        let c = parse(
+            "fleet_key_file = \"/etc/agentid/fleet.key\"\n[fleet]\nservers = [\"nats://127.0.0.1:4222\"]\nhost = \"web-1\"\nheartbeat = \"2s\"\n",
+        )
+        .unwrap();
+        let f = c.fleet.unwrap();
+        assert_eq!(f.host_name(), "web-1");
+        assert_eq!(f.heartbeat, Duration::from_secs(2));
+        assert_eq!(f.replicas, 1);
+        let e =
+            parse("fleet_key_file = \"/k\"\n[fleet]\nservers = [\"nats://h:1\"]\nhost = \"a.b\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("fleet.host"), "{e}");
+        assert!(parse("").unwrap().fleet.is_none());
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod daemon;
 pub mod detect;
 pub mod dns;
 pub mod event;
+pub mod fleet;
 pub mod health;
 pub mod identity;
 pub mod keyfile;

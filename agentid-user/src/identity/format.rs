@@ -57,6 +57,8 @@ struct RawPolicy {
     credential_max_age: Option<Spanned<String>>,
     #[serde(default)]
     accepts_delegation_from: Vec<Spanned<String>>,
+    max_hosts: Option<usize>,
+    hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -355,8 +357,12 @@ fn check_policy(ck: &mut Checker<'_>, raw: &RawPolicy) -> Policy {
         tools,
         credential_max_age,
         accepts_delegation_from,
+        max_hosts,
+        hosts,
     } = raw;
     Policy {
+        max_hosts: *max_hosts,
+        hosts: hosts.as_ref().and_then(|h| ck.globs(h, "agent.policy.hosts")),
         egress: egress.as_ref().map(|rules| {
             rules
                 .iter()

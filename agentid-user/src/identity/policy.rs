@@ -340,6 +340,10 @@ pub struct Policy {
     pub tools: Option<GlobList>,
     pub credential_max_age: Option<Duration>,
     pub accepts_delegation_from: Vec<SpiffeId>,
+    /// Fleet hosts this agent may be live on at once (`identity-sprawl`).
+    pub max_hosts: Option<usize>,
+    /// Fleet host names (globs) this agent may run on (`identity-sprawl`).
+    pub hosts: Option<GlobList>,
 }
 
 impl Policy {
