@@ -65,6 +65,11 @@ impl FleetConfig {
         if servers.is_empty() {
             return Err("fleet.servers: name at least one NATS server".into());
         }
+        for s in servers {
+            if let Err(e) = s.parse::<async_nats::ServerAddr>() {
+                return Err(format!("fleet.servers: {s:?}: {e}"));
+            }
+        }
         if let Some(h) = host
             && !super::records::valid_token(h)
         {

@@ -102,7 +102,14 @@ impl Link {
         if let Some(ca) = &self.config.ca_file {
             opts = opts.add_root_certificates(ca.clone()).require_tls(true);
         }
-        opts.connect(self.config.servers.join(","))
+        let servers: Vec<async_nats::ServerAddr> = self
+            .config
+            .servers
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("fleet.servers: {e}"))?;
+        opts.connect(servers)
             .await
             .map_err(|e| format!("connecting to {}: {e}", self.config.servers.join(",")))
     }
@@ -216,19 +223,26 @@ impl Link {
             (FLEET_ALERTS, "agentid fleet alerts, claimed once"),
             (REVOCATIONS, "agentid revoked credentials"),
         ] {
-            let store = match js.get_key_value(bucket).await {
-                Ok(s) => s,
-                Err(_) => js
-                    .create_key_value(kv::Config {
-                        bucket: bucket.to_owned(),
-                        description: desc.to_owned(),
-                        history: 1,
-                        num_replicas: self.config.replicas,
-                        ..kv::Config::default()
-                    })
-                    .await
-                    .map_err(|e| format!("bucket {bucket}: {e}"))?,
-            };
+            // The bucket's stream made here, as the KV convention has it: the client's
+            // `create_key_value` first reads account fields a 2.9 server does not send.
+            js.get_or_create_stream(jetstream::stream::Config {
+                name: format!("KV_{bucket}"),
+                description: Some(desc.to_owned()),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                num_replicas: self.config.replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: jetstream::stream::DiscardPolicy::New,
+                ..jetstream::stream::Config::default()
+            })
+            .await
+            .map_err(|e| format!("bucket {bucket}: {e}"))?;
+            let store = js
+                .get_key_value(bucket)
+                .await
+                .map_err(|e| format!("bucket {bucket}: {e}"))?;
             kvs.insert(bucket, store);
         }
         js.get_or_create_stream(jetstream::stream::Config {
