@@ -166,6 +166,9 @@ impl Link {
                             match self.open(client).await {
                                 Ok((b, w)) => {
                                     tracing::info!(host = %self.host, "fleet: buckets open and watched");
+                                    // The watches deliver every current value again: the
+                                    // view becomes exactly what the cluster holds.
+                                    self.clear_view();
                                     buckets = Some(b);
                                     watches = w;
                                     self.set_connected(true);
@@ -203,6 +206,23 @@ impl Link {
         if up {
             v.stats.last_error = None;
         }
+    }
+
+    fn clear_view(&self) {
+        let mut v = lock_write(&self.view);
+        let FleetView {
+            host: _,
+            connected: _,
+            stats: _,
+            sightings,
+            presence,
+            alerts,
+            revocations,
+        } = &mut *v;
+        sightings.clear();
+        presence.clear();
+        alerts.clear();
+        revocations.clear();
     }
 
     fn set_error(&self, e: String) {
