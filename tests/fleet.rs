@@ -7,6 +7,10 @@
     unused_crate_dependencies,
     reason = "this package's targets share one dependency list and each test file uses a few of it"
 )]
+#![expect(
+    clippy::expect_used,
+    reason = "the scenario's helpers: a failed step is a failed test"
+)]
 use std::{
     fmt::Write as _,
     path::Path,
@@ -48,9 +52,10 @@ fn host_dir(
     }
     let key = cluster.dir.join("fleet.key");
     if !key.exists() {
-        let hex: String = (0..32u32)
-            .map(|i| format!("{:02x}", (i * 37 + std::process::id()) % 256))
-            .collect();
+        let hex = (0..32u32).fold(String::new(), |mut h, i| {
+            let _ = write!(h, "{:02x}", (i * 37 + std::process::id()) % 256);
+            h
+        });
         std::fs::write(&key, hex).expect("fleet key");
     }
     let mut config = std::fs::read_to_string(dir.join("agentid.toml")).expect("config");
