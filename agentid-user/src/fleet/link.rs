@@ -35,6 +35,8 @@ use crate::{
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Records per spool read.
 const BATCH: usize = 256;
+/// Every this many ticks (seconds) the watches are checked against their buckets.
+const STALL_CHECK: u64 = 5;
 
 type Watches = StreamMap<&'static str, Pin<Box<kv::Watch>>>;
 
@@ -57,6 +59,11 @@ pub(super) struct Link {
     judged: HashMap<String, Vec<Holder>>,
     /// Revocations already handed to the daemon.
     revoked: HashSet<String>,
+    /// Per bucket: the newest revision its watch delivered.
+    seen_rev: HashMap<&'static str, u64>,
+    /// Per bucket: its stream's last sequence at the previous check.
+    last_checked: HashMap<&'static str, u64>,
+    ticks: u64,
 }
 
 fn lock_write(v: &RwLock<FleetView>) -> std::sync::RwLockWriteGuard<'_, FleetView> {
@@ -83,6 +90,9 @@ impl Link {
             registry,
             judged: HashMap::new(),
             revoked: HashSet::new(),
+            seen_rev: HashMap::new(),
+            last_checked: HashMap::new(),
+            ticks: 0,
         }
     }
 
@@ -169,6 +179,8 @@ impl Link {
                                     // The watches deliver every current value again: the
                                     // view becomes exactly what the cluster holds.
                                     self.clear_view();
+                                    self.seen_rev.clear();
+                                    self.last_checked.clear();
                                     buckets = Some(b);
                                     watches = w;
                                     self.set_connected(true);
@@ -184,6 +196,11 @@ impl Link {
                         }
                         self.judge_sprawl(b).await;
                         self.retry_reuse(b).await;
+                        self.ticks += 1;
+                        if self.ticks.is_multiple_of(STALL_CHECK) && self.stalled(b).await {
+                            tracing::warn!("fleet: a watch fell behind its bucket; watching again");
+                            buckets = None;
+                        }
                     }
                 }
             }
@@ -344,7 +361,27 @@ impl Link {
         }
     }
 
+    /// Whether a watch has still not delivered what its bucket held at the previous check
+    /// (a check period ago): a watch whose consumer died with a stream leader may go
+    /// quiet instead of failing.
+    async fn stalled(&mut self, b: &Buckets) -> bool {
+        let mut stalled = false;
+        for bucket in [SIGHTINGS, PRESENCE, FLEET_ALERTS, REVOCATIONS] {
+            let Ok(stream) = b.js.get_stream(format!("KV_{bucket}")).await else {
+                continue;
+            };
+            let last = stream.cached_info().state.last_sequence;
+            let seen = self.seen_rev.get(bucket).copied().unwrap_or(0);
+            if let Some(before) = self.last_checked.insert(bucket, last) {
+                stalled |= seen < before;
+            }
+        }
+        stalled
+    }
+
     async fn on_entry(&mut self, bucket: &'static str, entry: &kv::Entry, b: &Buckets) {
+        let rev = self.seen_rev.entry(bucket).or_default();
+        *rev = (*rev).max(entry.revision);
         let put = entry.operation == kv::Operation::Put;
         macro_rules! keep {
             ($map:ident, $ty:ty) => {{
