@@ -36,7 +36,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Records per spool read.
 const BATCH: usize = 256;
 /// Every this many ticks (seconds) the watches are checked against their buckets.
-const STALL_CHECK: u64 = 5;
+const STALL_CHECK: u64 = 3;
+/// Ticks of failed publishing after which the buckets are opened again.
+const REOPEN_AFTER: u32 = 15;
 
 type Watches = StreamMap<&'static str, Pin<Box<kv::Watch>>>;
 
@@ -64,6 +66,8 @@ pub(super) struct Link {
     /// Per bucket: its stream's last sequence at the previous check.
     last_checked: HashMap<&'static str, u64>,
     ticks: u64,
+    /// Ticks in a row whose spool drain failed.
+    failing: u32,
 }
 
 fn lock_write(v: &RwLock<FleetView>) -> std::sync::RwLockWriteGuard<'_, FleetView> {
@@ -93,6 +97,7 @@ impl Link {
             seen_rev: HashMap::new(),
             last_checked: HashMap::new(),
             ticks: 0,
+            failing: 0,
         }
     }
 
@@ -135,6 +140,7 @@ impl Link {
         };
         let mut buckets: Option<Buckets> = None;
         let mut watches = Watches::new();
+        let mut rewatch = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -147,10 +153,8 @@ impl Link {
                         records.push(r);
                     }
                     self.append(&records);
-                    if let Some(b) = &buckets
-                        && !self.drain(b).await
-                    {
-                        buckets = None;
+                    if let Some(b) = &buckets {
+                        self.drain(b).await;
                     }
                 }
                 Some((bucket, entry)) = watches.next(), if !watches.is_empty() => {
@@ -158,7 +162,8 @@ impl Link {
                         (Ok(entry), Some(b)) => self.on_entry(bucket, &entry, b).await,
                         (Err(e), _) => {
                             tracing::warn!(bucket, error = %e, "fleet: watch failed; watching again");
-                            buckets = None;
+                            rewatch = true;
+                            watches = Watches::new();
                         }
                         (Ok(_), None) => {}
                     }
@@ -176,6 +181,7 @@ impl Link {
                             match self.open(client).await {
                                 Ok((b, w)) => {
                                     tracing::info!(host = %self.host, "fleet: buckets open and watched");
+                                    rewatch = false;
                                     // The watches deliver every current value again: the
                                     // view becomes exactly what the cluster holds.
                                     self.clear_view();
@@ -190,26 +196,46 @@ impl Link {
                         }
                     }
                     if let Some(b) = &buckets {
-                        if !self.drain(b).await {
-                            buckets = None;
-                            continue;
+                        // A failed publish is retried on the next tick with the buckets
+                        // kept (a stream electing a leader answers again in seconds); a
+                        // run of failures opens them again (an operator deleted one).
+                        if self.drain(b).await {
+                            self.failing = 0;
+                        } else {
+                            self.failing += 1;
+                            if self.failing >= REOPEN_AFTER {
+                                self.failing = 0;
+                                buckets = None;
+                                continue;
+                            }
                         }
                         self.judge_sprawl(b).await;
                         self.retry_reuse(b).await;
                         self.ticks += 1;
-                        if self.ticks.is_multiple_of(STALL_CHECK) && self.stalled(b).await {
+                        if !rewatch && self.ticks.is_multiple_of(STALL_CHECK) && self.stalled(b).await {
                             tracing::warn!("fleet: a watch fell behind its bucket; watching again");
-                            buckets = None;
+                            rewatch = true;
+                        }
+                        if rewatch {
+                            rewatch = false;
+                            match self.rewatch(b).await {
+                                Some(w) => watches = w,
+                                None => buckets = None,
+                            }
                         }
                     }
                 }
             }
         }
-        // Shutdown: one bounded attempt at what is spooled; the rest waits for next start.
+        self.finish(buckets.as_ref(), client).await;
+    }
+
+    /// Shutdown: one bounded attempt at what is spooled; the rest waits for next start.
+    async fn finish(mut self, buckets: Option<&Buckets>, client: Option<async_nats::Client>) {
         while let Ok(r) = self.rx.try_recv() {
             self.append(&[r]);
         }
-        if let Some(b) = &buckets {
+        if let Some(b) = buckets {
             let _ = tokio::time::timeout(Duration::from_secs(3), self.drain(b)).await;
         }
         if let Some(client) = client {
@@ -222,6 +248,22 @@ impl Link {
         v.connected = up;
         if up {
             v.stats.last_error = None;
+        }
+    }
+
+    /// New watches over the open buckets, the view rebuilt from what they deliver.
+    async fn rewatch(&mut self, b: &Buckets) -> Option<Watches> {
+        match watch(b).await {
+            Ok(w) => {
+                self.clear_view();
+                self.seen_rev.clear();
+                self.last_checked.clear();
+                Some(w)
+            }
+            Err(e) => {
+                self.set_error(e);
+                None
+            }
         }
     }
 
@@ -291,15 +333,9 @@ impl Link {
         })
         .await
         .map_err(|e| format!("stream {ALERT_STREAM}: {e}"))?;
-        let mut watches = Watches::new();
-        for (bucket, store) in &kvs {
-            let w = store
-                .watch_with_history(">")
-                .await
-                .map_err(|e| format!("watching {bucket}: {e}"))?;
-            watches.insert(*bucket, Box::pin(w));
-        }
-        Ok((Buckets { kv: kvs, js }, watches))
+        let b = Buckets { kv: kvs, js };
+        let watches = watch(&b).await?;
+        Ok((b, watches))
     }
 
     /// Appends to the spool; a full spool drops, counts and reports.
@@ -572,6 +608,19 @@ impl Link {
         }
         true
     }
+}
+
+/// Watches every bucket from its current values on.
+async fn watch(b: &Buckets) -> Result<Watches, String> {
+    let mut watches = Watches::new();
+    for (bucket, store) in &b.kv {
+        let w = store
+            .watch_with_history(">")
+            .await
+            .map_err(|e| format!("watching {bucket}: {e}"))?;
+        watches.insert(*bucket, Box::pin(w));
+    }
+    Ok(watches)
 }
 
 /// One record to JetStream, waiting for its ack.
