@@ -171,8 +171,13 @@ impl Link {
                 _ = tick.tick() => {
                     let Some(client) = &client else { continue };
                     let up = client.connection_state() == async_nats::connection::State::Connected;
+                    // The bucket handles outlive a reconnect; only the watches are made
+                    // again once the connection is back.
+                    self.set_connected(up && buckets.is_some());
                     if !up {
-                        buckets = None;
+                        rewatch |= !watches.is_empty();
+                        watches = Watches::new();
+                        continue;
                     }
                     if buckets.is_none() {
                         watches = Watches::new();
@@ -182,11 +187,7 @@ impl Link {
                                 Ok((b, w)) => {
                                     tracing::info!(host = %self.host, "fleet: buckets open and watched");
                                     rewatch = false;
-                                    // The watches deliver every current value again: the
-                                    // view becomes exactly what the cluster holds.
-                                    self.clear_view();
-                                    self.seen_rev.clear();
-                                    self.last_checked.clear();
+                                    self.reset_view();
                                     buckets = Some(b);
                                     watches = w;
                                     self.set_connected(true);
@@ -255,9 +256,7 @@ impl Link {
     async fn rewatch(&mut self, b: &Buckets) -> Option<Watches> {
         match watch(b).await {
             Ok(w) => {
-                self.clear_view();
-                self.seen_rev.clear();
-                self.last_checked.clear();
+                self.reset_view();
                 Some(w)
             }
             Err(e) => {
@@ -265,6 +264,14 @@ impl Link {
                 None
             }
         }
+    }
+
+    /// New watches deliver every current value again: the view becomes exactly what the
+    /// cluster holds.
+    fn reset_view(&mut self) {
+        self.clear_view();
+        self.seen_rev.clear();
+        self.last_checked.clear();
     }
 
     fn clear_view(&self) {
