@@ -121,6 +121,9 @@ pub struct Config {
     /// Serve Prometheus metrics (`/metrics`) on this TCP address. Off when absent; read at
     /// start.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Joining a fleet (`[fleet]`): credential sightings, presence, alerts and
+    /// revocations shared on NATS JetStream. Absent: this host stands alone.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// `[dns]`: how long a name the agent resolved stays attached to its addresses.
@@ -182,6 +185,7 @@ impl Default for Config {
             audit_retention: AuditRetention::default(),
             service_domains: std::collections::BTreeMap::new(),
             metrics_listen: None,
+            fleet: None,
         }
     }
 }
@@ -251,6 +255,9 @@ impl Config {
             return Err(format!("watch_cgroups: {e}"));
         }
         crate::detect::rules::ServiceDomains::with_overrides(&self.service_domains)?;
+        if let Some(fleet) = &self.fleet {
+            fleet.validate(self.fleet_key_file.is_some())?;
+        }
         if self.retention.max_size_mb == 0 {
             return Err("retention.max_size_mb: must be at least 1".into());
         }
@@ -409,6 +416,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 1: invalid socket address"), "{e}");
+    }
+
+    #[test]
+    fn fleet_needs_the_fleet_key() {
+        let e = parse("[fleet]\nservers = [\"nats://127.0.0.1:4222\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[fleet] needs fleet_key_file"), "{e}");
+        let c = parse(
+            "fleet_key_file = \"/etc/agentid/fleet.key\"\n[fleet]\nservers = [\"nats://127.0.0.1:4222\"]\nhost = \"web-1\"\nheartbeat = \"2s\"\n",
+        )
+        .unwrap();
+        let f = c.fleet.unwrap();
+        assert_eq!(f.host_name(), "web-1");
+        assert_eq!(f.heartbeat, Duration::from_secs(2));
+        assert_eq!(f.replicas, 1);
+        let e =
+            parse("fleet_key_file = \"/k\"\n[fleet]\nservers = [\"nats://h:1\"]\nhost = \"a.b\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("fleet.host"), "{e}");
+        assert!(parse("").unwrap().fleet.is_none());
     }
 
     #[test]

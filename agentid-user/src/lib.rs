@@ -29,6 +29,7 @@ pub mod detect;
 pub mod dns;
 pub mod enforce;
 pub mod event;
+pub mod fleet;
 pub mod health;
 pub mod identity;
 pub mod keyfile;

@@ -194,6 +194,8 @@ pub struct Shared {
     pub tls_targets: RwLock<Vec<crate::sensor::TlsTarget>>,
     /// The agents the kernel enforces, as last applied.
     pub enforced: RwLock<Vec<crate::api::types::EnforcedAgent>>,
+    /// The fleet link, with `[fleet]` (set once at start).
+    pub fleet: OnceLock<crate::fleet::Fleet>,
 }
 
 impl Shared {
@@ -231,6 +233,7 @@ impl Shared {
             probes,
             tls_targets: RwLock::new(Vec::new()),
             enforced: RwLock::new(Vec::new()),
+            fleet: OnceLock::new(),
         }
     }
 

@@ -15,6 +15,7 @@
 )]
 pub mod daemon;
 pub mod fuzz;
+pub mod nats;
 pub mod trace;
 
 use std::{

@@ -12,10 +12,13 @@
 //! - `/v1/alerts?agent=&rule=&since=&limit=&follow=true` (NDJSON when following)
 //! - `/v1/credentials?agent=`
 //! - `POST /v1/credentials/revoke?fingerprint=KIND:HEX` (a 12+ hex prefix is enough)
+//! - `/v1/fleet/hosts`, `/v1/fleet/agents`, `/v1/fleet/credentials?fingerprint=`,
+//!   `/v1/fleet/alerts`, `/v1/fleet/revocations` (with `[fleet]`)
 //!
 //! `since` is nanoseconds since the epoch (the CLI turns `10m`/RFC 3339 into it).
 //! Errors: `{"error": "..."}` with 400 (bad request), 403, 404 or 500.
 //! Every request and answer is a type in [`types`], shared with the CLI.
+mod fleet;
 pub mod peer;
 mod routes;
 pub mod types;
@@ -34,6 +37,7 @@ use tokio::{net::UnixListener, task::JoinHandle};
 
 use crate::state::Shared;
 
+pub use fleet::{FleetHost, LinkState};
 pub use peer::Peer;
 
 /// An API error as the client sees it.

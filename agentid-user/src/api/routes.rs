@@ -37,6 +37,11 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/v1/alerts", get(alerts))
         .route("/v1/credentials", get(credentials))
         .route("/v1/credentials/revoke", axum::routing::post(revoke))
+        .route("/v1/fleet/hosts", get(super::fleet::hosts))
+        .route("/v1/fleet/agents", get(super::fleet::agents))
+        .route("/v1/fleet/credentials", get(super::fleet::credentials))
+        .route("/v1/fleet/alerts", get(super::fleet::alerts))
+        .route("/v1/fleet/revocations", get(super::fleet::revocations))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
 }
 
@@ -287,6 +292,7 @@ async fn credentials(
 
 async fn revoke(
     State(s): Shr,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<super::Peer>,
     q: Result<Query<RevokeParams>, QueryRejection>,
 ) -> Result<Json<types::Revoked>, ApiError> {
     let Query(p) = q.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
@@ -298,6 +304,19 @@ async fn revoke(
         .lock()
         .map_err(|_| internal("detector lock poisoned"))?
         .revoke(prefix);
+    if let Some(f) = s.fleet.get() {
+        // To every host's detector through the watched bucket; shown with who and where.
+        let r = crate::fleet::Revocation {
+            prefix: p.fingerprint.trim().to_owned(),
+            by: format!("uid {}", peer.uid),
+            host: f.host().to_owned(),
+            time_ms: crate::fleet::records::now_ms(),
+        };
+        let key = r.prefix.rsplit(':').next().unwrap_or_default().to_owned();
+        if let Some(o) = crate::fleet::Outgoing::kv(crate::fleet::records::REVOCATIONS, key, &r) {
+            f.submit(o);
+        }
+    }
     Ok(Json(types::Revoked {
         revoked: p.fingerprint,
     }))

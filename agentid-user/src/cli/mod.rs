@@ -1,6 +1,7 @@
 //! Command implementations behind `agentid`'s subcommands.
 pub mod audit;
 pub mod client;
+pub mod fleet;
 pub mod query;
 pub mod rules;
 pub mod trace;

@@ -89,6 +89,12 @@ pub enum QueryCommand {
         #[command(subcommand)]
         action: Option<CredentialsAction>,
     },
+    /// The fleet as this host hears it (with `[fleet]`): hosts, agents, credentials,
+    /// fleet alerts, revocations.
+    Fleet {
+        #[command(subcommand)]
+        what: super::fleet::FleetCommand,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -130,7 +136,7 @@ pub fn parse_since(s: &str) -> anyhow::Result<u64> {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
 }
 
-fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub(super) fn query(pairs: &[(&str, Option<String>)]) -> String {
     let mut q = String::new();
     for (k, v) in pairs {
         if let Some(v) = v {
@@ -169,7 +175,7 @@ fn typed<T: DeserializeOwned>(v: Value) -> anyhow::Result<T> {
 }
 
 /// `GET path`: with `--json` the answer as the daemon sent it; otherwise a table.
-async fn show<T: DeserializeOwned>(
+pub(super) async fn show<T: DeserializeOwned>(
     client: &Client,
     path: &str,
     json: bool,
@@ -247,6 +253,7 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             let path = format!("/v1/credentials{}", query(&[("agent", agent)]));
             show(client, &path, json, print_credentials).await
         }
+        QueryCommand::Fleet { what } => super::fleet::run(client, what, json).await,
     }
 }
 
@@ -355,7 +362,7 @@ fn print_lines<T>(items: &[T], line: fn(&T) -> String) -> anyhow::Result<()> {
 
 /// Text from the daemon with control characters shown as `?` (a hostile process name
 /// must not drive the terminal).
-fn clean(s: &str) -> String {
+pub(super) fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()

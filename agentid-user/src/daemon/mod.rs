@@ -4,6 +4,7 @@
 //! from shared state; signals: SIGTERM/SIGINT stop (detach, flush, exit 0), SIGHUP
 //! reloads the configuration's registry. The agents directory is also polled for changes.
 mod alerts;
+mod fleet;
 mod heartbeat;
 mod lock;
 mod pinned;
@@ -82,6 +83,9 @@ struct Daemon {
     last_loss_alert: HashMap<String, Instant>,
     /// The last pulse in `STATE/daemon.run`, marked clean at the end of a clean stop.
     heartbeat: heartbeat::Heartbeat,
+    /// What the fleet link reports (with `[fleet]`), and when presence was last sent.
+    fleet_notices: Option<mpsc::Receiver<crate::fleet::Notice>>,
+    last_presence: Instant,
     signals: Signals,
     /// Held for the daemon's life: one daemon per state directory.
     _state_lock: lock::StateLock,
@@ -171,6 +175,7 @@ impl Daemon {
         ));
         let _ = shared.store_writer.set(writer.clone());
         set_tls_targets(&shared, sensor.tls_targets());
+        let fleet_notices = fleet::start(config, &shared, &registry)?;
         let sink_drops = start_outputs(config, &shared, &writer)?;
         let drops_now: u64 = sensor.drops().unwrap_or_default().iter().sum();
         pinned::report_start(&shared, sensor.origin(), drops_now, unclean.as_ref());
@@ -216,6 +221,8 @@ impl Daemon {
             sink_drops,
             last_loss_alert: HashMap::new(),
             heartbeat,
+            fleet_notices,
+            last_presence: Instant::now(),
             signals,
             _state_lock: state_lock,
         };
@@ -235,6 +242,10 @@ impl Daemon {
                 _ = ticker.tick() => self.on_tick(),
                 _ = self.signals.hup.recv() => self.on_reload(),
                 Some(notice) = self.sink_drops.recv() => self.on_sink_loss(&notice),
+                Some(notice) = fleet::next(&mut self.fleet_notices) => match notice {
+                    crate::fleet::Notice::Loss(loss) => self.on_sink_loss(&loss),
+                    other => fleet::on_notice(&self.shared, other),
+                },
                 _ = self.signals.term.recv() => return Ok(()),
                 _ = self.signals.int.recv() => return Ok(()),
             }
@@ -294,6 +305,12 @@ impl Daemon {
                 .store(size, Ordering::Relaxed);
         }
         alerts::check_drops(shared, &drops);
+        if let Some(f) = shared.fleet.get()
+            && self.last_presence.elapsed() >= f.heartbeat()
+        {
+            self.last_presence = Instant::now();
+            f.publish_presence(crate::fleet::presence::collect(&shared.view(), f.host()));
+        }
         alerts::flush_updates(shared);
         shared.rates.sample(shared.counters.received());
         if self.last_poll.elapsed() >= REGISTRY_POLL {
@@ -369,6 +386,9 @@ impl Daemon {
         let outputs = lock(&self.shared.outputs).take();
         if let Some(outputs) = outputs {
             outputs.close().await;
+        }
+        if let Some(f) = self.shared.fleet.get() {
+            f.close().await;
         }
         let _ = std::fs::remove_file(&self.socket);
         self.writer.flush().context("flushing the store")?;
@@ -522,7 +542,7 @@ fn start_outputs(
         audit: Some(Arc::clone(&audit.stats)),
         sinks: sinks.monitor(),
     });
-    *lock(&shared.outputs) = Some(Fanout::new(vec![
+    let mut outputs: Vec<Box<dyn crate::outputs::fanout::Output>> = vec![
         Box::new(StoreOutput(writer.clone())),
         Box::new(alerts_file),
         Box::new(AuditOutput(audit)),
@@ -534,7 +554,15 @@ fn start_outputs(
             events: shared.events.clone(),
             alerts: shared.alerts.clone(),
         }),
-    ]));
+    ];
+    if let Some(f) = shared.fleet.get() {
+        // Before the followers: whoever follows sees what the fleet was handed.
+        outputs.insert(
+            outputs.len() - 1,
+            Box::new(crate::fleet::FleetOutput::new(f.clone())),
+        );
+    }
+    *lock(&shared.outputs) = Some(Fanout::new(outputs));
     Ok(sink_drops)
 }
 
@@ -706,7 +734,11 @@ fn reload_registry(shared: &Shared, dir: &Path) {
     if let Ok(mut d) = shared.detector.lock() {
         d.set_registry(&new);
     }
-    pipeline.set_registry(Arc::new(new));
+    let new = Arc::new(new);
+    if let Some(f) = shared.fleet.get() {
+        f.set_registry(Arc::clone(&new));
+    }
+    pipeline.set_registry(new);
 }
 
 fn reload_config(shared: &Shared, path: Option<&Path>) {

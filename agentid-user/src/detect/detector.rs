@@ -135,4 +135,29 @@ impl Detector {
         self.book.take_raised();
         alert
     }
+
+    /// Raises (or updates) the fleet's `credential-reuse` this host claimed.
+    pub fn fleet_reuse(
+        &mut self,
+        fingerprint: &str,
+        holders: &[(String, String)],
+        now: SystemTime,
+    ) -> Alert {
+        let alert = rules::fleet_reuse(&mut self.book, fingerprint, holders, now);
+        self.book.take_raised();
+        alert
+    }
+
+    /// Raises (or updates) `identity-sprawl` this host claimed.
+    pub fn identity_sprawl(
+        &mut self,
+        agent: &str,
+        holders: &[(String, String)],
+        reason: &str,
+        now: SystemTime,
+    ) -> Alert {
+        let alert = rules::identity_sprawl(&mut self.book, agent, holders, reason, now);
+        self.book.take_raised();
+        alert
+    }
 }

@@ -15,6 +15,8 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialSighting {
     pub fingerprint: String,
+    /// The whole HMAC, hex: what fleet hosts compare.
+    pub hmac: String,
     pub kind: String,
     pub agent: Principal,
     pub source: String,
@@ -103,6 +105,7 @@ impl Sightings {
         let label = source_label(&o.source);
         let sighting = CredentialSighting {
             fingerprint: o.fingerprint.to_string(),
+            hmac: o.fingerprint.full_hex(),
             kind: o.kind.to_string(),
             agent: principal.clone(),
             source: label.clone(),

@@ -59,6 +59,8 @@ struct RawPolicy {
     accepts_delegation_from: Vec<Spanned<String>>,
     #[serde(default)]
     enforce: bool,
+    max_hosts: Option<usize>,
+    hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -358,9 +360,13 @@ fn check_policy(ck: &mut Checker<'_>, raw: &RawPolicy) -> Policy {
         credential_max_age,
         accepts_delegation_from,
         enforce,
+        max_hosts,
+        hosts,
     } = raw;
     Policy {
         enforce: *enforce,
+        max_hosts: *max_hosts,
+        hosts: hosts.as_ref().and_then(|h| ck.globs(h, "agent.policy.hosts")),
         egress: egress.as_ref().map(|rules| {
             rules
                 .iter()

@@ -343,6 +343,10 @@ pub struct Policy {
     /// `enforce = true`: `egress` and `tools` are enforced in the kernel (a connect or send
     /// outside fails with `EPERM`, an exec outside is killed), not only alerted on.
     pub enforce: bool,
+    /// Fleet hosts this agent may be live on at once (`identity-sprawl`).
+    pub max_hosts: Option<usize>,
+    /// Fleet host names (globs) this agent may run on (`identity-sprawl`).
+    pub hosts: Option<GlobList>,
 }
 
 impl Policy {

@@ -42,3 +42,52 @@ impl Rule for CredentialReuse {
         book.raise(draft);
     }
 }
+
+/// The fleet's `credential-reuse`: one fingerprint under two agents on two hosts, raised
+/// by the host that claimed the incident in the fleet. `holders`: (agent, host) pairs.
+pub fn fleet_reuse(
+    book: &mut Incidents,
+    fingerprint: &str,
+    holders: &[(String, String)],
+    now: std::time::SystemTime,
+) -> crate::detect::Alert {
+    let named: Vec<String> = holders
+        .iter()
+        .map(|(agent, host)| format!("{agent} on {host}"))
+        .collect();
+    let mut draft = AlertDraft::new(
+        &CREDENTIAL_REUSE,
+        &["fleet", fingerprint],
+        now,
+        format!("Credential used by {} agents across hosts", holders.len()),
+        format!("{fingerprint} was used by {}", named.join(" and ")),
+    );
+    draft.agents = fleet_agents(holders);
+    draft.evidence.credential = Some(crate::detect::CredentialEvidence {
+        fingerprint: fingerprint.to_owned(),
+        kind: fingerprint
+            .split_once(':')
+            .map_or_else(String::new, |(k, _)| k.to_owned()),
+        seen_as: named,
+    });
+    book.raise(draft)
+}
+
+/// Agents of a fleet alert, known by id only (their registrations live on other hosts).
+pub(super) fn fleet_agents(holders: &[(String, String)]) -> Vec<AlertAgent> {
+    let mut ids: Vec<&str> = holders.iter().map(|(a, _)| a.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .map(|id| AlertAgent {
+            id: crate::identity::SpiffeId::parse(id).map_or(
+                crate::detect::Principal::Unregistered,
+                crate::detect::Principal::Agent,
+            ),
+            name: None,
+            owner: None,
+            environment: None,
+            session: None,
+        })
+        .collect()
+}

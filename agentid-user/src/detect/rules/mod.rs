@@ -51,6 +51,7 @@ mod delivery_loss;
 mod egress_violation;
 mod human_privilege;
 mod identity_escape;
+mod identity_sprawl;
 mod raw_socket;
 mod shadow_agent;
 mod telemetry_gap;
@@ -59,13 +60,14 @@ mod undeclared_delegation;
 
 pub use ambiguous_identity::{AMBIGUOUS_IDENTITY, AmbiguousIdentity};
 pub use credential_misdirected::{CREDENTIAL_MISDIRECTED, CredentialMisdirected, ServiceDomains};
-pub use credential_reuse::{CREDENTIAL_REUSE, CredentialReuse};
+pub use credential_reuse::{CREDENTIAL_REUSE, CredentialReuse, fleet_reuse};
 pub use credential_scan_incomplete::{CREDENTIAL_SCAN_INCOMPLETE, CredentialScanIncomplete};
 pub use credential_stale::{CREDENTIAL_STALE, CredentialStale};
 pub use delivery_loss::{DELIVERY_LOSS, DeliveryLoss, delivery_loss};
 pub use egress_violation::{EGRESS_VIOLATION, EgressViolation};
 pub use human_privilege::{HUMAN_PRIVILEGE, HumanPrivilege};
 pub use identity_escape::{IDENTITY_ESCAPE, IdentityEscape};
+pub use identity_sprawl::{IDENTITY_SPRAWL, IdentitySprawl, identity_sprawl, sprawl_reason};
 pub use raw_socket::{RAW_SOCKET, RawSocket};
 pub use shadow_agent::{SHADOW_AGENT, ShadowAgent};
 pub use telemetry_gap::{DownLoss, TELEMETRY_GAP, TelemetryGap};
@@ -111,7 +113,7 @@ pub trait Described {
 }
 
 /// Every rule, in the README's order.
-pub const CATALOGUE: [&RuleInfo; 14] = [
+pub const CATALOGUE: [&RuleInfo; 15] = [
     &CREDENTIAL_REUSE,
     &CREDENTIAL_STALE,
     &CREDENTIAL_MISDIRECTED,
@@ -126,6 +128,7 @@ pub const CATALOGUE: [&RuleInfo; 14] = [
     &TOOL_VIOLATION,
     &TELEMETRY_GAP,
     &DELIVERY_LOSS,
+    &IDENTITY_SPRAWL,
 ];
 
 /// Looks a rule up by id.
