@@ -139,24 +139,7 @@ impl Daemon {
             pin_dir: config.pin_path(),
             ..SensorOptions::default()
         })?;
-        let enforcing: Vec<String> = registry
-            .agents()
-            .iter()
-            .filter(|a| a.policy.enforce)
-            .map(|a| a.id.to_string())
-            .collect();
-        if !enforcing.is_empty() && sensor.origin() == crate::sensor::Origin::Unpinned {
-            // Enforcement that a kill of the daemon would lift is not enforcement.
-            anyhow::bail!(
-                "{} registered with enforce = true, but the probes are not pinned ({}): enforcement must outlive the daemon; mount bpffs on /sys/fs/bpf and keep pin = true",
-                enforcing.join(", "),
-                if config.pin {
-                    "the kernel or bpffs cannot pin them, see the warning above"
-                } else {
-                    "pin = false"
-                }
-            );
-        }
+        refuse_unpinned_enforcement(config, &registry, &sensor)?;
         let seeded = pipeline.seed();
         tracing::info!(
             processes = seeded,
@@ -188,15 +171,7 @@ impl Daemon {
             hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
         };
         // Before the API: a test (or an operator) that saw the API answer may scrape.
-        let metrics = match config.metrics_listen {
-            Some(addr) => {
-                // The fleet's gauges (connection, spool) join here as `metrics::Extra`s.
-                let server = crate::metrics::serve(Arc::clone(&shared), addr, Vec::new())?;
-                tracing::info!(%addr, "metrics listening on http://{addr}/metrics");
-                Some(server)
-            }
-            None => None,
-        };
+        let metrics = start_metrics(config, &shared)?;
         let api = crate::api::serve(Arc::clone(&shared))?;
         tracing::info!(socket = %config.socket.display(), "API listening");
         let mut daemon = Self {
@@ -481,6 +456,46 @@ impl Daemon {
         }
         self.enforced = Some(state);
     }
+}
+
+/// Enforcement that a kill of the daemon would lift is not enforcement: with an agent
+/// registered `enforce = true`, the probes must be pinned.
+fn refuse_unpinned_enforcement(
+    config: &Config,
+    registry: &crate::identity::Registry,
+    sensor: &Sensor,
+) -> anyhow::Result<()> {
+    let enforcing: Vec<String> = registry
+        .agents()
+        .iter()
+        .filter(|a| a.policy.enforce)
+        .map(|a| a.id.to_string())
+        .collect();
+    if !enforcing.is_empty() && sensor.origin() == crate::sensor::Origin::Unpinned {
+        anyhow::bail!(
+            "{} registered with enforce = true, but the probes are not pinned ({}): enforcement must outlive the daemon; mount bpffs on /sys/fs/bpf and keep pin = true",
+            enforcing.join(", "),
+            if config.pin {
+                "the kernel or bpffs cannot pin them, see the warning above"
+            } else {
+                "pin = false"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The Prometheus endpoint, with `metrics_listen`.
+fn start_metrics(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<Option<JoinHandle<()>>> {
+    Ok(match config.metrics_listen {
+        Some(addr) => {
+            // The fleet's gauges (connection, spool) join here as `metrics::Extra`s.
+            let server = crate::metrics::serve(Arc::clone(shared), addr, Vec::new())?;
+            tracing::info!(%addr, "metrics listening on http://{addr}/metrics");
+            Some(server)
+        }
+        None => None,
+    })
 }
 
 /// A fresh machine has no agents directory yet: an empty registry, not an error.
