@@ -118,6 +118,35 @@ pub struct Config {
     /// credential kind (`openai`, `github`, ...) → domains, replacing that kind's
     /// built-in list.
     pub service_domains: std::collections::BTreeMap<String, Vec<String>>,
+    /// The SPIFFE Workload API issuing per-session JWT-SVIDs (`[issuer]`), off by default.
+    pub issuer: Issuer,
+}
+
+/// `[issuer]`: per-session JWT-SVIDs for registered agents on a Workload API socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Issuer {
+    pub enabled: bool,
+    /// The Workload API socket (mode 0666: the kernel's attestation is the authorisation).
+    pub socket: PathBuf,
+    /// A token's lifetime at most (and never past its session's end).
+    #[serde(with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    /// Audiences a token may be minted for; empty: any.
+    pub audiences: Vec<String>,
+}
+
+pub const DEFAULT_WORKLOAD_SOCKET: &str = "/run/agentid/workload.sock";
+
+impl Default for Issuer {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            socket: PathBuf::from(DEFAULT_WORKLOAD_SOCKET),
+            ttl: Duration::from_mins(5),
+            audiences: Vec::new(),
+        }
+    }
 }
 
 /// `[dns]`: how long a name the agent resolved stays attached to its addresses.
@@ -171,6 +200,7 @@ impl Default for Config {
             pin_dir: None,
             audit_retention: AuditRetention::default(),
             service_domains: std::collections::BTreeMap::new(),
+            issuer: Issuer::default(),
         }
     }
 }

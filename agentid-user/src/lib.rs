@@ -30,6 +30,7 @@ pub mod dns;
 pub mod event;
 pub mod health;
 pub mod identity;
+pub mod issuer;
 pub mod keyfile;
 pub mod outputs;
 pub mod pipeline;

@@ -163,6 +163,8 @@ pub struct Shared {
     pub probes: Vec<&'static str>,
     /// The files the TLS request probes are attached to (or failed on), for `status`.
     pub tls_targets: RwLock<Vec<crate::sensor::TlsTarget>>,
+    /// The Workload API issuer, when `[issuer]` is on (set once it serves).
+    pub issuer: OnceLock<Arc<crate::issuer::Issuer>>,
 }
 
 impl Shared {
@@ -199,6 +201,7 @@ impl Shared {
             alerts,
             probes,
             tls_targets: RwLock::new(Vec::new()),
+            issuer: OnceLock::new(),
         }
     }
 

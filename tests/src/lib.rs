@@ -17,6 +17,9 @@ pub mod daemon;
 pub mod fuzz;
 pub mod trace;
 
+// The Workload API client of the workload binary and the issuer tests, not the harness's.
+use spiffe as _;
+
 use std::{
     fs,
     io::Write,

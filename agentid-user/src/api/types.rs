@@ -68,6 +68,9 @@ pub struct Status {
     /// Files the TLS request probes are attached to, or failed on (with the reason).
     #[serde(default)]
     pub tls: Vec<crate::sensor::TlsTarget>,
+    /// The Workload API issuer (`null`: `[issuer]` is off).
+    #[serde(default)]
+    pub issuer: Option<crate::issuer::IssuerStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

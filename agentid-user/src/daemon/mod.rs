@@ -62,6 +62,8 @@ struct Daemon {
     writer: Writer,
     sensor: Sensor,
     api: JoinHandle<()>,
+    /// The Workload API server and its key reaper (none when `[issuer]` is off).
+    issuer: Vec<JoinHandle<()>>,
     /// The socket bound at start (a reload does not move it).
     socket: PathBuf,
     config_path: Option<PathBuf>,
@@ -152,12 +154,20 @@ impl Daemon {
             hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
         };
         let api = crate::api::serve(Arc::clone(&shared))?;
+        let issuer = match crate::issuer::serve(&shared).context("the Workload API")? {
+            Some(crate::issuer::service::Serving { issuer, tasks }) => {
+                let _ = shared.issuer.set(issuer);
+                tasks
+            }
+            None => Vec::new(),
+        };
         tracing::info!(socket = %config.socket.display(), "API listening");
         let mut daemon = Self {
             shared,
             writer,
             sensor,
             api,
+            issuer,
             socket: config.socket.clone(),
             config_path,
             batch: Vec::new(),
@@ -291,6 +301,12 @@ impl Daemon {
         self.sensor.unpin();
         drop(self.sensor);
         self.api.abort();
+        for task in &self.issuer {
+            task.abort();
+        }
+        if let Some(issuer) = self.shared.issuer.get() {
+            let _ = std::fs::remove_file(&issuer.socket);
+        }
         let outputs = lock(&self.shared.outputs).take();
         if let Some(outputs) = outputs {
             outputs.close().await;

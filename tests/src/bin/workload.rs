@@ -20,6 +20,10 @@
 //!   cycles as in `storm`, 4 unconnected UDP sends to UDP — an agent-like mix
 //! - `rate UDP PER_S SECS`  about `PER_S` events a second for `SECS` seconds: 80% UDP sends,
 //!   20% connect cycles, and 50 execs of `/bin/true` a second
+//! - `jwt-fetch AUD [ID]`   with the `spiffe` crate's Workload API client
+//!   (`SPIFFE_ENDPOINT_SOCKET`): fetch a JWT-SVID for AUD (as ID if given) and the JWT
+//!   bundle, validate the token against the bundle, print `{"token":…}` (or
+//!   `{"error":…}`), then hold until stdin closes
 //! - `hold N`               fork N children that sleep forever, print `ready`, then wait
 //!   for stdin to close (the caller kills the children)
 #![expect(
@@ -245,6 +249,22 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             rate(udp, per_s, Duration::from_secs(secs))?;
             Ok(0)
         }
+        "jwt-fetch" => {
+            let aud = arg(1)?.clone();
+            let id = args.get(2).cloned();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let line = match rt.block_on(jwt_fetch(&aud, id.as_deref())) {
+                Ok(token) => serde_json::json!({ "token": token }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            println!("{line}");
+            std::io::stdout().flush()?;
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)?;
+            Ok(0)
+        }
         "hold" => {
             let n: u32 = arg(1)?.parse()?;
             for _ in 0..n {
@@ -323,4 +343,14 @@ fn rate(udp: SocketAddr, per_s: u32, length: Duration) -> Result<(), Box<dyn std
     }
     println!("{done} {execs}");
     Ok(())
+}
+
+/// A JWT-SVID for `aud` from the Workload API, checked against the bundle it serves.
+async fn jwt_fetch(aud: &str, id: Option<&str>) -> Result<String, Box<dyn std::error::Error>> {
+    let client = spiffe::WorkloadApiClient::connect_env().await?;
+    let id = id.map(str::parse::<spiffe::SpiffeId>).transpose()?;
+    let svid = client.fetch_jwt_svid([aud], id.as_ref()).await?;
+    let bundles = client.fetch_jwt_bundles().await?;
+    spiffe::JwtSvid::parse_and_validate(svid.token(), &bundles, &[aud])?;
+    Ok(svid.token().to_owned())
 }

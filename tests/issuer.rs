@@ -1,0 +1,265 @@
+//! The issuer (`[issuer]`): a real daemon serves the SPIFFE Workload API, and a client
+//! nobody here wrote (the `spiffe` crate) fetches, validates and follows what it serves
+//! from real processes in real cgroups, attested from the kernel.
+#![expect(clippy::expect_used, reason = "a failed step is a failed test")]
+#![expect(
+    unused_crate_dependencies,
+    reason = "this package's targets share one dependency list and each test file uses a few of it"
+)]
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use agentid_tests::{
+    TestCgroup,
+    daemon::{Daemon, registration},
+};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde_json::Value;
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_agentid-workload");
+
+fn agent_id(name: &str) -> String {
+    format!("spiffe://test.example/agent/{name}")
+}
+
+/// A daemon with the issuer on, on a socket in the test's directory.
+fn issuer_daemon(test: &str, agents: &[(&str, &TestCgroup)]) -> Option<(Daemon, PathBuf)> {
+    let dir = Daemon::dir(test);
+    let sock = dir.join("workload.sock");
+    let config = dir.join("agentid.toml");
+    let mut toml = std::fs::read_to_string(&config).expect("config");
+    writeln!(
+        toml,
+        "\n[issuer]\nenabled = true\nsocket = \"{}\"\nttl = \"5m\"",
+        sock.display()
+    )
+    .expect("format");
+    std::fs::write(&config, toml).expect("config");
+    for (name, cg) in agents {
+        std::fs::write(
+            dir.join("agents").join(format!("{name}.toml")),
+            registration(name, cg),
+        )
+        .expect("registration");
+    }
+    Daemon::start(&dir).map(|d| (d, sock))
+}
+
+/// A `jwt-fetch` workload; killed when dropped, however the test ends.
+struct Fetcher {
+    child: Child,
+    line: Value,
+}
+
+impl Fetcher {
+    fn run(cg: &TestCgroup, sock: &Path, aud: &str, as_id: Option<&str>) -> Self {
+        let mut cmd = cg.command(WORKLOAD);
+        cmd.arg("jwt-fetch").arg(aud);
+        if let Some(id) = as_id {
+            cmd.arg(id);
+        }
+        let mut child = cmd
+            .env(
+                "SPIFFE_ENDPOINT_SOCKET",
+                format!("unix://{}", sock.display()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let stdout = child.stdout.take().expect("stdout");
+        // The line is printed once the client is done (its own timeouts bound it); a
+        // reader thread with a deadline keeps a stuck client from hanging the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_mins(1))
+            .expect("the workload printed nothing within 60 s");
+        let line =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("workload output {line:?}: {e}"));
+        Self { child, line }
+    }
+
+    fn token(&self) -> &str {
+        self.line["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {}", self.line))
+    }
+
+    /// Closes its stdin: the workload (the session's root) exits.
+    fn end(mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "the workload did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a JWS has a payload");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON")
+}
+
+fn kid(token: &str) -> String {
+    let header = token.split('.').next().expect("header");
+    let h: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url")).expect("JSON");
+    h["kid"].as_str().expect("kid").to_owned()
+}
+
+fn client(rt: &tokio::runtime::Runtime, sock: &Path) -> spiffe::WorkloadApiClient {
+    rt.block_on(spiffe::WorkloadApiClient::connect_to(format!(
+        "unix://{}",
+        sock.display()
+    )))
+    .expect("connect to the Workload API")
+}
+
+fn bundle_has(rt: &tokio::runtime::Runtime, c: &spiffe::WorkloadApiClient, kid: &str) -> bool {
+    let set = rt.block_on(c.fetch_jwt_bundles()).expect("bundles");
+    let td: spiffe::TrustDomain = "test.example".parse().expect("td");
+    set.get(&td)
+        .is_some_and(|b| b.find_jwt_authority(kid).is_some())
+}
+
+/// A registered agent's process gets a token that the `spiffe` crate validates against
+/// the bundle; its claims are the attested identity. When the session's root exits the
+/// key leaves the bundle and the token stops validating, on the server and locally.
+/// An unregistered caller and a caller asking for another agent's identity are refused.
+#[test]
+fn a_session_gets_a_token_that_dies_with_it() {
+    let cg_a = TestCgroup::new("iss-a");
+    let cg_b = TestCgroup::new("iss-b");
+    let Some((d, sock)) = issuer_daemon("issuer-session", &[("iss-a", &cg_a), ("iss-b", &cg_b)])
+    else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let fetcher = Fetcher::run(&cg_a, &sock, "db.example", None);
+    let token = fetcher.token().to_owned();
+    let c = claims(&token);
+    assert_eq!(c["sub"], agent_id("iss-a"), "{c}");
+    assert_eq!(c["aud"], serde_json::json!(["db.example"]), "{c}");
+    let (iat, exp) = (
+        c["iat"].as_u64().expect("iat"),
+        c["exp"].as_u64().expect("exp"),
+    );
+    assert!(exp > iat && exp - iat <= 300, "exp {exp} iat {iat}");
+    let session = c["sid"].as_str().expect("sid").to_owned();
+    assert!(session.starts_with("iss-a/"), "{c}");
+    assert_eq!(c["agentid.acting_for"], serde_json::json!([]), "{c}");
+    assert!(c["jti"].as_str().is_some_and(|j| j.len() >= 20), "{c}");
+
+    // Anyone may validate and read the bundle (the test process is no agent).
+    let validator = client(&rt, &sock);
+    let ok = rt
+        .block_on(validator.validate_jwt_token("db.example", &token))
+        .expect("ValidateJWTSVID accepts a live session's token");
+    assert_eq!(
+        ok.spiffe_id().to_string(),
+        agent_id("iss-a"),
+        "ValidateJWTSVID names the agent"
+    );
+    let kid = kid(&token);
+    assert!(
+        bundle_has(&rt, &validator, &kid),
+        "the key is in the bundle"
+    );
+
+    // Refused: the test process itself (unregistered), and B asking to be A.
+    let err = rt
+        .block_on(validator.fetch_jwt_svid(["db.example"], None))
+        .expect_err("an unregistered caller gets no token");
+    assert!(format!("{err:?}").contains("PermissionDenied"), "{err:?}");
+    let as_a = Fetcher::run(&cg_b, &sock, "db.example", Some(&agent_id("iss-a")));
+    let e = as_a.line["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("PermissionDenied") || e.contains("permission"),
+        "{}",
+        as_a.line
+    );
+    drop(as_a);
+
+    // The API lists the token by jti, never the token.
+    let tokens = d.cli_until(&["tokens"], |v| v.as_array().is_some_and(|a| !a.is_empty()));
+    assert_eq!(tokens[0]["jti"], c["jti"], "{tokens}");
+    assert_eq!(tokens[0]["state"], "live", "{tokens}");
+
+    // Session end: the root exits; the key leaves the bundle.
+    fetcher.end();
+    let ended = Instant::now();
+    let deadline = ended + Duration::from_secs(10);
+    while bundle_has(&rt, &validator, &kid) {
+        assert!(
+            Instant::now() < deadline,
+            "the ended session's key is still in the bundle after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "key left the bundle {:?} after the root exited",
+        ended.elapsed()
+    );
+    rt.block_on(validator.validate_jwt_token("db.example", &token))
+        .expect_err("ValidateJWTSVID refuses an ended session's token");
+    let fresh = rt.block_on(validator.fetch_jwt_bundles()).expect("bundles");
+    spiffe::JwtSvid::parse_and_validate(&token, &fresh, &["db.example"])
+        .expect_err("local validation against the fresh bundle fails");
+    let tokens = d.cli(&["tokens"]);
+    assert_eq!(tokens[0]["state"], "session-ended", "{tokens}");
+    let status = d.cli(&["status"]);
+    assert_eq!(status["issuer"]["retired_keys"], 1, "{status}");
+
+    // Canary: the token itself is nowhere the daemon writes or answers.
+    let dir = sock.parent().expect("dir").to_owned();
+    let secret = token.split('.').nth(2).expect("signature").to_owned();
+    let log = d.log_text();
+    assert!(!log.contains(&secret), "the token is in the daemon's log");
+    assert!(!tokens.to_string().contains(&secret));
+    assert!(!status.to_string().contains(&secret));
+    drop(d);
+    for file in walk(&dir) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the token is in {}",
+            file.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
