@@ -50,6 +50,28 @@ fn issuer_daemon(test: &str, agents: &[(&str, &TestCgroup)]) -> Option<(Daemon, 
     Daemon::start(&dir).map(|d| (d, sock))
 }
 
+const PY_FETCH: &str = r#"
+import json, sys, grpc
+# grpcio (>= 1.57) sends the socket path as the HTTP/2 `:authority`, which tonic's h2
+# refuses (PROTOCOL_ERROR); the standard channel option makes it `localhost`.
+_plain = grpc.insecure_channel
+grpc.insecure_channel = lambda target, options=None, compression=None: _plain(
+    target, options=list(options or []) + [("grpc.default_authority", "localhost")],
+    compression=compression)
+from spiffe import WorkloadApiClient, JwtSvid
+aud = sys.argv[1]
+try:
+    with WorkloadApiClient() as c:
+        svid = c.fetch_jwt_svid(audience={aud})
+        bundle = c.fetch_jwt_bundles().get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+        JwtSvid.parse_and_validate(svid.token, bundle, {aud})
+        checked = c.validate_jwt_svid(svid.token, aud)
+        print(json.dumps({"token": svid.token, "validated": str(checked.spiffe_id)}), flush=True)
+except Exception as e:
+    print(json.dumps({"error": repr(e)}), flush=True)
+sys.stdin.read()
+"#;
+
 /// A `jwt-fetch` workload; killed when dropped, however the test ends.
 struct Fetcher {
     child: Child,
@@ -63,6 +85,20 @@ impl Fetcher {
         if let Some(id) = as_id {
             cmd.arg(id);
         }
+        Self::spawn(cmd, sock)
+    }
+
+    /// py-spiffe (the `PyPI` `spiffe` package, from the venv `scripts/setup.sh` makes):
+    /// fetch, validate against the bundle, and ask the server to validate too.
+    fn python(cg: &TestCgroup, sock: &Path, aud: &str) -> Self {
+        let venv = std::env::var("AGENTID_SPIFFE_VENV")
+            .unwrap_or_else(|_| "/opt/agentid-spiffe-venv".into());
+        let mut cmd = cg.command(format!("{venv}/bin/python3"));
+        cmd.arg("-c").arg(PY_FETCH).arg(aud);
+        Self::spawn(cmd, sock)
+    }
+
+    fn spawn(mut cmd: std::process::Command, sock: &Path) -> Self {
         let mut child = cmd
             .env(
                 "SPIFFE_ENDPOINT_SOCKET",
@@ -262,4 +298,28 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// py-spiffe, a client generated from the published proto, fetches and validates a token
+/// for its agent (the interop check), and the token names that agent.
+#[test]
+fn py_spiffe_fetches_and_validates() {
+    let cg = TestCgroup::new("iss-py");
+    let Some((d, sock)) = issuer_daemon("issuer-py", &[("iss-py", &cg)]) else {
+        return;
+    };
+    let py = Fetcher::python(&cg, &sock, "api.example");
+    let token = py.token().to_owned();
+    assert_eq!(py.line["validated"], agent_id("iss-py"), "{}", py.line);
+    let c = claims(&token);
+    assert_eq!(c["sub"], agent_id("iss-py"), "{c}");
+    assert_eq!(c["aud"], serde_json::json!(["api.example"]), "{c}");
+    assert!(
+        c["sid"].as_str().is_some_and(|s| s.starts_with("iss-py/")),
+        "{c}"
+    );
+    py.end();
+    let dir = sock.parent().expect("dir").to_owned();
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
 }

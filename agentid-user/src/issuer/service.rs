@@ -31,7 +31,7 @@ const REAP_EVERY: Duration = Duration::from_millis(200);
 
 /// How long a caller not yet in the table (its exec still on its way through the
 /// pipeline) is waited for before it is refused.
-const CATCH_UP: Duration = Duration::from_secs(1);
+const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// A serving issuer: its state and its tasks (the server, the key reaper).
 #[derive(Debug)]
