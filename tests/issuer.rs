@@ -323,3 +323,34 @@ fn py_spiffe_fetches_and_validates() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The SPIRE pid-reuse attack: a process connects, hands the connection to a child and
+/// exits, so its pid may be anyone's; the child asks on the inherited connection while
+/// the session is still live. Refused: the connector is gone. A caller the test's own
+/// process (unregistered) is refused too (above); here the caller is an agent's process.
+#[test]
+fn a_connection_outliving_its_connector_gets_nothing() {
+    let cg = TestCgroup::new("iss-orphan");
+    let Some((d, sock)) = issuer_daemon("issuer-orphan", &[("iss-orphan", &cg)]) else {
+        return;
+    };
+    let mut cmd = cg.command(WORKLOAD);
+    cmd.arg("jwt-orphan").arg(&sock).arg("db.example");
+    let orphan = Fetcher::spawn(cmd, &sock);
+    assert_eq!(orphan.line["code"], "PermissionDenied", "{}", orphan.line);
+    let log = d.log_text();
+    assert!(
+        log.contains("is gone: its pid may be another process's now"),
+        "refused for the connector's exit, not for another reason:\n{log}"
+    );
+    orphan.end();
+    let tokens = d.cli(&["tokens"]);
+    assert_eq!(
+        tokens,
+        serde_json::json!([]),
+        "nothing was issued: {tokens}"
+    );
+    let dir = sock.parent().expect("dir").to_owned();
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

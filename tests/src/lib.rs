@@ -17,8 +17,10 @@ pub mod daemon;
 pub mod fuzz;
 pub mod trace;
 
-// The Workload API client of the workload binary and the issuer tests, not the harness's.
+// The Workload API clients of the workload binary and the issuer tests, not the harness's.
+use hyper_util as _;
 use spiffe as _;
+use tonic as _;
 
 use std::{
     fs,
