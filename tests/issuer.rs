@@ -276,6 +276,11 @@ fn a_session_gets_a_token_that_dies_with_it() {
     assert!(!tokens.to_string().contains(&secret));
     assert!(!status.to_string().contains(&secret));
     drop(d);
+    let jti = c["jti"].as_str().expect("jti");
+    let audited = walk(&dir.join("state").join("audit")).iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| t.contains("token-issued") && t.contains(jti))
+    });
+    assert!(audited, "no token-issued audit record with jti {jti}");
     for file in walk(&dir) {
         let bytes = std::fs::read(&file).unwrap_or_default();
         assert!(

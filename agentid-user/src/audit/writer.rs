@@ -20,6 +20,8 @@ use crate::{attribution::AttributedEvent, detect::Alert, health::WriteHealth, qu
 enum Record {
     Event(Box<AttributedEvent>),
     Alert(Box<Alert>),
+    /// Another record type (`token-issued`, ...) with its body.
+    Other(&'static str, serde_json::Value),
 }
 
 #[derive(Debug)]
@@ -46,6 +48,7 @@ impl std::fmt::Debug for Record {
         f.write_str(match self {
             Self::Event(_) => "Record::Event",
             Self::Alert(_) => "Record::Alert",
+            Self::Other(..) => "Record::Other",
         })
     }
 }
@@ -110,6 +113,7 @@ impl AuditWriter {
                     match rx.recv_timeout(Duration::from_secs(1)) {
                         Ok(Record::Event(e)) => count(log.append_event(&e)),
                         Ok(Record::Alert(a)) => count(log.append_alert(&a)),
+                        Ok(Record::Other(ty, body)) => count(log.append_json(ty, body)),
                         Err(queue::RecvTimeoutError::Timeout) => {}
                         Err(queue::RecvTimeoutError::Disconnected) => break,
                     }
@@ -152,6 +156,11 @@ impl AuditWriter {
 
     pub fn alert(&self, a: &Alert) {
         self.send(Record::Alert(Box::new(a.clone())));
+    }
+
+    /// A record of another type (lowercase, digits, `-`, `_`).
+    pub fn other(&self, ty: &'static str, body: serde_json::Value) {
+        self.send(Record::Other(ty, body));
     }
 
     /// Drains the queue and writes the final signed checkpoint.

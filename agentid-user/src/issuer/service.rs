@@ -274,7 +274,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for Api {
             ));
         }
         let tokens::Minted { token, claims, kid } = minted;
-        self.issuer.record(IssuedToken {
+        let issued = IssuedToken {
             jti: claims.jti,
             agent: claims.sub.clone(),
             session: claims.sid,
@@ -283,7 +283,14 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for Api {
             expires: claims.exp,
             kid,
             state: String::new(),
-        });
+        };
+        if let Ok(record) = serde_json::to_value(&issued)
+            && let Ok(mut outputs) = self.shared.outputs.lock()
+            && let Some(outputs) = outputs.as_mut()
+        {
+            outputs.token_issued(&record);
+        }
+        self.issuer.record(issued);
         Ok(Response::new(pb::JwtsvidResponse {
             svids: vec![pb::Jwtsvid {
                 spiffe_id: claims.sub,
