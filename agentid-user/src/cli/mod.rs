@@ -3,6 +3,7 @@ pub mod audit;
 pub mod client;
 pub mod query;
 pub mod rules;
+pub mod token;
 pub mod trace;
 
 use std::io;
