@@ -335,6 +335,24 @@ mod tests {
     }
 
     #[test]
+    fn the_issuer_is_off_by_default_and_read_when_on() {
+        let off = parse("").unwrap().issuer;
+        assert!(!off.enabled);
+        assert_eq!(off.socket, Path::new(DEFAULT_WORKLOAD_SOCKET));
+        assert_eq!(off.ttl, Duration::from_mins(5));
+        let on = parse("[issuer]\nenabled = true\nttl = \"90s\"\naudiences = [\"db\"]\n")
+            .unwrap()
+            .issuer;
+        assert!(on.enabled);
+        assert_eq!(on.ttl, Duration::from_secs(90));
+        assert_eq!(on.audiences, ["db"]);
+        assert!(
+            parse("[issuer]\nenable = true\n").is_err(),
+            "a misspelt key"
+        );
+    }
+
+    #[test]
     fn values_are_read() {
         let c = parse(
             "state_dir = \"/tmp/x\"\nlog_format = \"json\"\n[retention]\nmax_age = \"2h\"\nmax_size_mb = 5\n",
