@@ -110,4 +110,13 @@ PY
     echo "${HELM_SHA256}  ${K8S_VENV}/bin/helm" | sha256sum --check --status \
         || { rm -f "${K8S_VENV}/bin/helm"; echo "setup: helm binary hash mismatch" >&2; exit 1; }
 fi
+# 6. py-spiffe, an independent SPIFFE Workload API client for the issuer tests
+#    (tests/issuer.rs): its own pinned venv.
+SPIFFE_VENV=${AGENTID_SPIFFE_VENV:-/opt/agentid-spiffe-venv}
+SPIFFE_PKGS=(spiffe==0.3.2)
+if ! "${SPIFFE_VENV}/bin/python3" -c 'import spiffe' 2>/dev/null; then
+    log "installing ${SPIFFE_PKGS[*]} into ${SPIFFE_VENV}"
+    python3 -m venv --clear "${SPIFFE_VENV}"
+    "${SPIFFE_VENV}/bin/pip" install -q --disable-pip-version-check "${SPIFFE_PKGS[@]}"
+fi
 log "ok"

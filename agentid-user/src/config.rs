@@ -124,6 +124,35 @@ pub struct Config {
     /// Joining a fleet (`[fleet]`): credential sightings, presence, alerts and
     /// revocations shared on NATS JetStream. Absent: this host stands alone.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// The SPIFFE Workload API issuing per-session JWT-SVIDs (`[issuer]`), off by default.
+    pub issuer: Issuer,
+}
+
+/// `[issuer]`: per-session JWT-SVIDs for registered agents on a Workload API socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Issuer {
+    pub enabled: bool,
+    /// The Workload API socket (mode 0666: the kernel's attestation is the authorisation).
+    pub socket: PathBuf,
+    /// A token's lifetime at most (and never past its session's end).
+    #[serde(with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    /// Audiences a token may be minted for; empty: any.
+    pub audiences: Vec<String>,
+}
+
+pub const DEFAULT_WORKLOAD_SOCKET: &str = "/run/agentid/workload.sock";
+
+impl Default for Issuer {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            socket: PathBuf::from(DEFAULT_WORKLOAD_SOCKET),
+            ttl: Duration::from_mins(5),
+            audiences: Vec::new(),
+        }
+    }
 }
 
 /// `[dns]`: how long a name the agent resolved stays attached to its addresses.
@@ -186,6 +215,7 @@ impl Default for Config {
             service_domains: std::collections::BTreeMap::new(),
             metrics_listen: None,
             fleet: None,
+            issuer: Issuer::default(),
         }
     }
 }
@@ -320,6 +350,24 @@ mod tests {
         assert_eq!(c.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(c.retention.max_age, Duration::from_hours(168));
         assert_eq!(c.store_path(), Path::new("/var/lib/agentid/agentid.db"));
+    }
+
+    #[test]
+    fn the_issuer_is_off_by_default_and_read_when_on() {
+        let off = parse("").unwrap().issuer;
+        assert!(!off.enabled);
+        assert_eq!(off.socket, Path::new(DEFAULT_WORKLOAD_SOCKET));
+        assert_eq!(off.ttl, Duration::from_mins(5));
+        let on = parse("[issuer]\nenabled = true\nttl = \"90s\"\naudiences = [\"db\"]\n")
+            .unwrap()
+            .issuer;
+        assert!(on.enabled);
+        assert_eq!(on.ttl, Duration::from_secs(90));
+        assert_eq!(on.audiences, ["db"]);
+        assert!(
+            parse("[issuer]\nenable = true\n").is_err(),
+            "a misspelt key"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod event;
 pub mod fleet;
 pub mod health;
 pub mod identity;
+pub mod issuer;
 pub mod keyfile;
 pub mod metrics;
 pub mod outputs;

@@ -40,6 +40,8 @@ enum Command {
     Query(agentid::cli::query::QueryCommand),
     /// List the detection rules: id, default severity, threat tags, description (offline).
     Rules,
+    /// `token fetch --aud X`: a JWT-SVID for this process's agent from the issuer's socket.
+    Token(agentid::cli::token::TokenArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -71,6 +73,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit(args) => agentid::cli::audit::run(args),
         Command::Rules => agentid::cli::rules::run(cli.json),
+        Command::Token(args) => agentid::cli::token::run(args, cli.json).await,
         Command::Query(q) => {
             let client = agentid::cli::client::Client::new(&cli.socket);
             agentid::cli::query::run(&client, q, cli.json).await

@@ -196,6 +196,8 @@ pub struct Shared {
     pub enforced: RwLock<Vec<crate::api::types::EnforcedAgent>>,
     /// The fleet link, with `[fleet]` (set once at start).
     pub fleet: OnceLock<crate::fleet::Fleet>,
+    /// The Workload API issuer, when `[issuer]` is on (set once it serves).
+    pub issuer: OnceLock<Arc<crate::issuer::Issuer>>,
 }
 
 impl Shared {
@@ -234,6 +236,7 @@ impl Shared {
             tls_targets: RwLock::new(Vec::new()),
             enforced: RwLock::new(Vec::new()),
             fleet: OnceLock::new(),
+            issuer: OnceLock::new(),
         }
     }
 

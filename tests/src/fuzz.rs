@@ -334,6 +334,7 @@ const ROUTES: &[&str] = &[
     "/v1/alerts",
     "/v1/credentials",
     "/v1/credentials/revoke",
+    "/v1/tokens",
 ];
 
 fn api(data: &[u8]) {

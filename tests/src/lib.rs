@@ -18,6 +18,11 @@ pub mod fuzz;
 pub mod nats;
 pub mod trace;
 
+// The Workload API clients of the workload binary and the issuer tests, not the harness's.
+use hyper_util as _;
+use spiffe as _;
+use tonic as _;
+
 use std::{
     fs,
     io::Write,

@@ -42,6 +42,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/v1/fleet/credentials", get(super::fleet::credentials))
         .route("/v1/fleet/alerts", get(super::fleet::alerts))
         .route("/v1/fleet/revocations", get(super::fleet::revocations))
+        .route("/v1/tokens", get(tokens))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
 }
 
@@ -171,6 +172,7 @@ async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
         alerts_file: config.alerts_file,
         audit,
         sinks,
+        issuer: s.issuer.get().map(|i| i.status()),
         tls: s.tls_targets.read().map(|t| t.clone()).unwrap_or_default(),
         enforced: s.enforced.read().map(|t| t.clone()).unwrap_or_default(),
     }))
@@ -463,6 +465,20 @@ fn identity_issues(
             })
         })
         .collect()
+}
+
+/// Tokens the issuer minted (never the tokens: their ids and bindings).
+async fn tokens(
+    State(s): Shr,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<Vec<crate::issuer::IssuedToken>>, ApiError> {
+    let p = params(q)?;
+    Ok(Json(
+        s.issuer
+            .get()
+            .map(|i| i.issued(p.agent.as_deref()))
+            .unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]

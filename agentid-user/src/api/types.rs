@@ -71,6 +71,9 @@ pub struct Status {
     /// Agents whose policy the kernel enforces (`enforce = true`).
     #[serde(default)]
     pub enforced: Vec<EnforcedAgent>,
+    /// The Workload API issuer (`null`: `[issuer]` is off).
+    #[serde(default)]
+    pub issuer: Option<crate::issuer::IssuerStatus>,
 }
 
 /// An agent under enforcement, as `status` shows it.

@@ -22,6 +22,8 @@ enum Record {
     /// An event already in canonical JSON.
     EventText(Arc<str>),
     Alert(Box<Alert>),
+    /// Another record type (`token-issued`, ...) with its body.
+    Other(&'static str, serde_json::Value),
 }
 
 #[derive(Debug)]
@@ -51,6 +53,7 @@ impl std::fmt::Debug for Record {
             Self::Event(_) => "Record::Event",
             Self::EventText(_) => "Record::EventText",
             Self::Alert(_) => "Record::Alert",
+            Self::Other(..) => "Record::Other",
         })
     }
 }
@@ -134,6 +137,7 @@ impl AuditWriter {
                         Ok(Record::Event(e)) => count(log.append_event(&e)),
                         Ok(Record::EventText(t)) => count(log.append_event_text(&t)),
                         Ok(Record::Alert(a)) => count(log.append_alert(&a)),
+                        Ok(Record::Other(ty, body)) => count(log.append_json(ty, body)),
                         Err(queue::RecvTimeoutError::Timeout) => {}
                         Err(queue::RecvTimeoutError::Disconnected) => break,
                     }
@@ -183,6 +187,11 @@ impl AuditWriter {
 
     pub fn alert(&self, a: &Alert) {
         self.send(Record::Alert(Box::new(a.clone())));
+    }
+
+    /// A record of another type (lowercase, digits, `-`, `_`).
+    pub fn other(&self, ty: &'static str, body: serde_json::Value) {
+        self.send(Record::Other(ty, body));
     }
 
     /// Drains the queue and writes the final signed checkpoint.

@@ -4,6 +4,7 @@ pub mod client;
 pub mod fleet;
 pub mod query;
 pub mod rules;
+pub mod token;
 pub mod trace;
 
 use std::io;

@@ -95,6 +95,12 @@ pub enum QueryCommand {
         #[command(subcommand)]
         what: super::fleet::FleetCommand,
     },
+    /// JWT-SVIDs the issuer minted: jti, agent, session, audience, times, state (never
+    /// the tokens).
+    Tokens {
+        #[arg(long)]
+        agent: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -254,6 +260,10 @@ pub async fn run(client: &Client, cmd: QueryCommand, json: bool) -> anyhow::Resu
             show(client, &path, json, print_credentials).await
         }
         QueryCommand::Fleet { what } => super::fleet::run(client, what, json).await,
+        QueryCommand::Tokens { agent } => {
+            let path = format!("/v1/tokens{}", query(&[("agent", agent)]));
+            show(client, &path, json, print_tokens).await
+        }
     }
 }
 
@@ -496,6 +506,17 @@ fn print_status(v: &Status) -> anyhow::Result<()> {
         humantime::format_duration(Duration::from_secs(v.uptime_s))
     )?;
     writeln!(o, "probes:     {} attached", v.probes.len())?;
+    if let Some(i) = &v.issuer {
+        writeln!(
+            o,
+            "issuer:     {} (ttl {}s): {} live session keys, {} retired, {} tokens issued",
+            clean(&i.socket),
+            i.ttl_secs,
+            i.live_keys,
+            i.retired_keys,
+            i.issued
+        )?;
+    }
     for t in &v.tls {
         let path = clean(&t.path.display().to_string());
         if !t.attached.is_empty() {
@@ -819,6 +840,31 @@ fn print_credentials(v: &Vec<CredentialRow>) -> anyhow::Result<()> {
             clean(&c.agent),
             c.count,
             joined(&c.sources, ", ")
+        )?;
+    }
+    Ok(())
+}
+
+fn print_tokens(v: &Vec<crate::issuer::IssuedToken>) -> anyhow::Result<()> {
+    let mut o = std::io::stdout().lock();
+    writeln!(
+        o,
+        "{:<22} {:<40} {:<28} {:<16} {:<20} {:<20} STATE",
+        "JTI", "AGENT", "SESSION", "AUD", "ISSUED", "EXPIRES"
+    )?;
+    let at =
+        |s: u64| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string();
+    for t in v {
+        writeln!(
+            o,
+            "{:<22} {:<40} {:<28} {:<16} {:<20} {:<20} {}",
+            clean(&t.jti),
+            clean(&t.agent),
+            clean(&t.session),
+            clean(&t.aud),
+            at(t.issued),
+            at(t.expires),
+            clean(&t.state)
         )?;
     }
     Ok(())

@@ -65,6 +65,8 @@ struct Daemon {
     api: JoinHandle<()>,
     /// The `/metrics` server, when `metrics_listen` is set.
     metrics: Option<JoinHandle<()>>,
+    /// The Workload API server and its key reaper (none when `[issuer]` is off).
+    issuer: Vec<JoinHandle<()>>,
     /// The socket bound at start (a reload does not move it).
     socket: PathBuf,
     config_path: Option<PathBuf>,
@@ -173,6 +175,13 @@ impl Daemon {
         // Before the API: a test (or an operator) that saw the API answer may scrape.
         let metrics = start_metrics(config, &shared)?;
         let api = crate::api::serve(Arc::clone(&shared))?;
+        let issuer = match crate::issuer::serve(&shared).context("the Workload API")? {
+            Some(crate::issuer::service::Serving { issuer, tasks }) => {
+                let _ = shared.issuer.set(issuer);
+                tasks
+            }
+            None => Vec::new(),
+        };
         tracing::info!(socket = %config.socket.display(), "API listening");
         let mut daemon = Self {
             shared,
@@ -180,6 +189,7 @@ impl Daemon {
             sensor,
             api,
             metrics,
+            issuer,
             socket: config.socket.clone(),
             config_path,
             batch: Vec::new(),
@@ -357,6 +367,12 @@ impl Daemon {
         self.api.abort();
         if let Some(m) = &self.metrics {
             m.abort();
+        }
+        for task in &self.issuer {
+            task.abort();
+        }
+        if let Some(issuer) = self.shared.issuer.get() {
+            let _ = std::fs::remove_file(&issuer.socket);
         }
         let outputs = lock(&self.shared.outputs).take();
         if let Some(outputs) = outputs {

@@ -66,6 +66,8 @@ pub trait Output: Send + fmt::Debug {
     fn alert(&mut self, _alert: &Alert, _json: &Arc<str>) {}
     /// A credential seen in use (its fingerprint, never the value).
     fn credential(&mut self, _sighting: &CredentialSighting) {}
+    /// A JWT-SVID the issuer minted: its jti and bindings, never the token.
+    fn token_issued(&mut self, _record: &serde_json::Value) {}
     /// Flushes and closes at shutdown.
     fn close(self: Box<Self>) -> Closing {
         Box::pin(async {})
@@ -81,6 +83,13 @@ pub struct Fanout {
 }
 
 impl Fanout {
+    /// An issuance to every output that keeps it (the audit log).
+    pub fn token_issued(&mut self, record: &serde_json::Value) {
+        for o in &mut self.outputs {
+            o.token_issued(record);
+        }
+    }
+
     pub fn new(outputs: Vec<Box<dyn Output>>) -> Self {
         Self {
             outputs,
@@ -285,6 +294,10 @@ impl Output for AuditOutput {
 
     fn alert(&mut self, alert: &Alert, _json: &Arc<str>) {
         self.0.alert(alert);
+    }
+
+    fn token_issued(&mut self, record: &serde_json::Value) {
+        self.0.other("token-issued", record.clone());
     }
 
     fn close(self: Box<Self>) -> Closing {

@@ -20,6 +20,14 @@
 //!   cycles as in `storm`, 4 unconnected UDP sends to UDP — an agent-like mix
 //! - `rate UDP PER_S SECS`  about `PER_S` events a second for `SECS` seconds: 80% UDP sends,
 //!   20% connect cycles, and 50 execs of `/bin/true` a second
+//! - `jwt-fetch AUD [ID]`   with the `spiffe` crate's Workload API client
+//!   (`SPIFFE_ENDPOINT_SOCKET`): fetch a JWT-SVID for AUD (as ID if given) and the JWT
+//!   bundle, validate the token against the bundle, print `{"token":…}` (or
+//!   `{"error":…}`), then hold until stdin closes
+//! - `jwt-orphan SOCK AUD`  a child connects to the Workload API at SOCK and forks a
+//!   grandchild that keeps the connection; the child exits and is reaped, then the
+//!   grandchild asks for a JWT-SVID on the inherited connection: prints `{"code":…}`
+//!   (the gRPC status, or `ok`), then holds until stdin closes
 //! - `hold N`               fork N children that sleep forever, print `ready`, then wait
 //!   for stdin to close (the caller kills the children)
 #![expect(
@@ -245,6 +253,54 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             rate(udp, per_s, Duration::from_secs(secs))?;
             Ok(0)
         }
+        "jwt-fetch" => {
+            let aud = arg(1)?.clone();
+            let id = args.get(2).cloned();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let line = match rt.block_on(jwt_fetch(&aud, id.as_deref())) {
+                Ok(token) => serde_json::json!({ "token": token }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            println!("{line}");
+            std::io::stdout().flush()?;
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)?;
+            Ok(0)
+        }
+        "jwt-orphan" => {
+            let sock = arg(1)?.clone();
+            let aud = arg(2)?.clone();
+            let (rd, wr) = pipe()?;
+            // SAFETY: single-threaded here; the children run ordinary code until they exit.
+            let connector = unsafe { libc::fork() };
+            if connector == 0 {
+                let conn = std::os::unix::net::UnixStream::connect(&sock)?;
+                // SAFETY: as above.
+                if unsafe { libc::fork() } == 0 {
+                    // The grandchild: wait until the connector is gone and reaped.
+                    let mut byte = [0u8; 1];
+                    // SAFETY: reading one byte into a valid buffer.
+                    let _ = unsafe { libc::read(rd, byte.as_mut_ptr().cast(), 1) };
+                    let code = orphan_fetch(conn, &aud);
+                    println!("{}", serde_json::json!({ "code": code }));
+                    std::io::stdout().flush()?;
+                    // SAFETY: leaving the forked child without running the parent's atexit.
+                    unsafe { libc::_exit(0) };
+                }
+                // SAFETY: as above.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(connector, &raw mut status, 0) };
+            // SAFETY: one byte from a valid buffer: the connector is gone.
+            let _ = unsafe { libc::write(wr, b"x".as_ptr().cast(), 1) };
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)?;
+            Ok(0)
+        }
         "hold" => {
             let n: u32 = arg(1)?.parse()?;
             for _ in 0..n {
@@ -323,4 +379,71 @@ fn rate(udp: SocketAddr, per_s: u32, length: Duration) -> Result<(), Box<dyn std
     }
     println!("{done} {execs}");
     Ok(())
+}
+
+/// A JWT-SVID for `aud` from the Workload API, checked against the bundle it serves.
+async fn jwt_fetch(aud: &str, id: Option<&str>) -> Result<String, Box<dyn std::error::Error>> {
+    let client = spiffe::WorkloadApiClient::connect_env().await?;
+    let id = id.map(str::parse::<spiffe::SpiffeId>).transpose()?;
+    let svid = client.fetch_jwt_svid([aud], id.as_ref()).await?;
+    let bundles = client.fetch_jwt_bundles().await?;
+    spiffe::JwtSvid::parse_and_validate(svid.token(), &bundles, &[aud])?;
+    Ok(svid.token().to_owned())
+}
+
+fn pipe() -> std::io::Result<(i32, i32)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((fds[0], fds[1]))
+}
+
+/// `FetchJWTSVID` on an already connected socket (one the caller did not open): the gRPC
+/// status code's name, or `ok`.
+fn orphan_fetch(conn: std::os::unix::net::UnixStream, aud: &str) -> String {
+    use agentid::issuer::pb::{
+        JwtsvidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient,
+    };
+    let run = async move {
+        conn.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let conn = std::sync::Mutex::new(Some(conn));
+        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let taken = conn.lock().ok().and_then(|mut c| c.take());
+                async move {
+                    let c = taken.ok_or_else(|| std::io::Error::other("connected once only"))?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::from_std(c)?,
+                    ))
+                }
+            }))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(JwtsvidRequest {
+            audience: vec![aud.to_owned()],
+            spiffe_id: String::new(),
+        });
+        req.metadata_mut().insert(
+            "workload.spiffe.io",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        Ok::<_, String>(
+            match SpiffeWorkloadApiClient::new(channel)
+                .fetch_jwtsvid(req)
+                .await
+            {
+                Ok(_) => "ok".to_owned(),
+                Err(s) => format!("{:?}", s.code()),
+            },
+        )
+    };
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run).unwrap_or_else(|e| format!("error: {e}")),
+        Err(e) => format!("error: {e}"),
+    }
 }
