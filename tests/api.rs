@@ -154,7 +154,13 @@ fn every_route_answers_in_its_type() {
             .all(|e| e.agent.as_ref().is_some_and(|g| g.id == ALPHA))
     );
     // Unfiltered: every kind the host produces fits too (exit, fork, unregistered ones).
-    let (all, _) = api.get::<Vec<EventRecord>>("/v1/events?limit=2000");
+    // Awaited: the store commits in batches, so the exits that followed alpha's exec may
+    // land a moment after it.
+    let (all, _) = api.until::<Vec<EventRecord>>("/v1/events?limit=2000", |all| {
+        [EventKind::Exec, EventKind::Fork, EventKind::Exit]
+            .iter()
+            .all(|kind| all.iter().any(|e| e.kind == *kind))
+    });
     for kind in [EventKind::Exec, EventKind::Fork, EventKind::Exit] {
         assert!(all.iter().any(|e| e.kind == kind), "no {kind:?} event");
     }

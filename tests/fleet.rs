@@ -70,6 +70,41 @@ fn host_dir(
     dir
 }
 
+/// Adds `metrics_listen` on a free loopback port to the host's config; the address.
+fn metrics_on(dir: &Path) -> std::net::SocketAddr {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let path = dir.join("agentid.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    // Top level: before the `[fleet]` table.
+    let config = config.replacen(
+        "[fleet]\n",
+        &format!("metrics_listen = \"{addr}\"\n[fleet]\n"),
+        1,
+    );
+    std::fs::write(&path, config).expect("config");
+    addr
+}
+
+/// `GET /metrics` over HTTP/1.0: the body.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .expect("connect /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
 /// Waits (bounded) for `agentid fleet ARGS` to satisfy `pred`; returns the answer.
 fn fleet_until(
     d: &Daemon,
@@ -228,6 +263,8 @@ fn two_hosts_share_one_reuse_alert_sprawl_and_revocation_and_no_secret() {
         &cluster,
         &[("beta", registration("beta", &b2)), ("gamma", gamma(&g2))],
     );
+    // h1 serves /metrics too: the fleet's gauges are checked against what the test caused.
+    let metrics = metrics_on(&dir1);
     let Some(h1) = Daemon::start(&dir1) else {
         return;
     };
@@ -261,6 +298,22 @@ fn two_hosts_share_one_reuse_alert_sprawl_and_revocation_and_no_secret() {
     eprintln!(
         "cross-host credential-reuse seen on both hosts {:?} after the second use",
         started.elapsed()
+    );
+    let text = scrape(metrics);
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+    };
+    assert!(
+        (sample("agentid_fleet_connected") - 1.0).abs() < f64::EPSILON,
+        "{text}"
+    );
+    assert!(sample("agentid_fleet_published_total") >= 1.0, "{text}");
+    assert!(sample("agentid_fleet_alerts") >= 1.0, "{text}");
+    assert!(
+        (sample("agentid_fleet_dropped_total")).abs() < f64::EPSILON,
+        "{text}"
     );
     let fp = rule(
         &h1.cli(&["fleet", "alerts"])

@@ -505,7 +505,6 @@ fn refuse_unpinned_enforcement(
 fn start_metrics(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<Option<JoinHandle<()>>> {
     Ok(match config.metrics_listen {
         Some(addr) => {
-            // The fleet's gauges (connection, spool) join here as `metrics::Extra`s.
             let server = crate::metrics::serve(Arc::clone(shared), addr, Vec::new())?;
             tracing::info!(%addr, "metrics listening on http://{addr}/metrics");
             Some(server)

@@ -9,7 +9,7 @@
 //! pipeline, so a slow scraper never holds up events.
 //!
 //! Another part of the daemon adds its own families through [`Extra`] collectors passed to
-//! [`serve`] (the fleet's connection and spool gauges are meant to go there).
+//! [`serve`]; the fleet's gauges are read with the rest of the snapshot.
 mod snapshot;
 
 use std::{net::SocketAddr, sync::Arc};

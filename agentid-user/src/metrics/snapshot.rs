@@ -38,6 +38,34 @@ pub(crate) struct Snapshot {
     audit: Option<Output>,
     audit_bytes: u64,
     audit_records: u64,
+    /// `None` without `[fleet]`.
+    fleet: Option<Fleet>,
+}
+
+/// The fleet link as this host sees it.
+#[derive(Debug, Default)]
+struct Fleet {
+    connected: bool,
+    published: u64,
+    spooled: u64,
+    dropped: u64,
+    pending_bytes: u64,
+    /// Fleet incidents (cross-host rules) the fleet holds.
+    alerts: u64,
+}
+
+impl Fleet {
+    fn read(fleet: &crate::fleet::Fleet) -> Self {
+        let v = fleet.view();
+        Self {
+            connected: v.connected,
+            published: v.stats.published,
+            spooled: v.stats.spooled,
+            dropped: v.stats.dropped,
+            pending_bytes: v.stats.pending_bytes,
+            alerts: count(v.alerts.len()),
+        }
+    }
 }
 
 /// Processes, agents and sessions now.
@@ -151,6 +179,7 @@ impl Snapshot {
             }),
             audit_bytes: audit_dir.map_or(0, |d| crate::audit::dir_bytes(&d)),
             audit_records: audit_stats.map_or(0, |a| a.held.load(Relaxed)),
+            fleet: shared.fleet.get().map(Fleet::read),
         }
     }
 }
@@ -243,6 +272,7 @@ impl Collector for Snapshot {
             audit,
             audit_bytes,
             audit_records,
+            fleet,
         } = self;
         let mut f = Family {
             encoder: &mut encoder,
@@ -325,8 +355,49 @@ impl Collector for Snapshot {
                 gauge(*audit_records),
             )?;
         }
-        Ok(())
+        fleet.as_ref().map_or(Ok(()), |fl| encode_fleet(&mut f, fl))
     }
+}
+
+fn encode_fleet(f: &mut Family<'_, '_>, fleet: &Fleet) -> Result<(), std::fmt::Error> {
+    let Fleet {
+        connected,
+        published,
+        spooled,
+        dropped,
+        pending_bytes,
+        alerts,
+    } = fleet;
+    f.gauge(
+        "agentid_fleet_connected",
+        "1 while the fleet's buckets are open and watched (NATS reachable).",
+        flag(*connected),
+    )?;
+    f.counter(
+        "agentid_fleet_published",
+        "Fleet records NATS JetStream acknowledged.",
+        one(*published),
+    )?;
+    f.counter(
+        "agentid_fleet_spooled",
+        "Fleet records written to the on-disk spool.",
+        one(*spooled),
+    )?;
+    f.counter(
+        "agentid_fleet_dropped",
+        "Fleet records lost (queue or spool full).",
+        one(*dropped),
+    )?;
+    f.gauge(
+        "agentid_fleet_spool_pending_bytes",
+        "Spooled fleet bytes not yet acknowledged.",
+        gauge(*pending_bytes),
+    )?;
+    f.gauge(
+        "agentid_fleet_alerts",
+        "Fleet incidents (cross-host rules) the fleet holds.",
+        gauge(*alerts),
+    )
 }
 
 fn encode_population(
