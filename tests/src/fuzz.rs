@@ -351,13 +351,20 @@ fn api(data: &[u8]) {
         "GET"
     };
     let uri = format!("{route}?{query}");
-    let Ok(req) = axum::http::Request::builder()
+    let Ok(mut req) = axum::http::Request::builder()
         .method(method)
         .uri(&uri)
         .body(axum::body::Body::empty())
     else {
         return; // not a URI: hyper refuses it before any handler runs
     };
+    // What the socket server attaches to every connection (the revoke route records who).
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(agentid::api::Peer {
+            uid: 0,
+            gid: 0,
+            pid: None,
+        }));
     let h = api_harness();
     let status = h.rt.block_on(async {
         let response = h.router.clone().oneshot(req).await.expect("infallible");
