@@ -238,7 +238,13 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
     );
     let dir = Daemon::dir("tls");
     std::fs::write(dir.join("agents/a.toml"), registration("alpha", &alpha)).expect("reg");
-    std::fs::write(dir.join("agents/b.toml"), registration("beta", &beta_cg)).expect("reg");
+    // Beta's policy names its API host; its connections (loopback, by `--resolve`) are
+    // allowed by address, so only a request's Host can fall outside.
+    let beta_reg = format!(
+        "{}[agent.policy]\negress = [\"127.0.0.1:*\", \"api.openai.com:*\"]\n",
+        registration("beta", &beta_cg)
+    );
+    std::fs::write(dir.join("agents/b.toml"), beta_reg).expect("reg");
     let mut config = std::fs::read_to_string(dir.join("agentid.toml")).expect("config");
     let _ = write!(
         config,
@@ -396,6 +402,22 @@ fn requests_over_tls_are_attributed_fingerprinted_and_never_kept() {
     assert!(
         misdirected[0].to_string().contains("evil.example"),
         "{misdirected:#?}"
+    );
+
+    // The request for evil.example went over an allowed connection, but its Host is not
+    // in beta's policy: exactly one egress violation, naming it; api.openai.com's none.
+    let egress = daemon.cli_until(&["alerts", "--rule", "egress-violation"], |v| {
+        v.as_array().is_some_and(|a| !a.is_empty())
+    });
+    let egress = egress.as_array().expect("alerts");
+    assert_eq!(egress.len(), 1, "{egress:#?}");
+    assert_eq!(
+        egress[0]["title"],
+        format!(
+            "beta sent a request for https://evil.example:{} outside its egress allowlist",
+            server.port
+        ),
+        "{egress:#?}"
     );
 
     // alpha's env key in beta's header: one credential, one reuse naming both.

@@ -90,6 +90,9 @@ enum Task {
         /// event by thread and by stage (`target/bench/profile.json`).
         #[arg(long)]
         profile: bool,
+        /// Only the TLS client-overhead section (`target/bench/tls.json`).
+        #[arg(long, conflicts_with = "profile")]
+        tls: bool,
         /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -274,6 +277,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &bench::Options {
                     quick: true,
                     profile: false,
+                    tls: false,
                     out: None,
                 },
             )
@@ -281,6 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Bench {
             quick,
             profile,
+            tls,
             out,
         } => {
             setup()?;
@@ -289,6 +294,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &bench::Options {
                     quick,
                     profile,
+                    tls,
                     out,
                 },
             )

@@ -357,6 +357,34 @@ impl Policy {
             .is_none_or(|rules| rules.iter().any(|r| r.allows(ip, port, names)))
     }
 
+    /// Whether an HTTP request for `host` (the `Host` or `:authority` an agent sent over
+    /// TLS) to `port` stays inside `egress`. The host is the agent's own claim, so it can
+    /// only narrow what the connection was allowed: it is judged only when the policy names
+    /// hosts, a name against the name rules alone and an address literal against the
+    /// address rules, and the names the agent's DNS gave the connection are not consulted
+    /// (a request fronted through an allowed name's address is still outside).
+    pub fn allows_request_host(&self, host: &str, port: u16) -> bool {
+        let Some(rules) = &self.egress else {
+            return true;
+        };
+        if !rules.iter().any(|r| matches!(r.dest, Dest::Name(_))) {
+            return true;
+        }
+        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+        match literal.unwrap_or(host).parse::<IpAddr>() {
+            Ok(ip) => rules
+                .iter()
+                .any(|r| matches!(r.dest, Dest::Net(_)) && r.allows(ip, port, &[])),
+            Err(_) => {
+                let name = [host.trim_end_matches('.').to_ascii_lowercase()];
+                rules.iter().any(|r| {
+                    matches!(r.dest, Dest::Name(_))
+                        && r.allows(IpAddr::from([0, 0, 0, 0]), port, &name)
+                })
+            }
+        }
+    }
+
     pub fn allows_tool(&self, exe: &str) -> bool {
         self.tools.as_ref().is_none_or(|t| t.is_match(exe))
     }

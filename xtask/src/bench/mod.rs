@@ -11,6 +11,7 @@ mod report;
 mod resources;
 mod stats;
 mod sys;
+mod tls;
 
 use std::{
     path::{Path, PathBuf},
@@ -27,6 +28,8 @@ pub(crate) struct Options {
     /// Only the daemon-resources section, sampled by `perf record`, with the per-stage
     /// breakdown of the daemon's time per event.
     pub profile: bool,
+    /// Only the TLS client-overhead section.
+    pub tls: bool,
     pub out: Option<PathBuf>,
 }
 
@@ -51,6 +54,7 @@ struct Plan {
     overhead: kernel::Sizes,
     resources: resources::Sizes,
     latency_trials: usize,
+    tls: tls::Sizes,
     /// criterion arguments.
     criterion: &'static [&'static str],
 }
@@ -72,6 +76,10 @@ fn plan(quick: bool) -> Plan {
                 seconds: 10,
             },
             latency_trials: 10,
+            tls: tls::Sizes {
+                requests: 200,
+                reps: 1,
+            },
             criterion: &[
                 "--warm-up-time",
                 "0.5",
@@ -98,6 +106,10 @@ fn plan(quick: bool) -> Plan {
                 seconds: 60,
             },
             latency_trials: 100,
+            tls: tls::Sizes {
+                requests: 2_000,
+                reps: 6,
+            },
             criterion: &["--warm-up-time", "1", "--measurement-time", "3"],
         }
     }
@@ -247,12 +259,28 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     if opts.profile {
         return profile_only(&ctx, &plan, &target, &machine, &scratch);
     }
+    if opts.tls {
+        eprintln!("bench: TLS client overhead");
+        let tls = tls::run(&ctx, plan.tls)?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        let results = json!({"machine": machine, "tls": tls});
+        let out = target.join("bench/tls.json");
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+        println!("{}", report::tls_only(&results));
+        eprintln!("bench: {}", out.display());
+        return Ok(());
+    }
     eprintln!("bench: kernel-path overhead");
     let overhead = kernel::run(&ctx, plan.overhead)?;
     eprintln!("bench: daemon resources");
     let resources = resources::run(&ctx, plan.resources, None)?;
     eprintln!("bench: alert latency");
     let latency = latency::run(&ctx, plan.latency_trials)?;
+    eprintln!("bench: TLS client overhead");
+    let tls = tls::run(&ctx, plan.tls)?;
     eprintln!("bench: userspace pipeline (criterion)");
     let pipeline = pipeline(root, &target, &plan)?;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -265,6 +293,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         "pipeline": pipeline,
         "resources": resources,
         "alert_latency": latency,
+        "tls": tls,
         "duration_s": started.elapsed().as_secs_f64(),
     });
     let out = opts

@@ -178,7 +178,55 @@ pub(crate) fn markdown(r: &Value) -> String {
         num(&a["spread_ms"]["min"], 1),
         num(&a["spread_ms"]["max"], 1)
     );
+    tls_markdown(&mut s, &r["tls"]);
     s
+}
+
+/// `--tls`: the TLS section alone.
+pub(crate) fn tls_only(r: &Value) -> String {
+    let mut s = String::new();
+    tls_markdown(&mut s, &r["tls"]);
+    s
+}
+
+/// The TLS client-overhead section (the request uprobes).
+fn tls_markdown(s: &mut String, t: &Value) {
+    if t.is_null() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n**TLS client overhead** — {} keep-alive HTTPS requests per loop, {} repetitions, \
+         interleaved; client CPU s, median [min–max]\n",
+        t["requests_per_loop"], t["reps"]
+    );
+    s.push_str("| client | condition | CPU s | × no tracer | µs added per request |\n|---|---|---|---|---|\n");
+    for (key, label) in [
+        ("python_http_client", "Python http.client (SSL_write_ex)"),
+        ("curl_http1", "curl --http1.1 (SSL_write)"),
+    ] {
+        for (cond, v) in t[key].as_object().into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "| {label} | {cond} | {} | {} | {} |",
+                summary(&v["cpu_s"], 3),
+                ratio(&v["ratio"]),
+                num(&v["extra_us_per_request"], 1)
+            );
+        }
+    }
+    for (p, v) in t["program_ns_per_call"].as_object().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "\nBPF program `{p}`: {} ns per call (`bpf_stats`, registered client).",
+            summary(v, 0)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n`request` events per registered run (2 × {} expected): {}",
+        t["requests_per_loop"], t["request_events_per_registered_run"]
+    );
 }
 
 /// The `--profile` result: daemon resources and where its time per event went.

@@ -163,7 +163,7 @@ pub fn all(watch: Option<GlobList>, domains: ServiceDomains) -> Vec<Box<dyn Rule
         Box::new(CredentialReuse),
         Box::new(CredentialMisdirected { domains }),
         Box::new(ShadowAgent { watch }),
-        Box::new(EgressViolation),
+        Box::new(EgressViolation::default()),
         Box::new(ToolViolation),
         Box::new(UndeclaredDelegation),
         Box::new(IdentityEscape),

@@ -321,6 +321,62 @@ fn egress_and_tools_policies() {
     assert!(run(&mut d, &exec(Some(B), "/usr/bin/curl"), &none, &r).is_empty());
 }
 
+fn request(agent: Option<&str>, host: &str) -> AttributedEvent {
+    event(
+        agent,
+        EventKind::Request,
+        Detail::Request {
+            method: "GET".into(),
+            host: Some(host.into()),
+            path: "/".into(),
+            http_version: "1.1".into(),
+            tls_fn: crate::event::TlsFn::SslWrite,
+            credential_headers: Vec::new(),
+            continued: false,
+            headers: SecretEnv::default(),
+        },
+    )
+}
+
+/// The `Host` an agent sends over TLS narrows what its connection was allowed: in a policy
+/// that names hosts, a request for a host it does not name is a violation even on a
+/// connection the policy allowed (domain fronting); it never widens anything.
+#[test]
+fn request_hosts_outside_a_named_policy_are_violations() {
+    let r = registry(
+        "[agent.policy]\negress = [\"127.0.0.1:*\", \"api.openai.com:443\", \"*.example.org:8443\"]",
+        "[agent.policy]\negress = [\"127.0.0.0/8:*\"]",
+    );
+    let mut d = Detector::new(None);
+    let none = Findings::default();
+    // No connect seen yet: port 443 assumed.
+    assert!(run(&mut d, &request(Some(A), "API.OpenAI.com."), &none, &r).is_empty());
+    let out = run(&mut d, &request(Some(A), "evil.example"), &none, &r);
+    assert_eq!(rules_of(&out), ["egress-violation"]);
+    assert_eq!(
+        out[0].title,
+        "alpha sent a request for https://evil.example:443 outside its egress allowlist"
+    );
+    assert_eq!(out[0].action, Some("allowed"));
+    // The connection (allowed by address) carries the port the host is judged with.
+    assert!(run(&mut d, &connect(Some(A), "127.0.0.1", 8443), &none, &r).is_empty());
+    assert!(run(&mut d, &request(Some(A), "files.example.org"), &none, &r).is_empty());
+    let out = run(&mut d, &request(Some(A), "api.openai.com"), &none, &r);
+    assert!(out[0].title.contains("https://api.openai.com:8443"), "{}", out[0].title);
+    // An address literal is judged by the address rules.
+    assert!(run(&mut d, &request(Some(A), "127.0.0.1"), &none, &r).is_empty());
+    assert_eq!(
+        rules_of(&run(&mut d, &request(Some(A), "[::1]"), &none, &r)),
+        ["egress-violation"]
+    );
+    // Beta's policy names no host: its requests' hosts are not judged.
+    assert!(run(&mut d, &request(Some(B), "evil.example"), &none, &r).is_empty());
+    // After the process exits its connection is forgotten (443 again).
+    let exit = event(Some(A), EventKind::Exit, Detail::Exit { exit_code: Some(0), signal: None });
+    assert!(run(&mut d, &exit, &none, &r).is_empty());
+    assert!(run(&mut d, &request(Some(A), "api.openai.com"), &none, &r).is_empty());
+}
+
 #[test]
 fn undeclared_delegation_unless_declared() {
     let r = registry("", "");
