@@ -505,7 +505,7 @@ fn refuse_unpinned_enforcement(
 fn start_metrics(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<Option<JoinHandle<()>>> {
     Ok(match config.metrics_listen {
         Some(addr) => {
-            let server = crate::metrics::serve(Arc::clone(shared), addr, Vec::new())?;
+            let server = crate::metrics::serve(Arc::clone(shared), addr)?;
             tracing::info!(%addr, "metrics listening on http://{addr}/metrics");
             Some(server)
         }

@@ -371,18 +371,15 @@ impl Policy {
             return true;
         }
         let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
-        match literal.unwrap_or(host).parse::<IpAddr>() {
-            Ok(ip) => rules
+        if let Ok(ip) = literal.unwrap_or(host).parse::<IpAddr>() {
+            return rules
                 .iter()
-                .any(|r| matches!(r.dest, Dest::Net(_)) && r.allows(ip, port, &[])),
-            Err(_) => {
-                let name = [host.trim_end_matches('.').to_ascii_lowercase()];
-                rules.iter().any(|r| {
-                    matches!(r.dest, Dest::Name(_))
-                        && r.allows(IpAddr::from([0, 0, 0, 0]), port, &name)
-                })
-            }
+                .any(|r| matches!(r.dest, Dest::Net(_)) && r.allows(ip, port, &[]));
         }
+        let name = [host.trim_end_matches('.').to_ascii_lowercase()];
+        rules.iter().any(|r| {
+            matches!(r.dest, Dest::Name(_)) && r.allows(IpAddr::from([0, 0, 0, 0]), port, &name)
+        })
     }
 
     pub fn allows_tool(&self, exe: &str) -> bool {

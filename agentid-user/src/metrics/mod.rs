@@ -7,9 +7,7 @@
 //! for that scrape (no global registry), and encodes it. The server is axum over TCP, the
 //! HTTP stack the API already uses; it answers `/metrics` only, and runs beside the
 //! pipeline, so a slow scraper never holds up events.
-//!
-//! Another part of the daemon adds its own families through [`Extra`] collectors passed to
-//! [`serve`]; the fleet's gauges are read with the rest of the snapshot.
+//! The fleet's gauges are read with the rest of the snapshot.
 mod snapshot;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -25,8 +23,6 @@ use axum::{
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
-pub use snapshot::Extra;
-
 use crate::state::Shared;
 
 /// What Prometheus asks for and `prometheus-client` writes.
@@ -35,21 +31,16 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Clone)]
 struct Scrape {
     shared: Arc<Shared>,
-    extra: Arc<[Extra]>,
 }
 
 /// Binds `addr` (an error at start, not a silent absence) and serves until the handle is
 /// aborted.
-pub fn serve(
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    extra: Vec<Extra>,
-) -> anyhow::Result<JoinHandle<()>> {
+pub fn serve(shared: Arc<Shared>, addr: SocketAddr) -> anyhow::Result<JoinHandle<()>> {
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("metrics_listen: binding {addr}"))?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let app = router(shared, extra);
+    let app = router(shared);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics server stopped");
@@ -58,18 +49,15 @@ pub fn serve(
 }
 
 /// The `/metrics` router (tests drive it without a socket).
-pub fn router(shared: Arc<Shared>, extra: Vec<Extra>) -> Router {
+pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(Scrape {
-            shared,
-            extra: extra.into(),
-        })
+        .with_state(Scrape { shared })
 }
 
 async fn metrics(State(scrape): State<Scrape>) -> Response {
     // The store's size is read from its connection: off the async workers.
-    match tokio::task::spawn_blocking(move || render(&scrape.shared, &scrape.extra)).await {
+    match tokio::task::spawn_blocking(move || render(&scrape.shared)).await {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
         Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -81,12 +69,9 @@ async fn metrics(State(scrape): State<Scrape>) -> Response {
 }
 
 /// The exposition text for the daemon's state now.
-pub fn render(shared: &Shared, extra: &[Extra]) -> Result<String, std::fmt::Error> {
+pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot::Snapshot::read(shared)));
-    for e in extra {
-        registry.register_collector(Box::new(e.clone()));
-    }
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &registry)?;
     Ok(body)
@@ -95,12 +80,6 @@ pub fn render(shared: &Shared, extra: &[Extra]) -> Result<String, std::fmt::Erro
 #[cfg(test)]
 mod tests {
     use std::{sync::atomic::Ordering, time::Duration};
-
-    use prometheus_client::{
-        collector::Collector,
-        encoding::{DescriptorEncoder, EncodeMetric as _},
-        metrics::{MetricType, gauge::ConstGauge},
-    };
 
     use super::*;
     use crate::{
@@ -149,21 +128,6 @@ mod tests {
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
     }
 
-    #[derive(Debug)]
-    struct FleetLike;
-
-    impl Collector for FleetLike {
-        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-            let m = encoder.encode_descriptor(
-                "agentid_fleet_connected",
-                "test",
-                None,
-                MetricType::Gauge,
-            )?;
-            ConstGauge::new(1i64).encode(m)
-        }
-    }
-
     #[test]
     fn the_counters_the_daemon_keeps_are_exposed_with_prometheus_names() {
         let dir = std::env::temp_dir().join(format!("agentid-metrics-{}", std::process::id()));
@@ -176,7 +140,7 @@ mod tests {
         s.counters.alert_raised("credential-reuse", Severity::High);
         s.counters.ring_used_bytes.store(4096, Ordering::Relaxed);
         s.counters.ring_size_bytes.store(1 << 24, Ordering::Relaxed);
-        let text = render(&s, &[Extra(Arc::new(FleetLike))]).unwrap();
+        let text = render(&s).unwrap();
         assert_eq!(
             sample(&text, "agentid_events_total{kind=\"exec\"}"),
             Some("42"),
@@ -208,11 +172,7 @@ mod tests {
             sample(&text, "agentid_processes{state=\"live\"}"),
             Some("0")
         );
-        assert_eq!(
-            sample(&text, "agentid_fleet_connected"),
-            Some("1"),
-            "the hook"
-        );
+        assert_eq!(sample(&text, "agentid_fleet_connected"), None, "no fleet");
         assert!(text.contains("# TYPE agentid_events counter"), "{text}");
         assert!(text.ends_with("# EOF\n"), "OpenMetrics: {text}");
         // Every sample's family is declared, and no name is declared twice.

@@ -5,10 +5,7 @@
 //! operator's sink names and types. No SPIFFE ID, session, fingerprint, path or error text
 //! ever becomes a label: an agent's id in a label is a cardinality problem for Prometheus
 //! and a disclosure to whoever can scrape.
-use std::{
-    collections::BTreeSet,
-    sync::{Arc, atomic::Ordering::Relaxed},
-};
+use std::{collections::BTreeSet, sync::atomic::Ordering::Relaxed};
 
 use prometheus_client::{
     collector::Collector,
@@ -550,15 +547,4 @@ fn encode_sinks(f: &mut Family<'_, '_>, sinks: &[SinkStats]) -> Result<(), std::
             .iter()
             .map(|s| (labels(s), i64::from(s.last_error.is_some()))),
     )
-}
-
-/// A collector added by another part of the daemon (the fleet's connection and spool
-/// gauges): encoded after agentid's own families on every scrape.
-#[derive(Debug, Clone)]
-pub struct Extra(pub Arc<dyn Collector>);
-
-impl Collector for Extra {
-    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        self.0.encode(encoder)
-    }
 }

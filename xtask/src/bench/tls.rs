@@ -71,7 +71,10 @@ impl Server {
             .output()
             .context("running openssl req")?;
         if !out.status.success() {
-            bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "openssl req: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         let mut child = Command::new("python3")
             .args(["-c", SERVER_PY])
@@ -234,7 +237,11 @@ fn under_agentid(
     for cond in order {
         let before = program_stats();
         let seen_before = requests(&d)?;
-        let cg = if cond == Cond::Registered { agent } else { other };
+        let cg = if cond == Cond::Registered {
+            agent
+        } else {
+            other
+        };
         samples.push(cond, client(cg, server, sizes.requests)?);
         d.check_alive()?;
         if cond == Cond::Registered {

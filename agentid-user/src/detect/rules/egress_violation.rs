@@ -43,7 +43,12 @@ impl Rule for EgressViolation {
             (EventKind::Connect | EventKind::Send, Detail::Sock { .. }) => {
                 self.on_sock(seen, book);
             }
-            (EventKind::Request, Detail::Request { host: Some(host), .. }) => {
+            (
+                EventKind::Request,
+                Detail::Request {
+                    host: Some(host), ..
+                },
+            ) => {
                 let port = self.ports.get(&ev.pid).copied().unwrap_or(443);
                 on_request(seen, book, host, port);
             }
@@ -136,7 +141,13 @@ fn on_request(seen: &Seen<'_>, book: &mut Incidents, host: &str, port: u16) {
     book.raise(draft);
 }
 
-fn draft(seen: &Seen<'_>, subject: &[&str], title: String, detail: String, ev: &Event) -> AlertDraft {
+fn draft(
+    seen: &Seen<'_>,
+    subject: &[&str],
+    title: String,
+    detail: String,
+    ev: &Event,
+) -> AlertDraft {
     let mut draft = AlertDraft::new(&EGRESS_VIOLATION, subject, ev.time, title, detail);
     draft.agents = vec![seen.alert_agent()];
     draft.action = Some(if ev.blocked { "blocked" } else { "allowed" });

@@ -362,7 +362,11 @@ fn request_hosts_outside_a_named_policy_are_violations() {
     assert!(run(&mut d, &connect(Some(A), "127.0.0.1", 8443), &none, &r).is_empty());
     assert!(run(&mut d, &request(Some(A), "files.example.org"), &none, &r).is_empty());
     let out = run(&mut d, &request(Some(A), "api.openai.com"), &none, &r);
-    assert!(out[0].title.contains("https://api.openai.com:8443"), "{}", out[0].title);
+    assert!(
+        out[0].title.contains("https://api.openai.com:8443"),
+        "{}",
+        out[0].title
+    );
     // An address literal is judged by the address rules.
     assert!(run(&mut d, &request(Some(A), "127.0.0.1"), &none, &r).is_empty());
     assert_eq!(
@@ -372,7 +376,14 @@ fn request_hosts_outside_a_named_policy_are_violations() {
     // Beta's policy names no host: its requests' hosts are not judged.
     assert!(run(&mut d, &request(Some(B), "evil.example"), &none, &r).is_empty());
     // After the process exits its connection is forgotten (443 again).
-    let exit = event(Some(A), EventKind::Exit, Detail::Exit { exit_code: Some(0), signal: None });
+    let exit = event(
+        Some(A),
+        EventKind::Exit,
+        Detail::Exit {
+            exit_code: Some(0),
+            signal: None,
+        },
+    );
     assert!(run(&mut d, &exit, &none, &r).is_empty());
     assert!(run(&mut d, &request(Some(A), "api.openai.com"), &none, &r).is_empty());
 }
