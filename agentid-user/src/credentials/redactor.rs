@@ -67,6 +67,11 @@ impl Redactor {
         }
     }
 
+    /// From now on, tokens `issuer` signed are recognised as such wherever they are found.
+    pub fn set_issuer(&mut self, issuer: std::sync::Arc<dyn super::TokenIssuer>) {
+        self.scanner.set_issuer(issuer);
+    }
+
     /// The inode watch: rescanned when the registry changes, refreshed on a timer.
     pub fn watch_mut(&mut self) -> &mut FileWatch {
         &mut self.watch
@@ -164,7 +169,14 @@ impl Redactor {
         }
         let key = (path.clone(), meta.ino(), meta.mtime(), meta.len());
         let observations = if let Some(cached) = self.file_cache.get(&key) {
-            cached.clone()
+            let mut found = cached.clone();
+            // The file is unchanged, but a token's session may have ended since it was read.
+            if let Some(issuer) = self.scanner.issuer() {
+                for origin in found.iter_mut().filter_map(|o| o.issued.as_mut()) {
+                    origin.session_live = issuer.session_live(&origin.session);
+                }
+            }
+            found
         } else {
             let Ok(content) = read_credential_file(&path) else {
                 return Findings::default();
