@@ -407,6 +407,26 @@ printf '{"token":"%s"}\n' "$TOKEN"
 read -r _ || true
 "#;
 
+/// The same JWS with its ECDSA signature's `s` replaced by `n − s` (P-256's order `n`):
+/// as valid as the original, to a validator that does not insist on low `s`.
+fn malleated(token: &str) -> String {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let (signed, sig) = token.rsplit_once('.').expect("a JWS");
+    let mut sig = URL_SAFE_NO_PAD.decode(sig).expect("base64url");
+    assert_eq!(sig.len(), 64, "an ES256 signature is r || s");
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        sig[32 + i] = u8::try_from(d.rem_euclid(256)).expect("a byte");
+    }
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
 /// Incidents of `rule` in an `alerts` answer.
 fn incidents<'a>(alerts: &'a Value, rule: &str) -> Vec<&'a Value> {
     alerts
@@ -484,6 +504,26 @@ fn a_token_handed_to_another_agent_is_a_transfer_and_after_its_session_stale() {
         "the transfer is not reported again as reuse"
     );
 
+    // Evasion: B rewrites the token into another valid form (the ECDSA `s` as `n − s`):
+    // other bytes, other fingerprint, the same signature's worth — still A's token.
+    let other = malleated(&token);
+    assert_ne!(other, token);
+    let status = cg_b
+        .command("/bin/true")
+        .env("SVID", &other)
+        .status()
+        .expect("B's exec with the rewritten token");
+    assert!(status.success());
+    let alerts = d.cli_until(&["alerts", "--rule", "issued-token-transfer"], |v| {
+        incidents(v, "issued-token-transfer").len() == 2
+    });
+    assert!(
+        incidents(&alerts, "issued-token-transfer")
+            .iter()
+            .all(|t| t["evidence"]["credential"]["token"]["jti"] == c["jti"]),
+        "{alerts:#}"
+    );
+
     // A's session ends; the token, used again (as an argument), is stale.
     session.end();
     d.cli_until(&["tokens"], |v| v[0]["state"] == "session-ended");
@@ -502,12 +542,22 @@ fn a_token_handed_to_another_agent_is_a_transfer_and_after_its_session_stale() {
         s["evidence"]["credential"]["token"]["jti"], c["jti"],
         "{s:#}"
     );
-    // Presented to ValidateJWTSVID (by the test process: no agent): refused, and stale.
+    let stale = presented_is_stale(&d, &sock, &token, &sid);
+
+    let tokens = d.cli(&["tokens"]);
+    let dir = sock.parent().expect("dir").to_owned();
+    assert_canary(d, &dir, &token, &c, &[&tokens, &alerts, &stale]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The token presented to `ValidateJWTSVID` after its session ended (by the test process:
+/// no agent): refused, and `credential-stale` naming the session. The `alerts` answer.
+fn presented_is_stale(d: &Daemon, sock: &Path, token: &str, sid: &str) -> Value {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(client(&rt, &sock).validate_jwt_token("db.example", &token))
+    rt.block_on(client(&rt, sock).validate_jwt_token("db.example", token))
         .expect_err("an ended session's token does not validate");
     let stale = d.cli_until(&["alerts", "--rule", "credential-stale"], |v| {
         incidents(v, "credential-stale").iter().any(|a| {
@@ -520,11 +570,7 @@ fn a_token_handed_to_another_agent_is_a_transfer_and_after_its_session_stale() {
         .expect("the presentation's incident");
     assert_eq!(presented["reason"], "session-ended", "{presented:#}");
     assert_eq!(presented["agents"][0]["session"], sid, "{presented:#}");
-
-    let tokens = d.cli(&["tokens"]);
-    let dir = sock.parent().expect("dir").to_owned();
-    assert_canary(d, &dir, &token, &c, &[&tokens, &alerts, &stale]);
-    let _ = std::fs::remove_dir_all(&dir);
+    stale
 }
 
 /// A process two registrations claim (ambiguous) gets no token: `PermissionDenied`.
