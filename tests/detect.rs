@@ -282,6 +282,7 @@ async fn stale_credential_after_max_age_or_revocation() {
     assert_eq!(stale.len(), 1, "{stale:#?}");
     assert_eq!(stale[0].agents[0].id, "spiffe://test.example/agent/alpha");
     assert!(stale[0].description.contains("credential_max_age"));
+    assert_eq!(stale[0].reason, Some("max-age"));
     // Revoke beta's credential by the prefix an operator copies from `agentid credentials`:
     // the same value fingerprinted under the detector's key.
     let prefix = {
@@ -324,6 +325,7 @@ async fn stale_credential_after_max_age_or_revocation() {
     let stale = incidents(&alerts, "credential-stale");
     assert_eq!(stale.len(), 1, "{stale:#?}");
     assert!(stale[0].description.contains("revoked"));
+    assert_eq!(stale[0].reason, Some("revoked"));
     assert_eq!(
         stale[0]
             .evidence

@@ -396,3 +396,212 @@ fn a_connection_outliving_its_connector_gets_nothing() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A's session as a shell: it fetches a token with `agentid token fetch` (a child, so
+/// the same session), uses it itself in a child's environment, prints it, and lives
+/// until its stdin closes.
+const SESSION_SH: &str = r#"set -e
+TOKEN=$("$AGENTID" token fetch --aud db.example --workload-socket "$SOCK")
+SVID="$TOKEN" /bin/true
+printf '{"token":"%s"}\n' "$TOKEN"
+read -r _ || true
+"#;
+
+/// The same JWS with its ECDSA signature's `s` replaced by `n − s` (P-256's order `n`):
+/// as valid as the original, to a validator that does not insist on low `s`.
+fn malleated(token: &str) -> String {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let (signed, sig) = token.rsplit_once('.').expect("a JWS");
+    let mut sig = URL_SAFE_NO_PAD.decode(sig).expect("base64url");
+    assert_eq!(sig.len(), 64, "an ES256 signature is r || s");
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(N[i]) - i16::from(sig[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        sig[32 + i] = u8::try_from(d.rem_euclid(256)).expect("a byte");
+    }
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+/// Incidents of `rule` in an `alerts` answer.
+fn incidents<'a>(alerts: &'a Value, rule: &str) -> Vec<&'a Value> {
+    alerts
+        .as_array()
+        .map(|a| a.iter().filter(|x| x["rule"] == rule).collect())
+        .unwrap_or_default()
+}
+
+/// Certain detection of agentid's own tokens: A's token used by A's own session is
+/// silent; handed to agent B (its environment) it is exactly one `issued-token-transfer`
+/// naming A's session and B; used after A's session ended (an argument) it is
+/// `credential-stale` with `reason: session-ended`. The token is in none of the daemon's
+/// files, its log or its answers.
+#[test]
+fn a_token_handed_to_another_agent_is_a_transfer_and_after_its_session_stale() {
+    let cg_a = TestCgroup::new("iss-ta");
+    let cg_b = TestCgroup::new("iss-tb");
+    let Some((d, sock)) = issuer_daemon("issuer-transfer", &[("iss-ta", &cg_a), ("iss-tb", &cg_b)])
+    else {
+        return;
+    };
+    let mut cmd = cg_a.command("/bin/sh");
+    cmd.arg("-c")
+        .arg(SESSION_SH)
+        .env("AGENTID", agentid_tests::agentid_bin())
+        .env("SOCK", &sock);
+    let session = Fetcher::spawn(cmd, &sock);
+    let token = session.token().to_owned();
+    let c = claims(&token);
+    let sid = c["sid"].as_str().expect("sid").to_owned();
+    assert_eq!(c["sub"], agent_id("iss-ta"), "{c}");
+    // exp is iat + ttl: no session deadline is known in advance (see the README).
+    assert_eq!(
+        c["exp"].as_u64().expect("exp") - c["iat"].as_u64().expect("iat"),
+        300,
+        "{c}"
+    );
+
+    // B holds A's token in its environment.
+    let started = Instant::now();
+    let status = cg_b
+        .command("/bin/true")
+        .env("SVID", &token)
+        .status()
+        .expect("B's exec");
+    assert!(status.success());
+    let alerts = d.cli_until(&["alerts", "--rule", "issued-token-transfer"], |v| {
+        !incidents(v, "issued-token-transfer").is_empty()
+    });
+    eprintln!("issued-token-transfer after {:?}", started.elapsed());
+    let transfers = incidents(&alerts, "issued-token-transfer");
+    // A's own use (its child, before it printed the token) raised nothing: only B's.
+    assert_eq!(transfers.len(), 1, "{alerts:#}");
+    let t = transfers[0];
+    assert_eq!(t["severity"], "high", "{t:#}");
+    assert_eq!(t["agents"][0]["id"], agent_id("iss-ta"), "{t:#}");
+    assert_eq!(t["agents"][0]["session"], sid, "{t:#}");
+    assert_eq!(t["agents"][1]["id"], agent_id("iss-tb"), "{t:#}");
+    let origin = &t["evidence"]["credential"]["token"];
+    assert_eq!(origin["jti"], c["jti"], "{t:#}");
+    assert_eq!(origin["session"], sid, "{t:#}");
+    assert!(
+        t["description"]
+            .as_str()
+            .is_some_and(|s| s.contains("env:SVID")),
+        "{t:#}"
+    );
+    assert_eq!(
+        incidents(
+            &d.cli(&["alerts", "--rule", "credential-reuse"]),
+            "credential-reuse"
+        )
+        .len(),
+        0,
+        "the transfer is not reported again as reuse"
+    );
+
+    // Evasion: B rewrites the token into another valid form (the ECDSA `s` as `n − s`):
+    // other bytes, other fingerprint, the same signature's worth — still A's token.
+    let other = malleated(&token);
+    assert_ne!(other, token);
+    let status = cg_b
+        .command("/bin/true")
+        .env("SVID", &other)
+        .status()
+        .expect("B's exec with the rewritten token");
+    assert!(status.success());
+    let alerts = d.cli_until(&["alerts", "--rule", "issued-token-transfer"], |v| {
+        incidents(v, "issued-token-transfer").len() == 2
+    });
+    assert!(
+        incidents(&alerts, "issued-token-transfer")
+            .iter()
+            .all(|t| t["evidence"]["credential"]["token"]["jti"] == c["jti"]),
+        "{alerts:#}"
+    );
+
+    // A's session ends; the token, used again (as an argument), is stale.
+    session.end();
+    d.cli_until(&["tokens"], |v| v[0]["state"] == "session-ended");
+    let status = cg_a
+        .command("/bin/true")
+        .arg(format!("--token={token}"))
+        .status()
+        .expect("a late use");
+    assert!(status.success());
+    let stale = d.cli_until(&["alerts", "--rule", "credential-stale"], |v| {
+        !incidents(v, "credential-stale").is_empty()
+    });
+    let s = incidents(&stale, "credential-stale")[0];
+    assert_eq!(s["reason"], "session-ended", "{s:#}");
+    assert_eq!(
+        s["evidence"]["credential"]["token"]["jti"], c["jti"],
+        "{s:#}"
+    );
+    let stale = presented_is_stale(&d, &sock, &token, &sid);
+
+    let tokens = d.cli(&["tokens"]);
+    let dir = sock.parent().expect("dir").to_owned();
+    assert_canary(d, &dir, &token, &c, &[&tokens, &alerts, &stale]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The token presented to `ValidateJWTSVID` after its session ended (by the test process:
+/// no agent): refused, and `credential-stale` naming the session. The `alerts` answer.
+fn presented_is_stale(d: &Daemon, sock: &Path, token: &str, sid: &str) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(client(&rt, sock).validate_jwt_token("db.example", token))
+        .expect_err("an ended session's token does not validate");
+    let stale = d.cli_until(&["alerts", "--rule", "credential-stale"], |v| {
+        incidents(v, "credential-stale").iter().any(|a| {
+            a["evidence"]["credential"]["seen_as"] == serde_json::json!(["ValidateJWTSVID"])
+        })
+    });
+    let presented = incidents(&stale, "credential-stale")
+        .into_iter()
+        .find(|a| a["evidence"]["credential"]["seen_as"][0] == "ValidateJWTSVID")
+        .expect("the presentation's incident");
+    assert_eq!(presented["reason"], "session-ended", "{presented:#}");
+    assert_eq!(presented["agents"][0]["session"], sid, "{presented:#}");
+    stale
+}
+
+/// A process two registrations claim (ambiguous) gets no token: `PermissionDenied`.
+#[test]
+fn an_ambiguous_caller_is_refused() {
+    let cg = TestCgroup::new("iss-amb");
+    let Some((d, sock)) =
+        issuer_daemon("issuer-ambiguous", &[("iss-amb1", &cg), ("iss-amb2", &cg)])
+    else {
+        return;
+    };
+    let out = cg
+        .command(agentid_tests::agentid_bin())
+        .args(["token", "fetch", "--aud", "db.example", "--workload-socket"])
+        .arg(&sock)
+        .output()
+        .expect("agentid token fetch");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an ambiguous caller got a token");
+    assert!(
+        stderr.contains("PermissionDenied") || stderr.contains("ermission"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no token printed");
+    let log = d.log_text();
+    assert!(
+        log.contains("matches several agents"),
+        "refused as ambiguous, not for another reason:\n{log}"
+    );
+    assert_eq!(d.cli(&["tokens"]), serde_json::json!([]));
+    let dir = sock.parent().expect("dir").to_owned();
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

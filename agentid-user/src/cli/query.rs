@@ -95,8 +95,8 @@ pub enum QueryCommand {
         #[command(subcommand)]
         what: super::fleet::FleetCommand,
     },
-    /// JWT-SVIDs the issuer minted: jti, agent, session, audience, times, state (never
-    /// the tokens).
+    /// JWT-SVIDs the issuer minted: jti, agent, session, audience, times, fingerprint, state
+    /// (never the tokens).
     Tokens {
         #[arg(long)]
         agent: Option<String>,
@@ -849,21 +849,22 @@ fn print_tokens(v: &Vec<crate::issuer::IssuedToken>) -> anyhow::Result<()> {
     let mut o = std::io::stdout().lock();
     writeln!(
         o,
-        "{:<22} {:<40} {:<28} {:<16} {:<20} {:<20} STATE",
-        "JTI", "AGENT", "SESSION", "AUD", "ISSUED", "EXPIRES"
+        "{:<22} {:<40} {:<28} {:<16} {:<20} {:<20} {:<16} STATE",
+        "JTI", "AGENT", "SESSION", "AUD", "ISSUED", "EXPIRES", "FINGERPRINT"
     )?;
     let at =
         |s: u64| humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string();
     for t in v {
         writeln!(
             o,
-            "{:<22} {:<40} {:<28} {:<16} {:<20} {:<20} {}",
+            "{:<22} {:<40} {:<28} {:<16} {:<20} {:<20} {:<16} {}",
             clean(&t.jti),
             clean(&t.agent),
             clean(&t.session),
             clean(&t.aud),
             at(t.issued),
             at(t.expires),
+            clean(&t.fingerprint),
             clean(&t.state)
         )?;
     }

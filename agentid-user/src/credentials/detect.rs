@@ -8,7 +8,7 @@ use std::{fmt, str::FromStr};
 use serde::{Serialize, Serializer};
 use zeroize::Zeroizing;
 
-use super::{Fingerprint, FingerprintKey};
+use super::{Fingerprint, issued::Keys};
 
 /// What a credential is, as far as its format or its name tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -350,7 +350,7 @@ pub(super) fn non_trivial(v: &[u8], kind: CredKind) -> bool {
 pub(super) struct Found(Vec<(CredKind, Fingerprint)>);
 
 impl Found {
-    pub(super) fn add(&mut self, key: &FingerprintKey, kind: CredKind, value: &[u8]) {
+    pub(super) fn add(&mut self, key: &Keys<'_>, kind: CredKind, value: &[u8]) {
         let fp = key.fingerprint(kind, value);
         if let Some(existing) = self.0.iter_mut().find(|(_, f)| f.same_credential(&fp)) {
             if kind.is_format() && !existing.0.is_format() {
@@ -383,7 +383,7 @@ impl Found {
 }
 
 /// `NAME=value` (an environment variable, a line of a `.env` or INI file).
-pub(super) fn assignment(key: &FingerprintKey, name: &[u8], value: &[u8]) -> Found {
+pub(super) fn assignment(key: &Keys<'_>, name: &[u8], value: &[u8]) -> Found {
     let mut found = Found::default();
     let v = value.trim_ascii();
     if v.is_empty() {
@@ -410,7 +410,7 @@ pub(super) fn assignment(key: &FingerprintKey, name: &[u8], value: &[u8]) -> Fou
 
 /// Credentials inside a larger string: URL passwords, `Authorization`/`Bearer` values,
 /// `Secret-Header: value`, and tokens in known formats anywhere.
-pub(super) fn embedded(key: &FingerprintKey, text: &[u8]) -> Found {
+pub(super) fn embedded(key: &Keys<'_>, text: &[u8]) -> Found {
     let mut found = Found::default();
     url_passwords(key, text, &mut found);
     auth_values(key, text, &mut found);
@@ -439,7 +439,7 @@ pub(super) fn embedded(key: &FingerprintKey, text: &[u8]) -> Found {
 
 /// The password of each `scheme://user:password@host` in `text`, percent-decoded so that
 /// it fingerprints like the same password seen undecoded elsewhere.
-fn url_passwords(key: &FingerprintKey, text: &[u8], found: &mut Found) {
+fn url_passwords(key: &Keys<'_>, text: &[u8], found: &mut Found) {
     let mut rest = text;
     while let Some(at) = rest.windows(3).position(|w| w == b"://") {
         let after = &rest[at + 3..];
@@ -499,7 +499,7 @@ fn word(s: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// `Authorization: <scheme> <credential>` and `Bearer <token>` anywhere in `text`.
-fn auth_values(key: &FingerprintKey, text: &[u8], found: &mut Found) {
+fn auth_values(key: &Keys<'_>, text: &[u8], found: &mut Found) {
     for at in find_ci(text, b"authorization:") {
         let (first, rest) = word(&text[at + b"authorization:".len()..]);
         let (second, _) = word(rest);
@@ -535,7 +535,7 @@ fn flag_name(arg: &[u8]) -> Option<&[u8]> {
 /// One finding in a command line: argument index, introducing flag, kind, fingerprint.
 pub(super) type ArgFinding = (usize, Option<String>, CredKind, Fingerprint);
 
-pub(super) fn argv(key: &FingerprintKey, args: &[&[u8]]) -> Vec<ArgFinding> {
+pub(super) fn argv(key: &Keys<'_>, args: &[&[u8]]) -> Vec<ArgFinding> {
     let mut out: Vec<ArgFinding> = Vec::new();
     // The flag (`--token`) whose value is the next argument.
     let mut pending: Option<(String, CredKind)> = None;

@@ -9,8 +9,9 @@ use std::{
 use zeroize::Zeroizing;
 
 use super::{
-    CredError, CredKind, Fingerprint, FingerprintKey, SecretBytes,
+    CredError, CredKind, Fingerprint, SecretBytes,
     detect::{self, Found},
+    issued::Keys,
     key::open_nofollow,
 };
 
@@ -171,7 +172,7 @@ fn named_line(line: &[u8]) -> Option<(&[u8], &[u8])> {
     is_name(name).then_some((name, value))
 }
 
-pub(super) fn scan_content(key: &FingerprintKey, content: &[u8]) -> Vec<(CredKind, Fingerprint)> {
+pub(super) fn scan_content(key: &Keys<'_>, content: &[u8]) -> Vec<(CredKind, Fingerprint)> {
     let t = content.trim_ascii();
     if t.is_empty() {
         return Vec::new();
@@ -204,7 +205,7 @@ pub(super) fn scan_content(key: &FingerprintKey, content: &[u8]) -> Vec<(CredKin
     found.into_vec()
 }
 
-fn whole(key: &FingerprintKey, kind: CredKind, value: &[u8]) -> Found {
+fn whole(key: &Keys<'_>, kind: CredKind, value: &[u8]) -> Found {
     let mut found = Found::default();
     found.add(key, kind, value);
     found

@@ -7,8 +7,9 @@ use base64::Engine as _;
 use zeroize::Zeroizing;
 
 use super::{
-    CredKind, FingerprintKey,
+    CredKind,
     detect::{Found, classify, embedded, non_trivial},
+    issued::Keys,
 };
 
 /// Headers whose whole value (after an auth scheme) is the credential.
@@ -17,7 +18,7 @@ const AUTH_HEADERS: [&str; 2] = ["authorization", "proxy-authorization"];
 
 /// The credentials in one `name: value` header field; the header's lowercase name goes
 /// with them. Fields without a credential give nothing.
-pub(super) fn field(key: &FingerprintKey, entry: &[u8]) -> Option<(String, Found)> {
+pub(super) fn field(key: &Keys<'_>, entry: &[u8]) -> Option<(String, Found)> {
     let colon = entry.iter().position(|&b| b == b':')?;
     let name = String::from_utf8_lossy(entry[..colon].trim_ascii()).to_ascii_lowercase();
     let value = entry[colon + 1..].trim_ascii();
@@ -35,7 +36,7 @@ pub(super) fn field(key: &FingerprintKey, entry: &[u8]) -> Option<(String, Found
 }
 
 /// A value that is a credential as a whole.
-fn token(key: &FingerprintKey, v: &[u8], found: &mut Found) {
+fn token(key: &Keys<'_>, v: &[u8], found: &mut Found) {
     if let Some(kind) = classify(v) {
         found.add(key, kind, v);
     } else if non_trivial(v, CredKind::Generic) {
@@ -46,7 +47,7 @@ fn token(key: &FingerprintKey, v: &[u8], found: &mut Found) {
 /// `<scheme> <credentials>`: Bearer/token/other schemes give their credential; Basic gives
 /// the password of `user:password` (the user is not secret); AWS Signature V4 gives only
 /// its access key id (the signature is not the secret and changes per request).
-fn authorization(key: &FingerprintKey, value: &[u8], found: &mut Found) {
+fn authorization(key: &Keys<'_>, value: &[u8], found: &mut Found) {
     let (scheme, rest) = match value.iter().position(u8::is_ascii_whitespace) {
         Some(sp) => (&value[..sp], value[sp..].trim_ascii()),
         None => (&b""[..], value),
@@ -81,12 +82,15 @@ fn authorization(key: &FingerprintKey, value: &[u8], found: &mut Found) {
 mod tests {
     use super::*;
 
+    use crate::credentials::FingerprintKey;
+
     fn key() -> FingerprintKey {
         FingerprintKey::from_fleet_key(&"cd".repeat(32)).expect("key")
     }
 
     fn fps(entry: &[u8]) -> Vec<(CredKind, [u8; 32])> {
-        field(&key(), entry)
+        let key = key();
+        field(&Keys::new(&key, None), entry)
             .map(|(_, f)| {
                 f.into_vec()
                     .into_iter()

@@ -14,12 +14,13 @@ mod detect;
 mod files;
 mod fingerprint;
 mod headers;
+mod issued;
 mod key;
 mod redactor;
 mod revocations;
 mod watch;
 
-use std::{fmt, path::PathBuf};
+use std::{fmt, path::PathBuf, sync::Arc};
 
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -27,6 +28,7 @@ use zeroize::Zeroizing;
 pub use detect::CredKind;
 pub use files::{MAX_CREDENTIAL_FILE, is_well_known_credential_path, read_credential_file};
 pub use fingerprint::{Fingerprint, FingerprintPrefix, ParseFingerprintError};
+pub use issued::{TokenIssuer, TokenOrigin};
 pub use key::FingerprintKey;
 pub use redactor::{Findings, OpenedFile, Redactor};
 pub use revocations::{RevocationError, Revocations};
@@ -115,6 +117,9 @@ pub struct Observation {
     pub kind: CredKind,
     pub fingerprint: Fingerprint,
     pub source: Source,
+    /// Set when the credential is a token agentid's issuer signed: who it was minted for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued: Option<Box<TokenOrigin>>,
 }
 
 /// Finds credentials and fingerprints them under one key.
@@ -130,6 +135,8 @@ pub struct Scanner {
     /// workload cannot craft a secret-bearing entry that collides with a clean one.
     clean_env: rustc_hash::FxHashSet<u64>,
     clean_hasher: std::hash::RandomState,
+    /// The daemon's token issuer, when `[issuer]` is on: recognises its own tokens.
+    issuer: Option<Arc<dyn TokenIssuer>>,
 }
 
 /// Clean entries remembered before the set is emptied and starts again.
@@ -141,6 +148,7 @@ impl Scanner {
             key,
             clean_env: rustc_hash::FxHashSet::default(),
             clean_hasher: std::hash::RandomState::new(),
+            issuer: None,
         }
     }
 
@@ -148,11 +156,27 @@ impl Scanner {
         &self.key
     }
 
+    /// From now on, tokens `issuer` signed are recognised as such ([`Observation::issued`]).
+    pub fn set_issuer(&mut self, issuer: Arc<dyn TokenIssuer>) {
+        self.issuer = Some(issuer);
+    }
+
+    /// The issuer, to judge a cached finding's session again.
+    pub fn issuer(&self) -> Option<&dyn TokenIssuer> {
+        self.issuer.as_deref()
+    }
+
+    fn keys(&self) -> issued::Keys<'_> {
+        issued::Keys::new(&self.key, self.issuer.as_deref())
+    }
+
     /// Scans an environment: each entry is the raw `NAME=value` bytes of one variable
     /// (non-UTF-8 tolerated; entries without `=` are skipped).
     pub fn scan_env<'a>(&mut self, entries: impl Iterator<Item = &'a [u8]>) -> Vec<Observation> {
         use std::hash::BuildHasher as _;
         let mut out = Vec::new();
+        // Fields, not `self.keys()`: `clean_env` is written while `keys` is held.
+        let keys = issued::Keys::new(&self.key, self.issuer.as_deref());
         for entry in entries {
             let Some(eq) = entry.iter().position(|&b| b == b'=') else {
                 continue;
@@ -162,7 +186,7 @@ impl Scanner {
                 continue;
             }
             let (name, value) = (&entry[..eq], &entry[eq + 1..]);
-            let found = detect::assignment(&self.key, name, value).into_vec();
+            let found = detect::assignment(&keys, name, value).into_vec();
             if found.is_empty() {
                 if self.clean_env.len() >= CLEAN_ENV_MAX {
                     self.clean_env.clear();
@@ -178,22 +202,28 @@ impl Scanner {
                     kind,
                     fingerprint,
                     source: source.clone(),
+                    issued: None,
                 });
             }
         }
+        keys.attach(&mut out);
         out
     }
 
     /// Scans a command line (`args[0]` is the program).
     pub fn scan_argv(&self, args: &[&[u8]]) -> Vec<Observation> {
-        detect::argv(&self.key, args)
+        let keys = self.keys();
+        let mut out: Vec<Observation> = detect::argv(&keys, args)
             .into_iter()
             .map(|(index, flag, kind, fingerprint)| Observation {
                 kind,
                 fingerprint,
                 source: Source::Arg { index, flag },
+                issued: None,
             })
-            .collect()
+            .collect();
+        keys.attach(&mut out);
+        out
     }
 
     /// Scans an HTTP request's header fields (`name: value` entries) sent to `host`.
@@ -203,8 +233,9 @@ impl Scanner {
         fields: impl Iterator<Item = &'a [u8]>,
     ) -> Vec<Observation> {
         let mut out = Vec::new();
+        let keys = self.keys();
         for entry in fields {
-            let Some((header, found)) = headers::field(&self.key, entry) else {
+            let Some((header, found)) = headers::field(&keys, entry) else {
                 continue;
             };
             let source = Source::Tls {
@@ -216,15 +247,18 @@ impl Scanner {
                     kind,
                     fingerprint,
                     source: source.clone(),
+                    issued: None,
                 });
             }
         }
+        keys.attach(&mut out);
         out
     }
 
     /// Scans the content of a credential file (see [`read_credential_file`]).
     pub fn scan_file_content(&self, path: &std::path::Path, content: &[u8]) -> Vec<Observation> {
-        files::scan_content(&self.key, content)
+        let keys = self.keys();
+        let mut out: Vec<Observation> = files::scan_content(&keys, content)
             .into_iter()
             .map(|(kind, fingerprint)| Observation {
                 kind,
@@ -232,8 +266,11 @@ impl Scanner {
                 source: Source::File {
                     path: path.to_owned(),
                 },
+                issued: None,
             })
-            .collect()
+            .collect();
+        keys.attach(&mut out);
+        out
     }
 }
 

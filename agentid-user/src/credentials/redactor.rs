@@ -67,6 +67,11 @@ impl Redactor {
         }
     }
 
+    /// From now on, tokens `issuer` signed are recognised as such wherever they are found.
+    pub fn set_issuer(&mut self, issuer: std::sync::Arc<dyn super::TokenIssuer>) {
+        self.scanner.set_issuer(issuer);
+    }
+
     /// The inode watch: rescanned when the registry changes, refreshed on a timer.
     pub fn watch_mut(&mut self) -> &mut FileWatch {
         &mut self.watch
@@ -164,7 +169,14 @@ impl Redactor {
         }
         let key = (path.clone(), meta.ino(), meta.mtime(), meta.len());
         let observations = if let Some(cached) = self.file_cache.get(&key) {
-            cached.clone()
+            let mut found = cached.clone();
+            // The file is unchanged, but a token's session may have ended since it was read.
+            if let Some(issuer) = self.scanner.issuer() {
+                for origin in found.iter_mut().filter_map(|o| o.issued.as_mut()) {
+                    origin.session_live = issuer.session_live(&origin.session);
+                }
+            }
+            found
         } else {
             let Ok(content) = read_credential_file(&path) else {
                 return Findings::default();
@@ -364,6 +376,63 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_file(&other).unwrap();
         std::fs::remove_file(&hard).unwrap();
+    }
+
+    /// An issuer whose one token's session ends when told.
+    #[derive(Debug, Default)]
+    struct Ending(std::sync::atomic::AtomicBool);
+
+    impl crate::credentials::TokenIssuer for Ending {
+        fn recognise(
+            &self,
+            _: &[u8],
+            _: &crate::credentials::Fingerprint,
+        ) -> Option<crate::credentials::TokenOrigin> {
+            Some(crate::credentials::TokenOrigin {
+                jti: "j".into(),
+                kid: "k".into(),
+                agent: "spiffe://t.example/agent/a".into(),
+                session: "a/1-1".into(),
+                acting_for: Vec::new(),
+                exp: 0,
+                session_live: self.session_live("a/1-1"),
+            })
+        }
+
+        fn session_live(&self, _: &str) -> bool {
+            !self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    /// A token file read while its session lived and opened again, unchanged, after the
+    /// session ended comes from the cache — judged again, as ended.
+    #[test]
+    fn a_cached_token_file_is_judged_again_by_its_session() {
+        let dir = std::env::temp_dir().join(format!("agentid-redactor-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(".env");
+        std::fs::write(
+            &file,
+            "SVID=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlc2ln\n",
+        )
+        .unwrap();
+        let issuer = std::sync::Arc::new(Ending::default());
+        let mut r = redactor();
+        r.set_issuer(issuer.clone());
+        let open = || {
+            event(Detail::Open {
+                path: file.to_string_lossy().into_owned(),
+                open_flags: 0,
+                inode: std::fs::metadata(&file).ok().map(|m| FileId::of(&m)),
+            })
+        };
+        let live = |f: &Findings| f.observations[0].issued.as_ref().map(|t| t.session_live);
+        let registry = Registry::default();
+        assert_eq!(live(&r.scan(&mut open(), &registry)), Some(true));
+        issuer.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(live(&r.scan(&mut open(), &registry)), Some(false));
+        assert_eq!(r.file_cache.len(), 1, "the second open came from the cache");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

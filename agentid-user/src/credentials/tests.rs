@@ -889,3 +889,56 @@ fn clean_entry_memo_never_hides_a_credential() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].kind, CredKind::Github);
 }
+
+/// An issuer that signed exactly one token (recognised by its bytes).
+#[derive(Debug)]
+struct OneToken(&'static str);
+
+impl TokenIssuer for OneToken {
+    fn recognise(&self, token: &[u8], _: &Fingerprint) -> Option<TokenOrigin> {
+        (token == self.0.as_bytes()).then(|| TokenOrigin {
+            jti: "j1".into(),
+            kid: "k1".into(),
+            agent: "spiffe://t.example/agent/a".into(),
+            session: "a/1-1".into(),
+            acting_for: Vec::new(),
+            exp: 0,
+            session_live: true,
+        })
+    }
+
+    fn session_live(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// The issuer is asked wherever a JWT is found — environment, arguments (bare, after a
+/// flag, inside a header argument), request headers, file content — and only its token is
+/// marked; another JWT beside it is an ordinary one.
+#[test]
+fn issued_tokens_are_recognised_in_every_source() {
+    const OURS: &str =
+        "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJhIn0.b3Vyc2lnbmF0dXJlb3Vyc2ln";
+    const OTHER: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJvdGhlciJ9.b3RoZXJzaWduYXR1cmVvdGhlcg";
+    let mut s = scanner();
+    s.set_issuer(Arc::new(OneToken(OURS)));
+    let marked = |obs: &[Observation]| -> Vec<bool> {
+        obs.iter()
+            .map(|o| o.issued.as_ref().is_some_and(|t| t.jti == "j1"))
+            .collect()
+    };
+    let env = [format!("SVID={OURS}"), format!("OTHER_TOKEN={OTHER}")];
+    let found = s.scan_env(env.iter().map(String::as_bytes));
+    assert_eq!(marked(&found), [true, false], "{found:?}");
+    let bearer = format!("Authorization: Bearer {OURS}");
+    let flag = format!("--token={OURS}");
+    let args: [&[u8]; 4] = [b"curl", bearer.as_bytes(), flag.as_bytes(), OURS.as_bytes()];
+    assert_eq!(marked(&s.scan_argv(&args)), [true, true, true]);
+    let header = format!("authorization: Bearer {OURS}");
+    let found = s.scan_headers("db.example", std::iter::once(header.as_bytes()));
+    assert_eq!(marked(&found), [true]);
+    let found = s.scan_file_content(Path::new("/t/token"), format!("{OURS}\n").as_bytes());
+    assert_eq!(marked(&found), [true]);
+    // Nothing of the token in what leaves.
+    assert!(!format!("{found:?}").contains("b3Vyc2ln"));
+}

@@ -3,7 +3,7 @@
 //! One task owns the event path (sensor → pipeline → store/followers); the API serves
 //! from shared state; signals: SIGTERM/SIGINT stop (detach, flush, exit 0), SIGHUP
 //! reloads the configuration's registry. The agents directory is also polled for changes.
-mod alerts;
+pub(crate) mod alerts;
 mod fleet;
 mod heartbeat;
 mod lock;
@@ -175,13 +175,7 @@ impl Daemon {
         // Before the API: a test (or an operator) that saw the API answer may scrape.
         let metrics = start_metrics(config, &shared)?;
         let api = crate::api::serve(Arc::clone(&shared))?;
-        let issuer = match crate::issuer::serve(&shared).context("the Workload API")? {
-            Some(crate::issuer::service::Serving { issuer, tasks }) => {
-                let _ = shared.issuer.set(issuer);
-                tasks
-            }
-            None => Vec::new(),
-        };
+        let issuer = start_issuer(config, &shared)?;
         tracing::info!(socket = %config.socket.display(), "API listening");
         let mut daemon = Self {
             shared,
@@ -597,6 +591,27 @@ fn start_outputs(
 }
 
 /// The fingerprint key: the fleet key, or the host key created at first start.
+/// The Workload API, with `[issuer]`: serving, and recognising its tokens wherever
+/// credentials are found. Returns its tasks.
+fn start_issuer(config: &Config, shared: &Arc<Shared>) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    if !config.issuer.enabled {
+        return Ok(Vec::new());
+    }
+    let serving =
+        crate::issuer::serve(shared, fingerprint_key(config)?).context("the Workload API")?;
+    let Some(crate::issuer::service::Serving { issuer, tasks }) = serving else {
+        return Ok(Vec::new());
+    };
+    shared
+        .pipeline
+        .lock()
+        .map_err(|_| anyhow::anyhow!("pipeline lock poisoned"))?
+        .redactor_mut()
+        .set_issuer(Arc::clone(&issuer) as Arc<dyn crate::credentials::TokenIssuer>);
+    let _ = shared.issuer.set(issuer);
+    Ok(tasks)
+}
+
 fn fingerprint_key(config: &Config) -> anyhow::Result<FingerprintKey> {
     Ok(match &config.fleet_key_file {
         Some(path) => {

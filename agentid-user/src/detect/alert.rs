@@ -145,6 +145,10 @@ pub struct CredentialEvidence {
     pub kind: String,
     /// Where it was seen: `env:NAME`, `arg:INDEX`, `file:PATH`.
     pub seen_as: Vec<String>,
+    /// A token agentid issued: who it was minted for (jti, kid, agent, session, chain,
+    /// exp), never the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<crate::credentials::TokenOrigin>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
@@ -176,6 +180,10 @@ pub struct Alert {
     /// Policy rules: `blocked` (enforced in the kernel) or `allowed` (monitor mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<&'static str>,
+    /// Why a rule with several conditions fired (`credential-stale`: `revoked`, `max-age`,
+    /// `session-ended`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -239,10 +247,12 @@ impl Alert {
                     fingerprint: "openai:3f9a0c1d2e4b".into(),
                     kind: "openai".into(),
                     seen_as: vec!["env:OPENAI_API_KEY".into()],
+                    token: None,
                 }),
             },
             tags: super::rules::CREDENTIAL_REUSE.tags,
             action: None,
+            reason: None,
         }
     }
 }

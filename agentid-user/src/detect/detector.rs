@@ -148,6 +148,22 @@ impl Detector {
         alert
     }
 
+    /// Raises (or updates) `credential-stale` for an issued token presented to
+    /// `ValidateJWTSVID` after its session ended.
+    pub fn token_presented_after_end(
+        &mut self,
+        token: &crate::credentials::TokenOrigin,
+        fingerprint: &crate::credentials::Fingerprint,
+        presenter: super::AlertAgent,
+        process: super::ProcessEvidence,
+        now: SystemTime,
+    ) -> Alert {
+        let alert =
+            rules::presented_after_end(&mut self.book, token, fingerprint, presenter, process, now);
+        self.book.take_raised();
+        alert
+    }
+
     /// Raises (or updates) `identity-sprawl` this host claimed.
     pub fn identity_sprawl(
         &mut self,

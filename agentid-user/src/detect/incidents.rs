@@ -23,6 +23,8 @@ pub struct AlertDraft {
     /// For policy rules: what became of the action (`blocked` under enforcement,
     /// `allowed` in monitor mode).
     pub action: Option<&'static str>,
+    /// Which of the rule's conditions held (see [`Alert::reason`]).
+    pub reason: Option<&'static str>,
 }
 
 impl AlertDraft {
@@ -44,6 +46,7 @@ impl AlertDraft {
             agents: Vec::new(),
             evidence: Evidence::default(),
             action: None,
+            reason: None,
         }
     }
 }
@@ -81,6 +84,7 @@ impl Incidents {
             agents,
             evidence,
             action,
+            reason,
         } = draft;
         let uid = uid(rule.id, &subject);
         let alert = self.by_uid.entry(uid.clone()).or_insert_with(|| Alert {
@@ -96,6 +100,7 @@ impl Incidents {
             evidence: Evidence::default(),
             tags: rule.tags,
             action,
+            reason,
         });
         alert.count += 1;
         alert.last_seen = alert.last_seen.max(time);
@@ -105,6 +110,7 @@ impl Incidents {
         alert.agents = agents;
         alert.evidence = evidence;
         alert.action = action;
+        alert.reason = reason;
         let alert = alert.clone();
         self.raised.push(alert.clone());
         alert

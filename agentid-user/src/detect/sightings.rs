@@ -61,7 +61,7 @@ pub struct Sightings {
     shared: HashSet<(String, String)>,
 }
 
-fn source_label(s: &Source) -> String {
+pub(super) fn source_label(s: &Source) -> String {
     match s {
         Source::Env { name } => format!("env:{name}"),
         Source::Arg {
@@ -125,6 +125,7 @@ impl Sightings {
             fingerprint: sighting.fingerprint.clone(),
             kind: sighting.kind.clone(),
             seen_as: seen_as.into_iter().cloned().collect(),
+            token: o.issued.as_deref().cloned(),
         };
         let holders: Vec<_> = holders
             .iter()

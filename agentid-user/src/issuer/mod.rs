@@ -6,6 +6,7 @@
 //! - [`attest`]: who the caller is (peer credentials, pidfd, the process table);
 //! - [`keys`]: one signing key per live session, and the JWT bundle;
 //! - [`tokens`]: claims, minting, recognising agentid's own tokens;
+//! - [`recognise`]: the issuer as credential detection asks it (its tokens wherever seen);
 //! - [`service`]: the RPCs, and the task that retires the keys of ended sessions.
 //!
 //! It runs inside the daemon (it needs the process table) on its own socket and tasks,
@@ -15,11 +16,12 @@ pub mod attest;
 pub mod keys;
 #[expect(clippy::pedantic, unused_qualifications, reason = "generated code")]
 pub mod pb;
+pub mod recognise;
 pub mod service;
 pub mod tokens;
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -29,7 +31,10 @@ use tokio::sync::watch;
 
 pub use service::serve;
 
-use crate::config;
+use crate::{
+    config,
+    credentials::{FingerprintKey, TokenOrigin},
+};
 
 /// Issued tokens kept for `agentid tokens` (the oldest go first).
 const ISSUED_KEPT: usize = 4096;
@@ -45,6 +50,8 @@ pub struct IssuedToken {
     pub issued: u64,
     pub expires: u64,
     pub kid: String,
+    /// The token's keyed fingerprint (`jwt:…`, as `agentid credentials` shows its sightings).
+    pub fingerprint: String,
     /// `live`, `expired` or `session-ended` (filled in when listed).
     #[serde(default)]
     pub state: String,
@@ -63,6 +70,10 @@ pub struct Issuer {
     /// Trust domains that ever had a key: they stay in the set (with no keys) once their
     /// last session ends, which tells clients every key was withdrawn.
     domains: Mutex<Vec<String>>,
+    /// The credential fingerprint key: a token is fingerprinted like any credential.
+    pub(crate) fingerprints: FingerprintKey,
+    /// Tokens issued or recognised, by fingerprint: seen again, they need no signature check.
+    known: Mutex<HashMap<[u8; 32], TokenOrigin>>,
 }
 
 /// The issuer's line in `agentid status`.
@@ -76,7 +87,8 @@ pub struct IssuerStatus {
 }
 
 impl Issuer {
-    pub fn new(config: &config::Issuer) -> Self {
+    /// `fingerprints`: the key credentials are fingerprinted with (the host's or the fleet's).
+    pub fn new(config: &config::Issuer, fingerprints: FingerprintKey) -> Self {
         let config::Issuer {
             enabled: _,
             socket,
@@ -91,6 +103,8 @@ impl Issuer {
             issued: Mutex::new(VecDeque::new()),
             bundles: watch::Sender::new(Arc::new(BTreeMap::new())),
             domains: Mutex::new(Vec::new()),
+            fingerprints,
+            known: Mutex::new(HashMap::new()),
         }
     }
 

@@ -41,8 +41,12 @@ pub struct Serving {
 }
 
 /// Binds the Workload API socket and serves it; also starts the key reaper. `None` when
-/// `[issuer]` is off.
-pub fn serve(shared: &Arc<Shared>) -> anyhow::Result<Option<Serving>> {
+/// `[issuer]` is off. `fingerprints`: the credential key (issued tokens are fingerprinted
+/// like any credential).
+pub fn serve(
+    shared: &Arc<Shared>,
+    fingerprints: crate::credentials::FingerprintKey,
+) -> anyhow::Result<Option<Serving>> {
     let config = shared
         .config
         .read()
@@ -52,7 +56,7 @@ pub fn serve(shared: &Arc<Shared>) -> anyhow::Result<Option<Serving>> {
     if !config.enabled {
         return Ok(None);
     }
-    let issuer = Arc::new(Issuer::new(&config));
+    let issuer = Arc::new(Issuer::new(&config, fingerprints));
     if let Some(dir) = config.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -184,6 +188,47 @@ impl Api {
     }
 }
 
+impl Api {
+    /// `credential-stale` (`session-ended`): someone holds an ended session's token and
+    /// still offers it. The presenter is named as the kernel says (no agent: unregistered).
+    fn presented_after_end(&self, peer: Option<&Peer>, svid: &str) {
+        use crate::credentials::TokenIssuer as _;
+        let fp = self
+            .issuer
+            .fingerprints
+            .fingerprint(crate::credentials::CredKind::Jwt, svid.as_bytes());
+        let Some(origin) = self.issuer.recognise(svid.as_bytes(), &fp) else {
+            return;
+        };
+        let view = self.shared.view();
+        let subject = peer.and_then(|p| p.attest(&view).ok());
+        let presenter = subject
+            .as_ref()
+            .and_then(|s| crate::identity::SpiffeId::parse(&s.agent).ok())
+            .map_or_else(crate::detect::AlertAgent::unregistered, |id| {
+                crate::detect::AlertAgent {
+                    session: subject.as_ref().map(|s| s.session.clone()),
+                    ..crate::detect::AlertAgent::bare(id)
+                }
+            });
+        let process = crate::detect::ProcessEvidence {
+            exec_id: None,
+            pid: peer.map_or(0, |p| p.pid),
+            exe: None,
+            argv: Vec::new(),
+            uid: peer.map_or(0, |p| p.uid),
+            cgroup: None,
+            acting_for: subject.map(|s| s.acting_for).unwrap_or_default(),
+        };
+        let alert = self.shared.detector.lock().ok().map(|mut d| {
+            d.token_presented_after_end(&origin, &fp, presenter, process, SystemTime::now())
+        });
+        if let Some(alert) = alert {
+            crate::daemon::alerts::emit_alert(&self.shared, &alert);
+        }
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -248,15 +293,8 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for Api {
                 .lock()
                 .map_err(|_| Status::internal("key ring lock poisoned"))?;
             let had = ring.is_live(&subject.session);
-            let m = tokens::mint(
-                &mut ring,
-                &subject,
-                aud,
-                SystemTime::now(),
-                self.issuer.ttl,
-                None,
-            )
-            .map_err(|e| Status::internal(e.to_string()))?;
+            let m = tokens::mint(&mut ring, &subject, aud, SystemTime::now(), self.issuer.ttl)
+                .map_err(|e| Status::internal(e.to_string()))?;
             if !had {
                 self.issuer.publish(&ring);
             }
@@ -274,6 +312,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for Api {
             ));
         }
         let tokens::Minted { token, claims, kid } = minted;
+        let fingerprint = self.issuer.remember(&token, &claims, &kid).to_string();
         let issued = IssuedToken {
             jti: claims.jti,
             agent: claims.sub.clone(),
@@ -282,6 +321,7 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for Api {
             issued: claims.iat,
             expires: claims.exp,
             kid,
+            fingerprint,
             state: String::new(),
         };
         if let Ok(record) = serde_json::to_value(&issued)
@@ -321,19 +361,23 @@ impl pb::spiffe_workload_api_server::SpiffeWorkloadApi for Api {
         req: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
         require_header(&req)?;
+        let peer = req.extensions().get::<Arc<Peer>>().cloned();
         let pb::ValidateJwtsvidRequest { audience, svid } = req.into_inner();
         if audience.is_empty() || svid.is_empty() {
             return Err(Status::invalid_argument("audience and svid are required"));
         }
-        let claims = {
+        let checked = {
             let ring = self
                 .issuer
                 .keys
                 .lock()
                 .map_err(|_| Status::internal("key ring lock poisoned"))?;
             tokens::validate(&ring, &svid, &audience, SystemTime::now())
+        };
+        if matches!(checked, Err(tokens::ValidateError::SessionEnded)) {
+            self.presented_after_end(peer.as_deref(), &svid);
         }
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let claims = checked.map_err(|e| Status::invalid_argument(e.to_string()))?;
         let json = serde_json::to_value(&claims).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::ValidateJwtsvidResponse {
             spiffe_id: claims.sub,

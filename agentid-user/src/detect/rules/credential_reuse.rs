@@ -20,7 +20,9 @@ rule!(
 impl Rule for CredentialReuse {
     fn on_credential(&mut self, seen: &Seen<'_>, cred: &CredentialView<'_>, book: &mut Incidents) {
         let registered: Vec<_> = cred.registered().collect();
-        if registered.len() < 2 || cred.all_shared {
+        // A token agentid issued is bound to one session: `issued-token-transfer` judges
+        // it with certainty (and per session), so it is not reported twice.
+        if registered.len() < 2 || cred.all_shared || cred.observation.issued.is_some() {
             return;
         }
         let agents: Vec<AlertAgent> = registered.iter().map(|(_, a, _)| a.clone()).collect();
@@ -69,6 +71,7 @@ pub fn fleet_reuse(
             .split_once(':')
             .map_or_else(String::new, |(k, _)| k.to_owned()),
         seen_as: named,
+        token: None,
     });
     book.raise(draft)
 }

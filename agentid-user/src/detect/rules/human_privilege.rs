@@ -108,6 +108,7 @@ fn file(seen: &Seen<'_>, book: &mut Incidents) {
                 fingerprint: o.fingerprint.to_string(),
                 kind: o.kind.to_string(),
                 seen_as: vec![format!("file:{text}")],
+                token: o.issued.as_deref().cloned(),
             }),
     };
     book.raise(draft);

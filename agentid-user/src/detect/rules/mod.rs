@@ -52,6 +52,7 @@ mod egress_violation;
 mod human_privilege;
 mod identity_escape;
 mod identity_sprawl;
+mod issued_token_transfer;
 mod raw_socket;
 mod shadow_agent;
 mod telemetry_gap;
@@ -62,12 +63,13 @@ pub use ambiguous_identity::{AMBIGUOUS_IDENTITY, AmbiguousIdentity};
 pub use credential_misdirected::{CREDENTIAL_MISDIRECTED, CredentialMisdirected, ServiceDomains};
 pub use credential_reuse::{CREDENTIAL_REUSE, CredentialReuse, fleet_reuse};
 pub use credential_scan_incomplete::{CREDENTIAL_SCAN_INCOMPLETE, CredentialScanIncomplete};
-pub use credential_stale::{CREDENTIAL_STALE, CredentialStale};
+pub use credential_stale::{CREDENTIAL_STALE, CredentialStale, presented_after_end};
 pub use delivery_loss::{DELIVERY_LOSS, DeliveryLoss, delivery_loss};
 pub use egress_violation::{EGRESS_VIOLATION, EgressViolation};
 pub use human_privilege::{HUMAN_PRIVILEGE, HumanPrivilege};
 pub use identity_escape::{IDENTITY_ESCAPE, IdentityEscape};
 pub use identity_sprawl::{IDENTITY_SPRAWL, IdentitySprawl, identity_sprawl, sprawl_reason};
+pub use issued_token_transfer::{ISSUED_TOKEN_TRANSFER, IssuedTokenTransfer};
 pub use raw_socket::{RAW_SOCKET, RawSocket};
 pub use shadow_agent::{SHADOW_AGENT, ShadowAgent};
 pub use telemetry_gap::{DownLoss, TELEMETRY_GAP, TelemetryGap};
@@ -113,9 +115,10 @@ pub trait Described {
 }
 
 /// Every rule, in the README's order.
-pub const CATALOGUE: [&RuleInfo; 15] = [
+pub const CATALOGUE: [&RuleInfo; 16] = [
     &CREDENTIAL_REUSE,
     &CREDENTIAL_STALE,
+    &ISSUED_TOKEN_TRANSFER,
     &CREDENTIAL_MISDIRECTED,
     &SHADOW_AGENT,
     &HUMAN_PRIVILEGE,
@@ -161,6 +164,7 @@ pub fn all(watch: Option<GlobList>, domains: ServiceDomains) -> Vec<Box<dyn Rule
         Box::new(HumanPrivilege),
         Box::new(CredentialStale),
         Box::new(CredentialReuse),
+        Box::new(IssuedTokenTransfer),
         Box::new(CredentialMisdirected { domains }),
         Box::new(ShadowAgent { watch }),
         Box::new(EgressViolation::default()),

@@ -493,3 +493,97 @@ fn principal_is_a_bare_string_on_the_wire() {
     );
     assert!(Principal::Unregistered > agent, "sorts as its string");
 }
+
+/// An exec by `agent` in `session` holding a token agentid issued to alpha's session
+/// `alpha/1-1` (live or not), as the redactor hands it over once the issuer recognised it.
+fn token_held(agent: Option<&str>, session: &str, live: bool) -> (AttributedEvent, Findings) {
+    let mut ev = exec(agent, "/bin/tool");
+    let mut identity = (*ev.identity).clone();
+    identity.session = agent.map(|_| session.to_owned());
+    ev.identity = Arc::new(identity);
+    let key = FingerprintKey::from_fleet_key(&"ab".repeat(32)).unwrap();
+    let mut o = Scanner::new(key).scan_env(std::iter::once(
+        &b"SVID=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl"[..],
+    ));
+    assert_eq!(o.len(), 1, "{o:?}");
+    o[0].issued = Some(Box::new(crate::credentials::TokenOrigin {
+        jti: "jti-1".into(),
+        kid: "kid-1".into(),
+        agent: A.into(),
+        session: "alpha/1-1".into(),
+        acting_for: vec![B.into()],
+        exp: 1_700_000_300,
+        session_live: live,
+    }));
+    (
+        ev,
+        Findings {
+            observations: o,
+            file: None,
+        },
+    )
+}
+
+#[test]
+fn an_issued_token_held_outside_its_session_is_a_transfer_and_after_it_stale() {
+    let r = registry("", "");
+    let mut d = Detector::new(None);
+    d.set_registry(&r);
+    // Its own session: silent, however often.
+    let (ev, f) = token_held(Some(A), "alpha/1-1", true);
+    assert!(run(&mut d, &ev, &f, &r).is_empty());
+    assert!(run(&mut d, &ev, &f, &r).is_empty());
+    // Another agent: one transfer (not also a reuse), naming both sessions and the chain.
+    let (ev, f) = token_held(Some(B), "beta/2-2", true);
+    let out = run(&mut d, &ev, &f, &r);
+    assert_eq!(rules_of(&out), ["issued-token-transfer"]);
+    let a = &out[0];
+    assert_eq!(a.severity, Severity::High);
+    assert_eq!(a.agents[0].id, A);
+    assert_eq!(a.agents[0].session.as_deref(), Some("alpha/1-1"));
+    assert_eq!(a.agents[1].id, B);
+    assert_eq!(a.agents[1].session.as_deref(), Some("beta/2-2"));
+    assert!(
+        a.description.contains("jti-1") && a.description.contains("env:SVID"),
+        "{}",
+        a.description
+    );
+    assert!(
+        a.description.contains(&format!("acting for {B}")),
+        "{}",
+        a.description
+    );
+    let token = a
+        .evidence
+        .credential
+        .as_ref()
+        .unwrap()
+        .token
+        .as_ref()
+        .unwrap();
+    assert_eq!(token.jti, "jti-1");
+    // The same holder again: the same incident.
+    assert_eq!(run(&mut d, &ev, &f, &r)[0].uid, a.uid);
+    // Another session of the same agent, and an unregistered process: transfers too.
+    let (ev, f) = token_held(Some(A), "alpha/3-3", true);
+    assert_eq!(
+        rules_of(&run(&mut d, &ev, &f, &r)),
+        ["issued-token-transfer"]
+    );
+    // After the session ended, its own holder: stale, with the reason.
+    let (ev, f) = token_held(Some(A), "alpha/1-1", false);
+    let out = run(&mut d, &ev, &f, &r);
+    assert_eq!(rules_of(&out), ["credential-stale"]);
+    assert_eq!(out[0].reason, Some("session-ended"));
+    assert!(
+        out[0].description.contains("alpha/1-1"),
+        "{}",
+        out[0].description
+    );
+    // (An unregistered holder of a registered agent's credential is a shadow agent too.)
+    let (ev, f) = token_held(None, "", false);
+    assert_eq!(
+        rules_of(&run(&mut d, &ev, &f, &r)),
+        ["credential-stale", "issued-token-transfer", "shadow-agent"]
+    );
+}

@@ -158,6 +158,9 @@ pub fn alert(alert: &Alert) -> String {
     if !acting_for.is_empty() {
         ext.custom("actingFor", &acting_for.join(","));
     }
+    if let Some(reason) = alert.reason {
+        ext.custom("reason", reason);
+    }
     line(alert.rule, &alert.title, severity(alert.severity), &ext)
 }
 

@@ -95,6 +95,10 @@ pub fn alert(alert: &Alert) -> Value {
             "connections": alert.evidence.connections,
         },
     });
+    if let Some(reason) = alert.reason {
+        v["event"]["reason"] = json!(reason);
+        v["agentid"]["reason"] = json!(reason);
+    }
     // ECS `process`/`destination` are single-valued: the first evidence; all of them are
     // under `agentid.*`.
     if let Some(p) = alert.evidence.processes.first() {

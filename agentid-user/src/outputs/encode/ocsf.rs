@@ -138,6 +138,9 @@ pub fn detection_finding(alert: &Alert, ctx: &EncodeContext) -> Value {
             "tags": alert.tags,
         }},
     });
+    if let Some(reason) = alert.reason {
+        v["unmapped"]["agentid"]["reason"] = json!(reason);
+    }
     if let Some(c) = &alert.evidence.credential {
         // The session the activity came from, per the actor (`host` profile): OCSF 1.8 has
         // no top-level `session` in a finding.

@@ -225,6 +225,41 @@ fn ecs_fields() {
     assert_eq!(v["process"]["executable"], "/usr/bin/curl");
 }
 
+/// A `credential-stale` about an issued token: its reason and the token's origin (never
+/// the token) in every format.
+#[test]
+fn a_stale_issued_token_carries_its_reason_and_origin() {
+    let mut a = Alert::sample();
+    a.rule = "credential-stale";
+    a.reason = Some("session-ended");
+    if let Some(c) = a.evidence.credential.as_mut() {
+        c.token = Some(crate::credentials::TokenOrigin {
+            jti: "j-123".into(),
+            kid: "k-1".into(),
+            agent: "spiffe://example.org/agent/research-bot".into(),
+            session: "research-bot/4242-1234".into(),
+            acting_for: vec![],
+            exp: 1_764_335_300,
+            session_live: false,
+        });
+    }
+    let v = ocsf::detection_finding(&a, &ctx());
+    assert_eq!(v["unmapped"]["agentid"]["reason"], "session-ended");
+    assert_eq!(
+        v["unmapped"]["agentid"]["credential"]["token"]["jti"],
+        "j-123"
+    );
+    let v = ecs::alert(&a);
+    assert_eq!(v["event"]["reason"], "session-ended");
+    assert_eq!(
+        v["agentid"]["credential"]["token"]["session"],
+        "research-bot/4242-1234"
+    );
+    assert!(cef::alert(&a).contains("cs5Label=reason cs5=session-ended"));
+    let plain = ocsf::detection_finding(&Alert::sample(), &ctx());
+    assert!(plain["unmapped"]["agentid"].get("reason").is_none());
+}
+
 #[test]
 fn cef_sample_and_escaping() {
     let line = cef::alert(&Alert::sample());
