@@ -90,6 +90,10 @@ enum Task {
         /// event by thread and by stage (`target/bench/profile.json`).
         #[arg(long)]
         profile: bool,
+        /// Only the enforcement section: a connect storm by an enforced agent vs monitor
+        /// mode vs no tracer, and resolve+connect cycles/s.
+        #[arg(long)]
+        enforcement: bool,
         /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -274,6 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &bench::Options {
                     quick: true,
                     profile: false,
+                    enforcement: false,
                     out: None,
                 },
             )
@@ -281,6 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Bench {
             quick,
             profile,
+            enforcement,
             out,
         } => {
             setup()?;
@@ -289,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &bench::Options {
                     quick,
                     profile,
+                    enforcement,
                     out,
                 },
             )

@@ -4,6 +4,7 @@
 //!
 //! Nothing here asserts a threshold: figures are reported, and the bench fails only when
 //! something crashes (a workload, the daemon, a tracer that started and then died).
+mod enforce;
 mod kernel;
 mod latency;
 mod profile;
@@ -27,6 +28,8 @@ pub(crate) struct Options {
     /// Only the daemon-resources section, sampled by `perf record`, with the per-stage
     /// breakdown of the daemon's time per event.
     pub profile: bool,
+    /// Only the enforcement section (enforced vs monitor vs no tracer; resolve+connect).
+    pub enforcement: bool,
     pub out: Option<PathBuf>,
 }
 
@@ -50,6 +53,7 @@ struct Ctx {
 struct Plan {
     overhead: kernel::Sizes,
     resources: resources::Sizes,
+    enforcement: enforce::Sizes,
     latency_trials: usize,
     /// criterion arguments.
     criterion: &'static [&'static str],
@@ -70,6 +74,13 @@ fn plan(quick: bool) -> Plan {
                 live_processes: 2_000,
                 events_per_s: 20_000,
                 seconds: 10,
+            },
+            // A few seconds in CI: one daemon start, one run of each.
+            enforcement: enforce::Sizes {
+                connects: 2_000,
+                cycles: 200,
+                reps: 1,
+                pairs: 1,
             },
             latency_trials: 10,
             criterion: &[
@@ -96,6 +107,12 @@ fn plan(quick: bool) -> Plan {
                 live_processes: 10_000,
                 events_per_s: 20_000,
                 seconds: 60,
+            },
+            enforcement: enforce::Sizes {
+                connects: 50_000,
+                cycles: 5_000,
+                reps: 4,
+                pairs: 2,
             },
             latency_trials: 100,
             criterion: &["--warm-up-time", "1", "--measurement-time", "3"],
@@ -247,12 +264,31 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     if opts.profile {
         return profile_only(&ctx, &plan, &target, &machine, &scratch);
     }
+    if opts.enforcement {
+        eprintln!("bench: enforcement");
+        let enforcement = enforce::run(&ctx, plan.enforcement)?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        return write_results(
+            opts,
+            &target,
+            &json!({
+                "mode": if opts.quick { "quick" } else { "full" },
+                "command": if opts.quick { "cargo xtask bench --quick --enforcement" } else { "cargo xtask bench --enforcement" },
+                "machine": machine,
+                "enforcement": enforcement,
+                "duration_s": started.elapsed().as_secs_f64(),
+            }),
+            started,
+        );
+    }
     eprintln!("bench: kernel-path overhead");
     let overhead = kernel::run(&ctx, plan.overhead)?;
     eprintln!("bench: daemon resources");
     let resources = resources::run(&ctx, plan.resources, None)?;
     eprintln!("bench: alert latency");
     let latency = latency::run(&ctx, plan.latency_trials)?;
+    eprintln!("bench: enforcement");
+    let enforcement = enforce::run(&ctx, plan.enforcement)?;
     eprintln!("bench: userspace pipeline (criterion)");
     let pipeline = pipeline(root, &target, &plan)?;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -265,8 +301,19 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         "pipeline": pipeline,
         "resources": resources,
         "alert_latency": latency,
+        "enforcement": enforcement,
         "duration_s": started.elapsed().as_secs_f64(),
     });
+    write_results(opts, &target, &results, started)
+}
+
+/// The JSON results and their markdown beside them.
+fn write_results(
+    opts: &Options,
+    target: &Path,
+    results: &Value,
+    started: Instant,
+) -> anyhow::Result<()> {
     let out = opts
         .out
         .clone()
@@ -274,8 +321,8 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
-    let md = report::markdown(&results);
+    std::fs::write(&out, serde_json::to_string_pretty(results)?)?;
+    let md = report::markdown(results);
     let md_path = out.with_file_name("results.md");
     std::fs::write(&md_path, &md)?;
     println!("{md}");
