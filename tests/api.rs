@@ -263,7 +263,7 @@ fn every_route_answers_in_its_type() {
     same_json(&status, &raw, "/v1/status");
     // 6 syscall tracepoints (open, openat, socket), 3 raw tracepoints, 4 cgroup socket
     // hooks, 2 cgroup packet hooks (DNS), 2 TLS uprobes.
-    assert_eq!(status.probes.len(), 17, "{:?}", status.probes);
+    assert_eq!(status.probes.len(), 18, "{:?}", status.probes);
     assert!(status.probes.iter().any(|p| p == "sys_exit_socket"));
     assert!(status.probes.iter().any(|p| p == "tls_write"));
     // The system's libssl got the TLS request probes.

@@ -92,7 +92,7 @@ fn daemon_attributes_events_and_serves_the_cli() {
 
     // Kernel counters are sampled once a second.
     let status = d.cli_until(&["status"], |v| v["events"]["exec"].as_u64() >= Some(2));
-    assert_eq!(status["probes"].as_array().map(Vec::len), Some(17));
+    assert_eq!(status["probes"].as_array().map(Vec::len), Some(18));
     assert_eq!(status["drops"]["exec"], 0);
     assert_eq!(status["registry"]["agents"], 2);
 

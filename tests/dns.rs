@@ -8,10 +8,8 @@
     reason = "this package's targets share one dependency list and each test file uses a few of it"
 )]
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener, UdpSocket},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    net::{Ipv4Addr, TcpListener},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -29,159 +27,11 @@ use agentid::{
 use agentid_tests::{
     TestCgroup,
     daemon::{Daemon, registration},
+    dns::{ALLOWED, Dnsmasq, OUTSIDE, PYTHON, http_server, lo},
     sensor_or_skip,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-const ALLOWED: &str = "allowed.agentid.test";
-const OUTSIDE: &str = "outside.agentid.test";
-const PYTHON: &str = "/usr/bin/python3";
-
-/// A loopback address of this test run: `127.77.X.n`, X from the pid, so parallel runs
-/// (other worktrees, other test binaries) do not meet.
-/// One resolver address per test binary: the tests that start a `dnsmasq` on it take
-/// turns (held for the whole test, so a failing one cannot leave the next racing it).
-static RESOLVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lo(n: u8) -> Ipv4Addr {
-    let x = u8::try_from(std::process::id() % 250).expect("pid byte");
-    Ipv4Addr::new(127, 77, x, n)
-}
-
-/// `dnsmasq` answering `records` on `lo(53):53` only, killed (and its files removed) on
-/// drop, even when the test fails.
-struct Dnsmasq {
-    child: Child,
-    dir: PathBuf,
-    /// A `resolv.conf` naming it, for the agents' mount namespaces.
-    resolv: PathBuf,
-    /// This test's turn on the resolver address, given back after the kill in `drop`.
-    _turn: std::sync::MutexGuard<'static, ()>,
-}
-
-impl Dnsmasq {
-    fn start(test: &str, records: &[(&str, Ipv4Addr)]) -> Self {
-        let turn = RESOLVER
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let dir = std::env::temp_dir().join(format!("agentid-dns-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let resolv = dir.join("resolv.conf");
-        std::fs::write(
-            &resolv,
-            format!("nameserver {}\noptions attempts:1 timeout:2\n", lo(53)),
-        )
-        .expect("resolv.conf");
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-            "--local-ttl=5",
-        ])
-        .arg(format!("--listen-address={}", lo(53)))
-        .arg(format!("--pid-file={}", dir.join("pid").display()));
-        for (name, ip) in records {
-            cmd.arg(format!("--host-record={name},{ip}"));
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq (scripts/setup.sh installs dnsmasq-base)");
-        let mut d = Self {
-            child,
-            dir,
-            resolv,
-            _turn: turn,
-        };
-        d.wait_ready(records.first().map_or(ALLOWED, |r| r.0));
-        d
-    }
-
-    /// Asks it until it answers (a deadline, not a sleep).
-    fn wait_ready(&mut self, name: &str) {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("udp");
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let q = query(0x5151, name);
-        let mut buf = [0u8; 512];
-        loop {
-            let _ = sock.send_to(&q, (lo(53), 53));
-            if let Ok(n) = sock.recv(&mut buf)
-                && n > 12
-                && buf[..2] == [0x51, 0x51]
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("dnsmasq exited ({status}): is {} free?", lo(53));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dnsmasq on {} did not answer within 10 s",
-                lo(53)
-            );
-        }
-    }
-
-    /// `program args…` in `cg`, in a private mount namespace where `/etc/resolv.conf` is
-    /// this resolver's.
-    fn agent(&self, cg: &TestCgroup, program: &str, args: &[&str]) -> Command {
-        let mut cmd = cg.command("unshare");
-        cmd.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
-        ])
-        .arg(&self.resolv)
-        .arg(program)
-        .args(args);
-        cmd
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A DNS query for `name`, type A.
-fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(u8::try_from(label.len()).expect("label"));
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
-
-/// A TCP listener on `ip` that answers one HTTP request per connection (for curl).
-fn http_server(ip: Ipv4Addr) -> u16 {
-    let l = TcpListener::bind((ip, 0)).expect("listener");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().map_while(Result::ok) {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
-        }
-    });
-    port
-}
 
 struct Rig {
     sensor: Sensor,
@@ -288,7 +138,7 @@ fn incidents<'a>(alerts: &'a [Alert], rule: &str) -> Vec<&'a Alert> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_by_name_carry_dst_names_and_only_the_name_outside_the_policy_alerts() {
     let cg = TestCgroup::new("dns-names");
-    let dns = Dnsmasq::start("names", &[(ALLOWED, lo(1)), (OUTSIDE, lo(2))]);
+    let dns = Dnsmasq::start("names", 5, &[(ALLOWED, lo(1)), (OUTSIDE, lo(2))]);
     let (pa, po) = (http_server(lo(1)), http_server(lo(2)));
     let policy = format!("egress = [\"{ALLOWED}:{pa}\", \"{}:53\"]", lo(53));
     let Some(mut rig) = Rig::new("dnsnames", &cg, &policy) else {
@@ -367,7 +217,7 @@ async fn connects_by_name_carry_dst_names_and_only_the_name_outside_the_policy_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_forging_answers_to_itself_gains_nothing() {
     let cg = TestCgroup::new("dns-spoof");
-    let dns = Dnsmasq::start("spoof", &[(ALLOWED, lo(1))]);
+    let dns = Dnsmasq::start("spoof", 5, &[(ALLOWED, lo(1))]);
     let target = lo(3);
     let listener = TcpListener::bind((target, 0)).expect("target");
     let port = listener.local_addr().expect("addr").port();
@@ -500,6 +350,7 @@ fn policy_suggest_pasted_back_makes_a_replay_alert_free() {
     let cg = TestCgroup::new("dns-suggest");
     let dns = Dnsmasq::start(
         "suggest",
+        5,
         &[
             (ALLOWED, lo(1)),
             (OUTSIDE, lo(2)),

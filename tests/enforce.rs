@@ -7,155 +7,17 @@
     reason = "this package's targets share one dependency list and each test file uses a few of it"
 )]
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener, UdpSocket},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::Output,
 };
 
 use agentid_tests::{
     TestCgroup,
     daemon::{Daemon, registration},
+    dns::{ALLOWED, Dnsmasq, OUTSIDE, PYTHON, http_server as server, lo},
 };
 use serde_json::Value;
-
-const ALLOWED: &str = "allowed.agentid.test";
-const OUTSIDE: &str = "outside.agentid.test";
-const PYTHON: &str = "/usr/bin/python3";
-
-/// One resolver address per test binary: tests take turns on it.
-static RESOLVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// `127.78.X.n`, X from the pid: parallel runs do not meet.
-fn lo(n: u8) -> Ipv4Addr {
-    let x = u8::try_from(std::process::id() % 250).expect("pid byte");
-    Ipv4Addr::new(127, 78, x, n)
-}
-
-/// `dnsmasq` answering `records` (TTL 1 s) on `lo(53):53`, killed and its files removed
-/// on drop, however the test ends.
-struct Dnsmasq {
-    child: Child,
-    dir: PathBuf,
-    resolv: PathBuf,
-    _turn: std::sync::MutexGuard<'static, ()>,
-}
-
-impl Dnsmasq {
-    fn start(test: &str, records: &[(&str, Ipv4Addr)]) -> Self {
-        let turn = RESOLVER
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let dir = std::env::temp_dir().join(format!("agentid-enf-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let resolv = dir.join("resolv.conf");
-        std::fs::write(
-            &resolv,
-            format!("nameserver {}\noptions attempts:1 timeout:2\n", lo(53)),
-        )
-        .expect("resolv.conf");
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-            "--local-ttl=1",
-        ])
-        .arg(format!("--listen-address={}", lo(53)))
-        .arg(format!("--pid-file={}", dir.join("pid").display()));
-        for (name, ip) in records {
-            cmd.arg(format!("--host-record={name},{ip}"));
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq (scripts/setup.sh installs dnsmasq-base)");
-        let mut d = Self {
-            child,
-            dir,
-            resolv,
-            _turn: turn,
-        };
-        d.wait_ready(records[0].0);
-        d
-    }
-
-    fn wait_ready(&mut self, name: &str) {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("udp");
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut q = vec![0x51, 0x51, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in name.split('.') {
-            q.push(u8::try_from(label.len()).expect("label"));
-            q.extend_from_slice(label.as_bytes());
-        }
-        q.extend_from_slice(&[0, 0, 1, 0, 1]);
-        let mut buf = [0u8; 512];
-        loop {
-            let _ = sock.send_to(&q, (lo(53), 53));
-            if let Ok(n) = sock.recv(&mut buf)
-                && n > 12
-                && buf[..2] == [0x51, 0x51]
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("dnsmasq exited ({status}): is {} free?", lo(53));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dnsmasq did not answer within 10 s"
-            );
-        }
-    }
-
-    /// Python running `script` in `cg`, in a mount namespace with this resolver.
-    fn python(&self, cg: &TestCgroup, script: &str, args: &[&str]) -> Output {
-        cg.command("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
-            ])
-            .arg(&self.resolv)
-            .args([PYTHON, "-c", script])
-            .args(args)
-            .output()
-            .expect("python")
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A TCP listener on `ip` answering each connection with an HTTP 200.
-fn server(ip: Ipv4Addr) -> u16 {
-    let l = TcpListener::bind((ip, 0)).expect("listener");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().map_while(Result::ok) {
-            let mut buf = [0u8; 256];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
-        }
-    });
-    port
-}
 
 /// Connects to `host:port` and prints `ok`, or the errno name of the failure
 /// (`EPERM`, or `DNS` when the name did not resolve).
@@ -219,7 +81,7 @@ fn egress_is_enforced_in_the_kernel_by_name_and_follows_the_process() {
     let cg = TestCgroup::new("enf-egress");
     let mon = TestCgroup::new("enf-monitor");
     let other = TestCgroup::new("enf-unreg");
-    let dns = Dnsmasq::start("egress", &[(ALLOWED, lo(1)), (OUTSIDE, lo(2))]);
+    let dns = Dnsmasq::start("egress", 1, &[(ALLOWED, lo(1)), (OUTSIDE, lo(2))]);
     let (pa, po) = (server(lo(1)), server(lo(2)));
     let dir = daemon_dir(
         "enf-egress",
@@ -352,9 +214,13 @@ except OSError as e:
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Renames of a new file over an allowed tool, each run at once.
+const REPLACEMENTS: usize = 20;
+
 /// Tools: an allowed executable runs, one outside `tools` is killed before it can write a
-/// file, and an allowed binary replaced by a new file (a new inode) is allowed again once
-/// the daemon rescans.
+/// file, an allowed binary replaced by a new file (a new inode) runs at once, every time,
+/// and the disallowed binary under another name (renamed, copied, symlinked) is still
+/// killed.
 #[test]
 fn tools_outside_the_policy_are_killed_before_they_run() {
     let cg = TestCgroup::new("enf-tools");
@@ -405,22 +271,123 @@ fn tools_outside_the_policy_are_killed_before_they_run() {
     );
     assert!(blocked_alert(&alerts, "tool-violation", "/usr/bin/touch"));
 
-    // Replaced: a new file renamed over the allowed path.
-    let new = tool_dir.join("tool.new");
-    std::fs::copy("/usr/bin/true", &new).expect("copy");
-    std::fs::rename(&new, &tool).expect("rename");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if run(&tool) == "0" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replaced allowed tool was still refused after 15 s"
+    // Replaced: a new file renamed over the allowed path runs at once, every time (the
+    // kernel allows a literal `tools` path by name; no rescan to wait for).
+    for i in 0..REPLACEMENTS {
+        let new = tool_dir.join("tool.new");
+        std::fs::copy("/usr/bin/true", &new).expect("copy");
+        std::fs::rename(&new, &tool).expect("rename");
+        assert_eq!(
+            run(&tool),
+            "0",
+            "replacement {i} of the allowed tool was refused"
         );
-        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Evasion: the disallowed binary under a name `tools` does not list, by a rename
+    // (same inode) and by a fresh copy (a new inode), and through a symlink.
+    let other = tool_dir.join("other");
+    std::fs::copy("/usr/bin/touch", tool_dir.join("touch.new")).expect("copy");
+    std::fs::rename(tool_dir.join("touch.new"), &other).expect("rename");
+    let link = tool_dir.join("link");
+    std::os::unix::fs::symlink("/usr/bin/touch", &link).expect("symlink");
+    for evasive in [&other, &link] {
+        let out = cg
+            .command(PYTHON)
+            .args([
+                "-c",
+                "import subprocess, sys; print(subprocess.run(sys.argv[1:]).returncode)",
+            ])
+            .arg(evasive)
+            .arg(&marker)
+            .output()
+            .expect("python");
+        assert_eq!(said(&out), "-9", "{} must be killed", evasive.display());
+        assert!(!marker.exists(), "{} ran", evasive.display());
     }
     drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// New cgroups: one made inside an enforced agent's cgroup is enforced from its creation,
+/// whoever made it, before the daemon's walk has seen it. The agent that makes one and
+/// moves into it resolves and connects by the allowed name at once and is refused
+/// outside; a fresh process an outsider starts in a new nested one is refused too; and
+/// the walk, once it sees them, keeps them enforced.
+#[test]
+fn cgroups_made_inside_an_enforced_one_are_enforced_at_once() {
+    let cg = TestCgroup::new("enf-newcg");
+    let dns = Dnsmasq::start("newcg", 1, &[(ALLOWED, lo(21)), (OUTSIDE, lo(22))]);
+    let (pa, po) = (server(lo(21)), server(lo(22)));
+    let dir = daemon_dir(
+        "enf-newcg",
+        &format!("[dns]\nresolvers = [\"{}\"]\n", lo(53)),
+    );
+    std::fs::write(
+        dir.join("agents/a.toml"),
+        format!(
+            "{}[agent.policy]\nenforce = true\negress = [\"{ALLOWED}:{pa}\"]\n",
+            registration("newcg", &cg)
+        ),
+    )
+    .expect("reg");
+    let Some(d) = Daemon::start(&dir) else { return };
+    d.cli_until(&["status"], |v| enforced_cgroups(v) >= 1);
+
+    // Removed after the processes in them are gone, even if an assertion fails.
+    let made = TestCgroup {
+        dir: cg.dir.join("made-by-agent"),
+        rel: format!("{}/made-by-agent", cg.rel),
+        id: 0,
+    };
+    let moved = dns.python(
+        &cg,
+        r"
+import errno, os, socket, sys
+os.mkdir(sys.argv[1])
+open(sys.argv[1] + '/cgroup.procs', 'w').write(str(os.getpid()))
+def connect(host, port):
+    try:
+        socket.create_connection((host, int(port)), 5).close(); return 'ok'
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e))
+print(connect(sys.argv[2], sys.argv[3]), connect(sys.argv[4], sys.argv[5]))
+",
+        &[
+            &made.dir.display().to_string(),
+            ALLOWED,
+            &pa.to_string(),
+            &lo(22).to_string(),
+            &po.to_string(),
+        ],
+    );
+    assert_eq!(
+        said(&moved),
+        "ok EPERM",
+        "the agent in the cgroup it just made: the allowed name, then outside"
+    );
+
+    // An outsider makes two levels and starts a fresh process in the deeper one.
+    let outer = cg.child("made-outside");
+    let inner = outer.child("deeper");
+    let fresh = dns.python(&inner, CONNECT, &[OUTSIDE, &po.to_string()]);
+    assert!(
+        said(&fresh).starts_with("DNS"),
+        "a name outside, from a fresh process in a new nested cgroup: {}",
+        said(&fresh)
+    );
+    let raw = dns.python(&inner, CONNECT, &[&lo(22).to_string(), &po.to_string()]);
+    assert_eq!(said(&raw), "EPERM", "a raw address outside, from the same");
+    let ok = dns.python(&inner, CONNECT, &[ALLOWED, &pa.to_string()]);
+    assert_eq!(said(&ok), "ok", "the allowed name, from the same");
+
+    // Once the walk has seen them (the enforced count covers them), still enforced.
+    d.cli_until(&["status"], |v| enforced_cgroups(v) >= 4);
+    let raw = dns.python(&inner, CONNECT, &[&lo(22).to_string(), &po.to_string()]);
+    assert_eq!(said(&raw), "EPERM", "after the walk");
+    drop(d);
+    drop(inner);
+    drop(outer);
+    drop(made);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

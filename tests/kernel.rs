@@ -1228,9 +1228,13 @@ async fn enforcement_refuses_connects_and_kills_execs_outside_the_policy() {
     let plan = compile([(&id, &policy)]).expect("plan");
     let cgroups = std::collections::BTreeMap::from([(cg.id, policy_id(&id))]);
     sensor
-        .apply_enforcement(&plan, &cgroups, &[])
+        .apply_enforcement(&plan, &cgroups, cg.id, &[])
         .expect("enforcement maps");
-    let connect = |port: u16| {
+    // Made after the maps were written, by a process that is not enforced: the kernel
+    // enforces them from their creation (`cgroup_mkdir`), with no daemon to tell it.
+    let sub = cg.child("sub");
+    let deep = sub.child("deep");
+    let connect_in = |cg: &TestCgroup, port: u16| {
         let out = cg
             .command("/usr/bin/python3")
             .args([
@@ -1242,8 +1246,17 @@ async fn enforcement_refuses_connects_and_kills_execs_outside_the_policy() {
             .expect("python");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
+    let connect = |port: u16| connect_in(&cg, port);
     assert_eq!(connect(pa), "ok");
     assert_eq!(connect(po), "EPERM");
+    assert_eq!(
+        connect_in(&deep, po),
+        "EPERM",
+        "a cgroup made inside an enforced one"
+    );
+    assert_eq!(connect_in(&deep, pa), "ok");
+    drop(deep);
+    drop(sub);
     let killed = cg
         .command("/bin/sh")
         .args(["-c", "/bin/true; exit 3"])

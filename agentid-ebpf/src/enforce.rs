@@ -25,6 +25,10 @@ pub const EXES_MAP: &str = "ENF_EXES";
 /// `HashMap<[u8; 16], u8>`: the host's resolvers (IPv4 as `::ffff:a.b.c.d`), to which
 /// enforced agents may send DNS queries for allowed names without an `egress` rule.
 pub const RESOLVERS_MAP: &str = "ENF_RESOLVERS";
+/// `HashMap<ExePath, u8>`: the literal paths `tools` allows. An exec by one of these
+/// names is allowed whatever file is there now, as the daemon's rescan would decide, but
+/// with no window after a replacement.
+pub const EXE_PATHS_MAP: &str = "ENF_EXE_PATHS";
 
 /// [`POLICIES_MAP`] values: which lists the policy restricts (an absent list allows all).
 pub mod policy_flags {
@@ -102,6 +106,18 @@ pub struct ExeKey {
     pub ino: u64,
 }
 
+/// Bytes of [`ExePath::path`]: longer tool paths are allowed by inode only.
+pub const EXE_PATH_LEN: usize = 252;
+
+/// Key of [`EXE_PATHS_MAP`]: the path as the exec passed it (`bprm->filename`),
+/// NUL-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExePath {
+    pub policy: u32,
+    pub path: [u8; EXE_PATH_LEN],
+}
+
 /// Labels of a question name the kernel hashes (deeper names are refused).
 pub const MAX_LABELS: usize = 32;
 
@@ -138,4 +154,5 @@ const _: () = {
     assert!(size_of::<NameKey>() == 16 && offset_of!(NameKey, hash) == 8);
     assert!(size_of::<NamePorts>() == 8 + 2 * MAX_NAME_PORTS);
     assert!(size_of::<ExeKey>() == 16 && offset_of!(ExeKey, ino) == 8);
+    assert!(size_of::<ExePath>() == 4 + EXE_PATH_LEN);
 };

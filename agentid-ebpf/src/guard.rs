@@ -7,15 +7,22 @@
 //!   the answer reaches the socket (`dns.rs` calls [`dns_query_allowed`] and
 //!   [`learn_answer`]): a client that connects right after resolving is never early;
 //! - an exec outside `tools` gets `SIGKILL` before its first instruction (`process.rs`
-//!   asks [`exe_allowed`]).
+//!   asks [`exe_allowed`]);
+//! - a cgroup v2 created inside an enforced cgroup is enforced with its parent's policy
+//!   from its creation ([`cgroup_mkdir`]), before any process can enter it.
 use agentid_ebpf::enforce::{
-    AddrKey, ExeKey, LABEL_SEED, MAX_LABELS, MAX_NAME_PORTS, NET_KEY_FIXED_BITS, NameKey,
-    NamePorts, NetKey, label_step, name_kind, policy_flags, suffix_step, v4_mapped,
+    AddrKey, EXE_PATH_LEN, ExeKey, ExePath, LABEL_SEED, MAX_LABELS, MAX_NAME_PORTS,
+    NET_KEY_FIXED_BITS, NameKey, NamePorts, NetKey, label_step, name_kind, policy_flags,
+    suffix_step, v4_mapped,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
-    macros::map,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        generated::bpf_probe_read_kernel_str,
+    },
+    macros::{map, raw_tracepoint},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::RawTracePointContext,
 };
 
 use crate::common::config;
@@ -36,6 +43,11 @@ static ENF_LEARNED: LruHashMap<AddrKey, u64> = LruHashMap::with_max_entries(6553
 static ENF_EXES: HashMap<ExeKey, u8> = HashMap::with_max_entries(16384, 0);
 #[map(name = "ENF_RESOLVERS")]
 static ENF_RESOLVERS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
+#[map(name = "ENF_EXE_PATHS")]
+static ENF_EXE_PATHS: HashMap<ExePath, u8> = HashMap::with_max_entries(4096, 0);
+/// The [`ExePath`] key of the exec being decided (too large for the stack).
+#[map(name = "ENF_EXE_KEY")]
+static ENF_EXE_KEY: PerCpuArray<ExePath> = PerCpuArray::with_max_entries(1, 0);
 
 /// Bytes of a DNS message parsed (a question name is at most 255 bytes; the answers
 /// past this are not learned).
@@ -108,9 +120,12 @@ pub fn forget(tgid: u32) {
     let _ = ENF_TASKS.remove(&tgid);
 }
 
-/// Whether the current task, about to run the executable `(dev, ino)`, may run it.
+/// Whether the current task, about to run the executable `(dev, ino)` it named
+/// `filename` (a kernel string), may run it: the file is one `tools` resolved to, or the
+/// name is one of its literal paths (whatever file is there now: a replaced tool runs at
+/// once, where the daemon's rescan would lag).
 #[inline(always)]
-pub fn exe_allowed(tgid: u32, dev: u32, ino: u64) -> bool {
+pub fn exe_allowed(tgid: u32, dev: u32, ino: u64, filename: u64) -> bool {
     let Some((policy, flags)) = task_policy(tgid) else {
         return true;
     };
@@ -119,7 +134,81 @@ pub fn exe_allowed(tgid: u32, dev: u32, ino: u64) -> bool {
     }
     let key = ExeKey { policy, dev, ino };
     // SAFETY: map lookup of a plain key.
-    unsafe { ENF_EXES.get(&key) }.is_some()
+    if unsafe { ENF_EXES.get(&key) }.is_some() {
+        return true;
+    }
+    let Some(k) = ENF_EXE_KEY.get_ptr_mut(0) else {
+        return false;
+    };
+    if filename == 0 {
+        return false;
+    }
+    // SAFETY: `k` is this CPU's slot, valid for the whole `ExePath`; the name is kernel
+    // memory read through the checked helper, at most `EXE_PATH_LEN` bytes with its NUL.
+    unsafe {
+        core::ptr::write_bytes(k, 0, 1);
+        (*k).policy = policy;
+        let n = bpf_probe_read_kernel_str(
+            (*k).path.as_mut_ptr().cast(),
+            EXE_PATH_LEN as u32,
+            filename as *const _,
+        );
+        // A name that filled the buffer may be longer: the daemon never lists those.
+        if n <= 1 || n as usize >= EXE_PATH_LEN {
+            return false;
+        }
+        ENF_EXE_PATHS.get(&*k).is_some()
+    }
+}
+
+/// `cgroup_mkdir(struct cgroup *cgrp, const char *path)`, run under `cgroup_mutex`, which
+/// a move into the new cgroup also takes: a cgroup v2 made inside an enforced cgroup
+/// gets its parent's policy before any process can be in it. The daemon's walk keeps
+/// it (a cgroup below an enforced one stays enforced), so a new cgroup never waits for
+/// the walk, whoever made it.
+#[raw_tracepoint(tracepoint = "cgroup_mkdir")]
+pub fn cgroup_mkdir(ctx: RawTracePointContext) -> i32 {
+    let cfg = config();
+    if cfg.cgroup_kn_off == 0 {
+        return 0;
+    }
+    let cgrp: u64 = ctx.arg(0);
+    let read = |base: u64, off: u32| -> u64 {
+        if base == 0 {
+            return 0;
+        }
+        // SAFETY: kernel memory read through the checked helper.
+        unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const u64) }.unwrap_or(0)
+    };
+    let root = read(cgrp, cfg.cgroup_root_off);
+    if root == 0 {
+        return 0;
+    }
+    // SAFETY: as above; v1 hierarchies number their cgroups apart from v2's.
+    let hierarchy = unsafe {
+        bpf_probe_read_kernel((root + u64::from(cfg.root_hierarchy_id_off)) as *const i32)
+    }
+    .unwrap_or(-1);
+    if hierarchy != 0 {
+        return 0;
+    }
+    let parent_css = read(cgrp + u64::from(cfg.cgroup_self_off), cfg.css_parent_off);
+    if parent_css == 0 {
+        return 0;
+    }
+    // The parent's `self` is embedded in the parent cgroup.
+    let parent = parent_css - u64::from(cfg.cgroup_self_off);
+    let parent_id = read(read(parent, cfg.cgroup_kn_off), cfg.kn_id_off);
+    let id = read(read(cgrp, cfg.cgroup_kn_off), cfg.kn_id_off);
+    if parent_id == 0 || id == 0 {
+        return 0;
+    }
+    // SAFETY: map lookup of a plain key.
+    if let Some(policy) = unsafe { ENF_CGROUPS.get(&parent_id) } {
+        let policy = *policy;
+        let _ = ENF_CGROUPS.insert(&id, &policy, 0);
+    }
+    0
 }
 
 /// Whether a connect or unconnected send to `addr:port` (`addr` IPv4-mapped for v4) by

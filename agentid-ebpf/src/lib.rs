@@ -413,6 +413,16 @@ pub struct Config {
     pub inode_ino_off: u32,
     pub inode_sb_off: u32,
     pub sb_dev_off: u32,
+    /// A new cgroup's parent and hierarchy, at `cgroup_mkdir`: `cgroup::{self, root, kn}`
+    /// → `cgroup_subsys_state::parent` (the parent's `self`) and
+    /// `cgroup_root::hierarchy_id` (0: cgroup v2) and `kernfs_node::id` (the cgroup id).
+    /// 0 in `cgroup_kn_off` disables inheritance.
+    pub cgroup_self_off: u32,
+    pub cgroup_root_off: u32,
+    pub cgroup_kn_off: u32,
+    pub css_parent_off: u32,
+    pub root_hierarchy_id_off: u32,
+    pub kn_id_off: u32,
 }
 
 impl Config {
@@ -443,6 +453,12 @@ impl Config {
         inode_ino_off: 0,
         inode_sb_off: 0,
         sb_dev_off: 0,
+        cgroup_self_off: 0,
+        cgroup_root_off: 0,
+        cgroup_kn_off: 0,
+        css_parent_off: 0,
+        root_hierarchy_id_off: 0,
+        kn_id_off: 0,
     };
 }
 
@@ -580,7 +596,7 @@ const _: () = {
     assert!(offset_of!(Config, inode_ino_off) == 92);
     assert!(offset_of!(Config, inode_sb_off) == 96);
     assert!(offset_of!(Config, sb_dev_off) == 100);
-    assert!(size_of::<Config>() == 26 * 4);
+    assert!(size_of::<Config>() == 32 * 4);
 
     // Ring-buffer records are 8-byte aligned; sizes that are multiples of 8 keep every
     // record's fields aligned in place.
@@ -629,4 +645,6 @@ mod user {
     unsafe impl aya::Pod for super::enforce::NamePorts {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::enforce::ExeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::enforce::ExePath {}
 }

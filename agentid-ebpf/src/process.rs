@@ -55,7 +55,8 @@ fn enforce_tools(cfg: &agentid_ebpf::Config, tgid: u32, bprm: u64) -> bool {
         };
         (dev, read_u64(inode, cfg.inode_ino_off))
     };
-    if guard::exe_allowed(tgid, dev, ino) {
+    let filename = read_u64(bprm as usize, cfg.binprm_filename_off);
+    if guard::exe_allowed(tgid, dev, ino, filename) {
         return false;
     }
     // SAFETY: helper without preconditions; it signals the current task.

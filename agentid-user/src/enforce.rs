@@ -8,8 +8,8 @@ use std::{
 };
 
 use agentid_ebpf::enforce::{
-    ExeKey, LABEL_SEED, MAX_NAME_PORTS, NET_KEY_FIXED_BITS, NameKey, NamePorts, NetKey, label_step,
-    name_kind, policy_flags, suffix_step, v4_mapped,
+    EXE_PATH_LEN, ExeKey, ExePath, LABEL_SEED, MAX_NAME_PORTS, NET_KEY_FIXED_BITS, NameKey,
+    NamePorts, NetKey, label_step, name_kind, policy_flags, suffix_step, v4_mapped,
 };
 use ipnet::IpNet;
 use sha2::{Digest as _, Sha256};
@@ -36,6 +36,10 @@ pub struct Plan {
     pub nets: Vec<(u32, NetKey)>,
     pub names: Vec<(NameKey, NamePorts)>,
     pub exes: BTreeSet<(u32, u32, u64)>,
+    /// Policy id and the literal paths of `tools` (no wildcard): the kernel allows an
+    /// exec by such a name whatever file is there, so a replaced tool never waits for a
+    /// rescan.
+    pub exe_paths: BTreeSet<(u32, String)>,
     /// The agents' ids, by policy id (for `status` and the log).
     pub agents: BTreeMap<u32, String>,
 }
@@ -115,6 +119,11 @@ pub fn compile<'a>(
             flags |= policy_flags::TOOLS;
             plan.exes
                 .extend(exes_of(tools).into_iter().map(|(dev, ino)| (pid, dev, ino)));
+            plan.exe_paths.extend(
+                literal_paths(tools)
+                    .into_iter()
+                    .map(|p| (pid, p.to_owned())),
+            );
         }
         plan.policies.insert(pid, flags);
         plan.agents.insert(pid, id.to_string());
@@ -181,6 +190,19 @@ pub fn map_addr(ip: IpAddr) -> [u8; 16] {
     }
 }
 
+/// The patterns of `tools` that are plain absolute paths the kernel can compare an
+/// exec's name with (shorter than its key holds).
+pub fn literal_paths(tools: &GlobList) -> Vec<&str> {
+    tools
+        .patterns()
+        .iter()
+        .map(String::as_str)
+        .filter(|p| {
+            p.starts_with('/') && !p.contains(['*', '?', '[', '{', '\\']) && p.len() < EXE_PATH_LEN
+        })
+        .collect()
+}
+
 /// The executables (kernel `s_dev`, inode) that `tools` names today: each pattern's
 /// literal directory is walked (up to 6 levels for `**`) and every matching path is
 /// followed through symlinks to the file the kernel will run.
@@ -239,6 +261,35 @@ fn add_exe(path: &Path, out: &mut BTreeSet<(u32, u64)>) {
     }
 }
 
+/// Extends `enforced` (cgroup id → policy id, the cgroups enforced agents' selectors
+/// name) to every cgroup below one of them, with its nearest enforced ancestor's policy:
+/// the kernel gives a new cgroup its parent's policy at creation, and the walk must not
+/// take it back. A selector naming a cgroup for an enforced agent wins; one for a
+/// monitored agent does not lift it (else an agent could shed enforcement by naming a
+/// sub-cgroup after a monitored agent's pattern).
+pub fn inherit_to_descendants(paths: &[(u64, String)], enforced: &mut BTreeMap<u64, u32>) {
+    let by_path: BTreeMap<&str, u32> = paths
+        .iter()
+        .filter_map(|(id, p)| enforced.get(id).map(|policy| (p.as_str(), *policy)))
+        .collect();
+    if by_path.is_empty() {
+        return;
+    }
+    for (id, path) in paths {
+        if enforced.contains_key(id) {
+            continue;
+        }
+        let mut at = path.as_str();
+        while let Some(i) = at.rfind('/') {
+            at = &at[..i];
+            if let Some(policy) = by_path.get(if at.is_empty() { "/" } else { at }) {
+                enforced.insert(*id, *policy);
+                break;
+            }
+        }
+    }
+}
+
 /// The host's resolvers: `nameserver` lines of `/etc/resolv.conf` and the
 /// systemd-resolved stub.
 pub fn host_resolvers() -> Vec<IpAddr> {
@@ -260,6 +311,18 @@ impl Plan {
         self.exes
             .iter()
             .map(|&(policy, dev, ino)| ExeKey { policy, dev, ino })
+    }
+
+    /// Literal tool paths of `ExePath` form.
+    pub fn exe_path_keys(&self) -> impl Iterator<Item = ExePath> + '_ {
+        self.exe_paths.iter().map(|(policy, path)| {
+            let mut key = ExePath {
+                policy: *policy,
+                path: [0; EXE_PATH_LEN],
+            };
+            key.path[..path.len()].copy_from_slice(path.as_bytes());
+            key
+        })
     }
 }
 
@@ -283,6 +346,43 @@ mod tests {
         let plan = compile(reg.agents().iter().map(|a| (&a.id, &a.policy))).unwrap();
         assert_eq!(plan.policies.values().copied().collect::<Vec<_>>(), [1]);
         assert!(plan.nets.is_empty() && plan.names.is_empty());
+    }
+
+    #[test]
+    fn cgroups_below_an_enforced_one_inherit_the_nearest_policy() {
+        let paths: Vec<(u64, String)> = [
+            (1, "/"),
+            (2, "/a"),
+            (3, "/a/b"),
+            (4, "/a/b/c"),
+            (5, "/ab"),
+            (6, "/a/b/x"),
+            (7, "/a/b/x/y"),
+        ]
+        .iter()
+        .map(|(id, p)| (*id, (*p).to_owned()))
+        .collect();
+        let mut enforced = std::collections::BTreeMap::from([(2, 10), (6, 20)]);
+        super::inherit_to_descendants(&paths, &mut enforced);
+        assert_eq!(
+            enforced.into_iter().collect::<Vec<_>>(),
+            [(2, 10), (3, 10), (4, 10), (6, 20), (7, 20)],
+            "/ab is a sibling, not a child; the nearest enforced ancestor wins"
+        );
+    }
+
+    #[test]
+    fn literal_tools_are_kept_as_paths_for_the_kernel() {
+        let reg = crate::identity::Registry::parse_str(
+            "[[agent]]\nid = \"spiffe://example.org/x\"\n[[agent.selectors]]\nuid = 1\n[agent.policy]\nenforce = true\ntools = [\"/usr/bin/git\", \"/usr/bin/python3*\", \"/opt/**/tool\"]\n",
+            "bot.toml",
+        );
+        assert!(reg.errors().is_empty(), "{:?}", reg.errors());
+        let plan = compile(reg.agents().iter().map(|a| (&a.id, &a.policy))).unwrap();
+        let paths: Vec<&str> = plan.exe_paths.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(paths, ["/usr/bin/git"]);
+        let key = plan.exe_path_keys().next().unwrap();
+        assert_eq!(&key.path[..13], b"/usr/bin/git\0");
     }
 
     #[test]

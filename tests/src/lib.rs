@@ -14,6 +14,7 @@
     )
 )]
 pub mod daemon;
+pub mod dns;
 pub mod fuzz;
 pub mod nats;
 pub mod trace;
@@ -80,6 +81,20 @@ impl TestCgroup {
         Self {
             dir,
             rel: format!("/{leaf}"),
+            id,
+        }
+    }
+
+    /// A cgroup made inside this one, removed when dropped (drop it first: a cgroup
+    /// with children cannot be removed).
+    #[must_use]
+    pub fn child(&self, name: &str) -> Self {
+        let dir = self.dir.join(name);
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        let id = cgroup::id_of(&dir).expect("cgroup id");
+        Self {
+            dir,
+            rel: format!("{}/{name}", self.rel),
             id,
         }
     }

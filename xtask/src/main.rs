@@ -93,6 +93,10 @@ enum Task {
         /// Only the TLS client-overhead section (`target/bench/tls.json`).
         #[arg(long, conflicts_with = "profile")]
         tls: bool,
+        /// Only the enforcement section: a connect storm by an enforced agent vs monitor
+        /// mode vs no tracer, and resolve+connect cycles/s.
+        #[arg(long)]
+        enforcement: bool,
         /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -278,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     quick: true,
                     profile: false,
                     tls: false,
+                    enforcement: false,
                     out: None,
                 },
             )
@@ -286,6 +291,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quick,
             profile,
             tls,
+            enforcement,
             out,
         } => {
             setup()?;
@@ -295,6 +301,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     quick,
                     profile,
                     tls,
+                    enforcement,
                     out,
                 },
             )

@@ -94,11 +94,12 @@ struct Daemon {
 }
 
 /// What the kernel enforces, as last applied: the agents by policy id, their cgroups
-/// (id → policy id) and the allowed executables (policy, dev, inode).
+/// (id → policy id), the allowed executables (policy, dev, inode) and literal tool paths.
 type Enforced = (
     BTreeMap<u32, String>,
     BTreeMap<u64, u32>,
     Vec<(u32, u32, u64)>,
+    std::collections::BTreeSet<(u32, String)>,
 );
 
 /// SIGTERM/SIGINT stop, SIGHUP reloads.
@@ -347,7 +348,7 @@ impl Daemon {
         self.sensor.drain(&mut self.batch);
         handle_batch(&self.shared, &mut self.batch);
         // A clean stop leaves nothing recording: the next start begins afresh.
-        if let Some((agents, _, _)) = &self.enforced
+        if let Some((agents, ..)) = &self.enforced
             && !agents.is_empty()
         {
             let ids: Vec<&str> = agents.values().map(String::as_str).collect();
@@ -387,14 +388,17 @@ impl Daemon {
     }
 
     fn watch_agent_cgroups(&mut self, seen: Vec<u64>) {
-        let cgroups = watch_agent_cgroups(&self.shared, &mut self.sensor, &mut self.watched, seen);
-        self.sync_enforcement(cgroups);
+        let (cgroups, newest) =
+            watch_agent_cgroups(&self.shared, &mut self.sensor, &mut self.watched, seen);
+        self.sync_enforcement(cgroups, newest);
     }
 
     /// Brings the kernel's enforcement in line with the registry: the enforced agents'
     /// policies, their cgroups (`cgroups`, from the walk just made) and the executables
     /// their `tools` name today (a replaced binary is a new inode). Changes are logged.
-    fn sync_enforcement(&mut self, cgroups: BTreeMap<u64, u32>) {
+    /// `newest` is the highest cgroup id the walk saw: newer cgroups the kernel enforced
+    /// since are kept.
+    fn sync_enforcement(&mut self, cgroups: BTreeMap<u64, u32>, newest: u64) {
         let plan = {
             let Ok(pipeline) = self.shared.pipeline.lock() else {
                 return;
@@ -416,13 +420,13 @@ impl Daemon {
             return;
         }
         let exes: Vec<(u32, u32, u64)> = plan.exes.iter().copied().collect();
-        let state = (plan.agents.clone(), cgroups, exes);
+        let state = (plan.agents.clone(), cgroups, exes, plan.exe_paths.clone());
         if self.enforced.as_ref() == Some(&state) {
             return;
         }
         if let Err(e) = self
             .sensor
-            .apply_enforcement(&plan, &state.1, &self.resolvers)
+            .apply_enforcement(&plan, &state.1, newest, &self.resolvers)
         {
             tracing::error!(error = %e, "cannot update the kernel's enforcement maps");
             return;
@@ -711,18 +715,22 @@ fn set_tls_targets(shared: &Shared, targets: &[crate::sensor::TlsTarget]) {
 /// named by `cgroup` selectors (found by walking the hierarchy, so an agent's first opens
 /// after it starts are seen) and those agents' events came from.
 ///
-/// Returns the enforced agents' cgroups among them (id → policy id).
+/// Returns the enforced agents' cgroups among them (id → policy id) and the highest
+/// cgroup id the walk saw.
 fn watch_agent_cgroups(
     shared: &Shared,
     sensor: &mut Sensor,
     watched: &mut HashSet<u64>,
     seen: Vec<u64>,
-) -> BTreeMap<u64, u32> {
+) -> (BTreeMap<u64, u32>, u64) {
     let mut ids = seen;
     let mut enforced = BTreeMap::new();
+    let mut newest = 0;
     if let Ok(mut pipeline) = shared.pipeline.lock() {
         let registry = Arc::clone(pipeline.registry());
-        for (id, path) in pipeline.table.resolver().all() {
+        let all = pipeline.table.resolver().all();
+        newest = all.iter().map(|(id, _)| *id).max().unwrap_or(0);
+        for (id, path) in all.iter().cloned() {
             let mut named = false;
             for agent in registry.agents() {
                 if agent
@@ -740,6 +748,8 @@ fn watch_agent_cgroups(
                 ids.push(id);
             }
         }
+        // As the kernel decided at each one's creation (`cgroup_mkdir`).
+        crate::enforce::inherit_to_descendants(&all, &mut enforced);
     }
     for id in ids {
         if watched.insert(id)
@@ -748,7 +758,7 @@ fn watch_agent_cgroups(
             tracing::warn!(error = %e, cgroup_id = id, "cannot watch file opens");
         }
     }
-    enforced
+    (enforced, newest)
 }
 
 /// An attributed event to every output.

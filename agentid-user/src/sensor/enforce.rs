@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, hash::Hash, net::IpAddr};
 
 use agentid_ebpf::enforce::{
-    CGROUPS_MAP, EXES_MAP, ExeKey, NAMES_MAP, NETS_MAP, NameKey, NamePorts, NetKey, POLICIES_MAP,
-    RESOLVERS_MAP, TASKS_MAP,
+    CGROUPS_MAP, EXE_PATHS_MAP, EXES_MAP, ExeKey, ExePath, NAMES_MAP, NETS_MAP, NameKey, NamePorts,
+    NetKey, POLICIES_MAP, RESOLVERS_MAP, TASKS_MAP,
 };
 use aya::{
     Pod,
@@ -19,7 +19,7 @@ use super::SensorError;
 use crate::enforce::{Plan, map_addr};
 
 /// The maps the daemon writes.
-pub(crate) const MAPS: [&str; 7] = [
+pub(crate) const MAPS: [&str; 8] = [
     TASKS_MAP,
     CGROUPS_MAP,
     POLICIES_MAP,
@@ -27,6 +27,7 @@ pub(crate) const MAPS: [&str; 7] = [
     NAMES_MAP,
     EXES_MAP,
     RESOLVERS_MAP,
+    EXE_PATHS_MAP,
 ];
 
 pub(crate) struct EnforceMaps {
@@ -37,6 +38,7 @@ pub(crate) struct EnforceMaps {
     names: HashMap<MapData, NameKey, NamePorts>,
     exes: HashMap<MapData, ExeKey, u8>,
     resolvers: HashMap<MapData, [u8; 16], u8>,
+    exe_paths: HashMap<MapData, ExePath, u8>,
 }
 
 fn err(name: &'static str) -> impl Fn(MapError) -> SensorError {
@@ -58,15 +60,17 @@ impl EnforceMaps {
             names: HashMap::try_from(take(NAMES_MAP)?).map_err(err(NAMES_MAP))?,
             exes: HashMap::try_from(take(EXES_MAP)?).map_err(err(EXES_MAP))?,
             resolvers: HashMap::try_from(take(RESOLVERS_MAP)?).map_err(err(RESOLVERS_MAP))?,
+            exe_paths: HashMap::try_from(take(EXE_PATHS_MAP)?).map_err(err(EXE_PATHS_MAP))?,
         })
     }
 
-    /// Makes the maps hold `plan`, the enforced agents' cgroups (id → policy) and the
-    /// host's resolvers.
+    /// Makes the maps hold `plan`, the enforced agents' cgroups (id → policy, from a walk
+    /// that saw ids up to `newest`) and the host's resolvers.
     pub(crate) fn apply(
         &mut self,
         plan: &Plan,
         cgroups: &BTreeMap<u64, u32>,
+        newest: u64,
         resolvers: &[IpAddr],
     ) -> Result<(), SensorError> {
         let Self {
@@ -77,6 +81,7 @@ impl EnforceMaps {
             names,
             exes,
             resolvers: resolver_map,
+            exe_paths,
         } = self;
         // What the policies allow first, then the policies, the cgroups last: a cgroup
         // becomes enforced only once its policy is whole.
@@ -97,8 +102,11 @@ impl EnforceMaps {
         let want_exes: std::collections::HashMap<ExeKey, u8> =
             plan.exe_keys().map(|k| (k, 1)).collect();
         sync_hash(exes, &want_exes, EXES_MAP)?;
+        let want_paths: std::collections::HashMap<ExePath, u8> =
+            plan.exe_path_keys().map(|k| (k, 1)).collect();
+        sync_hash(exe_paths, &want_paths, EXE_PATHS_MAP)?;
         sync_hash(policies, &plan.policies, POLICIES_MAP)?;
-        sync_hash(cgroup_map, cgroups, CGROUPS_MAP)?;
+        sync_cgroups(cgroup_map, cgroups, newest)?;
         // Stale network rules, and tasks of policies no longer enforced.
         let stale: Vec<Key<NetKey>> = nets
             .keys()
@@ -129,6 +137,30 @@ impl EnforceMaps {
     pub(crate) fn tag(&mut self, tgid: u32, policy: u32) -> Result<(), SensorError> {
         self.tasks.insert(tgid, policy, 0).map_err(err(TASKS_MAP))
     }
+}
+
+/// Makes the cgroup map hold `want`, except for cgroups newer than the walk (ids above
+/// `newest`; cgroup ids only grow): those the kernel enforced at their creation, after
+/// the walk, must not lose it before the next walk sees them.
+fn sync_cgroups(
+    map: &mut HashMap<MapData, u64, u32>,
+    want: &BTreeMap<u64, u32>,
+    newest: u64,
+) -> Result<(), SensorError> {
+    for (k, v) in want {
+        if map.get(k, 0).ok().as_ref() != Some(v) {
+            map.insert(k, v, 0).map_err(err(CGROUPS_MAP))?;
+        }
+    }
+    let stale: Vec<u64> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| *k <= newest && !want.contains_key(k))
+        .collect();
+    for k in stale {
+        map.remove(&k).map_err(err(CGROUPS_MAP))?;
+    }
+    Ok(())
 }
 
 /// Makes a hash map hold exactly `want`: inserts and updates first, then removals.

@@ -74,6 +74,12 @@ pub fn probe_config() -> Result<Config, SensorError> {
         inode_ino_off: offset("inode", "i_ino")?,
         inode_sb_off: offset("inode", "i_sb")?,
         sb_dev_off: offset("super_block", "s_dev")?,
+        cgroup_self_off: offset("cgroup", "self")?,
+        cgroup_root_off: offset("cgroup", "root")?,
+        cgroup_kn_off: offset("cgroup", "kn")?,
+        css_parent_off: offset("cgroup_subsys_state", "parent")?,
+        root_hierarchy_id_off: offset("cgroup_root", "hierarchy_id")?,
+        kn_id_off: offset("kernfs_node", "id")?,
     })
 }
 

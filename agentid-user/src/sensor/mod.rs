@@ -93,7 +93,7 @@ pub enum Origin {
 }
 
 /// Maps pinned beside the links: what a resumed daemon reads or writes.
-const PINNED_MAPS: [&str; 11] = [
+const PINNED_MAPS: [&str; 12] = [
     EVENTS_MAP,
     DROPS_MAP,
     OPEN_CGROUPS_MAP,
@@ -105,6 +105,7 @@ const PINNED_MAPS: [&str; 11] = [
     enforce::MAPS[4],
     enforce::MAPS[5],
     enforce::MAPS[6],
+    enforce::MAPS[7],
 ];
 
 /// Attached kernel programs and the ring buffer they write to.
@@ -178,10 +179,11 @@ const TRACEPOINTS: [(&str, &str); 6] = [
     ("syscalls", "sys_exit_socket"),
 ];
 /// Raw tracepoints (kernel pointers read with BTF offsets).
-const RAW_TRACEPOINTS: [&str; 3] = [
+const RAW_TRACEPOINTS: [&str; 4] = [
     "sched_process_exec",
     "sched_process_fork",
     "sched_process_exit",
+    "cgroup_mkdir",
 ];
 /// cgroup socket-address hooks, attached at the cgroup v2 root.
 const SOCK_HOOKS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
@@ -582,15 +584,17 @@ impl Sensor {
             })
     }
 
-    /// Makes the kernel enforce `plan` for the agents' cgroups `cgroups` (id → policy id),
-    /// with `resolvers` as the host's resolvers.
+    /// Makes the kernel enforce `plan` for the agents' cgroups `cgroups` (id → policy id,
+    /// from a walk whose highest cgroup id was `newest`), with `resolvers` as the host's
+    /// resolvers.
     pub fn apply_enforcement(
         &mut self,
         plan: &crate::enforce::Plan,
         cgroups: &std::collections::BTreeMap<u64, u32>,
+        newest: u64,
         resolvers: &[std::net::IpAddr],
     ) -> Result<(), SensorError> {
-        self.enforce.apply(plan, cgroups, resolvers)
+        self.enforce.apply(plan, cgroups, newest, resolvers)
     }
 
     /// Puts process `tgid` under the enforced policy `policy` wherever it goes.

@@ -18,6 +18,10 @@
 //!   (`SO_LINGER` 0) so that tens of thousands of cycles leave no `TIME_WAIT` behind
 //! - `mixed N UDP`          N rounds of: fork+exec `/bin/true` or `/bin/echo`, 4 connect
 //!   cycles as in `storm`, 4 unconnected UDP sends to UDP — an agent-like mix
+//! - `resolve N NAME`       N cycles of: resolve NAME through the system resolver
+//!   (`getaddrinfo`, so `/etc/resolv.conf`), then connect at once to the address it
+//!   gave, on its own listener there, closed as in `storm`; prints the connects refused
+//!   with `EPERM` (an enforcing agentid that was early or wrong)
 //! - `rate UDP PER_S SECS`  about `PER_S` events a second for `SECS` seconds: 80% UDP sends,
 //!   20% connect cycles, and 50 execs of `/bin/true` a second
 //! - `jwt-fetch AUD [ID]`   with the `spiffe` crate's Workload API client
@@ -36,7 +40,7 @@
 )]
 use std::{
     io::Write as _,
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs as _, UdpSocket},
     os::fd::AsRawFd as _,
     process::{Command, ExitCode, Stdio},
     time::{Duration, Instant},
@@ -223,6 +227,24 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             }
             Ok(0)
         }
+        "resolve" => {
+            let n: u32 = arg(1)?.parse()?;
+            let name = arg(2)?.as_str();
+            let first = (name, 0).to_socket_addrs()?.next().ok_or("no address")?;
+            let listener = TcpListener::bind((first.ip(), 0))?;
+            let port = listener.local_addr()?.port();
+            let mut refused = 0u32;
+            for _ in 0..n {
+                let addr = (name, port).to_socket_addrs()?.next().ok_or("no address")?;
+                match reset_cycle(&listener, addr) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => refused += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            println!("{refused}");
+            Ok(0)
+        }
         "mixed" => {
             let n: u32 = arg(1)?.parse()?;
             let tcp = TcpListener::bind("127.0.0.1:0")?;
@@ -328,7 +350,12 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
 /// storm of tens of thousands of cycles never runs out of ephemeral ports. On loopback the
 /// handshake completes inside `connect`, so the accept never waits.
 fn reset_connect(listener: &TcpListener) -> std::io::Result<()> {
-    let s = TcpStream::connect(listener.local_addr()?)?;
+    reset_cycle(listener, listener.local_addr()?)
+}
+
+/// [`reset_connect`] to `addr`, an address `listener` listens on.
+fn reset_cycle(listener: &TcpListener, addr: SocketAddr) -> std::io::Result<()> {
+    let s = TcpStream::connect(addr)?;
     drop(listener.accept()?);
     let linger = libc::linger {
         l_onoff: 1,

@@ -4,6 +4,7 @@
 //!
 //! Nothing here asserts a threshold: figures are reported, and the bench fails only when
 //! something crashes (a workload, the daemon, a tracer that started and then died).
+mod enforce;
 mod kernel;
 mod latency;
 mod profile;
@@ -30,6 +31,8 @@ pub(crate) struct Options {
     pub profile: bool,
     /// Only the TLS client-overhead section.
     pub tls: bool,
+    /// Only the enforcement section (enforced vs monitor vs no tracer; resolve+connect).
+    pub enforcement: bool,
     pub out: Option<PathBuf>,
 }
 
@@ -53,6 +56,7 @@ struct Ctx {
 struct Plan {
     overhead: kernel::Sizes,
     resources: resources::Sizes,
+    enforcement: enforce::Sizes,
     latency_trials: usize,
     tls: tls::Sizes,
     /// criterion arguments.
@@ -74,6 +78,13 @@ fn plan(quick: bool) -> Plan {
                 live_processes: 2_000,
                 events_per_s: 20_000,
                 seconds: 10,
+            },
+            // A few seconds in CI: one daemon start, one run of each.
+            enforcement: enforce::Sizes {
+                connects: 2_000,
+                cycles: 200,
+                reps: 1,
+                pairs: 1,
             },
             latency_trials: 10,
             tls: tls::Sizes {
@@ -104,6 +115,12 @@ fn plan(quick: bool) -> Plan {
                 live_processes: 10_000,
                 events_per_s: 20_000,
                 seconds: 60,
+            },
+            enforcement: enforce::Sizes {
+                connects: 50_000,
+                cycles: 5_000,
+                reps: 4,
+                pairs: 2,
             },
             latency_trials: 100,
             tls: tls::Sizes {
@@ -273,6 +290,23 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         eprintln!("bench: {}", out.display());
         return Ok(());
     }
+    if opts.enforcement {
+        eprintln!("bench: enforcement");
+        let enforcement = enforce::run(&ctx, plan.enforcement)?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        return write_results(
+            opts,
+            &target,
+            &json!({
+                "mode": if opts.quick { "quick" } else { "full" },
+                "command": if opts.quick { "cargo xtask bench --quick --enforcement" } else { "cargo xtask bench --enforcement" },
+                "machine": machine,
+                "enforcement": enforcement,
+                "duration_s": started.elapsed().as_secs_f64(),
+            }),
+            started,
+        );
+    }
     eprintln!("bench: kernel-path overhead");
     let overhead = kernel::run(&ctx, plan.overhead)?;
     eprintln!("bench: daemon resources");
@@ -281,6 +315,8 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let latency = latency::run(&ctx, plan.latency_trials)?;
     eprintln!("bench: TLS client overhead");
     let tls = tls::run(&ctx, plan.tls)?;
+    eprintln!("bench: enforcement");
+    let enforcement = enforce::run(&ctx, plan.enforcement)?;
     eprintln!("bench: userspace pipeline (criterion)");
     let pipeline = pipeline(root, &target, &plan)?;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -294,8 +330,19 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         "resources": resources,
         "alert_latency": latency,
         "tls": tls,
+        "enforcement": enforcement,
         "duration_s": started.elapsed().as_secs_f64(),
     });
+    write_results(opts, &target, &results, started)
+}
+
+/// The JSON results and their markdown beside them.
+fn write_results(
+    opts: &Options,
+    target: &Path,
+    results: &Value,
+    started: Instant,
+) -> anyhow::Result<()> {
     let out = opts
         .out
         .clone()
@@ -303,8 +350,8 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
-    let md = report::markdown(&results);
+    std::fs::write(&out, serde_json::to_string_pretty(results)?)?;
+    let md = report::markdown(results);
     let md_path = out.with_file_name("results.md");
     std::fs::write(&md_path, &md)?;
     println!("{md}");

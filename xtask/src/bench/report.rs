@@ -54,6 +54,11 @@ pub(crate) fn markdown(r: &Value) -> String {
         m["load_at_start"].as_str().unwrap_or_default(),
         r["duration_s"].as_f64().unwrap_or(0.0),
     );
+    if o.is_null() {
+        // `--enforcement`: that section only.
+        s.push_str(&enforcement(&r["enforcement"]));
+        return s;
+    }
     let sizes = &o["sizes"];
     let _ = writeln!(
         s,
@@ -179,6 +184,50 @@ pub(crate) fn markdown(r: &Value) -> String {
         num(&a["spread_ms"]["max"], 1)
     );
     tls_markdown(&mut s, &r["tls"]);
+    s.push('\n');
+    s.push_str(&enforcement(&r["enforcement"]));
+    s
+}
+
+/// The enforcement section: the connect storm by condition, enforcement's cost over
+/// monitor mode, and resolve+connect cycles a second.
+fn enforcement(e: &Value) -> String {
+    let mut s = String::new();
+    if e.is_null() {
+        return s;
+    }
+    let sizes = &e["sizes"];
+    let _ = writeln!(
+        s,
+        "**Enforcement** — {} repetitions × {} runs per condition; with the daemon up, enforced \
+         and monitor runs alternate. Connect storm: {} cycles; resolve+connect: {} cycles of \
+         `getaddrinfo` through dnsmasq (TTL 1 s, no hold) then connect. Median [min–max].\n",
+        sizes["repetitions"],
+        sizes["pairs_per_repetition"],
+        sizes["connects"],
+        sizes["resolve_cycles"]
+    );
+    s.push_str("| condition | storm wall s | storm CPU s | CPU over no tracer | resolve+connect cycles/s | refused |\n");
+    s.push_str("|---|---|---|---|---|---|\n");
+    let storm = e["connect_storm"].as_array().cloned().unwrap_or_default();
+    let resolve = e["resolve_connect"].as_array().cloned().unwrap_or_default();
+    for (c, r) in storm.iter().zip(&resolve) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} % | {} | {} |",
+            c["condition"].as_str().unwrap_or_default(),
+            summary(&c["wall_s"], 3),
+            summary(&c["cpu_s"], 3),
+            num(&c["cpu_over_no_tracer_pct"], 1),
+            summary(&r["cycles_per_s"], 0),
+            r["refused"]
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nEnforced minus monitor, paired runs, in points of the no-tracer storm CPU: {}.",
+        summary(&e["enforced_minus_monitor_cpu_pp"], 2)
+    );
     s
 }
 

@@ -161,22 +161,39 @@ impl Daemon {
     /// Writes a default config (plus a registration per `(name, cgroup)`) under `dir`,
     /// starts the daemon and waits until its API answers.
     pub(crate) fn start(bin: &Path, dir: &Path, agents: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let agents: Vec<(&str, &str, &str)> = agents.iter().map(|(n, c)| (*n, *c, "")).collect();
+        Self::start_with(bin, dir, &agents, "")
+    }
+
+    /// [`Daemon::start`] with `extra` appended to the config and each agent's
+    /// `(name, cgroup, policy)`, the policy's lines under `[agent.policy]`.
+    pub(crate) fn start_with(
+        bin: &Path,
+        dir: &Path,
+        agents: &[(&str, &str, &str)],
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir.join("agents")).context("daemon dir")?;
         fs::write(
             dir.join("agentid.toml"),
             format!(
                 "state_dir = \"{0}/state\"\nsocket = \"{0}/agentid.sock\"\n\
-                 agents_dir = \"{0}/agents\"\nalerts_file = \"{0}/alerts.jsonl\"\n",
+                 agents_dir = \"{0}/agents\"\nalerts_file = \"{0}/alerts.jsonl\"\n{extra}",
                 dir.display()
             ),
         )?;
-        for (name, cgroup) in agents {
+        for (name, cgroup, policy) in agents {
+            let policy = if policy.is_empty() {
+                String::new()
+            } else {
+                format!("[agent.policy]\n{policy}\n")
+            };
             fs::write(
                 dir.join(format!("agents/{name}.toml")),
                 format!(
                     "[[agent]]\nid = \"spiffe://bench.example/agent/{name}\"\nname = \"{name}\"\n\
-                     owner = \"bench@example.org\"\n[[agent.selectors]]\ncgroup = \"{cgroup}\"\n"
+                     owner = \"bench@example.org\"\n[[agent.selectors]]\ncgroup = \"{cgroup}\"\n{policy}"
                 ),
             )?;
         }
