@@ -44,6 +44,9 @@ const SERVER_PY: &str = r"
 import http.server, ssl, sys
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
+    # One response is two small writes: without this, Nagle and delayed ACKs hold each
+    # keep-alive round trip for 40 ms.
+    disable_nagle_algorithm = True
     def do_GET(self):
         self.send_response(200); self.send_header('Content-Length', '3'); self.end_headers()
         self.wfile.write(b'ok\n')
