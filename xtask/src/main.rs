@@ -95,7 +95,7 @@ enum Task {
         tls: bool,
         /// Only the enforcement section: a connect storm by an enforced agent vs monitor
         /// mode vs no tracer, and resolve+connect cycles/s.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["profile", "tls"])]
         enforcement: bool,
         /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
         #[arg(long)]
@@ -280,9 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &root(),
                 &bench::Options {
                     quick: true,
-                    profile: false,
-                    tls: false,
-                    enforcement: false,
+                    only: None,
                     out: None,
                 },
             )
@@ -299,9 +297,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &root(),
                 &bench::Options {
                     quick,
-                    profile,
-                    tls,
-                    enforcement,
+                    only: [
+                        (profile, bench::Only::Profile),
+                        (tls, bench::Only::Tls),
+                        (enforcement, bench::Only::Enforcement),
+                    ]
+                    .into_iter()
+                    .find_map(|(on, only)| on.then_some(only)),
                     out,
                 },
             )

@@ -26,14 +26,21 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub quick: bool,
-    /// Only the daemon-resources section, sampled by `perf record`, with the per-stage
-    /// breakdown of the daemon's time per event.
-    pub profile: bool,
-    /// Only the TLS client-overhead section.
-    pub tls: bool,
-    /// Only the enforcement section (enforced vs monitor vs no tracer; resolve+connect).
-    pub enforcement: bool,
+    /// One section alone instead of the whole bench.
+    pub only: Option<Only>,
     pub out: Option<PathBuf>,
+}
+
+/// A section run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Only {
+    /// The daemon-resources section, sampled by `perf record`, with the per-stage
+    /// breakdown of the daemon's time per event.
+    Profile,
+    /// The TLS client-overhead section.
+    Tls,
+    /// The enforcement section (enforced vs monitor vs no tracer; resolve+connect).
+    Enforcement,
 }
 
 /// Whether each peer tracer can be used, or why not.
@@ -273,10 +280,10 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         tools,
     };
     let machine = machine();
-    if opts.profile {
+    if opts.only == Some(Only::Profile) {
         return profile_only(&ctx, &plan, &target, &machine, &scratch);
     }
-    if opts.tls {
+    if opts.only == Some(Only::Tls) {
         eprintln!("bench: TLS client overhead");
         let tls = tls::run(&ctx, plan.tls)?;
         let _ = std::fs::remove_dir_all(&scratch);
@@ -290,7 +297,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         eprintln!("bench: {}", out.display());
         return Ok(());
     }
-    if opts.enforcement {
+    if opts.only == Some(Only::Enforcement) {
         eprintln!("bench: enforcement");
         let enforcement = enforce::run(&ctx, plan.enforcement)?;
         let _ = std::fs::remove_dir_all(&scratch);
