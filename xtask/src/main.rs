@@ -93,6 +93,9 @@ enum Task {
         /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The daemons' ring buffer in KiB (`ring_buffer_kib`), to compare sizes.
+        #[arg(long)]
+        ring_kib: Option<u32>,
     },
 }
 
@@ -275,6 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     quick: true,
                     profile: false,
                     out: None,
+                    ring_kib: None,
                 },
             )
         }
@@ -282,6 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quick,
             profile,
             out,
+            ring_kib,
         } => {
             setup()?;
             bench::run(
@@ -290,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     quick,
                     profile,
                     out,
+                    ring_kib,
                 },
             )
         }

@@ -28,6 +28,8 @@ pub(crate) struct Options {
     /// breakdown of the daemon's time per event.
     pub profile: bool,
     pub out: Option<PathBuf>,
+    /// The daemons' ring buffer size (KiB); `None`: the daemon's default.
+    pub ring_kib: Option<u32>,
 }
 
 /// Whether each peer tracer can be used, or why not.
@@ -45,6 +47,7 @@ struct Ctx {
     /// Temporary configs and state of the daemons started here.
     scratch: PathBuf,
     tools: Tools,
+    ring_kib: Option<u32>,
 }
 
 struct Plan {
@@ -242,6 +245,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         workload: target.join("release/agentid-workload"),
         scratch: scratch.clone(),
         tools,
+        ring_kib: opts.ring_kib,
     };
     let machine = machine();
     if opts.profile {

@@ -160,14 +160,21 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Writes a default config (plus a registration per `(name, cgroup)`) under `dir`,
     /// starts the daemon and waits until its API answers.
-    pub(crate) fn start(bin: &Path, dir: &Path, agents: &[(&str, &str)]) -> anyhow::Result<Self> {
+    /// With `ring_kib`, the daemon's ring buffer has that size (else its default).
+    pub(crate) fn start(
+        bin: &Path,
+        dir: &Path,
+        agents: &[(&str, &str)],
+        ring_kib: Option<u32>,
+    ) -> anyhow::Result<Self> {
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir.join("agents")).context("daemon dir")?;
+        let ring = ring_kib.map_or_else(String::new, |k| format!("ring_buffer_kib = {k}\n"));
         fs::write(
             dir.join("agentid.toml"),
             format!(
                 "state_dir = \"{0}/state\"\nsocket = \"{0}/agentid.sock\"\n\
-                 agents_dir = \"{0}/agents\"\nalerts_file = \"{0}/alerts.jsonl\"\n",
+                 agents_dir = \"{0}/agents\"\nalerts_file = \"{0}/alerts.jsonl\"\n{ring}",
                 dir.display()
             ),
         )?;
