@@ -573,3 +573,60 @@ fn an_ambiguous_process_shows_in_status() {
     assert!(d.stop().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The ring buffer is made at the configured size (not the object's), and `status` says
+/// where the memory goes: RSS, the ring and how much of it the reader ever let fill, the
+/// process table per live process. A size the kernel would refuse is refused at start.
+#[test]
+fn the_ring_buffer_has_the_configured_size_and_status_reports_memory() {
+    let dir = Daemon::dir("ringsize");
+    let config = dir.join("agentid.toml");
+    let base = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("{base}ring_buffer_kib = 3000\n")).expect("config");
+    let out = Command::new(agentid_bin())
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .output()
+        .expect("daemon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a 3000 KiB ring was accepted: {err}");
+    assert!(
+        err.contains("ring_buffer_kib") && err.contains("power of two"),
+        "{err}"
+    );
+
+    std::fs::write(&config, format!("{base}ring_buffer_kib = 1024\n")).expect("config");
+    let Some(d) = Daemon::start(&dir) else { return };
+    // The ring's size is published with the counters, once a second.
+    let status = d.cli_until(&["status"], |v| {
+        v["memory"]["ring_bytes"].as_u64() != Some(0)
+    });
+    let m = &status["memory"];
+    assert_eq!(m["ring_bytes"], 1 << 20, "{m:#}");
+    assert!(
+        m["ring_peak_bytes"].as_u64().is_some_and(|p| p <= 1 << 20),
+        "{m:#}"
+    );
+    assert!(
+        m["rss_bytes"].as_u64().is_some_and(|r| r > 1 << 20),
+        "{m:#}"
+    );
+    assert!(status["processes"]["live"].as_u64().is_some_and(|n| n > 0));
+    // A process costs its struct, strings and map slots: well above nothing, well below
+    // the 4 KiB a page per process would be.
+    let per = m["table_bytes_per_live"].as_u64().expect("per live");
+    assert!((100..4096).contains(&per), "{m:#}");
+    let out = Command::new(agentid_bin())
+        .arg("--socket")
+        .arg(dir.join("agentid.sock"))
+        .arg("status")
+        .output()
+        .expect("status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("memory:     RSS ") && table.contains(" B per live process)"),
+        "{table}"
+    );
+    assert!(d.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

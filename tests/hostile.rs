@@ -433,7 +433,11 @@ async fn ten_thousand_processes_a_second_are_all_attributed() {
     ids.dedup();
     assert_eq!(ids.len(), N, "one exec id per process, pids reused or not");
     assert_eq!(sensor.drops().expect("drops").iter().sum::<u64>(), 0);
-    eprintln!("{N} processes at {rate}/s");
+    eprintln!(
+        "{N} processes at {rate}/s; ring buffer peak {} KiB of {} KiB",
+        sensor.ring_peak() >> 10,
+        sensor.ring_bytes() >> 10
+    );
     assert!(
         p.table.live_count() <= before + 50,
         "live processes grew from {before} to {}",

@@ -21,7 +21,7 @@ async fn a_ring_buffer_overflow_raises_telemetry_gap() {
     };
     let mut detector = Detector::new(None);
     // Nobody reads the ring buffer while ~6,000 exec records (5.4 KiB each) pour in:
-    // more than its 16 MiB.
+    // more than its 4 MiB (the default `ring_buffer_kib`).
     let mut cmd = a.command(WORKLOAD);
     cmd.env_clear().args(["exec", "6000", "/bin/true"]);
     assert!(cmd.status().expect("spawn").success());

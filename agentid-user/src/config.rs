@@ -112,6 +112,10 @@ pub struct Config {
     /// Where this daemon's pins live. Default: `/sys/fs/bpf/agentid/state-HASH`, HASH of
     /// `state_dir` (daemons with different state dirs never share a set).
     pub pin_dir: Option<PathBuf>,
+    /// The kernel's event ring buffer in KiB: a power of two, 256 KiB to 1 GiB. It counts
+    /// twice in RSS (its pages are mapped twice); a larger one rides out longer reader
+    /// stalls. Applies when the programs are loaded (a resumed pinned set keeps its size).
+    pub ring_buffer_kib: u32,
     /// Names learned from the agents' own DNS (`[dns]`).
     pub dns: Dns,
     /// Where each service's credentials may be sent (`credential-misdirected`): a
@@ -209,6 +213,7 @@ impl Default for Config {
             sinks: Vec::new(),
             audit_fsync: AuditFsync::Interval,
             dns: Dns::default(),
+            ring_buffer_kib: crate::sensor::DEFAULT_RING_BYTES >> 10,
             pin: true,
             pin_dir: None,
             audit_retention: AuditRetention::default(),
@@ -262,7 +267,14 @@ impl Config {
         })
     }
 
+    /// The ring buffer's size in bytes.
+    pub fn ring_bytes(&self) -> u32 {
+        self.ring_buffer_kib.saturating_mul(1024)
+    }
+
     fn validate(&self) -> Result<(), String> {
+        crate::sensor::ring_bytes(u64::from(self.ring_buffer_kib) * 1024)
+            .map_err(|e| format!("ring_buffer_kib: {} KiB is {e}", self.ring_buffer_kib))?;
         if let Some(dir) = &self.pin_dir
             && !dir.is_absolute()
         {
@@ -368,6 +380,24 @@ mod tests {
             parse("[issuer]\nenable = true\n").is_err(),
             "a misspelt key"
         );
+    }
+
+    #[test]
+    fn the_ring_buffer_size_is_a_power_of_two_of_pages() {
+        assert_eq!(
+            parse("").unwrap().ring_bytes(),
+            crate::sensor::DEFAULT_RING_BYTES
+        );
+        assert_eq!(
+            parse("ring_buffer_kib = 1024\n").unwrap().ring_bytes(),
+            1 << 20
+        );
+        for bad in ["3000", "128", "2097152", "0"] {
+            let e = parse(&format!("ring_buffer_kib = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("ring_buffer_kib"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Counters {
     /// while the kernel refuses to show the fill).
     pub ring_used_bytes: AtomicU64,
     pub ring_size_bytes: AtomicU64,
+    /// The most unread bytes the ring held before a read (sampled with the above).
+    pub ring_peak_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -135,6 +137,8 @@ pub struct LiveView {
     pub registry: Arc<Registry>,
     pub live: usize,
     pub exited_kept: usize,
+    /// Heap bytes of the process table and the per-process identity map (estimated).
+    pub table_bytes: usize,
 }
 
 impl LiveView {
@@ -151,6 +155,7 @@ impl LiveView {
             registry: Arc::clone(pipeline.registry()),
             live: pipeline.table.live_count(),
             exited_kept: pipeline.table.exited_count(),
+            table_bytes: pipeline.table.heap_bytes() + pipeline.attributor.heap_bytes(),
         }
     }
 }

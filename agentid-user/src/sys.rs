@@ -176,6 +176,15 @@ pub fn clock_ns(clock: clockid_t) -> u128 {
     u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u128::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
+/// This process's resident memory, from `/proc/self/statm` (pages × page size).
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    Some(pages * page)
+}
+
 /// Asks glibc to return free heap memory to the kernel (after a large transient allocation).
 /// A no-op where the C library is not glibc.
 pub fn malloc_trim() {

@@ -100,6 +100,9 @@ enum Task {
         /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The daemons' ring buffer in KiB (`ring_buffer_kib`), to compare sizes.
+        #[arg(long)]
+        ring_kib: Option<u32>,
     },
 }
 
@@ -282,6 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     quick: true,
                     only: None,
                     out: None,
+                    ring_kib: None,
                 },
             )
         }
@@ -291,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             enforcement,
             out,
+            ring_kib,
         } => {
             setup()?;
             bench::run(
@@ -305,6 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .into_iter()
                     .find_map(|(on, only)| on.then_some(only)),
                     out,
+                    ring_kib,
                 },
             )
         }

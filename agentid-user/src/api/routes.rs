@@ -175,7 +175,21 @@ async fn status(State(s): Shr) -> Result<Json<types::Status>, ApiError> {
         issuer: s.issuer.get().map(|i| i.status()),
         tls: s.tls_targets.read().map(|t| t.clone()).unwrap_or_default(),
         enforced: s.enforced.read().map(|t| t.clone()).unwrap_or_default(),
+        memory: memory_status(&s, &view),
     }))
+}
+
+fn memory_status(s: &Shared, view: &LiveView) -> types::MemoryStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    let table_bytes = u64::try_from(view.table_bytes).unwrap_or(u64::MAX);
+    let live = u64::try_from(view.live).unwrap_or(u64::MAX);
+    types::MemoryStatus {
+        rss_bytes: crate::sys::rss_bytes().unwrap_or(0),
+        ring_bytes: s.counters.ring_size_bytes.load(Relaxed),
+        ring_peak_bytes: s.counters.ring_peak_bytes.load(Relaxed),
+        table_bytes,
+        table_bytes_per_live: table_bytes.checked_div(live).unwrap_or(0),
+    }
 }
 
 /// Live processes with their identity, optionally for one agent, from the snapshot.

@@ -74,6 +74,24 @@ pub struct Status {
     /// The Workload API issuer (`null`: `[issuer]` is off).
     #[serde(default)]
     pub issuer: Option<crate::issuer::IssuerStatus>,
+    #[serde(default)]
+    pub memory: MemoryStatus,
+}
+
+/// Where the daemon's memory goes, as `status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryStatus {
+    /// The daemon's resident memory (`/proc/self/statm`).
+    pub rss_bytes: u64,
+    /// The kernel ring buffer's size: its data pages are mapped twice, so it counts twice
+    /// in `rss_bytes` once written through (0 before the first second's sample).
+    pub ring_bytes: u64,
+    /// The most unread bytes the ring held before a read since start: the headroom used.
+    pub ring_peak_bytes: u64,
+    /// Heap of the process table and the per-process identity map (estimated from
+    /// allocated capacities; exited entries are kept up to a cap), and per live process.
+    pub table_bytes: u64,
+    pub table_bytes_per_live: u64,
 }
 
 /// An agent under enforcement, as `status` shows it.

@@ -240,6 +240,17 @@ impl Attributor {
     }
 
     /// The current identity of a process, if decided.
+    /// Heap bytes of the per-process map (slots and exec ids); the identities themselves
+    /// are shared by the processes of a workload and not counted.
+    pub fn heap_bytes(&self) -> usize {
+        self.identities.capacity() * (size_of::<(u32, (ExecId, Arc<ProcIdentity>))>() + 1)
+            + self
+                .identities
+                .values()
+                .map(|(e, _)| e.heap_bytes())
+                .sum::<usize>()
+    }
+
     pub fn identity_of(&self, p: &Process) -> Option<Arc<ProcIdentity>> {
         self.identities
             .get(&p.pid)

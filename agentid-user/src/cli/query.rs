@@ -550,6 +550,16 @@ fn print_status(v: &Status) -> anyhow::Result<()> {
     }
     writeln!(o, "events:    {line}")?;
     writeln!(o, "processes:  {} live", v.processes.live)?;
+    let m = &v.memory;
+    writeln!(
+        o,
+        "memory:     RSS {} MiB (ring buffer {} MiB, counted twice, peak {} KiB used; process table {} KiB, {} B per live process)",
+        m.rss_bytes >> 20,
+        m.ring_bytes >> 20,
+        m.ring_peak_bytes >> 10,
+        m.table_bytes >> 10,
+        m.table_bytes_per_live
+    )?;
     print_registry(&mut o, &v.registry)?;
     writeln!(o, "alerts:     {}", v.alerts)?;
     print_outputs(&mut o, v)

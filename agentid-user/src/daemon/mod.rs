@@ -140,6 +140,7 @@ impl Daemon {
         let sensor = Sensor::load(&SensorOptions {
             dns: config.dns.options(),
             pin_dir: config.pin_path(),
+            ring_bytes: Some(config.ring_bytes()),
             ..SensorOptions::default()
         })?;
         refuse_unpinned_enforcement(config, &registry, &sensor)?;
@@ -283,6 +284,10 @@ impl Daemon {
                 .counters
                 .ring_size_bytes
                 .store(size, Ordering::Relaxed);
+            shared
+                .counters
+                .ring_peak_bytes
+                .store(self.sensor.ring_peak(), Ordering::Relaxed);
         }
         alerts::check_drops(shared, &drops);
         if let Some(f) = shared.fleet.get()

@@ -92,6 +92,11 @@ impl ExecId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Heap bytes held (its text's allocation).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.capacity()
+    }
 }
 
 impl fmt::Display for ExecId {

@@ -51,6 +51,44 @@ pub struct Process {
     pub moved_from: Option<String>,
 }
 
+impl Process {
+    /// Heap bytes its strings hold (not the struct itself).
+    pub fn heap_bytes(&self) -> usize {
+        let Self {
+            pid: _,
+            exec_id,
+            ppid: _,
+            parent_exec_id,
+            start_ticks: _,
+            exe,
+            argv,
+            comm,
+            uid: _,
+            gid: _,
+            loginuid: _,
+            cgroup_id: _,
+            cgroup,
+            exited_ns: _,
+            moved_from,
+        } = self;
+        exec_id.heap_bytes()
+            + parent_exec_id.as_ref().map_or(0, ExecId::heap_bytes)
+            + exe.capacity()
+            + argv.capacity() * size_of::<String>()
+            + argv.iter().map(String::capacity).sum::<usize>()
+            + comm.capacity()
+            + cgroup.capacity()
+            + moved_from.as_ref().map_or(0, String::capacity)
+    }
+}
+
+/// A hash map's heap: its slots (hashbrown: one entry and one control byte each, plus a
+/// group of control bytes) and what its values hold.
+fn map_bytes(map: &FxHashMap<u32, Process>) -> usize {
+    map.capacity() * (size_of::<(u32, Process)>() + 1)
+        + map.values().map(Process::heap_bytes).sum::<usize>()
+}
+
 /// How an event changed the process it is about: tells the identity stage when to decide
 /// the process's identity again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +186,19 @@ impl ProcessTable {
 
     pub fn exited_count(&self) -> usize {
         self.exited.len()
+    }
+
+    /// Heap bytes the table holds, live and exited entries (an estimate from allocated
+    /// capacities: the maps' slots and each process's strings), for `status`.
+    pub fn heap_bytes(&self) -> usize {
+        let Self {
+            host: _,
+            resolver: _,
+            live,
+            exited,
+            exit_order,
+        } = self;
+        map_bytes(live) + map_bytes(exited) + exit_order.capacity() * size_of::<(u64, u32, u64)>()
     }
 
     pub fn resolver(&mut self) -> &mut Resolver {

@@ -78,6 +78,42 @@ pub struct SensorOptions {
     /// Pin the programs and maps under this directory (see [`pins`]), resuming a set a
     /// killed daemon left there. `None`: nothing outlives this sensor.
     pub pin_dir: Option<PathBuf>,
+    /// The ring buffer's size in bytes (see [`ring_bytes`]); `None`: [`DEFAULT_RING_BYTES`].
+    /// A resumed pinned set keeps the size it was created with.
+    pub ring_bytes: Option<u32>,
+}
+
+/// The ring buffer's default size. Its data pages are mapped twice (the kernel maps them
+/// back to back so a record can wrap), so they count twice in the daemon's RSS: the ring
+/// should be what the reader needs and no more. The reader drains it at least every 10 ms
+/// while records flow; the 10,000 processes/s storm (20,000 records/s) peaks at a few
+/// hundred KiB, an exec storm (5.4 KiB per exec) at ~1,500 execs/s fills ~8 MiB/s. 4 MiB
+/// holds ~0.5 s of the exec storm or ~50k connect records: a reader stalled that long
+/// under the heaviest storm still loses nothing, and a longer stall is a telemetry gap.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+/// Bounds of the configurable size: the smallest still holds a few dozen exec records with
+/// their argument chunks; the largest is far beyond any need.
+const RING_BYTES_MIN: u64 = 256 << 10;
+const RING_BYTES_MAX: u64 = 1 << 30;
+
+/// Checks a ring buffer size: the kernel takes a power of two that is a multiple of the
+/// page size; the bounds keep it useful.
+pub fn ring_bytes(bytes: u64) -> Result<u32, String> {
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    if !bytes.is_power_of_two() || !bytes.is_multiple_of(page) {
+        return Err(format!(
+            "{bytes} bytes: must be a power of two and a multiple of the page size ({page})"
+        ));
+    }
+    if !(RING_BYTES_MIN..=RING_BYTES_MAX).contains(&bytes) {
+        return Err(format!(
+            "{bytes} bytes: must be between {} KiB and {} MiB",
+            RING_BYTES_MIN >> 10,
+            RING_BYTES_MAX >> 20
+        ));
+    }
+    u32::try_from(bytes).map_err(|e| e.to_string())
 }
 
 /// How the sensor's programs came to be attached.
@@ -132,6 +168,10 @@ pub struct Sensor {
     decode_errors: u64,
     /// When the last read returned records (drives timer polling, see `next_events`).
     last_read: Option<Instant>,
+    /// The ring buffer's size (a resumed set's may differ from the configured one).
+    ring_bytes: u64,
+    /// The most unread bytes seen before a read: how close the ring came to full.
+    ring_peak: u64,
 }
 
 /// Any exit that runs destructors (an error, a panic that unwinds) is no kill: the pinned
@@ -158,6 +198,21 @@ impl std::fmt::Debug for Sensor {
 /// would carry it as resident memory for its whole life.
 fn release_freed_heap() {
     crate::sys::malloc_trim();
+}
+
+/// Tracks [`Sensor::ring_peak`]: each read drains the ring, so the backlog just before
+/// one is the most that waited since the last (two loads per read, not per record).
+struct Peak<'a> {
+    fill: Option<&'a fill::RingFill>,
+    max: &'a mut u64,
+}
+
+impl Peak<'_> {
+    fn sample(&mut self) {
+        if let Some(f) = self.fill {
+            *self.max = (*self.max).max(f.used_bytes());
+        }
+    }
 }
 
 /// Timer poll while records flow: a record submitted without a wakeup waits at most this.
@@ -300,10 +355,12 @@ struct Loaded {
 /// Loads the programs and attaches them; with `pin`, pins links and maps under it.
 fn load_fresh(
     config: &agentid_ebpf::Config,
+    ring_bytes: u32,
     pin: Option<&pins::PinSet>,
 ) -> Result<Loaded, SensorError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(CONFIG_GLOBAL, config, true)
+        .map_max_entries(EVENTS_MAP, ring_bytes)
         .load(PROGRAMS)?;
     let mut links = pin.map(|_| Vec::new());
     attach_all(&mut ebpf, links.as_mut())?;
@@ -341,7 +398,11 @@ fn load_fresh(
 
 /// Resumes the pinned set under `set` if a whole one is there, else loads and pins anew;
 /// a kernel that cannot pin gets the programs unpinned (said in the log).
-fn load_pinned(config: &agentid_ebpf::Config, set: &pins::PinSet) -> Result<Loaded, SensorError> {
+fn load_pinned(
+    config: &agentid_ebpf::Config,
+    ring_bytes: u32,
+    set: &pins::PinSet,
+) -> Result<Loaded, SensorError> {
     if let Some(resumed) = set.resume(&Sensor::linked_program_names(), &PINNED_MAPS, &UPROBES)? {
         return Ok(Loaded {
             ebpf: None,
@@ -351,7 +412,7 @@ fn load_pinned(config: &agentid_ebpf::Config, set: &pins::PinSet) -> Result<Load
             origin: Origin::Resumed,
         });
     }
-    match load_fresh(config, Some(set)) {
+    match load_fresh(config, ring_bytes, Some(set)) {
         Err(SensorError::Pin { dir, detail }) => {
             tracing::warn!(
                 dir = %set.dir().display(),
@@ -360,10 +421,33 @@ fn load_pinned(config: &agentid_ebpf::Config, set: &pins::PinSet) -> Result<Load
                 if dir.as_os_str().is_empty() { String::new() } else { format!(" at {}", dir.display()) }
             );
             let _ = set.remove();
-            load_fresh(config, None)
+            load_fresh(config, ring_bytes, None)
         }
         other => other,
     }
+}
+
+/// The ring buffer's size as the kernel made it: a resumed set keeps the size it was
+/// pinned with, whatever is configured now.
+fn made_ring_bytes(ring: &Map, configured: u32, origin: Origin) -> Result<u64, SensorError> {
+    let made = match ring {
+        Map::RingBuf(data) => data
+            .info()
+            .map(|i| u64::from(i.max_entries()))
+            .map_err(|e| SensorError::Map {
+                name: EVENTS_MAP,
+                detail: e.to_string(),
+            })?,
+        _ => u64::from(configured),
+    };
+    if origin == Origin::Resumed && made != u64::from(configured) {
+        tracing::info!(
+            ring_bytes = made,
+            "the resumed ring buffer keeps its size; the configured size applies from the next \
+             start after a clean stop"
+        );
+    }
+    Ok(made)
 }
 
 impl Sensor {
@@ -380,14 +464,21 @@ impl Sensor {
         let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         config.learn_min_hold_s = secs(opts.dns.min_hold);
         config.learn_grace_s = secs(opts.dns.grace);
+        let ring_bytes = match opts.ring_bytes {
+            Some(n) => ring_bytes(u64::from(n)).map_err(|detail| SensorError::Map {
+                name: EVENTS_MAP,
+                detail,
+            })?,
+            None => DEFAULT_RING_BYTES,
+        };
         kernel::tracefs()?;
         let set = opts
             .pin_dir
             .as_deref()
             .map(|base| pins::PinSet::new(base, PROGRAMS));
         let loaded = match &set {
-            Some(set) => load_pinned(&config, set)?,
-            None => load_fresh(&config, None)?,
+            Some(set) => load_pinned(&config, ring_bytes, set)?,
+            None => load_fresh(&config, ring_bytes, None)?,
         };
         let Loaded {
             mut ebpf,
@@ -408,7 +499,9 @@ impl Sensor {
                 detail: e.to_string(),
             }
         };
-        let ring = RingBuf::try_from(take(EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?;
+        let ring = take(EVENTS_MAP)?;
+        let ring_bytes = made_ring_bytes(&ring, ring_bytes, origin)?;
+        let ring = RingBuf::try_from(ring).map_err(map_err(EVENTS_MAP))?;
         let drops = PerCpuArray::try_from(take(DROPS_MAP)?).map_err(map_err(DROPS_MAP))?;
         let open_cgroups = aya::maps::HashMap::try_from(take(OPEN_CGROUPS_MAP)?)
             .map_err(map_err(OPEN_CGROUPS_MAP))?;
@@ -451,6 +544,8 @@ impl Sensor {
             received: KindCounts::default(),
             decode_errors: 0,
             last_read: None,
+            ring_bytes,
+            ring_peak: 0,
         })
     }
 
@@ -459,12 +554,18 @@ impl Sensor {
         let start = out.len();
         let Self {
             ring,
+            fill,
             decoder,
             received,
             decode_errors,
             last_read,
+            ring_peak,
             ..
         } = self;
+        let mut peak = Peak {
+            fill: fill.as_ref(),
+            max: ring_peak,
+        };
         loop {
             // The programs skip most wakeups while records flow (`WAKE_EVERY_NS`), so the
             // reader polls on a timer until it has read nothing for `IDLE_AFTER`. Before it
@@ -475,7 +576,14 @@ impl Sensor {
             // `WAKE_EVERY_NS`), so sleeping is safe.
             let polling = last_read.is_some_and(|at| at.elapsed() < IDLE_AFTER);
             if !polling {
-                let read = Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out);
+                let read = Self::drain_ring(
+                    ring.get_mut(),
+                    decoder,
+                    received,
+                    decode_errors,
+                    out,
+                    &mut peak,
+                );
                 if read > 0 {
                     *last_read = Some(Instant::now());
                 }
@@ -504,12 +612,20 @@ impl Sensor {
                         received,
                         decode_errors,
                         out,
+                        &mut peak,
                     );
                     // Only clears if no new readiness arrived since the guard was taken.
                     guard.clear_ready();
                     read
                 }
-                None => Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out),
+                None => Self::drain_ring(
+                    ring.get_mut(),
+                    decoder,
+                    received,
+                    decode_errors,
+                    out,
+                    &mut peak,
+                ),
             };
             // Any record read counts, chunks included: a read of chunks only is followed
             // by their exec record, which may come without a wakeup.
@@ -530,9 +646,23 @@ impl Sensor {
             received,
             decode_errors,
             last_read,
+            fill,
+            ring_peak,
             ..
         } = self;
-        if Self::drain_ring(ring.get_mut(), decoder, received, decode_errors, out) > 0 {
+        let mut peak = Peak {
+            fill: fill.as_ref(),
+            max: ring_peak,
+        };
+        if Self::drain_ring(
+            ring.get_mut(),
+            decoder,
+            received,
+            decode_errors,
+            out,
+            &mut peak,
+        ) > 0
+        {
             // A read like any other: `next_events` keeps polling after it.
             *last_read = Some(Instant::now());
         }
@@ -544,7 +674,9 @@ impl Sensor {
         received: &mut KindCounts,
         decode_errors: &mut u64,
         out: &mut Vec<Event>,
+        peak: &mut Peak<'_>,
     ) -> usize {
+        peak.sample();
         let mut read = 0;
         while let Some(item) = ring.next() {
             read += 1;
@@ -671,7 +803,18 @@ impl Sensor {
     /// refused to map its positions.
     pub fn ring_fill(&self) -> Option<(u64, u64)> {
         let used = self.fill.as_ref()?.used_bytes();
-        Some((used, u64::from(agentid_ebpf::RINGBUF_BYTES)))
+        Some((used, self.ring_bytes))
+    }
+
+    /// The ring buffer's size in bytes.
+    pub fn ring_bytes(&self) -> u64 {
+        self.ring_bytes
+    }
+
+    /// The most unread bytes the ring held before a read since the sensor was loaded
+    /// (0 when the kernel refused to map its positions): the headroom the reader used.
+    pub fn ring_peak(&self) -> u64 {
+        self.ring_peak
     }
 
     /// Records that could not be decoded (should stay 0: a non-zero value is an ABI bug).

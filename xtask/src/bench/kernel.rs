@@ -235,6 +235,7 @@ fn start(
                 &ctx.agentid,
                 &ctx.scratch.join("overhead"),
                 &agents,
+                ctx.ring_kib,
             )?))
         }
         Cond::Auditd => start_auditd(ctx),

@@ -49,6 +49,7 @@ pub(crate) fn run(ctx: &Ctx, trials: usize) -> anyhow::Result<Value> {
         &ctx.agentid,
         &ctx.scratch.join("latency"),
         &[("bench-alpha", &a.rel), ("bench-beta", &b.rel)],
+        ctx.ring_kib,
     )?;
     let alerts = d.alerts_file();
     let mut latencies_ms = Vec::with_capacity(trials);

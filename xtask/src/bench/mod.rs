@@ -29,6 +29,8 @@ pub(crate) struct Options {
     /// One section alone instead of the whole bench.
     pub only: Option<Only>,
     pub out: Option<PathBuf>,
+    /// The daemons' ring buffer size (KiB); `None`: the daemon's default.
+    pub ring_kib: Option<u32>,
 }
 
 /// A section run alone.
@@ -58,6 +60,7 @@ struct Ctx {
     /// Temporary configs and state of the daemons started here.
     scratch: PathBuf,
     tools: Tools,
+    ring_kib: Option<u32>,
 }
 
 struct Plan {
@@ -278,6 +281,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         workload: target.join("release/agentid-workload"),
         scratch: scratch.clone(),
         tools,
+        ring_kib: opts.ring_kib,
     };
     let machine = machine();
     if opts.only == Some(Only::Profile) {

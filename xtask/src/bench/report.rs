@@ -170,6 +170,7 @@ pub(crate) fn markdown(r: &Value) -> String {
         d["kernel_drops"],
         d["store_drops"]
     );
+    s.push_str(&disk_and_memory(d));
 
     let a = &r["alert_latency"];
     s.push_str("\n**Alert latency** — credential-reuse exec → line in the alerts file\n\n");
@@ -278,6 +279,25 @@ fn tls_markdown(s: &mut String, t: &Value) {
     );
 }
 
+/// Bytes on disk per event and where the memory goes, from the daemon's `status` after
+/// the resources run.
+fn disk_and_memory(d: &Value) -> String {
+    let m = &d["memory"];
+    let mib = |v: &Value| v.as_u64().unwrap_or(0) >> 20;
+    let kib = |v: &Value| v.as_u64().unwrap_or(0) >> 10;
+    format!(
+        "\n| store B/event | audit B/record (`audit.log` plain, archives compressed) | ring buffer | ring peak backlog | process table | per live process |\n\
+         |---|---|---|---|---|---|\n\
+         | {} | {} | {} MiB | {} KiB | {} KiB | {} B |\n",
+        d["store_bytes_per_event"],
+        d["audit_bytes_per_record"],
+        mib(&m["ring_bytes"]),
+        kib(&m["ring_peak_bytes"]),
+        kib(&m["table_bytes"]),
+        m["table_bytes_per_live"]
+    )
+}
+
 /// The `--profile` result: daemon resources and where its time per event went.
 pub(crate) fn profile_markdown(r: &Value) -> String {
     let mut s = String::new();
@@ -293,7 +313,8 @@ pub(crate) fn profile_markdown(r: &Value) -> String {
         p["daemon_us_per_event"].as_f64().unwrap_or(0.0),
         res["max_rss_under_load_mib"].as_f64().unwrap_or(0.0),
     );
-    s.push_str("| mapping | RSS MiB |\n|---|---|\n");
+    s.push_str(&disk_and_memory(res));
+    s.push_str("\n| mapping | RSS MiB |\n|---|---|\n");
     for m in res["rss_by_mapping_mib"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,

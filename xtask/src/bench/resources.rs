@@ -69,6 +69,7 @@ fn measure(
         &ctx.agentid,
         &ctx.scratch.join("resources"),
         &[("bench-idle", &hold_cg.rel), ("bench-rate", &rate_cg.rel)],
+        ctx.ring_kib,
     )?;
     let pid = d.pid();
     let rss_start_kib = sys::proc_status_kib(pid, "VmRSS")?;
@@ -147,6 +148,11 @@ fn measure(
         "max_rss_under_load_mib": f(load_rss_kib) / 1024.0,
         "kernel_drops": kernel_drops,
         "store_drops": after["store"]["dropped"].as_u64().unwrap_or(0),
+        // Bytes on disk per event held, as `status` computes them: the store, and the audit
+        // log with its plain `audit.log` (archives are compressed once closed).
+        "store_bytes_per_event": after["store"]["bytes_per_event"],
+        "audit_bytes_per_record": after["audit"]["bytes_per_record"],
+        "memory": after["memory"],
         "profile": breakdown,
         "rss_by_mapping_mib": rss_by_mapping,
     }))

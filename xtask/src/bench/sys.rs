@@ -160,9 +160,16 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Writes a default config (plus a registration per `(name, cgroup)`) under `dir`,
     /// starts the daemon and waits until its API answers.
-    pub(crate) fn start(bin: &Path, dir: &Path, agents: &[(&str, &str)]) -> anyhow::Result<Self> {
+    /// With `ring_kib`, the daemon's ring buffer has that size (else its default).
+    pub(crate) fn start(
+        bin: &Path,
+        dir: &Path,
+        agents: &[(&str, &str)],
+        ring_kib: Option<u32>,
+    ) -> anyhow::Result<Self> {
         let agents: Vec<(&str, &str, &str)> = agents.iter().map(|(n, c)| (*n, *c, "")).collect();
-        Self::start_with(bin, dir, &agents, "")
+        let ring = ring_kib.map_or_else(String::new, |k| format!("ring_buffer_kib = {k}\n"));
+        Self::start_with(bin, dir, &agents, &ring)
     }
 
     /// [`Daemon::start`] with `extra` appended to the config and each agent's

@@ -229,6 +229,7 @@ fn under_agentid(
         &ctx.agentid,
         &ctx.scratch.join("tls"),
         &[("bench-tls", &agent.rel)],
+        None,
     )?;
     // The kernel counts run time only while someone holds this descriptor.
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
