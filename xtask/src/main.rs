@@ -88,8 +88,13 @@ enum Task {
         quick: bool,
         /// Only the daemon-resources run, sampled by `perf record`: the daemon's time per
         /// event by thread and by stage (`target/bench/profile.json`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fleet")]
         profile: bool,
+        /// Only the fleet section (a 3-node `nats-server` cluster): publish throughput,
+        /// cross-host alert latency, daemon CPU with the fleet on vs off
+        /// (`target/bench/fleet.json`). The full run includes it; `--quick` does not.
+        #[arg(long, conflicts_with = "quick")]
+        fleet: bool,
         /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -274,6 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &bench::Options {
                     quick: true,
                     profile: false,
+                    fleet: false,
                     out: None,
                 },
             )
@@ -281,6 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Task::Bench {
             quick,
             profile,
+            fleet,
             out,
         } => {
             setup()?;
@@ -289,6 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &bench::Options {
                     quick,
                     profile,
+                    fleet,
                     out,
                 },
             )

@@ -161,13 +161,23 @@ impl Daemon {
     /// Writes a default config (plus a registration per `(name, cgroup)`) under `dir`,
     /// starts the daemon and waits until its API answers.
     pub(crate) fn start(bin: &Path, dir: &Path, agents: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_with(bin, dir, agents, "")
+    }
+
+    /// [`Daemon::start`] with `extra` appended to the config (e.g. a `[fleet]` table).
+    pub(crate) fn start_with(
+        bin: &Path,
+        dir: &Path,
+        agents: &[(&str, &str)],
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir.join("agents")).context("daemon dir")?;
         fs::write(
             dir.join("agentid.toml"),
             format!(
                 "state_dir = \"{0}/state\"\nsocket = \"{0}/agentid.sock\"\n\
-                 agents_dir = \"{0}/agents\"\nalerts_file = \"{0}/alerts.jsonl\"\n",
+                 agents_dir = \"{0}/agents\"\nalerts_file = \"{0}/alerts.jsonl\"\n{extra}",
                 dir.display()
             ),
         )?;
