@@ -17,7 +17,7 @@ use std::{
 use agentid::audit::{self, Checkpoint};
 use agentid_tests::{
     TestCgroup, agentid,
-    daemon::{Daemon, has_exec_of, registration},
+    daemon::{Daemon, registration},
     text,
 };
 use serde_json::{Value, json};
@@ -32,12 +32,7 @@ fn one_run(dir: &Path, cg: &TestCgroup, marker: &str) -> bool {
     let Some(d) = Daemon::start(dir) else {
         return false;
     };
-    let st = cg.command("/bin/echo").arg(marker).status().expect("spawn");
-    assert!(st.success());
-    d.cli_until(&["events", "--kind", "exec"], |v| {
-        has_exec_of(v, "/bin/echo")
-    });
-    assert!(d.stop().success());
+    d.exec_and_stop(cg, marker);
     true
 }
 

@@ -18,10 +18,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agentid::audit::Checkpoint;
 use agentid_tests::{
-    TestCgroup, bpf_required,
+    TestCgroup, agentid, bpf_required,
     daemon::{Daemon, registration},
     nats::{self, Cluster},
+    text,
 };
 use serde_json::Value;
 
@@ -630,4 +632,167 @@ fn detection_survives_a_dead_leader_and_a_cluster_outage() {
     for d in [dir1, dir2] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// One daemon run of a host joined to the fleet: an exec in `cg`, seen in the store, then
+/// a clean stop (whose final checkpoint the link publishes as it stops).
+fn one_run(dir: &Path, cg: &TestCgroup, marker: &str) -> bool {
+    let Some(d) = Daemon::start(dir) else {
+        return false;
+    };
+    fleet_until(&d, &["hosts"], "joined the fleet", 60 * SEC, |_| {
+        connected(&d)
+    });
+    d.exec_and_stop(cg, marker);
+    true
+}
+
+/// The checkpoints a host's audit log holds now.
+fn checkpoints(dir: &Path) -> Vec<Checkpoint> {
+    std::fs::read_to_string(dir.join("state/audit/audit.log"))
+        .expect("audit log")
+        .lines()
+        .filter_map(|l| Checkpoint::from_record(&serde_json::from_str(l).ok()?))
+        .collect()
+}
+
+/// `agentid audit verify --anchors fleet` of the host in `dir` (pinned key `pk`).
+fn verify_fleet(dir: &Path, pk: &str, extra: &[&str]) -> std::process::Output {
+    let (audit, config) = (dir.join("state/audit"), dir.join("agentid.toml"));
+    let mut args = vec![
+        "audit",
+        "verify",
+        "--dir",
+        audit.to_str().expect("utf-8"),
+        "--pubkey",
+        pk,
+        "--expect-closed",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    agentid(&args)
+}
+
+/// Waits (bounded) until `verify --anchors fleet` passes with `wanted` in its output.
+fn fleet_verifies(dir: &Path, pk: &str, wanted: &str) {
+    let deadline = Instant::now() + 30 * SEC;
+    loop {
+        let o = verify_fleet(dir, pk, &["--anchors", "fleet"]);
+        if o.status.success() && String::from_utf8_lossy(&o.stdout).contains(wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`verify --anchors fleet` of {} never said {wanted:?}: {}",
+            dir.display(),
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Item 9: every signed audit checkpoint is also an anchor in the fleet. Two runs of h1
+/// (h2 beside it): the untouched log passes `verify --anchors fleet`; h2's checkpoints
+/// (also published under h1's subject) and a forged one are not used for h1; the log cut
+/// back to run 1's end fails, naming run 2's checkpoints.
+#[test]
+fn audit_anchors_in_the_fleet_catch_a_rollback() {
+    let Some(cluster) = cluster("anchors") else {
+        return;
+    };
+    let (a1, b2) = (TestCgroup::new("fla-a1"), TestCgroup::new("fla-b2"));
+    let dir1 = host_dir(
+        "anchors",
+        "h1",
+        &cluster,
+        &[("alpha", registration("alpha", &a1))],
+    );
+    let dir2 = host_dir(
+        "anchors",
+        "h2",
+        &cluster,
+        &[("beta", registration("beta", &b2))],
+    );
+    // Run 1 of both hosts, side by side.
+    let run2_of_h2 = std::thread::spawn({
+        let (dir2, b2) = (dir2.clone(), b2);
+        move || one_run(&dir2, &b2, "h2-run")
+    });
+    if !one_run(&dir1, &a1, "h1-run-one") {
+        return;
+    }
+    assert!(run2_of_h2.join().expect("h2's run"), "h2 ran");
+    let o = agentid(&[
+        "audit",
+        "pubkey",
+        "--key",
+        dir1.join("state/audit.key").to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pk = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let log = dir1.join("state/audit/audit.log");
+    let run1 = checkpoints(&dir1);
+    let run1_text = std::fs::read_to_string(&log).expect("log");
+    let n1 = run1.len();
+    fleet_verifies(&dir1, &pk, &format!("anchors: {n1} of {n1} anchored"));
+
+    // Run 2 of h1.
+    assert!(one_run(&dir1, &a1, "h1-run-two"), "h1 ran once, so again");
+    let all = checkpoints(&dir1);
+    let n = all.len();
+    let run2: Vec<String> = all[n1..].iter().map(|c| c.seq.to_string()).collect();
+    assert!(!run2.is_empty(), "run 2 made checkpoints");
+    // Untouched: passes, every checkpoint of both runs anchored in the fleet.
+    fleet_verifies(&dir1, &pk, &format!("anchors: {n} of {n} anchored"));
+
+    // Under h1's subject: a checkpoint of h2 (genuine, but another key chain) and one of
+    // h1's own with its seq changed (its signature no longer verifies): neither is used.
+    let other = checkpoints(&dir2).pop().expect("h2's checkpoint");
+    let mut forged = all.last().expect("a checkpoint").clone();
+    forged.seq += 1000;
+    forged.seq_to += 1000;
+    for cp in [&other, &forged] {
+        let msg =
+            serde_json::json!({"type": "audit_checkpoint", "host": "h1", "audit_checkpoint": cp});
+        cluster.publish("agentid.audit.h1", &msg.to_string());
+    }
+    fleet_verifies(
+        &dir1,
+        &pk,
+        &format!(
+            "anchors: {n} of {n} anchored checkpoints are in the log as published; 1 anchors of \
+             other key chains ignored; 1 lines with unverifiable signatures ignored"
+        ),
+    );
+    // h2's anchors are h2's: none continues h1's key chain.
+    let o = verify_fleet(&dir1, &pk, &["--anchors", "fleet", "--host", "h2"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("none of the") && text(&o).contains("continues this log's key chain"),
+        "{}",
+        text(&o)
+    );
+
+    // Cut back to the end of run 1: the log alone still verifies, closed cleanly...
+    std::fs::write(&log, &run1_text).expect("cut");
+    let o = verify_fleet(&dir1, &pk, &[]);
+    assert!(
+        o.status.success(),
+        "the cut is invisible alone: {}",
+        text(&o)
+    );
+    // ...the fleet's anchors name what is missing.
+    let o = verify_fleet(&dir1, &pk, &["--anchors", "fleet"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains(&format!(
+            "lacks {} anchored checkpoint(s) at seq {}",
+            run2.len(),
+            run2.join(", ")
+        )) && err.contains("rolled back")
+            && err.contains("the fleet's anchors of host h1"),
+        "{err}"
+    );
 }

@@ -71,7 +71,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             init_logging(false);
             agentid::cli::trace::run(args).await
         }
-        Command::Audit(args) => agentid::cli::audit::run(args),
+        Command::Audit(args) => agentid::cli::audit::run(args).await,
         Command::Rules => agentid::cli::rules::run(cli.json),
         Command::Token(args) => agentid::cli::token::run(args, cli.json).await,
         Command::Query(q) => {

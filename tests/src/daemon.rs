@@ -216,6 +216,17 @@ pub fn has_exec_of(v: &Value, file: &str) -> bool {
 }
 
 impl Daemon {
+    /// The end of a run: `/bin/echo MARKER` in `cg`, awaited in the store, then a clean
+    /// stop (the final audit checkpoint).
+    pub fn exec_and_stop(self, cg: &TestCgroup, marker: &str) {
+        let st = cg.command("/bin/echo").arg(marker).status().expect("spawn");
+        assert!(st.success());
+        self.cli_until(&["events", "--kind", "exec"], |v| {
+            has_exec_of(v, "/bin/echo")
+        });
+        assert!(self.stop().success());
+    }
+
     /// `agentid --socket S --json ARGS`, whatever its exit status.
     pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
         Command::new(agentid_bin())

@@ -172,6 +172,46 @@ impl Cluster {
         self.nodes.iter().position(|n| n.name == leader)
     }
 
+    /// Publishes `payload` on `subject` as any NATS client could (the raw protocol, no
+    /// agentid code) and waits (bounded) for JetStream's ack: the stored message's
+    /// stream sequence.
+    pub fn publish(&self, subject: &str, payload: &str) -> u64 {
+        use std::io::BufRead as _;
+        let port = self.alive().next().expect("a live node").port;
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to NATS");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+        let mut w = s;
+        let mut line = String::new();
+        r.read_line(&mut line).expect("INFO");
+        write!(
+            w,
+            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB _INBOX.test 1\r\nPUB {subject} _INBOX.test {}\r\n{payload}\r\n",
+            payload.len()
+        )
+        .expect("publish");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            line.clear();
+            r.read_line(&mut line)
+                .expect("no ack from JetStream within 10 s");
+            if line.starts_with("PING") {
+                w.write_all(b"PONG\r\n").expect("pong");
+            } else if line.starts_with("MSG _INBOX.test") {
+                line.clear();
+                r.read_line(&mut line).expect("ack body");
+                let ack: Value = serde_json::from_str(line.trim()).expect("ack JSON");
+                return ack["seq"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("JetStream refused {subject}: {ack}"));
+            } else if line.starts_with("-ERR") {
+                panic!("NATS refused the publish on {subject}: {line}");
+            }
+            assert!(Instant::now() < deadline, "no ack for {subject}");
+        }
+    }
+
     /// Every byte of every node's store.
     pub fn store_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
         let mut out = Vec::new();

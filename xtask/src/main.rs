@@ -88,7 +88,7 @@ enum Task {
         quick: bool,
         /// Only the daemon-resources run, sampled by `perf record`: the daemon's time per
         /// event by thread and by stage (`target/bench/profile.json`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fleet")]
         profile: bool,
         /// Only the TLS client-overhead section (`target/bench/tls.json`).
         #[arg(long, conflicts_with = "profile")]
@@ -97,6 +97,11 @@ enum Task {
         /// mode vs no tracer, and resolve+connect cycles/s.
         #[arg(long, conflicts_with_all = ["profile", "tls"])]
         enforcement: bool,
+        /// Only the fleet section (a 3-node `nats-server` cluster): publish throughput,
+        /// cross-host alert latency, daemon CPU with the fleet on vs off
+        /// (`target/bench/fleet.json`). The full run includes it; `--quick` does not.
+        #[arg(long, conflicts_with_all = ["quick", "tls", "enforcement"])]
+        fleet: bool,
         /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -294,6 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             profile,
             tls,
             enforcement,
+            fleet,
             out,
             ring_kib,
         } => {
@@ -306,6 +312,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         (profile, bench::Only::Profile),
                         (tls, bench::Only::Tls),
                         (enforcement, bench::Only::Enforcement),
+                        (fleet, bench::Only::Fleet),
                     ]
                     .into_iter()
                     .find_map(|(on, only)| on.then_some(only)),

@@ -39,11 +39,18 @@ pub enum AuditCommand {
         /// The daemon stopped cleanly: a log without its final checkpoint is truncated.
         #[arg(long)]
         expect_closed: bool,
-        /// What a SIEM sink received (e.g. a `file` sink's JSON lines, or syslog lines):
-        /// fail if the log lacks an anchored checkpoint (rolled back, cut) or disagrees
-        /// with one (rewritten).
-        #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
+        /// What a SIEM sink received (e.g. a `file` sink's JSON lines, or syslog lines),
+        /// or `fleet`: what the fleet's NATS cluster holds for this host (`[fleet]` of
+        /// --config). Fails if the log lacks an anchored checkpoint (rolled back, cut) or
+        /// disagrees with one (rewritten). A file named `fleet`: `./fleet`.
+        #[arg(long, value_name = "FILE|fleet", conflicts_with = "bundle")]
         anchors: Option<PathBuf>,
+        /// With `--anchors fleet`: the configuration whose `[fleet]` names the cluster.
+        #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// With `--anchors fleet`: whose anchors (default: the configuration's host).
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
     },
     /// Print the audit key chain's first public key (base64), to pin somewhere the host
     /// can't change. The key rotates at every checkpoint; this first key stays what
@@ -74,7 +81,7 @@ pub enum AuditCommand {
     },
 }
 
-pub fn run(args: AuditArgs) -> anyhow::Result<()> {
+pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     match args.command {
         AuditCommand::Verify {
             dir,
@@ -82,6 +89,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
             bundle,
             expect_closed,
             anchors,
+            config,
+            host,
         } => {
             let pubkey = pubkey.as_deref().map(read_pubkey).transpose()?;
             if let Some(bundle) = bundle {
@@ -91,7 +100,11 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
                 }
                 writeln!(std::io::stdout().lock(), "{report}")?;
             } else {
-                verify_log(&dir, pubkey, expect_closed, anchors.as_deref())?;
+                let anchors = match anchors {
+                    Some(path) => Some(read_anchors(&path, &config, host.as_deref()).await?),
+                    None => None,
+                };
+                verify_log(&dir, pubkey, expect_closed, anchors)?;
             }
         }
         AuditCommand::Pubkey { key } => {
@@ -136,19 +149,46 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `verify` of a log, and with `--anchors`, against what a sink received.
+/// `--anchors`: what a sink received (a file), or what the fleet holds for a host. Returns
+/// the anchors and where they came from, for the messages.
+async fn read_anchors(
+    path: &Path,
+    config: &Path,
+    host: Option<&str>,
+) -> anyhow::Result<(audit::Anchors, String)> {
+    if path != Path::new("fleet") {
+        let found = audit::Anchors::read(path)
+            .with_context(|| format!("reading anchors {}", path.display()))?;
+        return Ok((found, path.display().to_string()));
+    }
+    let cfg = crate::config::Config::load(Some(config))?;
+    let Some(fleet) = &cfg.fleet else {
+        bail!(
+            "--anchors fleet: {} has no [fleet] (the cluster to ask)",
+            config.display()
+        );
+    };
+    let host = host.map_or_else(|| fleet.host_name(), str::to_owned);
+    let (found, messages) = crate::fleet::anchors::read(fleet, &host)
+        .await
+        .with_context(|| format!("reading host {host}'s anchors from the fleet"))?;
+    Ok((
+        found,
+        format!(
+            "the fleet's anchors of host {host} ({messages} messages on {})",
+            crate::fleet::anchors::subject(&host)
+        ),
+    ))
+}
+
+/// `verify` of a log, and with `--anchors`, against what a sink or the fleet received.
 fn verify_log(
     dir: &Path,
     pubkey: Option<ed25519_dalek::VerifyingKey>,
     expect_closed: bool,
-    anchors: Option<&Path>,
+    anchors: Option<(audit::Anchors, String)>,
 ) -> anyhow::Result<()> {
-    let found = anchors
-        .map(|path| {
-            audit::Anchors::read(path)
-                .with_context(|| format!("reading anchors {}", path.display()))
-        })
-        .transpose()?;
+    let (found, source) = anchors.unzip();
     // A log whose oldest files were removed starts at a later key: the anchors of the
     // removed checkpoints lead there from the pinned first key.
     let start = match (pubkey, &found) {
@@ -166,14 +206,10 @@ fn verify_log(
         bail!("audit log {}: {report}", dir.display());
     }
     let mut out = std::io::stdout().lock();
-    if let (Some(path), Some(found)) = (anchors, found) {
+    if let (Some(source), Some(found)) = (source, found) {
         let check = audit::check_anchors(dir, &found, pubkey)?;
         if !check.is_ok() {
-            bail!(
-                "audit log {} against {}: {check}",
-                dir.display(),
-                path.display()
-            );
+            bail!("audit log {} against {source}: {check}", dir.display());
         }
         writeln!(out, "{report}\n{check}")?;
     } else {

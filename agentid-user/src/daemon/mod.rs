@@ -541,8 +541,20 @@ fn start_outputs(
     };
     let (sinks, sink_drops) =
         SinkManager::start(&config.sinks, &ctx).context("starting the sinks")?;
-    // Every checkpoint goes to every sink as it is made: anchors off the host.
-    let anchors = (!config.sinks.is_empty()).then(|| sinks.anchor_publisher());
+    // Every checkpoint goes to every sink and to the fleet as it is made: anchors off
+    // the host.
+    let anchors = each_of(
+        (!config.sinks.is_empty())
+            .then(|| sinks.anchor_publisher())
+            .into_iter()
+            .chain(
+                shared
+                    .fleet
+                    .get()
+                    .map(crate::fleet::Fleet::anchor_publisher),
+            )
+            .collect(),
+    );
     let max_bytes = config
         .audit_retention
         .max_size_mb
@@ -597,6 +609,21 @@ fn start_outputs(
     }
     *lock(&shared.outputs) = Some(Fanout::new(outputs));
     Ok(sink_drops)
+}
+
+/// One publisher handing each checkpoint to all of `publishers`; `None` for none.
+fn each_of(
+    mut publishers: Vec<crate::audit::AnchorPublisher>,
+) -> Option<crate::audit::AnchorPublisher> {
+    match publishers.len() {
+        0 => None,
+        1 => publishers.pop(),
+        _ => Some(Box::new(move |cp: &crate::audit::Checkpoint| {
+            for publish in &publishers {
+                publish(cp);
+            }
+        })),
+    }
 }
 
 /// The fingerprint key: the fleet key, or the host key created at first start.

@@ -19,13 +19,16 @@ use tokio_stream::{StreamExt as _, StreamMap};
 use super::{
     FleetConfig, Notice,
     records::{
-        self, ALERT_STREAM, ALERT_SUBJECTS, FLEET_ALERTS, FleetAlert, Holder, Outgoing, PRESENCE,
-        REVOCATIONS, SIGHTINGS,
+        self, ALERT_STREAM, ALERT_SUBJECTS, AUDIT_STREAM, AUDIT_SUBJECTS, FLEET_ALERTS, FleetAlert,
+        Holder, Outgoing, PRESENCE, REVOCATIONS, SIGHTINGS,
     },
     view::FleetView,
 };
 use crate::{
-    detect::rules::{CREDENTIAL_REUSE, IDENTITY_SPRAWL, sprawl_reason},
+    detect::{
+        RuleInfo,
+        rules::{CREDENTIAL_REUSE, IDENTITY_SPRAWL, sprawl_reason},
+    },
     identity::Registry,
     outputs::{DropNotice, DropReason, spool::Spool},
 };
@@ -39,6 +42,8 @@ const BATCH: usize = 256;
 const STALL_CHECK: u64 = 3;
 /// Ticks of failed publishing after which the buckets are opened again.
 const REOPEN_AFTER: u32 = 15;
+/// How long the fleet keeps audit anchors: longer than a year of audits.
+const ANCHORS_MAX_AGE: Duration = Duration::from_hours(400 * 24);
 
 type Watches = StreamMap<&'static str, Pin<Box<kv::Watch>>>;
 
@@ -101,36 +106,8 @@ impl Link {
         }
     }
 
-    async fn connect(&self) -> Result<async_nats::Client, String> {
-        let mut opts = async_nats::ConnectOptions::new()
-            .name(format!("agentid@{}", self.host))
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connection_timeout(REQUEST_TIMEOUT)
-            .request_timeout(Some(REQUEST_TIMEOUT));
-        if let Some(path) = &self.config.credentials_file {
-            opts = opts
-                .credentials_file(path)
-                .await
-                .map_err(|e| format!("fleet credentials_file {}: {e}", path.display()))?;
-        }
-        if let Some(ca) = &self.config.ca_file {
-            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        let servers: Vec<async_nats::ServerAddr> = self
-            .config
-            .servers
-            .iter()
-            .map(|s| s.parse())
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("fleet.servers: {e}"))?;
-        opts.connect(servers)
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", self.config.servers.join(",")))
-    }
-
     pub(super) async fn run(mut self, stop: Arc<Notify>) {
-        let client = match self.connect().await {
+        let client = match connect(&self.config, &format!("agentid@{}", self.host), true).await {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!(error = %e, "fleet: cannot set up the NATS client; records stay in the spool");
@@ -228,17 +205,28 @@ impl Link {
                 }
             }
         }
-        self.finish(buckets.as_ref(), client).await;
+        self.finish(buckets, client).await;
     }
 
-    /// Shutdown: one bounded attempt at what is spooled; the rest waits for next start.
-    async fn finish(mut self, buckets: Option<&Buckets>, client: Option<async_nats::Client>) {
+    /// Shutdown: one bounded attempt at what is spooled (opening the buckets first if a
+    /// short run never got to, so its final audit anchor leaves now); the rest waits for
+    /// the next start.
+    async fn finish(mut self, buckets: Option<Buckets>, client: Option<async_nats::Client>) {
         while let Ok(r) = self.rx.try_recv() {
             self.append(&[r]);
         }
-        if let Some(b) = buckets {
-            let _ = tokio::time::timeout(Duration::from_secs(3), self.drain(b)).await;
-        }
+        let last_try = async {
+            let b = match (buckets, &client) {
+                (Some(b), _) => b,
+                (None, Some(c)) => match self.open(c).await {
+                    Ok((b, _watches)) => b,
+                    Err(_) => return,
+                },
+                (None, None) => return,
+            };
+            self.drain(&b).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), last_try).await;
         if let Some(client) = client {
             let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
         }
@@ -340,6 +328,20 @@ impl Link {
         })
         .await
         .map_err(|e| format!("stream {ALERT_STREAM}: {e}"))?;
+        // Anchors must outlive what a rollback would hide: kept long, never deleted
+        // through the stream (grant hosts publish-only rights on their own subject).
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: AUDIT_STREAM.to_owned(),
+            description: Some("agentid signed audit checkpoints (anchors), per host".to_owned()),
+            subjects: vec![AUDIT_SUBJECTS.to_owned()],
+            num_replicas: self.config.replicas,
+            max_age: ANCHORS_MAX_AGE,
+            deny_delete: true,
+            deny_purge: true,
+            ..jetstream::stream::Config::default()
+        })
+        .await
+        .map_err(|e| format!("stream {AUDIT_STREAM}: {e}"))?;
         let b = Buckets { kv: kvs, js };
         let watches = watch(&b).await?;
         Ok((b, watches))
@@ -478,22 +480,16 @@ impl Link {
             .iter()
             .map(|h| format!("{} on {}", h.agent, h.host))
             .collect();
-        let now = records::now_ms();
         let alert = FleetAlert {
-            rule: CREDENTIAL_REUSE.id.to_owned(),
-            severity: CREDENTIAL_REUSE.severity.as_str().to_owned(),
-            title: format!("Credential used by {} agents across hosts", holders.len()),
-            description: format!("{fingerprint} was used by {}", names.join(" and ")),
-            fingerprint: Some(fingerprint),
-            holders: holders.clone(),
-            raised_by: self.host.clone(),
-            first_seen_ms: now,
-            last_seen_ms: now,
-            count: 1,
+            fingerprint: Some(fingerprint.clone()),
+            ..self.incident(
+                &CREDENTIAL_REUSE,
+                format!("Credential used by {} agents across hosts", holders.len()),
+                format!("{fingerprint} was used by {}", names.join(" and ")),
+                holders,
+            )
         };
-        if self.claim(b, &key, alert).await {
-            self.judged.insert(key, holders);
-        }
+        self.claim_judged(b, key, alert).await;
     }
 
     /// Sightings whose claim failed (NATS went away mid-claim) are judged again.
@@ -541,21 +537,45 @@ impl Link {
                 continue;
             }
             let hosts: Vec<&str> = holders.iter().map(|h| h.host.as_str()).collect();
-            let alert = FleetAlert {
-                rule: IDENTITY_SPRAWL.id.to_owned(),
-                severity: IDENTITY_SPRAWL.severity.as_str().to_owned(),
-                title: format!("Agent {agent} live on {} hosts", hosts.len()),
-                description: format!("{agent} is live on {}: {why}", hosts.join(", ")),
-                fingerprint: None,
-                holders: holders.clone(),
-                raised_by: self.host.clone(),
-                first_seen_ms: now,
-                last_seen_ms: now,
-                count: 1,
-            };
-            if self.claim(b, &key, alert).await {
-                self.judged.insert(key, holders);
-            }
+            let alert = self.incident(
+                &IDENTITY_SPRAWL,
+                format!("Agent {agent} live on {} hosts", hosts.len()),
+                format!("{agent} is live on {}: {why}", hosts.join(", ")),
+                holders,
+            );
+            self.claim_judged(b, key, alert).await;
+        }
+    }
+
+    /// A new incident of `rule` between `holders`, raised by this host now.
+    fn incident(
+        &self,
+        rule: &RuleInfo,
+        title: String,
+        description: String,
+        holders: Vec<Holder>,
+    ) -> FleetAlert {
+        let now = records::now_ms();
+        FleetAlert {
+            rule: rule.id.to_owned(),
+            severity: rule.severity.as_str().to_owned(),
+            title,
+            description,
+            fingerprint: None,
+            holders,
+            raised_by: self.host.clone(),
+            first_seen_ms: now,
+            last_seen_ms: now,
+            count: 1,
+        }
+    }
+
+    /// Claims `key` for `alert`; once the fleet's record is settled its holders count as
+    /// judged (a failed claim is tried again on the next tick or entry).
+    async fn claim_judged(&mut self, b: &Buckets, key: String, alert: FleetAlert) {
+        let holders = alert.holders.clone();
+        if self.claim(b, &key, alert).await {
+            self.judged.insert(key, holders);
         }
     }
 
@@ -617,6 +637,41 @@ impl Link {
     }
 }
 
+/// A client for the cluster `config` names, as `name`. The daemon's (`keep_trying`) never
+/// gives up, also when the first connect fails; a command's fails at once.
+pub(super) async fn connect(
+    config: &FleetConfig,
+    name: &str,
+    keep_trying: bool,
+) -> Result<async_nats::Client, String> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name.to_owned())
+        .max_reconnects(None)
+        .connection_timeout(REQUEST_TIMEOUT)
+        .request_timeout(Some(REQUEST_TIMEOUT));
+    if keep_trying {
+        opts = opts.retry_on_initial_connect();
+    }
+    if let Some(path) = &config.credentials_file {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("fleet credentials_file {}: {e}", path.display()))?;
+    }
+    if let Some(ca) = &config.ca_file {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let servers: Vec<async_nats::ServerAddr> = config
+        .servers
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("fleet.servers: {e}"))?;
+    opts.connect(servers)
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", config.servers.join(",")))
+}
+
 /// Watches every bucket from its current values on.
 async fn watch(b: &Buckets) -> Result<Watches, String> {
     let mut watches = Watches::new();
@@ -643,7 +698,7 @@ async fn publish(b: &Buckets, o: &Outgoing) -> Result<(), String> {
                 .map(|_| ())
                 .map_err(|e| format!("{bucket} put: {e}"))
         }
-        Outgoing::Alert { subject, json } => {
+        Outgoing::Stream { subject, json } => {
             let ack =
                 b.js.publish(subject.clone(), json.clone().into())
                     .await

@@ -8,6 +8,7 @@
 //! an on-disk spool first and leaves it only once NATS acknowledged it, so a fleet that is
 //! down costs nothing but spool space (bounded; a full spool drops, counts and reports
 //! the loss as `delivery-loss`).
+pub mod anchors;
 pub mod config;
 mod link;
 mod output;
@@ -39,6 +40,9 @@ const QUEUE: usize = 4096;
 pub enum FleetError {
     #[error(transparent)]
     Spool(#[from] crate::outputs::spool::SpoolError),
+    /// The cluster did not answer, or answered with an error.
+    #[error("fleet: {0}")]
+    Nats(String),
 }
 
 /// What the fleet tells the daemon.

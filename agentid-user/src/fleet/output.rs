@@ -64,7 +64,7 @@ impl Output for FleetOutput {
     }
 
     fn alert(&mut self, alert: &Alert, json: &Arc<str>) {
-        self.fleet.submit(Outgoing::Alert {
+        self.fleet.submit(Outgoing::Stream {
             subject: format!("agentid.alert.{}.{}", self.fleet.host(), alert.rule),
             json: json.to_string(),
         });

@@ -17,6 +17,10 @@ pub const REVOCATIONS: &str = "agentid_revocations";
 /// `agentid.alert.<host>.<rule>`.
 pub const ALERT_STREAM: &str = "AGENTID_ALERTS";
 pub const ALERT_SUBJECTS: &str = "agentid.alert.>";
+/// Each host's signed audit checkpoints (anchors off the host): stream `AGENTID_AUDIT`,
+/// subjects `agentid.audit.<host>`.
+pub const AUDIT_STREAM: &str = "AGENTID_AUDIT";
+pub const AUDIT_SUBJECTS: &str = "agentid.audit.>";
 
 /// A host name or other subject token: no `.`, `*`, `>` or whitespace.
 pub fn valid_token(s: &str) -> bool {
@@ -137,8 +141,8 @@ pub enum Outgoing {
         key: String,
         json: String,
     },
-    /// A message on the alert stream.
-    Alert { subject: String, json: String },
+    /// A message on a stream (alerts, audit anchors): JetStream files it by subject.
+    Stream { subject: String, json: String },
 }
 
 impl Outgoing {
@@ -157,7 +161,7 @@ impl Outgoing {
                 uid: format!("kv/{bucket}/{key}"),
                 payload: json.clone(),
             },
-            Self::Alert { subject, json } => crate::outputs::spool::Record {
+            Self::Stream { subject, json } => crate::outputs::spool::Record {
                 uid: format!("stream/{subject}"),
                 payload: json.clone(),
             },
@@ -179,7 +183,7 @@ impl Outgoing {
                     json: r.payload.clone(),
                 })
             }
-            "stream" => Some(Self::Alert {
+            "stream" => Some(Self::Stream {
                 subject: rest.to_owned(),
                 json: r.payload.clone(),
             }),
@@ -196,7 +200,7 @@ mod tests {
     fn spool_round_trip() {
         let o = Outgoing::kv(SIGHTINGS, "ab.h1.cd".into(), &serde_json::json!({"a": 1})).unwrap();
         assert_eq!(Outgoing::from_spool(&o.to_spool()), Some(o));
-        let a = Outgoing::Alert {
+        let a = Outgoing::Stream {
             subject: "agentid.alert.h1.credential-reuse".into(),
             json: "{}".into(),
         };

@@ -34,6 +34,11 @@
 //!   (the gRPC status, or `ok`), then holds until stdin closes
 //! - `hold N`               fork N children that sleep forever, print `ready`, then wait
 //!   for stdin to close (the caller kills the children)
+//! - `nats-cluster`         start the tests' 3-node `nats-server` JetStream cluster, print
+//!   its URLs (comma-separated), hold until stdin closes, then kill it and remove its dirs
+//! - `fleet-publish URLS N` the daemon's fleet link (spool, acks) joined to URLS: N distinct
+//!   credential sightings submitted as fast as its queue takes them; prints
+//!   `{"records":N,"seconds":…,"per_s":…}` once JetStream acknowledged all of them
 #![expect(
     unused_crate_dependencies,
     reason = "a test helper binary in a package whose targets share one dependency list"
@@ -342,6 +347,26 @@ fn run(args: &[String]) -> Result<u8, Box<dyn std::error::Error>> {
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)?;
             Ok(0)
         }
+        "nats-cluster" => {
+            let cluster = agentid_tests::nats::Cluster::start("bench");
+            println!("{}", cluster.urls().join(","));
+            std::io::stdout().flush()?;
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest)?;
+            drop(cluster);
+            Ok(0)
+        }
+        "fleet-publish" => {
+            let servers: Vec<String> = arg(1)?.split(',').map(str::to_owned).collect();
+            let n: u64 = arg(2)?.parse()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let line = rt.block_on(fleet_publish(servers, n))?;
+            println!("{line}");
+            Ok(0)
+        }
         other => Err(format!("unknown mode {other}").into()),
     }
 }
@@ -473,4 +498,81 @@ fn orphan_fetch(conn: std::os::unix::net::UnixStream, aud: &str) -> String {
         Ok(rt) => rt.block_on(run).unwrap_or_else(|e| format!("error: {e}")),
         Err(e) => format!("error: {e}"),
     }
+}
+
+/// The fleet link's publish throughput: `n` sightings through the spool to JetStream,
+/// timed from the first submit to the last ack.
+async fn fleet_publish(
+    servers: Vec<String>,
+    n: u64,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    use agentid::fleet::{Fleet, FleetConfig, Outgoing, Sighting, records};
+    let state = std::env::temp_dir().join(format!("agentid-fleet-publish-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let config = FleetConfig {
+        servers,
+        host: Some("bench-publisher".into()),
+        credentials_file: None,
+        ca_file: None,
+        replicas: 3,
+        heartbeat: Duration::from_secs(10),
+        spool_max_bytes: 1 << 30,
+    };
+    let (fleet, _notices) = Fleet::start(
+        &config,
+        &state,
+        std::sync::Arc::new(agentid::identity::Registry::default()),
+    )?;
+    let counts = |f: &Fleet| {
+        let v = f.view();
+        (
+            v.connected,
+            v.stats.spooled,
+            v.stats.published,
+            v.stats.dropped,
+        )
+    };
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while !counts(&fleet).0 {
+        if Instant::now() > deadline {
+            return Err("the fleet link did not connect within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t0 = Instant::now();
+    let mut sent = 0;
+    let deadline = t0 + Duration::from_mins(5);
+    loop {
+        let (_, spooled, published, dropped) = counts(&fleet);
+        if dropped > 0 {
+            return Err(format!("{dropped} records dropped").into());
+        }
+        if published >= n {
+            break;
+        }
+        // Within the link's queue (4096): a full queue drops, which is not what is measured.
+        while sent < n && sent < spooled + 2048 {
+            let s = Sighting {
+                hmac: format!("{sent:064x}"),
+                fingerprint: format!("openai:{sent:012x}"),
+                kind: "openai".into(),
+                agent: "spiffe://bench.example/agent/publisher".into(),
+                host: "bench-publisher".into(),
+                first_seen_ms: records::now_ms(),
+                last_seen_ms: records::now_ms(),
+            };
+            fleet.submit(Outgoing::kv(records::SIGHTINGS, s.key(), &s).ok_or("encoding")?);
+            sent += 1;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{published} of {n} acknowledged within 5 min").into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    fleet.close().await;
+    let _ = std::fs::remove_dir_all(&state);
+    #[expect(clippy::cast_precision_loss, reason = "a rate for a report")]
+    let per_s = n as f64 / seconds;
+    Ok(serde_json::json!({"records": n, "seconds": seconds, "per_s": per_s}))
 }

@@ -8,16 +8,16 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{
     Ctx,
-    stats::{Summary, percentile},
+    stats::latency_json,
     sys::{BenchCgroup, Daemon},
 };
 
 /// A fresh fake `OpenAI` project key per trial (so each trial is a new incident).
-fn fake_key() -> anyhow::Result<String> {
+pub(super) fn fake_key() -> anyhow::Result<String> {
     const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut raw = [0u8; 48];
     fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
@@ -28,7 +28,7 @@ fn fake_key() -> anyhow::Result<String> {
     Ok(format!("sk-proj-{tail}"))
 }
 
-fn run_true(cg: &BenchCgroup, key: &str) -> anyhow::Result<()> {
+pub(super) fn run_true(cg: &BenchCgroup, key: &str) -> anyhow::Result<()> {
     let st = cg
         .command("/bin/true")
         .env_clear()
@@ -59,30 +59,44 @@ pub(crate) fn run(ctx: &Ctx, trials: usize) -> anyhow::Result<Value> {
         let offset = fs::metadata(&alerts).map_or(0, |m| m.len());
         let t0 = Instant::now();
         run_true(&b, &key)?;
-        // Poll the file's tail: the measured path is exec → alert line on disk.
-        let deadline = t0 + Duration::from_secs(10);
-        loop {
-            let mut tail = String::new();
-            if let Ok(mut file) = fs::File::open(&alerts) {
-                file.seek(SeekFrom::Start(offset))?;
-                file.read_to_string(&mut tail)?;
-            }
-            if tail.contains("credential-reuse") {
-                latencies_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
-                break;
-            }
-            if Instant::now() > deadline {
-                d.check_alive()?;
-                bail!("trial {trial}: no credential-reuse alert within 10 s");
-            }
-            std::thread::sleep(Duration::from_micros(200));
+        let found = await_line(
+            std::slice::from_ref(&alerts),
+            &[offset],
+            t0 + Duration::from_secs(10),
+            |l| l.contains("credential-reuse"),
+        )?;
+        if !found {
+            d.check_alive()?;
+            bail!("trial {trial}: no credential-reuse alert within 10 s");
         }
+        latencies_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
     d.stop()?;
-    Ok(json!({
-        "trials": trials,
-        "p50_ms": percentile(&latencies_ms, 50.0),
-        "p99_ms": percentile(&latencies_ms, 99.0),
-        "spread_ms": Summary::of(&latencies_ms).map(|s| s.json()),
-    }))
+    Ok(latency_json(&latencies_ms))
+}
+
+/// Polls the tails of `files` (from `offsets`) until one holds a line `pred` accepts, or
+/// `deadline`: the measured path is exec → alert line on disk.
+pub(super) fn await_line(
+    files: &[std::path::PathBuf],
+    offsets: &[u64],
+    deadline: Instant,
+    pred: impl Fn(&str) -> bool,
+) -> anyhow::Result<bool> {
+    loop {
+        for (path, offset) in files.iter().zip(offsets) {
+            let mut tail = String::new();
+            if let Ok(mut file) = fs::File::open(path) {
+                file.seek(SeekFrom::Start(*offset))?;
+                file.read_to_string(&mut tail)?;
+            }
+            if tail.lines().any(&pred) {
+                return Ok(true);
+            }
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }

@@ -1,10 +1,11 @@
 //! `cargo xtask bench [--quick] [--out FILE]`: kernel-path overhead against auditd and
-//! bpftrace, agentid's completeness, userspace pipeline throughput, daemon resources and
-//! alert latency. Results go to a JSON file and a markdown table (`results.md` beside it).
+//! bpftrace, agentid's completeness, userspace pipeline throughput, daemon resources,
+//! alert latency and (full mode, or `--fleet` alone) the fleet on a 3-node cluster. Results go to a JSON file and a markdown table (`results.md` beside it).
 //!
 //! Nothing here asserts a threshold: figures are reported, and the bench fails only when
 //! something crashes (a workload, the daemon, a tracer that started and then died).
 mod enforce;
+mod fleet;
 mod kernel;
 mod latency;
 mod profile;
@@ -43,6 +44,8 @@ pub(crate) enum Only {
     Tls,
     /// The enforcement section (enforced vs monitor vs no tracer; resolve+connect).
     Enforcement,
+    /// The fleet section, with the full run's sizes.
+    Fleet,
 }
 
 /// Whether each peer tracer can be used, or why not.
@@ -69,6 +72,8 @@ struct Plan {
     enforcement: enforce::Sizes,
     latency_trials: usize,
     tls: tls::Sizes,
+    /// The fleet section; `None` in quick mode (a cluster and three daemon runs).
+    fleet: Option<fleet::Sizes>,
     /// criterion arguments.
     criterion: &'static [&'static str],
 }
@@ -101,6 +106,7 @@ fn plan(quick: bool) -> Plan {
                 requests: 200,
                 reps: 1,
             },
+            fleet: None,
             criterion: &[
                 "--warm-up-time",
                 "0.5",
@@ -137,6 +143,15 @@ fn plan(quick: bool) -> Plan {
                 requests: 2_000,
                 reps: 6,
             },
+            fleet: Some(fleet::Sizes {
+                records: 20_000,
+                latency_trials: 50,
+                resources: resources::Sizes {
+                    live_processes: 2_000,
+                    events_per_s: 20_000,
+                    seconds: 30,
+                },
+            }),
             criterion: &["--warm-up-time", "1", "--measurement-time", "3"],
         }
     }
@@ -318,10 +333,13 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
             started,
         );
     }
+    if opts.only == Some(Only::Fleet) {
+        return fleet_only(&ctx, &plan, &target, &machine, &scratch);
+    }
     eprintln!("bench: kernel-path overhead");
     let overhead = kernel::run(&ctx, plan.overhead)?;
     eprintln!("bench: daemon resources");
-    let resources = resources::run(&ctx, plan.resources, None)?;
+    let resources = resources::run(&ctx, plan.resources, None, "")?;
     eprintln!("bench: alert latency");
     let latency = latency::run(&ctx, plan.latency_trials)?;
     eprintln!("bench: TLS client overhead");
@@ -330,6 +348,13 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let enforcement = enforce::run(&ctx, plan.enforcement)?;
     eprintln!("bench: userspace pipeline (criterion)");
     let pipeline = pipeline(root, &target, &plan)?;
+    let fleet = plan
+        .fleet
+        .map(|sizes| {
+            eprintln!("bench: fleet");
+            fleet::run(&ctx, sizes)
+        })
+        .transpose()?;
     let _ = std::fs::remove_dir_all(&scratch);
 
     let results = json!({
@@ -342,6 +367,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         "alert_latency": latency,
         "tls": tls,
         "enforcement": enforcement,
+        "fleet": fleet,
         "duration_s": started.elapsed().as_secs_f64(),
     });
     write_results(opts, &target, &results, started)
@@ -387,12 +413,45 @@ fn profile_only(
     std::fs::create_dir_all(&dir)?;
     let data = dir.join("perf.data");
     eprintln!("bench: daemon resources under perf record");
-    let resources = resources::run(ctx, plan.resources, Some(&data))?;
+    let resources = resources::run(ctx, plan.resources, Some(&data), "")?;
     let _ = std::fs::remove_dir_all(scratch);
     let results = json!({"machine": machine, "resources": resources});
     let out = dir.join("profile.json");
     std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
     println!("{}", report::profile_markdown(&results));
     eprintln!("bench: {} and {}", out.display(), data.display());
+    Ok(())
+}
+
+/// `--fleet`: only the fleet section, with the full run's sizes.
+fn fleet_only(
+    ctx: &Ctx,
+    plan: &Plan,
+    target: &Path,
+    machine: &Value,
+    scratch: &Path,
+) -> anyhow::Result<()> {
+    let sizes = plan
+        .fleet
+        .context("the fleet section is not part of --quick")?;
+    let started = Instant::now();
+    let fleet = fleet::run(ctx, sizes)?;
+    let _ = std::fs::remove_dir_all(scratch);
+    let results = json!({
+        "command": "cargo xtask bench --fleet",
+        "machine": machine,
+        "fleet": fleet,
+        "duration_s": started.elapsed().as_secs_f64(),
+    });
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("fleet.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    println!("{}", report::fleet_markdown(&results["fleet"]));
+    eprintln!(
+        "bench: fleet done in {:.0} s; {}",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
     Ok(())
 }

@@ -174,19 +174,54 @@ pub(crate) fn markdown(r: &Value) -> String {
 
     let a = &r["alert_latency"];
     s.push_str("\n**Alert latency** — credential-reuse exec → line in the alerts file\n\n");
-    s.push_str("| trials | p50 | p99 | min–max |\n|---|---|---|---|\n");
-    let _ = writeln!(
-        s,
-        "| {} | {} ms | {} ms | {}–{} ms |",
+    s.push_str(&latency_table(a));
+    tls_markdown(&mut s, &r["tls"]);
+    s.push('\n');
+    s.push_str(&enforcement(&r["enforcement"]));
+    if !r["fleet"].is_null() {
+        s.push_str(&fleet_markdown(&r["fleet"]));
+    }
+    s
+}
+
+/// A latency run as a table: trials, p50, p99, min–max.
+fn latency_table(a: &Value) -> String {
+    format!(
+        "| trials | p50 | p99 | min–max |\n|---|---|---|---|\n| {} | {} ms | {} ms | {}–{} ms |\n",
         a["trials"],
         num(&a["p50_ms"], 1),
         num(&a["p99_ms"], 1),
         num(&a["spread_ms"]["min"], 1),
         num(&a["spread_ms"]["max"], 1)
+    )
+}
+
+/// The fleet section: publish throughput, cross-host alert latency, CPU on vs off.
+pub(crate) fn fleet_markdown(fleet: &Value) -> String {
+    let mut s = String::new();
+    let publish = &fleet["publish"];
+    let _ = writeln!(
+        s,
+        "\n**Fleet** ({}) — publish throughput: {} sightings/s ({} through the link's spool, \
+         each acknowledged, in {} s)\n",
+        fleet["cluster"].as_str().unwrap_or_default(),
+        num(&publish["per_s"], 0),
+        publish["records"],
+        num(&publish["seconds"], 1)
     );
-    tls_markdown(&mut s, &r["tls"]);
-    s.push('\n');
-    s.push_str(&enforcement(&r["enforcement"]));
+    s.push_str("Cross-host alert latency — exec on host 2 → the fleet alert line\n\n");
+    s.push_str(&latency_table(&fleet["cross_host_alert_latency"]));
+    s.push_str("\n| fleet | events/s | daemon CPU | max RSS |\n|---|---|---|---|\n");
+    for (label, key) in [("off", "cpu_fleet_off"), ("on", "cpu_fleet_on")] {
+        let cpu = &fleet[key];
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {}% | {} MiB |",
+            num(&cpu["events_per_s"], 0),
+            num(&cpu["daemon_cpu_percent"], 1),
+            num(&cpu["max_rss_under_load_mib"], 1)
+        );
+    }
     s
 }
 

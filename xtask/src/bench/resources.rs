@@ -29,11 +29,13 @@ fn total_events(status: &Value) -> u64 {
 }
 
 /// With `profile`, the daemon is sampled by `perf record` into that file during the load
-/// and the result carries the per-stage breakdown.
+/// and the result carries the per-stage breakdown. `config` is appended to the daemon's
+/// (e.g. a `[fleet]` table).
 pub(crate) fn run(
     ctx: &Ctx,
     sizes: Sizes,
     profile: Option<&std::path::Path>,
+    config: &str,
 ) -> anyhow::Result<Value> {
     let (udp, _udp_sink) = udp_sink()?;
     // The sleepers start before the daemon, so it seeds them from /proc.
@@ -51,7 +53,7 @@ pub(crate) fn run(
     if ready.trim() != "ready" {
         bail!("the sleepers did not start: {ready:?}");
     }
-    let result = measure(ctx, sizes, &hold_cg, &rate_cg, udp, profile);
+    let result = measure(ctx, sizes, (&hold_cg, &rate_cg), udp, profile, config);
     hold_cg.kill_all();
     let _ = hold.wait();
     result
@@ -60,16 +62,20 @@ pub(crate) fn run(
 fn measure(
     ctx: &Ctx,
     sizes: Sizes,
-    hold_cg: &BenchCgroup,
-    rate_cg: &BenchCgroup,
+    (hold_cg, rate_cg): (&BenchCgroup, &BenchCgroup),
     udp: std::net::SocketAddr,
     profile: Option<&std::path::Path>,
+    config: &str,
 ) -> anyhow::Result<Value> {
-    let mut d = Daemon::start(
+    let ring = sys::ring_line(ctx.ring_kib);
+    let mut d = Daemon::start_with(
         &ctx.agentid,
         &ctx.scratch.join("resources"),
-        &[("bench-idle", &hold_cg.rel), ("bench-rate", &rate_cg.rel)],
-        ctx.ring_kib,
+        &[
+            ("bench-idle", &hold_cg.rel, ""),
+            ("bench-rate", &rate_cg.rel, ""),
+        ],
+        &format!("{ring}{config}"),
     )?;
     let pid = d.pid();
     let rss_start_kib = sys::proc_status_kib(pid, "VmRSS")?;

@@ -78,6 +78,16 @@ pub(crate) fn ratio(value: Option<f64>, baseline: Option<f64>) -> Option<f64> {
     }
 }
 
+/// A latency run's figures: trials, p50, p99 and the spread, in ms.
+pub(crate) fn latency_json(latencies_ms: &[f64]) -> Value {
+    json!({
+        "trials": latencies_ms.len(),
+        "p50_ms": percentile(latencies_ms, 50.0),
+        "p99_ms": percentile(latencies_ms, 99.0),
+        "spread_ms": Summary::of(latencies_ms).map(|s| s.json()),
+    })
+}
+
 /// Integer counts as `f64` for reporting (counts here stay far below 2^52).
 #[expect(
     clippy::cast_precision_loss,

@@ -157,6 +157,11 @@ pub(crate) struct Daemon {
     log: Arc<Mutex<String>>,
 }
 
+/// The config line for a ring buffer of `ring_kib` (none: the daemon's default).
+pub(crate) fn ring_line(ring_kib: Option<u32>) -> String {
+    ring_kib.map_or_else(String::new, |k| format!("ring_buffer_kib = {k}\n"))
+}
+
 impl Daemon {
     /// Writes a default config (plus a registration per `(name, cgroup)`) under `dir`,
     /// starts the daemon and waits until its API answers.
@@ -168,8 +173,7 @@ impl Daemon {
         ring_kib: Option<u32>,
     ) -> anyhow::Result<Self> {
         let agents: Vec<(&str, &str, &str)> = agents.iter().map(|(n, c)| (*n, *c, "")).collect();
-        let ring = ring_kib.map_or_else(String::new, |k| format!("ring_buffer_kib = {k}\n"));
-        Self::start_with(bin, dir, &agents, &ring)
+        Self::start_with(bin, dir, &agents, &ring_line(ring_kib))
     }
 
     /// [`Daemon::start`] with `extra` appended to the config and each agent's
