@@ -7,7 +7,7 @@
     reason = "this package's targets share one dependency list and each test file uses a few of it"
 )]
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
     process::Output,
 };
@@ -458,5 +458,57 @@ fn enforcement_outlives_a_killed_daemon_and_ends_with_a_clean_stop() {
         "ok",
         "a clean stop removes enforcement"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Address rules as the kernel matches them: a single address and the networks over it
+/// each allow their own ports, and one match decides: the address gets the ports of every
+/// network that contains it, and its own ports do not leak to the rest of the network.
+#[test]
+fn address_rules_allow_the_ports_of_every_network_over_them_and_no_more() {
+    let cg = TestCgroup::new("enf-nets");
+    // Listeners only: the kernel completes a connect to a listening socket's backlog.
+    let listen = |ip: Ipv4Addr, port: u16| TcpListener::bind((ip, port)).expect("listener");
+    let (host, other, outside) = (lo(32), lo(33), lo(36));
+    let la = listen(host, 0);
+    let a = la.local_addr().expect("addr").port();
+    let lb = listen(host, 0);
+    let b = lb.local_addr().expect("addr").port();
+    let lc = listen(host, 0);
+    let c = lc.local_addr().expect("addr").port();
+    let _held = [listen(other, a), listen(other, b), listen(outside, b), la, lb, lc];
+    let dir = daemon_dir("enf-nets", "");
+    std::fs::write(
+        dir.join("agents/a.toml"),
+        format!(
+            "{}[agent.policy]\nenforce = true\negress = [\"{host}:{a}\", \"{host}/30:{b}\"]\n",
+            registration("nets", &cg),
+        ),
+    )
+    .expect("reg");
+    let connect = |ip: Ipv4Addr, port: u16| -> String {
+        let out = cg
+            .command(PYTHON)
+            .args(["-c", CONNECT, &ip.to_string(), &port.to_string()])
+            .output()
+            .expect("python");
+        said(&out)
+    };
+    let Some(d) = Daemon::start(&dir) else { return };
+    d.cli_until(&["status"], |v| enforced_cgroups(v) >= 1);
+    let got = vec![
+        connect(host, a),
+        connect(host, b),
+        connect(host, c),
+        connect(other, b),
+        connect(other, a),
+        connect(outside, b),
+    ];
+    assert_eq!(
+        got,
+        ["ok", "ok", "EPERM", "ok", "EPERM", "EPERM"],
+        "host:a (its rule), host:b (the /30's), host:c, other:b (the /30's), other:a (the host's port only), outside:b"
+    );
+    d.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

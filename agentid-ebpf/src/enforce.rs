@@ -13,9 +13,13 @@ pub const TASKS_MAP: &str = "ENF_TASKS";
 pub const CGROUPS_MAP: &str = "ENF_CGROUPS";
 /// `HashMap<u32 policy, u32 policy_flags>`: the enforced policies.
 pub const POLICIES_MAP: &str = "ENF_POLICIES";
-/// `LpmTrie<NetKey, u8>`: networks and ports from `egress` address rules.
+/// `HashMap<NetKey, PortSet>`: the single addresses of `egress` address rules, matched
+/// exactly: one hash lookup, where the trie below walks nodes (most address rules are
+/// single addresses, and a connect's cost is what enforcement adds to every call).
+pub const HOSTS_MAP: &str = "ENF_HOSTS";
+/// `LpmTrie<NetKey, PortSet>`: the networks (shorter prefixes) of `egress` address rules.
 pub const NETS_MAP: &str = "ENF_NETS";
-/// `HashMap<NameKey, NamePorts>`: `egress` name patterns, by hash.
+/// `HashMap<NameKey, PortSet>`: `egress` name patterns, by hash.
 pub const NAMES_MAP: &str = "ENF_NAMES";
 /// `LruHashMap<AddrKey, u64>`: addresses learned from DNS answers for allowed names,
 /// with the boot-clock ns until which they are allowed.
@@ -34,6 +38,10 @@ pub const EXE_PATHS_MAP: &str = "ENF_EXE_PATHS";
 pub mod policy_flags {
     pub const EGRESS: u32 = 1;
     pub const TOOLS: u32 = 2;
+    /// The policy has entries in [`super::HOSTS_MAP`]: without, the lookup is skipped.
+    pub const HOSTS: u32 = 4;
+    /// The policy has entries in [`super::NETS_MAP`]: without, the lookup is skipped.
+    pub const NETS: u32 = 8;
 }
 
 /// `NameKey::kind`.
@@ -46,15 +54,14 @@ pub mod name_kind {
     pub const ANY_DEPTH: u32 = 3;
 }
 
-/// Key of [`NETS_MAP`] (the LPM data after the trie's `prefix_len`): the first
-/// [`NET_KEY_FIXED_BITS`] bits are always matched whole; `addr` by the rule's prefix.
-/// `port` 0 stands for any port.
+/// Key of [`HOSTS_MAP`] and of [`NETS_MAP`] (there, the LPM data after the trie's
+/// `prefix_len`: the first [`NET_KEY_FIXED_BITS`] bits are always matched whole, `addr`
+/// by the rule's prefix). The ports are in the value.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NetKey {
     pub policy: u32,
-    pub port: u16,
-    pub pad: u16,
+    pub pad: u32,
     /// Network byte order; IPv4 as `::ffff:a.b.c.d`.
     pub addr: [u8; 16],
 }
@@ -62,7 +69,7 @@ pub struct NetKey {
 /// Bits of a [`NetKey`] before its address.
 pub const NET_KEY_FIXED_BITS: u32 = 64;
 
-/// Key of [`LEARNED_MAP`]: the same fields as [`NetKey`], matched exactly.
+/// Key of [`LEARNED_MAP`]: an address and a port (0: any), matched exactly.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AddrKey {
@@ -82,19 +89,41 @@ pub struct NameKey {
     pub hash: u64,
 }
 
-/// Ports a name pattern allows, already merged by the daemon with those of every less
-/// specific pattern that matches the same names: the kernel uses the most specific match.
-pub const MAX_NAME_PORTS: usize = 8;
+/// Ports a rule allows, already merged by the daemon with those of every less specific
+/// rule that matches the same names or addresses: the kernel uses the most specific
+/// match only.
+pub const MAX_PORTS: usize = 8;
 
-/// Value of [`NAMES_MAP`].
+/// Value of [`NAMES_MAP`], [`HOSTS_MAP`] and [`NETS_MAP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct NamePorts {
+pub struct PortSet {
     /// Valid entries in `ports`.
     pub count: u32,
     /// 1: any port.
     pub any: u32,
-    pub ports: [u16; MAX_NAME_PORTS],
+    pub ports: [u16; MAX_PORTS],
+}
+
+impl PortSet {
+    /// Whether `port` is one of the set's.
+    #[inline]
+    pub fn allows(&self, port: u16) -> bool {
+        if self.any != 0 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_PORTS {
+            if i >= self.count as usize {
+                return false;
+            }
+            if self.ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
 }
 
 /// Key of [`EXES_MAP`]: the kernel's `s_dev` (`major << 20 | minor`) and inode number.
@@ -152,7 +181,7 @@ const _: () = {
     assert!(size_of::<NetKey>() == 24 && offset_of!(NetKey, addr) == 8);
     assert!(size_of::<AddrKey>() == 24 && offset_of!(AddrKey, addr) == 8);
     assert!(size_of::<NameKey>() == 16 && offset_of!(NameKey, hash) == 8);
-    assert!(size_of::<NamePorts>() == 8 + 2 * MAX_NAME_PORTS);
+    assert!(size_of::<PortSet>() == 8 + 2 * MAX_PORTS);
     assert!(size_of::<ExeKey>() == 16 && offset_of!(ExeKey, ino) == 8);
     assert!(size_of::<ExePath>() == 4 + EXE_PATH_LEN);
 };

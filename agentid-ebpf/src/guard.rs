@@ -11,8 +11,8 @@
 //! - a cgroup v2 created inside an enforced cgroup is enforced with its parent's policy
 //!   from its creation ([`cgroup_mkdir`]), before any process can enter it.
 use agentid_ebpf::enforce::{
-    AddrKey, EXE_PATH_LEN, ExeKey, ExePath, LABEL_SEED, MAX_LABELS, MAX_NAME_PORTS,
-    NET_KEY_FIXED_BITS, NameKey, NamePorts, NetKey, label_step, name_kind, policy_flags,
+    AddrKey, EXE_PATH_LEN, ExeKey, ExePath, LABEL_SEED, MAX_LABELS, MAX_PORTS,
+    NET_KEY_FIXED_BITS, NameKey, PortSet, NetKey, label_step, name_kind, policy_flags,
     suffix_step, v4_mapped,
 };
 use aya_ebpf::{
@@ -33,10 +33,12 @@ static ENF_TASKS: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
 static ENF_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 #[map(name = "ENF_POLICIES")]
 static ENF_POLICIES: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+#[map(name = "ENF_HOSTS")]
+static ENF_HOSTS: HashMap<NetKey, PortSet> = HashMap::with_max_entries(16384, 0);
 #[map(name = "ENF_NETS")]
-static ENF_NETS: LpmTrie<NetKey, u8> = LpmTrie::with_max_entries(16384, 0);
+static ENF_NETS: LpmTrie<NetKey, PortSet> = LpmTrie::with_max_entries(16384, 0);
 #[map(name = "ENF_NAMES")]
-static ENF_NAMES: HashMap<NameKey, NamePorts> = HashMap::with_max_entries(16384, 0);
+static ENF_NAMES: HashMap<NameKey, PortSet> = HashMap::with_max_entries(16384, 0);
 #[map(name = "ENF_LEARNED")]
 static ENF_LEARNED: LruHashMap<AddrKey, u64> = LruHashMap::with_max_entries(65536, 0);
 #[map(name = "ENF_EXES")]
@@ -72,7 +74,7 @@ struct Parse {
     count: u32,
     end: u32,
     found: u32,
-    ports: NamePorts,
+    ports: PortSet,
 }
 
 #[map(name = "ENF_PARSE")]
@@ -232,19 +234,31 @@ pub fn egress_allowed(tgid: u32, addr: &[u8; 16], port: u16, protocol: u16) -> b
     {
         return true;
     }
-    for p in [port, 0] {
-        let net = Key::new(
-            NET_KEY_FIXED_BITS + 128,
-            NetKey {
-                policy,
-                port: p,
-                pad: 0,
-                addr: *addr,
-            },
-        );
-        if ENF_NETS.get(&net).is_some() {
-            return true;
+    // The address rules: the single address if the policy has any, else (or if it is
+    // not one) the most specific network. Either value holds the ports of every rule
+    // that covers it, so one match decides.
+    let net = NetKey {
+        policy,
+        pad: 0,
+        addr: *addr,
+    };
+    let host = if flags & policy_flags::HOSTS == 0 {
+        None
+    } else {
+        // SAFETY: map lookup of a plain key.
+        unsafe { ENF_HOSTS.get(&net) }
+    };
+    let ports = match host {
+        Some(p) => Some(p),
+        None if flags & policy_flags::NETS != 0 => {
+            ENF_NETS.get(&Key::new(NET_KEY_FIXED_BITS + 128, net))
         }
+        None => None,
+    };
+    if ports.is_some_and(|p| p.allows(port)) {
+        return true;
+    }
+    for p in [port, 0] {
         let learned = AddrKey {
             policy,
             port: p,
@@ -496,7 +510,7 @@ fn learn(st: *mut Parse, policy: u32, addr: [u8; 16], until: u64) {
     if ports.any != 0 {
         let _ = ENF_LEARNED.insert(&key, &until, 0);
     }
-    for i in 0..MAX_NAME_PORTS {
+    for i in 0..MAX_PORTS {
         if i >= ports.count as usize {
             break;
         }

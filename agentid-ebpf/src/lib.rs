@@ -642,7 +642,7 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::enforce::NameKey {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::enforce::NamePorts {}
+    unsafe impl aya::Pod for super::enforce::PortSet {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::enforce::ExeKey {}
     // SAFETY: as above.

@@ -8,8 +8,8 @@ use std::{
 };
 
 use agentid_ebpf::enforce::{
-    EXE_PATH_LEN, ExeKey, ExePath, LABEL_SEED, MAX_NAME_PORTS, NET_KEY_FIXED_BITS, NameKey,
-    NamePorts, NetKey, label_step, name_kind, policy_flags, suffix_step, v4_mapped,
+    EXE_PATH_LEN, ExeKey, ExePath, LABEL_SEED, MAX_PORTS, NET_KEY_FIXED_BITS, NameKey,
+    NetKey, PortSet, label_step, name_kind, policy_flags, suffix_step, v4_mapped,
 };
 use ipnet::IpNet;
 use sha2::{Digest as _, Sha256};
@@ -22,7 +22,7 @@ use crate::identity::{
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error(
-        "{agent}: name {name} allows more than {MAX_NAME_PORTS} different ports once the wildcards over it are counted; enforcement supports at most {MAX_NAME_PORTS}"
+        "{agent}: {name} allows more than {MAX_PORTS} different ports once the wildcards or networks over it are counted; enforcement supports at most {MAX_PORTS}"
     )]
     TooManyPorts { agent: String, name: String },
 }
@@ -32,9 +32,12 @@ pub enum PlanError {
 pub struct Plan {
     /// Policy id → `policy_flags`.
     pub policies: BTreeMap<u32, u32>,
-    /// LPM prefix length and key.
-    pub nets: Vec<(u32, NetKey)>,
-    pub names: Vec<(NameKey, NamePorts)>,
+    /// Single addresses and the ports allowed to them (those of every rule covering
+    /// the address merged in).
+    pub hosts: Vec<(NetKey, PortSet)>,
+    /// Networks: LPM prefix length, key and ports (merged likewise).
+    pub nets: Vec<(u32, NetKey, PortSet)>,
+    pub names: Vec<(NameKey, PortSet)>,
     pub exes: BTreeSet<(u32, u32, u64)>,
     /// Policy id and the literal paths of `tools` (no wildcard): the kernel allows an
     /// exec by such a name whatever file is there, so a replaced tool never waits for a
@@ -77,12 +80,14 @@ pub fn compile<'a>(
         if let Some(rules) = &policy.egress {
             flags |= policy_flags::EGRESS;
             let mut patterns: Vec<(Wildcard, &str, Option<u16>)> = Vec::new();
+            let mut nets: Vec<(IpNet, Option<u16>)> = Vec::new();
             for rule in rules {
                 match &rule.dest {
-                    Dest::Net(net) => plan.nets.push(net_entry(pid, net, rule.port)),
+                    Dest::Net(net) => nets.push((net.trunc(), rule.port)),
                     Dest::Name(p) => patterns.push((p.wildcard, p.base.as_str(), rule.port)),
                 }
             }
+            flags |= compile_nets(&mut plan, id, pid, &nets)?;
             let mut by_key: BTreeMap<(u32, &str), Ports> = BTreeMap::new();
             for &(w, base, _) in &patterns {
                 let kind = match w {
@@ -101,7 +106,7 @@ pub fn compile<'a>(
             }
             for ((kind, base), ports) in by_key {
                 let labels: Vec<&str> = base.split('.').collect();
-                let value = name_ports(&ports).ok_or_else(|| PlanError::TooManyPorts {
+                let value = port_set(&ports).ok_or_else(|| PlanError::TooManyPorts {
                     agent: id.to_string(),
                     name: base.to_owned(),
                 })?;
@@ -151,8 +156,8 @@ fn covers(ow: Wildcard, obase: &str, w: Wildcard, base: &str) -> bool {
     }
 }
 
-fn name_ports(ports: &Ports) -> Option<NamePorts> {
-    let mut v = NamePorts::default();
+fn port_set(ports: &Ports) -> Option<PortSet> {
+    let mut v = PortSet::default();
     for p in ports {
         match p {
             None => v.any = 1,
@@ -166,20 +171,49 @@ fn name_ports(ports: &Ports) -> Option<NamePorts> {
     Some(v)
 }
 
-fn net_entry(policy: u32, net: &IpNet, port: Option<u16>) -> (u32, NetKey) {
-    let (addr, bits) = match net {
-        IpNet::V4(n) => (v4_mapped(n.addr().octets()), 96 + u32::from(n.prefix_len())),
-        IpNet::V6(n) => (n.addr().octets(), u32::from(n.prefix_len())),
-    };
-    (
-        NET_KEY_FIXED_BITS + bits,
-        NetKey {
-            policy,
-            port: port.unwrap_or(0),
+/// The address rules of policy `pid`: single addresses into [`Plan::hosts`], networks
+/// into [`Plan::nets`], each with the ports of every rule whose network contains it (the
+/// kernel uses the most specific match only, as for names). Returns the policy flags
+/// that say which of the two maps the policy has entries in.
+fn compile_nets(
+    plan: &mut Plan,
+    id: &SpiffeId,
+    pid: u32,
+    nets: &[(IpNet, Option<u16>)],
+) -> Result<u32, PlanError> {
+    let mut by_net: BTreeMap<IpNet, Ports> = BTreeMap::new();
+    for (net, _) in nets {
+        let ports: Ports = nets
+            .iter()
+            .filter(|(outer, _)| outer.contains(net))
+            .map(|&(_, port)| port)
+            .collect();
+        by_net.entry(*net).or_default().extend(ports);
+    }
+    let mut flags = 0;
+    for (net, ports) in by_net {
+        let value = port_set(&ports).ok_or_else(|| PlanError::TooManyPorts {
+            agent: id.to_string(),
+            name: net.to_string(),
+        })?;
+        let (addr, bits) = match net {
+            IpNet::V4(n) => (v4_mapped(n.addr().octets()), 96 + u32::from(n.prefix_len())),
+            IpNet::V6(n) => (n.addr().octets(), u32::from(n.prefix_len())),
+        };
+        let key = NetKey {
+            policy: pid,
             pad: 0,
             addr,
-        },
-    )
+        };
+        if bits == 128 {
+            flags |= policy_flags::HOSTS;
+            plan.hosts.push((key, value));
+        } else {
+            flags |= policy_flags::NETS;
+            plan.nets.push((NET_KEY_FIXED_BITS + bits, key, value));
+        }
+    }
+    Ok(flags)
 }
 
 /// An address as the enforcement maps hold it.
@@ -328,6 +362,8 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
+    use agentid_ebpf::enforce::policy_flags;
+
     use super::{compile, covers, policy_id, suffix_hash};
     use crate::identity::{
         SpiffeId,
@@ -446,14 +482,57 @@ mod tests {
         assert!(compile([(&id, &policy)]).unwrap().policies.is_empty());
         policy.enforce = true;
         let plan = compile([(&id, &policy)]).unwrap();
-        assert_eq!(plan.policies.get(&policy_id(&id)), Some(&1));
+        assert_eq!(
+            plan.policies.get(&policy_id(&id)),
+            Some(&(policy_flags::EGRESS | policy_flags::NETS))
+        );
         assert_eq!(plan.nets.len(), 1);
         assert_eq!(plan.nets[0].0, 64 + 96 + 8);
+        assert_eq!(plan.nets[0].2.any, 1);
         let exact = plan
             .names
             .iter()
             .find(|(k, _)| k.hash == suffix_hash(&["api", "example", "org"]))
             .unwrap();
         assert_eq!((exact.1.count, &exact.1.ports[..2]), (2, &[443, 8443][..]));
+    }
+
+    #[test]
+    fn an_address_gets_the_ports_of_every_network_over_it() {
+        let id = SpiffeId::parse("spiffe://example.org/agent/x").unwrap();
+        let rules = [
+            "10.0.0.0/8:80",
+            "10.1.0.0/16:8080",
+            "10.1.2.3:443",
+            "10.1.2.3:22",
+            "192.0.2.1:*",
+        ]
+        .iter()
+        .map(|r| EgressRule::parse(r).unwrap())
+        .collect();
+        let policy = Policy {
+            egress: Some(rules),
+            enforce: true,
+            ..Policy::default()
+        };
+        let plan = compile([(&id, &policy)]).unwrap();
+        let flags = policy_flags::EGRESS | policy_flags::HOSTS | policy_flags::NETS;
+        assert_eq!(plan.policies.get(&policy_id(&id)), Some(&flags));
+        let ports = |v: &agentid_ebpf::enforce::PortSet| {
+            (v.any, v.ports[..v.count as usize].to_vec())
+        };
+        let hosts: Vec<_> = plan.hosts.iter().map(|(k, v)| (k.addr[12..].to_vec(), ports(v))).collect();
+        assert_eq!(
+            hosts,
+            [
+                (vec![10, 1, 2, 3], (0, vec![22, 80, 443, 8080])),
+                (vec![192, 0, 2, 1], (1, vec![])),
+            ]
+        );
+        let nets: Vec<_> = plan.nets.iter().map(|(bits, _, v)| (*bits, ports(v))).collect();
+        assert_eq!(
+            nets,
+            [(64 + 96 + 8, (0, vec![80])), (64 + 96 + 16, (0, vec![80, 8080]))]
+        );
     }
 }

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, hash::Hash, net::IpAddr};
 
 use agentid_ebpf::enforce::{
-    CGROUPS_MAP, EXE_PATHS_MAP, EXES_MAP, ExeKey, ExePath, NAMES_MAP, NETS_MAP, NameKey, NamePorts,
-    NetKey, POLICIES_MAP, RESOLVERS_MAP, TASKS_MAP,
+    CGROUPS_MAP, EXE_PATHS_MAP, EXES_MAP, ExeKey, ExePath, HOSTS_MAP, NAMES_MAP, NETS_MAP,
+    NameKey, NetKey, POLICIES_MAP, PortSet, RESOLVERS_MAP, TASKS_MAP,
 };
 use aya::{
     Pod,
@@ -19,10 +19,11 @@ use super::SensorError;
 use crate::enforce::{Plan, map_addr};
 
 /// The maps the daemon writes.
-pub(crate) const MAPS: [&str; 8] = [
+pub(crate) const MAPS: [&str; 9] = [
     TASKS_MAP,
     CGROUPS_MAP,
     POLICIES_MAP,
+    HOSTS_MAP,
     NETS_MAP,
     NAMES_MAP,
     EXES_MAP,
@@ -34,8 +35,9 @@ pub(crate) struct EnforceMaps {
     tasks: HashMap<MapData, u32, u32>,
     cgroups: HashMap<MapData, u64, u32>,
     policies: HashMap<MapData, u32, u32>,
-    nets: LpmTrie<MapData, NetKey, u8>,
-    names: HashMap<MapData, NameKey, NamePorts>,
+    hosts: HashMap<MapData, NetKey, PortSet>,
+    nets: LpmTrie<MapData, NetKey, PortSet>,
+    names: HashMap<MapData, NameKey, PortSet>,
     exes: HashMap<MapData, ExeKey, u8>,
     resolvers: HashMap<MapData, [u8; 16], u8>,
     exe_paths: HashMap<MapData, ExePath, u8>,
@@ -56,6 +58,7 @@ impl EnforceMaps {
             tasks: HashMap::try_from(take(TASKS_MAP)?).map_err(err(TASKS_MAP))?,
             cgroups: HashMap::try_from(take(CGROUPS_MAP)?).map_err(err(CGROUPS_MAP))?,
             policies: HashMap::try_from(take(POLICIES_MAP)?).map_err(err(POLICIES_MAP))?,
+            hosts: HashMap::try_from(take(HOSTS_MAP)?).map_err(err(HOSTS_MAP))?,
             nets: LpmTrie::try_from(take(NETS_MAP)?).map_err(err(NETS_MAP))?,
             names: HashMap::try_from(take(NAMES_MAP)?).map_err(err(NAMES_MAP))?,
             exes: HashMap::try_from(take(EXES_MAP)?).map_err(err(EXES_MAP))?,
@@ -77,6 +80,7 @@ impl EnforceMaps {
             tasks,
             cgroups: cgroup_map,
             policies,
+            hosts,
             nets,
             names,
             exes,
@@ -88,15 +92,18 @@ impl EnforceMaps {
         let want_resolvers: BTreeMap<[u8; 16], u8> =
             resolvers.iter().map(|ip| (map_addr(*ip), 1)).collect();
         sync_hash(resolver_map, &want_resolvers, RESOLVERS_MAP)?;
+        let want_hosts: std::collections::HashMap<NetKey, PortSet> =
+            plan.hosts.iter().copied().collect();
+        sync_hash(hosts, &want_hosts, HOSTS_MAP)?;
         let want_nets: Vec<Key<NetKey>> = plan
             .nets
             .iter()
-            .map(|(bits, k)| Key::new(*bits, *k))
+            .map(|(bits, k, _)| Key::new(*bits, *k))
             .collect();
-        for key in &want_nets {
-            nets.insert(key, 1, 0).map_err(err(NETS_MAP))?;
+        for ((_, _, ports), key) in plan.nets.iter().zip(&want_nets) {
+            nets.insert(key, ports, 0).map_err(err(NETS_MAP))?;
         }
-        let want_names: std::collections::HashMap<NameKey, NamePorts> =
+        let want_names: std::collections::HashMap<NameKey, PortSet> =
             plan.names.iter().copied().collect();
         sync_hash(names, &want_names, NAMES_MAP)?;
         let want_exes: std::collections::HashMap<ExeKey, u8> =

@@ -129,7 +129,7 @@ pub enum Origin {
 }
 
 /// Maps pinned beside the links: what a resumed daemon reads or writes.
-const PINNED_MAPS: [&str; 12] = [
+const PINNED_MAPS: [&str; 13] = [
     EVENTS_MAP,
     DROPS_MAP,
     OPEN_CGROUPS_MAP,
@@ -142,6 +142,7 @@ const PINNED_MAPS: [&str; 12] = [
     enforce::MAPS[5],
     enforce::MAPS[6],
     enforce::MAPS[7],
+    enforce::MAPS[8],
 ];
 
 /// Attached kernel programs and the ring buffer they write to.

@@ -62,7 +62,23 @@ struct Sample {
     wall_s: f64,
     cpu_s: f64,
     refused: u64,
+    /// Run time of agentid's socket-path programs during the run (ns; 0 without the
+    /// daemon) and `connect4`'s calls among them.
+    bpf_ns: f64,
+    connect4: (f64, f64),
 }
+
+/// The programs a connect or a packet runs through: what enforcement can add to.
+const SOCKET_PROGRAMS: [&str; 8] = [
+    "sys_enter_socket",
+    "sys_exit_socket",
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "dns_egress",
+    "dns_ingress",
+];
 
 /// A loopback address of this run, apart from the tests' `127.77.0.0/16`.
 fn lo(n: u8) -> Ipv4Addr {
@@ -174,6 +190,7 @@ fn run_load(
             c
         }
     };
+    let before = sys::program_stats(&SOCKET_PROGRAMS);
     let t0 = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -189,10 +206,18 @@ fn run_load(
     if !sys::exited_ok(status) {
         bail!("workload {load:?} failed (wait status {status:#x})");
     }
+    let after = sys::program_stats(&SOCKET_PROGRAMS);
+    let delta = |p: &str| {
+        let (t0, c0) = before.get(p).copied().unwrap_or_default();
+        let (t1, c1) = after.get(p).copied().unwrap_or_default();
+        (f(t1.saturating_sub(t0)), f(c1.saturating_sub(c0)))
+    };
     Ok(Sample {
         wall_s,
         cpu_s,
         refused: out.trim().parse().unwrap_or(0),
+        bpf_ns: SOCKET_PROGRAMS.iter().map(|p| delta(p).0).sum(),
+        connect4: delta("connect4"),
     })
 }
 
@@ -255,6 +280,8 @@ fn repetition(
         ),
     )?;
     await_enforced(&d, 1)?;
+    // The kernel counts programs' run time only while this descriptor is held.
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     for i in 0..sizes.pairs {
         let order = if (i + rep).is_multiple_of(2) {
             [(Cond::Enforced, &enf), (Cond::Monitor, &mon)]
@@ -265,6 +292,7 @@ fn repetition(
             run(cond, cg)?;
         }
     }
+    drop(stats);
     d.stop()?;
     if daemon_first {
         for _ in 0..sizes.pairs {
@@ -305,6 +333,12 @@ fn report(sizes: Sizes, samples: &Samples) -> Value {
                 "wall_s": Summary::of(&pick(Load::Storm, c, |s| s.wall_s)).map(|s| s.json()),
                 "cpu_s": cpu.map(|s| s.json()),
                 "cpu_over_no_tracer_pct": over(cpu),
+                "bpf_ns_per_connect": Summary::of(&pick(Load::Storm, c, |s| s.bpf_ns))
+                    .map(|s| s.median / f(u64::from(sizes.connects))),
+                "connect4_ns_per_call": Summary::of(&pick(Load::Storm, c, |s| {
+                    s.connect4.0 / s.connect4.1.max(1.0)
+                }))
+                .map(|s| s.median),
             })
         })
         .collect();
@@ -318,6 +352,19 @@ fn report(sizes: Sizes, samples: &Samples) -> Value {
         enf.iter()
             .zip(&mon)
             .map(|(e, m)| (e - m) / n.median * 100.0)
+            .collect()
+    });
+    // The same pairs, counting only what the kernel ran in agentid's socket-path
+    // programs: enforcement's own cost, without the noise of the whole workload's CPU.
+    let (enf_bpf, mon_bpf) = (
+        pick(Load::Storm, Cond::Enforced, |s| s.bpf_ns),
+        pick(Load::Storm, Cond::Monitor, |s| s.bpf_ns),
+    );
+    let bpf_pp: Vec<f64> = none_cpu.map_or_else(Vec::new, |n| {
+        enf_bpf
+            .iter()
+            .zip(&mon_bpf)
+            .map(|(e, m)| (e - m) / (n.median * 1e9) * 100.0)
             .collect()
     });
     let resolve: Vec<Value> = conds
@@ -347,6 +394,7 @@ fn report(sizes: Sizes, samples: &Samples) -> Value {
         },
         "connect_storm": storm,
         "enforced_minus_monitor_cpu_pp": Summary::of(&pp).map(|s| s.json()),
+        "enforced_minus_monitor_bpf_pp": Summary::of(&bpf_pp).map(|s| s.json()),
         "resolve_connect": resolve,
     })
 }

@@ -243,26 +243,31 @@ fn enforcement(e: &Value) -> String {
         sizes["connects"],
         sizes["resolve_cycles"]
     );
-    s.push_str("| condition | storm wall s | storm CPU s | CPU over no tracer | resolve+connect cycles/s | refused |\n");
-    s.push_str("|---|---|---|---|---|---|\n");
+    s.push_str("| condition | storm wall s | storm CPU s | CPU over no tracer | BPF ns per connect (connect4 ns/call) | resolve+connect cycles/s | refused |\n");
+    s.push_str("|---|---|---|---|---|---|---|\n");
     let storm = e["connect_storm"].as_array().cloned().unwrap_or_default();
     let resolve = e["resolve_connect"].as_array().cloned().unwrap_or_default();
     for (c, r) in storm.iter().zip(&resolve) {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} % | {} | {} |",
+            "| {} | {} | {} | {} % | {} ({}) | {} | {} |",
             c["condition"].as_str().unwrap_or_default(),
             summary(&c["wall_s"], 3),
             summary(&c["cpu_s"], 3),
             num(&c["cpu_over_no_tracer_pct"], 1),
+            num(&c["bpf_ns_per_connect"], 0),
+            num(&c["connect4_ns_per_call"], 0),
             summary(&r["cycles_per_s"], 0),
             r["refused"]
         );
     }
     let _ = writeln!(
         s,
-        "\nEnforced minus monitor, paired runs, in points of the no-tracer storm CPU: {}.",
-        summary(&e["enforced_minus_monitor_cpu_pp"], 2)
+        "\nEnforced minus monitor, paired runs, in points of the no-tracer storm CPU: {} \
+         (whole workload CPU); {} (the kernel's run time of agentid's socket-path programs, \
+         BPF statistics).",
+        summary(&e["enforced_minus_monitor_cpu_pp"], 2),
+        summary(&e["enforced_minus_monitor_bpf_pp"], 3)
     );
     s
 }

@@ -1,6 +1,7 @@
 //! Processes, cgroups and `/proc` for the bench: child cgroups to run workloads in, the
 //! real `agentid daemon` on a temporary config, and resource readings.
 use std::{
+    collections::BTreeMap,
     fs,
     io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
@@ -326,4 +327,21 @@ pub(crate) fn signal(pid: u32, sig: i32) {
         // SAFETY: signalling a child we started.
         unsafe { libc::kill(pid, sig) };
     }
+}
+
+/// Run time (ns) and run count per named BPF program, summed over its loaded instances:
+/// what the kernel counted while a `aya::sys::enable_stats` descriptor was held.
+pub(crate) fn program_stats(names: &[&'static str]) -> BTreeMap<&'static str, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+        let Some(name) = info.name_as_str() else {
+            continue;
+        };
+        if let Some(p) = names.iter().find(|p| **p == name) {
+            let e = out.entry(*p).or_insert((0, 0));
+            e.0 += u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+            e.1 += info.run_count();
+        }
+    }
+    out
 }

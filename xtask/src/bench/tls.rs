@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::{
     Ctx,
     stats::{Summary, f, ratio},
-    sys::{BenchCgroup, Daemon},
+    sys::{self, BenchCgroup, Daemon},
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -165,22 +165,6 @@ fn client(cg: &BenchCgroup, server: &Server, n: u32) -> anyhow::Result<(f64, f64
     }
 }
 
-/// Run time (ns) and run count per agentid TLS program, summed over loaded instances.
-fn program_stats() -> BTreeMap<&'static str, (u64, u64)> {
-    let mut out = BTreeMap::new();
-    for info in aya::programs::loaded_programs().filter_map(Result::ok) {
-        let Some(name) = info.name_as_str() else {
-            continue;
-        };
-        if let Some(p) = PROGRAMS.iter().find(|p| **p == name) {
-            let e = out.entry(*p).or_insert((0, 0));
-            e.0 += u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
-            e.1 += info.run_count();
-        }
-    }
-    out
-}
-
 /// Which clients ran in a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Cond {
@@ -239,7 +223,7 @@ fn under_agentid(
         [Cond::Unregistered, Cond::Registered]
     };
     for cond in order {
-        let before = program_stats();
+        let before = sys::program_stats(&PROGRAMS);
         let seen_before = requests(&d)?;
         let cg = if cond == Cond::Registered {
             agent
@@ -249,7 +233,7 @@ fn under_agentid(
         samples.push(cond, client(cg, server, sizes.requests)?);
         d.check_alive()?;
         if cond == Cond::Registered {
-            let after = program_stats();
+            let after = sys::program_stats(&PROGRAMS);
             for p in PROGRAMS {
                 let (t0, c0) = before.get(p).copied().unwrap_or_default();
                 let (t1, c1) = after.get(p).copied().unwrap_or_default();
