@@ -229,12 +229,15 @@ fn tools_outside_the_policy_are_killed_before_they_run() {
     std::fs::create_dir_all(&tool_dir).expect("bin");
     let tool = tool_dir.join("tool");
     std::fs::copy("/usr/bin/true", &tool).expect("copy");
+    let kit = dir.join("kit");
+    std::fs::create_dir_all(kit.join("sub")).expect("kit");
     std::fs::write(
         dir.join("agents/a.toml"),
         format!(
-            "{}[agent.policy]\nenforce = true\ntools = [\"{PYTHON}*\", \"{}\"]\n",
+            "{}[agent.policy]\nenforce = true\ntools = [\"{PYTHON}*\", \"{}\", \"{}/*\"]\n",
             registration("tools", &cg),
-            tool.display()
+            tool.display(),
+            kit.display()
         ),
     )
     .expect("reg");
@@ -302,6 +305,33 @@ fn tools_outside_the_policy_are_killed_before_they_run() {
             .output()
             .expect("python");
         assert_eq!(said(&out), "-9", "{} must be killed", evasive.display());
+        assert!(!marker.exists(), "{} ran", evasive.display());
+    }
+    // `DIR/*`: a file put in the directory after the daemon's scan runs at once (the
+    // kernel matches the name's directory); a path that only passes through it, or a
+    // file in a subdirectory (`*` stays in one component), does not.
+    let fresh = kit.join("fresh");
+    std::fs::copy("/usr/bin/touch", &fresh).expect("copy");
+    std::fs::copy("/usr/bin/touch", kit.join("sub/deeper")).expect("copy");
+    let through = PathBuf::from(format!("{}/../bin/other", kit.display()));
+    let touch = |what: &Path, file: &Path| -> String {
+        let out = cg
+            .command(PYTHON)
+            .args([
+                "-c",
+                "import subprocess, sys; print(subprocess.run(sys.argv[1:]).returncode)",
+            ])
+            .arg(what)
+            .arg(file)
+            .output()
+            .expect("python");
+        said(&out)
+    };
+    let made = dir.join("made");
+    assert_eq!(touch(&fresh, &made), "0", "a new file in a DIR/* directory");
+    assert!(made.exists(), "the allowed tool ran");
+    for evasive in [through, kit.join("sub/deeper")] {
+        assert_eq!(touch(&evasive, &marker), "-9", "{}", evasive.display());
         assert!(!marker.exists(), "{} ran", evasive.display());
     }
     drop(d);

@@ -123,11 +123,12 @@ pub fn forget(tgid: u32) {
 }
 
 /// Whether the current task, about to run the executable `(dev, ino)` it named
-/// `filename` (a kernel string), may run it: the file is one `tools` resolved to, or the
-/// name is one of its literal paths (whatever file is there now: a replaced tool runs at
-/// once, where the daemon's rescan would lag).
+/// `filename` (a kernel string), opened in directory `dir` (dev, ino), may run it: the
+/// file is one `tools` resolved to, its directory is the `DIR` of a `DIR/*` rule, or the
+/// name is one of its literal paths. The last two hold whatever file is there now: a
+/// replaced or new tool runs at once, where the daemon's rescan would lag.
 #[inline(always)]
-pub fn exe_allowed(tgid: u32, dev: u32, ino: u64, filename: u64) -> bool {
+pub fn exe_allowed(tgid: u32, (dev, ino): (u32, u64), dir: (u32, u64), filename: u64) -> bool {
     let Some((policy, flags)) = task_policy(tgid) else {
         return true;
     };
@@ -137,6 +138,16 @@ pub fn exe_allowed(tgid: u32, dev: u32, ino: u64, filename: u64) -> bool {
     let key = ExeKey { policy, dev, ino };
     // SAFETY: map lookup of a plain key.
     if unsafe { ENF_EXES.get(&key) }.is_some() {
+        return true;
+    }
+    // A `DIR/*` rule: the directory is in the same map (a directory is never run itself).
+    let key = ExeKey {
+        policy,
+        dev: dir.0,
+        ino: dir.1,
+    };
+    // SAFETY: map lookup of a plain key.
+    if dir.1 != 0 && unsafe { ENF_EXES.get(&key) }.is_some() {
         return true;
     }
     let Some(k) = ENF_EXE_KEY.get_ptr_mut(0) else {

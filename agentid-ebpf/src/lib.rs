@@ -423,6 +423,12 @@ pub struct Config {
     pub css_parent_off: u32,
     pub root_hierarchy_id_off: u32,
     pub kn_id_off: u32,
+    /// The directory an exec's file was opened in (`tools = ["DIR/*"]`):
+    /// `file::f_path.dentry` → `dentry::{d_parent, d_inode}`, then as above from the
+    /// inode. 0 in `file_dentry_off` disables it.
+    pub file_dentry_off: u32,
+    pub dentry_parent_off: u32,
+    pub dentry_inode_off: u32,
 }
 
 impl Config {
@@ -459,6 +465,9 @@ impl Config {
         css_parent_off: 0,
         root_hierarchy_id_off: 0,
         kn_id_off: 0,
+        file_dentry_off: 0,
+        dentry_parent_off: 0,
+        dentry_inode_off: 0,
     };
 }
 
@@ -596,7 +605,8 @@ const _: () = {
     assert!(offset_of!(Config, inode_ino_off) == 92);
     assert!(offset_of!(Config, inode_sb_off) == 96);
     assert!(offset_of!(Config, sb_dev_off) == 100);
-    assert!(size_of::<Config>() == 32 * 4);
+    assert!(offset_of!(Config, dentry_inode_off) == 136);
+    assert!(size_of::<Config>() == 35 * 4);
 
     // Ring-buffer records are 8-byte aligned; sizes that are multiples of 8 keep every
     // record's fields aligned in place.

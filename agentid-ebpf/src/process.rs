@@ -44,24 +44,45 @@ fn enforce_tools(cfg: &agentid_ebpf::Config, tgid: u32, bprm: u64) -> bool {
     } else {
         read_u64(file, cfg.file_inode_off) as usize
     };
-    let (dev, ino) = if inode == 0 {
+    let (dev, ino) = dev_ino(cfg, inode);
+    // The directory the file was opened in (after symlinks), for `DIR/*` rules.
+    let dir = if file == 0 || cfg.file_dentry_off == 0 {
         (0, 0)
     } else {
-        let sb = read_u64(inode, cfg.inode_sb_off) as usize;
-        let dev = if sb == 0 {
+        let dentry = read_u64(file, cfg.file_dentry_off) as usize;
+        let parent = if dentry == 0 {
             0
         } else {
-            read_u32(sb, cfg.sb_dev_off)
+            read_u64(dentry, cfg.dentry_parent_off) as usize
         };
-        (dev, read_u64(inode, cfg.inode_ino_off))
+        if parent == 0 || parent == dentry {
+            (0, 0)
+        } else {
+            dev_ino(cfg, read_u64(parent, cfg.dentry_inode_off) as usize)
+        }
     };
     let filename = read_u64(bprm as usize, cfg.binprm_filename_off);
-    if guard::exe_allowed(tgid, dev, ino, filename) {
+    if guard::exe_allowed(tgid, (dev, ino), dir, filename) {
         return false;
     }
     // SAFETY: helper without preconditions; it signals the current task.
     unsafe { bpf_send_signal(SIGKILL) };
     true
+}
+
+/// An inode's device (the kernel's `s_dev`) and number; zeros when unreadable.
+#[inline(always)]
+fn dev_ino(cfg: &agentid_ebpf::Config, inode: usize) -> (u32, u64) {
+    if inode == 0 {
+        return (0, 0);
+    }
+    let sb = read_u64(inode, cfg.inode_sb_off) as usize;
+    let dev = if sb == 0 {
+        0
+    } else {
+        read_u32(sb, cfg.sb_dev_off)
+    };
+    (dev, read_u64(inode, cfg.inode_ino_off))
 }
 
 /// One of the new image's string areas in its memory.

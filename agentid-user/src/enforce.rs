@@ -239,11 +239,20 @@ pub fn literal_paths(tools: &GlobList) -> Vec<&str> {
 
 /// The executables (kernel `s_dev`, inode) that `tools` names today: each pattern's
 /// literal directory is walked (up to 6 levels for `**`) and every matching path is
-/// followed through symlinks to the file the kernel will run.
+/// followed through symlinks to the file the kernel will run. And the directory of each
+/// `DIR/*` pattern with a literal `DIR`: the kernel allows any file opened in it (after
+/// symlinks), so a new or replaced tool there never waits for a rescan; a directory is
+/// never run itself, so it shares the map.
 pub fn exes_of(tools: &GlobList) -> BTreeSet<(u32, u64)> {
     let mut out = BTreeSet::new();
     for pattern in tools.patterns() {
         let literal_end = pattern.find(['*', '?', '[', '{']).unwrap_or(pattern.len());
+        if let Some(dir) = pattern.strip_suffix("/*")
+            && literal_end == dir.len() + 1
+            && !dir.contains('\\')
+        {
+            add_inode(Path::new(if dir.is_empty() { "/" } else { dir }), true, &mut out);
+        }
         let dir = match pattern[..literal_end].rfind('/') {
             Some(0) => "/",
             Some(i) => &pattern[..i],
@@ -255,7 +264,7 @@ pub fn exes_of(tools: &GlobList) -> BTreeSet<(u32, u64)> {
             pattern[literal_end..].matches('/').count() + 1
         };
         if literal_end == pattern.len() {
-            add_exe(Path::new(pattern), &mut out);
+            add_inode(Path::new(pattern), false, &mut out);
             continue;
         }
         walk(Path::new(dir), depth, tools, &mut out);
@@ -275,7 +284,7 @@ fn walk(dir: &Path, depth: usize, tools: &GlobList, out: &mut BTreeSet<(u32, u64
         if let Some(s) = path.to_str()
             && tools.is_match(s)
         {
-            add_exe(&path, out);
+            add_inode(&path, false, out);
         }
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             walk(&path, depth - 1, tools, out);
@@ -283,10 +292,11 @@ fn walk(dir: &Path, depth: usize, tools: &GlobList, out: &mut BTreeSet<(u32, u64
     }
 }
 
-fn add_exe(path: &Path, out: &mut BTreeSet<(u32, u64)>) {
+/// A regular file's (or with `dir`, a directory's) device and inode, after symlinks.
+fn add_inode(path: &Path, dir: bool, out: &mut BTreeSet<(u32, u64)>) {
     use std::os::unix::fs::MetadataExt as _;
     if let Ok(meta) = std::fs::metadata(path)
-        && meta.is_file()
+        && (if dir { meta.is_dir() } else { meta.is_file() })
     {
         let dev = meta.dev();
         // The kernel's `s_dev` form: major << 20 | minor.
@@ -364,7 +374,7 @@ impl Plan {
 mod tests {
     use agentid_ebpf::enforce::policy_flags;
 
-    use super::{compile, covers, policy_id, suffix_hash};
+    use super::{GlobList, compile, covers, exes_of, policy_id, suffix_hash};
     use crate::identity::{
         SpiffeId,
         policy::{EgressRule, Policy, Wildcard},
@@ -534,5 +544,24 @@ mod tests {
             nets,
             [(64 + 96 + 8, (0, vec![80])), (64 + 96 + 16, (0, vec![80, 8080]))]
         );
+    }
+
+    #[test]
+    fn a_dir_star_rule_allows_its_directory_and_nothing_deeper() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = std::env::temp_dir().join(format!("agentid-dirstar-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("tool"), b"").unwrap();
+        let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        let star = GlobList::new(&[format!("{}/*", dir.display())]).unwrap();
+        let got: Vec<u64> = exes_of(&star).into_iter().map(|(_, i)| i).collect();
+        let mut want = vec![ino(&dir), ino(&dir.join("tool"))];
+        want.sort_unstable();
+        assert_eq!(got, want, "the directory and the file in it, not sub/");
+        // Only a literal DIR: `DIR*/*` and `DIR/x*` are left to the scan.
+        let glob = GlobList::new(&[format!("{}*/*", dir.display()), format!("{}/t*", dir.display())])
+            .unwrap();
+        assert!(exes_of(&glob).iter().all(|&(_, i)| i != ino(&dir)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -80,6 +80,9 @@ pub fn probe_config() -> Result<Config, SensorError> {
         css_parent_off: offset("cgroup_subsys_state", "parent")?,
         root_hierarchy_id_off: offset("cgroup_root", "hierarchy_id")?,
         kn_id_off: offset("kernfs_node", "id")?,
+        file_dentry_off: offset("file", "f_path")? + offset("path", "dentry")?,
+        dentry_parent_off: offset("dentry", "d_parent")?,
+        dentry_inode_off: offset("dentry", "d_inode")?,
     })
 }
 
