@@ -7,7 +7,8 @@ use crate::{
         incidents::AlertDraft,
         seen::{self, Seen},
     },
-    event::{Detail, Event, EventKind, Protocol},
+    event::{Detail, EventKind, Protocol},
+    identity::{SpiffeId, policy::Policy},
 };
 
 /// The port of each live process's latest TCP connect (a request over TLS does not say
@@ -59,9 +60,7 @@ impl Rule for EgressViolation {
 
 impl EgressViolation {
     fn on_sock(&mut self, seen: &Seen<'_>, book: &mut Incidents) {
-        let (Some(agent), ev) = (seen.agent, &seen.event.event) else {
-            return;
-        };
+        let ev = &seen.event.event;
         let Detail::Sock {
             dst_ip,
             dst_port,
@@ -71,10 +70,6 @@ impl EgressViolation {
         else {
             return;
         };
-        let policed = || seen.policy_owners().any(|(o, _)| o.policy.egress.is_some());
-        if ev.kind == EventKind::Connect && *protocol == Protocol::Tcp && policed() {
-            self.ports.insert(ev.pid, *dst_port);
-        }
         let addr = if dst_ip.is_ipv6() {
             format!("[{dst_ip}]:{dst_port}")
         } else {
@@ -85,70 +80,76 @@ impl EgressViolation {
             [] => addr,
             names => format!("{}:{dst_port} ({addr})", names.join(", ")),
         };
-        let Some((owner, own)) = seen.policy_owners().find(|(owner, _)| {
-            owner.policy.egress.is_some()
-                && (ev.blocked || !owner.policy.allows_egress(*dst_ip, *dst_port, dst_names))
-        }) else {
-            return;
-        };
-        let (subject, whose) = seen::policy_subject(agent, owner, own, &dst);
-        let a = seen.alert_agent();
-        let draft = draft(
+        let policed = raise(
             seen,
-            &subject,
-            format!(
-                "{} connected to {dst} outside {whose} egress allowlist",
-                a.label()
-            ),
-            format!(
-                "{} {dst} is not in the egress policy of {}",
-                ev.kind, owner.id
-            ),
-            ev,
+            book,
+            &dst,
+            |p| ev.blocked || !p.allows_egress(*dst_ip, *dst_port, dst_names),
+            |label, whose| format!("{label} connected to {dst} outside {whose} egress allowlist"),
+            |owner| format!("{} {dst} is not in the egress policy of {owner}", ev.kind),
         );
-        book.raise(draft);
+        if policed && ev.kind == EventKind::Connect && *protocol == Protocol::Tcp {
+            self.ports.insert(ev.pid, *dst_port);
+        }
     }
 }
 
 /// A request whose `Host` the policy does not name: never blocked (the kernel decided on
 /// the connection, which was allowed), reported.
 fn on_request(seen: &Seen<'_>, book: &mut Incidents, host: &str, port: u16) {
-    let (Some(agent), ev) = (seen.agent, &seen.event.event) else {
-        return;
-    };
-    let Some((owner, own)) = seen.policy_owners().find(|(owner, _)| {
-        owner.policy.egress.is_some() && !owner.policy.allows_request_host(host, port)
-    }) else {
-        return;
-    };
     let dst = format!("https://{host}:{port}");
-    let (subject, whose) = seen::policy_subject(agent, owner, own, &dst);
-    let a = seen.alert_agent();
-    let draft = draft(
+    raise(
         seen,
-        &subject,
-        format!(
-            "{} sent a request for {dst} outside {whose} egress allowlist",
-            a.label()
-        ),
-        format!(
-            "the request's Host {host}:{port} is not named in the egress policy of {} \
-             (whatever address or name its connection went to)",
-            owner.id
-        ),
-        ev,
+        book,
+        &dst,
+        |p| !p.allows_request_host(host, port),
+        |label, whose| format!("{label} sent a request for {dst} outside {whose} egress allowlist"),
+        |owner| {
+            format!(
+                "the request's Host {host}:{port} is not named in the egress policy of {owner} \
+                 (whatever address or name its connection went to)"
+            )
+        },
     );
-    book.raise(draft);
 }
 
-fn draft(
+/// Raises an alert for `dst` against the first policy owner with an `egress` list that
+/// `violates`; returns whether any owner has an `egress` list (the event is policed).
+fn raise(
     seen: &Seen<'_>,
-    subject: &[&str],
-    title: String,
-    detail: String,
-    ev: &Event,
-) -> AlertDraft {
-    let mut draft = AlertDraft::new(&EGRESS_VIOLATION, subject, ev.time, title, detail);
+    book: &mut Incidents,
+    dst: &str,
+    violates: impl Fn(&Policy) -> bool,
+    title: impl FnOnce(String, &str) -> String,
+    detail: impl FnOnce(&SpiffeId) -> String,
+) -> bool {
+    let Some(agent) = seen.agent else {
+        return false;
+    };
+    let mut policed = false;
+    let mut found = None;
+    for (owner, own) in seen.policy_owners() {
+        if owner.policy.egress.is_none() {
+            continue;
+        }
+        policed = true;
+        if violates(&owner.policy) {
+            found = Some((owner, own));
+            break;
+        }
+    }
+    let Some((owner, own)) = found else {
+        return policed;
+    };
+    let ev = &seen.event.event;
+    let (subject, whose) = seen::policy_subject(agent, owner, own, dst);
+    let mut draft = AlertDraft::new(
+        &EGRESS_VIOLATION,
+        &subject,
+        ev.time,
+        title(seen.alert_agent().label(), &whose),
+        detail(&owner.id),
+    );
     draft.agents = vec![seen.alert_agent()];
     draft.action = Some(if ev.blocked { "blocked" } else { "allowed" });
     draft.evidence = Evidence {
@@ -156,5 +157,6 @@ fn draft(
         connections: seen.connection().into_iter().collect(),
         credential: None,
     };
-    draft
+    book.raise(draft);
+    true
 }
