@@ -210,7 +210,39 @@ pub fn agentid_bin() -> PathBuf {
         "{} missing: run `cargo build --bins` (cargo xtask test does)",
         bin.display()
     );
+    // A plain `cargo test` does not rebuild another package's binary: a test against a
+    // stale daemon passes or fails for the wrong reason.
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).expect("binary mtime");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for src in ["agentid-user/src", "agentid-ebpf/src"] {
+        if let Some((newer, _)) = newest(&root.join(src)).filter(|(_, t)| *t > built) {
+            panic!(
+                "{} is older than {}: run `cargo build --workspace --bins` first (cargo xtask test does)",
+                bin.display(),
+                newer.display()
+            );
+        }
+    }
     bin
+}
+
+/// The most recently modified file below `dir`.
+fn newest(dir: &Path) -> Option<(PathBuf, std::time::SystemTime)> {
+    let mut best: Option<(PathBuf, std::time::SystemTime)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let found = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok().map(|t| (path, t))
+        };
+        if let Some((p, t)) = found
+            && best.as_ref().is_none_or(|(_, b)| t > *b)
+        {
+            best = Some((p, t));
+        }
+    }
+    best
 }
 
 /// Runs the `agentid` CLI with `args` and waits for it (stdout and stderr captured).
