@@ -506,7 +506,14 @@ fn address_rules_allow_the_ports_of_every_network_over_them_and_no_more() {
     let b = lb.local_addr().expect("addr").port();
     let lc = listen(host, 0);
     let c = lc.local_addr().expect("addr").port();
-    let _held = [listen(other, a), listen(other, b), listen(outside, b), la, lb, lc];
+    let _held = [
+        listen(other, a),
+        listen(other, b),
+        listen(outside, b),
+        la,
+        lb,
+        lc,
+    ];
     let dir = daemon_dir("enf-nets", "");
     std::fs::write(
         dir.join("agents/a.toml"),

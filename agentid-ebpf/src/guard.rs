@@ -11,9 +11,8 @@
 //! - a cgroup v2 created inside an enforced cgroup is enforced with its parent's policy
 //!   from its creation ([`cgroup_mkdir`]), before any process can enter it.
 use agentid_ebpf::enforce::{
-    AddrKey, EXE_PATH_LEN, ExeKey, ExePath, LABEL_SEED, MAX_LABELS, MAX_PORTS,
-    NET_KEY_FIXED_BITS, NameKey, PortSet, NetKey, label_step, name_kind, policy_flags,
-    suffix_step, v4_mapped,
+    AddrKey, EXE_PATH_LEN, ExeKey, ExePath, LABEL_SEED, MAX_LABELS, MAX_PORTS, NET_KEY_FIXED_BITS,
+    NameKey, NetKey, PortSet, label_step, name_kind, policy_flags, suffix_step, v4_mapped,
 };
 use aya_ebpf::{
     helpers::{

@@ -8,8 +8,8 @@ use std::{
 };
 
 use agentid_ebpf::enforce::{
-    EXE_PATH_LEN, ExeKey, ExePath, LABEL_SEED, MAX_PORTS, NET_KEY_FIXED_BITS, NameKey,
-    NetKey, PortSet, label_step, name_kind, policy_flags, suffix_step, v4_mapped,
+    EXE_PATH_LEN, ExeKey, ExePath, LABEL_SEED, MAX_PORTS, NET_KEY_FIXED_BITS, NameKey, NetKey,
+    PortSet, label_step, name_kind, policy_flags, suffix_step, v4_mapped,
 };
 use ipnet::IpNet;
 use sha2::{Digest as _, Sha256};
@@ -251,7 +251,11 @@ pub fn exes_of(tools: &GlobList) -> BTreeSet<(u32, u64)> {
             && literal_end == dir.len() + 1
             && !dir.contains('\\')
         {
-            add_inode(Path::new(if dir.is_empty() { "/" } else { dir }), true, &mut out);
+            add_inode(
+                Path::new(if dir.is_empty() { "/" } else { dir }),
+                true,
+                &mut out,
+            );
         }
         let dir = match pattern[..literal_end].rfind('/') {
             Some(0) => "/",
@@ -528,10 +532,13 @@ mod tests {
         let plan = compile([(&id, &policy)]).unwrap();
         let flags = policy_flags::EGRESS | policy_flags::HOSTS | policy_flags::NETS;
         assert_eq!(plan.policies.get(&policy_id(&id)), Some(&flags));
-        let ports = |v: &agentid_ebpf::enforce::PortSet| {
-            (v.any, v.ports[..v.count as usize].to_vec())
-        };
-        let hosts: Vec<_> = plan.hosts.iter().map(|(k, v)| (k.addr[12..].to_vec(), ports(v))).collect();
+        let ports =
+            |v: &agentid_ebpf::enforce::PortSet| (v.any, v.ports[..v.count as usize].to_vec());
+        let hosts: Vec<_> = plan
+            .hosts
+            .iter()
+            .map(|(k, v)| (k.addr[12..].to_vec(), ports(v)))
+            .collect();
         assert_eq!(
             hosts,
             [
@@ -539,10 +546,17 @@ mod tests {
                 (vec![192, 0, 2, 1], (1, vec![])),
             ]
         );
-        let nets: Vec<_> = plan.nets.iter().map(|(bits, _, v)| (*bits, ports(v))).collect();
+        let nets: Vec<_> = plan
+            .nets
+            .iter()
+            .map(|(bits, _, v)| (*bits, ports(v)))
+            .collect();
         assert_eq!(
             nets,
-            [(64 + 96 + 8, (0, vec![80])), (64 + 96 + 16, (0, vec![80, 8080]))]
+            [
+                (64 + 96 + 8, (0, vec![80])),
+                (64 + 96 + 16, (0, vec![80, 8080]))
+            ]
         );
     }
 
@@ -559,8 +573,11 @@ mod tests {
         want.sort_unstable();
         assert_eq!(got, want, "the directory and the file in it, not sub/");
         // Only a literal DIR: `DIR*/*` and `DIR/x*` are left to the scan.
-        let glob = GlobList::new(&[format!("{}*/*", dir.display()), format!("{}/t*", dir.display())])
-            .unwrap();
+        let glob = GlobList::new(&[
+            format!("{}*/*", dir.display()),
+            format!("{}/t*", dir.display()),
+        ])
+        .unwrap();
         assert!(exes_of(&glob).iter().all(|&(_, i)| i != ino(&dir)));
         let _ = std::fs::remove_dir_all(&dir);
     }

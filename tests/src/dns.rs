@@ -4,9 +4,9 @@
 use std::{
     fs::File,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener, UdpSocket},
+    net::{Ipv4Addr, TcpListener},
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Output},
     sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
@@ -31,18 +31,6 @@ static RESOLVER: Mutex<()> = Mutex::new(());
 pub fn lo(n: u8) -> Ipv4Addr {
     let x = u8::try_from(std::process::id() % 250).expect("pid byte");
     Ipv4Addr::new(127, 77, x, n)
-}
-
-/// A DNS query for `name`, type A.
-fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(u8::try_from(label.len()).expect("label"));
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
 }
 
 /// A TCP listener on `ip` answering each connection with an HTTP 200 (for curl and
@@ -82,31 +70,8 @@ impl Dnsmasq {
         let dir = std::env::temp_dir().join(format!("agentid-dns-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
-        let resolv = dir.join("resolv.conf");
-        std::fs::write(
-            &resolv,
-            format!("nameserver {}\noptions attempts:1 timeout:2\n", lo(53)),
-        )
-        .expect("resolv.conf");
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-        ])
-        .arg(format!("--local-ttl={ttl}"))
-        .arg(format!("--listen-address={}", lo(53)))
-        .arg(format!("--pid-file={}", dir.join("pid").display()));
-        for (name, ip) in records {
-            cmd.arg(format!("--host-record={name},{ip}"));
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let resolv = agentid_testkit::write_resolv_conf(&dir, lo(53)).expect("resolv.conf");
+        let child = agentid_testkit::spawn_dnsmasq(&dir, lo(53), ttl, records)
             .expect("dnsmasq (scripts/setup.sh installs dnsmasq-base)");
         let mut d = Self {
             child,
@@ -121,28 +86,10 @@ impl Dnsmasq {
 
     /// Asks it until it answers (a deadline, not a sleep).
     fn wait_ready(&mut self, name: &str) {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("udp");
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let q = query(0x5151, name);
-        let mut buf = [0u8; 512];
-        loop {
-            let _ = sock.send_to(&q, (lo(53), 53));
-            if let Ok(n) = sock.recv(&mut buf)
-                && n > 12
-                && buf[..2] == [0x51, 0x51]
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("dnsmasq exited ({status}): is {} free?", lo(53));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dnsmasq on {} did not answer within 10 s",
-                lo(53)
-            );
+        if let Err(e) =
+            agentid_testkit::await_answer(&mut self.child, lo(53), name, Duration::from_secs(10))
+        {
+            panic!("{e}");
         }
     }
 

@@ -212,7 +212,9 @@ pub fn agentid_bin() -> PathBuf {
     );
     // A plain `cargo test` does not rebuild another package's binary: a test against a
     // stale daemon passes or fails for the wrong reason.
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).expect("binary mtime");
+    let built = fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .expect("binary mtime");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for src in ["agentid-user/src", "agentid-ebpf/src"] {
         if let Some((newer, _)) = newest(&root.join(src)).filter(|(_, t)| *t > built) {
@@ -229,12 +231,16 @@ pub fn agentid_bin() -> PathBuf {
 /// The most recently modified file below `dir`.
 fn newest(dir: &Path) -> Option<(PathBuf, std::time::SystemTime)> {
     let mut best: Option<(PathBuf, std::time::SystemTime)> = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+    for entry in fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
         let found = if path.is_dir() {
             newest(&path)
         } else {
-            entry.metadata().and_then(|m| m.modified()).ok().map(|t| (path, t))
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| (path, t))
         };
         if let Some((p, t)) = found
             && best.as_ref().is_none_or(|(_, b)| t > *b)

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, hash::Hash, net::IpAddr};
 
 use agentid_ebpf::enforce::{
-    CGROUPS_MAP, EXE_PATHS_MAP, EXES_MAP, ExeKey, ExePath, HOSTS_MAP, NAMES_MAP, NETS_MAP,
-    NameKey, NetKey, POLICIES_MAP, PortSet, RESOLVERS_MAP, TASKS_MAP,
+    CGROUPS_MAP, EXE_PATHS_MAP, EXES_MAP, ExeKey, ExePath, HOSTS_MAP, NAMES_MAP, NETS_MAP, NameKey,
+    NetKey, POLICIES_MAP, PortSet, RESOLVERS_MAP, TASKS_MAP,
 };
 use aya::{
     Pod,

@@ -8,9 +8,9 @@ use std::{
     collections::BTreeMap,
     fs,
     io::Read as _,
-    net::{Ipv4Addr, UdpSocket},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -95,27 +95,8 @@ struct Resolver {
 impl Resolver {
     fn start(dir: &Path) -> anyhow::Result<Self> {
         fs::create_dir_all(dir)?;
-        let resolv = dir.join("resolv.conf");
-        fs::write(
-            &resolv,
-            format!("nameserver {}\noptions attempts:1 timeout:2\n", lo(53)),
-        )?;
-        let child = Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--user=root",
-                "--local-ttl=1",
-            ])
-            .arg(format!("--listen-address={}", lo(53)))
-            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
-            .arg(format!("--host-record={NAME},{}", lo(1)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let resolv = agentid_testkit::write_resolv_conf(dir, lo(53))?;
+        let child = agentid_testkit::spawn_dnsmasq(dir, lo(53), 1, &[(NAME, lo(1))])
             .context("spawning dnsmasq (scripts/setup.sh installs dnsmasq-base)")?;
         let mut r = Self { child, resolv };
         r.wait_ready()?;
@@ -124,31 +105,8 @@ impl Resolver {
 
     /// Asks it until it answers (a deadline, not a sleep).
     fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let sock = UdpSocket::bind("127.0.0.1:0")?;
-        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let mut q = vec![0x51, 0x51, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in NAME.split('.') {
-            q.push(u8::try_from(label.len())?);
-            q.extend_from_slice(label.as_bytes());
-        }
-        q.extend_from_slice(&[0, 0, 1, 0, 1]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut buf = [0u8; 512];
-        loop {
-            let _ = sock.send_to(&q, (lo(53), 53));
-            if let Ok(n) = sock.recv(&mut buf)
-                && n > 12
-                && buf[..2] == [0x51, 0x51]
-            {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("dnsmasq exited ({status}): is {} free?", lo(53));
-            }
-            if Instant::now() > deadline {
-                bail!("dnsmasq on {} did not answer within 10 s", lo(53));
-            }
-        }
+        agentid_testkit::await_answer(&mut self.child, lo(53), NAME, Duration::from_secs(10))
+            .map_err(anyhow::Error::msg)
     }
 }
 
