@@ -112,7 +112,10 @@ pub fn client_config(c: &KafkaConfig) -> Result<ClientConfig, OutputError> {
         .set("acks", "all")
         .set("message.timeout.ms", timeout_ms.to_string())
         // A broker that comes back is found within a second, not librdkafka's default 10 s.
-        .set("reconnect.backoff.max.ms", "1000");
+        .set("reconnect.backoff.max.ms", "1000")
+        // The topic is the operator's: a missing one is an error to retry (and see in
+        // `last_error`), not one to create with the broker's default partitions.
+        .set("allow.auto.create.topics", "false");
     let protocol = match (&c.tls, &c.sasl) {
         (None, None) => "plaintext",
         (Some(_), None) => "ssl",
@@ -247,6 +250,7 @@ mod tests {
             Some("127.0.0.1:1,127.0.0.1:2")
         );
         assert_eq!(cfg.get("security.protocol"), Some("plaintext"));
+        assert_eq!(cfg.get("allow.auto.create.topics"), Some("false"));
     }
 
     #[test]
