@@ -100,6 +100,22 @@ impl Tansu {
     }
 }
 
+/// `tansu topic list` against the broker on `port`, for failure messages.
+fn topics(port: u16) -> String {
+    Command::new(tansu_bin())
+        .args([
+            "topic",
+            "list",
+            "--broker",
+            &format!("tcp://127.0.0.1:{port}"),
+        ])
+        .output()
+        .map_or_else(
+            |e| e.to_string(),
+            |o| String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+}
+
 impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -455,8 +471,9 @@ fn broker_killed_mid_stream_loses_no_unacknowledged_alert() {
         |m| has_all(m, &missing),
         || {
             format!(
-                "wanted {missing:?}; on the old broker {old_keys:?}; {}",
-                status_of(&d)
+                "wanted {missing:?}; on the old broker {old_keys:?}; {}; the new broker's topics: {}",
+                status_of(&d),
+                topics(port)
             )
         },
     );
