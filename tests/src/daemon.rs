@@ -262,3 +262,61 @@ impl Daemon {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
+
+// ------------------------------------------------ helpers of the sink tests (siem, kafka)
+
+/// `(rule, uid)` of every line of the daemon's alerts file.
+pub fn alerts_file(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("alerts.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| {
+            (
+                v["rule"].as_str().expect("alert rule").to_owned(),
+                v["uid"].as_str().expect("alert uid").to_owned(),
+            )
+        })
+        .collect()
+}
+
+pub fn sink_status(d: &Daemon, name: &str) -> Value {
+    let st = d.cli(&["status"]);
+    st["sinks"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no sink {name} in status: {st:#}"))
+}
+
+/// Polls `f` until it returns a value; fails after `timeout` (a failure guard).
+pub fn poll<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    try_poll(timeout, f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Polls `f` until it returns a value, or `None` after `timeout`.
+pub fn try_poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn daemon_with_sinks(test: &str, sinks: &str) -> (PathBuf, TestCgroup, TestCgroup) {
+    let dir = Daemon::dir(test);
+    let mut cfg = std::fs::read_to_string(dir.join("agentid.toml")).expect("config");
+    cfg.push_str(sinks);
+    std::fs::write(dir.join("agentid.toml"), cfg).expect("config");
+    let (a, b) = (
+        TestCgroup::new(&format!("{test}-a")),
+        TestCgroup::new(&format!("{test}-b")),
+    );
+    std::fs::write(dir.join("agents/a.toml"), registration("alpha", &a)).expect("agent a");
+    std::fs::write(dir.join("agents/b.toml"), registration("beta", &b)).expect("agent b");
+    (dir, a, b)
+}

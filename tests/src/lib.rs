@@ -23,6 +23,9 @@ pub mod trace;
 use hyper_util as _;
 use spiffe as _;
 use tonic as _;
+// The reader of tests/kafka.rs, not the harness's.
+#[cfg(feature = "kafka")]
+use rdkafka as _;
 
 use std::{
     fs,

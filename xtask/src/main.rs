@@ -194,16 +194,17 @@ fn lint() -> anyhow::Result<()> {
     fmt.args(["fmt", "--all", "--check"]);
     status(fmt)?;
     let mut clippy = cargo();
-    clippy.args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]);
+    clippy
+        .args(["clippy", "--workspace", "--all-targets"])
+        .args(WITH_KAFKA)
+        .args(["--", "-D", "warnings"]);
     status(clippy)
 }
+
+/// The Kafka sink and its test are behind a feature (librdkafka is a C build of ~1.5 min):
+/// every debug build here turns it on (one feature set, so nothing is built twice); the
+/// release builds (bench, `run`) leave it off.
+const WITH_KAFKA: [&str; 2] = ["--features", "agentid-tests/kafka"];
 
 /// Smoke-level fuzzing in `cargo xtask test`: 8 targets × 3 s keeps it under ~30 s.
 const FUZZ_SMOKE_SECONDS: u64 = 3;
@@ -211,16 +212,10 @@ const FUZZ_SMOKE_SECONDS: u64 = 3;
 fn fuzz(seconds: u64, seed: Option<u64>, targets: &[String]) -> anyhow::Result<()> {
     // The debug profile: overflow checks on, and the test build already has it.
     let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "-q",
-        "-p",
-        "agentid-tests",
-        "--bin",
-        "agentid-fuzz",
-        "--",
-    ])
-    .args(["--seconds", &seconds.to_string()]);
+    cmd.args(["run", "-q", "-p", "agentid-tests", "--bin", "agentid-fuzz"])
+        .args(WITH_KAFKA)
+        .arg("--")
+        .args(["--seconds", &seconds.to_string()]);
     if let Some(seed) = seed {
         cmd.args(["--seed", &seed.to_string()]);
     }
@@ -247,7 +242,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             // Integration tests run the `agentid` binary of another package: build it first.
             let mut build = cargo();
-            build.args(["build", "--workspace", "--bins"]);
+            build
+                .args(["build", "--workspace", "--bins"])
+                .args(WITH_KAFKA);
             status(build)?;
             let guest_timeout = Duration::from_mins(guest_timeout_mins);
             if systemd {
@@ -258,7 +255,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return test_in_guest(&kernel, guest_timeout, &args, vm::GuestMode::Chroot);
             }
             let mut test = cargo();
-            test.args(["test", "--workspace", "--"]).args(&args);
+            test.args(["test", "--workspace"])
+                .args(WITH_KAFKA)
+                .arg("--")
+                .args(&args);
             // The host tests take ~5 minutes on 2 cores; 30 is a hang, not a slow machine.
             status_within(test, Duration::from_mins(HOST_TEST_LIMIT_MINS))?;
             // Then the kernel tests again on each other kernel (about 3.5 minutes each under
@@ -365,7 +365,8 @@ fn test_binary(name: &str) -> anyhow::Result<PathBuf> {
         name,
         "--no-run",
         "--message-format=json",
-    ]);
+    ])
+    .args(WITH_KAFKA);
     let out = cmd.output().context("cargo test --no-run")?;
     if !out.status.success() {
         eprint!("{}", String::from_utf8_lossy(&out.stderr));

@@ -303,6 +303,19 @@ fn spawn_transport(
             Encoder::Json(w.format, enc(w.ocsf_ai_agent)),
             tokio::spawn(d.run(sink::http::WebhookSink::new(w)?)),
         ),
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(k) => (
+            Encoder::Json(k.format, enc(k.ocsf_ai_agent)),
+            tokio::spawn(d.run(sink::kafka::KafkaSink::new(k)?)),
+        ),
+        #[cfg(not(feature = "kafka"))]
+        SinkConfig::Kafka(_) => {
+            return Err(OutputError::Config(
+                "a kafka sink needs agentid built with the `kafka` cargo feature \
+                 (cargo build --release --features kafka)"
+                    .into(),
+            ));
+        }
     })
 }
 

@@ -6,6 +6,8 @@ use super::spool::Record;
 
 pub mod file;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod syslog;
 
 /// What happened to one record of a batch.
