@@ -424,10 +424,11 @@ pub(crate) fn scale_markdown(sc: &Value) -> String {
     let row = |s: &mut String, p: &Value| {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {}% | {} µs | {} MiB | {} KiB | {} B | {} |",
+            "| {} | {} | {} | {}% | {} | {}% | {} µs | {} MiB | {} KiB | {} B | {} |",
             p["live_processes_in_table"],
             rate(&p["target_events_per_s"]),
             num(&p["generated_per_s"], 0),
+            num(&p["generator_cpu_percent"], 0),
             num(&p["events_per_s"], 0),
             num(&p["daemon_cpu_percent"], 1),
             num(&p["daemon_us_per_event"], 1),
@@ -437,8 +438,8 @@ pub(crate) fn scale_markdown(sc: &Value) -> String {
             p["kernel_drops"],
         );
     };
-    let head = "| live processes | target | generated/s | daemon events/s | daemon CPU (one core) | µs per event | max RSS under load | ring peak | table per live process | ring drops |\n\
-                |---|---|---|---|---|---|---|---|---|---|\n";
+    let head = "| live processes | target | generated/s | generator CPU (one core) | daemon events/s | daemon CPU (one core) | µs per event | max RSS under load | ring peak | table per live process | ring drops |\n\
+                |---|---|---|---|---|---|---|---|---|---|---|\n";
     let _ = writeln!(
         s,
         "**Scale curve** — {} s per point, each on a fresh daemon\n\nBy rate ({} live processes):\n",

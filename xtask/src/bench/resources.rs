@@ -136,7 +136,7 @@ fn measure(
     let mut child = child;
     let mut made = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().context("rate stdout")?, &mut made)?;
-    let (status, _) = sys::wait_with_cpu(&child)?;
+    let (status, generator_cpu_s) = sys::wait_with_cpu(&child)?;
     if !sys::exited_ok(status) {
         bail!("rate workload failed (wait status {status:#x})");
     }
@@ -173,6 +173,9 @@ fn measure(
         "events": events,
         "events_per_s": f(events) / elapsed,
         "generators": generators,
+        // With the kernel's work in its context (probes, ring-buffer writes): when the
+        // target is not reached, whether the generator or the daemon ran out of CPU.
+        "generator_cpu_s": generator_cpu_s,
         "generated": made,
         "generated_per_s": made["seconds"].as_f64().filter(|s| *s > 0.0).map(|s| f(generated) / s),
         "daemon_cpu_s": cpu_s,

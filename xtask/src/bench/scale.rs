@@ -98,6 +98,7 @@ fn point(ctx: &Ctx, live: u32, rate: u32, seconds: u64) -> anyhow::Result<Value>
         "target_events_per_s": rate,
         "generator_threads": r["generators"],
         "generated_per_s": r["generated_per_s"],
+        "generator_cpu_percent": r["generator_cpu_s"].as_f64().map(|c| 100.0 * c / gen_s),
         "events": events,
         "events_per_s": f(events) / gen_s,
         "daemon_cpu_percent": r["daemon_cpu_percent"],
