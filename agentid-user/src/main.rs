@@ -94,6 +94,9 @@ fn main() -> ExitCode {
     // A daemon that loses a pipe must say so; a command printing to a reader that went
     // away (`agentid events | head`) has simply finished.
     let quiet_on_closed_output = !matches!(cli.command, Command::Daemon { .. });
+    if !quiet_on_closed_output {
+        agentid::sys::limit_malloc_arenas();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -185,6 +185,23 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * page)
 }
 
+/// The daemon's malloc arenas: glibc gives a thread that meets contention an arena of
+/// its own, up to 8 per core, and memory freed into an arena stays there. The daemon's
+/// threads hand buffers to each other (event loop → store, audit), so under load the
+/// extra arenas held ~11 MiB more RSS (`cargo xtask bench --profile`: anonymous mappings
+/// 13.8 → 3.0 MiB) at no measured CPU cost; two keep lock contention low. An operator's
+/// `GLIBC_TUNABLES` naming `arena_max` wins. A no-op where the C library is not glibc.
+pub fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    if !std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max")) {
+        // SAFETY: mallopt only sets an allocator parameter; called before the runtime
+        // starts its threads.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 /// Asks glibc to return free heap memory to the kernel (after a large transient allocation).
 /// A no-op where the C library is not glibc.
 pub fn malloc_trim() {

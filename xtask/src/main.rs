@@ -102,6 +102,14 @@ enum Task {
         /// (`target/bench/fleet.json`). The full run includes it; `--quick` does not.
         #[arg(long, conflicts_with_all = ["quick", "tls", "enforcement"])]
         fleet: bool,
+        /// Only the scale curve: daemon CPU and RSS by event rate and by live processes,
+        /// and the highest rate with zero ring-buffer drops (`target/bench/scale.json`).
+        #[arg(long, conflicts_with_all = ["profile", "tls", "enforcement", "fleet"])]
+        scale: bool,
+        /// Only the kernel-path overhead section (connect, exec and mixed storms under no
+        /// tracer, agentid, auditd and bpftrace; wall and CPU ratios, paired per round).
+        #[arg(long, conflicts_with_all = ["profile", "tls", "enforcement", "fleet", "scale"])]
+        overhead: bool,
         /// JSON results file (default `target/bench/results.json`; `results.md` beside it).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -300,6 +308,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             enforcement,
             fleet,
+            scale,
+            overhead,
             out,
             ring_kib,
         } => {
@@ -313,6 +323,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         (tls, bench::Only::Tls),
                         (enforcement, bench::Only::Enforcement),
                         (fleet, bench::Only::Fleet),
+                        (scale, bench::Only::Scale),
+                        (overhead, bench::Only::Overhead),
                     ]
                     .into_iter()
                     .find_map(|(on, only)| on.then_some(only)),

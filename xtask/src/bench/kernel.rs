@@ -388,9 +388,14 @@ fn stop(tracer: Tracer, names: &[String]) -> anyhow::Result<Option<Capture>> {
 struct Sample {
     wall_s: f64,
     cpu_s: f64,
+    /// The repetition, to pair a tracer's run with the no-tracer run of the same round.
+    rep: usize,
+    /// CPU time the agentid daemon spent during the run (s): on 2 cores it competes with
+    /// the workload, which is what a wall ratio above the CPU ratio shows.
+    daemon_cpu_s: Option<f64>,
 }
 
-fn run_workload(ctx: &Ctx, cg: &BenchCgroup, w: &Workload) -> anyhow::Result<Sample> {
+fn run_workload(ctx: &Ctx, cg: &BenchCgroup, w: &Workload, rep: usize) -> anyhow::Result<Sample> {
     let t0 = Instant::now();
     let child = cg
         .command(&ctx.workload)
@@ -405,7 +410,12 @@ fn run_workload(ctx: &Ctx, cg: &BenchCgroup, w: &Workload) -> anyhow::Result<Sam
     if !sys::exited_ok(status) {
         bail!("workload {} failed (wait status {status:#x})", w.name);
     }
-    Ok(Sample { wall_s, cpu_s })
+    Ok(Sample {
+        wall_s,
+        cpu_s,
+        rep,
+        daemon_cpu_s: None,
+    })
 }
 
 #[expect(
@@ -453,9 +463,17 @@ pub(crate) fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
                 }
                 Err(e) => return Err(e.context("starting agentid")),
             };
+            let daemon = match &tracer {
+                Tracer::Agentid(d) => Some(d.pid()),
+                _ => None,
+            };
             let mut run = || -> anyhow::Result<()> {
                 for (w, cg) in workloads.iter().zip(&cgroups) {
-                    let s = run_workload(ctx, cg, w)?;
+                    let before = daemon.map(sys::proc_cpu_s).transpose()?;
+                    let mut s = run_workload(ctx, cg, w, rep)?;
+                    if let (Some(pid), Some(before)) = (daemon, before) {
+                        s.daemon_cpu_s = Some(sys::proc_cpu_s(pid)? - before);
+                    }
                     samples.entry((cond, w.name)).or_default().push(s);
                 }
                 Ok(())
@@ -495,6 +513,9 @@ pub(crate) fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
                 "cpu_s": cpu.map(|s| s.json()),
                 "wall_ratio": ratio(wall.map(|s| s.median), base_wall.map(|s| s.median)),
                 "cpu_ratio": ratio(cpu.map(|s| s.median), base_cpu.map(|s| s.median)),
+                "daemon_cpu_s": v.and_then(|v| Summary::of(&v.iter().filter_map(|s| s.daemon_cpu_s).collect::<Vec<_>>())).map(|s| s.json()),
+                "wall_ratio_paired": paired(v, samples.get(&(Cond::NoTracer, w.name)), |s| s.wall_s),
+                "cpu_ratio_paired": paired(v, samples.get(&(Cond::NoTracer, w.name)), |s| s.cpu_s),
                 "unavailable": unavailable.get(&cond),
             });
             if cond == Cond::Agentid {
@@ -531,6 +552,26 @@ pub(crate) fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
         "start_failures": start_failures,
         "unavailable": unavailable.iter().map(|(c, r)| (c.name(), r)).collect::<BTreeMap<_, _>>(),
     }))
+}
+
+/// Each repetition's figure over the no-tracer figure of the same repetition (run minutes
+/// apart at most, so slow drift of a shared machine cancels): median and spread.
+fn paired(
+    runs: Option<&Vec<Sample>>,
+    base: Option<&Vec<Sample>>,
+    pick: fn(&Sample) -> f64,
+) -> Value {
+    let (Some(runs), Some(base)) = (runs, base) else {
+        return Value::Null;
+    };
+    let ratios: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| {
+            let b = base.iter().find(|b| b.rep == r.rep)?;
+            ratio(Some(pick(r)), Some(pick(b)))
+        })
+        .collect();
+    Summary::of(&ratios).map_or(Value::Null, |s| s.json())
 }
 
 /// `3 minutes`, `45 s`.

@@ -11,6 +11,7 @@ mod latency;
 mod profile;
 mod report;
 mod resources;
+mod scale;
 mod stats;
 mod sys;
 mod tls;
@@ -46,6 +47,10 @@ pub(crate) enum Only {
     Enforcement,
     /// The fleet section, with the full run's sizes.
     Fleet,
+    /// The scale curve, with the full run's sizes.
+    Scale,
+    /// The kernel-path overhead section.
+    Overhead,
 }
 
 /// Whether each peer tracer can be used, or why not.
@@ -77,6 +82,17 @@ struct Plan {
     /// criterion arguments.
     criterion: &'static [&'static str],
 }
+
+/// The scale curve (full run, or `--scale` alone; `--quick` skips it: ~5 minutes).
+const SCALE: scale::Sizes = scale::Sizes {
+    rates: &[5_000, 20_000, 50_000],
+    rate_live: 1_000,
+    live: &[1_000, 10_000, 50_000],
+    process_rate: 20_000,
+    seconds: 15,
+    search: &[30_000, 40_000, 50_000, 60_000, 70_000, 80_000, 100_000],
+    search_seconds: 10,
+};
 
 fn plan(quick: bool) -> Plan {
     if quick {
@@ -269,6 +285,10 @@ fn machine() -> Value {
     })
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the sections in order: each alone, or all of them in the full run"
+)]
 pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let target = target_dir(root);
@@ -336,6 +356,11 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     if opts.only == Some(Only::Fleet) {
         return fleet_only(&ctx, &plan, &target, &machine, &scratch);
     }
+    match opts.only {
+        Some(Only::Scale) => return scale::only(&ctx, SCALE, &target, &machine),
+        Some(Only::Overhead) => return overhead_only(&ctx, &plan, &target, &machine, opts.quick),
+        _ => {}
+    }
     eprintln!("bench: kernel-path overhead");
     let overhead = kernel::run(&ctx, plan.overhead)?;
     eprintln!("bench: daemon resources");
@@ -355,6 +380,12 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
             fleet::run(&ctx, sizes)
         })
         .transpose()?;
+    let scale = (!opts.quick)
+        .then(|| {
+            eprintln!("bench: scale curve");
+            scale::run(&ctx, SCALE)
+        })
+        .transpose()?;
     let _ = std::fs::remove_dir_all(&scratch);
 
     let results = json!({
@@ -368,6 +399,7 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         "tls": tls,
         "enforcement": enforcement,
         "fleet": fleet,
+        "scale": scale,
         "duration_s": started.elapsed().as_secs_f64(),
     });
     write_results(opts, &target, &results, started)
@@ -420,6 +452,33 @@ fn profile_only(
     std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
     println!("{}", report::profile_markdown(&results));
     eprintln!("bench: {} and {}", out.display(), data.display());
+    Ok(())
+}
+
+/// `--overhead`: only the kernel-path overhead section (`target/bench/overhead.json`).
+fn overhead_only(
+    ctx: &Ctx,
+    plan: &Plan,
+    target: &Path,
+    machine: &Value,
+    quick: bool,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    eprintln!("bench: kernel-path overhead");
+    let overhead = kernel::run(ctx, plan.overhead)?;
+    let _ = std::fs::remove_dir_all(&ctx.scratch);
+    let results = json!({
+        "command": if quick { "cargo xtask bench --quick --overhead" } else { "cargo xtask bench --overhead" },
+        "machine": machine,
+        "overhead": overhead,
+        "duration_s": started.elapsed().as_secs_f64(),
+    });
+    let dir = target.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("overhead.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    println!("{}", report::markdown(&results));
+    eprintln!("bench: {}", out.display());
     Ok(())
 }
 

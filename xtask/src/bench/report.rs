@@ -63,13 +63,14 @@ pub(crate) fn markdown(r: &Value) -> String {
     let _ = writeln!(
         s,
         "**Kernel-path overhead** — {} repetitions per condition, interleaved; median [min–max]; \
-         × = median over the no-tracer median. CPU = user+sys of the workload (`wait4`).\n",
+         × = median over the no-tracer median; paired = median [min–max] of each repetition over \
+         the no-tracer run of the same repetition. CPU = user+sys of the workload (`wait4`).\n",
         sizes["repetitions"]
     );
     s.push_str(
-        "| workload | condition | wall s | wall × | CPU s | CPU × | agentid completeness |\n",
+        "| workload | condition | wall s | wall × | wall × paired | CPU s | CPU × | CPU × paired | agentid completeness |\n",
     );
-    s.push_str("|---|---|---|---|---|---|---|\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for w in o["workloads"].as_array().into_iter().flatten() {
         for c in w["conditions"].as_array().into_iter().flatten() {
             let completeness = if c["completeness"].is_null() {
@@ -86,7 +87,7 @@ pub(crate) fn markdown(r: &Value) -> String {
             if let Some(why) = c["unavailable"].as_str() {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | could not run: {} | | | | |",
+                    "| {} | {} | could not run: {} | | | | | | |",
                     w["workload"].as_str().unwrap_or_default(),
                     c["condition"].as_str().unwrap_or_default(),
                     why.replace('|', "/").replace('\n', " ")
@@ -95,13 +96,15 @@ pub(crate) fn markdown(r: &Value) -> String {
             }
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 w["workload"].as_str().unwrap_or_default(),
                 c["condition"].as_str().unwrap_or_default(),
                 summary(&c["wall_s"], 3),
                 ratio(&c["wall_ratio"]),
+                summary(&c["wall_ratio_paired"], 3),
                 summary(&c["cpu_s"], 3),
                 ratio(&c["cpu_ratio"]),
+                summary(&c["cpu_ratio_paired"], 3),
                 completeness
             );
         }
@@ -118,6 +121,20 @@ pub(crate) fn markdown(r: &Value) -> String {
         o["agentid_kernel_drops"],
         o["agentid_store_drops"]
     );
+    for w in o["workloads"].as_array().into_iter().flatten() {
+        let c = w["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["condition"] == "agentid"));
+        if let Some(d) = c.map(|c| &c["daemon_cpu_s"]).filter(|d| !d.is_null()) {
+            let _ = writeln!(
+                s,
+                "- agentid daemon CPU during the {}: {} s per run",
+                w["workload"].as_str().unwrap_or_default(),
+                summary(d, 3)
+            );
+        }
+    }
+    s.push('\n');
     for f in o["start_failures"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
@@ -128,6 +145,10 @@ pub(crate) fn markdown(r: &Value) -> String {
         );
     }
 
+    if r["pipeline"].is_null() {
+        // `--overhead`: that section only.
+        return s;
+    }
     let p = &r["pipeline"];
     s.push_str("**Userspace** (criterion, one thread; mean [95% interval])\n\n");
     s.push_str("| path | events/s |\n|---|---|\n");
@@ -180,6 +201,10 @@ pub(crate) fn markdown(r: &Value) -> String {
     s.push_str(&enforcement(&r["enforcement"]));
     if !r["fleet"].is_null() {
         s.push_str(&fleet_markdown(&r["fleet"]));
+    }
+    if !r["scale"].is_null() {
+        s.push('\n');
+        s.push_str(&scale_markdown(&r["scale"]));
     }
     s
 }
@@ -394,5 +419,68 @@ pub(crate) fn profile_markdown(r: &Value) -> String {
             t["self_percent"].as_f64().unwrap_or(0.0)
         );
     }
+    s
+}
+
+/// The scale curve: the daemon's CPU and RSS by rate and by live processes, and the
+/// zero-drop search.
+pub(crate) fn scale_markdown(sc: &Value) -> String {
+    let mut s = String::new();
+    let row = |s: &mut String, p: &Value| {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {}% | {} | {}% | {} µs | {} MiB | {} KiB | {} B | {} |",
+            p["live_processes_in_table"],
+            rate(&p["target_events_per_s"]),
+            num(&p["generated_per_s"], 0),
+            num(&p["generator_cpu_percent"], 0),
+            num(&p["events_per_s"], 0),
+            num(&p["daemon_cpu_percent"], 1),
+            num(&p["daemon_us_per_event"], 1),
+            num(&p["max_rss_under_load_mib"], 1),
+            p["ring_peak_kib"],
+            p["table_bytes_per_live"],
+            p["kernel_drops"],
+        );
+    };
+    let head = "| live processes | target | generated/s | generator CPU (one core) | daemon events/s | daemon CPU (one core) | µs per event | max RSS under load | ring peak | table per live process | ring drops |\n\
+                |---|---|---|---|---|---|---|---|---|---|---|\n";
+    let _ = writeln!(
+        s,
+        "**Scale curve** — {} s per point, each on a fresh daemon\n\nBy rate ({} live processes):\n",
+        sc["seconds"], sc["rate_live_processes"]
+    );
+    s.push_str(head);
+    for p in sc["by_rate"].as_array().into_iter().flatten() {
+        row(&mut s, p);
+    }
+    let _ = writeln!(
+        s,
+        "\nBy live processes ({} events/s target):\n",
+        sc["process_rate"]
+    );
+    s.push_str(head);
+    for p in sc["by_processes"].as_array().into_iter().flatten() {
+        row(&mut s, p);
+    }
+    let z = &sc["zero_drop_search"];
+    let _ = writeln!(s, "\nZero-drop search ({} s per step):\n", z["seconds"]);
+    s.push_str(head);
+    for p in z["steps"].as_array().into_iter().flatten() {
+        row(&mut s, p);
+    }
+    let reached = |p: &Value| {
+        if p.is_null() {
+            "none".to_owned()
+        } else {
+            format!("{} events/s", num(&p["events_per_s"], 0))
+        }
+    };
+    let _ = writeln!(
+        s,
+        "\nHighest rate with zero ring-buffer drops: {}; first with drops: {}.",
+        reached(&z["highest_zero_drop"]),
+        reached(&z["first_with_drops"])
+    );
     s
 }

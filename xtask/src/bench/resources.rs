@@ -37,6 +37,17 @@ pub(crate) fn run(
     profile: Option<&std::path::Path>,
     config: &str,
 ) -> anyhow::Result<Value> {
+    run_with(ctx, sizes, 1, profile, config)
+}
+
+/// [`run`] with the load made by `generators` threads (one tops out near 50k events/s).
+pub(crate) fn run_with(
+    ctx: &Ctx,
+    sizes: Sizes,
+    generators: u32,
+    profile: Option<&std::path::Path>,
+    config: &str,
+) -> anyhow::Result<Value> {
     let (udp, _udp_sink) = udp_sink()?;
     // The sleepers start before the daemon, so it seeds them from /proc.
     let hold_cg = BenchCgroup::new("hold")?;
@@ -53,7 +64,14 @@ pub(crate) fn run(
     if ready.trim() != "ready" {
         bail!("the sleepers did not start: {ready:?}");
     }
-    let result = measure(ctx, sizes, (&hold_cg, &rate_cg), udp, profile, config);
+    let result = measure(
+        ctx,
+        (sizes, generators),
+        (&hold_cg, &rate_cg),
+        udp,
+        profile,
+        config,
+    );
     hold_cg.kill_all();
     let _ = hold.wait();
     result
@@ -61,7 +79,7 @@ pub(crate) fn run(
 
 fn measure(
     ctx: &Ctx,
-    sizes: Sizes,
+    (sizes, generators): (Sizes, u32),
     (hold_cg, rate_cg): (&BenchCgroup, &BenchCgroup),
     udp: std::net::SocketAddr,
     profile: Option<&std::path::Path>,
@@ -90,9 +108,10 @@ fn measure(
             &udp.to_string(),
             &sizes.events_per_s.to_string(),
             &sizes.seconds.to_string(),
+            &generators.to_string(),
         ])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .context("spawning the rate workload")?;
     let recording = profile
@@ -114,10 +133,17 @@ fn measure(
             max_kib
         })
     };
-    let (status, _) = sys::wait_with_cpu(&child)?;
+    let mut child = child;
+    let mut made = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().context("rate stdout")?, &mut made)?;
+    let (status, generator_cpu_s) = sys::wait_with_cpu(&child)?;
     if !sys::exited_ok(status) {
         bail!("rate workload failed (wait status {status:#x})");
     }
+    // What the generator made and how long it took: when it cannot keep up, its run
+    // outlasts `seconds` and the rate it reached is below the target.
+    let made: Value = serde_json::from_str(made.trim()).unwrap_or(Value::Null);
+    let generated = made["connects"].as_u64().unwrap_or(0) + made["sends"].as_u64().unwrap_or(0);
     // Let the daemon finish the backlog, then sample its counters (updated each second).
     std::thread::sleep(Duration::from_millis(1100));
     let elapsed = t0.elapsed().as_secs_f64();
@@ -146,6 +172,12 @@ fn measure(
         "seconds": sizes.seconds,
         "events": events,
         "events_per_s": f(events) / elapsed,
+        "generators": generators,
+        // With the kernel's work in its context (probes, ring-buffer writes): when the
+        // target is not reached, whether the generator or the daemon ran out of CPU.
+        "generator_cpu_s": generator_cpu_s,
+        "generated": made,
+        "generated_per_s": made["seconds"].as_f64().filter(|s| *s > 0.0).map(|s| f(generated) / s),
         "daemon_cpu_s": cpu_s,
         "daemon_cpu_percent": 100.0 * cpu_s / elapsed,
         "rss_start_mib": f(rss_start_kib) / 1024.0,
