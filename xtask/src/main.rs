@@ -233,6 +233,74 @@ fn fuzz(seconds: u64, seed: Option<u64>, targets: &[String]) -> anyhow::Result<(
     status(cmd).context("fuzzing (inputs that crashed are in tests/fuzz/artifacts/)")
 }
 
+/// `cargo xtask test`: setup, lint, the host tests, the kernel tests on each other
+/// kernel, the systemd guest, a fuzz smoke run and the quick bench.
+fn test(
+    no_lint: bool,
+    kernel: Option<String>,
+    systemd: bool,
+    guest_timeout_mins: u64,
+    args: &[String],
+) -> anyhow::Result<()> {
+    setup()?;
+    if !no_lint {
+        lint()?;
+    }
+    // Integration tests run the `agentid` binary of another package: build it first.
+    let mut build = cargo();
+    build
+        .args(["build", "--workspace", "--bins"])
+        .args(WITH_KAFKA);
+    status(build)?;
+    let guest_timeout = Duration::from_mins(guest_timeout_mins);
+    if systemd {
+        let kernel = kernel.as_deref().unwrap_or(DEFAULT_GUEST_KERNEL);
+        return test_in_guest(kernel, guest_timeout, args, vm::GuestMode::Systemd);
+    }
+    if let Some(kernel) = kernel {
+        return test_in_guest(&kernel, guest_timeout, args, vm::GuestMode::Chroot);
+    }
+    let mut test = cargo();
+    test.args(["test", "--workspace"])
+        .args(WITH_KAFKA)
+        .arg("--")
+        .args(args);
+    // The host tests take ~5 minutes on 2 cores; 30 is a hang, not a slow machine.
+    status_within(test, Duration::from_mins(HOST_TEST_LIMIT_MINS))?;
+    // Then the kernel tests again on each other kernel (about 3.5 minutes each under
+    // TCG): Debian 12's default kernel unless AGENTID_TEST_KERNELS says otherwise.
+    let kernels = guest_kernels();
+    for kernel in &kernels {
+        test_in_guest(kernel, guest_timeout, &[], vm::GuestMode::Chroot)?;
+    }
+    // The shipped unit under a real systemd PID 1 (this host's PID 1 need not be
+    // systemd): about a minute and a half more, on the first guest kernel.
+    match kernels.first() {
+        Some(kernel) => test_in_guest(kernel, guest_timeout, &[], vm::GuestMode::Systemd)?,
+        None => eprintln!("SKIPPED the systemd guest: AGENTID_TEST_KERNELS=none"),
+    }
+    // A fuzz smoke run, so no target rots.
+    fuzz(FUZZ_SMOKE_SECONDS, None, &[])?;
+    // Last, the bench as a smoke test: every condition must run to the end (no
+    // thresholds). Like the kernel tests, it skips without root unless
+    // AGENTID_REQUIRE_BPF=1.
+    // SAFETY: geteuid has no preconditions.
+    let root_user = unsafe { libc::geteuid() } == 0;
+    if !root_user && std::env::var_os("AGENTID_REQUIRE_BPF").is_none_or(|v| v != "1") {
+        eprintln!("SKIPPED cargo xtask bench --quick: needs root");
+        return Ok(());
+    }
+    bench::run(
+        &root(),
+        &bench::Options {
+            quick: true,
+            only: None,
+            out: None,
+            ring_kib: None,
+        },
+    )
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => setup(),
@@ -243,65 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             systemd,
             guest_timeout_mins,
             args,
-        } => {
-            setup()?;
-            if !no_lint {
-                lint()?;
-            }
-            // Integration tests run the `agentid` binary of another package: build it first.
-            let mut build = cargo();
-            build
-                .args(["build", "--workspace", "--bins"])
-                .args(WITH_KAFKA);
-            status(build)?;
-            let guest_timeout = Duration::from_mins(guest_timeout_mins);
-            if systemd {
-                let kernel = kernel.as_deref().unwrap_or(DEFAULT_GUEST_KERNEL);
-                return test_in_guest(kernel, guest_timeout, &args, vm::GuestMode::Systemd);
-            }
-            if let Some(kernel) = kernel {
-                return test_in_guest(&kernel, guest_timeout, &args, vm::GuestMode::Chroot);
-            }
-            let mut test = cargo();
-            test.args(["test", "--workspace"])
-                .args(WITH_KAFKA)
-                .arg("--")
-                .args(&args);
-            // The host tests take ~5 minutes on 2 cores; 30 is a hang, not a slow machine.
-            status_within(test, Duration::from_mins(HOST_TEST_LIMIT_MINS))?;
-            // Then the kernel tests again on each other kernel (about 3.5 minutes each under
-            // TCG): Debian 12's default kernel unless AGENTID_TEST_KERNELS says otherwise.
-            let kernels = guest_kernels();
-            for kernel in &kernels {
-                test_in_guest(kernel, guest_timeout, &[], vm::GuestMode::Chroot)?;
-            }
-            // The shipped unit under a real systemd PID 1 (this host's PID 1 need not be
-            // systemd): about a minute and a half more, on the first guest kernel.
-            match kernels.first() {
-                Some(kernel) => test_in_guest(kernel, guest_timeout, &[], vm::GuestMode::Systemd)?,
-                None => eprintln!("SKIPPED the systemd guest: AGENTID_TEST_KERNELS=none"),
-            }
-            // A fuzz smoke run, so no target rots.
-            fuzz(FUZZ_SMOKE_SECONDS, None, &[])?;
-            // Last, the bench as a smoke test: every condition must run to the end (no
-            // thresholds). Like the kernel tests, it skips without root unless
-            // AGENTID_REQUIRE_BPF=1.
-            // SAFETY: geteuid has no preconditions.
-            let root_user = unsafe { libc::geteuid() } == 0;
-            if !root_user && std::env::var_os("AGENTID_REQUIRE_BPF").is_none_or(|v| v != "1") {
-                eprintln!("SKIPPED cargo xtask bench --quick: needs root");
-                return Ok(());
-            }
-            bench::run(
-                &root(),
-                &bench::Options {
-                    quick: true,
-                    only: None,
-                    out: None,
-                    ring_kib: None,
-                },
-            )
-        }
+        } => test(no_lint, kernel, systemd, guest_timeout_mins, &args),
         Task::Bench {
             quick,
             profile,
