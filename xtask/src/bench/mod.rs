@@ -285,10 +285,6 @@ fn machine() -> Value {
     })
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "the sections in order: each alone, or all of them in the full run"
-)]
 pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let target = target_dir(root);
@@ -319,47 +315,13 @@ pub(crate) fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         ring_kib: opts.ring_kib,
     };
     let machine = machine();
-    if opts.only == Some(Only::Profile) {
-        return profile_only(&ctx, &plan, &target, &machine, &scratch);
-    }
-    if opts.only == Some(Only::Tls) {
-        eprintln!("bench: TLS client overhead");
-        let tls = tls::run(&ctx, plan.tls)?;
+    if let Some(only) = opts.only {
+        let section = run_only(only, &ctx, &plan, &target, opts.quick);
         let _ = std::fs::remove_dir_all(&scratch);
-        let results = json!({"machine": machine, "tls": tls});
-        let out = target.join("bench/tls.json");
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
-        println!("{}", report::tls_only(&results));
-        eprintln!("bench: {}", out.display());
-        return Ok(());
-    }
-    if opts.only == Some(Only::Enforcement) {
-        eprintln!("bench: enforcement");
-        let enforcement = enforce::run(&ctx, plan.enforcement)?;
-        let _ = std::fs::remove_dir_all(&scratch);
-        return write_results(
-            opts,
-            &target,
-            &json!({
-                "mode": if opts.quick { "quick" } else { "full" },
-                "command": if opts.quick { "cargo xtask bench --quick --enforcement" } else { "cargo xtask bench --enforcement" },
-                "machine": machine,
-                "enforcement": enforcement,
-                "duration_s": started.elapsed().as_secs_f64(),
-            }),
-            started,
-        );
-    }
-    if opts.only == Some(Only::Fleet) {
-        return fleet_only(&ctx, &plan, &target, &machine, &scratch);
-    }
-    match opts.only {
-        Some(Only::Scale) => return scale::only(&ctx, SCALE, &target, &machine),
-        Some(Only::Overhead) => return overhead_only(&ctx, &plan, &target, &machine, opts.quick),
-        _ => {}
+        let (name, mut results, markdown) = section?;
+        results["machine"] = machine;
+        results["duration_s"] = json!(started.elapsed().as_secs_f64());
+        return section_only(&target, name, &results, markdown);
     }
     eprintln!("bench: kernel-path overhead");
     let overhead = kernel::run(&ctx, plan.overhead)?;
@@ -433,83 +395,85 @@ fn write_results(
     Ok(())
 }
 
-/// `--profile`: the resources run under `perf record`, and where the time went.
-fn profile_only(
-    ctx: &Ctx,
-    plan: &Plan,
-    target: &Path,
-    machine: &Value,
-    scratch: &Path,
-) -> anyhow::Result<()> {
-    let dir = target.join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let data = dir.join("perf.data");
-    eprintln!("bench: daemon resources under perf record");
-    let resources = resources::run(ctx, plan.resources, Some(&data), "")?;
-    let _ = std::fs::remove_dir_all(scratch);
-    let results = json!({"machine": machine, "resources": resources});
-    let out = dir.join("profile.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
-    println!("{}", report::profile_markdown(&results));
-    eprintln!("bench: {} and {}", out.display(), data.display());
-    Ok(())
-}
+/// One section alone (`--profile`, `--tls`, …): its name (the JSON file's), its results
+/// and how they read as markdown.
+type Section = (&'static str, Value, fn(&Value) -> String);
 
-/// `--overhead`: only the kernel-path overhead section (`target/bench/overhead.json`).
-fn overhead_only(
+fn run_only(
+    only: Only,
     ctx: &Ctx,
     plan: &Plan,
     target: &Path,
-    machine: &Value,
     quick: bool,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    eprintln!("bench: kernel-path overhead");
-    let overhead = kernel::run(ctx, plan.overhead)?;
-    let _ = std::fs::remove_dir_all(&ctx.scratch);
-    let results = json!({
-        "command": if quick { "cargo xtask bench --quick --overhead" } else { "cargo xtask bench --overhead" },
-        "machine": machine,
-        "overhead": overhead,
-        "duration_s": started.elapsed().as_secs_f64(),
-    });
-    let dir = target.join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let out = dir.join("overhead.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
-    println!("{}", report::markdown(&results));
-    eprintln!("bench: {}", out.display());
-    Ok(())
+) -> anyhow::Result<Section> {
+    let q = if quick { " --quick" } else { "" };
+    eprintln!("bench: {only:?} alone");
+    Ok(match only {
+        Only::Profile => {
+            // `perf record` on the daemon, `perf.data` beside the JSON.
+            let dir = target.join("bench");
+            std::fs::create_dir_all(&dir)?;
+            let resources = resources::run(ctx, plan.resources, Some(&dir.join("perf.data")), "")?;
+            (
+                "profile",
+                json!({"command": format!("cargo xtask bench{q} --profile"), "resources": resources}),
+                report::profile_markdown,
+            )
+        }
+        Only::Tls => (
+            "tls",
+            json!({"command": format!("cargo xtask bench{q} --tls"), "tls": tls::run(ctx, plan.tls)?}),
+            report::tls_only,
+        ),
+        Only::Enforcement => (
+            "enforcement",
+            json!({
+                "command": format!("cargo xtask bench{q} --enforcement"),
+                "enforcement": enforce::run(ctx, plan.enforcement)?,
+            }),
+            report::markdown,
+        ),
+        Only::Fleet => {
+            let sizes = plan
+                .fleet
+                .context("the fleet section is not part of --quick")?;
+            (
+                "fleet",
+                json!({"command": "cargo xtask bench --fleet", "fleet": fleet::run(ctx, sizes)?}),
+                |r| report::fleet_markdown(&r["fleet"]),
+            )
+        }
+        Only::Overhead => (
+            "overhead",
+            json!({
+                "command": format!("cargo xtask bench{q} --overhead"),
+                "overhead": kernel::run(ctx, plan.overhead)?,
+            }),
+            report::markdown,
+        ),
+        Only::Scale => (
+            "scale",
+            json!({"command": "cargo xtask bench --scale", "scale": scale::run(ctx, SCALE)?}),
+            |r| report::scale_markdown(&r["scale"]),
+        ),
+    })
 }
 
-/// `--fleet`: only the fleet section, with the full run's sizes.
-fn fleet_only(
-    ctx: &Ctx,
-    plan: &Plan,
+/// Writes one section's results to `target/bench/NAME.json` and prints its markdown.
+fn section_only(
     target: &Path,
-    machine: &Value,
-    scratch: &Path,
+    name: &str,
+    results: &Value,
+    markdown: fn(&Value) -> String,
 ) -> anyhow::Result<()> {
-    let sizes = plan
-        .fleet
-        .context("the fleet section is not part of --quick")?;
-    let started = Instant::now();
-    let fleet = fleet::run(ctx, sizes)?;
-    let _ = std::fs::remove_dir_all(scratch);
-    let results = json!({
-        "command": "cargo xtask bench --fleet",
-        "machine": machine,
-        "fleet": fleet,
-        "duration_s": started.elapsed().as_secs_f64(),
-    });
     let dir = target.join("bench");
     std::fs::create_dir_all(&dir)?;
-    let out = dir.join("fleet.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
-    println!("{}", report::fleet_markdown(&results["fleet"]));
+    let out = dir.join(format!("{name}.json"));
+    std::fs::write(&out, serde_json::to_string_pretty(results)?)?;
+    println!("{}", markdown(results));
     eprintln!(
-        "bench: fleet done in {:.0} s; {}",
-        started.elapsed().as_secs_f64(),
+        "bench: done in {:.0} s; {}",
+        results["duration_s"].as_f64().unwrap_or_default(),
         out.display()
     );
     Ok(())

@@ -2,7 +2,7 @@
 //! one core and µs per event) and RSS by event rate and by live processes, and the
 //! highest rate it absorbs with zero ring-buffer drops. Each point is the daemon-resources
 //! load ([`super::resources`]) on a fresh daemon.
-use std::{fs, path::PathBuf};
+use std::fs;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -163,34 +163,4 @@ pub(crate) fn run(ctx: &Ctx, sizes: Sizes) -> anyhow::Result<Value> {
             "first_with_drops": first_drops,
         },
     }))
-}
-
-/// `--scale`: only this section; `target/bench/scale.json` and the table.
-pub(crate) fn only(
-    ctx: &Ctx,
-    sizes: Sizes,
-    target: &std::path::Path,
-    machine: &Value,
-) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
-    let scale = run(ctx, sizes);
-    let _ = fs::remove_dir_all(&ctx.scratch);
-    let scale = scale?;
-    let results = json!({
-        "command": "cargo xtask bench --scale",
-        "machine": machine,
-        "scale": scale,
-        "duration_s": started.elapsed().as_secs_f64(),
-    });
-    let dir: PathBuf = target.join("bench");
-    fs::create_dir_all(&dir)?;
-    let out = dir.join("scale.json");
-    fs::write(&out, serde_json::to_string_pretty(&results)?)?;
-    println!("{}", super::report::scale_markdown(&results["scale"]));
-    eprintln!(
-        "bench: scale done in {:.0} s; {}",
-        started.elapsed().as_secs_f64(),
-        out.display()
-    );
-    Ok(())
 }
