@@ -208,8 +208,10 @@ impl AuditError {
 
 /// When appended records reach the disk.
 ///
-/// Every record is handed to the kernel with one `write` as soon as it is appended, so a
-/// crash of the daemon (even SIGKILL) loses nothing already appended; fsync only matters
+/// A record appended with `append_*` is handed to the kernel before the call returns; the
+/// daemon's audit thread buffers what its queue holds (`buffer_*`) and hands it over with
+/// one `write` once the queue is empty, so a crash of the daemon (even SIGKILL) loses at
+/// most the records of that batch, as it loses those still queued; fsync only matters
 /// for a crash of the host. `EveryRecord` costs one `fdatasync` per record; `Interval(d)`
 /// syncs at most every `d` plus at each checkpoint, rotation and close, and costs little
 /// more than the write itself: a host crash may lose the last `d`. Measured (release,
