@@ -268,6 +268,28 @@ array_impl!(SerializeTuple, serialize_element);
 array_impl!(SerializeTupleStruct, serialize_field);
 array_impl!(SerializeTupleVariant, serialize_field);
 
+/// Scalars `serde_json` writes as they would be written from a `Value`.
+macro_rules! scalars {
+    ($($method:ident: $ty:ty,)*) => {
+        $(
+            fn $method(self, v: $ty) -> Result<(), Error> {
+                scalar(self.out, &v)
+            }
+        )*
+    };
+}
+
+/// Map keys written as their `Display` (as `to_value` does).
+macro_rules! key_scalars {
+    ($($method:ident: $ty:ty,)*) => {
+        $(
+            fn $method(self, v: $ty) -> Result<String, Error> {
+                Ok(v.to_string())
+            }
+        )*
+    };
+}
+
 impl<'a> ser::Serializer for Writer<'a> {
     type Ok = ();
     type Error = Error;
@@ -279,24 +301,16 @@ impl<'a> ser::Serializer for Writer<'a> {
     type SerializeStruct = Object<'a>;
     type SerializeStructVariant = VariantObject<'a>;
 
-    fn serialize_bool(self, v: bool) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-
-    fn serialize_i8(self, v: i8) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-
-    fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        scalar(self.out, &v)
+    scalars! {
+        serialize_bool: bool,
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
     }
 
     fn serialize_i128(self, v: i128) -> Result<(), Error> {
@@ -308,22 +322,6 @@ impl<'a> ser::Serializer for Writer<'a> {
         } else {
             Err(Error("number out of range".to_owned()))
         }
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-
-    fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        scalar(self.out, &v)
     }
 
     fn serialize_u128(self, v: u128) -> Result<(), Error> {
@@ -473,48 +471,19 @@ impl ser::Serializer for KeyWriter {
     type SerializeStruct = Impossible<String, Error>;
     type SerializeStructVariant = Impossible<String, Error>;
 
-    fn serialize_bool(self, v: bool) -> Result<String, Error> {
-        Ok(v.to_string())
-    }
-
-    fn serialize_i8(self, v: i8) -> Result<String, Error> {
-        Ok(v.to_string())
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<String, Error> {
-        Ok(v.to_string())
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<String, Error> {
-        Ok(v.to_string())
-    }
-
-    fn serialize_i64(self, v: i64) -> Result<String, Error> {
-        Ok(v.to_string())
-    }
-
-    fn serialize_i128(self, v: i128) -> Result<String, Error> {
-        Ok(v.to_string())
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<String, Error> {
-        Ok(v.to_string())
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<String, Error> {
-        Ok(v.to_string())
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<String, Error> {
-        Ok(v.to_string())
-    }
-
-    fn serialize_u64(self, v: u64) -> Result<String, Error> {
-        Ok(v.to_string())
-    }
-
-    fn serialize_u128(self, v: u128) -> Result<String, Error> {
-        Ok(v.to_string())
+    key_scalars! {
+        serialize_bool: bool,
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128,
+        serialize_char: char,
     }
 
     fn serialize_f32(self, _v: f32) -> Result<String, Error> {
@@ -524,10 +493,6 @@ impl ser::Serializer for KeyWriter {
 
     fn serialize_f64(self, _v: f64) -> Result<String, Error> {
         Err(refused())
-    }
-
-    fn serialize_char(self, v: char) -> Result<String, Error> {
-        Ok(v.to_string())
     }
 
     fn serialize_str(self, v: &str) -> Result<String, Error> {
