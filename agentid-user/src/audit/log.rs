@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{
     AuditError, AuditOptions, CURRENT_FILE, Checkpoint, Fsync, GENESIS, archive_name,
-    archive_number, encode_record, file_name, key, log_files, now_rfc3339,
+    archive_number, encode_record_into, file_name, key, log_files, now_rfc3339,
     prune::{self, AuditRetention},
     public_key_base64, segments, sign_checkpoint_next,
 };
@@ -55,7 +55,32 @@ pub struct AuditLog {
     disk: DiskPolicy,
     /// The seq of the log's first record on disk (after pruning, the first kept).
     first_seq: u64,
+    /// Records chained but not written yet (see [`AuditLog::buffer_event_text`]).
+    batch: Batch,
+    /// Buffered records written and lost since [`AuditLog::take_counts`].
+    counts: Counts,
 }
+
+/// Encoded records waiting for their `write`, and where the chain stood before them.
+#[derive(Debug, Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// Per record: the end of its line in `bytes`, and whether it was buffered (counted).
+    ends: Vec<(usize, bool)>,
+    /// The chain head before the first record (`prev`, `last_type`, `last_final`,
+    /// `last_ts`), to go back to when none of them reached the file.
+    base: Option<(String, Option<String>, bool, String)>,
+}
+
+/// Buffered records written and lost (a failed write), for the audit thread's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub written: u64,
+    pub lost: u64,
+}
+
+/// What the audit thread gathers before it writes: past this, a batch is written at once.
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// What becomes of closed archives. A log opened alone keeps them plain and forever; the
 /// daemon compresses them and applies its retention.
@@ -141,6 +166,8 @@ impl AuditLog {
             last_ts: String::new(),
             disk: DiskPolicy::default(),
             first_seq: 0,
+            batch: Batch::default(),
+            counts: Counts::default(),
         };
         log.first_seq = first_seq.unwrap_or(log.next_seq);
         // A crash between the rotate record and the rename: finish the rotation, so a
@@ -302,6 +329,52 @@ impl AuditLog {
         Ok(seq)
     }
 
+    /// Chains an event already in canonical JSON and keeps its line for the next
+    /// [`Self::flush`], which writes every buffered record with one `write` (the audit
+    /// thread buffers what its queue holds, then flushes). Returns its seq. A record is
+    /// on disk only once flushed; [`Self::needs_flush`] says when a flush is due (a full
+    /// batch, a rotation, `fsync = every-record`).
+    pub fn buffer_event_text(&mut self, canonical_body: &str) -> Result<u64, AuditError> {
+        Ok(self.encode_text("event", canonical_body, true))
+    }
+
+    /// [`Self::buffer_event_text`] for an alert.
+    pub fn buffer_alert(&mut self, alert: &Alert) -> Result<u64, AuditError> {
+        self.buffer_json("alert", &serde_json::to_value(alert)?)
+    }
+
+    /// [`Self::buffer_event_text`] for a record of any type (as [`Self::append_json`]).
+    pub fn buffer_json(&mut self, ty: &str, body: &Value) -> Result<u64, AuditError> {
+        check_type(ty)?;
+        Ok(self.encode_text(ty, &super::canonical(body), true))
+    }
+
+    /// Whether buffered records should be written now.
+    pub fn needs_flush(&self) -> bool {
+        let pending = self.batch.bytes.len();
+        pending >= BATCH_BYTES
+            || (pending > 0
+                && (self.file_bytes + pending as u64 >= self.opts.rotate_bytes
+                    || self.opts.fsync == Fsync::EveryRecord))
+    }
+
+    /// Writes the buffered records (one `write`), then rotates if the file is full.
+    pub fn flush(&mut self) -> Result<(), AuditError> {
+        self.write_batch()?;
+        if self.opts.fsync == Fsync::EveryRecord {
+            self.sync()?;
+        }
+        if self.file_bytes >= self.opts.rotate_bytes {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Buffered records written and lost since the last call.
+    pub fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.counts)
+    }
+
     /// Appends an alert: both its creation and every update (count, `last_seen`).
     pub fn append_alert(&mut self, alert: &Alert) -> Result<u64, AuditError> {
         self.append_json("alert", serde_json::to_value(alert)?)
@@ -313,13 +386,7 @@ impl AuditLog {
         reason = "the body becomes the record's: callers hand over json!(..) values"
     )]
     pub fn append_json(&mut self, ty: &str, body: Value) -> Result<u64, AuditError> {
-        if ty.is_empty()
-            || !ty
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
-            return Err(AuditError::BadType(ty.to_owned()));
-        }
+        check_type(ty)?;
         let seq = self.write_record(ty, &body)?;
         self.after_append()?;
         Ok(seq)
@@ -470,34 +537,150 @@ impl AuditLog {
         Ok(seq)
     }
 
-    /// One record, one `write`: a crashed daemon leaves whole lines or one torn last line.
+    /// One record, written with what is buffered before it: a crashed daemon leaves whole
+    /// lines or one torn last line.
     fn write_record(&mut self, ty: &str, body: &Value) -> Result<u64, AuditError> {
         self.write_text(ty, &super::canonical(body))
     }
 
     /// [`Self::write_record`] for a body already in canonical JSON.
     fn write_text(&mut self, ty: &str, body: &str) -> Result<u64, AuditError> {
-        let seq = self.next_seq;
-        let ts = now_rfc3339(SystemTime::now());
-        let (mut line, hash) = encode_record(seq, &ts, ty, body, &self.prev);
-        line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(AuditError::io(&self.path))?;
-        self.file_bytes += line.len() as u64;
-        self.next_seq += 1;
-        self.prev = hash;
-        self.last_type = Some(ty.to_owned());
-        self.last_final = false;
-        self.last_ts = ts;
-        self.dirty = true;
+        let seq = self.encode_text(ty, body, false);
+        self.write_batch()?;
         if self.opts.fsync == Fsync::EveryRecord {
             self.sync()?;
         }
         Ok(seq)
     }
 
+    /// Chains a record and adds its line to the batch. `counted`: a buffered record (see
+    /// [`Counts`]); the others are written before their call returns.
+    fn encode_text(&mut self, ty: &str, body: &str, counted: bool) -> u64 {
+        let seq = self.next_seq;
+        let ts = now_rfc3339(SystemTime::now());
+        let batch = &mut self.batch;
+        if batch.base.is_none() {
+            batch.base = Some((
+                self.prev.clone(),
+                self.last_type.clone(),
+                self.last_final,
+                self.last_ts.clone(),
+            ));
+        }
+        let hash = encode_record_into(&mut batch.bytes, seq, &ts, ty, body, &self.prev);
+        batch.bytes.push(b'\n');
+        batch.ends.push((batch.bytes.len(), counted));
+        self.next_seq += 1;
+        self.prev.clear();
+        // Hex digits are ASCII.
+        self.prev.extend(hash.iter().map(|&b| char::from(b)));
+        if self.last_type.as_deref() != Some(ty) {
+            self.last_type = Some(ty.to_owned());
+        }
+        self.last_final = false;
+        self.last_ts = ts;
+        seq
+    }
+
+    /// Writes the batch: one `write` (more only if the kernel takes part of it). On a
+    /// failure the file is cut back to the last whole line that reached it, the chain
+    /// continues from that record, and the records after it are lost (counted): the file
+    /// never holds a record the chain in memory does not follow.
+    fn write_batch(&mut self) -> Result<(), AuditError> {
+        if self.batch.ends.is_empty() {
+            return Ok(());
+        }
+        let mut done = 0;
+        let mut failure = None;
+        while done < self.batch.bytes.len() {
+            match self.file.write(&self.batch.bytes[done..]) {
+                Ok(0) => {
+                    failure = Some(std::io::Error::from(std::io::ErrorKind::WriteZero));
+                    break;
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let batch = std::mem::take(&mut self.batch);
+        // Reuse the buffers: no allocation per batch.
+        let Batch {
+            mut bytes,
+            mut ends,
+            base,
+        } = batch;
+        let whole = ends.iter().take_while(|(end, _)| *end <= done).count();
+        let whole_bytes = whole.checked_sub(1).map_or(0, |i| ends[i].0);
+        for (i, (_, counted)) in ends.iter().enumerate() {
+            if *counted {
+                if i < whole {
+                    self.counts.written += 1;
+                } else {
+                    self.counts.lost += 1;
+                }
+            }
+        }
+        if whole_bytes > 0 {
+            self.dirty = true;
+        }
+        let result = match failure {
+            None => Ok(()),
+            Some(e) => {
+                if done > whole_bytes {
+                    // A torn line: cut it, or the next open will.
+                    let _ = self.file.set_len(self.file_bytes + whole_bytes as u64);
+                }
+                self.rewind(&bytes[..whole_bytes], ends.len() - whole, base);
+                Err(AuditError::io(&self.path)(e))
+            }
+        };
+        self.file_bytes += whole_bytes as u64;
+        bytes.clear();
+        ends.clear();
+        self.batch.bytes = bytes;
+        self.batch.ends = ends;
+        result
+    }
+
+    /// The chain back to the last record in `written` (or to `base`, before the batch):
+    /// `unwritten` records after it never reached the file.
+    fn rewind(
+        &mut self,
+        written: &[u8],
+        unwritten: usize,
+        base: Option<(String, Option<String>, bool, String)>,
+    ) {
+        self.next_seq -= unwritten as u64;
+        let last = written
+            .strip_suffix(b"\n")
+            .map(|w| w.rsplit(|&b| b == b'\n').next().unwrap_or(w));
+        match last.and_then(|line| parse_head(line).map(|h| (h, line))) {
+            Some((head, line)) => {
+                self.prev = head.hash;
+                self.last_type = Some(head.ty);
+                self.last_final = head.is_final;
+                self.last_ts = serde_json::from_slice::<Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("ts").and_then(Value::as_str).map(str::to_owned))
+                    .unwrap_or_default();
+            }
+            None => {
+                if let Some((prev, ty, is_final, ts)) = base {
+                    self.prev = prev;
+                    self.last_type = ty;
+                    self.last_final = is_final;
+                    self.last_ts = ts;
+                }
+            }
+        }
+    }
+
     fn sync(&mut self) -> Result<(), AuditError> {
+        self.write_batch()?;
         if self.dirty {
             self.file.sync_data().map_err(AuditError::io(&self.path))?;
             self.dirty = false;
@@ -540,6 +723,18 @@ impl AuditLog {
         }
         Ok(())
     }
+}
+
+/// Record types: lowercase letters, digits, `-`, `_`.
+fn check_type(ty: &str) -> Result<(), AuditError> {
+    if ty.is_empty()
+        || !ty
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(AuditError::BadType(ty.to_owned()));
+    }
+    Ok(())
 }
 
 fn open_append(path: &Path) -> Result<File, AuditError> {
@@ -674,3 +869,7 @@ fn scan_back(
     }
     Ok((head, oldest_seq))
 }
+
+#[cfg(test)]
+#[path = "tests_batch.rs"]
+mod tests_batch;

@@ -43,12 +43,15 @@
 //! log that lacks or contradicts one.
 mod anchors;
 mod bundle;
+mod direct;
 mod key;
 mod log;
 mod prune;
 mod segments;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_direct;
 #[cfg(test)]
 mod tests_disk;
 mod verify;
@@ -67,8 +70,9 @@ use sha2::{Digest as _, Sha256};
 
 pub use anchors::{AnchorCheck, Anchors, check_anchors, start_key};
 pub use bundle::{BundleReport, ExportSummary, export_bundle, verify_bundle};
+pub use direct::{Member, write as write_direct};
 pub use key::{chain_origin, load_key, load_or_create_key};
-pub use log::{AuditLog, DiskPolicy};
+pub use log::{AuditLog, Counts, DiskPolicy};
 pub use prune::{AuditRetention, KEY_CHAIN_FILE};
 pub use verify::{Damage, DamageKind, KeySource, VerifyOptions, VerifyReport, verify, verify_with};
 pub use writer::{AnchorPublisher, AuditStats, AuditWriter};
@@ -204,8 +208,10 @@ impl AuditError {
 
 /// When appended records reach the disk.
 ///
-/// Every record is handed to the kernel with one `write` as soon as it is appended, so a
-/// crash of the daemon (even SIGKILL) loses nothing already appended; fsync only matters
+/// A record appended with `append_*` is handed to the kernel before the call returns; the
+/// daemon's audit thread buffers what its queue holds (`buffer_*`) and hands it over with
+/// one `write` once the queue is empty, so a crash of the daemon (even SIGKILL) loses at
+/// most the records of that batch, as it loses those still queued; fsync only matters
 /// for a crash of the host. `EveryRecord` costs one `fdatasync` per record; `Interval(d)`
 /// syncs at most every `d` plus at each checkpoint, rotation and close, and costs little
 /// more than the write itself: a host crash may lose the last `d`. Measured (release,
@@ -326,33 +332,66 @@ fn into_string(bytes: Vec<u8>) -> String {
 
 /// The canonical line (without `\n`) and hash of a record whose body is already in
 /// canonical form.
+#[cfg(test)]
 fn encode_record(seq: u64, ts: &str, ty: &str, body_text: &str, prev: &str) -> (String, String) {
-    // Keys in sorted order: body, (hash), prev, seq, ts, type — the same text
-    // `canonical()` gives for the record as a `Value`, assembled without a second pass
-    // over the body (a unit test holds the two equal).
-    let mut tail = Vec::with_capacity(128);
-    tail.extend_from_slice(b",\"prev\":\"");
-    tail.extend_from_slice(prev.as_bytes());
-    tail.extend_from_slice(b"\",\"seq\":");
-    tail.extend_from_slice(seq.to_string().as_bytes());
-    tail.extend_from_slice(b",\"ts\":");
-    write_json_string(ts, &mut tail);
-    tail.extend_from_slice(b",\"type\":");
-    write_json_string(ty, &mut tail);
-    tail.push(b'}');
-    let mut h = Sha256::new();
-    h.update(b"{\"body\":");
-    h.update(body_text.as_bytes());
-    h.update(&tail);
-    let hash = hex::encode(h.finalize());
-    let mut line = Vec::with_capacity(body_text.len() + tail.len() + 96);
+    let mut line = Vec::new();
+    let hash = encode_record_into(&mut line, seq, ts, ty, body_text, prev);
+    (
+        into_string(line),
+        String::from_utf8_lossy(&hash).into_owned(),
+    )
+}
+
+/// The canonical line of a record (without `\n`) appended to `line`; returns its hash in
+/// hex. Keys in sorted order: body, (hash), prev, seq, ts, type — the same text
+/// `canonical()` gives for the record as a `Value`, assembled without a second pass over
+/// the body (a unit test holds the two equal), and without an allocation.
+fn encode_record_into(
+    line: &mut Vec<u8>,
+    seq: u64,
+    ts: &str,
+    ty: &str,
+    body_text: &str,
+    prev: &str,
+) -> [u8; 64] {
+    use std::io::Write as _;
+    const KEY: &[u8] = b",\"hash\":\"";
+    let start = line.len();
     line.extend_from_slice(b"{\"body\":");
     line.extend_from_slice(body_text.as_bytes());
-    line.extend_from_slice(b",\"hash\":\"");
-    line.extend_from_slice(hash.as_bytes());
-    line.push(b'"');
-    line.extend_from_slice(&tail);
-    (into_string(line), hash)
+    let tail = line.len();
+    line.extend_from_slice(b",\"prev\":\"");
+    line.extend_from_slice(prev.as_bytes());
+    line.extend_from_slice(b"\",\"seq\":");
+    // Writing into a `Vec` cannot fail.
+    let _ = write!(line, "{seq}");
+    line.extend_from_slice(b",\"ts\":");
+    write_json_string(ts, line);
+    line.extend_from_slice(b",\"type\":");
+    write_json_string(ty, line);
+    line.push(b'}');
+    let digest = Sha256::new().chain_update(&line[start..]).finalize();
+    let hash = hex_digits(&digest);
+    // `,"hash":"<hex>"` goes between the body and the tail, where sorting puts it.
+    let width = KEY.len() + hash.len() + 1;
+    let end = line.len();
+    line.resize(end + width, 0);
+    line.copy_within(tail..end, tail + width);
+    line[tail..tail + KEY.len()].copy_from_slice(KEY);
+    line[tail + KEY.len()..tail + KEY.len() + hash.len()].copy_from_slice(&hash);
+    line[tail + width - 1] = b'"';
+    hash
+}
+
+/// Lowercase hex of a SHA-256 digest, without an allocation.
+fn hex_digits(digest: &[u8]) -> [u8; 64] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in digest.iter().take(32).enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    }
+    out
 }
 
 /// The hash a record should have: over its canonical form without `hash`.

@@ -13,18 +13,18 @@ use crate::detect::Alert;
 
 const AGENT: &str = "spiffe://example.org/agent/research-bot";
 
-fn tmpdir(name: &str) -> PathBuf {
+pub(super) fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("agentid-audit-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).unwrap();
     d
 }
 
-fn key(n: u8) -> SigningKey {
+pub(super) fn key(n: u8) -> SigningKey {
     SigningKey::from_bytes(&[n; 32])
 }
 
-fn opts() -> AuditOptions {
+pub(super) fn opts() -> AuditOptions {
     AuditOptions {
         fsync: Fsync::Interval(Duration::from_hours(1)),
         rotate_bytes: u64::MAX,
@@ -63,7 +63,7 @@ fn write_lines(dir: &Path, lines: &[String]) {
     fs::write(dir.join(CURRENT_FILE), lines.join("\n") + "\n").unwrap();
 }
 
-fn pk(n: u8) -> VerifyingKey {
+pub(super) fn pk(n: u8) -> VerifyingKey {
     key(n).verifying_key()
 }
 

@@ -327,7 +327,7 @@ fn store_and_audit_stay_within_256_bytes_per_connect_event() {
             max_bytes: u64::MAX,
         })
         .unwrap();
-    let mut out = StoreOutput(writer.clone());
+    let mut out = StoreOutput::new(writer.clone());
     let mut log = AuditLog::open(
         &audit_dir,
         key(1),

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{AuditLog, AuditOptions, Checkpoint, DiskPolicy};
+use super::{AuditError, AuditLog, AuditOptions, Checkpoint, Counts, DiskPolicy};
 use crate::{attribution::AttributedEvent, detect::Alert, health::WriteHealth, queue};
 
 enum Record {
@@ -95,6 +95,7 @@ impl AuditWriter {
                 }
             }
         };
+        let publish: Box<dyn Fn(&mut AuditLog) + Send> = Box::new(publish);
         let (tx, rx) = queue::bounded::<Record>(QUEUE);
         let stats = Arc::new(AuditStats {
             appended: AtomicU64::new(0),
@@ -107,57 +108,7 @@ impl AuditWriter {
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("agentid-audit".into())
-            .spawn(move || {
-                let count = |r: Result<u64, crate::audit::AuditError>| match r {
-                    Ok(_) => {
-                        thread_stats.appended.fetch_add(1, Ordering::Relaxed);
-                        thread_stats.health.succeeded();
-                    }
-                    Err(e) => {
-                        thread_stats.errors.fetch_add(1, Ordering::Relaxed);
-                        thread_stats.health.failed(&e, 1);
-                    }
-                };
-                // Whether the last look found records: then the next empty queue is met
-                // with a short sleep instead of a wait on the queue, which every send
-                // would interrupt (a futex wake per record for both threads).
-                let mut busy = false;
-                loop {
-                    let next = match rx.try_recv() {
-                        Some(r) => Ok(r),
-                        None if busy => {
-                            busy = false;
-                            std::thread::sleep(LINGER);
-                            continue;
-                        }
-                        None => rx.recv_timeout(Duration::from_secs(1)),
-                    };
-                    busy |= next.is_ok();
-                    match next {
-                        Ok(Record::Event(e)) => count(log.append_event(&e)),
-                        Ok(Record::EventText(t)) => count(log.append_event_text(&t)),
-                        Ok(Record::Alert(a)) => count(log.append_alert(&a)),
-                        Ok(Record::Other(ty, body)) => count(log.append_json(ty, body)),
-                        Err(queue::RecvTimeoutError::Timeout) => {}
-                        Err(queue::RecvTimeoutError::Disconnected) => break,
-                    }
-                    // While appends fail, so do checkpoints, for the same reason: reported
-                    // once, by `health`.
-                    if let Err(e) = log.maybe_checkpoint(Instant::now()) {
-                        thread_stats.errors.fetch_add(1, Ordering::Relaxed);
-                        thread_stats.health.failed(&e, 0);
-                    }
-                    publish(&mut log);
-                    thread_stats.held.store(
-                        log.next_seq().saturating_sub(log.first_seq()),
-                        Ordering::Relaxed,
-                    );
-                }
-                if let Err(e) = log.finish() {
-                    tracing::error!(error = %e, "closing the audit log");
-                }
-                publish(&mut log);
-            })
+            .spawn(move || run(&mut log, &rx, &thread_stats, &publish))
             .context("starting the audit thread")?;
         Ok(Self {
             tx: Some(tx),
@@ -200,5 +151,87 @@ impl AuditWriter {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The audit thread: takes what the queue holds, chains it into one batch, and writes
+/// the batch with one `write` once the queue is empty (or the batch is full, or a
+/// rotation or checkpoint is due). A record is on disk within one pass of this loop of
+/// its arrival; until then it is in memory, as it was in the queue. A failed `write`
+/// loses the records of its batch that did not reach the file (counted in `errors`, the
+/// chain continuing from the last one that did): `audit verify` sees an intact chain.
+fn run(
+    log: &mut AuditLog,
+    rx: &queue::Receiver<Record>,
+    stats: &AuditStats,
+    publish: &dyn Fn(&mut AuditLog),
+) {
+    // Whether the last look found records: then the next empty queue is met with a short
+    // sleep instead of a wait on the queue, which every send would interrupt (a futex
+    // wake per record for both threads).
+    let mut busy = false;
+    loop {
+        let next = if let Some(r) = rx.try_recv() {
+            Ok(r)
+        } else {
+            // The queue is empty: what was gathered goes to the file now.
+            let flushed = log.flush();
+            account(log, stats, flushed);
+            if busy {
+                busy = false;
+                std::thread::sleep(LINGER);
+                continue;
+            }
+            rx.recv_timeout(Duration::from_secs(1))
+        };
+        busy |= next.is_ok();
+        let buffered = match next {
+            Ok(Record::Event(e)) => serde_json::to_value(&*e)
+                .map_err(Into::into)
+                .and_then(|v| log.buffer_json("event", &v)),
+            Ok(Record::EventText(t)) => log.buffer_event_text(&t),
+            Ok(Record::Alert(a)) => log.buffer_alert(&a),
+            Ok(Record::Other(ty, body)) => log.buffer_json(ty, &body),
+            Err(queue::RecvTimeoutError::Timeout) => Ok(0),
+            Err(queue::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Err(e) = buffered {
+            // Not encodable: this record only.
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            stats.health.failed(&e, 1);
+        }
+        if log.needs_flush() {
+            let flushed = log.flush();
+            account(log, stats, flushed);
+        }
+        // Writes what is buffered first, when a checkpoint is due. While appends fail, so
+        // do checkpoints, for the same reason: reported once, by `health`.
+        let checkpoint = log.maybe_checkpoint(Instant::now()).map(|_| ());
+        account(log, stats, checkpoint);
+        publish(log);
+        stats.held.store(
+            log.next_seq().saturating_sub(log.first_seq()),
+            Ordering::Relaxed,
+        );
+    }
+    let finished = log.finish();
+    if let Err(e) = &finished {
+        tracing::error!(error = %e, "closing the audit log");
+    }
+    account(log, stats, finished);
+    publish(log);
+}
+
+/// Counts what a write did: records written, records lost (and why).
+fn account(log: &mut AuditLog, stats: &AuditStats, result: Result<(), AuditError>) {
+    let Counts { written, lost } = log.take_counts();
+    if written > 0 {
+        stats.appended.fetch_add(written, Ordering::Relaxed);
+        stats.health.succeeded();
+    }
+    if let Err(e) = result {
+        // Each lost record is an error, and so is a failed checkpoint or rotation.
+        stats.errors.fetch_add(lost.max(1), Ordering::Relaxed);
+        stats.health.failed(&e, lost);
     }
 }

@@ -588,7 +588,7 @@ fn start_outputs(
         sinks: sinks.monitor(),
     });
     let mut outputs: Vec<Box<dyn crate::outputs::fanout::Output>> = vec![
-        Box::new(StoreOutput(writer.clone())),
+        Box::new(StoreOutput::new(writer.clone())),
         Box::new(alerts_file),
         Box::new(AuditOutput(audit)),
         Box::new(SinksOutput {

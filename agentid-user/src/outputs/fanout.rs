@@ -38,20 +38,34 @@ pub const UPDATE_EVERY: Duration = Duration::from_secs(30);
 /// A shutdown step that may wait (flushing a queue, delivering a spool).
 pub type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// An event encoded once for every output: `serde_json::to_value` of the event and that
-/// value's canonical text (sorted keys, no whitespace) — the audit log's body as is, the
-/// store's split without parsing, the followers' line.
+/// An event encoded once for every output: its canonical text (sorted keys, no
+/// whitespace; the audit log's body as is, the followers' line), written straight from
+/// the event, and the spans of its top-level members in that text (the store's split,
+/// without parsing).
 #[derive(Debug, Clone)]
 pub struct EventJson {
-    pub value: serde_json::Value,
     pub text: Arc<str>,
+    pub members: Vec<crate::audit::Member>,
 }
 
 impl EventJson {
     pub fn new(event: &AttributedEvent) -> serde_json::Result<Self> {
-        let value = serde_json::to_value(event)?;
-        let text = crate::audit::canonical(&value).into();
-        Ok(Self { value, text })
+        // An event is ~650 bytes: one allocation, no regrowth.
+        let mut out = Vec::with_capacity(1024);
+        let members = if let Ok(members) = crate::audit::write_direct(event, &mut out) {
+            members
+        } else {
+            // What only `to_value` can take (a map key that is a float): through the
+            // `Value`, whose keys are strings, into the same form.
+            out.clear();
+            let value = serde_json::to_value(event)?;
+            crate::audit::write_direct(&value, &mut out).map_err(serde::ser::Error::custom)?
+        };
+        let text = String::from_utf8(out).map_err(serde::ser::Error::custom)?;
+        Ok(Self {
+            text: text.into(),
+            members,
+        })
     }
 }
 
@@ -205,7 +219,19 @@ pub fn epoch_ns(t: SystemTime) -> u64 {
 
 /// The store: every event, every incident state (upserted by uid), credential sightings.
 #[derive(Debug)]
-pub struct StoreOutput(pub Writer);
+pub struct StoreOutput {
+    writer: Writer,
+    contexts: crate::store::ProcessContexts,
+}
+
+impl StoreOutput {
+    pub fn new(writer: Writer) -> Self {
+        Self {
+            writer,
+            contexts: crate::store::ProcessContexts::default(),
+        }
+    }
+}
 
 impl Output for StoreOutput {
     fn event(&mut self, a: &AttributedEvent, json: &EventJson) {
@@ -214,7 +240,7 @@ impl Output for StoreOutput {
             .as_ref()
             .and(a.lineage.last().or(a.exec_id.as_ref()))
             .map(|id| id.as_str().to_owned());
-        self.0.send(StoreOp::Event {
+        self.writer.send(StoreOp::Event {
             ts_ns: epoch_ns(a.event.time),
             kind: a.event.kind.as_str(),
             pid: a.event.pid,
@@ -223,8 +249,9 @@ impl Output for StoreOutput {
             session: a.session.clone(),
             root_exec_id: root,
             body: Arc::clone(&json.text),
-            split: crate::store::split_value(
-                &json.value,
+            split: self.contexts.split(
+                &json.text,
+                &json.members,
                 epoch_ns(a.event.time),
                 a.event.kind.as_str(),
                 a.event.pid,
@@ -234,7 +261,7 @@ impl Output for StoreOutput {
 
     fn alert_state(&mut self, alert: &Alert, json: &Arc<str>) {
         let agents: Vec<&str> = alert.agents.iter().map(|a| a.id.as_str()).collect();
-        self.0.send(StoreOp::Alert {
+        self.writer.send(StoreOp::Alert {
             uid: alert.uid.clone(),
             rule: alert.rule.to_owned(),
             severity: alert.severity.as_str().to_owned(),
@@ -247,7 +274,7 @@ impl Output for StoreOutput {
     }
 
     fn credential(&mut self, c: &CredentialSighting) {
-        self.0.send(StoreOp::Credential {
+        self.writer.send(StoreOp::Credential {
             fingerprint: c.fingerprint.clone(),
             agent: c.agent.to_string(),
             kind: c.kind.clone(),
@@ -350,7 +377,10 @@ pub struct Followers {
 
 impl Output for Followers {
     fn event(&mut self, a: &AttributedEvent, json: &EventJson) {
-        // No follower is fine: send only fails when nobody listens.
+        // Nobody follows (the usual case): no item to build.
+        if self.events.receiver_count() == 0 {
+            return;
+        }
         let _ = self.events.send(Live {
             agent: a.agent.as_ref().map(|ag| ag.id.clone()),
             kind: a.event.kind.as_str().to_owned(),

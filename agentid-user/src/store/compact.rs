@@ -7,7 +7,10 @@
 //! (address, port, protocol, tid). `kind`, `time` and `pid` are columns already and leave
 //! the body when the columns give them back exactly. Keys this module does not name stay
 //! in the row, so fields added to events later need nothing here.
-use std::time::{Duration, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -33,8 +36,9 @@ const CONTEXT_KEYS: &[&str] = &[
 /// An event body split for storage.
 #[derive(Debug)]
 pub struct Split {
-    /// The context's canonical text (sorted keys).
-    pub context: String,
+    /// The context's canonical text (sorted keys), shared by the events of a process
+    /// whose context is unchanged (see [`ProcessContexts`]).
+    pub context: Arc<str>,
     /// What is left for the row.
     pub row: String,
 }
@@ -95,9 +99,128 @@ pub fn split_value(body: &Value, ts_ns: u64, kind: &str, pid: u32) -> Option<Spl
     );
     row.push(b'}');
     // Both are built from `str`s and JSON punctuation.
-    let context = String::from_utf8(context).ok()?;
+    let context = String::from_utf8(context).ok()?.into();
     let row = String::from_utf8(row).ok()?;
     Some(Split { context, row })
+}
+
+/// Splits an event's canonical text by the spans of its top-level members (as
+/// [`crate::audit::write_direct`] gave them: the daemon encodes each event once for all
+/// outputs, and splits it on its event loop so that the store's queue holds two short
+/// strings per event); the same split as [`split_value`] of the event's value (a unit
+/// test holds them equal). `None` when a span is not in `text`.
+pub fn split_members(
+    text: &str,
+    members: &[crate::audit::Member],
+    ts_ns: u64,
+    kind: &str,
+    pid: u32,
+) -> Option<Split> {
+    let mut context = String::with_capacity(512);
+    let row = split_into(text, members, ts_ns, kind, pid, &mut context)?;
+    Some(Split {
+        context: context.into(),
+        row,
+    })
+}
+
+/// [`split_members`]: the context written into `context`, the row returned.
+fn split_into(
+    text: &str,
+    members: &[crate::audit::Member],
+    ts_ns: u64,
+    kind: &str,
+    pid: u32,
+    context: &mut String,
+) -> Option<String> {
+    // A column's member leaves the row when the column gives its value back exactly; the
+    // three keys need no escaping, so a member is `"key":` and the value's text.
+    let value = |m: &crate::audit::Member| text.get(m.start + m.key.len() + 3..m.end);
+    let quoted = |m: &crate::audit::Member| {
+        value(m).and_then(|v| v.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
+    };
+    let own = |m: &crate::audit::Member| match m.key.as_ref() {
+        "kind" => quoted(m) != Some(kind),
+        "pid" => value(m).and_then(|v| v.parse::<u32>().ok()) != Some(pid),
+        "time" => quoted(m).is_none_or(|v| !is_rfc3339(v, ts_ns)),
+        _ => true,
+    };
+    let mut row = String::with_capacity(128);
+    context.push('{');
+    row.push('{');
+    for m in members {
+        let to = if CONTEXT_KEYS.contains(&m.key.as_ref()) {
+            &mut *context
+        } else if own(m) {
+            &mut row
+        } else {
+            continue;
+        };
+        if to.len() > 1 {
+            to.push(',');
+        }
+        to.push_str(text.get(m.start..m.end)?);
+    }
+    context.push('}');
+    row.push('}');
+    Some(row)
+}
+
+/// Whether `text` is `ts_ns` as the event's `time` writes it (formatted on the stack).
+fn is_rfc3339(text: &str, ts_ns: u64) -> bool {
+    use std::io::Write as _;
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let t = humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ts_ns));
+    if write!(cursor, "{t}").is_err() {
+        return text == rfc3339(ts_ns);
+    }
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    text.as_bytes() == &buf[..len]
+}
+
+/// The context texts of the processes seen lately, shared by their events: an event whose
+/// process context did not change takes the same `Arc` (no copy, and the store's writer
+/// knows it by its address instead of hashing its text); a change (an exec, an identity
+/// transition, a new session, a uid or comm change) makes a new one. Compared whole, so
+/// a reused pid cannot take another process's context.
+#[derive(Debug, Default)]
+pub struct ProcessContexts {
+    by_pid: rustc_hash::FxHashMap<u32, Arc<str>>,
+    scratch: String,
+}
+
+/// Processes remembered at most; beyond, the cache starts again.
+const PROCESSES_CACHED: usize = 4096;
+
+impl ProcessContexts {
+    /// [`split_members`], the context shared with the process's earlier events when equal.
+    pub fn split(
+        &mut self,
+        text: &str,
+        members: &[crate::audit::Member],
+        ts_ns: u64,
+        kind: &str,
+        pid: u32,
+    ) -> Option<Split> {
+        self.scratch.clear();
+        let row = split_into(text, members, ts_ns, kind, pid, &mut self.scratch)?;
+        let context = match self.by_pid.get(&pid) {
+            Some(known) if **known == *self.scratch => Arc::clone(known),
+            _ => {
+                if self.by_pid.len() >= PROCESSES_CACHED {
+                    self.by_pid.clear();
+                }
+                let context: Arc<str> = self.scratch.as_str().into();
+                self.by_pid.insert(pid, Arc::clone(&context));
+                context
+            }
+        };
+        if kind == "exit" {
+            self.by_pid.remove(&pid);
+        }
+        Some(Split { context, row })
+    }
 }
 
 /// The event's JSON object again, from its row, its context and its columns.

@@ -17,7 +17,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags, params_from_iter, types::Value};
 use serde::Serialize;
 
-pub use compact::{Split, split_value};
+pub use compact::{ProcessContexts, Split, split_members, split_value};
 pub use writer::{StoreOp, Writer, WriterStats};
 
 #[derive(Debug, thiserror::Error)]

@@ -338,7 +338,13 @@ fn the_shared_encoding_splits_as_the_text_does() {
     let json = crate::outputs::fanout::EventJson::new(&e).unwrap();
     let ts = crate::outputs::fanout::epoch_ns(e.event.time);
     let kind = e.event.kind.as_str();
-    let shared = split_value(&json.value, ts, kind, e.event.pid).unwrap();
+    let shared = split_members(&json.text, &json.members, ts, kind, e.event.pid).unwrap();
+    let value = serde_json::to_value(&e).unwrap();
+    let by_value = split_value(&value, ts, kind, e.event.pid).unwrap();
+    assert_eq!(
+        (&shared.context, &shared.row),
+        (&by_value.context, &by_value.row)
+    );
     let text = serde_json::to_string(&e).unwrap();
     let parsed = compact::split(&text, ts, kind, e.event.pid).unwrap();
     assert_eq!(shared.context, parsed.context);

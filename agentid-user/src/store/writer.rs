@@ -209,7 +209,7 @@ fn run(
                 tracing::warn!(error = %e, "store retention failed");
             }
             // Contexts no event uses any more were deleted.
-            contexts.known.clear();
+            contexts.clear();
         }
         // Answered after retention too: a flushed store is within its budget.
         for w in waiters {
@@ -320,13 +320,25 @@ fn commit(
     Ok(n)
 }
 
-/// Context ids by (agent, context text): most events are of a process seen a moment ago.
+/// Context ids by (agent, context): most events are of a process seen a moment ago.
 #[derive(Debug, Default)]
 struct Contexts {
+    /// By the address of a context shared by a process's events (see
+    /// [`compact::ProcessContexts`]; held here, so no other context takes the address while
+    /// it is known), then agent: the id.
+    shared: rustc_hash::FxHashMap<usize, (Arc<str>, Ids)>,
     /// By context text, then agent: the id.
-    known: rustc_hash::FxHashMap<String, Vec<(Option<String>, i64)>>,
-    /// Entries in `known`.
+    known: rustc_hash::FxHashMap<String, Ids>,
+    /// Entries in both maps.
     len: usize,
+}
+
+type Ids = Vec<(Option<String>, i64)>;
+
+fn find(ids: &Ids, agent: Option<&str>) -> Option<i64> {
+    ids.iter()
+        .find(|(a, _)| a.as_deref() == agent)
+        .map(|(_, id)| *id)
 }
 
 /// Contexts remembered at most; beyond, the cache starts again (a lookup is one indexed
@@ -342,40 +354,62 @@ impl Contexts {
         split: &compact::Split,
         agent: Option<&str>,
     ) -> Result<Option<i64>, rusqlite::Error> {
-        if let Some(ids) = self.known.get(split.context.as_str())
-            && let Some((_, id)) = ids.iter().find(|(a, _)| a.as_deref() == agent)
-        {
-            return Ok(Some(*id));
+        let addr = Arc::as_ptr(&split.context).cast::<u8>().addr();
+        if let Some(id) = self.shared.get(&addr).and_then(|(_, ids)| find(ids, agent)) {
+            return Ok(Some(id));
         }
-        let hash = split.hash(agent);
-        let mut find = tx.prepare_cached("SELECT id, agent, body FROM contexts WHERE hash = ?")?;
-        let mut rows = find.query([hash])?;
-        let mut found = None;
-        while let Some(r) = rows.next()? {
-            let (id, a, body): (i64, Option<String>, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            if a.as_deref() == agent && body == split.context {
-                found = Some(id);
-                break;
-            }
-        }
-        drop(rows);
-        let id = if let Some(id) = found {
+        let known = self
+            .known
+            .get(&*split.context)
+            .and_then(|ids| find(ids, agent));
+        let id = if let Some(id) = known {
             id
         } else {
-            tx.prepare_cached("INSERT INTO contexts (hash, agent, body) VALUES (?, ?, ?)")?
-                .execute(params![hash, agent, split.context])?;
-            tx.last_insert_rowid()
+            let id = Self::lookup(tx, split, agent)?;
+            self.known
+                .entry(split.context.to_string())
+                .or_default()
+                .push((agent.map(str::to_owned), id));
+            self.len += 1;
+            id
         };
         if self.len >= CONTEXTS_CACHED {
-            self.known.clear();
-            self.len = 0;
+            self.clear();
         }
-        self.known
-            .entry(split.context.clone())
-            .or_default()
+        self.shared
+            .entry(addr)
+            .or_insert_with(|| (Arc::clone(&split.context), Vec::new()))
+            .1
             .push((agent.map(str::to_owned), id));
         self.len += 1;
         Ok(Some(id))
+    }
+
+    /// The context's id in the table, stored now if new.
+    fn lookup(
+        tx: &rusqlite::Transaction<'_>,
+        split: &compact::Split,
+        agent: Option<&str>,
+    ) -> Result<i64, rusqlite::Error> {
+        let hash = split.hash(agent);
+        let mut find = tx.prepare_cached("SELECT id, agent, body FROM contexts WHERE hash = ?")?;
+        let mut rows = find.query([hash])?;
+        while let Some(r) = rows.next()? {
+            let (id, a, body): (i64, Option<String>, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            if a.as_deref() == agent && *body == *split.context {
+                return Ok(id);
+            }
+        }
+        drop(rows);
+        tx.prepare_cached("INSERT INTO contexts (hash, agent, body) VALUES (?, ?, ?)")?
+            .execute(params![hash, agent, &*split.context])?;
+        Ok(tx.last_insert_rowid())
+    }
+
+    fn clear(&mut self) {
+        self.shared.clear();
+        self.known.clear();
+        self.len = 0;
     }
 }
 
