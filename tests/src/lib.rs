@@ -201,9 +201,16 @@ pub async fn attributed_until(
     drive_until(sensor, timeout, keep, done).await
 }
 
-/// The `agentid` binary built next to this test binary (`cargo build --bins` first;
-/// `cargo xtask test` does).
+/// The `agentid` binary the tests run: `AGENTID_BIN`, else the one built next to this
+/// test binary (`cargo build --bins` first; `cargo xtask test` does).
 pub fn agentid_bin() -> PathBuf {
+    // Another build of the daemon, e.g. the release one for a rate the debug build cannot
+    // absorb (`tests/scale.rs`); used as given.
+    if let Some(bin) = std::env::var_os("AGENTID_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(bin.is_file(), "AGENTID_BIN={} is not a file", bin.display());
+        return bin;
+    }
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> → target/<profile>/agentid
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
