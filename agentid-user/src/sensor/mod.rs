@@ -222,6 +222,8 @@ const POLL_EVERY: Duration = Duration::from_millis(10);
 /// `WAKE_EVERY_NS`: once a CPU has not asked for a wakeup within that interval, its next
 /// record asks for one, so nothing can be left unread.
 const IDLE_AFTER: Duration = Duration::from_millis(4 * agentid_ebpf::WAKE_EVERY_NS / 1_000_000);
+/// How often a sleeping reader looks anyway (see `next_events`).
+const IDLE_LOOK: Duration = Duration::from_millis(100);
 
 /// Tracepoints attached by category/name (fixed syscall layouts). `openat2` is not among
 /// them: attaching its pair made the reader stop receiving records mid-burst on Linux 6.18
@@ -597,13 +599,11 @@ impl Sensor {
                     continue;
                 }
             }
-            let ready = if polling {
-                tokio::time::timeout(POLL_EVERY, ring.readable_mut())
-                    .await
-                    .ok()
-            } else {
-                Some(ring.readable_mut().await)
-            };
+            // Asleep, it still looks every `IDLE_LOOK`: a lost wakeup must cost a tenth of
+            // a second, never the records that wait behind it (a `trace` on a quiet host
+            // was seen waiting for ever).
+            let wait = if polling { POLL_EVERY } else { IDLE_LOOK };
+            let ready = tokio::time::timeout(wait, ring.readable_mut()).await.ok();
             let read = match ready {
                 Some(guard) => {
                     let mut guard = guard?;
