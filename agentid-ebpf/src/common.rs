@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
     },
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
@@ -159,4 +159,33 @@ pub fn emit<T: Record>(kind: u32, tgid: u32, tid: u32, fill: impl FnOnce(*mut T)
     let flags = wake_flags(unsafe { (*header).ktime_ns });
     entry.submit(flags);
     true
+}
+
+/// A u32 field of a kernel struct, 0 when unreadable.
+#[inline(always)]
+pub fn read_u32(base: usize, off: u32) -> u32 {
+    // SAFETY: kernel memory read through the checked helper.
+    unsafe { bpf_probe_read_kernel((base + off as usize) as *const u32) }.unwrap_or(0)
+}
+
+/// A u64 field of a kernel struct, 0 when unreadable.
+#[inline(always)]
+pub fn read_u64(base: usize, off: u32) -> u64 {
+    // SAFETY: kernel memory read through the checked helper.
+    unsafe { bpf_probe_read_kernel((base + off as usize) as *const u64) }.unwrap_or(0)
+}
+
+/// An inode's device (the kernel's `s_dev`) and number; zeros when unreadable.
+#[inline(always)]
+pub fn dev_ino(cfg: &agentid_ebpf::Config, inode: usize) -> (u32, u64) {
+    if inode == 0 {
+        return (0, 0);
+    }
+    let sb = read_u64(inode, cfg.inode_sb_off) as usize;
+    let dev = if sb == 0 {
+        0
+    } else {
+        read_u32(sb, cfg.sb_dev_off)
+    };
+    (dev, read_u64(inode, cfg.inode_ino_off))
 }

@@ -10,15 +10,14 @@
 use agentid_ebpf::{Config, OpenRecord, PATH_LEN, kind};
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel,
-        generated::bpf_probe_read_user_str,
+        bpf_get_current_cgroup_id, bpf_get_current_task, generated::bpf_probe_read_user_str,
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
 
-use crate::common::{config, current_ids, emit, is_self};
+use crate::common::{config, current_ids, dev_ino, emit, is_self, read_u32, read_u64};
 
 /// The watched cgroups (agents'): their opens and their DNS are reported.
 #[map(name = "OPEN_CGROUPS")]
@@ -163,29 +162,5 @@ fn opened_file(cfg: &Config, fd: u64) -> (u32, u64) {
     if file == 0 {
         return (0, 0);
     }
-    let inode = read_u64(file, cfg.file_inode_off) as usize;
-    if inode == 0 {
-        return (0, 0);
-    }
-    let sb = read_u64(inode, cfg.inode_sb_off) as usize;
-    let dev = if sb == 0 {
-        0
-    } else {
-        read_u32(sb, cfg.sb_dev_off)
-    };
-    (dev, read_u64(inode, cfg.inode_ino_off))
-}
-
-/// A u32 field of a kernel struct, 0 when unreadable.
-#[inline(always)]
-fn read_u32(base: usize, off: u32) -> u32 {
-    // SAFETY: kernel memory read through the checked helper.
-    unsafe { bpf_probe_read_kernel((base + off as usize) as *const u32) }.unwrap_or(0)
-}
-
-/// A u64 field of a kernel struct, 0 when unreadable.
-#[inline(always)]
-fn read_u64(base: usize, off: u32) -> u64 {
-    // SAFETY: kernel memory read through the checked helper.
-    unsafe { bpf_probe_read_kernel((base + off as usize) as *const u64) }.unwrap_or(0)
+    dev_ino(cfg, read_u64(file, cfg.file_inode_off) as usize)
 }

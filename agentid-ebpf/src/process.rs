@@ -24,7 +24,10 @@ use aya_ebpf::{
 };
 
 use crate::{
-    common::{EVENTS, config, count_drop, current_ids, emit, forget_self, is_self},
+    common::{
+        EVENTS, config, count_drop, current_ids, dev_ino, emit, forget_self, is_self, read_u32,
+        read_u64,
+    },
     guard,
 };
 
@@ -68,21 +71,6 @@ fn enforce_tools(cfg: &agentid_ebpf::Config, tgid: u32, bprm: u64) -> bool {
     // SAFETY: helper without preconditions; it signals the current task.
     unsafe { bpf_send_signal(SIGKILL) };
     true
-}
-
-/// An inode's device (the kernel's `s_dev`) and number; zeros when unreadable.
-#[inline(always)]
-fn dev_ino(cfg: &agentid_ebpf::Config, inode: usize) -> (u32, u64) {
-    if inode == 0 {
-        return (0, 0);
-    }
-    let sb = read_u64(inode, cfg.inode_sb_off) as usize;
-    let dev = if sb == 0 {
-        0
-    } else {
-        read_u32(sb, cfg.sb_dev_off)
-    };
-    (dev, read_u64(inode, cfg.inode_ino_off))
 }
 
 /// One of the new image's string areas in its memory.
@@ -323,20 +311,6 @@ fn total(a: Area) -> u32 {
     } else {
         a.len as u32
     }
-}
-
-/// A u32 field of a kernel struct, 0 when unreadable.
-#[inline(always)]
-fn read_u32(base: usize, off: u32) -> u32 {
-    // SAFETY: kernel memory read through the checked helper.
-    unsafe { bpf_probe_read_kernel((base + off as usize) as *const u32) }.unwrap_or(0)
-}
-
-/// A u64 field of a kernel struct, 0 when unreadable.
-#[inline(always)]
-fn read_u64(base: usize, off: u32) -> u64 {
-    // SAFETY: kernel memory read through the checked helper.
-    unsafe { bpf_probe_read_kernel((base + off as usize) as *const u64) }.unwrap_or(0)
 }
 
 /// tgid of the current task's real parent, 0 when unreadable.
