@@ -33,6 +33,16 @@ except OSError as e:
     print(errno.errorcode.get(e.errno, e))
 ";
 
+/// [`CONNECT`] to `ip:port` from a process in `cg`: `ok` or the errno's name.
+fn connect_from(cg: &TestCgroup, ip: Ipv4Addr, port: u16) -> String {
+    let out = cg
+        .command(PYTHON)
+        .args(["-c", CONNECT, &ip.to_string(), &port.to_string()])
+        .output()
+        .expect("python");
+    said(&out)
+}
+
 fn said(o: &Output) -> String {
     format!(
         "{}{}",
@@ -438,14 +448,7 @@ fn enforcement_outlives_a_killed_daemon_and_ends_with_a_clean_stop() {
         ),
     )
     .expect("reg");
-    let connect = |port: u16, ip: Ipv4Addr| -> String {
-        let out = cg
-            .command(PYTHON)
-            .args(["-c", CONNECT, &ip.to_string(), &port.to_string()])
-            .output()
-            .expect("python");
-        said(&out)
-    };
+    let connect = |port: u16, ip: Ipv4Addr| connect_from(&cg, ip, port);
     let Some(d) = Daemon::start(&dir) else { return };
     let first = d.cli_until(&["status"], |v| enforced_cgroups(v) >= 1);
     assert_eq!(connect(pa, lo(11)), "ok");
@@ -523,14 +526,7 @@ fn address_rules_allow_the_ports_of_every_network_over_them_and_no_more() {
         ),
     )
     .expect("reg");
-    let connect = |ip: Ipv4Addr, port: u16| -> String {
-        let out = cg
-            .command(PYTHON)
-            .args(["-c", CONNECT, &ip.to_string(), &port.to_string()])
-            .output()
-            .expect("python");
-        said(&out)
-    };
+    let connect = |ip: Ipv4Addr, port: u16| connect_from(&cg, ip, port);
     let Some(d) = Daemon::start(&dir) else { return };
     d.cli_until(&["status"], |v| enforced_cgroups(v) >= 1);
     let got = vec![
